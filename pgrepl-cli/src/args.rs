@@ -1,0 +1,109 @@
+//! Command-line arguments (clap derive only; behaviour lives in main.rs and pgrepl-core).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pgrepl_core::PgMajor;
+
+/// Deploy and operate PostgreSQL streaming replication: a primary and hot standbys,
+/// on this machine, over SSH, or on EC2.
+///
+/// Exit status: 0 ok; 1 a check failed (status found a problem, verify failed);
+/// 2 usage or spec error; 3 refused by a safety check; 4 infrastructure error.
+#[derive(Debug, Parser)]
+#[command(name = "pgrepl", version, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr (-v: steps, -vv: every command).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// The cluster file (pgrepl.toml). Without it: the built-in default cluster
+    /// (3 local nodes), created by `pgrepl up`.
+    #[arg(short = 'f', long = "file", env = "PGREPL_FILE")]
+    pub file: Option<PathBuf>,
+    /// Directory of the PostgreSQL server binaries (postgres, initdb, pg_ctl).
+    #[arg(long, env = "PGREPL_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// Directory of the client tools (psql, pg_basebackup), when not beside the server's.
+    #[arg(long, env = "PGREPL_PG_CLIENT_BIN")]
+    pub pg_client_bin: Option<PathBuf>,
+    /// PostgreSQL major to use, e.g. 16 or 9.6 (default: the spec's, else the newest installed).
+    #[arg(long = "pg-version", value_parser = parse_major)]
+    pub pg_version: Option<PgMajor>,
+    /// Work directory of a local cluster (overrides the spec's).
+    #[arg(long, env = "PGREPL_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Output format: text for humans, json for programs.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+fn parse_major(s: &str) -> Result<PgMajor, String> {
+    s.parse()
+        .map_err(|e: pgrepl_core::version::VersionError| e.to_string())
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For humans.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Show every file, SQL statement and command each node gets (a dry run; touches nothing).
+    Render {
+        #[command(flatten)]
+        common: Common,
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Deploy the cluster, or converge it to the spec (safe to run again).
+    Up {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Roles, states, timelines, WAL positions, lag, sync state and slots.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Write a canary row on the primary; it must reach every standby, and every standby
+    /// must refuse writes.
+    Verify {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds each standby has to show the canary.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// Stop every node (primary first, so standbys receive its last WAL).
+    Down {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Stop every node and remove its data and pgrepl's secrets.
+    Destroy {
+        #[command(flatten)]
+        common: Common,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Connection strings for applications (writes and reads).
+    Connstr {
+        #[command(flatten)]
+        common: Common,
+    },
+}

@@ -1,0 +1,362 @@
+//! `pgrepl`: deploy and operate PostgreSQL streaming replication.
+//!
+//! Parse, call pgrepl-core, print. Exit codes: 0 ok; 1 a check failed (status found a
+//! problem, verify failed); 2 usage or spec error; 3 refused by a safety check;
+//! 4 infrastructure error (a command, host or server failed).
+
+mod args;
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use pgrepl_core::deploy::Deployment;
+use pgrepl_core::discovery::{DiscoveryOptions, discover};
+use pgrepl_core::layout::{Binaries, NodeLayout};
+use pgrepl_core::local::{
+    LocalDeployment, LocalOptions, default_os_user, default_work_dir, port_in_use,
+};
+use pgrepl_core::render::render_node;
+use pgrepl_core::spec::{ClusterSpec, LocalProviderSpec, NodeSpec, ProviderSpec, VersionChoice};
+use pgrepl_core::{Error, PgMajor};
+
+use args::{Cli, Cmd, Common, OutputFormat};
+use output::Spinners;
+
+/// The built-in default cluster's name.
+const DEFAULT_CLUSTER: &str = "pgrepl-local";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info,pgrepl_core=debug",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGREPL_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("caused by: {cause}");
+            }
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(Error::Spec(_)) => 2,
+        Some(Error::Refused(_)) => 3,
+        Some(Error::Discovery(_)) => 4,
+        Some(_) => 4,
+        None if e.downcast_ref::<clap::Error>().is_some() => 2,
+        None => 4,
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Cmd::Render { common, node } => render(&common, node.as_deref()),
+        Cmd::Up { common } => {
+            let (d, spec_path) = open(&common, true).await?;
+            let spinners = Spinners::new(common.output == OutputFormat::Text);
+            if common.output == OutputFormat::Text {
+                eprintln!("cluster file: {}", spec_path.display());
+            }
+            let report = d.up(&spinners).await?;
+            spinners.clear();
+            let status = d.status().await;
+            match common.output {
+                OutputFormat::Text => {
+                    print!("{report}");
+                    println!();
+                    print!("{status}");
+                }
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"up": report, "status": status})
+                    )?
+                ),
+            }
+            Ok(if status.healthy() { 0 } else { 1 })
+        }
+        Cmd::Status { common } => {
+            let (d, _) = open(&common, false).await?;
+            let status = d.status().await;
+            match common.output {
+                OutputFormat::Text => print!("{status}"),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+            }
+            Ok(if status.healthy() { 0 } else { 1 })
+        }
+        Cmd::Verify { common, timeout } => {
+            let (d, _) = open(&common, false).await?;
+            let report = d.verify(Duration::from_secs(timeout)).await?;
+            match common.output {
+                OutputFormat::Text => print!("{report}"),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(if report.ok() { 0 } else { 1 })
+        }
+        Cmd::Down { common } => {
+            let (d, _) = open(&common, false).await?;
+            let spinners = Spinners::new(common.output == OutputFormat::Text);
+            let stopped = d.down(&spinners).await?;
+            spinners.clear();
+            match common.output {
+                OutputFormat::Text if stopped.is_empty() => println!("nothing was running"),
+                OutputFormat::Text => println!("stopped: {}", stopped.join(", ")),
+                OutputFormat::Json => println!("{}", serde_json::json!({ "stopped": stopped })),
+            }
+            Ok(0)
+        }
+        Cmd::Destroy { common, yes } => {
+            let (d, _) = open(&common, false).await?;
+            if !yes
+                && !confirm(&format!(
+                    "Destroy cluster {} and remove all its data? [y/N] ",
+                    d.cluster().name
+                ))?
+            {
+                eprintln!("not destroyed");
+                return Ok(3);
+            }
+            let spinners = Spinners::new(common.output == OutputFormat::Text);
+            d.destroy(&spinners).await?;
+            spinners.clear();
+            println!("cluster {} destroyed", d.cluster().name);
+            Ok(0)
+        }
+        Cmd::Connstr { common } => {
+            let (d, _) = open(&common, false).await?;
+            let c = pgrepl_core::status::connection_strings(d.cluster());
+            match common.output {
+                OutputFormat::Text => println!("writes: {}\nreads:  {}", c.read_write, c.read_only),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&c)?),
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn confirm(prompt: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to destroy without confirmation: stdin is not a terminal (pass --yes)"
+        );
+    }
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+fn read_spec(path: &Path) -> anyhow::Result<ClusterSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("could not read cluster file {}", path.display()))?;
+    ClusterSpec::from_toml(&text).map_err(|e| Error::Spec(e).into())
+}
+
+/// The spec of the built-in default cluster: 3 nodes on 127.0.0.1, ports from the first
+/// free run of three at or above 5432.
+async fn default_spec() -> ClusterSpec {
+    let mut base = 5432u16;
+    for _ in 0..200 {
+        let mut free = true;
+        for p in base..base + 3 {
+            if port_in_use("127.0.0.1", p).await {
+                free = false;
+                break;
+            }
+        }
+        if free {
+            break;
+        }
+        base += 3;
+    }
+    ClusterSpec::builder(DEFAULT_CLUSTER)
+        .node(NodeSpec::primary("db1"))
+        .node(NodeSpec::standby("db2"))
+        .node(NodeSpec::standby("db3"))
+        .provider(ProviderSpec::Local(LocalProviderSpec {
+            base_port: Some(base),
+            ..Default::default()
+        }))
+        .into_spec()
+}
+
+fn discovery_options(common: &Common) -> DiscoveryOptions {
+    DiscoveryOptions {
+        pg_bin: common.pg_bin.clone(),
+        pg_client_bin: common.pg_client_bin.clone(),
+        major: common.pg_version,
+    }
+}
+
+/// Opens the deployment named by `-f`, or the built-in default (created by `up`).
+async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployment, PathBuf)> {
+    let (spec, path) = match &common.file {
+        Some(f) => (read_spec(f)?, f.clone()),
+        None => {
+            let dir = common
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| default_work_dir(DEFAULT_CLUSTER));
+            let path = dir.join("pgrepl.toml");
+            if path.exists() {
+                (read_spec(&path)?, path)
+            } else if create_default {
+                let mut spec = default_spec().await;
+                if let ProviderSpec::Local(l) = &mut spec.provider {
+                    l.work_dir = Some(dir.clone());
+                }
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("could not create {}", dir.display()))?;
+                std::fs::write(
+                    &path,
+                    format!(
+                        "# The built-in default cluster, written by `pgrepl up`.\n{}",
+                        spec.to_toml()
+                    ),
+                )
+                .with_context(|| format!("could not write {}", path.display()))?;
+                (spec, path)
+            } else {
+                anyhow::bail!(
+                    "no cluster file given (-f) and no default cluster at {} (run `pgrepl up` to create it)",
+                    path.display()
+                );
+            }
+        }
+    };
+    let d = match &spec.provider {
+        ProviderSpec::Local(_) => {
+            LocalDeployment::open(
+                &spec,
+                &LocalOptions {
+                    discovery: discovery_options(common),
+                    work_dir: common.file.as_ref().and(common.work_dir.clone()),
+                },
+            )
+            .await?
+        }
+        other => anyhow::bail!(
+            "the {} provider is not available in this build of pgrepl yet",
+            other.kind()
+        ),
+    };
+    Ok((d, path))
+}
+
+fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
+    let file = common
+        .file
+        .as_ref()
+        .context("render needs a cluster file: pgrepl render -f pgrepl.toml")?;
+    let spec = read_spec(file)?;
+    let unversioned = spec.validate()?;
+    let major = match (common.pg_version, unversioned.major) {
+        (Some(m), _) => m,
+        (None, Some(m)) => m,
+        (None, None) => discover(&discovery_options(common))?.major,
+    };
+    let mut spec_for = spec.clone();
+    if common.pg_version.is_some() {
+        spec_for.postgres = VersionChoice::Major(major);
+    }
+    let cluster = spec_for.validate_for(major)?;
+    let bins = match &common.pg_bin {
+        Some(_) => discover(&discovery_options(common))?,
+        None => Binaries {
+            major,
+            version: major.to_string(),
+            bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
+            client_bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
+            lib_dir: None,
+            has_rewind: major.caps().rewind.is_some(),
+        },
+    };
+    let mut out = Vec::new();
+    for n in &cluster.nodes {
+        if only.is_some_and(|o| o != n.name) {
+            continue;
+        }
+        let layout = match &spec.provider {
+            ProviderSpec::Local(l) => {
+                let wd = common
+                    .work_dir
+                    .clone()
+                    .or(l.work_dir.clone())
+                    .unwrap_or_else(|| default_work_dir(&spec.name));
+                NodeLayout::local(
+                    &wd.to_string_lossy(),
+                    &n.name,
+                    &bins,
+                    &l.os_user.clone().unwrap_or_else(default_os_user),
+                )
+            }
+            _ => NodeLayout::debian(major, &format!("/var/lib/postgresql/pgrepl-{}", spec.name)),
+        };
+        out.push(render_node(&cluster, &n.name, &layout, None)?);
+    }
+    if let Some(o) = only {
+        if out.is_empty() {
+            return Err(Error::node(
+                o,
+                format!(
+                    "no such node (the cluster has: {})",
+                    cluster
+                        .nodes
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .into());
+        }
+    }
+    match common.output {
+        OutputFormat::Text => {
+            for (i, r) in out.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                print!("{r}");
+            }
+        }
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
+    Ok(0)
+}
+
+#[allow(dead_code)]
+fn _majors() -> &'static [PgMajor] {
+    PgMajor::ALL
+}

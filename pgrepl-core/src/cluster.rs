@@ -1,0 +1,146 @@
+//! The validated cluster: every invariant of the spec holds.
+//!
+//! Only [`ClusterSpec::validate`](crate::ClusterSpec::validate) builds a [`Cluster`], so
+//! later layers rely on: exactly one primary; names and address:port pairs unique; every
+//! standby has an upstream that exists, with no cycle; the sync count fits the standbys;
+//! the version (when known) supports everything asked.
+
+use serde::Serialize;
+
+use crate::spec::{
+    ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode,
+};
+use crate::version::{Capabilities, PgMajor};
+
+/// A validated cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cluster {
+    /// Cluster name.
+    pub name: String,
+    /// The PostgreSQL major, once known (`postgres = "detect"` leaves it open until
+    /// binaries are found).
+    pub major: Option<PgMajor>,
+    /// Replication settings, defaults resolved.
+    pub replication: Replication,
+    /// WAL archiving.
+    pub archive: ArchiveSpec,
+    /// Extra settings for every node, in name order.
+    pub settings: Vec<(String, SettingValue)>,
+    /// The nodes in spec order.
+    pub nodes: Vec<Node>,
+    /// The spec it was validated from (provider details, binaries).
+    #[serde(skip)]
+    pub spec: ClusterSpec,
+}
+
+/// Replication settings with defaults resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Replication {
+    /// Replication role name.
+    pub user: String,
+    /// Auth method (resolved from the version when the spec names none).
+    pub auth: Option<AuthMethod>,
+    /// Whether standbys use slots.
+    pub slots: bool,
+    /// WAL kept for standbys, MB.
+    pub wal_keep_mb: u32,
+    /// Synchronous replication.
+    pub sync: Sync,
+}
+
+/// Synchronous replication, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Sync {
+    /// Mode.
+    pub mode: SyncMode,
+    /// Number of confirming standbys.
+    pub count: u32,
+    /// Candidate standbys, highest priority first.
+    pub standbys: Vec<String>,
+    /// `synchronous_commit`.
+    pub commit: SyncCommit,
+}
+
+/// A validated node.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Node {
+    /// Name (also `application_name`).
+    pub name: String,
+    /// Replication address; `None` until a provider assigns one (AWS).
+    pub address: Option<String>,
+    /// Port.
+    pub port: u16,
+    /// Role in the spec.
+    pub role: Role,
+    /// The node it streams from (standbys only).
+    pub upstream: Option<String>,
+    /// Priority (higher wins).
+    pub priority: u32,
+    /// Slot on the upstream (standbys with slots on).
+    pub slot: Option<String>,
+    /// SSH host when it differs from the address.
+    pub ssh_host: Option<String>,
+    /// This node's extra settings, in name order.
+    pub settings: Vec<(String, SettingValue)>,
+}
+
+impl Node {
+    /// The address, or a placeholder naming it when not yet assigned.
+    pub fn address_or_placeholder(&self) -> String {
+        self.address
+            .clone()
+            .unwrap_or_else(|| format!("<{} address>", self.name))
+    }
+}
+
+impl Cluster {
+    /// The primary.
+    pub fn primary(&self) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.role == Role::Primary)
+            .expect("a validated cluster has a primary")
+    }
+
+    /// A node by name.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The standbys that stream directly from `name`.
+    pub fn downstream<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
+        self.nodes
+            .iter()
+            .filter(move |n| n.upstream.as_deref() == Some(name))
+    }
+
+    /// The standbys, in deploy order: every node after its upstream.
+    pub fn standbys_in_order(&self) -> Vec<Vec<&Node>> {
+        let mut levels: Vec<Vec<&Node>> = Vec::new();
+        let mut frontier = vec![self.primary().name.as_str()];
+        // The validated tree has no cycles, so this ends within nodes.len() levels.
+        for _ in 0..self.nodes.len() {
+            let level: Vec<&Node> = self
+                .nodes
+                .iter()
+                .filter(|n| n.upstream.as_deref().is_some_and(|u| frontier.contains(&u)))
+                .collect();
+            if level.is_empty() {
+                break;
+            }
+            frontier = level.iter().map(|n| n.name.as_str()).collect();
+            levels.push(level);
+        }
+        levels
+    }
+
+    /// The version's capabilities, once the major is known.
+    pub fn caps(&self) -> Option<Capabilities> {
+        self.major.map(PgMajor::caps)
+    }
+
+    /// The provider section.
+    pub fn provider(&self) -> &ProviderSpec {
+        &self.spec.provider
+    }
+}

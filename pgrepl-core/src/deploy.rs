@@ -1,0 +1,1110 @@
+//! The executor: applies the rendered plan to a cluster's hosts, step by step.
+//!
+//! Every step observes first and acts only if needed, so `up` on a healthy cluster
+//! changes nothing, and `up` after a failure midway resumes and converges. Destructive
+//! steps are guarded at run time: a data directory is only ever removed when it holds a
+//! standby clone that pgrepl itself started and did not finish (its marker is present)
+//! and no server runs on it; a primary's data directory is never touched.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use crate::cluster::{Cluster, Node};
+use crate::error::{Error, Refusal};
+use crate::layout::Binaries;
+use crate::provider::{Connector, Host, NodeHandle, Provider};
+use crate::render::{self, HBA_BEGIN, HBA_END, INCLUDE_LINE, Placement, RenderedNode, render_node};
+use crate::secret::{Secret, Secrets};
+use crate::spec::{AuthMethod, Role};
+use crate::sql::{self, QueryError};
+use crate::transport::{Command, Transport, TransportError, TransportExt};
+
+/// How long a standby may take to start streaming after it starts.
+pub const STREAMING_DEADLINE: Duration = Duration::from_secs(120);
+/// How often waits poll.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Time limit of a base backup.
+pub const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Time limit of one SQL call.
+pub const SQL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Receives progress of long operations (the CLI draws spinners from it).
+pub trait Progress: Send + Sync {
+    /// A step began on `node`.
+    fn started(&self, node: &str, step: &str);
+    /// The step ended; `outcome` says what happened.
+    fn finished(&self, node: &str, step: &str, outcome: &str);
+}
+
+/// Ignores progress.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn started(&self, _: &str, _: &str) {}
+    fn finished(&self, _: &str, _: &str, _: &str) {}
+}
+
+/// One thing `up` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    /// The node.
+    pub node: String,
+    /// What was done.
+    pub what: String,
+    /// How long it took, seconds.
+    pub seconds: f64,
+}
+
+/// What `up` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpReport {
+    /// Cluster name.
+    pub cluster: String,
+    /// PostgreSQL major.
+    pub major: String,
+    /// Every change made, in order; empty when the cluster was already as specified.
+    pub actions: Vec<Action>,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+impl UpReport {
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        !self.actions.is_empty()
+    }
+}
+
+impl fmt::Display for UpReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.actions.is_empty() {
+            return writeln!(
+                f,
+                "cluster {} (PostgreSQL {}) is up as specified: nothing to do ({:.1}s)",
+                self.cluster, self.major, self.seconds
+            );
+        }
+        writeln!(
+            f,
+            "cluster {} (PostgreSQL {}): {} change(s) in {:.1}s",
+            self.cluster,
+            self.major,
+            self.actions.len(),
+            self.seconds
+        )?;
+        for a in &self.actions {
+            writeln!(f, "  {:<10} {} ({:.1}s)", a.node, a.what, a.seconds)?;
+        }
+        Ok(())
+    }
+}
+
+/// A cluster bound to where its nodes live: the entry point for `up`, `status`,
+/// `verify`, `down` and `destroy`.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub(crate) cluster: Cluster,
+    provider: Arc<dyn Provider>,
+    connector: Arc<dyn Connector>,
+    state_dir: PathBuf,
+    binaries: Option<Binaries>,
+    local_ports: bool,
+}
+
+/// The state of a node's data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataDir {
+    /// Absent or empty.
+    Missing,
+    /// Holds files but no cluster (`PG_VERSION` missing).
+    Unknown,
+    /// A cluster; `standby` when standby.signal or recovery.conf is present.
+    Cluster { standby: bool },
+}
+
+impl Deployment {
+    /// A deployment of `cluster` whose hosts come from `provider` and are reached through
+    /// `connector`; secrets pgrepl generates are kept in `state_dir` (0600 files).
+    pub fn new(
+        cluster: Cluster,
+        provider: Arc<dyn Provider>,
+        connector: Arc<dyn Connector>,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Deployment {
+            cluster,
+            provider,
+            connector,
+            state_dir: state_dir.into(),
+            binaries: None,
+            local_ports: false,
+        }
+    }
+
+    /// Records the binaries found on this machine (reported by status).
+    pub fn with_binaries(mut self, b: Binaries) -> Self {
+        self.binaries = Some(b);
+        self
+    }
+
+    /// Nodes listen on this machine: check their ports before starting them.
+    pub fn with_local_ports(mut self) -> Self {
+        self.local_ports = true;
+        self
+    }
+
+    /// The cluster.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The binaries found, for local deployments.
+    pub fn binaries(&self) -> Option<&Binaries> {
+        self.binaries.as_ref()
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.provider
+    }
+
+    /// Hosts (created when `create`) and a handle per node that has one, with the
+    /// cluster's addresses filled in from the hosts.
+    pub async fn connect(&self, create: bool) -> Result<(Cluster, Vec<NodeHandle>), Error> {
+        let hosts = if create {
+            self.provider.ensure_hosts(&self.cluster).await?
+        } else {
+            self.provider.list_hosts(&self.cluster).await?
+        };
+        let mut cluster = self.cluster.clone();
+        for n in &mut cluster.nodes {
+            if n.address.is_none() {
+                n.address = hosts
+                    .iter()
+                    .find(|h| h.node == n.name)
+                    .and_then(|h| h.address.clone());
+            }
+        }
+        let with_hosts: Vec<(&Node, &Host)> = cluster
+            .nodes
+            .iter()
+            .filter_map(|n| hosts.iter().find(|h| h.node == n.name).map(|h| (n, h)))
+            .collect();
+        let handles = join_all(
+            with_hosts
+                .iter()
+                .map(|(n, h)| self.connector.connect(&cluster, n, h)),
+        )
+        .await;
+        let handles = handles.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok((cluster, handles))
+    }
+
+    /// Loads the replication password (spec's `password_file`, or pgrepl's own in the
+    /// state directory), creating pgrepl's own when `create`.
+    pub async fn secrets(&self, create: bool) -> Result<Secrets, Error> {
+        let io = |path: &std::path::Path, action: &str, e: std::io::Error| Error::Io {
+            path: path.display().to_string(),
+            action: action.into(),
+            source: e,
+        };
+        let password = match &self.cluster.spec.replication.password_file {
+            Some(p) => {
+                let text = tokio::fs::read_to_string(p)
+                    .await
+                    .map_err(|e| io(p, "read the replication password file", e))?;
+                Secret::new(text.trim_end_matches(['\n', '\r']))
+            }
+            None => {
+                let p = self.state_dir.join("replication");
+                match tokio::fs::read_to_string(&p).await {
+                    Ok(t) => Secret::new(t.trim_end()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+                        let s = Secret::generate();
+                        crate::local::LocalTransport
+                            .mkdir(&self.state_dir.to_string_lossy(), 0o700, None)
+                            .await
+                            .map_err(|e| Error::Transport {
+                                host: "localhost".into(),
+                                action: "create the state directory".into(),
+                                source: e,
+                            })?;
+                        crate::local::LocalTransport
+                            .write_file(
+                                &p.to_string_lossy(),
+                                format!("{}\n", s.expose()).as_bytes(),
+                                0o600,
+                                None,
+                            )
+                            .await
+                            .map_err(|e| Error::Transport {
+                                host: "localhost".into(),
+                                action: "store the replication password".into(),
+                                source: e,
+                            })?;
+                        s
+                    }
+                    Err(e) => {
+                        return Err(io(
+                            &p,
+                            "read the replication password (run `pgrepl up` first)",
+                            e,
+                        ));
+                    }
+                }
+            }
+        };
+        let verifier = match self
+            .cluster
+            .replication
+            .auth
+            .unwrap_or(AuthMethod::ScramSha256)
+        {
+            AuthMethod::ScramSha256 => {
+                postgres_protocol::password::scram_sha_256(password.expose().as_bytes())
+            }
+            AuthMethod::Md5 => postgres_protocol::password::md5(
+                password.expose().as_bytes(),
+                &self.cluster.replication.user,
+            ),
+        };
+        Ok(Secrets {
+            replication_password: password,
+            replication_verifier: Secret::new(verifier),
+        })
+    }
+
+    /// Renders every node with its real layout (dry run: without secrets).
+    pub async fn render(&self) -> Result<Vec<RenderedNode>, Error> {
+        let (cluster, handles) = self.connect(false).await?;
+        handles
+            .iter()
+            .map(|h| render_node(&cluster, &h.name, &h.layout, None))
+            .collect()
+    }
+
+    /// Deploys or converges the cluster: the primary (initdb with checksums, settings,
+    /// pg_hba, start, replication role, slots), then each level of standbys in parallel
+    /// (clone, recovery settings, start), then waits until every standby streams.
+    pub async fn up(&self, progress: &dyn Progress) -> Result<UpReport, Error> {
+        let t0 = Instant::now();
+        let (cluster, handles) = self.connect(true).await?;
+        let secrets = self.secrets(true).await?;
+        let major = cluster.major.map(|m| m.to_string()).unwrap_or_default();
+        let mut actions = Vec::new();
+        let run = Run {
+            cluster: &cluster,
+            handles: &handles,
+            secrets: &secrets,
+            progress,
+            local_ports: self.local_ports,
+        };
+        let primary = cluster.primary();
+        actions.extend(run.ensure_primary(primary).await?);
+        for level in cluster.standbys_in_order() {
+            let results = join_all(level.iter().map(|n| run.ensure_standby(n))).await;
+            for r in results {
+                actions.extend(r?);
+            }
+        }
+        let waits = join_all(
+            cluster
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Standby)
+                .map(|n| run.wait_streaming(n)),
+        )
+        .await;
+        for w in waits {
+            w?;
+        }
+        Ok(UpReport {
+            cluster: cluster.name.clone(),
+            major,
+            actions,
+            seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Stops every running node: the primary first (its walsenders hand the last WAL,
+    /// including the shutdown checkpoint, to the standbys), then the standbys. Returns
+    /// the nodes stopped.
+    pub async fn down(&self, progress: &dyn Progress) -> Result<Vec<String>, Error> {
+        let (cluster, handles) = self.connect(false).await?;
+        let mut order: Vec<&Node> = vec![cluster.primary()];
+        order.extend(cluster.nodes.iter().filter(|n| n.role == Role::Standby));
+        let mut stopped = Vec::new();
+        for n in order {
+            let Some(h) = handles.iter().find(|h| h.name == n.name) else {
+                continue;
+            };
+            if is_running(h)
+                .await
+                .map_err(|e| tr(&n.name, "check whether the server runs", e))?
+            {
+                progress.started(&n.name, "stop");
+                let r = render_node(&cluster, &n.name, &h.layout, None)?;
+                h.transport
+                    .run(&Command::from_line(&r.commands.stop).timeout(Duration::from_secs(330)))
+                    .await
+                    .map_err(|e| tr(&n.name, "stop the server", e))?;
+                progress.finished(&n.name, "stop", "stopped");
+                stopped.push(n.name.clone());
+            }
+        }
+        Ok(stopped)
+    }
+
+    /// Stops every node and removes what the provider created for the cluster (the
+    /// local provider: the node directories) and pgrepl's stored secrets.
+    pub async fn destroy(&self, progress: &dyn Progress) -> Result<(), Error> {
+        self.down(progress).await?;
+        let (_, handles) = self.connect(false).await?;
+        for h in &handles {
+            if is_running(h)
+                .await
+                .map_err(|e| tr(&h.name, "check whether the server runs", e))?
+            {
+                return Err(Refusal {
+                    node: h.name.clone(),
+                    reason: "its server still runs after stopping it; nothing was removed".into(),
+                }
+                .into());
+            }
+        }
+        progress.started("cluster", "destroy");
+        self.provider.destroy_hosts(&self.cluster).await?;
+        let secret = self.state_dir.join("replication");
+        if self.cluster.spec.replication.password_file.is_none() {
+            let _ = tokio::fs::remove_file(&secret).await;
+            let _ = tokio::fs::remove_dir(&self.state_dir).await;
+        }
+        progress.finished("cluster", "destroy", "removed");
+        Ok(())
+    }
+}
+
+fn tr(node: &str, action: &str, e: TransportError) -> Error {
+    Error::Transport {
+        host: node.to_string(),
+        action: action.to_string(),
+        source: e,
+    }
+}
+
+fn sqlerr(node: &str, action: &str, e: QueryError) -> Error {
+    match e {
+        QueryError::Transport(t) => tr(node, action, t),
+        QueryError::Sql(s) => Error::Sql {
+            node: node.to_string(),
+            action: action.to_string(),
+            source: s,
+        },
+    }
+}
+
+/// Whether the node's server runs (pg_ctl status on its data directory).
+pub(crate) async fn is_running(h: &NodeHandle) -> Result<bool, TransportError> {
+    let c = match &h.layout.service {
+        crate::layout::ServiceControl::PgCtl => Command::new(h.layout.server_tool("pg_ctl"))
+            .args(["status", "-D", &h.layout.data_dir])
+            .user(h.layout.os_user.clone()),
+        crate::layout::ServiceControl::PgCtlCluster { version, cluster } => {
+            Command::new("/usr/bin/pg_ctlcluster").args([
+                version.as_str(),
+                cluster.as_str(),
+                "status",
+            ])
+        }
+        crate::layout::ServiceControl::Systemd { unit } => {
+            Command::new("systemctl").args(["is-active", "--quiet", unit.as_str()])
+        }
+    };
+    let c = Command {
+        env: crate::render::server_env(&h.layout),
+        ..c
+    };
+    Ok(h.transport.exec(&c).await?.status == 0)
+}
+
+struct Run<'a> {
+    cluster: &'a Cluster,
+    handles: &'a [NodeHandle],
+    secrets: &'a Secrets,
+    progress: &'a dyn Progress,
+    local_ports: bool,
+}
+
+impl Run<'_> {
+    fn handle(&self, node: &str) -> Result<&NodeHandle, Error> {
+        self.handles
+            .iter()
+            .find(|h| h.name == node)
+            .ok_or_else(|| Error::node(node, "no host for this node"))
+    }
+
+    async fn step<T, F>(
+        &self,
+        node: &str,
+        step: &str,
+        actions: &mut Vec<Action>,
+        f: F,
+    ) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>>,
+    {
+        let t = Instant::now();
+        self.progress.started(node, step);
+        let r = f.await;
+        self.progress
+            .finished(node, step, if r.is_ok() { "done" } else { "failed" });
+        if r.is_ok() {
+            actions.push(Action {
+                node: node.to_string(),
+                what: step.to_string(),
+                seconds: t.elapsed().as_secs_f64(),
+            });
+        }
+        r
+    }
+
+    async fn data_dir(&self, h: &NodeHandle) -> Result<DataDir, Error> {
+        let t = &*h.transport;
+        let d = &h.layout.data_dir;
+        let map = |e| tr(&h.name, "inspect the data directory", e);
+        if t.exists(&format!("{d}/PG_VERSION"), None)
+            .await
+            .map_err(map)?
+        {
+            let standby = t
+                .exists(&format!("{d}/standby.signal"), None)
+                .await
+                .map_err(map)?
+                || t.exists(&format!("{d}/recovery.conf"), None)
+                    .await
+                    .map_err(map)?;
+            return Ok(DataDir::Cluster { standby });
+        }
+        let out = t
+            .exec(&Command::new("ls").args(["-A", d.as_str()]))
+            .await
+            .map_err(map)?;
+        Ok(if out.status != 0 || out.stdout.trim().is_empty() {
+            DataDir::Missing
+        } else {
+            DataDir::Unknown
+        })
+    }
+
+    async fn prepare_dirs(&self, h: &NodeHandle) -> Result<(), Error> {
+        let l = &h.layout;
+        let owner = Some(l.os_user.as_str());
+        let t = &*h.transport;
+        let map = |e| tr(&h.name, "create pgrepl's directories", e);
+        t.mkdir(&l.pgrepl_dir, 0o700, owner).await.map_err(map)?;
+        if l.owns_postgresql_conf {
+            t.mkdir(&l.socket_dir, 0o700, owner).await.map_err(map)?;
+            if let Some(log) = &l.log_file {
+                if let Some(dir) = log.rsplit_once('/').map(|(d, _)| d) {
+                    t.mkdir(dir, 0o700, owner).await.map_err(map)?;
+                }
+            }
+        }
+        if let crate::spec::ArchiveSpec::Dir { path } = &self.cluster.archive {
+            t.mkdir(&path.to_string_lossy(), 0o700, owner)
+                .await
+                .map_err(map)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every file of `r` that differs from what is on the host; returns whether any changed.
+    async fn write_files(
+        &self,
+        h: &NodeHandle,
+        r: &RenderedNode,
+        include_recovery: bool,
+    ) -> Result<bool, Error> {
+        let t = &*h.transport;
+        let owner = Some(h.layout.os_user.as_str());
+        let mut changed = false;
+        for f in &r.files {
+            let is_recovery =
+                f.path.ends_with("/recovery.conf") || f.path.ends_with("/standby.signal");
+            if is_recovery && !include_recovery {
+                continue;
+            }
+            let map = |e| tr(&h.name, &format!("write {}", f.path), e);
+            let current = t
+                .read_file(&f.path)
+                .await
+                .map_err(map)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let desired = match f.placement {
+                Placement::Whole => f.contents.text.clone(),
+                Placement::HbaBlock => {
+                    merge_hba_block(current.as_deref().unwrap_or(""), &f.contents.text)
+                }
+                Placement::IncludeLine => {
+                    let cur = current.clone().unwrap_or_default();
+                    if cur.lines().any(|l| l.trim() == INCLUDE_LINE) {
+                        cur
+                    } else {
+                        let sep = if cur.is_empty() || cur.ends_with('\n') {
+                            ""
+                        } else {
+                            "\n"
+                        };
+                        format!(
+                            "{cur}{sep}# Added by pgrepl: its settings for this node.\n{INCLUDE_LINE}\n"
+                        )
+                    }
+                }
+            };
+            if current.as_deref() != Some(desired.as_str()) {
+                t.write_file(&f.path, desired.as_bytes(), f.mode, owner)
+                    .await
+                    .map_err(map)?;
+                changed = true;
+            }
+        }
+        Ok(changed)
+    }
+
+    async fn sql(
+        &self,
+        h: &NodeHandle,
+        port: u16,
+        text: &str,
+        action: &str,
+    ) -> Result<Vec<sql::Row>, Error> {
+        sql::query(&*h.transport, &h.layout, port, text, SQL_TIMEOUT)
+            .await
+            .map_err(|e| sqlerr(&h.name, action, e))
+    }
+
+    async fn start(&self, n: &Node, h: &NodeHandle, r: &RenderedNode) -> Result<(), Error> {
+        if self.local_ports {
+            if let Some(a) = &n.address {
+                if crate::local::port_in_use(a, n.port).await {
+                    return Err(Error::node(
+                        &n.name,
+                        format!(
+                            "port {} on {a} is already in use by another process; choose a free port in the spec (nodes[].port, or provider.base_port)",
+                            n.port
+                        ),
+                    ));
+                }
+            }
+        }
+        let out = h
+            .transport
+            .exec(&Command::from_line(&r.commands.start).timeout(Duration::from_secs(330)))
+            .await
+            .map_err(|e| tr(&n.name, "start the server", e))?;
+        if !out.success() {
+            let log = match &h.layout.log_file {
+                Some(l) => h.transport.read_file(l).await.ok().flatten().map(|b| {
+                    let text = String::from_utf8_lossy(&b).into_owned();
+                    let lines: Vec<&str> = text.lines().collect();
+                    lines[lines.len().saturating_sub(6)..].join("\n")
+                }),
+                None => None,
+            };
+            return Err(Error::node(
+                &n.name,
+                format!(
+                    "the server did not start: {}{}",
+                    out.tail(),
+                    log.map(|l| format!("\nserver log:\n{l}"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// After a configuration change on a running server: reload, then restart if a
+    /// changed setting needs it (pg_settings.pending_restart, 9.5+; before, always).
+    async fn apply_config(
+        &self,
+        n: &Node,
+        h: &NodeHandle,
+        r: &RenderedNode,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Error> {
+        let caps = self.cluster.caps().expect("major known at deploy");
+        h.transport
+            .run(&Command::from_line(&r.commands.reload))
+            .await
+            .map_err(|e| tr(&n.name, "reload the configuration", e))?;
+        let restart = if caps.pending_restart {
+            // A reload is asynchronous; give the postmaster a moment to process it.
+            let mut pending = false;
+            for _ in 0..10 {
+                tokio::time::sleep(POLL_INTERVAL).await;
+                let rows = self
+                    .sql(
+                        h,
+                        n.port,
+                        "SELECT count(*) FROM pg_catalog.pg_settings WHERE pending_restart;",
+                        "check for settings pending a restart",
+                    )
+                    .await?;
+                pending = rows
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .is_some_and(|c| c != "0");
+                if pending {
+                    break;
+                }
+            }
+            pending
+        } else {
+            true
+        };
+        if restart {
+            self.step(&n.name, "restart (settings need it)", actions, async {
+                h.transport
+                    .run(&Command::from_line(&r.commands.stop).timeout(Duration::from_secs(330)))
+                    .await
+                    .map_err(|e| tr(&n.name, "stop the server", e))?;
+                self.start(n, h, r).await
+            })
+            .await?;
+        } else {
+            actions.push(Action {
+                node: n.name.clone(),
+                what: "reload configuration".into(),
+                seconds: 0.0,
+            });
+        }
+        Ok(())
+    }
+
+    async fn ensure_primary(&self, n: &Node) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let h = self.handle(&n.name)?;
+        let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
+        self.prepare_dirs(h).await?;
+        let running = is_running(h)
+            .await
+            .map_err(|e| tr(&n.name, "check whether the server runs", e))?;
+        match self.data_dir(h).await? {
+            DataDir::Missing if !running => {
+                let init = r.commands.init.as_ref().ok_or_else(|| {
+                    Error::node(&n.name, format!("no PostgreSQL cluster in {} and this layout has no initdb step; create the cluster first", h.layout.data_dir))
+                })?;
+                self.step(&n.name, "initdb (data checksums on)", &mut actions, async {
+                    h.transport
+                        .run(&Command::from_line(init).timeout(Duration::from_secs(300)))
+                        .await
+                        .map_err(|e| tr(&n.name, "initdb", e))?;
+                    Ok(())
+                })
+                .await?;
+            }
+            DataDir::Missing | DataDir::Unknown => {
+                return Err(Refusal {
+                    node: n.name.clone(),
+                    reason: format!("{} holds files but no PostgreSQL cluster; pgrepl will not initialise over them (move them away first)", h.layout.data_dir),
+                }
+                .into());
+            }
+            DataDir::Cluster { standby: true } if !running => {
+                return Err(Refusal {
+                    node: n.name.clone(),
+                    reason: format!("the spec makes it the primary but {} holds a standby (standby.signal or recovery.conf); after a failover, update the spec's roles or use `pgrepl switchover`", h.layout.data_dir),
+                }
+                .into());
+            }
+            DataDir::Cluster { .. } => {}
+        }
+        let changed = self.write_files(h, &r, false).await?;
+        if changed {
+            actions.push(Action {
+                node: n.name.clone(),
+                what: "write settings and pg_hba.conf".into(),
+                seconds: 0.0,
+            });
+        }
+        if !running {
+            self.step(&n.name, "start", &mut actions, self.start(n, h, &r))
+                .await?;
+        } else {
+            let rows = self
+                .sql(
+                    h,
+                    n.port,
+                    "SELECT pg_catalog.pg_is_in_recovery();",
+                    "check the primary's role",
+                )
+                .await?;
+            if rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .as_deref()
+                == Some("t")
+            {
+                return Err(Refusal {
+                    node: n.name.clone(),
+                    reason: "the spec makes it the primary but it runs as a standby (in recovery); after a failover, update the spec's roles or use `pgrepl switchover`".into(),
+                }
+                .into());
+            }
+            if changed {
+                self.apply_config(n, h, &r, &mut actions).await?;
+            }
+        }
+        // Replication role: created, and given its password, only when missing.
+        let user = &self.cluster.replication.user;
+        let rows = self
+            .sql(
+                h,
+                n.port,
+                &format!(
+                    "SELECT rolreplication AND rolcanlogin AND rolpassword IS NOT NULL FROM pg_catalog.pg_authid WHERE rolname = {};",
+                    render::sql_literal(user)
+                ),
+                "check the replication role",
+            )
+            .await?;
+        if rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .as_deref()
+            != Some("t")
+        {
+            let text = r
+                .sql
+                .iter()
+                .filter(|s| s.purpose.contains(user.as_str()))
+                .map(|s| s.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n");
+            self.step(
+                &n.name,
+                &format!("create replication role {user}"),
+                &mut actions,
+                async {
+                    self.sql(h, n.port, &text, "create the replication role")
+                        .await
+                        .map(|_| ())
+                },
+            )
+            .await?;
+        }
+        actions.extend(self.ensure_slots(n, h).await?);
+        Ok(actions)
+    }
+
+    /// Creates on `n` the slots its direct standbys use, where missing.
+    async fn ensure_slots(&self, n: &Node, h: &NodeHandle) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let wanted: Vec<&str> = self
+            .cluster
+            .downstream(&n.name)
+            .filter_map(|d| d.slot.as_deref())
+            .collect();
+        if wanted.is_empty() {
+            return Ok(actions);
+        }
+        let rows = self
+            .sql(
+                h,
+                n.port,
+                "SELECT slot_name FROM pg_catalog.pg_replication_slots;",
+                "list replication slots",
+            )
+            .await?;
+        let have: Vec<String> = rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
+        for slot in wanted.into_iter().filter(|s| !have.iter().any(|h| h == s)) {
+            self.step(
+                &n.name,
+                &format!("create slot {slot}"),
+                &mut actions,
+                async {
+                    self.sql(
+                        h,
+                        n.port,
+                        &render::create_slot_sql(slot),
+                        "create a replication slot",
+                    )
+                    .await
+                    .map(|_| ())
+                },
+            )
+            .await?;
+        }
+        Ok(actions)
+    }
+
+    async fn ensure_standby(&self, n: &Node) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let h = self.handle(&n.name)?;
+        let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
+        self.prepare_dirs(h).await?;
+        let t = &*h.transport;
+        let marker = h.layout.clone_marker();
+        let unfinished = t
+            .exists(&marker, None)
+            .await
+            .map_err(|e| tr(&n.name, "look for an unfinished clone", e))?;
+        let running = is_running(h)
+            .await
+            .map_err(|e| tr(&n.name, "check whether the server runs", e))?;
+        let data = self.data_dir(h).await?;
+        let needs_clone = match (data, unfinished) {
+            (_, true) => {
+                if running {
+                    return Err(Refusal {
+                        node: n.name.clone(),
+                        reason: format!("an unfinished clone is recorded ({marker}) but a server runs on {}; stop it before pgrepl re-clones", h.layout.data_dir),
+                    }
+                    .into());
+                }
+                true
+            }
+            (DataDir::Missing, false) => true,
+            (DataDir::Cluster { standby: true }, false) => false,
+            (DataDir::Cluster { standby: false }, false) => {
+                return Err(Refusal {
+                    node: n.name.clone(),
+                    reason: format!(
+                        "{} holds a cluster that is not a standby (no standby.signal or recovery.conf): it may be a former primary with writes of its own. pgrepl will not overwrite it; use `pgrepl rejoin {}`, or move the directory away to clone afresh",
+                        h.layout.data_dir, n.name
+                    ),
+                }
+                .into());
+            }
+            (DataDir::Unknown, false) => {
+                return Err(Refusal {
+                    node: n.name.clone(),
+                    reason: format!("{} holds files but no PostgreSQL cluster; pgrepl will not clone over them (move them away first)", h.layout.data_dir),
+                }
+                .into());
+            }
+        };
+        if needs_clone {
+            self.clone_standby(n, h, &r, &mut actions).await?;
+        } else {
+            let changed = self.write_files(h, &r, true).await?;
+            if changed {
+                actions.push(Action {
+                    node: n.name.clone(),
+                    what: "write settings and pg_hba.conf".into(),
+                    seconds: 0.0,
+                });
+            }
+            if running {
+                let rows = self
+                    .sql(
+                        h,
+                        n.port,
+                        "SELECT pg_catalog.pg_is_in_recovery();",
+                        "check the standby's role",
+                    )
+                    .await?;
+                if rows
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .as_deref()
+                    != Some("t")
+                {
+                    return Err(Refusal {
+                        node: n.name.clone(),
+                        reason: "the spec makes it a standby but it runs as a primary (not in recovery); pgrepl will not demote it here: use `pgrepl rejoin`".into(),
+                    }
+                    .into());
+                }
+                if changed {
+                    self.apply_config(n, h, &r, &mut actions).await?;
+                }
+            }
+        }
+        if !is_running(h)
+            .await
+            .map_err(|e| tr(&n.name, "check whether the server runs", e))?
+        {
+            self.step(&n.name, "start", &mut actions, self.start(n, h, &r))
+                .await?;
+        }
+        actions.extend(self.ensure_slots(n, h).await?);
+        Ok(actions)
+    }
+
+    async fn clone_standby(
+        &self,
+        n: &Node,
+        h: &NodeHandle,
+        r: &RenderedNode,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Error> {
+        let t = &*h.transport;
+        let l = &h.layout;
+        let marker = l.clone_marker();
+        let upstream = n
+            .upstream
+            .as_deref()
+            .expect("a validated standby has an upstream");
+        // The passfile first: pg_basebackup reads it.
+        let pass = r
+            .files
+            .iter()
+            .find(|f| f.path == l.passfile())
+            .expect("rendered passfile");
+        t.write_file(
+            &pass.path,
+            pass.contents.text.as_bytes(),
+            0o600,
+            Some(&l.os_user),
+        )
+        .await
+        .map_err(|e| tr(&n.name, "write the passfile", e))?;
+        t.write_file(
+            &marker,
+            format!("cloning from {upstream}\n").as_bytes(),
+            0o600,
+            Some(&l.os_user),
+        )
+        .await
+        .map_err(|e| tr(&n.name, "mark the clone as started", e))?;
+        // Guarded removal: only a data directory of a clone pgrepl started (marker) with
+        // no server running on it reaches this point.
+        if t.exists(&l.data_dir, None)
+            .await
+            .map_err(|e| tr(&n.name, "inspect the data directory", e))?
+        {
+            if is_running(h)
+                .await
+                .map_err(|e| tr(&n.name, "check whether the server runs", e))?
+            {
+                return Err(Refusal {
+                    node: n.name.clone(),
+                    reason: format!("a server runs on {}; refusing to remove it", l.data_dir),
+                }
+                .into());
+            }
+            t.remove_tree(&l.data_dir)
+                .await
+                .map_err(|e| tr(&n.name, "remove the unfinished clone", e))?;
+        }
+        let clone = r
+            .commands
+            .clone
+            .as_ref()
+            .expect("standbys have a clone command");
+        self.step(
+            &n.name,
+            &format!("clone from {upstream} (pg_basebackup)"),
+            actions,
+            async {
+                t.run(&Command::from_line(clone).timeout(CLONE_TIMEOUT))
+                    .await
+                    .map_err(|e| tr(&n.name, &format!("clone from {upstream}"), e))?;
+                Ok(())
+            },
+        )
+        .await?;
+        self.write_files(h, r, true).await?;
+        t.remove_file(&marker)
+            .await
+            .map_err(|e| tr(&n.name, "clear the clone marker", e))?;
+        actions.push(Action {
+            node: n.name.clone(),
+            what: "write standby settings".into(),
+            seconds: 0.0,
+        });
+        Ok(())
+    }
+
+    /// Waits until `n` streams from its upstream (pg_stat_replication there).
+    async fn wait_streaming(&self, n: &Node) -> Result<(), Error> {
+        let upstream = n.upstream.as_deref().expect("standby");
+        let uh = self.handle(upstream)?;
+        let up = self.cluster.node(upstream).expect("validated");
+        let q = format!(
+            "SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = {};",
+            render::sql_literal(&n.name)
+        );
+        self.progress.started(&n.name, "wait until streaming");
+        let start = Instant::now();
+        let max_polls = (STREAMING_DEADLINE.as_millis() / POLL_INTERVAL.as_millis()) as usize;
+        for _ in 0..max_polls {
+            let rows = self.sql(uh, up.port, &q, "check replication").await?;
+            if rows
+                .iter()
+                .any(|r| r.first().cloned().flatten().as_deref() == Some("streaming"))
+            {
+                self.progress
+                    .finished(&n.name, "wait until streaming", "streaming");
+                return Ok(());
+            }
+            if start.elapsed() > STREAMING_DEADLINE {
+                break;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        self.progress
+            .finished(&n.name, "wait until streaming", "timed out");
+        Err(Error::Timeout {
+            node: n.name.clone(),
+            waited: start.elapsed(),
+            waiting_for: format!("streaming from {upstream} (see the standby's server log)"),
+        })
+    }
+}
+
+/// Replaces pgrepl's block in a pg_hba.conf (or puts it first), keeping every other line.
+pub fn merge_hba_block(current: &str, block: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    let mut rest = String::new();
+    for line in current.lines() {
+        if line.trim() == HBA_BEGIN || line.starts_with("# pgrepl:begin") {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if line.trim() == HBA_END {
+                inside = false;
+            }
+            continue;
+        }
+        rest.push_str(line);
+        rest.push('\n');
+    }
+    out.push_str(block);
+    out.push_str(&rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hba_block_is_replaced_in_place_and_first() {
+        let block =
+            format!("{HBA_BEGIN}\nhost replication r 10.0.0.2/32 scram-sha-256\n{HBA_END}\n");
+        let original = "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n";
+        let once = merge_hba_block(original, &block);
+        assert!(once.starts_with(HBA_BEGIN));
+        assert!(once.ends_with(original));
+        let twice = merge_hba_block(&once, &block);
+        assert_eq!(once, twice, "merging is idempotent");
+        let block2 =
+            format!("{HBA_BEGIN}\nhost replication r 10.0.0.3/32 scram-sha-256\n{HBA_END}\n");
+        let changed = merge_hba_block(&once, &block2);
+        assert!(changed.contains("10.0.0.3") && !changed.contains("10.0.0.2"));
+    }
+}

@@ -1,0 +1,198 @@
+//! Errors.
+//!
+//! Convention: a variant's message describes *this* layer only ("db2: start failed"); the
+//! cause goes in `#[source]` and never into the message as well. Callers print the chain
+//! once (the CLI prints `error: …` then `caused by: …` lines). No message or `Debug`
+//! output ever holds a secret.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// One problem in a cluster spec: which field, what is wrong, what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecError {
+    /// The field path as written in pgrepl.toml, such as `nodes[2].upstream`.
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What was expected instead.
+    pub expected: String,
+}
+
+impl SpecError {
+    /// A problem with `field`.
+    pub fn new(
+        field: impl Into<String>,
+        problem: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        SpecError {
+            field: field.into(),
+            problem: problem.into(),
+            expected: expected.into(),
+        }
+    }
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} (expected {})",
+            self.field, self.problem, self.expected
+        )
+    }
+}
+
+/// Every problem found in a spec, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl SpecErrors {
+    /// A list of one.
+    pub fn one(e: SpecError) -> Self {
+        SpecErrors(vec![e])
+    }
+
+    /// The problems.
+    pub fn iter(&self) -> impl Iterator<Item = &SpecError> {
+        self.0.iter()
+    }
+
+    /// The problem with `field`, if any.
+    pub fn get(&self, field: &str) -> Option<&SpecError> {
+        self.0.iter().find(|e| e.field == field)
+    }
+}
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+/// A safety check that stopped a destructive or risky step. Refusals are the safety
+/// design working, not crashes: match on them and tell the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{node}: {reason}")]
+pub struct Refusal {
+    /// The node the step was for.
+    pub node: String,
+    /// Why it was refused and what to do.
+    pub reason: String,
+}
+
+/// Why a pgrepl operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The spec is invalid.
+    #[error("invalid cluster spec:\n{0}")]
+    Spec(SpecErrors),
+    /// A check refused to go on.
+    #[error("refused: {0}")]
+    Refused(Refusal),
+    /// No usable PostgreSQL installation.
+    #[error("{0}")]
+    Discovery(String),
+    /// A command, file or connection on a host failed.
+    #[cfg(feature = "runtime")]
+    #[error("{host}: {action}")]
+    Transport {
+        /// The host (or node) it happened on.
+        host: String,
+        /// What pgrepl was doing.
+        action: String,
+        /// What went wrong there.
+        #[source]
+        source: crate::transport::TransportError,
+    },
+    /// A SQL statement failed on a node.
+    #[cfg(feature = "runtime")]
+    #[error("{node}: {action}")]
+    Sql {
+        /// The node.
+        node: String,
+        /// What pgrepl was doing.
+        action: String,
+        /// The server's error.
+        #[source]
+        source: crate::sql::SqlError,
+    },
+    /// The provider could not create, list or destroy hosts.
+    #[cfg(feature = "runtime")]
+    #[error("provider {provider}: {action}")]
+    Provider {
+        /// `local`, `ssh`, `aws`.
+        provider: String,
+        /// What pgrepl was doing.
+        action: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A bounded wait ran out.
+    #[error("{node}: timed out after {}s waiting for {waiting_for}", .waited.as_secs_f64().round())]
+    Timeout {
+        /// The node.
+        node: String,
+        /// How long pgrepl waited.
+        waited: Duration,
+        /// What it was waiting for.
+        waiting_for: String,
+    },
+    /// A node is in a state pgrepl cannot work with (the message says what to do).
+    #[error("{node}: {problem}")]
+    Node {
+        /// The node.
+        node: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+    /// A local file could not be read or written.
+    #[error("{path}: {action}")]
+    Io {
+        /// The path.
+        path: String,
+        /// What pgrepl was doing.
+        action: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<SpecErrors> for Error {
+    fn from(e: SpecErrors) -> Self {
+        Error::Spec(e)
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Refused(r)
+    }
+}
+
+impl Error {
+    /// A node-state error.
+    pub fn node(node: impl Into<String>, problem: impl Into<String>) -> Self {
+        Error::Node {
+            node: node.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A pgrepl result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

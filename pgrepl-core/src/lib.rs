@@ -1,0 +1,65 @@
+//! # pgrepl-core
+//!
+//! PostgreSQL streaming replication, from a cluster spec to a running primary with hot
+//! standbys: the spec and its validation, one table of version rules for 9.0 to 18,
+//! exact rendering of every file and command per version, and (with the default
+//! `runtime` feature) the executor that deploys, checks and describes a cluster through
+//! a [`Transport`](transport::Transport) and a [`Provider`](provider::Provider).
+//!
+//! ```no_run
+//! use pgrepl_core::{ClusterSpec, NodeSpec, PgMajor};
+//! use pgrepl_core::local::LocalDeployment;
+//!
+//! # async fn demo() -> Result<(), pgrepl_core::Error> {
+//! let spec = ClusterSpec::builder("demo")
+//!     .postgres(PgMajor::V16)
+//!     .node(NodeSpec::primary("db1"))
+//!     .node(NodeSpec::standby("db2"))
+//!     .node(NodeSpec::standby("db3"))
+//!     .into_spec();
+//! let deployment = LocalDeployment::open(&spec, &Default::default()).await?;
+//! let report = deployment.up(&pgrepl_core::deploy::NoProgress).await?;
+//! println!("{report}");
+//! let status = deployment.status().await;
+//! println!("{status}");
+//! # Ok(()) }
+//! ```
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `runtime` | yes | tokio: the executor, the local provider and transport, discovery, status, verify |
+//!
+//! Modules: [`spec`] (input) → [`validate`](spec::ClusterSpec::validate) → [`cluster`]
+//! → [`render`] (pure, with [`version`] rules and a [`layout`]) → `deploy` (effects).
+
+pub mod cluster;
+pub mod error;
+pub mod layout;
+pub mod render;
+pub mod secret;
+pub mod spec;
+mod validate;
+pub mod version;
+
+#[cfg(feature = "runtime")]
+pub mod deploy;
+#[cfg(feature = "runtime")]
+pub mod discovery;
+#[cfg(feature = "runtime")]
+pub mod local;
+#[cfg(feature = "runtime")]
+pub mod provider;
+#[cfg(feature = "runtime")]
+pub mod sql;
+#[cfg(feature = "runtime")]
+pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
+#[cfg(feature = "runtime")]
+pub mod transport;
+
+pub use cluster::{Cluster, Node};
+pub use error::{Error, Refusal, SpecError, SpecErrors};
+pub use spec::{ClusterSpec, NodeSpec, Role};
+pub use validate::default_slot_name;
+pub use version::PgMajor;

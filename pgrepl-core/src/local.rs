@@ -1,0 +1,451 @@
+//! The local provider: every node on this machine, in its own directory under the
+//! cluster's work directory, on its own port of a loopback address.
+//!
+//! ```text
+//! <work_dir>/
+//!   pgrepl.toml              the spec (written for the built-in default cluster)
+//!   secrets/replication      the replication password (0600, owned by the invoking user)
+//!   <node>/                  owned by the PostgreSQL OS user, 0700
+//!     data/                  PGDATA (postgresql.conf, pgrepl.conf, pg_hba.conf inside)
+//!     run/                   the Unix socket
+//!     log/postgresql.log     the server log
+//!     pgrepl/pgpass          the replication passfile (0600)
+//!     pgrepl/clone-in-progress   present only while a standby is being cloned
+//! ```
+//!
+//! Run as root, PostgreSQL runs as an unprivileged OS user (`postgres` by default), as on
+//! a real host; commands for it go through `runuser`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+
+use crate::cluster::{Cluster, Node};
+use crate::deploy::Deployment;
+use crate::discovery::{DiscoveryOptions, discover};
+use crate::error::Error;
+use crate::layout::{Binaries, NodeLayout};
+use crate::provider::{Connector, Host, NodeHandle, Provider};
+use crate::spec::{ClusterSpec, ProviderSpec};
+use crate::transport::{Command, Output, Transport, TransportError, TransportExt};
+
+/// Runs commands on this machine.
+#[derive(Debug, Clone, Default)]
+pub struct LocalTransport;
+
+struct Me {
+    uid: u32,
+    name: String,
+}
+
+fn me() -> &'static Me {
+    static ME: OnceLock<Me> = OnceLock::new();
+    ME.get_or_init(|| {
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(2))
+                    .and_then(|u| u.parse().ok())
+            })
+            .unwrap_or(u32::MAX);
+        let name = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "unknown".into());
+        Me { uid, name }
+    })
+}
+
+/// Whether pgrepl runs as root.
+pub fn running_as_root() -> bool {
+    me().uid == 0
+}
+
+/// The user pgrepl runs as.
+pub fn current_user() -> &'static str {
+    &me().name
+}
+
+fn lookup_ids(user: &str) -> Result<(u32, u32), TransportError> {
+    let id = |flag: &str| -> Result<u32, TransportError> {
+        let out = std::process::Command::new("id")
+            .args([flag, user])
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| TransportError::Other(format!("no OS user \"{user}\" on this machine")))
+    };
+    Ok((id("-u")?, id("-g")?))
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    fn host(&self) -> &str {
+        "localhost"
+    }
+
+    async fn exec(&self, cmd: &Command) -> Result<Output, TransportError> {
+        let as_other = cmd.user.as_deref().filter(|u| *u != current_user());
+        let mut c = match as_other {
+            Some(u) if running_as_root() => {
+                let mut c = tokio::process::Command::new("runuser");
+                c.args(["-u", u, "--", &cmd.program]);
+                c
+            }
+            Some(u) => {
+                return Err(TransportError::Other(format!(
+                    "cannot run {} as OS user \"{u}\": pgrepl runs as \"{}\", not root",
+                    cmd.program,
+                    current_user()
+                )));
+            }
+            None => tokio::process::Command::new(&cmd.program),
+        };
+        c.args(&cmd.args)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("LC_ALL", "C")
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .current_dir("/")
+            .stdin(if cmd.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = c
+            .spawn()
+            .map_err(|e| TransportError::Other(format!("could not start {}: {e}", cmd.program)))?;
+        let pid = child.id();
+        if let (Some(bytes), Some(mut stdin)) = (cmd.stdin.clone(), child.stdin.take()) {
+            // A child that exits early closes its stdin; that is reported by its status.
+            let _ = stdin.write_all(&bytes).await;
+            drop(stdin);
+        }
+        match tokio::time::timeout(cmd.timeout, child.wait_with_output()).await {
+            Ok(out) => {
+                let out = out?;
+                Ok(Output {
+                    status: out.status.code().unwrap_or(-1),
+                    stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+            Err(_) => {
+                // Kill the whole process group we started (runuser and its child).
+                if let Some(pid) = pid {
+                    let _ = tokio::process::Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .status()
+                        .await;
+                }
+                Err(TransportError::Timeout {
+                    program: cmd.program.clone(),
+                    after: cmd.timeout,
+                })
+            }
+        }
+    }
+
+    async fn write_file(
+        &self,
+        path: &str,
+        contents: &[u8],
+        mode: u32,
+        owner: Option<&str>,
+    ) -> Result<(), TransportError> {
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = PathBuf::from(path);
+        let dir = path
+            .parent()
+            .ok_or_else(|| {
+                TransportError::Other(format!("{}: no parent directory", path.display()))
+            })?
+            .to_path_buf();
+        let ids = owner.map(lookup_ids).transpose()?;
+        let contents = contents.to_vec();
+        tokio::task::spawn_blocking(move || -> Result<(), TransportError> {
+            let tmp = dir.join(format!(".pgrepl-tmp-{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode & 0o600)
+                .open(&tmp)?;
+            f.write_all(&contents)?;
+            f.sync_all()?;
+            drop(f);
+            if let Some((uid, gid)) = ids {
+                std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+            }
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| TransportError::Other(e.to_string()))?
+    }
+
+    async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, TransportError> {
+        match tokio::fs::read(path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The local provider: node directories under a work directory.
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    work_dir: PathBuf,
+    os_user: String,
+}
+
+impl LocalProvider {
+    /// A provider rooted at `work_dir`, running PostgreSQL as `os_user`.
+    pub fn new(work_dir: impl Into<PathBuf>, os_user: impl Into<String>) -> Self {
+        LocalProvider {
+            work_dir: work_dir.into(),
+            os_user: os_user.into(),
+        }
+    }
+
+    fn node_dir(&self, node: &str) -> PathBuf {
+        self.work_dir.join(node)
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn ensure_hosts(&self, cluster: &Cluster) -> Result<Vec<Host>, Error> {
+        let t = LocalTransport;
+        let wd = self.work_dir.to_string_lossy().into_owned();
+        let map = |action: &str, e: TransportError| Error::Transport {
+            host: "localhost".into(),
+            action: action.to_string(),
+            source: e,
+        };
+        t.mkdir(&wd, 0o755, None)
+            .await
+            .map_err(|e| map(&format!("create work directory {wd}"), e))?;
+        let mut hosts = Vec::new();
+        for n in &cluster.nodes {
+            let dir = self.node_dir(&n.name).to_string_lossy().into_owned();
+            let owner = (self.os_user != current_user()).then_some(self.os_user.as_str());
+            t.mkdir(&dir, 0o700, owner)
+                .await
+                .map_err(|e| map(&format!("create node directory {dir}"), e))?;
+            // The server's user must reach its directory through every parent.
+            let reach = Command::new("test")
+                .args(["-w", &dir])
+                .user(self.os_user.clone());
+            if !t
+                .exec(&reach)
+                .await
+                .map_err(|e| map("check directory access", e))?
+                .success()
+            {
+                return Err(Error::node(
+                    &n.name,
+                    format!(
+                        "OS user \"{}\" cannot reach {dir}: a parent directory of the work directory is not searchable by it (choose a work directory under a path it can traverse, e.g. /var/lib/pgrepl or /tmp)",
+                        self.os_user
+                    ),
+                ));
+            }
+            hosts.push(self.host_of(n));
+        }
+        Ok(hosts)
+    }
+
+    async fn list_hosts(&self, cluster: &Cluster) -> Result<Vec<Host>, Error> {
+        Ok(cluster
+            .nodes
+            .iter()
+            .filter(|n| self.node_dir(&n.name).is_dir())
+            .map(|n| self.host_of(n))
+            .collect())
+    }
+
+    async fn destroy_hosts(&self, cluster: &Cluster) -> Result<(), Error> {
+        for n in &cluster.nodes {
+            let dir = self.node_dir(&n.name);
+            if dir.is_dir() {
+                LocalTransport
+                    .remove_tree(&dir.to_string_lossy())
+                    .await
+                    .map_err(|e| Error::Transport {
+                        host: "localhost".into(),
+                        action: format!("remove {}", dir.display()),
+                        source: e,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl LocalProvider {
+    fn host_of(&self, n: &Node) -> Host {
+        Host {
+            node: n.name.clone(),
+            address: n.address.clone(),
+            admin_address: None,
+            id: Some(self.node_dir(&n.name).to_string_lossy().into_owned()),
+            state: "present".into(),
+        }
+    }
+}
+
+/// Connects nodes of the local provider: a [`LocalTransport`] and [`NodeLayout::local`].
+#[derive(Debug, Clone)]
+pub struct LocalConnector {
+    work_dir: PathBuf,
+    os_user: String,
+    binaries: Binaries,
+}
+
+#[async_trait]
+impl Connector for LocalConnector {
+    async fn connect(
+        &self,
+        _cluster: &Cluster,
+        node: &Node,
+        _host: &Host,
+    ) -> Result<NodeHandle, Error> {
+        Ok(NodeHandle {
+            name: node.name.clone(),
+            transport: Arc::new(LocalTransport),
+            layout: NodeLayout::local(
+                &self.work_dir.to_string_lossy(),
+                &node.name,
+                &self.binaries,
+                &self.os_user,
+            ),
+        })
+    }
+}
+
+/// Options for a local deployment beyond the spec.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// Binaries: explicit directories or a major.
+    pub discovery: DiscoveryOptions,
+    /// Overrides the spec's work directory.
+    pub work_dir: Option<PathBuf>,
+}
+
+/// The default work directory of a cluster: `/var/lib/pgrepl/<name>` as root, else
+/// `$XDG_DATA_HOME/pgrepl/<name>` or `~/.local/share/pgrepl/<name>`.
+pub fn default_work_dir(cluster_name: &str) -> PathBuf {
+    if running_as_root() {
+        return PathBuf::from("/var/lib/pgrepl").join(cluster_name);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("pgrepl").join(cluster_name)
+}
+
+/// The OS user PostgreSQL runs as by default: `postgres` as root, else the current user.
+pub fn default_os_user() -> String {
+    if running_as_root() {
+        "postgres".into()
+    } else {
+        current_user().to_string()
+    }
+}
+
+/// Builds a [`Deployment`] on the local provider.
+#[derive(Debug)]
+pub struct LocalDeployment;
+
+impl LocalDeployment {
+    /// Validates `spec`, finds binaries (spec's `pg_bin`/`postgres`, or `opts`), and
+    /// returns the deployment. Nothing is created until [`Deployment::up`].
+    pub async fn open(spec: &ClusterSpec, opts: &LocalOptions) -> Result<Deployment, Error> {
+        let local = match &spec.provider {
+            ProviderSpec::Local(l) => l.clone(),
+            other => {
+                return Err(Error::Spec(crate::SpecErrors::one(crate::SpecError::new(
+                    "provider.kind",
+                    format!("\"{}\" given to the local deployment", other.kind()),
+                    "\"local\"",
+                ))));
+            }
+        };
+        // Structure first, so a broken spec is reported before binaries are looked for.
+        let unversioned = spec.validate()?;
+        let mut d = opts.discovery.clone();
+        d.pg_bin = d.pg_bin.or_else(|| spec.pg_bin.clone());
+        d.pg_client_bin = d.pg_client_bin.or_else(|| spec.pg_client_bin.clone());
+        d.major = d.major.or(unversioned.major);
+        let binaries = discover(&d)?;
+        let cluster = spec.validate_for(binaries.major)?;
+        let work_dir = opts
+            .work_dir
+            .clone()
+            .or(local.work_dir.clone())
+            .unwrap_or_else(|| default_work_dir(&spec.name));
+        let os_user = local.os_user.clone().unwrap_or_else(default_os_user);
+        if os_user == "root" || (running_as_root() && os_user == current_user()) {
+            return Err(Error::Spec(crate::SpecErrors::one(crate::SpecError::new(
+                "provider.os_user",
+                "PostgreSQL refuses to run as root",
+                "an unprivileged OS user such as \"postgres\"",
+            ))));
+        }
+        let provider = Arc::new(LocalProvider::new(&work_dir, &os_user));
+        let connector = Arc::new(LocalConnector {
+            work_dir: work_dir.clone(),
+            os_user,
+            binaries: binaries.clone(),
+        });
+        Ok(
+            Deployment::new(cluster, provider, connector, work_dir.join("secrets"))
+                .with_binaries(binaries)
+                .with_local_ports(),
+        )
+    }
+}
+
+/// Whether something listens on `address:port` (a TCP connect within 300 ms).
+pub async fn port_in_use(address: &str, port: u16) -> bool {
+    let addr = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
+    matches!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}

@@ -1,0 +1,784 @@
+//! `ClusterSpec` → `Cluster`: the only producer of [`SpecError`]s.
+//!
+//! Every check names the field as written in pgrepl.toml and what was expected; all
+//! problems are collected, never just the first; nothing here panics on bad input.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use crate::cluster::{Cluster, Node, Replication, Sync};
+use crate::error::{SpecError, SpecErrors};
+use crate::spec::{
+    ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode,
+    VersionChoice,
+};
+use crate::version::{PgMajor, Support, SyncSyntax, setting_rule};
+
+/// Settings pgrepl writes itself from other fields; setting them by hand would break it.
+const MANAGED: &[(&str, &str)] = &[
+    ("port", "nodes[].port"),
+    ("primary_conninfo", "nodes[].upstream (pgrepl writes it)"),
+    ("primary_slot_name", "nodes[].slot_name"),
+    ("standby_mode", "nodes[].role"),
+    ("trigger_file", "nothing (pgrepl promotes)"),
+    ("promote_trigger_file", "nothing (pgrepl promotes)"),
+    ("recovery_target_timeline", "nothing (pgrepl sets 'latest')"),
+    ("synchronous_standby_names", "[replication.sync]"),
+    ("synchronous_commit", "[replication.sync] commit"),
+    ("archive_mode", "[archive]"),
+    ("archive_command", "[archive]"),
+    ("restore_command", "[archive]"),
+    (
+        "wal_level",
+        "nothing (pgrepl sets the hot-standby level of the version)",
+    ),
+    ("wal_keep_segments", "[replication] wal_keep_mb"),
+    ("wal_keep_size", "[replication] wal_keep_mb"),
+    ("data_directory", "the provider's layout"),
+    ("hba_file", "the provider's layout"),
+    ("config_file", "the provider's layout"),
+    ("include", "nothing"),
+    ("include_dir", "nothing"),
+    ("include_if_exists", "nothing"),
+];
+
+pub(crate) fn validate(
+    spec: &ClusterSpec,
+    detected: Option<PgMajor>,
+) -> Result<Cluster, SpecErrors> {
+    let mut errs: Vec<SpecError> = Vec::new();
+    let mut err = |field: String, problem: String, expected: &str| {
+        errs.push(SpecError::new(field, problem, expected))
+    };
+
+    // --- name
+    if let Err(p) = check_name(&spec.name) {
+        err(
+            "name".into(),
+            p,
+            "lowercase letters, digits, '-' and '_', 1 to 40 characters, starting with a letter or digit",
+        );
+    }
+
+    // --- version
+    let major = match (spec.postgres, detected) {
+        (VersionChoice::Major(m), Some(d)) if m != d => {
+            err(
+                "postgres".into(),
+                format!("the spec asks for PostgreSQL {m} but the binaries are {d}"),
+                "the spec's major to match the binaries (or postgres = \"detect\")",
+            );
+            Some(d)
+        }
+        (VersionChoice::Major(m), _) => Some(m),
+        (VersionChoice::Detect, d) => d,
+    };
+    if let Some(m) = major {
+        if let Support::Unsupported(why) = m.caps().support {
+            let supported: Vec<String> = PgMajor::supported().map(|m| m.to_string()).collect();
+            err(
+                "postgres".into(),
+                format!("PostgreSQL {m} is not supported: {why}"),
+                &format!("one of {}", supported.join(", ")),
+            );
+        }
+    }
+    let caps = major.map(PgMajor::caps);
+
+    // --- nodes
+    if spec.nodes.is_empty() {
+        err(
+            "nodes".into(),
+            "no nodes".into(),
+            "at least one [[nodes]] entry with role = \"primary\"",
+        );
+    }
+    let primaries: Vec<usize> = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.role == Role::Primary)
+        .map(|(i, _)| i)
+        .collect();
+    if primaries.is_empty() && !spec.nodes.is_empty() {
+        err(
+            "nodes".into(),
+            "no node has role = \"primary\"".into(),
+            "exactly one primary",
+        );
+    }
+    for &i in primaries.iter().skip(1) {
+        err(
+            format!("nodes[{i}].role"),
+            format!(
+                "\"{}\" is a second primary (\"{}\" is already primary)",
+                spec.nodes[i].name, spec.nodes[primaries[0]].name
+            ),
+            "exactly one primary",
+        );
+    }
+    let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut seen_names: HashMap<&str, usize> = HashMap::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        if let Err(p) = check_name(&n.name) {
+            err(
+                format!("nodes[{i}].name"),
+                p,
+                "lowercase letters, digits, '-' and '_', 1 to 40 characters, starting with a letter or digit",
+            );
+        }
+        if let Some(j) = seen_names.insert(n.name.as_str(), i) {
+            err(
+                format!("nodes[{i}].name"),
+                format!("duplicate node name \"{}\" (also nodes[{j}])", n.name),
+                "unique node names",
+            );
+        }
+    }
+
+    // Provider-specific address and port rules.
+    let (default_address, base_port): (Option<&str>, Option<u16>) = match &spec.provider {
+        ProviderSpec::Local(l) => (Some("127.0.0.1"), Some(l.base_port.unwrap_or(5432))),
+        ProviderSpec::Ssh(_) => (None, None),
+        ProviderSpec::Aws(_) => (None, None),
+    };
+    let mut addresses: Vec<Option<String>> = Vec::new();
+    let mut ports: Vec<u16> = Vec::new();
+    let mut seen_endpoints: HashMap<(String, u16), usize> = HashMap::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let address = n
+            .address
+            .clone()
+            .or_else(|| default_address.map(str::to_string));
+        let port = n.port.unwrap_or_else(|| match base_port {
+            Some(b) => b.saturating_add(i as u16),
+            None => 5432,
+        });
+        if port == 0 {
+            err(
+                format!("nodes[{i}].port"),
+                "port 0".into(),
+                "a port from 1 to 65535",
+            );
+        }
+        match (&spec.provider, &address) {
+            (ProviderSpec::Local(_), Some(a)) => match a.parse::<IpAddr>() {
+                Ok(ip) if ip.is_loopback() => {}
+                _ => err(
+                    format!("nodes[{i}].address"),
+                    format!("\"{a}\" is not a loopback address"),
+                    "a loopback address such as 127.0.0.1 for the local provider",
+                ),
+            },
+            (ProviderSpec::Ssh(_), None) => err(
+                format!("nodes[{i}].address"),
+                "missing".into(),
+                "the address the host's PostgreSQL listens and replicates on (SSH provider)",
+            ),
+            (ProviderSpec::Ssh(_), Some(a)) => {
+                if let Err(p) = check_host(a) {
+                    err(
+                        format!("nodes[{i}].address"),
+                        p,
+                        "an IP address or host name",
+                    );
+                }
+            }
+            (ProviderSpec::Aws(_), Some(_)) => err(
+                format!("nodes[{i}].address"),
+                "set by hand".into(),
+                "no address: the AWS provider assigns it",
+            ),
+            _ => {}
+        }
+        if let Some(a) = &address {
+            if let Some(j) = seen_endpoints.insert((a.clone(), port), i) {
+                err(
+                    format!("nodes[{i}].port"),
+                    format!(
+                        "{a}:{port} is also used by nodes[{j}] (\"{}\")",
+                        spec.nodes[j].name
+                    ),
+                    "a unique address:port per node",
+                );
+            }
+        }
+        addresses.push(address);
+        ports.push(port);
+    }
+
+    // Upstreams: exist, not self, primary has none, no cycles, reach the primary.
+    let primary_name = primaries.first().map(|&i| spec.nodes[i].name.clone());
+    let mut upstreams: Vec<Option<String>> = Vec::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let up = match (n.role, &n.upstream) {
+            (Role::Primary, Some(u)) => {
+                err(
+                    format!("nodes[{i}].upstream"),
+                    format!("the primary cannot stream from \"{u}\""),
+                    "no upstream on the primary",
+                );
+                None
+            }
+            (Role::Primary, None) => None,
+            (Role::Standby, Some(u)) if u == &n.name => {
+                err(
+                    format!("nodes[{i}].upstream"),
+                    format!("\"{u}\" streams from itself"),
+                    "another node's name",
+                );
+                None
+            }
+            (Role::Standby, Some(u)) if !names.contains(&u.as_str()) => {
+                err(
+                    format!("nodes[{i}].upstream"),
+                    format!("unknown node \"{u}\""),
+                    &format!("one of: {}", names.join(", ")),
+                );
+                None
+            }
+            (Role::Standby, Some(u)) => Some(u.clone()),
+            (Role::Standby, None) => primary_name.clone(),
+        };
+        upstreams.push(up);
+    }
+    for (i, n) in spec.nodes.iter().enumerate() {
+        if n.role != Role::Standby {
+            continue;
+        }
+        // Walk up at most nodes.len() steps; longer means a cycle.
+        let mut cur = upstreams[i].clone();
+        let mut path = vec![n.name.clone()];
+        let mut reached_primary = false;
+        for _ in 0..spec.nodes.len() {
+            let Some(c) = cur else { break };
+            if Some(&c) == primary_name.as_ref() {
+                reached_primary = true;
+                break;
+            }
+            if path.contains(&c) {
+                break;
+            }
+            path.push(c.clone());
+            cur = names
+                .iter()
+                .position(|x| *x == c)
+                .and_then(|j| upstreams[j].clone());
+        }
+        if !reached_primary && upstreams[i].is_some() && primary_name.is_some() {
+            path.push(
+                path.iter()
+                    .find(|p| upstreams[names.iter().position(|x| x == p).unwrap_or(0)].is_some())
+                    .cloned()
+                    .unwrap_or_default(),
+            );
+            err(
+                format!("nodes[{i}].upstream"),
+                format!(
+                    "upstream chain of \"{}\" never reaches the primary (cycle: {})",
+                    n.name,
+                    path.join(" -> ")
+                ),
+                "every standby's upstream chain to end at the primary",
+            );
+        }
+    }
+
+    // --- replication
+    let r = &spec.replication;
+    if let Err(p) = check_identifier(&r.user) {
+        err(
+            "replication.user".into(),
+            p,
+            "a role name of lowercase letters, digits and '_', starting with a letter, at most 63 characters",
+        );
+    }
+    let auth = match (r.auth, caps) {
+        (Some(AuthMethod::ScramSha256), Some(c)) if !c.password.scram => {
+            err(
+                "replication.auth".into(),
+                format!("scram-sha-256 does not exist in PostgreSQL {}", c.major),
+                "\"md5\" before PostgreSQL 10",
+            );
+            Some(AuthMethod::Md5)
+        }
+        (Some(a), _) => Some(a),
+        (None, Some(c)) => Some(if c.password.scram {
+            AuthMethod::ScramSha256
+        } else {
+            AuthMethod::Md5
+        }),
+        (None, None) => None,
+    };
+    let slots = match (r.slots, caps) {
+        (Some(true), Some(c)) if !c.slots => {
+            err(
+                "replication.slots".into(),
+                format!("PostgreSQL {} has no replication slots", c.major),
+                "slots = false before 9.4",
+            );
+            false
+        }
+        (Some(s), _) => s,
+        (None, Some(c)) => c.slots,
+        (None, None) => true,
+    };
+    if r.wal_keep_mb == 0 && !slots {
+        err(
+            "replication.wal_keep_mb".into(),
+            "0 with slots off: a standby that falls behind would need a re-clone".into(),
+            "a positive size in MB, or slots on",
+        );
+    }
+    if let Some(p) = &r.password_file {
+        if !p.is_absolute() {
+            err(
+                "replication.password_file".into(),
+                format!("\"{}\" is relative", p.display()),
+                "an absolute path",
+            );
+        }
+    }
+
+    // Slot names.
+    let mut node_slots: Vec<Option<String>> = Vec::new();
+    let mut seen_slots: HashMap<String, usize> = HashMap::new();
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let slot = match (&n.slot_name, n.role) {
+            (Some(s), Role::Primary) => {
+                err(
+                    format!("nodes[{i}].slot_name"),
+                    format!("\"{s}\" set on the primary"),
+                    "slot_name only on standbys",
+                );
+                None
+            }
+            (Some(s), Role::Standby) => {
+                if let Err(p) = check_slot_name(s) {
+                    err(
+                        format!("nodes[{i}].slot_name"),
+                        p,
+                        "lowercase letters, digits and '_', 1 to 63 characters",
+                    );
+                }
+                if !slots {
+                    err(
+                        format!("nodes[{i}].slot_name"),
+                        "set while replication slots are off".into(),
+                        "no slot_name, or [replication] slots = true",
+                    );
+                }
+                Some(s.clone())
+            }
+            (None, Role::Standby) if slots => Some(default_slot_name(&n.name)),
+            (None, _) => None,
+        };
+        if let Some(s) = &slot {
+            if let Some(j) = seen_slots.insert(s.clone(), i) {
+                err(
+                    format!("nodes[{i}].slot_name"),
+                    format!(
+                        "slot \"{s}\" is also used by nodes[{j}] (\"{}\")",
+                        spec.nodes[j].name
+                    ),
+                    "a unique slot name per standby",
+                );
+            }
+        }
+        node_slots.push(slot.filter(|_| slots));
+    }
+
+    // Synchronous replication.
+    let s = &r.sync;
+    let direct: Vec<&crate::spec::NodeSpec> = {
+        let mut d: Vec<&crate::spec::NodeSpec> = spec
+            .nodes
+            .iter()
+            .zip(&upstreams)
+            .filter(|(n, u)| {
+                n.role == Role::Standby && u.is_some() && u.as_ref() == primary_name.as_ref()
+            })
+            .map(|(n, _)| n)
+            .collect();
+        d.sort_by_key(|n| std::cmp::Reverse(n.priority.unwrap_or(100)));
+        d
+    };
+    let sync_standbys: Vec<String> = match &s.standbys {
+        Some(list) => {
+            for (k, name) in list.iter().enumerate() {
+                match spec.nodes.iter().position(|n| &n.name == name) {
+                    None => err(
+                        format!("replication.sync.standbys[{k}]"),
+                        format!("unknown node \"{name}\""),
+                        &format!(
+                            "one of: {}",
+                            direct
+                                .iter()
+                                .map(|n| n.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                    Some(j) if !direct.iter().any(|d| &d.name == name) => err(
+                        format!("replication.sync.standbys[{k}]"),
+                        format!(
+                            "\"{name}\" does not stream from the primary ({})",
+                            if spec.nodes[j].role == Role::Primary {
+                                "it is the primary".to_string()
+                            } else {
+                                format!(
+                                    "its upstream is \"{}\"",
+                                    upstreams[j].clone().unwrap_or_default()
+                                )
+                            }
+                        ),
+                        "standbys that stream directly from the primary",
+                    ),
+                    _ => {}
+                }
+            }
+            list.clone()
+        }
+        None => direct.iter().map(|n| n.name.clone()).collect(),
+    };
+    if s.mode != SyncMode::Off {
+        if s.count == 0 {
+            err(
+                "replication.sync.count".into(),
+                "0".into(),
+                "at least 1 (or mode = \"off\")",
+            );
+        } else if s.count as usize > sync_standbys.len() {
+            err(
+                "replication.sync.count".into(),
+                format!(
+                    "{} synchronous standbys asked but only {} candidate(s) stream from the primary ({})",
+                    s.count,
+                    sync_standbys.len(),
+                    sync_standbys.join(", ")
+                ),
+                &format!("a count from 1 to {}", sync_standbys.len().max(1)),
+            );
+        }
+        if let Some(c) = caps {
+            match (c.sync_syntax, s.mode) {
+                (SyncSyntax::None, _) => err(
+                    "replication.sync.mode".into(),
+                    format!("PostgreSQL {} has no synchronous replication", c.major),
+                    "mode = \"off\"",
+                ),
+                (SyncSyntax::List | SyncSyntax::Priority, SyncMode::Any) => err(
+                    "replication.sync.mode".into(),
+                    format!("quorum (\"any\") needs PostgreSQL 10, this is {}", c.major),
+                    "mode = \"first\" before 10",
+                ),
+                (SyncSyntax::List, SyncMode::First) if s.count > 1 => err(
+                    "replication.sync.count".into(),
+                    format!("PostgreSQL {} has one synchronous standby at most", c.major),
+                    "count = 1 before 9.6",
+                ),
+                _ => {}
+            }
+            if s.commit == SyncCommit::RemoteApply && !c.remote_apply {
+                err(
+                    "replication.sync.commit".into(),
+                    format!("remote_apply needs PostgreSQL 9.6, this is {}", c.major),
+                    "\"on\" or \"remote_write\"",
+                );
+            }
+        }
+    }
+
+    // --- archive
+    match &spec.archive {
+        ArchiveSpec::None => {}
+        ArchiveSpec::Dir { path } => {
+            if !path.is_absolute() {
+                err(
+                    "archive.path".into(),
+                    format!("\"{}\" is relative", path.display()),
+                    "an absolute directory path",
+                );
+            }
+            if path.to_string_lossy().contains('\'') {
+                err(
+                    "archive.path".into(),
+                    "contains a single quote".into(),
+                    "a path without quotes",
+                );
+            }
+        }
+        ArchiveSpec::Command {
+            archive_command,
+            restore_command,
+        } => {
+            if archive_command.trim().is_empty() {
+                err(
+                    "archive.archive_command".into(),
+                    "empty".into(),
+                    "a command using %p and %f",
+                );
+            }
+            if restore_command.trim().is_empty() {
+                err(
+                    "archive.restore_command".into(),
+                    "empty".into(),
+                    "a command using %f and %p",
+                );
+            }
+        }
+    }
+
+    // --- settings
+    let mut check_settings = |prefix: &str, settings: &BTreeMap<String, SettingValue>| {
+        for (name, value) in settings {
+            let field = format!("{prefix}.{name}");
+            if !is_setting_name(name) {
+                err(
+                    field.clone(),
+                    format!("\"{name}\" is not a setting name"),
+                    "a postgresql.conf name: letters, digits, '_' and '.'",
+                );
+                continue;
+            }
+            if let Some((_, instead)) = MANAGED.iter().find(|(m, _)| m.eq_ignore_ascii_case(name)) {
+                err(
+                    field.clone(),
+                    "managed by pgrepl".into(),
+                    &format!("to set it through {instead}"),
+                );
+                continue;
+            }
+            if let (Some(rule), Some(m)) = (setting_rule(name), major) {
+                if !rule.exists_in(m) {
+                    let why = if rule.recovery_only_before_12 {
+                        format!(
+                            "PostgreSQL {m} has no setting \"{name}\" in postgresql.conf (it lives in {})",
+                            rule.instead
+                        )
+                    } else {
+                        format!("PostgreSQL {m} has no setting \"{name}\"")
+                    };
+                    err(
+                        field.clone(),
+                        why,
+                        &format!("a setting of PostgreSQL {m} (instead: {})", rule.instead),
+                    );
+                }
+            }
+            if let SettingValue::Text(t) = value {
+                if t.contains('\n') {
+                    err(
+                        field.clone(),
+                        "value spans lines".into(),
+                        "a one-line value",
+                    );
+                }
+            }
+            if name.eq_ignore_ascii_case("password_encryption") {
+                if let (SettingValue::Text(t), Some(c)) = (value, caps) {
+                    if t == "scram-sha-256" && !c.password.scram {
+                        err(
+                            field.clone(),
+                            format!("scram-sha-256 does not exist in PostgreSQL {}", c.major),
+                            "\"on\" (md5) before 10",
+                        );
+                    }
+                }
+            }
+        }
+    };
+    check_settings("settings", &spec.settings);
+    for (i, n) in spec.nodes.iter().enumerate() {
+        check_settings(&format!("nodes[{i}].settings"), &n.settings);
+    }
+
+    // --- provider
+    if let ProviderSpec::Local(l) = &spec.provider {
+        if let Some(w) = &l.work_dir {
+            if !w.is_absolute() {
+                err(
+                    "provider.work_dir".into(),
+                    format!("\"{}\" is relative", w.display()),
+                    "an absolute directory path",
+                );
+            }
+        }
+        if let Some(u) = &l.os_user {
+            if u == "root" {
+                err(
+                    "provider.os_user".into(),
+                    "PostgreSQL refuses to run as root".into(),
+                    "an unprivileged OS user such as \"postgres\"",
+                );
+            }
+        }
+    }
+    if let ProviderSpec::Ssh(s) = &spec.provider {
+        if let Some(p) = &s.host_key_policy {
+            if p != "strict" && p != "accept-new" {
+                err(
+                    "provider.host_key_policy".into(),
+                    format!("\"{p}\""),
+                    "\"strict\" or \"accept-new\"",
+                );
+            }
+        }
+    }
+    if let ProviderSpec::Aws(a) = &spec.provider {
+        match &a.admin_cidr {
+            None => err("provider.admin_cidr".into(), "missing: SSH would be open to nobody, and pgrepl never opens it to 0.0.0.0/0 by default".into(), "the CIDR you administer from, such as \"203.0.113.7/32\""),
+            Some(c) if !is_cidr(c) => err("provider.admin_cidr".into(), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"203.0.113.7/32\""),
+            _ => {}
+        }
+        for (k, c) in a.app_cidrs.iter().enumerate() {
+            if !is_cidr(c) {
+                err(
+                    format!("provider.app_cidrs[{k}]"),
+                    format!("\"{c}\" is not a CIDR"),
+                    "an address/prefix such as \"10.0.0.0/16\"",
+                );
+            }
+        }
+    }
+
+    if !errs.is_empty() {
+        return Err(SpecErrors(errs));
+    }
+
+    let nodes = spec
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Node {
+            name: n.name.clone(),
+            address: addresses[i].clone(),
+            port: ports[i],
+            role: n.role,
+            upstream: upstreams[i].clone(),
+            priority: n.priority.unwrap_or(100),
+            slot: node_slots[i].clone(),
+            ssh_host: n.ssh_host.clone(),
+            settings: n
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })
+        .collect();
+    Ok(Cluster {
+        name: spec.name.clone(),
+        major,
+        replication: Replication {
+            user: r.user.clone(),
+            auth,
+            slots,
+            wal_keep_mb: r.wal_keep_mb,
+            sync: Sync {
+                mode: s.mode,
+                count: s.count,
+                standbys: sync_standbys,
+                commit: s.commit,
+            },
+        },
+        archive: spec.archive.clone(),
+        settings: spec
+            .settings
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        nodes,
+        spec: spec.clone(),
+    })
+}
+
+/// The slot name pgrepl uses for a standby by default.
+pub fn default_slot_name(node: &str) -> String {
+    format!("pgrepl_{}", node.replace('-', "_"))
+}
+
+fn check_name(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if s.len() > 40 {
+        return Err(format!("\"{s}\" is {} characters long", s.len()));
+    }
+    let first_ok = s
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !first_ok
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "\"{s}\" has characters outside a-z, 0-9, '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_identifier(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("\"{s}\" is not a plain role name"))
+    }
+}
+
+fn check_slot_name(s: &str) -> Result<(), String> {
+    if s.is_empty()
+        || s.len() > 63
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(format!("\"{s}\" is not a valid slot name"));
+    }
+    Ok(())
+}
+
+fn check_host(s: &str) -> Result<(), String> {
+    if s.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("\"{s}\" is neither an IP address nor a host name"))
+    }
+}
+
+fn is_setting_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+fn is_cidr(s: &str) -> bool {
+    let Some((ip, prefix)) = s.split_once('/') else {
+        return false;
+    };
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    prefix.parse::<u8>().is_ok_and(|p| p <= max)
+}
