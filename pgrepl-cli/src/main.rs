@@ -72,6 +72,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(Error::Refused(_)) => 3,
         Some(Error::Discovery(_)) => 4,
         Some(_) => 4,
+        None if e.downcast_ref::<pgrepl_core::SpecErrors>().is_some() => 2,
         None if e.downcast_ref::<clap::Error>().is_some() => 2,
         None => 4,
     }

@@ -305,6 +305,27 @@ impl Deployment {
             progress,
             local_ports: self.local_ports,
         };
+        // Preflight: a node that is not running must find its port free, before anything changes.
+        if self.local_ports {
+            for h in &handles {
+                let n = cluster.node(&h.name).expect("handles are nodes");
+                if let Some(a) = &n.address {
+                    if !is_running(h)
+                        .await
+                        .map_err(|e| tr(&n.name, "check whether the server runs", e))?
+                        && crate::local::port_in_use(a, n.port).await
+                    {
+                        return Err(Error::node(
+                            &n.name,
+                            format!(
+                                "port {} on {a} is already in use by another process; nothing was changed. Choose a free port in the spec (nodes[].port, or provider.base_port)",
+                                n.port
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         let primary = cluster.primary();
         actions.extend(run.ensure_primary(primary).await?);
         for level in cluster.standbys_in_order() {
@@ -862,6 +883,31 @@ impl Run<'_> {
         let running = is_running(h)
             .await
             .map_err(|e| tr(&n.name, "check whether the server runs", e))?;
+        if running && !unfinished {
+            let rows = self
+                .sql(
+                    h,
+                    n.port,
+                    "SELECT pg_catalog.pg_is_in_recovery();",
+                    "check the standby's role",
+                )
+                .await?;
+            if rows
+                .first()
+                .and_then(|r| r.first().cloned().flatten())
+                .as_deref()
+                != Some("t")
+            {
+                return Err(Refusal {
+                    node: n.name.clone(),
+                    reason: format!(
+                        "the spec makes it a standby but it runs as a primary (not in recovery); pgrepl will not demote it here: use `pgrepl rejoin {}`",
+                        n.name
+                    ),
+                }
+                .into());
+            }
+        }
         let data = self.data_dir(h).await?;
         let needs_clone = match (data, unfinished) {
             (_, true) => {
@@ -905,30 +951,8 @@ impl Run<'_> {
                     seconds: 0.0,
                 });
             }
-            if running {
-                let rows = self
-                    .sql(
-                        h,
-                        n.port,
-                        "SELECT pg_catalog.pg_is_in_recovery();",
-                        "check the standby's role",
-                    )
-                    .await?;
-                if rows
-                    .first()
-                    .and_then(|r| r.first().cloned().flatten())
-                    .as_deref()
-                    != Some("t")
-                {
-                    return Err(Refusal {
-                        node: n.name.clone(),
-                        reason: "the spec makes it a standby but it runs as a primary (not in recovery); pgrepl will not demote it here: use `pgrepl rejoin`".into(),
-                    }
-                    .into());
-                }
-                if changed {
-                    self.apply_config(n, h, &r, &mut actions).await?;
-                }
+            if running && changed {
+                self.apply_config(n, h, &r, &mut actions).await?;
             }
         }
         if !is_running(h)

@@ -614,6 +614,9 @@ pub fn passfile_text(user: &str, password: &str) -> String {
     format!("*:*:*:{}:{}\n", esc(user), esc(password))
 }
 
+/// The replication role. Its statements commit locally (`synchronous_commit = local`):
+/// during bootstrap the primary's synchronous standbys do not exist yet, and a commit
+/// waiting for them would hang forever.
 fn role_sql(cluster: &Cluster, secrets: Option<&Secrets>) -> Vec<Sql> {
     let user = &cluster.replication.user;
     let verifier = secrets
@@ -623,7 +626,7 @@ fn role_sql(cluster: &Cluster, secrets: Option<&Secrets>) -> Vec<Sql> {
         Sql {
             purpose: format!("replication role {user}"),
             text: format!(
-                "DO $pgrepl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {ident} WITH REPLICATION LOGIN; END IF; END $pgrepl$;",
+                "SET synchronous_commit = local; DO $pgrepl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {ident} WITH REPLICATION LOGIN; END IF; END $pgrepl$;",
                 lit = sql_literal(user),
                 ident = sql_ident(user)
             ),
@@ -634,7 +637,7 @@ fn role_sql(cluster: &Cluster, secrets: Option<&Secrets>) -> Vec<Sql> {
                 "password of {user} (a hash; the password itself never reaches the server)"
             ),
             text: format!(
-                "ALTER ROLE {} WITH REPLICATION LOGIN PASSWORD {};",
+                "SET synchronous_commit = local; ALTER ROLE {} WITH REPLICATION LOGIN PASSWORD {};",
                 sql_ident(user),
                 sql_literal(verifier)
             ),

@@ -448,6 +448,15 @@ pub(crate) fn validate(
                 "0".into(),
                 "at least 1 (or mode = \"off\")",
             );
+        } else if sync_standbys.is_empty() {
+            err(
+                "replication.sync.count".into(),
+                format!(
+                    "{} synchronous standbys asked but no standby streams from the primary",
+                    s.count
+                ),
+                "at least one standby streaming from the primary, or mode = \"off\"",
+            );
         } else if s.count as usize > sync_standbys.len() {
             err(
                 "replication.sync.count".into(),
@@ -457,7 +466,7 @@ pub(crate) fn validate(
                     sync_standbys.len(),
                     sync_standbys.join(", ")
                 ),
-                &format!("a count from 1 to {}", sync_standbys.len().max(1)),
+                &format!("a count from 1 to {}", sync_standbys.len()),
             );
         }
         if let Some(c) = caps {

@@ -1,0 +1,238 @@
+//! Shared fixtures: lab binaries, work directories, free ports, running `pgrepl`.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use pgrepl_core::PgMajor;
+
+/// The lab directory (`PGREPL_LAB`, default /opt/pgrepl-lab).
+pub fn lab_dir() -> PathBuf {
+    std::env::var_os("PGREPL_LAB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/pgrepl-lab"))
+}
+
+/// Server and client bin directories for a major of the lab. Panics (fails the test)
+/// naming the install script when the lab lacks it.
+pub fn bins(major: &str) -> (PathBuf, PathBuf) {
+    let bin = lab_dir().join("pg").join(major).join("bin");
+    assert!(
+        bin.join("postgres").is_file(),
+        "PostgreSQL {major} is not installed in the test lab ({}): run scripts/lab/install.sh",
+        bin.display()
+    );
+    let client = if bin.join("pg_basebackup").is_file() {
+        bin.clone()
+    } else {
+        // The npm builds of 10-13 ship only the server; a newer client works against them.
+        let c = PathBuf::from("/usr/lib/postgresql/15/bin");
+        assert!(
+            c.join("pg_basebackup").is_file(),
+            "no client tools at {}: run scripts/lab/install.sh",
+            c.display()
+        );
+        c
+    };
+    (bin, client)
+}
+
+/// Majors installed in the lab, oldest first.
+pub fn lab_majors() -> Vec<PgMajor> {
+    PgMajor::ALL
+        .iter()
+        .copied()
+        .filter(|m| {
+            lab_dir()
+                .join("pg")
+                .join(m.to_string())
+                .join("bin/postgres")
+                .is_file()
+        })
+        .collect()
+}
+
+/// A work directory that the `postgres` OS user can reach; servers under it are stopped
+/// (by their own pid files, through pg_ctl) and it is removed on drop.
+pub struct WorkDir {
+    pub path: PathBuf,
+    pub bin: Option<PathBuf>,
+}
+
+impl WorkDir {
+    pub fn new(name: &str) -> WorkDir {
+        let base = PathBuf::from("/tmp/pgrepl-tests");
+        std::fs::create_dir_all(&base).unwrap();
+        set_mode(&base, 0o755);
+        let path = base.join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        set_mode(&path, 0o755);
+        WorkDir { path, bin: None }
+    }
+
+    pub fn with_bin(mut self, bin: &Path) -> Self {
+        self.bin = Some(bin.to_path_buf());
+        self
+    }
+
+    pub fn str(&self) -> String {
+        self.path.to_string_lossy().into_owned()
+    }
+}
+
+static NEXT: AtomicU16 = AtomicU16::new(0);
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        // Stop servers this test started: pg_ctl signals the pid in each data directory's
+        // postmaster.pid, i.e. only our own postmasters.
+        if let (Some(bin), Ok(entries)) = (&self.bin, std::fs::read_dir(&self.path)) {
+            for e in entries.flatten() {
+                let data = e.path().join("data");
+                if data.join("postmaster.pid").exists() {
+                    let _ = Command::new("runuser")
+                        .args(["-u", "postgres", "--"])
+                        .arg(bin.join("pg_ctl"))
+                        .args(["-D"])
+                        .arg(&data)
+                        .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                        .output();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A base port with `n` free ports after it, distinct across the tests of this process.
+pub fn free_ports(n: u16) -> u16 {
+    static LOCK: Mutex<()> = Mutex::new(());
+    static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+    let _g = LOCK.lock().unwrap();
+    if NEXT_PORT.load(Ordering::SeqCst) == 0 {
+        NEXT_PORT.store(
+            20000 + (std::process::id() % 2000) as u16 * 10,
+            Ordering::SeqCst,
+        );
+    }
+    for _ in 0..1000 {
+        let base = NEXT_PORT.fetch_add(n + 1, Ordering::SeqCst);
+        if (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} free ports found on 127.0.0.1");
+}
+
+/// Runs the `pgrepl` binary.
+pub fn pgrepl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(args)
+        .env_remove("PGREPL_FILE")
+        .output()
+        .expect("pgrepl runs")
+}
+
+/// Runs `pgrepl` and returns (exit code, stdout, stderr).
+pub fn pgrepl_ok(args: &[&str]) -> (i32, String, String) {
+    let o = pgrepl(args);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A local cluster spec: `nodes` names, the first primary, on 127.0.0.1 from `base_port`.
+pub fn local_spec(name: &str, major: &str, base_port: u16, work_dir: &str, extra: &str) -> String {
+    format!(
+        "name = \"{name}\"\npostgres = \"{major}\"\n{extra}\n[provider]\nkind = \"local\"\nbase_port = {base_port}\nwork_dir = \"{work_dir}\"\n\n\
+         [[nodes]]\nname = \"db1\"\nrole = \"primary\"\n\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n"
+    )
+}
+
+/// Runs SQL through `psql` as the `postgres` OS user over the node's socket (the test's
+/// own path to the server, independent of pgrepl's).
+pub fn psql(client_bin: &Path, work_dir: &Path, node: &str, port: u16, sql: &str) -> String {
+    let o = Command::new("runuser")
+        .args(["-u", "postgres", "--"])
+        .arg(client_bin.join("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+        .arg(work_dir.join(node).join("run"))
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql runs");
+    assert!(
+        o.status.success(),
+        "psql on {node}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The password of the test's application role.
+pub const APP_PASSWORD: &str = "test-app-password";
+
+/// Creates (once per cluster, on the primary) a superuser `pgrepl_test` with a password,
+/// for tokio-postgres clients that connect as applications do: TCP to 127.0.0.1.
+pub fn create_app_role(client_bin: &Path, work_dir: &Path, primary: &str, port: u16) {
+    psql(
+        client_bin,
+        work_dir,
+        primary,
+        port,
+        &format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'pgrepl_test') THEN CREATE ROLE pgrepl_test SUPERUSER LOGIN PASSWORD '{APP_PASSWORD}'; END IF; END $$;"
+        ),
+    );
+}
+
+/// Connects with tokio-postgres over TCP to 127.0.0.1:`port` as `pgrepl_test`.
+pub async fn connect(port: u16) -> tokio_postgres::Client {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("pgrepl_test")
+        .password(APP_PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(std::time::Duration::from_secs(5));
+    // A role just created on the primary may not have replayed on a standby yet: retry
+    // "role does not exist" (and a starting server) for a bounded time.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (client, conn) = loop {
+        match cfg.connect(tokio_postgres::NoTls).await {
+            Ok(x) => break x,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("connect to 127.0.0.1:{port}: {e:?}"),
+        }
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}

@@ -1,0 +1,10 @@
+//! Tests against real parts: real PostgreSQL servers of several majors (installed by
+//! `scripts/lab/install.sh`), real sshd, a real EC2 API (moto). A missing lab part makes
+//! a test fail with the script to run; nothing here skips itself.
+//!
+//! Every server these tests start listens on 127.0.0.1 (or inside the network
+//! namespaces of `scripts/lab/netns.sh`) and is stopped by the test that started it.
+
+mod common;
+mod local_e2e;
+mod pg_accepts;

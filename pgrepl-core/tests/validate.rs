@@ -1,0 +1,492 @@
+//! One test per spec the core issue says must be rejected. Each checks that the error
+//! names the field (as written in pgrepl.toml) and what was expected.
+
+use pgrepl_core::{ClusterSpec, PgMajor, SpecErrors};
+
+const BASE: &str = r#"
+name = "t"
+postgres = "16"
+[[nodes]]
+name = "db1"
+role = "primary"
+[[nodes]]
+name = "db2"
+role = "standby"
+[[nodes]]
+name = "db3"
+role = "standby"
+"#;
+
+fn errors(toml: &str) -> SpecErrors {
+    let spec = match ClusterSpec::from_toml(toml) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    match spec.validate() {
+        Ok(c) => panic!("expected errors, got a valid cluster: {c:?}"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts an error on `field` whose message contains every one of `words`.
+fn assert_field(errs: &SpecErrors, field: &str, words: &[&str]) {
+    let e = errs
+        .get(field)
+        .unwrap_or_else(|| panic!("no error on {field}; got:\n{errs}"));
+    let text = e.to_string();
+    assert!(text.starts_with(&format!("{field}: ")), "{text}");
+    for w in words {
+        assert!(text.contains(w), "error on {field} lacks {w:?}: {text}");
+    }
+}
+
+fn with(version: &str, extra: &str) -> String {
+    BASE.replace(
+        "postgres = \"16\"",
+        &format!("postgres = \"{version}\"\n{extra}"),
+    )
+}
+
+#[test]
+fn valid_base_spec() {
+    let c = ClusterSpec::from_toml(BASE).unwrap().validate().unwrap();
+    assert_eq!(c.primary().name, "db1");
+    assert_eq!(c.node("db2").unwrap().slot.as_deref(), Some("pgrepl_db2"));
+    assert_eq!(c.node("db3").unwrap().port, 5434);
+}
+
+#[test]
+fn no_primary() {
+    let e = errors(&BASE.replace("role = \"primary\"", "role = \"standby\""));
+    assert_field(
+        &e,
+        "nodes",
+        &[
+            "no node has role = \"primary\"",
+            "expected exactly one primary",
+        ],
+    );
+}
+
+#[test]
+fn two_primaries() {
+    let e = errors(&BASE.replacen("role = \"standby\"", "role = \"primary\"", 1));
+    assert_field(
+        &e,
+        "nodes[1].role",
+        &[
+            "\"db2\" is a second primary",
+            "\"db1\" is already primary",
+            "exactly one primary",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_names() {
+    let e = errors(&BASE.replace("name = \"db3\"", "name = \"db2\""));
+    assert_field(
+        &e,
+        "nodes[2].name",
+        &[
+            "duplicate node name \"db2\"",
+            "nodes[1]",
+            "unique node names",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_address_and_port() {
+    let toml = BASE.replace(
+        "name = \"db3\"\nrole = \"standby\"",
+        "name = \"db3\"\nrole = \"standby\"\nport = 5432",
+    );
+    let e = errors(&toml);
+    assert_field(
+        &e,
+        "nodes[2].port",
+        &[
+            "127.0.0.1:5432 is also used by nodes[0] (\"db1\")",
+            "unique address:port",
+        ],
+    );
+}
+
+#[test]
+fn unknown_version() {
+    let e = errors(&with("19", ""));
+    let text = e.to_string();
+    assert!(text.contains("unknown PostgreSQL version \"19\""), "{text}");
+    assert!(text.contains("from 9.0 to 18"), "{text}");
+    assert!(text.contains("line "), "names the line: {text}");
+}
+
+#[test]
+fn unsupported_version() {
+    let e = errors(&with("9.2", "[replication]\nslots = false\n"));
+    assert_field(
+        &e,
+        "postgres",
+        &["PostgreSQL 9.2 is not supported", "9.3", "one of 9.3, 9.4"],
+    );
+}
+
+#[test]
+fn sync_count_larger_than_standbys() {
+    let e = errors(&with(
+        "16",
+        "[replication]\nsync = { mode = \"any\", count = 3 }\n",
+    ));
+    assert_field(
+        &e,
+        "replication.sync.count",
+        &[
+            "3 synchronous standbys asked but only 2",
+            "a count from 1 to 2",
+        ],
+    );
+}
+
+#[test]
+fn slots_on_a_version_without_them() {
+    let e = errors(&with("9.3", "[replication]\nslots = true\n"));
+    assert_field(
+        &e,
+        "replication.slots",
+        &[
+            "PostgreSQL 9.3 has no replication slots",
+            "slots = false before 9.4",
+        ],
+    );
+}
+
+#[test]
+fn quorum_on_a_version_without_it() {
+    let e = errors(&with(
+        "9.6",
+        "[replication]\nsync = { mode = \"any\", count = 1 }\n",
+    ));
+    assert_field(
+        &e,
+        "replication.sync.mode",
+        &[
+            "quorum (\"any\") needs PostgreSQL 10",
+            "9.6",
+            "mode = \"first\" before 10",
+        ],
+    );
+}
+
+#[test]
+fn several_sync_standbys_before_96() {
+    let e = errors(&with(
+        "9.5",
+        "[replication]\nsync = { mode = \"first\", count = 2 }\n",
+    ));
+    assert_field(
+        &e,
+        "replication.sync.count",
+        &["one synchronous standby at most", "count = 1 before 9.6"],
+    );
+}
+
+#[test]
+fn remote_apply_before_96() {
+    let e = errors(&with(
+        "9.5",
+        "[replication]\nsync = { mode = \"first\", count = 1, commit = \"remote_apply\" }\n",
+    ));
+    assert_field(
+        &e,
+        "replication.sync.commit",
+        &["remote_apply needs PostgreSQL 9.6"],
+    );
+}
+
+#[test]
+fn scram_on_9x() {
+    let e = errors(&with("9.6", "[replication]\nauth = \"scram-sha-256\"\n"));
+    assert_field(
+        &e,
+        "replication.auth",
+        &[
+            "scram-sha-256 does not exist in PostgreSQL 9.6",
+            "\"md5\" before PostgreSQL 10",
+        ],
+    );
+}
+
+#[test]
+fn upstream_cycle() {
+    let toml = BASE
+        .replace(
+            "name = \"db2\"\nrole = \"standby\"",
+            "name = \"db2\"\nrole = \"standby\"\nupstream = \"db3\"",
+        )
+        .replace(
+            "name = \"db3\"\nrole = \"standby\"",
+            "name = \"db3\"\nrole = \"standby\"\nupstream = \"db2\"",
+        );
+    let e = errors(&toml);
+    assert_field(
+        &e,
+        "nodes[1].upstream",
+        &[
+            "never reaches the primary",
+            "cycle: db2 -> db3",
+            "end at the primary",
+        ],
+    );
+    assert_field(&e, "nodes[2].upstream", &["never reaches the primary"]);
+}
+
+#[test]
+fn unknown_upstream() {
+    let toml = BASE.replace(
+        "name = \"db3\"\nrole = \"standby\"",
+        "name = \"db3\"\nrole = \"standby\"\nupstream = \"db9\"",
+    );
+    let e = errors(&toml);
+    assert_field(
+        &e,
+        "nodes[2].upstream",
+        &["unknown node \"db9\"", "one of: db1, db2, db3"],
+    );
+}
+
+#[test]
+fn upstream_on_primary_and_self() {
+    let toml = BASE
+        .replace(
+            "name = \"db1\"\nrole = \"primary\"",
+            "name = \"db1\"\nrole = \"primary\"\nupstream = \"db2\"",
+        )
+        .replace(
+            "name = \"db3\"\nrole = \"standby\"",
+            "name = \"db3\"\nrole = \"standby\"\nupstream = \"db3\"",
+        );
+    let e = errors(&toml);
+    assert_field(
+        &e,
+        "nodes[0].upstream",
+        &["the primary cannot stream from \"db2\""],
+    );
+    assert_field(&e, "nodes[2].upstream", &["streams from itself"]);
+}
+
+#[test]
+fn invalid_slot_names() {
+    let toml = BASE.replace(
+        "name = \"db2\"\nrole = \"standby\"",
+        "name = \"db2\"\nrole = \"standby\"\nslot_name = \"Bad-Slot\"",
+    );
+    let e = errors(&toml);
+    assert_field(
+        &e,
+        "nodes[1].slot_name",
+        &[
+            "\"Bad-Slot\" is not a valid slot name",
+            "lowercase letters, digits and '_'",
+        ],
+    );
+}
+
+#[test]
+fn duplicate_slot_names() {
+    let toml = BASE
+        .replace(
+            "name = \"db2\"\nrole = \"standby\"",
+            "name = \"db2\"\nrole = \"standby\"\nslot_name = \"s\"",
+        )
+        .replace(
+            "name = \"db3\"\nrole = \"standby\"",
+            "name = \"db3\"\nrole = \"standby\"\nslot_name = \"s\"",
+        );
+    let e = errors(&toml);
+    assert_field(
+        &e,
+        "nodes[2].slot_name",
+        &["slot \"s\" is also used by nodes[1]"],
+    );
+}
+
+#[test]
+fn settings_a_version_does_not_have() {
+    let e = errors(&with(
+        "12",
+        "[settings]\nwal_keep_size = \"1GB\"\nmax_slot_wal_keep_size = \"10GB\"\n",
+    ));
+    // wal_keep_size is managed by pgrepl; max_slot_wal_keep_size is 13+.
+    assert_field(
+        &e,
+        "settings.wal_keep_size",
+        &["managed by pgrepl", "[replication] wal_keep_mb"],
+    );
+    assert_field(
+        &e,
+        "settings.max_slot_wal_keep_size",
+        &[
+            "PostgreSQL 12 has no setting \"max_slot_wal_keep_size\"",
+            "a setting of PostgreSQL 12",
+        ],
+    );
+    let e = errors(&with("16", "[settings]\nvacuum_defer_cleanup_age = 0\n"));
+    assert_field(
+        &e,
+        "settings.vacuum_defer_cleanup_age",
+        &["PostgreSQL 16 has no setting", "hot_standby_feedback"],
+    );
+    let e = errors(&with(
+        "11",
+        "[settings]\nrecovery_min_apply_delay = \"5min\"\n",
+    ));
+    assert_field(
+        &e,
+        "settings.recovery_min_apply_delay",
+        &["it lives in recovery.conf"],
+    );
+    let toml = with("17", "").replace(
+        "name = \"db3\"\nrole = \"standby\"",
+        "name = \"db3\"\nrole = \"standby\"\nsettings = { stats_temp_directory = \"/tmp\" }",
+    );
+    let e = errors(&toml);
+    assert_field(
+        &e,
+        "nodes[2].settings.stats_temp_directory",
+        &["PostgreSQL 17 has no setting"],
+    );
+}
+
+#[test]
+fn version_rules_wait_for_detection() {
+    // With "detect", version rules apply once the major is known.
+    let spec = ClusterSpec::from_toml(&with(
+        "detect",
+        "[replication]\nsync = { mode = \"any\", count = 1 }\n",
+    ))
+    .unwrap();
+    assert!(spec.validate().is_ok());
+    let e = spec.validate_for(PgMajor::V9_6).unwrap_err();
+    assert_field(&e, "replication.sync.mode", &["needs PostgreSQL 10"]);
+    assert!(spec.validate_for(PgMajor::V16).is_ok());
+    // An explicit major must match the binaries.
+    let e = ClusterSpec::from_toml(BASE)
+        .unwrap()
+        .validate_for(PgMajor::V15)
+        .unwrap_err();
+    assert_field(
+        &e,
+        "postgres",
+        &["asks for PostgreSQL 16 but the binaries are 15"],
+    );
+}
+
+#[test]
+fn unknown_fields_name_the_key_and_line() {
+    let e = errors(&BASE.replace(
+        "name = \"db2\"\nrole = \"standby\"",
+        "name = \"db2\"\nrole = \"standby\"\nprot = 1",
+    ));
+    let text = e.to_string();
+    assert!(text.contains("unknown field `prot`"), "{text}");
+    assert!(text.contains("line "), "{text}");
+}
+
+#[test]
+fn bad_role_and_types() {
+    let e = errors(&BASE.replace("role = \"primary\"", "role = \"leader\""));
+    assert!(
+        e.to_string()
+            .contains("unknown variant `leader`, expected `primary` or `standby`"),
+        "{e}"
+    );
+    let e = errors(&BASE.replace(
+        "name = \"db3\"\nrole = \"standby\"",
+        "name = \"db3\"\nrole = \"standby\"\nport = 70000",
+    ));
+    assert!(e.to_string().contains("line "), "{e}");
+}
+
+#[test]
+fn local_provider_needs_loopback() {
+    let e = errors(&BASE.replace(
+        "name = \"db2\"\nrole = \"standby\"",
+        "name = \"db2\"\nrole = \"standby\"\naddress = \"10.0.0.5\"",
+    ));
+    assert_field(
+        &e,
+        "nodes[1].address",
+        &["\"10.0.0.5\" is not a loopback address"],
+    );
+}
+
+#[test]
+fn ssh_provider_needs_addresses() {
+    let e = errors(&format!("{BASE}\n[provider]\nkind = \"ssh\"\n"));
+    assert_field(&e, "nodes[0].address", &["missing", "SSH provider"]);
+}
+
+#[test]
+fn aws_provider_never_opens_ssh_to_everyone_by_default() {
+    let e = errors(&format!(
+        "{BASE}\n[provider]\nkind = \"aws\"\nregion = \"us-east-2\"\n"
+    ));
+    assert_field(
+        &e,
+        "provider.admin_cidr",
+        &["missing", "never opens it to 0.0.0.0/0"],
+    );
+    let e = errors(&format!(
+        "{BASE}\n[provider]\nkind = \"aws\"\nadmin_cidr = \"not-a-cidr\"\n"
+    ));
+    assert_field(&e, "provider.admin_cidr", &["is not a CIDR"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let toml = BASE
+        .replace("name = \"t\"", "name = \"Bad Name\"")
+        .replace("name = \"db3\"", "name = \"db2\"");
+    let e = errors(&toml);
+    assert!(
+        e.get("name").is_some() && e.get("nodes[2].name").is_some(),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_input_never_panics() {
+    // Every prefix of a realistic spec either parses or is an error, never a panic.
+    let text = include_str!("../../examples/five-node-cascade-quorum.toml");
+    for cut in (0..text.len()).step_by(7) {
+        if !text.is_char_boundary(cut) {
+            continue;
+        }
+        if let Ok(spec) = ClusterSpec::from_toml(&text[..cut]) {
+            let _ = spec.validate();
+            for m in PgMajor::ALL {
+                let _ = spec.validate_for(*m);
+            }
+        }
+    }
+}
+
+#[test]
+fn builder_matches_toml() {
+    use pgrepl_core::NodeSpec;
+    let from_builder = ClusterSpec::builder("t")
+        .postgres(PgMajor::V16)
+        .node(NodeSpec::primary("db1"))
+        .node(NodeSpec::standby("db2"))
+        .node(NodeSpec::standby("db3"))
+        .into_spec();
+    assert_eq!(from_builder, ClusterSpec::from_toml(BASE).unwrap());
+    // The same validation: a builder error names the same field.
+    let e = ClusterSpec::builder("t")
+        .postgres(PgMajor::V16)
+        .node(NodeSpec::standby("db2"))
+        .build()
+        .unwrap_err();
+    assert_field(&e, "nodes", &["no node has role = \"primary\""]);
+}
