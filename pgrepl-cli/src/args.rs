@@ -45,8 +45,7 @@ pub struct Common {
 }
 
 fn parse_major(s: &str) -> Result<PgMajor, String> {
-    s.parse()
-        .map_err(|e: pgrepl_core::version::VersionError| e.to_string())
+    s.parse().map_err(|e: pgrepl_core::version::VersionError| e.to_string())
 }
 
 /// Output formats.

@@ -16,9 +16,7 @@ use clap::Parser;
 use pgrepl_core::deploy::Deployment;
 use pgrepl_core::discovery::{DiscoveryOptions, discover};
 use pgrepl_core::layout::{Binaries, NodeLayout};
-use pgrepl_core::local::{
-    LocalDeployment, LocalOptions, default_os_user, default_work_dir, port_in_use,
-};
+use pgrepl_core::local::{LocalDeployment, LocalOptions, default_os_user, default_work_dir, port_in_use};
 use pgrepl_core::render::render_node;
 use pgrepl_core::spec::{ClusterSpec, LocalProviderSpec, NodeSpec, ProviderSpec, VersionChoice};
 use pgrepl_core::{Error, PgMajor};
@@ -37,17 +35,10 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PGREPL_LOG")
-                .unwrap_or_else(|_| filter.into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGREPL_LOG").unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
@@ -96,12 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     println!();
                     print!("{status}");
                 }
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"up": report, "status": status})
-                    )?
-                ),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"up": report, "status": status}))?),
             }
             Ok(if status.healthy() { 0 } else { 1 })
         }
@@ -137,12 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Destroy { common, yes } => {
             let (d, _) = open(&common, false).await?;
-            if !yes
-                && !confirm(&format!(
-                    "Destroy cluster {} and remove all its data? [y/N] ",
-                    d.cluster().name
-                ))?
-            {
+            if !yes && !confirm(&format!("Destroy cluster {} and remove all its data? [y/N] ", d.cluster().name))? {
                 eprintln!("not destroyed");
                 return Ok(3);
             }
@@ -167,9 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
 fn confirm(prompt: &str) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "refusing to destroy without confirmation: stdin is not a terminal (pass --yes)"
-        );
+        anyhow::bail!("refusing to destroy without confirmation: stdin is not a terminal (pass --yes)");
     }
     eprint!("{prompt}");
     std::io::stderr().flush()?;
@@ -179,8 +158,7 @@ fn confirm(prompt: &str) -> anyhow::Result<bool> {
 }
 
 fn read_spec(path: &Path) -> anyhow::Result<ClusterSpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("could not read cluster file {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("could not read cluster file {}", path.display()))?;
     ClusterSpec::from_toml(&text).map_err(|e| Error::Spec(e).into())
 }
 
@@ -205,19 +183,12 @@ async fn default_spec() -> ClusterSpec {
         .node(NodeSpec::primary("db1"))
         .node(NodeSpec::standby("db2"))
         .node(NodeSpec::standby("db3"))
-        .provider(ProviderSpec::Local(LocalProviderSpec {
-            base_port: Some(base),
-            ..Default::default()
-        }))
+        .provider(ProviderSpec::Local(LocalProviderSpec { base_port: Some(base), ..Default::default() }))
         .into_spec()
 }
 
 fn discovery_options(common: &Common) -> DiscoveryOptions {
-    DiscoveryOptions {
-        pg_bin: common.pg_bin.clone(),
-        pg_client_bin: common.pg_client_bin.clone(),
-        major: common.pg_version,
-    }
+    DiscoveryOptions { pg_bin: common.pg_bin.clone(), pg_client_bin: common.pg_client_bin.clone(), major: common.pg_version }
 }
 
 /// Opens the deployment named by `-f`, or the built-in default (created by `up`).
@@ -225,10 +196,7 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
     let (spec, path) = match &common.file {
         Some(f) => (read_spec(f)?, f.clone()),
         None => {
-            let dir = common
-                .work_dir
-                .clone()
-                .unwrap_or_else(|| default_work_dir(DEFAULT_CLUSTER));
+            let dir = common.work_dir.clone().unwrap_or_else(|| default_work_dir(DEFAULT_CLUSTER));
             let path = dir.join("pgrepl.toml");
             if path.exists() {
                 (read_spec(&path)?, path)
@@ -237,22 +205,12 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
                 if let ProviderSpec::Local(l) = &mut spec.provider {
                     l.work_dir = Some(dir.clone());
                 }
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("could not create {}", dir.display()))?;
-                std::fs::write(
-                    &path,
-                    format!(
-                        "# The built-in default cluster, written by `pgrepl up`.\n{}",
-                        spec.to_toml()
-                    ),
-                )
-                .with_context(|| format!("could not write {}", path.display()))?;
+                std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+                std::fs::write(&path, format!("# The built-in default cluster, written by `pgrepl up`.\n{}", spec.to_toml()))
+                    .with_context(|| format!("could not write {}", path.display()))?;
                 (spec, path)
             } else {
-                anyhow::bail!(
-                    "no cluster file given (-f) and no default cluster at {} (run `pgrepl up` to create it)",
-                    path.display()
-                );
+                anyhow::bail!("no cluster file given (-f) and no default cluster at {} (run `pgrepl up` to create it)", path.display());
             }
         }
     };
@@ -260,26 +218,17 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
         ProviderSpec::Local(_) => {
             LocalDeployment::open(
                 &spec,
-                &LocalOptions {
-                    discovery: discovery_options(common),
-                    work_dir: common.file.as_ref().and(common.work_dir.clone()),
-                },
+                &LocalOptions { discovery: discovery_options(common), work_dir: common.file.as_ref().and(common.work_dir.clone()) },
             )
             .await?
         }
-        other => anyhow::bail!(
-            "the {} provider is not available in this build of pgrepl yet",
-            other.kind()
-        ),
+        other => anyhow::bail!("the {} provider is not available in this build of pgrepl yet", other.kind()),
     };
     Ok((d, path))
 }
 
 fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
-    let file = common
-        .file
-        .as_ref()
-        .context("render needs a cluster file: pgrepl render -f pgrepl.toml")?;
+    let file = common.file.as_ref().context("render needs a cluster file: pgrepl render -f pgrepl.toml")?;
     let spec = read_spec(file)?;
     let unversioned = spec.validate()?;
     let major = match (common.pg_version, unversioned.major) {
@@ -310,17 +259,8 @@ fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
         }
         let layout = match &spec.provider {
             ProviderSpec::Local(l) => {
-                let wd = common
-                    .work_dir
-                    .clone()
-                    .or(l.work_dir.clone())
-                    .unwrap_or_else(|| default_work_dir(&spec.name));
-                NodeLayout::local(
-                    &wd.to_string_lossy(),
-                    &n.name,
-                    &bins,
-                    &l.os_user.clone().unwrap_or_else(default_os_user),
-                )
+                let wd = common.work_dir.clone().or(l.work_dir.clone()).unwrap_or_else(|| default_work_dir(&spec.name));
+                NodeLayout::local(&wd.to_string_lossy(), &n.name, &bins, &l.os_user.clone().unwrap_or_else(default_os_user))
             }
             _ => NodeLayout::debian(major, &format!("/var/lib/postgresql/pgrepl-{}", spec.name)),
         };
@@ -330,15 +270,7 @@ fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
         if out.is_empty() {
             return Err(Error::node(
                 o,
-                format!(
-                    "no such node (the cluster has: {})",
-                    cluster
-                        .nodes
-                        .iter()
-                        .map(|n| n.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                format!("no such node (the cluster has: {})", cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
             )
             .into());
         }

@@ -20,12 +20,7 @@ pub struct Spinners {
 impl Spinners {
     /// `enabled`: show anything at all (text output).
     pub fn new(enabled: bool) -> Self {
-        Spinners {
-            enabled,
-            tty: std::io::stderr().is_terminal(),
-            multi: MultiProgress::new(),
-            bars: Mutex::new(HashMap::new()),
-        }
+        Spinners { enabled, tty: std::io::stderr().is_terminal(), multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()) }
     }
 
     /// Removes finished spinners before the report is printed.
@@ -42,40 +37,24 @@ impl Progress for Spinners {
         let key = (node.to_string(), step.to_string());
         if !self.tty {
             eprintln!("{node}: {step} ...");
-            self.bars
-                .lock()
-                .expect("lock")
-                .insert(key, (ProgressBar::hidden(), Instant::now()));
+            self.bars.lock().expect("lock").insert(key, (ProgressBar::hidden(), Instant::now()));
             return;
         }
         let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix:<8} {msg} {elapsed}")
-                .expect("valid template"),
-        );
+        bar.set_style(ProgressStyle::with_template("{spinner} {prefix:<8} {msg} {elapsed}").expect("valid template"));
         bar.set_prefix(node.to_string());
         bar.set_message(step.to_string());
         bar.enable_steady_tick(Duration::from_millis(100));
-        self.bars
-            .lock()
-            .expect("lock")
-            .insert(key, (bar, Instant::now()));
+        self.bars.lock().expect("lock").insert(key, (bar, Instant::now()));
     }
 
     fn finished(&self, node: &str, step: &str, outcome: &str) {
         if !self.enabled {
             return;
         }
-        let entry = self
-            .bars
-            .lock()
-            .expect("lock")
-            .remove(&(node.to_string(), step.to_string()));
+        let entry = self.bars.lock().expect("lock").remove(&(node.to_string(), step.to_string()));
         if let Some((bar, t)) = entry {
-            let line = format!(
-                "{node}: {step}: {outcome} ({:.1}s)",
-                t.elapsed().as_secs_f64()
-            );
+            let line = format!("{node}: {step}: {outcome} ({:.1}s)", t.elapsed().as_secs_f64());
             if self.tty {
                 bar.finish_and_clear();
                 let _ = self.multi.println(line);

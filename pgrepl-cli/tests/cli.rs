@@ -12,17 +12,11 @@ fn pgrepl(dir: &Path, args: &[&str]) -> (i32, String, String) {
         .env("PGREPL_WORK_DIR", dir.join("work"))
         .output()
         .expect("pgrepl runs");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 fn example(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
 }
 
 #[test]
@@ -32,26 +26,12 @@ fn render_three_node_for_96_12_16() {
     let ex = ex.to_str().unwrap();
     let (code, out, err) = pgrepl(dir.path(), &["render", "-f", ex, "--pg-version", "9.6"]);
     assert_eq!(code, 0, "{err}");
-    for k in [
-        "recovery.conf",
-        "standby_mode = 'on'",
-        "trigger_file = ",
-        "wal_keep_segments",
-        "--xlog-method=stream",
-        "hot_standby = on",
-    ] {
+    for k in ["recovery.conf", "standby_mode = 'on'", "trigger_file = ", "wal_keep_segments", "--xlog-method=stream", "hot_standby = on"] {
         assert!(out.contains(k), "9.6 render lacks {k}");
     }
-    let (code, out, _) = pgrepl(
-        dir.path(),
-        &["render", "-f", ex, "--pg-version", "12", "--node", "db2"],
-    );
+    let (code, out, _) = pgrepl(dir.path(), &["render", "-f", ex, "--pg-version", "12", "--node", "db2"]);
     assert_eq!(code, 0);
-    assert!(
-        out.contains("standby.signal")
-            && out.contains("promote_trigger_file")
-            && out.contains("primary_slot_name = 'pgrepl_db2'")
-    );
+    assert!(out.contains("standby.signal") && out.contains("promote_trigger_file") && out.contains("primary_slot_name = 'pgrepl_db2'"));
     assert!(!out.contains("=== db1"), "--node db2 renders db2 only");
     let (code, out, _) = pgrepl(dir.path(), &["render", "-f", ex, "--pg-version", "16"]);
     assert_eq!(code, 0);
@@ -63,22 +43,14 @@ fn render_three_node_for_96_12_16() {
 fn render_json_is_machine_readable_and_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let ex = example("five-node-cascade-quorum.toml");
-    let (code, out, err) = pgrepl(
-        dir.path(),
-        &["render", "-f", ex.to_str().unwrap(), "--output", "json"],
-    );
+    let (code, out, err) = pgrepl(dir.path(), &["render", "-f", ex.to_str().unwrap(), "--output", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let nodes = v.as_array().unwrap();
     assert_eq!(nodes.len(), 5);
     assert_eq!(nodes[0]["role"], "primary");
     let settings = nodes[0]["settings"].as_array().unwrap();
-    assert!(
-        settings
-            .iter()
-            .any(|s| s[0] == "synchronous_standby_names" && s[1] == "'ANY 2 (db2, db3, db4)'"),
-        "{settings:?}"
-    );
+    assert!(settings.iter().any(|s| s[0] == "synchronous_standby_names" && s[1] == "'ANY 2 (db2, db3, db4)'"), "{settings:?}");
     // db5 cascades from db2: its conninfo points at db2's port, and db2 creates its slot.
     let db5 = nodes.iter().find(|n| n["node"] == "db5").unwrap();
     assert!(db5["settings"].to_string().contains("port=7433"));
@@ -93,26 +65,14 @@ fn five_node_example_renders_for_every_major_that_has_quorum() {
     let dir = tempfile::tempdir().unwrap();
     let ex = example("five-node-cascade-quorum.toml");
     for m in ["10", "11", "12", "13", "14", "15", "16", "17", "18"] {
-        let (code, out, err) = pgrepl(
-            dir.path(),
-            &["render", "-f", ex.to_str().unwrap(), "--pg-version", m],
-        );
+        let (code, out, err) = pgrepl(dir.path(), &["render", "-f", ex.to_str().unwrap(), "--pg-version", m]);
         assert_eq!(code, 0, "{m}: {err}");
-        assert!(
-            out.contains("synchronous_standby_names = 'ANY 2 (db2, db3, db4)'"),
-            "{m}"
-        );
+        assert!(out.contains("synchronous_standby_names = 'ANY 2 (db2, db3, db4)'"), "{m}");
     }
     // 9.6 has no quorum: refused, naming the field.
-    let (code, _, err) = pgrepl(
-        dir.path(),
-        &["render", "-f", ex.to_str().unwrap(), "--pg-version", "9.6"],
-    );
+    let (code, _, err) = pgrepl(dir.path(), &["render", "-f", ex.to_str().unwrap(), "--pg-version", "9.6"]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("replication.sync.mode: quorum (\"any\") needs PostgreSQL 10, this is 9.6"),
-        "{err}"
-    );
+    assert!(err.contains("replication.sync.mode: quorum (\"any\") needs PostgreSQL 10, this is 9.6"), "{err}");
 }
 
 #[test]
@@ -126,21 +86,12 @@ fn bad_spec_exits_2_and_names_fields() {
     .unwrap();
     let (code, _, err) = pgrepl(dir.path(), &["render", "-f", f.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("nodes[1].upstream: unknown node \"db9\" (expected one of: db1, db2)"),
-        "{err}"
-    );
-    assert!(
-        err.contains("replication.auth: scram-sha-256 does not exist in PostgreSQL 9.6"),
-        "{err}"
-    );
+    assert!(err.contains("nodes[1].upstream: unknown node \"db9\" (expected one of: db1, db2)"), "{err}");
+    assert!(err.contains("replication.auth: scram-sha-256 does not exist in PostgreSQL 9.6"), "{err}");
     // up refuses the same spec before touching anything.
     let (code, _, err) = pgrepl(dir.path(), &["up", "-f", f.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
-    assert!(
-        !dir.path().join("work").exists(),
-        "nothing created for an invalid spec"
-    );
+    assert!(!dir.path().join("work").exists(), "nothing created for an invalid spec");
 }
 
 #[test]
@@ -148,49 +99,20 @@ fn missing_file_and_unknown_node() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = pgrepl(dir.path(), &["render", "-f", "/nonexistent/pgrepl.toml"]);
     assert_ne!(code, 0);
-    assert!(
-        err.contains("could not read cluster file /nonexistent/pgrepl.toml"),
-        "{err}"
-    );
+    assert!(err.contains("could not read cluster file /nonexistent/pgrepl.toml"), "{err}");
     let ex = example("three-node.toml");
-    let (code, _, err) = pgrepl(
-        dir.path(),
-        &[
-            "render",
-            "-f",
-            ex.to_str().unwrap(),
-            "--pg-version",
-            "16",
-            "--node",
-            "db9",
-        ],
-    );
+    let (code, _, err) = pgrepl(dir.path(), &["render", "-f", ex.to_str().unwrap(), "--pg-version", "16", "--node", "db9"]);
     assert_ne!(code, 0);
-    assert!(
-        err.contains("db9: no such node (the cluster has: db1, db2, db3)"),
-        "{err}"
-    );
+    assert!(err.contains("db9: no such node (the cluster has: db1, db2, db3)"), "{err}");
 }
 
 #[test]
 fn missing_binaries_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let ex = example("three-node.toml");
-    let (code, _, err) = pgrepl(
-        dir.path(),
-        &[
-            "up",
-            "-f",
-            ex.to_str().unwrap(),
-            "--pg-bin",
-            "/nonexistent/bin",
-        ],
-    );
+    let (code, _, err) = pgrepl(dir.path(), &["up", "-f", ex.to_str().unwrap(), "--pg-bin", "/nonexistent/bin"]);
     assert_eq!(code, 4, "{err}");
-    assert!(
-        err.contains("--pg-bin /nonexistent/bin: no PostgreSQL server there"),
-        "{err}"
-    );
+    assert!(err.contains("--pg-bin /nonexistent/bin: no PostgreSQL server there"), "{err}");
     assert!(!dir.path().join("work").exists(), "nothing created");
 }
 
@@ -199,10 +121,7 @@ fn status_without_a_cluster_says_how_to_create_one() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = pgrepl(dir.path(), &["status"]);
     assert_ne!(code, 0);
-    assert!(
-        err.contains("no cluster file given (-f) and no default cluster at"),
-        "{err}"
-    );
+    assert!(err.contains("no cluster file given (-f) and no default cluster at"), "{err}");
     assert!(err.contains("run `pgrepl up`"), "{err}");
 }
 

@@ -7,9 +7,8 @@
 
 use serde::Serialize;
 
-use crate::spec::{
-    ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode,
-};
+use crate::error::{SpecError, SpecErrors};
+use crate::spec::{ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode};
 use crate::version::{Capabilities, PgMajor};
 
 /// A validated cluster.
@@ -87,19 +86,14 @@ pub struct Node {
 impl Node {
     /// The address, or a placeholder naming it when not yet assigned.
     pub fn address_or_placeholder(&self) -> String {
-        self.address
-            .clone()
-            .unwrap_or_else(|| format!("<{} address>", self.name))
+        self.address.clone().unwrap_or_else(|| format!("<{} address>", self.name))
     }
 }
 
 impl Cluster {
     /// The primary.
     pub fn primary(&self) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.role == Role::Primary)
-            .expect("a validated cluster has a primary")
+        self.nodes.iter().find(|n| n.role == Role::Primary).expect("a validated cluster has a primary")
     }
 
     /// A node by name.
@@ -109,9 +103,7 @@ impl Cluster {
 
     /// The standbys that stream directly from `name`.
     pub fn downstream<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
-        self.nodes
-            .iter()
-            .filter(move |n| n.upstream.as_deref() == Some(name))
+        self.nodes.iter().filter(move |n| n.upstream.as_deref() == Some(name))
     }
 
     /// The standbys, in deploy order: every node after its upstream.
@@ -120,11 +112,7 @@ impl Cluster {
         let mut frontier = vec![self.primary().name.as_str()];
         // The validated tree has no cycles, so this ends within nodes.len() levels.
         for _ in 0..self.nodes.len() {
-            let level: Vec<&Node> = self
-                .nodes
-                .iter()
-                .filter(|n| n.upstream.as_deref().is_some_and(|u| frontier.contains(&u)))
-                .collect();
+            let level: Vec<&Node> = self.nodes.iter().filter(|n| n.upstream.as_deref().is_some_and(|u| frontier.contains(&u))).collect();
             if level.is_empty() {
                 break;
             }
@@ -142,5 +130,54 @@ impl Cluster {
     /// The provider section.
     pub fn provider(&self) -> &ProviderSpec {
         &self.spec.provider
+    }
+
+    /// The same cluster with `new_primary` as its primary: the old primary becomes a
+    /// standby of it, standbys that streamed from the old primary stream from it, and
+    /// cascaded standbys keep their upstream. Synchronous candidates are recomputed (an
+    /// explicit list has the new primary swapped for the old one). Validated again, so
+    /// every invariant of [`Cluster`] holds.
+    pub fn with_primary(&self, new_primary: &str) -> Result<Cluster, SpecErrors> {
+        let old = self.primary().name.clone();
+        if old == new_primary {
+            return Ok(self.clone());
+        }
+        if self.node(new_primary).is_none() {
+            return Err(SpecErrors::one(SpecError::new(
+                "primary",
+                format!("unknown node \"{new_primary}\""),
+                format!("one of: {}", self.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
+            )));
+        }
+        let mut spec = self.spec.clone();
+        for (i, n) in spec.nodes.iter_mut().enumerate() {
+            let current = &self.nodes[i];
+            if n.name == new_primary {
+                n.role = Role::Primary;
+                n.upstream = None;
+                n.slot_name = None;
+            } else {
+                n.role = Role::Standby;
+                let up = if n.name == old { Some(new_primary.to_string()) } else { current.upstream.clone() };
+                n.upstream = match up.as_deref() {
+                    Some(u) if u == old => Some(new_primary.to_string()),
+                    other => other.map(str::to_string),
+                };
+                if n.slot_name.is_none() {
+                    n.slot_name = current.slot.clone();
+                }
+            }
+        }
+        if let Some(list) = &mut spec.replication.sync.standbys {
+            for s in list.iter_mut() {
+                if s == new_primary {
+                    *s = old.clone();
+                }
+            }
+        }
+        match self.major {
+            Some(m) => spec.validate_for(m),
+            None => spec.validate(),
+        }
     }
 }

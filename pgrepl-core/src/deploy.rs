@@ -90,19 +90,27 @@ impl fmt::Display for UpReport {
                 self.cluster, self.major, self.seconds
             );
         }
-        writeln!(
-            f,
-            "cluster {} (PostgreSQL {}): {} change(s) in {:.1}s",
-            self.cluster,
-            self.major,
-            self.actions.len(),
-            self.seconds
-        )?;
+        writeln!(f, "cluster {} (PostgreSQL {}): {} change(s) in {:.1}s", self.cluster, self.major, self.actions.len(), self.seconds)?;
         for a in &self.actions {
             writeln!(f, "  {:<10} {} ({:.1}s)", a.node, a.what, a.seconds)?;
         }
         Ok(())
     }
+}
+
+/// The cluster's topology as pgrepl last changed it, kept in the state directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Topology {
+    /// The current primary, when it differs from the spec's (after a switchover or failover).
+    pub primary: Option<String>,
+    /// The primary's timeline when recorded.
+    pub timeline: Option<u32>,
+    /// Nodes fenced by a failover: never started as a primary again; `pgrepl rejoin` brings
+    /// them back as standbys.
+    #[serde(default)]
+    pub fenced: Vec<String>,
+    /// The last WAL position pgrepl saw on the primary.
+    pub last_primary_lsn: Option<String>,
 }
 
 /// A cluster bound to where its nodes live: the entry point for `up`, `status`,
@@ -114,12 +122,12 @@ pub struct Deployment {
     connector: Arc<dyn Connector>,
     state_dir: PathBuf,
     binaries: Option<Binaries>,
-    local_ports: bool,
+    pub(crate) local_ports: bool,
 }
 
 /// The state of a node's data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DataDir {
+pub(crate) enum DataDir {
     /// Absent or empty.
     Missing,
     /// Holds files but no cluster (`PG_VERSION` missing).
@@ -131,20 +139,8 @@ enum DataDir {
 impl Deployment {
     /// A deployment of `cluster` whose hosts come from `provider` and are reached through
     /// `connector`; secrets pgrepl generates are kept in `state_dir` (0600 files).
-    pub fn new(
-        cluster: Cluster,
-        provider: Arc<dyn Provider>,
-        connector: Arc<dyn Connector>,
-        state_dir: impl Into<PathBuf>,
-    ) -> Self {
-        Deployment {
-            cluster,
-            provider,
-            connector,
-            state_dir: state_dir.into(),
-            binaries: None,
-            local_ports: false,
-        }
+    pub fn new(cluster: Cluster, provider: Arc<dyn Provider>, connector: Arc<dyn Connector>, state_dir: impl Into<PathBuf>) -> Self {
+        Deployment { cluster, provider, connector, state_dir: state_dir.into(), binaries: None, local_ports: false }
     }
 
     /// Records the binaries found on this machine (reported by status).
@@ -174,34 +170,64 @@ impl Deployment {
         &self.provider
     }
 
+    /// The topology pgrepl last recorded (after a switchover or failover); the spec's
+    /// roles when none is recorded.
+    pub async fn topology(&self) -> Result<Topology, Error> {
+        let p = self.state_dir.join("topology.json");
+        match tokio::fs::read(&p).await {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Io {
+                path: p.display().to_string(),
+                action: "read the recorded topology".into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Topology::default()),
+            Err(e) => Err(Error::Io { path: p.display().to_string(), action: "read the recorded topology".into(), source: e }),
+        }
+    }
+
+    /// Records the topology (0600, in the state directory).
+    pub async fn save_topology(&self, t: &Topology) -> Result<(), Error> {
+        let p = self.state_dir.join("topology.json");
+        let tr_local = |action: &str, e: TransportError| Error::Transport { host: "localhost".into(), action: action.into(), source: e };
+        crate::local::LocalTransport
+            .mkdir(&self.state_dir.to_string_lossy(), 0o700, None)
+            .await
+            .map_err(|e| tr_local("create the state directory", e))?;
+        let body = serde_json::to_vec_pretty(t).expect("a topology serializes");
+        crate::local::LocalTransport
+            .write_file(&p.to_string_lossy(), &body, 0o600, None)
+            .await
+            .map_err(|e| tr_local("record the topology", e))
+    }
+
+    /// The cluster as it is now: the spec's, with the recorded primary (if any) applied.
+    pub async fn current_cluster(&self) -> Result<Cluster, Error> {
+        match self.topology().await?.primary {
+            Some(p) if p != self.cluster.primary().name => Ok(self.cluster.with_primary(&p)?),
+            _ => Ok(self.cluster.clone()),
+        }
+    }
+
+    /// The state directory (secrets, recorded topology).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
     /// Hosts (created when `create`) and a handle per node that has one, with the
-    /// cluster's addresses filled in from the hosts.
+    /// cluster's addresses filled in from the hosts. The cluster returned is the current
+    /// one (the recorded topology applied).
     pub async fn connect(&self, create: bool) -> Result<(Cluster, Vec<NodeHandle>), Error> {
-        let hosts = if create {
-            self.provider.ensure_hosts(&self.cluster).await?
-        } else {
-            self.provider.list_hosts(&self.cluster).await?
-        };
-        let mut cluster = self.cluster.clone();
+        let current = self.current_cluster().await?;
+        let hosts = if create { self.provider.ensure_hosts(&current).await? } else { self.provider.list_hosts(&current).await? };
+        let mut cluster = current;
         for n in &mut cluster.nodes {
             if n.address.is_none() {
-                n.address = hosts
-                    .iter()
-                    .find(|h| h.node == n.name)
-                    .and_then(|h| h.address.clone());
+                n.address = hosts.iter().find(|h| h.node == n.name).and_then(|h| h.address.clone());
             }
         }
-        let with_hosts: Vec<(&Node, &Host)> = cluster
-            .nodes
-            .iter()
-            .filter_map(|n| hosts.iter().find(|h| h.node == n.name).map(|h| (n, h)))
-            .collect();
-        let handles = join_all(
-            with_hosts
-                .iter()
-                .map(|(n, h)| self.connector.connect(&cluster, n, h)),
-        )
-        .await;
+        let with_hosts: Vec<(&Node, &Host)> =
+            cluster.nodes.iter().filter_map(|n| hosts.iter().find(|h| h.node == n.name).map(|h| (n, h))).collect();
+        let handles = join_all(with_hosts.iter().map(|(n, h)| self.connector.connect(&cluster, n, h))).await;
         let handles = handles.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok((cluster, handles))
     }
@@ -216,9 +242,7 @@ impl Deployment {
         };
         let password = match &self.cluster.spec.replication.password_file {
             Some(p) => {
-                let text = tokio::fs::read_to_string(p)
-                    .await
-                    .map_err(|e| io(p, "read the replication password file", e))?;
+                let text = tokio::fs::read_to_string(p).await.map_err(|e| io(p, "read the replication password file", e))?;
                 Secret::new(text.trim_end_matches(['\n', '\r']))
             }
             None => {
@@ -227,21 +251,11 @@ impl Deployment {
                     Ok(t) => Secret::new(t.trim_end()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                         let s = Secret::generate();
+                        crate::local::LocalTransport.mkdir(&self.state_dir.to_string_lossy(), 0o700, None).await.map_err(|e| {
+                            Error::Transport { host: "localhost".into(), action: "create the state directory".into(), source: e }
+                        })?;
                         crate::local::LocalTransport
-                            .mkdir(&self.state_dir.to_string_lossy(), 0o700, None)
-                            .await
-                            .map_err(|e| Error::Transport {
-                                host: "localhost".into(),
-                                action: "create the state directory".into(),
-                                source: e,
-                            })?;
-                        crate::local::LocalTransport
-                            .write_file(
-                                &p.to_string_lossy(),
-                                format!("{}\n", s.expose()).as_bytes(),
-                                0o600,
-                                None,
-                            )
+                            .write_file(&p.to_string_lossy(), format!("{}\n", s.expose()).as_bytes(), 0o600, None)
                             .await
                             .map_err(|e| Error::Transport {
                                 host: "localhost".into(),
@@ -251,42 +265,22 @@ impl Deployment {
                         s
                     }
                     Err(e) => {
-                        return Err(io(
-                            &p,
-                            "read the replication password (run `pgrepl up` first)",
-                            e,
-                        ));
+                        return Err(io(&p, "read the replication password (run `pgrepl up` first)", e));
                     }
                 }
             }
         };
-        let verifier = match self
-            .cluster
-            .replication
-            .auth
-            .unwrap_or(AuthMethod::ScramSha256)
-        {
-            AuthMethod::ScramSha256 => {
-                postgres_protocol::password::scram_sha_256(password.expose().as_bytes())
-            }
-            AuthMethod::Md5 => postgres_protocol::password::md5(
-                password.expose().as_bytes(),
-                &self.cluster.replication.user,
-            ),
+        let verifier = match self.cluster.replication.auth.unwrap_or(AuthMethod::ScramSha256) {
+            AuthMethod::ScramSha256 => postgres_protocol::password::scram_sha_256(password.expose().as_bytes()),
+            AuthMethod::Md5 => postgres_protocol::password::md5(password.expose().as_bytes(), &self.cluster.replication.user),
         };
-        Ok(Secrets {
-            replication_password: password,
-            replication_verifier: Secret::new(verifier),
-        })
+        Ok(Secrets { replication_password: password, replication_verifier: Secret::new(verifier) })
     }
 
     /// Renders every node with its real layout (dry run: without secrets).
     pub async fn render(&self) -> Result<Vec<RenderedNode>, Error> {
         let (cluster, handles) = self.connect(false).await?;
-        handles
-            .iter()
-            .map(|h| render_node(&cluster, &h.name, &h.layout, None))
-            .collect()
+        handles.iter().map(|h| render_node(&cluster, &h.name, &h.layout, None)).collect()
     }
 
     /// Deploys or converges the cluster: the primary (initdb with checksums, settings,
@@ -298,21 +292,13 @@ impl Deployment {
         let secrets = self.secrets(true).await?;
         let major = cluster.major.map(|m| m.to_string()).unwrap_or_default();
         let mut actions = Vec::new();
-        let run = Run {
-            cluster: &cluster,
-            handles: &handles,
-            secrets: &secrets,
-            progress,
-            local_ports: self.local_ports,
-        };
+        let run = Run { cluster: &cluster, handles: &handles, secrets: &secrets, progress, local_ports: self.local_ports };
         // Preflight: a node that is not running must find its port free, before anything changes.
         if self.local_ports {
             for h in &handles {
                 let n = cluster.node(&h.name).expect("handles are nodes");
                 if let Some(a) = &n.address {
-                    if !is_running(h)
-                        .await
-                        .map_err(|e| tr(&n.name, "check whether the server runs", e))?
+                    if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?
                         && crate::local::port_in_use(a, n.port).await
                     {
                         return Err(Error::node(
@@ -334,23 +320,11 @@ impl Deployment {
                 actions.extend(r?);
             }
         }
-        let waits = join_all(
-            cluster
-                .nodes
-                .iter()
-                .filter(|n| n.role == Role::Standby)
-                .map(|n| run.wait_streaming(n)),
-        )
-        .await;
+        let waits = join_all(cluster.nodes.iter().filter(|n| n.role == Role::Standby).map(|n| run.wait_streaming(n))).await;
         for w in waits {
             w?;
         }
-        Ok(UpReport {
-            cluster: cluster.name.clone(),
-            major,
-            actions,
-            seconds: t0.elapsed().as_secs_f64(),
-        })
+        Ok(UpReport { cluster: cluster.name.clone(), major, actions, seconds: t0.elapsed().as_secs_f64() })
     }
 
     /// Stops every running node: the primary first (its walsenders hand the last WAL,
@@ -365,10 +339,7 @@ impl Deployment {
             let Some(h) = handles.iter().find(|h| h.name == n.name) else {
                 continue;
             };
-            if is_running(h)
-                .await
-                .map_err(|e| tr(&n.name, "check whether the server runs", e))?
-            {
+            if is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))? {
                 progress.started(&n.name, "stop");
                 let r = render_node(&cluster, &n.name, &h.layout, None)?;
                 h.transport
@@ -388,10 +359,7 @@ impl Deployment {
         self.down(progress).await?;
         let (_, handles) = self.connect(false).await?;
         for h in &handles {
-            if is_running(h)
-                .await
-                .map_err(|e| tr(&h.name, "check whether the server runs", e))?
-            {
+            if is_running(h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))? {
                 return Err(Refusal {
                     node: h.name.clone(),
                     reason: "its server still runs after stopping it; nothing was removed".into(),
@@ -400,6 +368,30 @@ impl Deployment {
             }
         }
         progress.started("cluster", "destroy");
+        if self.provider.kind() != "local" {
+            // On hosts pgrepl did not create, remove what it made there: the cluster
+            // (Debian: pg_dropcluster, which also removes its configuration) and its own
+            // directory. Every server was checked stopped above.
+            let (cluster, handles) = self.connect(false).await?;
+            for h in &handles {
+                let r = render_node(&cluster, &h.name, &h.layout, None)?;
+                let t = &*h.transport;
+                match &r.commands.drop {
+                    Some(drop) => {
+                        if t.exists(&format!("{}/postgresql.conf", h.layout.config_dir), None)
+                            .await
+                            .map_err(|e| tr(&h.name, "inspect", e))?
+                        {
+                            t.run(&Command::from_line(drop).timeout(Duration::from_secs(120)))
+                                .await
+                                .map_err(|e| tr(&h.name, "drop the cluster", e))?;
+                        }
+                    }
+                    None => t.remove_tree(&h.layout.data_dir).await.map_err(|e| tr(&h.name, "remove the data directory", e))?,
+                }
+                t.remove_tree(&h.layout.pgrepl_dir).await.map_err(|e| tr(&h.name, "remove pgrepl's directory", e))?;
+            }
+        }
         self.provider.destroy_hosts(&self.cluster).await?;
         let secret = self.state_dir.join("replication");
         if self.cluster.spec.replication.password_file.is_none() {
@@ -411,119 +403,73 @@ impl Deployment {
     }
 }
 
-fn tr(node: &str, action: &str, e: TransportError) -> Error {
-    Error::Transport {
-        host: node.to_string(),
-        action: action.to_string(),
-        source: e,
-    }
+pub(crate) fn tr(node: &str, action: &str, e: TransportError) -> Error {
+    Error::Transport { host: node.to_string(), action: action.to_string(), source: e }
 }
 
-fn sqlerr(node: &str, action: &str, e: QueryError) -> Error {
+pub(crate) fn sqlerr(node: &str, action: &str, e: QueryError) -> Error {
     match e {
         QueryError::Transport(t) => tr(node, action, t),
-        QueryError::Sql(s) => Error::Sql {
-            node: node.to_string(),
-            action: action.to_string(),
-            source: s,
-        },
+        QueryError::Sql(s) => Error::Sql { node: node.to_string(), action: action.to_string(), source: s },
     }
 }
 
 /// Whether the node's server runs (pg_ctl status on its data directory).
 pub(crate) async fn is_running(h: &NodeHandle) -> Result<bool, TransportError> {
     let c = match &h.layout.service {
-        crate::layout::ServiceControl::PgCtl => Command::new(h.layout.server_tool("pg_ctl"))
-            .args(["status", "-D", &h.layout.data_dir])
-            .user(h.layout.os_user.clone()),
+        crate::layout::ServiceControl::PgCtl => {
+            Command::new(h.layout.server_tool("pg_ctl")).args(["status", "-D", &h.layout.data_dir]).user(h.layout.os_user.clone())
+        }
         crate::layout::ServiceControl::PgCtlCluster { version, cluster } => {
-            Command::new("/usr/bin/pg_ctlcluster").args([
-                version.as_str(),
-                cluster.as_str(),
-                "status",
-            ])
+            Command::new("/usr/bin/pg_ctlcluster").args([version.as_str(), cluster.as_str(), "status"])
         }
-        crate::layout::ServiceControl::Systemd { unit } => {
-            Command::new("systemctl").args(["is-active", "--quiet", unit.as_str()])
-        }
+        crate::layout::ServiceControl::Systemd { unit } => Command::new("systemctl").args(["is-active", "--quiet", unit.as_str()]),
     };
-    let c = Command {
-        env: crate::render::server_env(&h.layout),
-        ..c
-    };
+    let c = Command { env: crate::render::server_env(&h.layout), ..c };
     Ok(h.transport.exec(&c).await?.status == 0)
 }
 
-struct Run<'a> {
-    cluster: &'a Cluster,
-    handles: &'a [NodeHandle],
-    secrets: &'a Secrets,
-    progress: &'a dyn Progress,
-    local_ports: bool,
+pub(crate) struct Run<'a> {
+    pub(crate) cluster: &'a Cluster,
+    pub(crate) handles: &'a [NodeHandle],
+    pub(crate) secrets: &'a Secrets,
+    pub(crate) progress: &'a dyn Progress,
+    pub(crate) local_ports: bool,
 }
 
 impl Run<'_> {
-    fn handle(&self, node: &str) -> Result<&NodeHandle, Error> {
-        self.handles
-            .iter()
-            .find(|h| h.name == node)
-            .ok_or_else(|| Error::node(node, "no host for this node"))
+    pub(crate) fn handle(&self, node: &str) -> Result<&NodeHandle, Error> {
+        self.handles.iter().find(|h| h.name == node).ok_or_else(|| Error::node(node, "no host for this node"))
     }
 
-    async fn step<T, F>(
-        &self,
-        node: &str,
-        step: &str,
-        actions: &mut Vec<Action>,
-        f: F,
-    ) -> Result<T, Error>
+    pub(crate) async fn step<T, F>(&self, node: &str, step: &str, actions: &mut Vec<Action>, f: F) -> Result<T, Error>
     where
         F: std::future::Future<Output = Result<T, Error>>,
     {
         let t = Instant::now();
         self.progress.started(node, step);
         let r = f.await;
-        self.progress
-            .finished(node, step, if r.is_ok() { "done" } else { "failed" });
+        self.progress.finished(node, step, if r.is_ok() { "done" } else { "failed" });
         if r.is_ok() {
-            actions.push(Action {
-                node: node.to_string(),
-                what: step.to_string(),
-                seconds: t.elapsed().as_secs_f64(),
-            });
+            actions.push(Action { node: node.to_string(), what: step.to_string(), seconds: t.elapsed().as_secs_f64() });
         }
         r
     }
 
-    async fn data_dir(&self, h: &NodeHandle) -> Result<DataDir, Error> {
+    pub(crate) async fn data_dir(&self, h: &NodeHandle) -> Result<DataDir, Error> {
         let t = &*h.transport;
         let d = &h.layout.data_dir;
         let map = |e| tr(&h.name, "inspect the data directory", e);
-        if t.exists(&format!("{d}/PG_VERSION"), None)
-            .await
-            .map_err(map)?
-        {
-            let standby = t
-                .exists(&format!("{d}/standby.signal"), None)
-                .await
-                .map_err(map)?
-                || t.exists(&format!("{d}/recovery.conf"), None)
-                    .await
-                    .map_err(map)?;
+        if t.exists(&format!("{d}/PG_VERSION"), None).await.map_err(map)? {
+            let standby = t.exists(&format!("{d}/standby.signal"), None).await.map_err(map)?
+                || t.exists(&format!("{d}/recovery.conf"), None).await.map_err(map)?;
             return Ok(DataDir::Cluster { standby });
         }
-        let out = t
-            .exec(&Command::new("ls").args(["-A", d.as_str()]))
-            .await
-            .map_err(map)?;
-        Ok(if out.status != 0 || out.stdout.trim().is_empty() {
-            DataDir::Missing
-        } else {
-            DataDir::Unknown
-        })
+        let out = t.exec(&Command::new("ls").args(["-A", d.as_str()])).await.map_err(map)?;
+        Ok(if out.status != 0 || out.stdout.trim().is_empty() { DataDir::Missing } else { DataDir::Unknown })
     }
 
-    async fn prepare_dirs(&self, h: &NodeHandle) -> Result<(), Error> {
+    pub(crate) async fn prepare_dirs(&self, h: &NodeHandle) -> Result<(), Error> {
         let l = &h.layout;
         let owner = Some(l.os_user.as_str());
         let t = &*h.transport;
@@ -538,79 +484,49 @@ impl Run<'_> {
             }
         }
         if let crate::spec::ArchiveSpec::Dir { path } = &self.cluster.archive {
-            t.mkdir(&path.to_string_lossy(), 0o700, owner)
-                .await
-                .map_err(map)?;
+            t.mkdir(&path.to_string_lossy(), 0o700, owner).await.map_err(map)?;
         }
         Ok(())
     }
 
     /// Writes every file of `r` that differs from what is on the host; returns whether any changed.
-    async fn write_files(
-        &self,
-        h: &NodeHandle,
-        r: &RenderedNode,
-        include_recovery: bool,
-    ) -> Result<bool, Error> {
+    pub(crate) async fn write_files(&self, h: &NodeHandle, r: &RenderedNode, include_recovery: bool) -> Result<bool, Error> {
         let t = &*h.transport;
         let owner = Some(h.layout.os_user.as_str());
         let mut changed = false;
         for f in &r.files {
-            let is_recovery =
-                f.path.ends_with("/recovery.conf") || f.path.ends_with("/standby.signal");
+            let is_recovery = f.path.ends_with("/recovery.conf") || f.path.ends_with("/standby.signal");
             if is_recovery && !include_recovery {
                 continue;
             }
             let map = |e| tr(&h.name, &format!("write {}", f.path), e);
-            let current = t
-                .read_file(&f.path)
-                .await
-                .map_err(map)?
-                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            let current = t.read_file(&f.path).await.map_err(map)?.map(|b| String::from_utf8_lossy(&b).into_owned());
             let desired = match f.placement {
                 Placement::Whole => f.contents.text.clone(),
-                Placement::HbaBlock => {
-                    merge_hba_block(current.as_deref().unwrap_or(""), &f.contents.text)
-                }
+                Placement::HbaBlock => merge_hba_block(current.as_deref().unwrap_or(""), &f.contents.text),
                 Placement::IncludeLine => {
                     let cur = current.clone().unwrap_or_default();
                     if cur.lines().any(|l| l.trim() == INCLUDE_LINE) {
                         cur
                     } else {
-                        let sep = if cur.is_empty() || cur.ends_with('\n') {
-                            ""
-                        } else {
-                            "\n"
-                        };
-                        format!(
-                            "{cur}{sep}# Added by pgrepl: its settings for this node.\n{INCLUDE_LINE}\n"
-                        )
+                        let sep = if cur.is_empty() || cur.ends_with('\n') { "" } else { "\n" };
+                        format!("{cur}{sep}# Added by pgrepl: its settings for this node.\n{INCLUDE_LINE}\n")
                     }
                 }
             };
             if current.as_deref() != Some(desired.as_str()) {
-                t.write_file(&f.path, desired.as_bytes(), f.mode, owner)
-                    .await
-                    .map_err(map)?;
+                t.write_file(&f.path, desired.as_bytes(), f.mode, owner).await.map_err(map)?;
                 changed = true;
             }
         }
         Ok(changed)
     }
 
-    async fn sql(
-        &self,
-        h: &NodeHandle,
-        port: u16,
-        text: &str,
-        action: &str,
-    ) -> Result<Vec<sql::Row>, Error> {
-        sql::query(&*h.transport, &h.layout, port, text, SQL_TIMEOUT)
-            .await
-            .map_err(|e| sqlerr(&h.name, action, e))
+    pub(crate) async fn sql(&self, h: &NodeHandle, port: u16, text: &str, action: &str) -> Result<Vec<sql::Row>, Error> {
+        sql::query(&*h.transport, &h.layout, port, text, SQL_TIMEOUT).await.map_err(|e| sqlerr(&h.name, action, e))
     }
 
-    async fn start(&self, n: &Node, h: &NodeHandle, r: &RenderedNode) -> Result<(), Error> {
+    pub(crate) async fn start(&self, n: &Node, h: &NodeHandle, r: &RenderedNode) -> Result<(), Error> {
         if self.local_ports {
             if let Some(a) = &n.address {
                 if crate::local::port_in_use(a, n.port).await {
@@ -640,12 +556,7 @@ impl Run<'_> {
             };
             return Err(Error::node(
                 &n.name,
-                format!(
-                    "the server did not start: {}{}",
-                    out.tail(),
-                    log.map(|l| format!("\nserver log:\n{l}"))
-                        .unwrap_or_default()
-                ),
+                format!("the server did not start: {}{}", out.tail(), log.map(|l| format!("\nserver log:\n{l}")).unwrap_or_default()),
             ));
         }
         Ok(())
@@ -653,18 +564,9 @@ impl Run<'_> {
 
     /// After a configuration change on a running server: reload, then restart if a
     /// changed setting needs it (pg_settings.pending_restart, 9.5+; before, always).
-    async fn apply_config(
-        &self,
-        n: &Node,
-        h: &NodeHandle,
-        r: &RenderedNode,
-        actions: &mut Vec<Action>,
-    ) -> Result<(), Error> {
+    pub(crate) async fn apply_config(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
         let caps = self.cluster.caps().expect("major known at deploy");
-        h.transport
-            .run(&Command::from_line(&r.commands.reload))
-            .await
-            .map_err(|e| tr(&n.name, "reload the configuration", e))?;
+        h.transport.run(&Command::from_line(&r.commands.reload)).await.map_err(|e| tr(&n.name, "reload the configuration", e))?;
         let restart = if caps.pending_restart {
             // A reload is asynchronous; give the postmaster a moment to process it.
             let mut pending = false;
@@ -678,10 +580,7 @@ impl Run<'_> {
                         "check for settings pending a restart",
                     )
                     .await?;
-                pending = rows
-                    .first()
-                    .and_then(|r| r.first().cloned().flatten())
-                    .is_some_and(|c| c != "0");
+                pending = rows.first().and_then(|r| r.first().cloned().flatten()).is_some_and(|c| c != "0");
                 if pending {
                     break;
                 }
@@ -700,27 +599,27 @@ impl Run<'_> {
             })
             .await?;
         } else {
-            actions.push(Action {
-                node: n.name.clone(),
-                what: "reload configuration".into(),
-                seconds: 0.0,
-            });
+            actions.push(Action { node: n.name.clone(), what: "reload configuration".into(), seconds: 0.0 });
         }
         Ok(())
     }
 
-    async fn ensure_primary(&self, n: &Node) -> Result<Vec<Action>, Error> {
+    pub(crate) async fn ensure_primary(&self, n: &Node) -> Result<Vec<Action>, Error> {
         let mut actions = Vec::new();
         let h = self.handle(&n.name)?;
         let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
         self.prepare_dirs(h).await?;
-        let running = is_running(h)
-            .await
-            .map_err(|e| tr(&n.name, "check whether the server runs", e))?;
+        let running = is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?;
         match self.data_dir(h).await? {
             DataDir::Missing if !running => {
                 let init = r.commands.init.as_ref().ok_or_else(|| {
-                    Error::node(&n.name, format!("no PostgreSQL cluster in {} and this layout has no initdb step; create the cluster first", h.layout.data_dir))
+                    Error::node(
+                        &n.name,
+                        format!(
+                            "no PostgreSQL cluster in {} and this layout has no initdb step; create the cluster first",
+                            h.layout.data_dir
+                        ),
+                    )
                 })?;
                 self.step(&n.name, "initdb (data checksums on)", &mut actions, async {
                     h.transport
@@ -734,7 +633,10 @@ impl Run<'_> {
             DataDir::Missing | DataDir::Unknown => {
                 return Err(Refusal {
                     node: n.name.clone(),
-                    reason: format!("{} holds files but no PostgreSQL cluster; pgrepl will not initialise over them (move them away first)", h.layout.data_dir),
+                    reason: format!(
+                        "{} holds files but no PostgreSQL cluster; pgrepl will not initialise over them (move them away first)",
+                        h.layout.data_dir
+                    ),
                 }
                 .into());
             }
@@ -749,30 +651,13 @@ impl Run<'_> {
         }
         let changed = self.write_files(h, &r, false).await?;
         if changed {
-            actions.push(Action {
-                node: n.name.clone(),
-                what: "write settings and pg_hba.conf".into(),
-                seconds: 0.0,
-            });
+            actions.push(Action { node: n.name.clone(), what: "write settings and pg_hba.conf".into(), seconds: 0.0 });
         }
         if !running {
-            self.step(&n.name, "start", &mut actions, self.start(n, h, &r))
-                .await?;
+            self.step(&n.name, "start", &mut actions, self.start(n, h, &r)).await?;
         } else {
-            let rows = self
-                .sql(
-                    h,
-                    n.port,
-                    "SELECT pg_catalog.pg_is_in_recovery();",
-                    "check the primary's role",
-                )
-                .await?;
-            if rows
-                .first()
-                .and_then(|r| r.first().cloned().flatten())
-                .as_deref()
-                == Some("t")
-            {
+            let rows = self.sql(h, n.port, "SELECT pg_catalog.pg_is_in_recovery();", "check the primary's role").await?;
+            if rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") {
                 return Err(Refusal {
                     node: n.name.clone(),
                     reason: "the spec makes it the primary but it runs as a standby (in recovery); after a failover, update the spec's roles or use `pgrepl switchover`".into(),
@@ -796,29 +681,11 @@ impl Run<'_> {
                 "check the replication role",
             )
             .await?;
-        if rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .as_deref()
-            != Some("t")
-        {
-            let text = r
-                .sql
-                .iter()
-                .filter(|s| s.purpose.contains(user.as_str()))
-                .map(|s| s.text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n");
-            self.step(
-                &n.name,
-                &format!("create replication role {user}"),
-                &mut actions,
-                async {
-                    self.sql(h, n.port, &text, "create the replication role")
-                        .await
-                        .map(|_| ())
-                },
-            )
+        if rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() != Some("t") {
+            let text = r.sql.iter().filter(|s| s.purpose.contains(user.as_str())).map(|s| s.text.as_str()).collect::<Vec<_>>().join("\n");
+            self.step(&n.name, &format!("create replication role {user}"), &mut actions, async {
+                self.sql(h, n.port, &text, "create the replication role").await.map(|_| ())
+            })
             .await?;
         }
         actions.extend(self.ensure_slots(n, h).await?);
@@ -826,86 +693,62 @@ impl Run<'_> {
     }
 
     /// Creates on `n` the slots its direct standbys use, where missing.
-    async fn ensure_slots(&self, n: &Node, h: &NodeHandle) -> Result<Vec<Action>, Error> {
+    pub(crate) async fn ensure_slots(&self, n: &Node, h: &NodeHandle) -> Result<Vec<Action>, Error> {
         let mut actions = Vec::new();
-        let wanted: Vec<&str> = self
-            .cluster
-            .downstream(&n.name)
-            .filter_map(|d| d.slot.as_deref())
-            .collect();
+        let wanted: Vec<&str> = self.cluster.downstream(&n.name).filter_map(|d| d.slot.as_deref()).collect();
         if wanted.is_empty() {
             return Ok(actions);
         }
-        let rows = self
-            .sql(
-                h,
-                n.port,
-                "SELECT slot_name FROM pg_catalog.pg_replication_slots;",
-                "list replication slots",
-            )
-            .await?;
-        let have: Vec<String> = rows
-            .into_iter()
-            .filter_map(|r| r.into_iter().next().flatten())
-            .collect();
+        let rows = self.sql(h, n.port, "SELECT slot_name FROM pg_catalog.pg_replication_slots;", "list replication slots").await?;
+        let have: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
         for slot in wanted.into_iter().filter(|s| !have.iter().any(|h| h == s)) {
-            self.step(
-                &n.name,
-                &format!("create slot {slot}"),
-                &mut actions,
-                async {
-                    self.sql(
-                        h,
-                        n.port,
-                        &render::create_slot_sql(slot),
-                        "create a replication slot",
-                    )
-                    .await
-                    .map(|_| ())
-                },
-            )
+            self.step(&n.name, &format!("create slot {slot}"), &mut actions, async {
+                self.sql(h, n.port, &render::create_slot_sql(slot), "create a replication slot").await.map(|_| ())
+            })
             .await?;
         }
         Ok(actions)
     }
 
-    async fn ensure_standby(&self, n: &Node) -> Result<Vec<Action>, Error> {
+    pub(crate) async fn ensure_standby(&self, n: &Node) -> Result<Vec<Action>, Error> {
         let mut actions = Vec::new();
         let h = self.handle(&n.name)?;
         let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
         self.prepare_dirs(h).await?;
         let t = &*h.transport;
         let marker = h.layout.clone_marker();
-        let unfinished = t
-            .exists(&marker, None)
-            .await
-            .map_err(|e| tr(&n.name, "look for an unfinished clone", e))?;
-        let running = is_running(h)
-            .await
-            .map_err(|e| tr(&n.name, "check whether the server runs", e))?;
+        let unfinished = t.exists(&marker, None).await.map_err(|e| tr(&n.name, "look for an unfinished clone", e))?;
+        let running = is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?;
+        let mut unfinished = unfinished;
+        let mut running = running;
         if running && !unfinished {
-            let rows = self
-                .sql(
-                    h,
-                    n.port,
-                    "SELECT pg_catalog.pg_is_in_recovery();",
-                    "check the standby's role",
-                )
-                .await?;
-            if rows
-                .first()
-                .and_then(|r| r.first().cloned().flatten())
-                .as_deref()
-                != Some("t")
-            {
-                return Err(Refusal {
-                    node: n.name.clone(),
-                    reason: format!(
-                        "the spec makes it a standby but it runs as a primary (not in recovery); pgrepl will not demote it here: use `pgrepl rejoin {}`",
-                        n.name
-                    ),
+            let rows = self.sql(h, n.port, "SELECT pg_catalog.pg_is_in_recovery();", "check the standby's role").await?;
+            if rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() != Some("t") {
+                if self.is_pristine(n, h).await? {
+                    // A cluster nobody used (as a distribution package creates and starts
+                    // one): no user database, table or role. It is replaced by the clone.
+                    self.step(&n.name, "stop the unused cluster the host came with", &mut actions, async {
+                        h.transport
+                            .run(&Command::from_line(&r.commands.stop).timeout(Duration::from_secs(330)))
+                            .await
+                            .map_err(|e| tr(&n.name, "stop the server", e))?;
+                        t.write_file(&marker, b"replacing an unused cluster\n", 0o600, Some(&h.layout.os_user))
+                            .await
+                            .map_err(|e| tr(&n.name, "mark the clone as started", e))
+                    })
+                    .await?;
+                    unfinished = true;
+                    running = false;
+                } else {
+                    return Err(Refusal {
+                        node: n.name.clone(),
+                        reason: format!(
+                            "the spec makes it a standby but it runs as a primary (not in recovery) and holds data of its own; pgrepl will not demote it here: use `pgrepl rejoin {}`",
+                            n.name
+                        ),
+                    }
+                    .into());
                 }
-                .into());
             }
         }
         let data = self.data_dir(h).await?;
@@ -914,7 +757,10 @@ impl Run<'_> {
                 if running {
                     return Err(Refusal {
                         node: n.name.clone(),
-                        reason: format!("an unfinished clone is recorded ({marker}) but a server runs on {}; stop it before pgrepl re-clones", h.layout.data_dir),
+                        reason: format!(
+                            "an unfinished clone is recorded ({marker}) but a server runs on {}; stop it before pgrepl re-clones",
+                            h.layout.data_dir
+                        ),
                     }
                     .into());
                 }
@@ -935,7 +781,10 @@ impl Run<'_> {
             (DataDir::Unknown, false) => {
                 return Err(Refusal {
                     node: n.name.clone(),
-                    reason: format!("{} holds files but no PostgreSQL cluster; pgrepl will not clone over them (move them away first)", h.layout.data_dir),
+                    reason: format!(
+                        "{} holds files but no PostgreSQL cluster; pgrepl will not clone over them (move them away first)",
+                        h.layout.data_dir
+                    ),
                 }
                 .into());
             }
@@ -945,132 +794,106 @@ impl Run<'_> {
         } else {
             let changed = self.write_files(h, &r, true).await?;
             if changed {
-                actions.push(Action {
-                    node: n.name.clone(),
-                    what: "write settings and pg_hba.conf".into(),
-                    seconds: 0.0,
-                });
+                actions.push(Action { node: n.name.clone(), what: "write settings and pg_hba.conf".into(), seconds: 0.0 });
             }
             if running && changed {
                 self.apply_config(n, h, &r, &mut actions).await?;
             }
         }
-        if !is_running(h)
-            .await
-            .map_err(|e| tr(&n.name, "check whether the server runs", e))?
-        {
-            self.step(&n.name, "start", &mut actions, self.start(n, h, &r))
-                .await?;
+        if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))? {
+            self.step(&n.name, "start", &mut actions, self.start(n, h, &r)).await?;
         }
         actions.extend(self.ensure_slots(n, h).await?);
         Ok(actions)
     }
 
-    async fn clone_standby(
-        &self,
-        n: &Node,
-        h: &NodeHandle,
-        r: &RenderedNode,
-        actions: &mut Vec<Action>,
-    ) -> Result<(), Error> {
+    /// Whether a running, writable cluster was never used: no database besides the
+    /// defaults, no table, view or sequence outside the system schemas, no role besides
+    /// the bootstrap superuser and the predefined ones.
+    pub(crate) async fn is_pristine(&self, n: &Node, h: &NodeHandle) -> Result<bool, Error> {
+        let q = "SELECT (SELECT count(*) FROM pg_catalog.pg_database WHERE datname NOT IN ('template0', 'template1', 'postgres')) \
+                 + (SELECT count(*) FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace \
+                    WHERE s.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND s.nspname NOT LIKE 'pg\\_%') \
+                 + (SELECT count(*) FROM pg_catalog.pg_roles WHERE rolname !~ '^pg_' AND rolname <> current_user);";
+        let rows = self.sql(h, n.port, q, "check whether the cluster was ever used").await?;
+        Ok(rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("0"))
+    }
+
+    /// Removes a standby's data directory. Guarded: reached only with pgrepl's
+    /// unfinished-clone marker written, and refused while a server runs on it.
+    pub(crate) async fn remove_unfinished_data(&self, n: &Node, h: &NodeHandle) -> Result<(), Error> {
+        let t = &*h.transport;
+        let l = &h.layout;
+        if t.exists(&l.data_dir, None).await.map_err(|e| tr(&n.name, "inspect the data directory", e))? {
+            if is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))? {
+                return Err(
+                    Refusal { node: n.name.clone(), reason: format!("a server runs on {}; refusing to remove it", l.data_dir) }.into()
+                );
+            }
+            t.remove_tree(&l.data_dir).await.map_err(|e| tr(&n.name, "remove the unfinished clone", e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn clone_standby(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
         let t = &*h.transport;
         let l = &h.layout;
         let marker = l.clone_marker();
-        let upstream = n
-            .upstream
-            .as_deref()
-            .expect("a validated standby has an upstream");
+        let upstream = n.upstream.as_deref().expect("a validated standby has an upstream");
         // The passfile first: pg_basebackup reads it.
-        let pass = r
-            .files
-            .iter()
-            .find(|f| f.path == l.passfile())
-            .expect("rendered passfile");
-        t.write_file(
-            &pass.path,
-            pass.contents.text.as_bytes(),
-            0o600,
-            Some(&l.os_user),
-        )
-        .await
-        .map_err(|e| tr(&n.name, "write the passfile", e))?;
-        t.write_file(
-            &marker,
-            format!("cloning from {upstream}\n").as_bytes(),
-            0o600,
-            Some(&l.os_user),
-        )
-        .await
-        .map_err(|e| tr(&n.name, "mark the clone as started", e))?;
-        // Guarded removal: only a data directory of a clone pgrepl started (marker) with
-        // no server running on it reaches this point.
-        if t.exists(&l.data_dir, None)
+        let pass = r.files.iter().find(|f| f.path == l.passfile()).expect("rendered passfile");
+        t.write_file(&pass.path, pass.contents.text.as_bytes(), 0o600, Some(&l.os_user))
             .await
-            .map_err(|e| tr(&n.name, "inspect the data directory", e))?
-        {
-            if is_running(h)
+            .map_err(|e| tr(&n.name, "write the passfile", e))?;
+        t.write_file(&marker, format!("cloning from {upstream}\n").as_bytes(), 0o600, Some(&l.os_user))
+            .await
+            .map_err(|e| tr(&n.name, "mark the clone as started", e))?;
+        // Debian: the cluster's configuration comes from pg_createcluster; its data
+        // directory is then replaced by the clone.
+        if let (Some(_), Some(init)) = (&l.debian_cluster, &r.commands.init) {
+            if !t
+                .exists(&format!("{}/postgresql.conf", l.config_dir), None)
                 .await
-                .map_err(|e| tr(&n.name, "check whether the server runs", e))?
+                .map_err(|e| tr(&n.name, "inspect the configuration", e))?
             {
-                return Err(Refusal {
-                    node: n.name.clone(),
-                    reason: format!("a server runs on {}; refusing to remove it", l.data_dir),
-                }
-                .into());
+                self.remove_unfinished_data(n, h).await?;
+                self.step(&n.name, "create the cluster's configuration (pg_createcluster)", actions, async {
+                    t.run(&Command::from_line(init).timeout(Duration::from_secs(300)))
+                        .await
+                        .map_err(|e| tr(&n.name, "pg_createcluster", e))?;
+                    Ok(())
+                })
+                .await?;
             }
-            t.remove_tree(&l.data_dir)
-                .await
-                .map_err(|e| tr(&n.name, "remove the unfinished clone", e))?;
         }
-        let clone = r
-            .commands
-            .clone
-            .as_ref()
-            .expect("standbys have a clone command");
-        self.step(
-            &n.name,
-            &format!("clone from {upstream} (pg_basebackup)"),
-            actions,
-            async {
-                t.run(&Command::from_line(clone).timeout(CLONE_TIMEOUT))
-                    .await
-                    .map_err(|e| tr(&n.name, &format!("clone from {upstream}"), e))?;
-                Ok(())
-            },
-        )
+        self.remove_unfinished_data(n, h).await?;
+        let clone = r.commands.clone.as_ref().expect("standbys have a clone command");
+        self.step(&n.name, &format!("clone from {upstream} (pg_basebackup)"), actions, async {
+            t.run(&Command::from_line(clone).timeout(CLONE_TIMEOUT))
+                .await
+                .map_err(|e| tr(&n.name, &format!("clone from {upstream}"), e))?;
+            Ok(())
+        })
         .await?;
         self.write_files(h, r, true).await?;
-        t.remove_file(&marker)
-            .await
-            .map_err(|e| tr(&n.name, "clear the clone marker", e))?;
-        actions.push(Action {
-            node: n.name.clone(),
-            what: "write standby settings".into(),
-            seconds: 0.0,
-        });
+        t.remove_file(&marker).await.map_err(|e| tr(&n.name, "clear the clone marker", e))?;
+        actions.push(Action { node: n.name.clone(), what: "write standby settings".into(), seconds: 0.0 });
         Ok(())
     }
 
     /// Waits until `n` streams from its upstream (pg_stat_replication there).
-    async fn wait_streaming(&self, n: &Node) -> Result<(), Error> {
+    pub(crate) async fn wait_streaming(&self, n: &Node) -> Result<(), Error> {
         let upstream = n.upstream.as_deref().expect("standby");
         let uh = self.handle(upstream)?;
         let up = self.cluster.node(upstream).expect("validated");
-        let q = format!(
-            "SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = {};",
-            render::sql_literal(&n.name)
-        );
+        let q = format!("SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = {};", render::sql_literal(&n.name));
         self.progress.started(&n.name, "wait until streaming");
         let start = Instant::now();
         let max_polls = (STREAMING_DEADLINE.as_millis() / POLL_INTERVAL.as_millis()) as usize;
         for _ in 0..max_polls {
             let rows = self.sql(uh, up.port, &q, "check replication").await?;
-            if rows
-                .iter()
-                .any(|r| r.first().cloned().flatten().as_deref() == Some("streaming"))
-            {
-                self.progress
-                    .finished(&n.name, "wait until streaming", "streaming");
+            if rows.iter().any(|r| r.first().cloned().flatten().as_deref() == Some("streaming")) {
+                self.progress.finished(&n.name, "wait until streaming", "streaming");
                 return Ok(());
             }
             if start.elapsed() > STREAMING_DEADLINE {
@@ -1078,8 +901,7 @@ impl Run<'_> {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
-        self.progress
-            .finished(&n.name, "wait until streaming", "timed out");
+        self.progress.finished(&n.name, "wait until streaming", "timed out");
         Err(Error::Timeout {
             node: n.name.clone(),
             waited: start.elapsed(),
@@ -1118,16 +940,14 @@ mod tests {
 
     #[test]
     fn hba_block_is_replaced_in_place_and_first() {
-        let block =
-            format!("{HBA_BEGIN}\nhost replication r 10.0.0.2/32 scram-sha-256\n{HBA_END}\n");
+        let block = format!("{HBA_BEGIN}\nhost replication r 10.0.0.2/32 scram-sha-256\n{HBA_END}\n");
         let original = "local all all peer\nhost all all 127.0.0.1/32 scram-sha-256\n";
         let once = merge_hba_block(original, &block);
         assert!(once.starts_with(HBA_BEGIN));
         assert!(once.ends_with(original));
         let twice = merge_hba_block(&once, &block);
         assert_eq!(once, twice, "merging is idempotent");
-        let block2 =
-            format!("{HBA_BEGIN}\nhost replication r 10.0.0.3/32 scram-sha-256\n{HBA_END}\n");
+        let block2 = format!("{HBA_BEGIN}\nhost replication r 10.0.0.3/32 scram-sha-256\n{HBA_END}\n");
         let changed = merge_hba_block(&once, &block2);
         assert!(changed.contains("10.0.0.3") && !changed.contains("10.0.0.2"));
     }

@@ -106,10 +106,7 @@ pub fn inspect(dir: &Path) -> Option<Installation> {
     if !has_server && !has_client {
         return None;
     }
-    let lib_dir = dir
-        .parent()
-        .map(|p| p.join("lib"))
-        .filter(|l| l.join("libpq.so.5").exists());
+    let lib_dir = dir.parent().map(|p| p.join("lib")).filter(|l| l.join("libpq.so.5").exists());
     let tool = if has("postgres") {
         "postgres"
     } else if has("pg_basebackup") {
@@ -127,15 +124,7 @@ pub fn inspect(dir: &Path) -> Option<Installation> {
     // "postgres (PostgreSQL) 16.4" / "pg_basebackup (PostgreSQL) 15.18 (Debian ...)"
     let version = text.split(") ").nth(1).unwrap_or(&text).to_string();
     let major: PgMajor = version.parse().ok()?;
-    Some(Installation {
-        bin_dir: dir.to_path_buf(),
-        major,
-        version,
-        has_server,
-        has_client,
-        has_rewind: has("pg_rewind"),
-        lib_dir,
-    })
+    Some(Installation { bin_dir: dir.to_path_buf(), major, version, has_server, has_client, has_rewind: has("pg_rewind"), lib_dir })
 }
 
 /// Chooses the binaries for a cluster.
@@ -206,16 +195,11 @@ pub fn discover(opts: &DiscoveryOptions) -> Result<Binaries, Error> {
 }
 
 fn not_found(major: Option<PgMajor>, all: &[Installation]) -> Error {
-    let what = major
-        .map(|m| format!("PostgreSQL {m}"))
-        .unwrap_or_else(|| "PostgreSQL".into());
+    let what = major.map(|m| format!("PostgreSQL {m}")).unwrap_or_else(|| "PostgreSQL".into());
     let found = if all.is_empty() {
         "none found".to_string()
     } else {
-        all.iter()
-            .map(|i| format!("{} in {}", i.major, i.bin_dir.display()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        all.iter().map(|i| format!("{} in {}", i.major, i.bin_dir.display())).collect::<Vec<_>>().join(", ")
     };
     Error::Discovery(format!(
         "no {what} server binaries found (searched pg_config, /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, $PGREPL_PG_SEARCH and $PATH; installations: {found}). \
@@ -230,15 +214,7 @@ mod tests {
 
     #[test]
     fn missing_dir_is_a_clear_error() {
-        let e = discover(&DiscoveryOptions {
-            pg_bin: Some("/nonexistent/bin".into()),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("--pg-bin /nonexistent/bin: no PostgreSQL server there"),
-            "{e}"
-        );
+        let e = discover(&DiscoveryOptions { pg_bin: Some("/nonexistent/bin".into()), ..Default::default() }).unwrap_err();
+        assert!(e.to_string().contains("--pg-bin /nonexistent/bin: no PostgreSQL server there"), "{e}");
     }
 }

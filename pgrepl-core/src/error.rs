@@ -23,26 +23,14 @@ pub struct SpecError {
 
 impl SpecError {
     /// A problem with `field`.
-    pub fn new(
-        field: impl Into<String>,
-        problem: impl Into<String>,
-        expected: impl Into<String>,
-    ) -> Self {
-        SpecError {
-            field: field.into(),
-            problem: problem.into(),
-            expected: expected.into(),
-        }
+    pub fn new(field: impl Into<String>, problem: impl Into<String>, expected: impl Into<String>) -> Self {
+        SpecError { field: field.into(), problem: problem.into(), expected: expected.into() }
     }
 }
 
 impl fmt::Display for SpecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} (expected {})",
-            self.field, self.problem, self.expected
-        )
+        write!(f, "{}: {} (expected {})", self.field, self.problem, self.expected)
     }
 }
 
@@ -187,10 +175,7 @@ impl From<Refusal> for Error {
 impl Error {
     /// A node-state error.
     pub fn node(node: impl Into<String>, problem: impl Into<String>) -> Self {
-        Error::Node {
-            node: node.into(),
-            problem: problem.into(),
-        }
+        Error::Node { node: node.into(), problem: problem.into() }
     }
 }
 

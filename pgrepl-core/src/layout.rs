@@ -58,6 +58,9 @@ pub struct NodeLayout {
     /// pgrepl writes `postgresql.conf` itself only when it created the cluster with
     /// initdb; on a distribution cluster it only appends its include line.
     pub owns_postgresql_conf: bool,
+    /// Debian's `(version, cluster)` when the cluster is managed by postgresql-common
+    /// (created with pg_createcluster, removed with pg_dropcluster).
+    pub debian_cluster: Option<(String, String)>,
 }
 
 impl NodeLayout {
@@ -77,6 +80,7 @@ impl NodeLayout {
             superuser: os_user.to_string(),
             service: ServiceControl::PgCtl,
             owns_postgresql_conf: true,
+            debian_cluster: None,
         }
     }
 
@@ -94,11 +98,9 @@ impl NodeLayout {
             lib_dir: None,
             os_user: "postgres".into(),
             superuser: "postgres".into(),
-            service: ServiceControl::PgCtlCluster {
-                version: v,
-                cluster: "main".into(),
-            },
+            service: ServiceControl::PgCtlCluster { version: v.clone(), cluster: "main".into() },
             owns_postgresql_conf: false,
+            debian_cluster: Some((v, "main".into())),
         }
     }
 

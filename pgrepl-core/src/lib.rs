@@ -34,7 +34,12 @@
 
 pub mod cluster;
 pub mod error;
+#[cfg(feature = "runtime")]
+pub mod ha;
+#[cfg(feature = "runtime")]
+pub mod hosts;
 pub mod layout;
+pub mod pgcontrol;
 pub mod render;
 pub mod secret;
 pub mod spec;

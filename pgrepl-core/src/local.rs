@@ -47,12 +47,7 @@ fn me() -> &'static Me {
     ME.get_or_init(|| {
         let uid = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2))
-                    .and_then(|u| u.parse().ok())
-            })
+            .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).and_then(|u| u.parse().ok()))
             .unwrap_or(u32::MAX);
         let name = std::process::Command::new("id")
             .arg("-un")
@@ -78,9 +73,7 @@ pub fn current_user() -> &'static str {
 
 fn lookup_ids(user: &str) -> Result<(u32, u32), TransportError> {
     let id = |flag: &str| -> Result<u32, TransportError> {
-        let out = std::process::Command::new("id")
-            .args([flag, user])
-            .output()?;
+        let out = std::process::Command::new("id").args([flag, user]).output()?;
         String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
@@ -114,25 +107,16 @@ impl Transport for LocalTransport {
         };
         c.args(&cmd.args)
             .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("LC_ALL", "C")
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .current_dir("/")
-            .stdin(if cmd.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if cmd.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = c
-            .spawn()
-            .map_err(|e| TransportError::Other(format!("could not start {}: {e}", cmd.program)))?;
+        let mut child = c.spawn().map_err(|e| TransportError::Other(format!("could not start {}: {e}", cmd.program)))?;
         let pid = child.id();
         if let (Some(bytes), Some(mut stdin)) = (cmd.stdin.clone(), child.stdin.take()) {
             // A child that exits early closes its stdin; that is reported by its status.
@@ -151,45 +135,24 @@ impl Transport for LocalTransport {
             Err(_) => {
                 // Kill the whole process group we started (runuser and its child).
                 if let Some(pid) = pid {
-                    let _ = tokio::process::Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{pid}")])
-                        .status()
-                        .await;
+                    let _ = tokio::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status().await;
                 }
-                Err(TransportError::Timeout {
-                    program: cmd.program.clone(),
-                    after: cmd.timeout,
-                })
+                Err(TransportError::Timeout { program: cmd.program.clone(), after: cmd.timeout })
             }
         }
     }
 
-    async fn write_file(
-        &self,
-        path: &str,
-        contents: &[u8],
-        mode: u32,
-        owner: Option<&str>,
-    ) -> Result<(), TransportError> {
+    async fn write_file(&self, path: &str, contents: &[u8], mode: u32, owner: Option<&str>) -> Result<(), TransportError> {
         use std::io::Write;
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let path = PathBuf::from(path);
-        let dir = path
-            .parent()
-            .ok_or_else(|| {
-                TransportError::Other(format!("{}: no parent directory", path.display()))
-            })?
-            .to_path_buf();
+        let dir = path.parent().ok_or_else(|| TransportError::Other(format!("{}: no parent directory", path.display())))?.to_path_buf();
         let ids = owner.map(lookup_ids).transpose()?;
         let contents = contents.to_vec();
         tokio::task::spawn_blocking(move || -> Result<(), TransportError> {
             let tmp = dir.join(format!(".pgrepl-tmp-{}", std::process::id()));
             let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode & 0o600)
-                .open(&tmp)?;
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o600).open(&tmp)?;
             f.write_all(&contents)?;
             f.sync_all()?;
             drop(f);
@@ -223,10 +186,7 @@ pub struct LocalProvider {
 impl LocalProvider {
     /// A provider rooted at `work_dir`, running PostgreSQL as `os_user`.
     pub fn new(work_dir: impl Into<PathBuf>, os_user: impl Into<String>) -> Self {
-        LocalProvider {
-            work_dir: work_dir.into(),
-            os_user: os_user.into(),
-        }
+        LocalProvider { work_dir: work_dir.into(), os_user: os_user.into() }
     }
 
     fn node_dir(&self, node: &str) -> PathBuf {
@@ -243,31 +203,16 @@ impl Provider for LocalProvider {
     async fn ensure_hosts(&self, cluster: &Cluster) -> Result<Vec<Host>, Error> {
         let t = LocalTransport;
         let wd = self.work_dir.to_string_lossy().into_owned();
-        let map = |action: &str, e: TransportError| Error::Transport {
-            host: "localhost".into(),
-            action: action.to_string(),
-            source: e,
-        };
-        t.mkdir(&wd, 0o755, None)
-            .await
-            .map_err(|e| map(&format!("create work directory {wd}"), e))?;
+        let map = |action: &str, e: TransportError| Error::Transport { host: "localhost".into(), action: action.to_string(), source: e };
+        t.mkdir(&wd, 0o755, None).await.map_err(|e| map(&format!("create work directory {wd}"), e))?;
         let mut hosts = Vec::new();
         for n in &cluster.nodes {
             let dir = self.node_dir(&n.name).to_string_lossy().into_owned();
             let owner = (self.os_user != current_user()).then_some(self.os_user.as_str());
-            t.mkdir(&dir, 0o700, owner)
-                .await
-                .map_err(|e| map(&format!("create node directory {dir}"), e))?;
+            t.mkdir(&dir, 0o700, owner).await.map_err(|e| map(&format!("create node directory {dir}"), e))?;
             // The server's user must reach its directory through every parent.
-            let reach = Command::new("test")
-                .args(["-w", &dir])
-                .user(self.os_user.clone());
-            if !t
-                .exec(&reach)
-                .await
-                .map_err(|e| map("check directory access", e))?
-                .success()
-            {
+            let reach = Command::new("test").args(["-w", &dir]).user(self.os_user.clone());
+            if !t.exec(&reach).await.map_err(|e| map("check directory access", e))?.success() {
                 return Err(Error::node(
                     &n.name,
                     format!(
@@ -282,26 +227,18 @@ impl Provider for LocalProvider {
     }
 
     async fn list_hosts(&self, cluster: &Cluster) -> Result<Vec<Host>, Error> {
-        Ok(cluster
-            .nodes
-            .iter()
-            .filter(|n| self.node_dir(&n.name).is_dir())
-            .map(|n| self.host_of(n))
-            .collect())
+        Ok(cluster.nodes.iter().filter(|n| self.node_dir(&n.name).is_dir()).map(|n| self.host_of(n)).collect())
     }
 
     async fn destroy_hosts(&self, cluster: &Cluster) -> Result<(), Error> {
         for n in &cluster.nodes {
             let dir = self.node_dir(&n.name);
             if dir.is_dir() {
-                LocalTransport
-                    .remove_tree(&dir.to_string_lossy())
-                    .await
-                    .map_err(|e| Error::Transport {
-                        host: "localhost".into(),
-                        action: format!("remove {}", dir.display()),
-                        source: e,
-                    })?;
+                LocalTransport.remove_tree(&dir.to_string_lossy()).await.map_err(|e| Error::Transport {
+                    host: "localhost".into(),
+                    action: format!("remove {}", dir.display()),
+                    source: e,
+                })?;
             }
         }
         Ok(())
@@ -330,21 +267,11 @@ pub struct LocalConnector {
 
 #[async_trait]
 impl Connector for LocalConnector {
-    async fn connect(
-        &self,
-        _cluster: &Cluster,
-        node: &Node,
-        _host: &Host,
-    ) -> Result<NodeHandle, Error> {
+    async fn connect(&self, _cluster: &Cluster, node: &Node, _host: &Host) -> Result<NodeHandle, Error> {
         Ok(NodeHandle {
             name: node.name.clone(),
             transport: Arc::new(LocalTransport),
-            layout: NodeLayout::local(
-                &self.work_dir.to_string_lossy(),
-                &node.name,
-                &self.binaries,
-                &self.os_user,
-            ),
+            layout: NodeLayout::local(&self.work_dir.to_string_lossy(), &node.name, &self.binaries, &self.os_user),
         })
     }
 }
@@ -373,11 +300,7 @@ pub fn default_work_dir(cluster_name: &str) -> PathBuf {
 
 /// The OS user PostgreSQL runs as by default: `postgres` as root, else the current user.
 pub fn default_os_user() -> String {
-    if running_as_root() {
-        "postgres".into()
-    } else {
-        current_user().to_string()
-    }
+    if running_as_root() { "postgres".into() } else { current_user().to_string() }
 }
 
 /// Builds a [`Deployment`] on the local provider.
@@ -406,11 +329,7 @@ impl LocalDeployment {
         d.major = d.major.or(unversioned.major);
         let binaries = discover(&d)?;
         let cluster = spec.validate_for(binaries.major)?;
-        let work_dir = opts
-            .work_dir
-            .clone()
-            .or(local.work_dir.clone())
-            .unwrap_or_else(|| default_work_dir(&spec.name));
+        let work_dir = opts.work_dir.clone().or(local.work_dir.clone()).unwrap_or_else(|| default_work_dir(&spec.name));
         let os_user = local.os_user.clone().unwrap_or_else(default_os_user);
         if os_user == "root" || (running_as_root() && os_user == current_user()) {
             return Err(Error::Spec(crate::SpecErrors::one(crate::SpecError::new(
@@ -420,32 +339,13 @@ impl LocalDeployment {
             ))));
         }
         let provider = Arc::new(LocalProvider::new(&work_dir, &os_user));
-        let connector = Arc::new(LocalConnector {
-            work_dir: work_dir.clone(),
-            os_user,
-            binaries: binaries.clone(),
-        });
-        Ok(
-            Deployment::new(cluster, provider, connector, work_dir.join("secrets"))
-                .with_binaries(binaries)
-                .with_local_ports(),
-        )
+        let connector = Arc::new(LocalConnector { work_dir: work_dir.clone(), os_user, binaries: binaries.clone() });
+        Ok(Deployment::new(cluster, provider, connector, work_dir.join("secrets")).with_binaries(binaries).with_local_ports())
     }
 }
 
 /// Whether something listens on `address:port` (a TCP connect within 300 ms).
 pub async fn port_in_use(address: &str, port: u16) -> bool {
-    let addr = if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    };
-    matches!(
-        tokio::time::timeout(
-            Duration::from_millis(300),
-            tokio::net::TcpStream::connect(addr)
-        )
-        .await,
-        Ok(Ok(_))
-    )
+    let addr = if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") };
+    matches!(tokio::time::timeout(Duration::from_millis(300), tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
 }

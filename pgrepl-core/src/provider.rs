@@ -62,10 +62,5 @@ pub struct NodeHandle {
 #[async_trait]
 pub trait Connector: Send + Sync + fmt::Debug {
     /// Connects to the host of `node`.
-    async fn connect(
-        &self,
-        cluster: &Cluster,
-        node: &Node,
-        host: &Host,
-    ) -> Result<NodeHandle, Error>;
+    async fn connect(&self, cluster: &Cluster, node: &Node, host: &Host) -> Result<NodeHandle, Error>;
 }

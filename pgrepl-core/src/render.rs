@@ -25,8 +25,7 @@ use crate::spec::{ArchiveSpec, Role, SettingValue, SyncMode};
 use crate::version::{Capabilities, PgMajor, PromoteMethod, RecoveryStyle, SyncSyntax};
 
 /// The marker lines around pgrepl's block in pg_hba.conf.
-pub const HBA_BEGIN: &str =
-    "# pgrepl:begin (managed by pgrepl; edits inside this block are overwritten)";
+pub const HBA_BEGIN: &str = "# pgrepl:begin (managed by pgrepl; edits inside this block are overwritten)";
 /// See [`HBA_BEGIN`].
 pub const HBA_END: &str = "# pgrepl:end";
 /// The line pgrepl appends to postgresql.conf.
@@ -104,11 +103,7 @@ impl fmt::Debug for RenderedFile {
 
 impl fmt::Debug for FileContents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.secret {
-            f.write_str(REDACTED)
-        } else {
-            fmt::Debug::fmt(&self.text, f)
-        }
+        if self.secret { f.write_str(REDACTED) } else { fmt::Debug::fmt(&self.text, f) }
     }
 }
 
@@ -117,11 +112,7 @@ fn octal<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn redact_if_secret_contents<S: Serializer>(c: &FileContents, s: S) -> Result<S::Ok, S::Error> {
-    if c.secret {
-        s.serialize_str(REDACTED)
-    } else {
-        s.serialize_str(&c.text)
-    }
+    if c.secret { s.serialize_str(REDACTED) } else { s.serialize_str(&c.text) }
 }
 
 /// One SQL statement with what it is for.
@@ -148,10 +139,7 @@ impl Serialize for Sql {
 impl fmt::Debug for Sql {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text: &str = if self.secret { REDACTED } else { &self.text };
-        f.debug_struct("Sql")
-            .field("purpose", &self.purpose)
-            .field("text", &text)
-            .finish()
+        f.debug_struct("Sql").field("purpose", &self.purpose).field("text", &text).finish()
     }
 }
 
@@ -218,33 +206,22 @@ pub struct Commands {
     pub reload: CommandLine,
     /// Promotes it (standbys).
     pub promote: Option<Promote>,
+    /// Removes the cluster where the distribution manages it (Debian: pg_dropcluster).
+    pub drop: Option<CommandLine>,
 }
 
 /// Renders every file, statement and command of `node_name`.
 ///
 /// With `secrets` `None`, secret contents read `********` (a dry run); the executor
 /// passes the real secrets.
-pub fn render_node(
-    cluster: &Cluster,
-    node_name: &str,
-    layout: &NodeLayout,
-    secrets: Option<&Secrets>,
-) -> Result<RenderedNode, Error> {
+pub fn render_node(cluster: &Cluster, node_name: &str, layout: &NodeLayout, secrets: Option<&Secrets>) -> Result<RenderedNode, Error> {
     let caps = cluster.caps().ok_or_else(|| {
         Error::Discovery("the PostgreSQL major is not known yet: set `postgres` in the spec, pass --pg-version, or install PostgreSQL so it can be detected".into())
     })?;
     let node = cluster.node(node_name).ok_or_else(|| {
         Error::node(
             node_name,
-            format!(
-                "no such node (the cluster has: {})",
-                cluster
-                    .nodes
-                    .iter()
-                    .map(|n| n.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("no such node (the cluster has: {})", cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
         )
     })?;
     let settings = conf_settings(cluster, node, layout, &caps);
@@ -288,12 +265,7 @@ pub fn render_node(
         mode: 0o600,
         placement: Placement::Whole,
         contents: FileContents {
-            text: passfile_text(
-                &cluster.replication.user,
-                secrets
-                    .map(|s| s.replication_password.expose())
-                    .unwrap_or(REDACTED),
-            ),
+            text: passfile_text(&cluster.replication.user, secrets.map(|s| s.replication_password.expose()).unwrap_or(REDACTED)),
             secret: secrets.is_some(),
         },
     });
@@ -304,17 +276,18 @@ pub fn render_node(
     }
     for d in cluster.downstream(&node.name) {
         if let Some(slot) = &d.slot {
-            sql.push(Sql {
-                purpose: format!("physical replication slot for {}", d.name),
-                text: create_slot_sql(slot),
-                secret: false,
-            });
+            sql.push(Sql { purpose: format!("physical replication slot for {}", d.name), text: create_slot_sql(slot), secret: false });
         }
     }
 
     let commands = Commands {
-        init: (node.role == Role::Primary && layout.owns_postgresql_conf)
-            .then(|| initdb_command(cluster, layout, &caps)),
+        init: match (&layout.debian_cluster, node.role) {
+            // Debian: pg_createcluster makes the config (and a data directory, which a
+            // standby's clone then replaces).
+            (Some(dc), _) => Some(createcluster_command(cluster, node, layout, dc, &caps)),
+            (None, Role::Primary) if layout.owns_postgresql_conf => Some(initdb_command(cluster, layout, &caps)),
+            (None, _) => None,
+        },
         clone: match node.role {
             Role::Standby => Some(basebackup_command(cluster, node, layout, &caps)),
             Role::Primary => None,
@@ -323,61 +296,38 @@ pub fn render_node(
         stop: service_command(layout, "stop"),
         reload: service_command(layout, "reload"),
         promote: (node.role == Role::Standby).then(|| promote(layout, &caps)),
+        drop: layout.debian_cluster.as_ref().map(|(v, c)| CommandLine {
+            program: "/usr/bin/pg_dropcluster".into(),
+            args: vec!["--stop".into(), v.clone(), c.clone()],
+            env: Vec::new(),
+            user: "root".into(),
+        }),
     };
 
-    Ok(RenderedNode {
-        node: node.name.clone(),
-        role: node.role,
-        major: caps.major,
-        settings,
-        files,
-        sql,
-        commands,
-    })
+    Ok(RenderedNode { node: node.name.clone(), role: node.role, major: caps.major, settings, files, sql, commands })
 }
 
 fn plain(text: String) -> FileContents {
-    FileContents {
-        text,
-        secret: false,
-    }
+    FileContents { text, secret: false }
 }
 
 /// The settings of a node's `pgrepl.conf`, in order; user settings replace pgrepl's in place.
-pub fn conf_settings(
-    cluster: &Cluster,
-    node: &Node,
-    layout: &NodeLayout,
-    caps: &Capabilities,
-) -> Vec<(String, String)> {
+pub fn conf_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: &Capabilities) -> Vec<(String, String)> {
     let mut s: Vec<(String, String)> = Vec::new();
     let mut set = |k: &str, v: String| s.push((k.to_string(), v));
     let n = cluster.nodes.len() as u32;
-    set(
-        "listen_addresses",
-        guc_quote(&node.address_or_placeholder()),
-    );
+    set("listen_addresses", guc_quote(&node.address_or_placeholder()));
     set("port", node.port.to_string());
     set(caps.socket_dir_setting, guc_quote(&layout.socket_dir));
     if caps.cluster_name {
-        set(
-            "cluster_name",
-            guc_quote(&format!("{}/{}", cluster.name, node.name)),
-        );
+        set("cluster_name", guc_quote(&format!("{}/{}", cluster.name, node.name)));
     }
     set("wal_level", caps.wal_level.to_string());
     set("max_wal_senders", (n + 8).max(10).to_string());
     if caps.slots {
         set("max_replication_slots", (n + 8).max(10).to_string());
     }
-    set(
-        caps.wal_retention.setting(),
-        guc_quote(
-            &caps
-                .wal_retention
-                .value_for_mb(cluster.replication.wal_keep_mb),
-        ),
-    );
+    set(caps.wal_retention.setting(), guc_quote(&caps.wal_retention.value_for_mb(cluster.replication.wal_keep_mb)));
     if caps.slots {
         // wal_log_hints lets pg_rewind work even where checksums are off (9.4+).
         set("wal_log_hints", "on".into());
@@ -392,23 +342,16 @@ pub fn conf_settings(
         ArchiveSpec::Dir { path } => {
             let dir = path.to_string_lossy();
             set("archive_mode", "on".into());
-            set(
-                "archive_command",
-                guc_quote(&format!("test ! -f {dir}/%f && cp %p {dir}/%f")),
-            );
+            set("archive_command", guc_quote(&format!("test ! -f {dir}/%f && cp %p {dir}/%f")));
         }
-        ArchiveSpec::Command {
-            archive_command, ..
-        } => {
+        ArchiveSpec::Command { archive_command, .. } => {
             set("archive_mode", "on".into());
             set("archive_command", guc_quote(archive_command));
         }
     }
     let sync = &cluster.replication.sync;
     if node.role == Role::Primary && sync.mode != SyncMode::Off {
-        if let Some(names) =
-            sync_standby_names(caps.sync_syntax, sync.mode, sync.count, &sync.standbys)
-        {
+        if let Some(names) = sync_standby_names(caps.sync_syntax, sync.mode, sync.count, &sync.standbys) {
             set("synchronous_standby_names", guc_quote(&names));
             set("synchronous_commit", sync.commit.as_str().to_string());
         }
@@ -429,22 +372,10 @@ pub fn conf_settings(
 }
 
 /// The recovery settings of a standby (recovery.conf ≤11, pgrepl.conf 12+), without `standby_mode`.
-fn recovery_settings(
-    cluster: &Cluster,
-    node: &Node,
-    layout: &NodeLayout,
-    caps: &Capabilities,
-) -> Vec<(&'static str, String)> {
+fn recovery_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: &Capabilities) -> Vec<(&'static str, String)> {
     let mut s = Vec::new();
-    let upstream = node
-        .upstream
-        .as_deref()
-        .and_then(|u| cluster.node(u))
-        .expect("a validated standby has an upstream");
-    s.push((
-        "primary_conninfo",
-        guc_quote(&primary_conninfo(cluster, node, upstream, layout, caps)),
-    ));
+    let upstream = node.upstream.as_deref().and_then(|u| cluster.node(u)).expect("a validated standby has an upstream");
+    s.push(("primary_conninfo", guc_quote(&primary_conninfo(cluster, node, upstream, layout, caps))));
     if let (Some(slot), true) = (&node.slot, caps.slots) {
         s.push(("primary_slot_name", guc_quote(slot)));
     }
@@ -454,31 +385,17 @@ fn recovery_settings(
     }
     match &cluster.archive {
         ArchiveSpec::None => {}
-        ArchiveSpec::Dir { path } => s.push((
-            "restore_command",
-            guc_quote(&format!("cp {}/%f %p", path.to_string_lossy())),
-        )),
-        ArchiveSpec::Command {
-            restore_command, ..
-        } => s.push(("restore_command", guc_quote(restore_command))),
+        ArchiveSpec::Dir { path } => s.push(("restore_command", guc_quote(&format!("cp {}/%f %p", path.to_string_lossy())))),
+        ArchiveSpec::Command { restore_command, .. } => s.push(("restore_command", guc_quote(restore_command))),
     }
     s
 }
 
 /// The connection string a standby uses to reach `upstream`: minimal on purpose (older
 /// servers reject options a newer libpq would add), with the password in the passfile.
-pub fn primary_conninfo(
-    cluster: &Cluster,
-    node: &Node,
-    upstream: &Node,
-    layout: &NodeLayout,
-    caps: &Capabilities,
-) -> String {
+pub fn primary_conninfo(cluster: &Cluster, node: &Node, upstream: &Node, layout: &NodeLayout, caps: &Capabilities) -> String {
     let mut parts = vec![
-        format!(
-            "host={}",
-            conninfo_quote(&upstream.address_or_placeholder())
-        ),
+        format!("host={}", conninfo_quote(&upstream.address_or_placeholder())),
         format!("port={}", upstream.port),
         format!("user={}", conninfo_quote(&cluster.replication.user)),
         format!("application_name={}", conninfo_quote(&node.name)),
@@ -495,12 +412,7 @@ pub fn trigger_file(layout: &NodeLayout) -> String {
     format!("{}/promote.trigger", layout.data_dir)
 }
 
-fn conf_text(
-    cluster: &Cluster,
-    node: &Node,
-    caps: &Capabilities,
-    settings: &[(String, String)],
-) -> String {
+fn conf_text(cluster: &Cluster, node: &Node, caps: &Capabilities, settings: &[(String, String)]) -> String {
     let mut t = format!(
         "# Managed by pgrepl: cluster \"{}\", node \"{}\" ({}, PostgreSQL {}).\n# Rewritten by every `pgrepl up`; put your own settings in the cluster spec.\n",
         cluster.name, node.name, node.role, caps.major
@@ -511,16 +423,8 @@ fn conf_text(
     t
 }
 
-fn recovery_conf_text(
-    cluster: &Cluster,
-    node: &Node,
-    layout: &NodeLayout,
-    caps: &Capabilities,
-) -> String {
-    let mut t = format!(
-        "# Managed by pgrepl: cluster \"{}\", standby \"{}\" (PostgreSQL {}).\n",
-        cluster.name, node.name, caps.major
-    );
+fn recovery_conf_text(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: &Capabilities) -> String {
+    let mut t = format!("# Managed by pgrepl: cluster \"{}\", standby \"{}\" (PostgreSQL {}).\n", cluster.name, node.name, caps.major);
     t.push_str("standby_mode = 'on'\n");
     for (k, v) in recovery_settings(cluster, node, layout, caps) {
         t.push_str(&format!("{k} = {v}\n"));
@@ -532,11 +436,7 @@ fn recovery_conf_text(
 /// replication from every other node of the cluster (any of them may become a standby
 /// of this one after a switchover), each as a single address.
 pub fn hba_block(cluster: &Cluster, node: &Node, layout: &NodeLayout) -> String {
-    let method = cluster
-        .replication
-        .auth
-        .map(|a| a.as_str())
-        .unwrap_or("scram-sha-256");
+    let method = cluster.replication.auth.map(|a| a.as_str()).unwrap_or("scram-sha-256");
     let user = &cluster.replication.user;
     let mut lines = vec![
         HBA_BEGIN.to_string(),
@@ -549,13 +449,9 @@ pub fn hba_block(cluster: &Cluster, node: &Node, layout: &NodeLayout) -> String 
         if seen.contains(&addr) {
             continue;
         }
-        lines.push(format!(
-            "host    replication   {user:<14} {addr:<18} {method}"
-        ));
+        lines.push(format!("host    replication   {user:<14} {addr:<18} {method}"));
         // pg_rewind of a former primary reads this node over a normal connection.
-        lines.push(format!(
-            "host    postgres      {user:<14} {addr:<18} {method}"
-        ));
+        lines.push(format!("host    postgres      {user:<14} {addr:<18} {method}"));
         seen.push(addr);
     }
     lines.push(HBA_END.to_string());
@@ -573,17 +469,8 @@ pub fn hba_address(addr: &str) -> String {
 }
 
 /// `synchronous_standby_names` in the grammar of the version, or `None` when it has none.
-pub fn sync_standby_names(
-    syntax: SyncSyntax,
-    mode: SyncMode,
-    count: u32,
-    standbys: &[String],
-) -> Option<String> {
-    let list = standbys
-        .iter()
-        .map(|s| sync_name_quote(s))
-        .collect::<Vec<_>>()
-        .join(", ");
+pub fn sync_standby_names(syntax: SyncSyntax, mode: SyncMode, count: u32, standbys: &[String]) -> Option<String> {
+    let list = standbys.iter().map(|s| sync_name_quote(s)).collect::<Vec<_>>().join(", ");
     match (syntax, mode) {
         (_, SyncMode::Off) | (SyncSyntax::None, _) => None,
         (SyncSyntax::List, _) => Some(list),
@@ -594,18 +481,9 @@ pub fn sync_standby_names(
 }
 
 fn sync_name_quote(name: &str) -> String {
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
+    let plain = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain { name.to_string() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
 }
 
 /// The passfile line: any host, port and database, for the replication user.
@@ -619,9 +497,7 @@ pub fn passfile_text(user: &str, password: &str) -> String {
 /// waiting for them would hang forever.
 fn role_sql(cluster: &Cluster, secrets: Option<&Secrets>) -> Vec<Sql> {
     let user = &cluster.replication.user;
-    let verifier = secrets
-        .map(|s| s.replication_verifier.expose())
-        .unwrap_or(REDACTED);
+    let verifier = secrets.map(|s| s.replication_verifier.expose()).unwrap_or(REDACTED);
     vec![
         Sql {
             purpose: format!("replication role {user}"),
@@ -633,9 +509,7 @@ fn role_sql(cluster: &Cluster, secrets: Option<&Secrets>) -> Vec<Sql> {
             secret: false,
         },
         Sql {
-            purpose: format!(
-                "password of {user} (a hash; the password itself never reaches the server)"
-            ),
+            purpose: format!("password of {user} (a hash; the password itself never reaches the server)"),
             text: format!(
                 "SET synchronous_commit = local; ALTER ROLE {} WITH REPLICATION LOGIN PASSWORD {};",
                 sql_ident(user),
@@ -661,37 +535,27 @@ fn initdb_command(cluster: &Cluster, layout: &NodeLayout, caps: &Capabilities) -
         "--encoding=UTF8".into(),
         "--locale=C".into(),
         "--auth-local=peer".into(),
-        format!(
-            "--auth-host={}",
-            cluster
-                .replication
-                .auth
-                .map(|a| a.as_str())
-                .unwrap_or("scram-sha-256")
-        ),
+        format!("--auth-host={}", cluster.replication.auth.map(|a| a.as_str()).unwrap_or("scram-sha-256")),
     ];
     if let Some(flag) = caps.initdb_checksums {
         args.push(flag.to_string());
     }
-    CommandLine {
-        program: layout.server_tool("initdb"),
-        args,
-        env: server_env(layout),
-        user: layout.os_user.clone(),
-    }
+    CommandLine { program: layout.server_tool("initdb"), args, env: server_env(layout), user: layout.os_user.clone() }
 }
 
-fn basebackup_command(
-    cluster: &Cluster,
-    node: &Node,
-    layout: &NodeLayout,
-    caps: &Capabilities,
-) -> CommandLine {
-    let upstream = node
-        .upstream
-        .as_deref()
-        .and_then(|u| cluster.node(u))
-        .expect("a validated standby has an upstream");
+fn createcluster_command(cluster: &Cluster, node: &Node, layout: &NodeLayout, dc: &(String, String), caps: &Capabilities) -> CommandLine {
+    let mut args =
+        vec![format!("--port={}", node.port), "--encoding=UTF8".into(), "--locale=C".into(), dc.0.clone(), dc.1.clone(), "--".into()];
+    args.push(format!("--auth-host={}", cluster.replication.auth.map(|a| a.as_str()).unwrap_or("scram-sha-256")));
+    if let Some(flag) = caps.initdb_checksums {
+        args.push(flag.to_string());
+    }
+    let _ = layout;
+    CommandLine { program: "/usr/bin/pg_createcluster".into(), args, env: Vec::new(), user: "root".into() }
+}
+
+fn basebackup_command(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: &Capabilities) -> CommandLine {
+    let upstream = node.upstream.as_deref().and_then(|u| cluster.node(u)).expect("a validated standby has an upstream");
     let mut args = vec![
         format!("--pgdata={}", layout.data_dir),
         format!("--host={}", upstream.address_or_placeholder()),
@@ -703,10 +567,7 @@ fn basebackup_command(
     if let Some(flag) = caps.basebackup_wal_flag {
         args.push(format!("{flag}=stream"));
     }
-    if let (Some(slot), false) = (
-        &node.slot,
-        caps.basebackup_slot == crate::version::BasebackupSlot::None,
-    ) {
+    if let (Some(slot), false) = (&node.slot, caps.basebackup_slot == crate::version::BasebackupSlot::None) {
         // The slot is created on the upstream first, so the WAL the backup needs is kept.
         args.push(format!("--slot={slot}"));
     }
@@ -714,10 +575,7 @@ fn basebackup_command(
     CommandLine {
         program: layout.client_tool("pg_basebackup"),
         args,
-        env: vec![
-            ("PGPASSFILE".into(), layout.passfile()),
-            ("PGCONNECT_TIMEOUT".into(), "10".into()),
-        ],
+        env: vec![("PGPASSFILE".into(), layout.passfile()), ("PGCONNECT_TIMEOUT".into(), "10".into())],
         user: layout.os_user.clone(),
     }
 }
@@ -746,22 +604,10 @@ fn service_command(layout: &NodeLayout, verb: &str) -> CommandLine {
                     }
                     args.extend(["-w".into(), "-t".into(), "300".into(), "start".into()]);
                 }
-                "stop" => args.extend([
-                    "-m".into(),
-                    "fast".into(),
-                    "-w".into(),
-                    "-t".into(),
-                    "300".into(),
-                    "stop".into(),
-                ]),
+                "stop" => args.extend(["-m".into(), "fast".into(), "-w".into(), "-t".into(), "300".into(), "stop".into()]),
                 other => args.push(other.to_string()),
             }
-            CommandLine {
-                program: layout.server_tool("pg_ctl"),
-                args,
-                env: server_env(layout),
-                user: layout.os_user.clone(),
-            }
+            CommandLine { program: layout.server_tool("pg_ctl"), args, env: server_env(layout), user: layout.os_user.clone() }
         }
         ServiceControl::PgCtlCluster { version, cluster } => CommandLine {
             program: "/usr/bin/pg_ctlcluster".into(),
@@ -786,9 +632,7 @@ fn service_command(layout: &NodeLayout, verb: &str) -> CommandLine {
 
 fn promote(layout: &NodeLayout, caps: &Capabilities) -> Promote {
     match caps.promote {
-        PromoteMethod::PgPromote => Promote::Sql {
-            sql: "SELECT pg_catalog.pg_promote(true, 60);".into(),
-        },
+        PromoteMethod::PgPromote => Promote::Sql { sql: "SELECT pg_catalog.pg_promote(true, 60);".into() },
         PromoteMethod::PgCtlPromote => {
             let mut args = vec!["-D".to_string(), layout.config_dir.clone()];
             if caps.pg_ctl_waits_by_default {
@@ -796,17 +640,10 @@ fn promote(layout: &NodeLayout, caps: &Capabilities) -> Promote {
             }
             args.push("promote".into());
             Promote::Command {
-                command: CommandLine {
-                    program: layout.server_tool("pg_ctl"),
-                    args,
-                    env: server_env(layout),
-                    user: layout.os_user.clone(),
-                },
+                command: CommandLine { program: layout.server_tool("pg_ctl"), args, env: server_env(layout), user: layout.os_user.clone() },
             }
         }
-        PromoteMethod::TriggerFile => Promote::TriggerFile {
-            path: trigger_file(layout),
-        },
+        PromoteMethod::TriggerFile => Promote::TriggerFile { path: trigger_file(layout) },
     }
 }
 
@@ -829,11 +666,7 @@ pub fn setting_value(v: &SettingValue) -> String {
 
 /// Quotes a libpq connection-string value when it needs it.
 pub fn conninfo_quote(s: &str) -> String {
-    if !s.is_empty()
-        && !s
-            .chars()
-            .any(|c| c.is_whitespace() || c == '\'' || c == '\\')
-    {
+    if !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
         return s.to_string();
     }
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -851,10 +684,7 @@ pub fn sql_ident(s: &str) -> String {
 
 /// Quotes a word for a POSIX shell (for display and for remote execution).
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -864,11 +694,7 @@ pub fn shell_quote(s: &str) -> String {
 impl fmt::Display for RenderedNode {
     /// The dry-run view: every file, statement and command, as `pgrepl render` prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "=== {} ({}, PostgreSQL {}) ===",
-            self.node, self.role, self.major
-        )?;
+        writeln!(f, "=== {} ({}, PostgreSQL {}) ===", self.node, self.role, self.major)?;
         for file in &self.files {
             let how = match file.placement {
                 Placement::Whole => "whole file",
@@ -876,11 +702,7 @@ impl fmt::Display for RenderedNode {
                 Placement::IncludeLine => "line appended if missing",
             };
             writeln!(f, "--- {} (mode {:04o}, {how})", file.path, file.mode)?;
-            let text = if file.contents.secret {
-                REDACTED
-            } else {
-                &file.contents.text
-            };
+            let text = if file.contents.secret { REDACTED } else { &file.contents.text };
             if text.is_empty() {
                 writeln!(f, "(empty file)")?;
             } else {
@@ -910,9 +732,7 @@ impl fmt::Display for RenderedNode {
         writeln!(f, "reload:  [{}] {}", c.reload.user, c.reload)?;
         match &c.promote {
             Some(Promote::Sql { sql }) => writeln!(f, "promote: {sql}")?,
-            Some(Promote::Command { command }) => {
-                writeln!(f, "promote: [{}] {command}", command.user)?
-            }
+            Some(Promote::Command { command }) => writeln!(f, "promote: [{}] {command}", command.user)?,
             Some(Promote::TriggerFile { path }) => writeln!(f, "promote: create {path}")?,
             None => {}
         }
@@ -968,25 +788,10 @@ mod tests {
     #[test]
     fn sync_names_per_syntax() {
         let s = vec!["db2".to_string(), "db-3".to_string()];
-        assert_eq!(
-            sync_standby_names(SyncSyntax::List, SyncMode::First, 1, &s).unwrap(),
-            "db2, \"db-3\""
-        );
-        assert_eq!(
-            sync_standby_names(SyncSyntax::Priority, SyncMode::First, 2, &s).unwrap(),
-            "2 (db2, \"db-3\")"
-        );
-        assert_eq!(
-            sync_standby_names(SyncSyntax::FirstAny, SyncMode::First, 1, &s).unwrap(),
-            "FIRST 1 (db2, \"db-3\")"
-        );
-        assert_eq!(
-            sync_standby_names(SyncSyntax::FirstAny, SyncMode::Any, 2, &s).unwrap(),
-            "ANY 2 (db2, \"db-3\")"
-        );
-        assert_eq!(
-            sync_standby_names(SyncSyntax::FirstAny, SyncMode::Off, 1, &s),
-            None
-        );
+        assert_eq!(sync_standby_names(SyncSyntax::List, SyncMode::First, 1, &s).unwrap(), "db2, \"db-3\"");
+        assert_eq!(sync_standby_names(SyncSyntax::Priority, SyncMode::First, 2, &s).unwrap(), "2 (db2, \"db-3\")");
+        assert_eq!(sync_standby_names(SyncSyntax::FirstAny, SyncMode::First, 1, &s).unwrap(), "FIRST 1 (db2, \"db-3\")");
+        assert_eq!(sync_standby_names(SyncSyntax::FirstAny, SyncMode::Any, 2, &s).unwrap(), "ANY 2 (db2, \"db-3\")");
+        assert_eq!(sync_standby_names(SyncSyntax::FirstAny, SyncMode::Off, 1, &s), None);
     }
 }

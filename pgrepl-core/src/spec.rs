@@ -109,9 +109,7 @@ impl<'de> Deserialize<'de> for VersionChoice {
             Raw::Num(n) if n.fract() == 0.0 => format!("{n:.0}"),
             Raw::Num(n) => format!("{n}"),
         };
-        text.parse::<PgMajor>()
-            .map(VersionChoice::Major)
-            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"detect\"")))
+        text.parse::<PgMajor>().map(VersionChoice::Major).map_err(|e| serde::de::Error::custom(format!("{e}, or \"detect\"")))
     }
 }
 
@@ -315,12 +313,7 @@ fn one() -> u32 {
 
 impl Default for SyncSpec {
     fn default() -> Self {
-        SyncSpec {
-            mode: SyncMode::Off,
-            count: 1,
-            standbys: None,
-            commit: SyncCommit::On,
-        }
+        SyncSpec { mode: SyncMode::Off, count: 1, standbys: None, commit: SyncCommit::On }
     }
 }
 
@@ -547,11 +540,7 @@ impl ClusterSpec {
                     format!("line {line}")
                 })
                 .unwrap_or_else(|| "file".into());
-            SpecErrors::one(SpecError::new(
-                field,
-                e.message().trim_end(),
-                "a valid pgrepl.toml",
-            ))
+            SpecErrors::one(SpecError::new(field, e.message().trim_end(), "a valid pgrepl.toml"))
         })
     }
 

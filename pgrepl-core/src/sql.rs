@@ -40,13 +40,7 @@ pub type Row = Vec<Option<String>>;
 
 /// Runs `sql` (one or more statements, sent on stdin) on the node at `port` and returns
 /// the rows of the last statement that returned any.
-pub async fn query(
-    t: &dyn Transport,
-    layout: &NodeLayout,
-    port: u16,
-    sql: &str,
-    timeout: Duration,
-) -> Result<Vec<Row>, QueryError> {
+pub async fn query(t: &dyn Transport, layout: &NodeLayout, port: u16, sql: &str, timeout: Duration) -> Result<Vec<Row>, QueryError> {
     let cmd = Command::new(layout.client_tool("psql"))
         .args([
             "-X".to_string(),
@@ -93,22 +87,14 @@ pub async fn query_one(
     timeout: Duration,
 ) -> Result<Option<String>, QueryError> {
     let rows = query(t, layout, port, sql, timeout).await?;
-    Ok(rows
-        .into_iter()
-        .next()
-        .and_then(|r| r.into_iter().next())
-        .flatten())
+    Ok(rows.into_iter().next().and_then(|r| r.into_iter().next()).flatten())
 }
 
 fn parse_rows(stdout: &str) -> Vec<Row> {
     stdout
         .lines()
         .filter(|l| !l.is_empty())
-        .map(|l| {
-            l.split(FS)
-                .map(|f| if f == NULL { None } else { Some(f.to_string()) })
-                .collect()
-        })
+        .map(|l| l.split(FS).map(|f| if f == NULL { None } else { Some(f.to_string()) }).collect())
         .collect()
 }
 
@@ -120,32 +106,18 @@ fn parse_error(status: i32, stderr: &str) -> SqlError {
             if let Some(pos) = line.find(level) {
                 let rest = &line[pos + level.len()..];
                 let (code, msg) = match rest.split_once(": ") {
-                    Some((c, m))
-                        if c.len() == 5
-                            && c.chars()
-                                .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit()) =>
-                    {
+                    Some((c, m)) if c.len() == 5 && c.chars().all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit()) => {
                         (Some(c.to_string()), m.to_string())
                     }
                     _ => (None, rest.to_string()),
                 };
-                return SqlError {
-                    sqlstate: code,
-                    message: msg,
-                    connect_failed: status == 2,
-                };
+                return SqlError { sqlstate: code, message: msg, connect_failed: status == 2 };
             }
         }
     }
     SqlError {
         sqlstate: None,
-        message: stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
-            .unwrap_or("psql failed")
-            .trim()
-            .to_string(),
+        message: stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("psql failed").trim().to_string(),
         connect_failed: status == 2,
     }
 }
@@ -159,10 +131,7 @@ mod tests {
         let out = format!("a{FS}1{FS}\\N\nb{FS}2{FS}x\n");
         assert_eq!(
             parse_rows(&out),
-            vec![
-                vec![Some("a".into()), Some("1".into()), None],
-                vec![Some("b".into()), Some("2".into()), Some("x".into())]
-            ]
+            vec![vec![Some("a".into()), Some("1".into()), None], vec![Some("b".into()), Some("2".into()), Some("x".into())]]
         );
     }
 
@@ -173,10 +142,7 @@ mod tests {
             "psql:<stdin>:1: ERROR:  25006: cannot execute INSERT in a read-only transaction\nLOCATION:  PreventCommandIfReadOnly, utility.c:400\n",
         );
         assert_eq!(e.sqlstate.as_deref(), Some("25006"));
-        assert_eq!(
-            e.message,
-            "cannot execute INSERT in a read-only transaction"
-        );
+        assert_eq!(e.message, "cannot execute INSERT in a read-only transaction");
         assert!(!e.connect_failed);
     }
 

@@ -110,21 +110,13 @@ pub fn connection_strings(cluster: &Cluster) -> ConnectionStrings {
         .iter()
         .map(|n| {
             let a = n.address_or_placeholder();
-            if a.contains(':') {
-                format!("[{a}]:{}", n.port)
-            } else {
-                format!("{a}:{}", n.port)
-            }
+            if a.contains(':') { format!("[{a}]:{}", n.port) } else { format!("{a}:{}", n.port) }
         })
         .collect::<Vec<_>>()
         .join(",");
     ConnectionStrings {
-        read_write: format!(
-            "postgresql://{hosts}/postgres?target_session_attrs=read-write&connect_timeout=5"
-        ),
-        read_only: format!(
-            "postgresql://{hosts}/postgres?target_session_attrs=prefer-standby&connect_timeout=5"
-        ),
+        read_write: format!("postgresql://{hosts}/postgres?target_session_attrs=read-write&connect_timeout=5"),
+        read_only: format!("postgresql://{hosts}/postgres?target_session_attrs=prefer-standby&connect_timeout=5"),
     }
 }
 
@@ -142,21 +134,10 @@ struct Observed {
 
 fn status_sql(caps: &Capabilities) -> String {
     let l = &caps.lsn;
-    let receiver_tli = if caps.wal_receiver_view {
-        "(SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver)"
-    } else {
-        "NULL"
-    };
-    let lag = if caps.lag_columns {
-        "extract(epoch FROM replay_lag)"
-    } else {
-        "NULL"
-    };
-    let slots = if caps.slots {
-        "SELECT 's', slot_name, active FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical';"
-    } else {
-        ""
-    };
+    let receiver_tli = if caps.wal_receiver_view { "(SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver)" } else { "NULL" };
+    let lag = if caps.lag_columns { "extract(epoch FROM replay_lag)" } else { "NULL" };
+    let slots =
+        if caps.slots { "SELECT 's', slot_name, active FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical';" } else { "" };
     format!(
         "SELECT 'n', pg_catalog.pg_is_in_recovery(), \
            CASE WHEN pg_catalog.pg_is_in_recovery() THEN {receiver_tli}::text ELSE substr(pg_catalog.{walfile}(pg_catalog.{current}()), 1, 8) END, \
@@ -172,14 +153,7 @@ fn status_sql(caps: &Capabilities) -> String {
 }
 
 async fn observe(h: &NodeHandle, port: u16, caps: &Capabilities) -> Result<Observed, QueryError> {
-    let rows = sql::query(
-        &*h.transport,
-        &h.layout,
-        port,
-        &status_sql(caps),
-        STATUS_TIMEOUT,
-    )
-    .await?;
+    let rows = sql::query(&*h.transport, &h.layout, port, &status_sql(caps), STATUS_TIMEOUT).await?;
     let mut o = Observed {
         in_recovery: false,
         timeline: None,
@@ -194,13 +168,7 @@ async fn observe(h: &NodeHandle, port: u16, caps: &Capabilities) -> Result<Obser
         match f(0).as_deref() {
             Some("n") => {
                 o.in_recovery = f(1).as_deref() == Some("t");
-                o.timeline = f(2).and_then(|t| {
-                    if o.in_recovery {
-                        t.parse().ok()
-                    } else {
-                        u32::from_str_radix(&t, 16).ok()
-                    }
-                });
+                o.timeline = f(2).and_then(|t| if o.in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() });
                 o.lsn = f(3);
                 o.receive_lsn = f(4);
                 o.replay_age = f(5).and_then(|s| s.parse().ok());
@@ -211,9 +179,7 @@ async fn observe(h: &NodeHandle, port: u16, caps: &Capabilities) -> Result<Obser
                 f(3).unwrap_or_default(),
                 f(4).and_then(|s| s.parse().ok()),
             )),
-            Some("s") => o
-                .slots
-                .push((f(1).unwrap_or_default(), f(2).as_deref() == Some("t"))),
+            Some("s") => o.slots.push((f(1).unwrap_or_default(), f(2).as_deref() == Some("t"))),
             _ => {}
         }
     }
@@ -253,44 +219,24 @@ impl Deployment {
                 Ok(false) => {
                     let deployed = h
                         .transport
-                        .exec(
-                            &crate::transport::Command::new("test")
-                                .args(["-f", &format!("{}/PG_VERSION", h.layout.data_dir)]),
-                        )
+                        .exec(&crate::transport::Command::new("test").args(["-f", &format!("{}/PG_VERSION", h.layout.data_dir)]))
                         .await
                         .map(|o| o.success())
                         .unwrap_or(false);
-                    (
-                        if deployed {
-                            NodeState::Stopped
-                        } else {
-                            NodeState::NotDeployed
-                        },
-                        None,
-                        None,
-                    )
+                    (if deployed { NodeState::Stopped } else { NodeState::NotDeployed }, None, None)
                 }
                 Ok(true) => match observe(h, n.port, &caps).await {
                     Ok(o) => (NodeState::Running, Some(o), None),
-                    Err(QueryError::Transport(e)) => {
-                        (NodeState::Unreachable, None, Some(e.to_string()))
-                    }
+                    Err(QueryError::Transport(e)) => (NodeState::Unreachable, None, Some(e.to_string())),
                     Err(e) => (NodeState::Unreachable, None, Some(e.to_string())),
                 },
             }
         }))
         .await;
 
-        let primaries: Vec<usize> = observed
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, o, _))| o.as_ref().is_some_and(|o| !o.in_recovery))
-            .map(|(i, _)| i)
-            .collect();
-        let primary_lsn = primaries
-            .first()
-            .and_then(|&i| observed[i].1.as_ref())
-            .and_then(|o| o.lsn.clone());
+        let primaries: Vec<usize> =
+            observed.iter().enumerate().filter(|(_, (_, o, _))| o.as_ref().is_some_and(|o| !o.in_recovery)).map(|(i, _)| i).collect();
+        let primary_lsn = primaries.first().and_then(|&i| observed[i].1.as_ref()).and_then(|o| o.lsn.clone());
         let mut problems = Vec::new();
         if primaries.is_empty() {
             problems.push("no running primary".to_string());
@@ -298,39 +244,25 @@ impl Deployment {
             problems.push(format!(
                 "{} nodes accept writes: {}",
                 primaries.len(),
-                primaries
-                    .iter()
-                    .map(|&i| cluster.nodes[i].name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                primaries.iter().map(|&i| cluster.nodes[i].name.as_str()).collect::<Vec<_>>().join(", ")
             ));
         }
         let mut nodes = Vec::new();
         for (i, n) in cluster.nodes.iter().enumerate() {
             let (state, o, error) = &observed[i];
-            let up = n
-                .upstream
-                .as_deref()
-                .and_then(|u| cluster.nodes.iter().position(|x| x.name == u));
+            let up = n.upstream.as_deref().and_then(|u| cluster.nodes.iter().position(|x| x.name == u));
             let up_obs = up.and_then(|j| observed[j].1.as_ref());
             let sender = up_obs.and_then(|uo| uo.senders.iter().find(|s| s.0 == n.name));
-            let slot_row = n
-                .slot
-                .as_ref()
-                .and_then(|s| up_obs.and_then(|uo| uo.slots.iter().find(|x| &x.0 == s)));
+            let slot_row = n.slot.as_ref().and_then(|s| up_obs.and_then(|uo| uo.slots.iter().find(|x| &x.0 == s)));
             let lag_bytes = match (o, &primary_lsn) {
-                (Some(o), Some(p)) if o.in_recovery => {
-                    o.lsn.as_deref().and_then(|l| lsn_diff(p, l))
-                }
+                (Some(o), Some(p)) if o.in_recovery => o.lsn.as_deref().and_then(|l| lsn_diff(p, l)),
                 (Some(o), _) if !o.in_recovery => Some(0),
                 _ => None,
             };
             let lag_seconds = match (o, lag_bytes) {
-                (Some(o), Some(b)) if o.in_recovery => Some(if b == 0 {
-                    0.0
-                } else {
-                    sender.and_then(|s| s.3).or(o.replay_age).unwrap_or(0.0)
-                }),
+                (Some(o), Some(b)) if o.in_recovery => {
+                    Some(if b == 0 { 0.0 } else { sender.and_then(|s| s.3).or(o.replay_age).unwrap_or(0.0) })
+                }
                 (Some(_), Some(_)) => Some(0.0),
                 _ => None,
             };
@@ -339,22 +271,13 @@ impl Deployment {
                 spec_role: n.role,
                 endpoint: format!("{}:{}", n.address_or_placeholder(), n.port),
                 state: state.clone(),
-                role: o.as_ref().map(|o| {
-                    if o.in_recovery {
-                        "standby".into()
-                    } else {
-                        "primary".into()
-                    }
-                }),
+                role: o.as_ref().map(|o| if o.in_recovery { "standby".into() } else { "primary".into() }),
                 timeline: o.as_ref().and_then(|o| o.timeline),
                 lsn: o.as_ref().and_then(|o| o.lsn.clone()),
                 receive_lsn: o.as_ref().and_then(|o| o.receive_lsn.clone()),
                 lag_bytes,
                 lag_seconds,
-                streaming: o
-                    .as_ref()
-                    .filter(|o| o.in_recovery)
-                    .map(|_| sender.is_some_and(|s| s.1 == "streaming")),
+                streaming: o.as_ref().filter(|o| o.in_recovery).map(|_| sender.is_some_and(|s| s.1 == "streaming")),
                 sync_state: sender.map(|s| s.2.clone()),
                 slot: n.slot.clone(),
                 slot_active: slot_row.map(|s| s.1),
@@ -362,28 +285,15 @@ impl Deployment {
                 error: error.clone(),
             };
             match (&status.state, n.role, status.role.as_deref()) {
-                (NodeState::Running, Role::Standby, Some("standby"))
-                    if status.streaming != Some(true) =>
-                {
-                    problems.push(format!(
-                        "{}: not streaming from {}",
-                        n.name,
-                        n.upstream.clone().unwrap_or_default()
-                    ))
+                (NodeState::Running, Role::Standby, Some("standby")) if status.streaming != Some(true) => {
+                    problems.push(format!("{}: not streaming from {}", n.name, n.upstream.clone().unwrap_or_default()))
                 }
                 (NodeState::Running, _, _) => {}
                 (s, _, _) => problems.push(format!(
                     "{}: {}{}",
                     n.name,
-                    serde_json::to_value(s)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
-                        .replace('_', " "),
-                    error
-                        .as_ref()
-                        .map(|e| format!(" ({e})"))
-                        .unwrap_or_default()
+                    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default().replace('_', " "),
+                    error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
                 )),
             }
             if let (Some(slot), Some(false)) = (&status.slot, status.slot_active) {
@@ -393,13 +303,7 @@ impl Deployment {
             }
             nodes.push(status);
         }
-        StatusReport {
-            cluster: cluster.name.clone(),
-            major,
-            nodes,
-            problems,
-            connections: connection_strings(&cluster),
-        }
+        StatusReport { cluster: cluster.name.clone(), major, nodes, problems, connections: connection_strings(&cluster) }
     }
 
     /// Writes a canary row on the primary and checks it reaches every standby within
@@ -415,18 +319,9 @@ impl Deployment {
             .ok_or_else(|| Error::node(&cluster.name, "no running primary to write the canary on"))?
             .name
             .clone();
-        let ph = handles
-            .iter()
-            .find(|h| h.name == primary)
-            .expect("observed nodes have handles");
+        let ph = handles.iter().find(|h| h.name == primary).expect("observed nodes have handles");
         let pn = cluster.node(&primary).expect("known");
-        let token = format!(
-            "canary-{}",
-            crate::secret::Secret::generate()
-                .expose()
-                .get(..12)
-                .unwrap_or_default()
-        );
+        let token = format!("canary-{}", crate::secret::Secret::generate().expose().get(..12).unwrap_or_default());
         let write = format!(
             "CREATE SCHEMA IF NOT EXISTS pgrepl;\n\
              CREATE TABLE IF NOT EXISTS pgrepl.canary (id bigserial PRIMARY KEY, token text NOT NULL, node text NOT NULL, written_at timestamptz NOT NULL DEFAULT now());\n\
@@ -435,20 +330,10 @@ impl Deployment {
             sql_literal(&token),
             sql_literal(&primary)
         );
-        sql::query(&*ph.transport, &ph.layout, pn.port, &write, STATUS_TIMEOUT)
-            .await
-            .map_err(|e| match e {
-                QueryError::Sql(s) => Error::Sql {
-                    node: primary.clone(),
-                    action: "write the canary row".into(),
-                    source: s,
-                },
-                QueryError::Transport(t) => Error::Transport {
-                    host: primary.clone(),
-                    action: "write the canary row".into(),
-                    source: t,
-                },
-            })?;
+        sql::query(&*ph.transport, &ph.layout, pn.port, &write, STATUS_TIMEOUT).await.map_err(|e| match e {
+            QueryError::Sql(s) => Error::Sql { node: primary.clone(), action: "write the canary row".into(), source: s },
+            QueryError::Transport(t) => Error::Transport { host: primary.clone(), action: "write the canary row".into(), source: t },
+        })?;
         let written = Instant::now();
         let standbys: Vec<&Node> = cluster.nodes.iter().filter(|n| n.name != primary).collect();
         let checks = join_all(standbys.iter().map(|n| {
@@ -463,16 +348,12 @@ impl Deployment {
                         error: Some("not deployed".into()),
                     };
                 };
-                let q = format!(
-                    "SELECT count(*) FROM pgrepl.canary WHERE token = {};",
-                    sql_literal(&token)
-                );
+                let q = format!("SELECT count(*) FROM pgrepl.canary WHERE token = {};", sql_literal(&token));
                 let mut seen = None;
                 let mut last_err = None;
                 let polls = (timeout.as_millis() / POLL_INTERVAL.as_millis()).max(1) as usize;
                 for _ in 0..polls {
-                    match sql::query_one(&*h.transport, &h.layout, n.port, &q, STATUS_TIMEOUT).await
-                    {
+                    match sql::query_one(&*h.transport, &h.layout, n.port, &q, STATUS_TIMEOUT).await {
                         Ok(Some(c)) if c == "1" => {
                             seen = Some(written.elapsed().as_secs_f64());
                             break;
@@ -485,52 +366,26 @@ impl Deployment {
                     }
                     tokio::time::sleep(POLL_INTERVAL).await;
                 }
-                let attempt = format!(
-                    "INSERT INTO pgrepl.canary (token, node) VALUES ('must-fail', {});",
-                    sql_literal(&n.name)
-                );
-                let (read_only, ro_err) =
-                    match sql::query(&*h.transport, &h.layout, n.port, &attempt, STATUS_TIMEOUT)
-                        .await
-                    {
-                        Err(QueryError::Sql(s)) if s.sqlstate.as_deref() == Some("25006") => {
-                            (true, None)
-                        }
-                        Err(e) => (
-                            false,
-                            Some(format!("write attempt failed unexpectedly: {e}")),
-                        ),
-                        Ok(_) => (
-                            false,
-                            Some("ACCEPTED A WRITE: it is not a read-only standby".into()),
-                        ),
-                    };
+                let attempt = format!("INSERT INTO pgrepl.canary (token, node) VALUES ('must-fail', {});", sql_literal(&n.name));
+                let (read_only, ro_err) = match sql::query(&*h.transport, &h.layout, n.port, &attempt, STATUS_TIMEOUT).await {
+                    Err(QueryError::Sql(s)) if s.sqlstate.as_deref() == Some("25006") => (true, None),
+                    Err(e) => (false, Some(format!("write attempt failed unexpectedly: {e}"))),
+                    Ok(_) => (false, Some("ACCEPTED A WRITE: it is not a read-only standby".into())),
+                };
                 let error = match (seen, ro_err) {
                     (_, Some(e)) => Some(e),
                     (None, None) => Some(format!(
                         "canary not seen within {}s{}",
                         timeout.as_secs(),
-                        last_err
-                            .map(|e| format!(" (last error: {e})"))
-                            .unwrap_or_default()
+                        last_err.map(|e| format!(" (last error: {e})")).unwrap_or_default()
                     )),
                     _ => None,
                 };
-                StandbyCheck {
-                    node: n.name.clone(),
-                    canary_seconds: seen,
-                    read_only,
-                    error,
-                }
+                StandbyCheck { node: n.name.clone(), canary_seconds: seen, read_only, error }
             }
         }))
         .await;
-        Ok(VerifyReport {
-            primary,
-            token,
-            standbys: checks,
-            seconds: t0.elapsed().as_secs_f64(),
-        })
+        Ok(VerifyReport { primary, token, standbys: checks, seconds: t0.elapsed().as_secs_f64() })
     }
 }
 
@@ -563,64 +418,31 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Every standby saw the canary and refused a write.
     pub fn ok(&self) -> bool {
-        self.standbys
-            .iter()
-            .all(|s| s.error.is_none() && s.read_only && s.canary_seconds.is_some())
+        self.standbys.iter().all(|s| s.error.is_none() && s.read_only && s.canary_seconds.is_some())
     }
 }
 
 impl fmt::Display for VerifyReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "canary {} written on {} (primary)",
-            self.token, self.primary
-        )?;
+        writeln!(f, "canary {} written on {} (primary)", self.token, self.primary)?;
         for s in &self.standbys {
             match (&s.error, s.canary_seconds) {
-                (None, Some(t)) => writeln!(
-                    f,
-                    "  {:<10} ok: canary visible after {:.3}s; writes refused (SQLSTATE 25006)",
-                    s.node, t
-                )?,
+                (None, Some(t)) => writeln!(f, "  {:<10} ok: canary visible after {:.3}s; writes refused (SQLSTATE 25006)", s.node, t)?,
                 (Some(e), _) => writeln!(f, "  {:<10} FAILED: {e}", s.node)?,
                 (None, None) => writeln!(f, "  {:<10} FAILED", s.node)?,
             }
         }
-        write!(
-            f,
-            "{}",
-            if self.ok() {
-                "verify: ok\n"
-            } else {
-                "verify: FAILED\n"
-            }
-        )
+        write!(f, "{}", if self.ok() { "verify: ok\n" } else { "verify: FAILED\n" })
     }
 }
 
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "cluster {} (PostgreSQL {})",
-            self.cluster,
-            self.major.as_deref().unwrap_or("?")
-        )?;
+        writeln!(f, "cluster {} (PostgreSQL {})", self.cluster, self.major.as_deref().unwrap_or("?"))?;
         writeln!(
             f,
             "{:<10} {:<17} {:<8} {:<12} {:>3} {:<12} {:>10} {:>8} {:<9} {:<10} {}",
-            "NODE",
-            "ENDPOINT",
-            "ROLE",
-            "STATE",
-            "TL",
-            "LSN",
-            "LAG",
-            "LAG(s)",
-            "SYNC",
-            "UPSTREAM",
-            "SLOT"
+            "NODE", "ENDPOINT", "ROLE", "STATE", "TL", "LSN", "LAG", "LAG(s)", "SYNC", "UPSTREAM", "SLOT"
         )?;
         for n in &self.nodes {
             let state = match (&n.state, n.streaming) {
@@ -645,14 +467,10 @@ impl fmt::Display for StatusReport {
                 n.endpoint,
                 n.role.as_deref().unwrap_or("-"),
                 state,
-                n.timeline
-                    .map(|t| t.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                n.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
                 n.lsn.as_deref().unwrap_or("-"),
                 n.lag_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
-                n.lag_seconds
-                    .map(|s| format!("{s:.3}"))
-                    .unwrap_or_else(|| "-".into()),
+                n.lag_seconds.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into()),
                 n.sync_state.as_deref().unwrap_or("-"),
                 n.upstream.as_deref().unwrap_or("-"),
                 slot

@@ -37,14 +37,7 @@ pub struct Command {
 impl Command {
     /// `program` with no arguments, run as the transport's user, with the default time limit.
     pub fn new(program: impl Into<String>) -> Self {
-        Command {
-            program: program.into(),
-            args: Vec::new(),
-            env: Vec::new(),
-            user: None,
-            stdin: None,
-            timeout: DEFAULT_TIMEOUT,
-        }
+        Command { program: program.into(), args: Vec::new(), env: Vec::new(), user: None, stdin: None, timeout: DEFAULT_TIMEOUT }
     }
 
     /// Appends arguments.
@@ -101,10 +94,7 @@ impl fmt::Debug for Command {
             .field("args", &self.args)
             .field("env", &self.env)
             .field("user", &self.user)
-            .field(
-                "stdin",
-                &self.stdin.as_ref().map(|b| format!("<{} bytes>", b.len())),
-            )
+            .field("stdin", &self.stdin.as_ref().map(|b| format!("<{} bytes>", b.len())))
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -129,11 +119,7 @@ impl Output {
 
     /// The last lines of stderr (or stdout when stderr is empty), for error messages.
     pub fn tail(&self) -> String {
-        let src = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
-        };
+        let src = if self.stderr.trim().is_empty() { &self.stdout } else { &self.stderr };
         let lines: Vec<&str> = src.lines().filter(|l| !l.trim().is_empty()).collect();
         let start = lines.len().saturating_sub(8);
         lines[start..].join("\n")
@@ -209,13 +195,7 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Writes `contents` to `path` atomically (a temporary file renamed into place), with
     /// `mode`, owned by `owner` (an OS user; `None` leaves the transport's user). The file
     /// never exists with a wider mode than `mode`, even briefly.
-    async fn write_file(
-        &self,
-        path: &str,
-        contents: &[u8],
-        mode: u32,
-        owner: Option<&str>,
-    ) -> Result<(), TransportError>;
+    async fn write_file(&self, path: &str, contents: &[u8], mode: u32, owner: Option<&str>) -> Result<(), TransportError>;
 
     /// Reads a file; `Ok(None)` when it does not exist.
     async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, TransportError>;
@@ -231,12 +211,7 @@ pub trait TransportExt: Transport {
             Ok(out)
         } else {
             Err(TransportError::CommandFailed {
-                program: cmd
-                    .program
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(&cmd.program)
-                    .to_string(),
+                program: cmd.program.rsplit('/').next().unwrap_or(&cmd.program).to_string(),
                 status: out.status,
                 tail: out.tail(),
             })
@@ -251,15 +226,9 @@ pub trait TransportExt: Transport {
     }
 
     /// Creates `path` and missing parents, sets `mode` on it and `owner` on it.
-    async fn mkdir(
-        &self,
-        path: &str,
-        mode: u32,
-        owner: Option<&str>,
-    ) -> Result<(), TransportError> {
+    async fn mkdir(&self, path: &str, mode: u32, owner: Option<&str>) -> Result<(), TransportError> {
         self.run(&Command::new("mkdir").args(["-p", path])).await?;
-        self.run(&Command::new("chmod").args([format!("{mode:o}"), path.to_string()]))
-            .await?;
+        self.run(&Command::new("chmod").args([format!("{mode:o}"), path.to_string()])).await?;
         if let Some(o) = owner {
             self.run(&Command::new("chown").args([o, path])).await?;
         }
@@ -269,12 +238,9 @@ pub trait TransportExt: Transport {
     /// Removes a directory tree. Callers check first that nothing runs on it (see the executor's guards).
     async fn remove_tree(&self, path: &str) -> Result<(), TransportError> {
         if path.trim_end_matches('/').matches('/').count() < 2 {
-            return Err(TransportError::Other(format!(
-                "refusing to remove \"{path}\": too close to the root"
-            )));
+            return Err(TransportError::Other(format!("refusing to remove \"{path}\": too close to the root")));
         }
-        self.run(&Command::new("rm").args(["-rf", "--one-file-system", path]))
-            .await?;
+        self.run(&Command::new("rm").args(["-rf", "--one-file-system", path])).await?;
         Ok(())
     }
 
@@ -301,11 +267,7 @@ mod tests {
 
     #[test]
     fn tail_keeps_last_lines() {
-        let o = Output {
-            status: 1,
-            stdout: String::new(),
-            stderr: (1..=20).map(|i| format!("line {i}\n")).collect(),
-        };
+        let o = Output { status: 1, stdout: String::new(), stderr: (1..=20).map(|i| format!("line {i}\n")).collect() };
         assert!(o.tail().starts_with("line 13"));
         assert!(o.tail().ends_with("line 20"));
     }

@@ -8,10 +8,7 @@ use std::net::IpAddr;
 
 use crate::cluster::{Cluster, Node, Replication, Sync};
 use crate::error::{SpecError, SpecErrors};
-use crate::spec::{
-    ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode,
-    VersionChoice,
-};
+use crate::spec::{ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode, VersionChoice};
 use crate::version::{PgMajor, Support, SyncSyntax, setting_rule};
 
 /// Settings pgrepl writes itself from other fields; setting them by hand would break it.
@@ -28,10 +25,7 @@ const MANAGED: &[(&str, &str)] = &[
     ("archive_mode", "[archive]"),
     ("archive_command", "[archive]"),
     ("restore_command", "[archive]"),
-    (
-        "wal_level",
-        "nothing (pgrepl sets the hot-standby level of the version)",
-    ),
+    ("wal_level", "nothing (pgrepl sets the hot-standby level of the version)"),
     ("wal_keep_segments", "[replication] wal_keep_mb"),
     ("wal_keep_size", "[replication] wal_keep_mb"),
     ("data_directory", "the provider's layout"),
@@ -42,22 +36,13 @@ const MANAGED: &[(&str, &str)] = &[
     ("include_if_exists", "nothing"),
 ];
 
-pub(crate) fn validate(
-    spec: &ClusterSpec,
-    detected: Option<PgMajor>,
-) -> Result<Cluster, SpecErrors> {
+pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, SpecErrors> {
     let mut errs: Vec<SpecError> = Vec::new();
-    let mut err = |field: String, problem: String, expected: &str| {
-        errs.push(SpecError::new(field, problem, expected))
-    };
+    let mut err = |field: String, problem: String, expected: &str| errs.push(SpecError::new(field, problem, expected));
 
     // --- name
     if let Err(p) = check_name(&spec.name) {
-        err(
-            "name".into(),
-            p,
-            "lowercase letters, digits, '-' and '_', 1 to 40 characters, starting with a letter or digit",
-        );
+        err("name".into(), p, "lowercase letters, digits, '-' and '_', 1 to 40 characters, starting with a letter or digit");
     }
 
     // --- version
@@ -76,44 +61,23 @@ pub(crate) fn validate(
     if let Some(m) = major {
         if let Support::Unsupported(why) = m.caps().support {
             let supported: Vec<String> = PgMajor::supported().map(|m| m.to_string()).collect();
-            err(
-                "postgres".into(),
-                format!("PostgreSQL {m} is not supported: {why}"),
-                &format!("one of {}", supported.join(", ")),
-            );
+            err("postgres".into(), format!("PostgreSQL {m} is not supported: {why}"), &format!("one of {}", supported.join(", ")));
         }
     }
     let caps = major.map(PgMajor::caps);
 
     // --- nodes
     if spec.nodes.is_empty() {
-        err(
-            "nodes".into(),
-            "no nodes".into(),
-            "at least one [[nodes]] entry with role = \"primary\"",
-        );
+        err("nodes".into(), "no nodes".into(), "at least one [[nodes]] entry with role = \"primary\"");
     }
-    let primaries: Vec<usize> = spec
-        .nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.role == Role::Primary)
-        .map(|(i, _)| i)
-        .collect();
+    let primaries: Vec<usize> = spec.nodes.iter().enumerate().filter(|(_, n)| n.role == Role::Primary).map(|(i, _)| i).collect();
     if primaries.is_empty() && !spec.nodes.is_empty() {
-        err(
-            "nodes".into(),
-            "no node has role = \"primary\"".into(),
-            "exactly one primary",
-        );
+        err("nodes".into(), "no node has role = \"primary\"".into(), "exactly one primary");
     }
     for &i in primaries.iter().skip(1) {
         err(
             format!("nodes[{i}].role"),
-            format!(
-                "\"{}\" is a second primary (\"{}\" is already primary)",
-                spec.nodes[i].name, spec.nodes[primaries[0]].name
-            ),
+            format!("\"{}\" is a second primary (\"{}\" is already primary)", spec.nodes[i].name, spec.nodes[primaries[0]].name),
             "exactly one primary",
         );
     }
@@ -128,11 +92,7 @@ pub(crate) fn validate(
             );
         }
         if let Some(j) = seen_names.insert(n.name.as_str(), i) {
-            err(
-                format!("nodes[{i}].name"),
-                format!("duplicate node name \"{}\" (also nodes[{j}])", n.name),
-                "unique node names",
-            );
+            err(format!("nodes[{i}].name"), format!("duplicate node name \"{}\" (also nodes[{j}])", n.name), "unique node names");
         }
     }
 
@@ -146,20 +106,13 @@ pub(crate) fn validate(
     let mut ports: Vec<u16> = Vec::new();
     let mut seen_endpoints: HashMap<(String, u16), usize> = HashMap::new();
     for (i, n) in spec.nodes.iter().enumerate() {
-        let address = n
-            .address
-            .clone()
-            .or_else(|| default_address.map(str::to_string));
+        let address = n.address.clone().or_else(|| default_address.map(str::to_string));
         let port = n.port.unwrap_or_else(|| match base_port {
             Some(b) => b.saturating_add(i as u16),
             None => 5432,
         });
         if port == 0 {
-            err(
-                format!("nodes[{i}].port"),
-                "port 0".into(),
-                "a port from 1 to 65535",
-            );
+            err(format!("nodes[{i}].port"), "port 0".into(), "a port from 1 to 65535");
         }
         match (&spec.provider, &address) {
             (ProviderSpec::Local(_), Some(a)) => match a.parse::<IpAddr>() {
@@ -177,28 +130,19 @@ pub(crate) fn validate(
             ),
             (ProviderSpec::Ssh(_), Some(a)) => {
                 if let Err(p) = check_host(a) {
-                    err(
-                        format!("nodes[{i}].address"),
-                        p,
-                        "an IP address or host name",
-                    );
+                    err(format!("nodes[{i}].address"), p, "an IP address or host name");
                 }
             }
-            (ProviderSpec::Aws(_), Some(_)) => err(
-                format!("nodes[{i}].address"),
-                "set by hand".into(),
-                "no address: the AWS provider assigns it",
-            ),
+            (ProviderSpec::Aws(_), Some(_)) => {
+                err(format!("nodes[{i}].address"), "set by hand".into(), "no address: the AWS provider assigns it")
+            }
             _ => {}
         }
         if let Some(a) = &address {
             if let Some(j) = seen_endpoints.insert((a.clone(), port), i) {
                 err(
                     format!("nodes[{i}].port"),
-                    format!(
-                        "{a}:{port} is also used by nodes[{j}] (\"{}\")",
-                        spec.nodes[j].name
-                    ),
+                    format!("{a}:{port} is also used by nodes[{j}] (\"{}\")", spec.nodes[j].name),
                     "a unique address:port per node",
                 );
             }
@@ -213,28 +157,16 @@ pub(crate) fn validate(
     for (i, n) in spec.nodes.iter().enumerate() {
         let up = match (n.role, &n.upstream) {
             (Role::Primary, Some(u)) => {
-                err(
-                    format!("nodes[{i}].upstream"),
-                    format!("the primary cannot stream from \"{u}\""),
-                    "no upstream on the primary",
-                );
+                err(format!("nodes[{i}].upstream"), format!("the primary cannot stream from \"{u}\""), "no upstream on the primary");
                 None
             }
             (Role::Primary, None) => None,
             (Role::Standby, Some(u)) if u == &n.name => {
-                err(
-                    format!("nodes[{i}].upstream"),
-                    format!("\"{u}\" streams from itself"),
-                    "another node's name",
-                );
+                err(format!("nodes[{i}].upstream"), format!("\"{u}\" streams from itself"), "another node's name");
                 None
             }
             (Role::Standby, Some(u)) if !names.contains(&u.as_str()) => {
-                err(
-                    format!("nodes[{i}].upstream"),
-                    format!("unknown node \"{u}\""),
-                    &format!("one of: {}", names.join(", ")),
-                );
+                err(format!("nodes[{i}].upstream"), format!("unknown node \"{u}\""), &format!("one of: {}", names.join(", ")));
                 None
             }
             (Role::Standby, Some(u)) => Some(u.clone()),
@@ -260,25 +192,15 @@ pub(crate) fn validate(
                 break;
             }
             path.push(c.clone());
-            cur = names
-                .iter()
-                .position(|x| *x == c)
-                .and_then(|j| upstreams[j].clone());
+            cur = names.iter().position(|x| *x == c).and_then(|j| upstreams[j].clone());
         }
         if !reached_primary && upstreams[i].is_some() && primary_name.is_some() {
             path.push(
-                path.iter()
-                    .find(|p| upstreams[names.iter().position(|x| x == p).unwrap_or(0)].is_some())
-                    .cloned()
-                    .unwrap_or_default(),
+                path.iter().find(|p| upstreams[names.iter().position(|x| x == p).unwrap_or(0)].is_some()).cloned().unwrap_or_default(),
             );
             err(
                 format!("nodes[{i}].upstream"),
-                format!(
-                    "upstream chain of \"{}\" never reaches the primary (cycle: {})",
-                    n.name,
-                    path.join(" -> ")
-                ),
+                format!("upstream chain of \"{}\" never reaches the primary (cycle: {})", n.name, path.join(" -> ")),
                 "every standby's upstream chain to end at the primary",
             );
         }
@@ -303,20 +225,12 @@ pub(crate) fn validate(
             Some(AuthMethod::Md5)
         }
         (Some(a), _) => Some(a),
-        (None, Some(c)) => Some(if c.password.scram {
-            AuthMethod::ScramSha256
-        } else {
-            AuthMethod::Md5
-        }),
+        (None, Some(c)) => Some(if c.password.scram { AuthMethod::ScramSha256 } else { AuthMethod::Md5 }),
         (None, None) => None,
     };
     let slots = match (r.slots, caps) {
         (Some(true), Some(c)) if !c.slots => {
-            err(
-                "replication.slots".into(),
-                format!("PostgreSQL {} has no replication slots", c.major),
-                "slots = false before 9.4",
-            );
+            err("replication.slots".into(), format!("PostgreSQL {} has no replication slots", c.major), "slots = false before 9.4");
             false
         }
         (Some(s), _) => s,
@@ -332,11 +246,7 @@ pub(crate) fn validate(
     }
     if let Some(p) = &r.password_file {
         if !p.is_absolute() {
-            err(
-                "replication.password_file".into(),
-                format!("\"{}\" is relative", p.display()),
-                "an absolute path",
-            );
+            err("replication.password_file".into(), format!("\"{}\" is relative", p.display()), "an absolute path");
         }
     }
 
@@ -346,20 +256,12 @@ pub(crate) fn validate(
     for (i, n) in spec.nodes.iter().enumerate() {
         let slot = match (&n.slot_name, n.role) {
             (Some(s), Role::Primary) => {
-                err(
-                    format!("nodes[{i}].slot_name"),
-                    format!("\"{s}\" set on the primary"),
-                    "slot_name only on standbys",
-                );
+                err(format!("nodes[{i}].slot_name"), format!("\"{s}\" set on the primary"), "slot_name only on standbys");
                 None
             }
             (Some(s), Role::Standby) => {
                 if let Err(p) = check_slot_name(s) {
-                    err(
-                        format!("nodes[{i}].slot_name"),
-                        p,
-                        "lowercase letters, digits and '_', 1 to 63 characters",
-                    );
+                    err(format!("nodes[{i}].slot_name"), p, "lowercase letters, digits and '_', 1 to 63 characters");
                 }
                 if !slots {
                     err(
@@ -377,10 +279,7 @@ pub(crate) fn validate(
             if let Some(j) = seen_slots.insert(s.clone(), i) {
                 err(
                     format!("nodes[{i}].slot_name"),
-                    format!(
-                        "slot \"{s}\" is also used by nodes[{j}] (\"{}\")",
-                        spec.nodes[j].name
-                    ),
+                    format!("slot \"{s}\" is also used by nodes[{j}] (\"{}\")", spec.nodes[j].name),
                     "a unique slot name per standby",
                 );
             }
@@ -395,9 +294,7 @@ pub(crate) fn validate(
             .nodes
             .iter()
             .zip(&upstreams)
-            .filter(|(n, u)| {
-                n.role == Role::Standby && u.is_some() && u.as_ref() == primary_name.as_ref()
-            })
+            .filter(|(n, u)| n.role == Role::Standby && u.is_some() && u.as_ref() == primary_name.as_ref())
             .map(|(n, _)| n)
             .collect();
         d.sort_by_key(|n| std::cmp::Reverse(n.priority.unwrap_or(100)));
@@ -410,14 +307,7 @@ pub(crate) fn validate(
                     None => err(
                         format!("replication.sync.standbys[{k}]"),
                         format!("unknown node \"{name}\""),
-                        &format!(
-                            "one of: {}",
-                            direct
-                                .iter()
-                                .map(|n| n.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
+                        &format!("one of: {}", direct.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
                     ),
                     Some(j) if !direct.iter().any(|d| &d.name == name) => err(
                         format!("replication.sync.standbys[{k}]"),
@@ -426,10 +316,7 @@ pub(crate) fn validate(
                             if spec.nodes[j].role == Role::Primary {
                                 "it is the primary".to_string()
                             } else {
-                                format!(
-                                    "its upstream is \"{}\"",
-                                    upstreams[j].clone().unwrap_or_default()
-                                )
+                                format!("its upstream is \"{}\"", upstreams[j].clone().unwrap_or_default())
                             }
                         ),
                         "standbys that stream directly from the primary",
@@ -443,18 +330,11 @@ pub(crate) fn validate(
     };
     if s.mode != SyncMode::Off {
         if s.count == 0 {
-            err(
-                "replication.sync.count".into(),
-                "0".into(),
-                "at least 1 (or mode = \"off\")",
-            );
+            err("replication.sync.count".into(), "0".into(), "at least 1 (or mode = \"off\")");
         } else if sync_standbys.is_empty() {
             err(
                 "replication.sync.count".into(),
-                format!(
-                    "{} synchronous standbys asked but no standby streams from the primary",
-                    s.count
-                ),
+                format!("{} synchronous standbys asked but no standby streams from the primary", s.count),
                 "at least one standby streaming from the primary, or mode = \"off\"",
             );
         } else if s.count as usize > sync_standbys.len() {
@@ -471,11 +351,9 @@ pub(crate) fn validate(
         }
         if let Some(c) = caps {
             match (c.sync_syntax, s.mode) {
-                (SyncSyntax::None, _) => err(
-                    "replication.sync.mode".into(),
-                    format!("PostgreSQL {} has no synchronous replication", c.major),
-                    "mode = \"off\"",
-                ),
+                (SyncSyntax::None, _) => {
+                    err("replication.sync.mode".into(), format!("PostgreSQL {} has no synchronous replication", c.major), "mode = \"off\"")
+                }
                 (SyncSyntax::List | SyncSyntax::Priority, SyncMode::Any) => err(
                     "replication.sync.mode".into(),
                     format!("quorum (\"any\") needs PostgreSQL 10, this is {}", c.major),
@@ -503,37 +381,18 @@ pub(crate) fn validate(
         ArchiveSpec::None => {}
         ArchiveSpec::Dir { path } => {
             if !path.is_absolute() {
-                err(
-                    "archive.path".into(),
-                    format!("\"{}\" is relative", path.display()),
-                    "an absolute directory path",
-                );
+                err("archive.path".into(), format!("\"{}\" is relative", path.display()), "an absolute directory path");
             }
             if path.to_string_lossy().contains('\'') {
-                err(
-                    "archive.path".into(),
-                    "contains a single quote".into(),
-                    "a path without quotes",
-                );
+                err("archive.path".into(), "contains a single quote".into(), "a path without quotes");
             }
         }
-        ArchiveSpec::Command {
-            archive_command,
-            restore_command,
-        } => {
+        ArchiveSpec::Command { archive_command, restore_command } => {
             if archive_command.trim().is_empty() {
-                err(
-                    "archive.archive_command".into(),
-                    "empty".into(),
-                    "a command using %p and %f",
-                );
+                err("archive.archive_command".into(), "empty".into(), "a command using %p and %f");
             }
             if restore_command.trim().is_empty() {
-                err(
-                    "archive.restore_command".into(),
-                    "empty".into(),
-                    "a command using %f and %p",
-                );
+                err("archive.restore_command".into(), "empty".into(), "a command using %f and %p");
             }
         }
     }
@@ -543,55 +402,32 @@ pub(crate) fn validate(
         for (name, value) in settings {
             let field = format!("{prefix}.{name}");
             if !is_setting_name(name) {
-                err(
-                    field.clone(),
-                    format!("\"{name}\" is not a setting name"),
-                    "a postgresql.conf name: letters, digits, '_' and '.'",
-                );
+                err(field.clone(), format!("\"{name}\" is not a setting name"), "a postgresql.conf name: letters, digits, '_' and '.'");
                 continue;
             }
             if let Some((_, instead)) = MANAGED.iter().find(|(m, _)| m.eq_ignore_ascii_case(name)) {
-                err(
-                    field.clone(),
-                    "managed by pgrepl".into(),
-                    &format!("to set it through {instead}"),
-                );
+                err(field.clone(), "managed by pgrepl".into(), &format!("to set it through {instead}"));
                 continue;
             }
             if let (Some(rule), Some(m)) = (setting_rule(name), major) {
                 if !rule.exists_in(m) {
                     let why = if rule.recovery_only_before_12 {
-                        format!(
-                            "PostgreSQL {m} has no setting \"{name}\" in postgresql.conf (it lives in {})",
-                            rule.instead
-                        )
+                        format!("PostgreSQL {m} has no setting \"{name}\" in postgresql.conf (it lives in {})", rule.instead)
                     } else {
                         format!("PostgreSQL {m} has no setting \"{name}\"")
                     };
-                    err(
-                        field.clone(),
-                        why,
-                        &format!("a setting of PostgreSQL {m} (instead: {})", rule.instead),
-                    );
+                    err(field.clone(), why, &format!("a setting of PostgreSQL {m} (instead: {})", rule.instead));
                 }
             }
             if let SettingValue::Text(t) = value {
                 if t.contains('\n') {
-                    err(
-                        field.clone(),
-                        "value spans lines".into(),
-                        "a one-line value",
-                    );
+                    err(field.clone(), "value spans lines".into(), "a one-line value");
                 }
             }
             if name.eq_ignore_ascii_case("password_encryption") {
                 if let (SettingValue::Text(t), Some(c)) = (value, caps) {
                     if t == "scram-sha-256" && !c.password.scram {
-                        err(
-                            field.clone(),
-                            format!("scram-sha-256 does not exist in PostgreSQL {}", c.major),
-                            "\"on\" (md5) before 10",
-                        );
+                        err(field.clone(), format!("scram-sha-256 does not exist in PostgreSQL {}", c.major), "\"on\" (md5) before 10");
                     }
                 }
             }
@@ -606,47 +442,37 @@ pub(crate) fn validate(
     if let ProviderSpec::Local(l) = &spec.provider {
         if let Some(w) = &l.work_dir {
             if !w.is_absolute() {
-                err(
-                    "provider.work_dir".into(),
-                    format!("\"{}\" is relative", w.display()),
-                    "an absolute directory path",
-                );
+                err("provider.work_dir".into(), format!("\"{}\" is relative", w.display()), "an absolute directory path");
             }
         }
         if let Some(u) = &l.os_user {
             if u == "root" {
-                err(
-                    "provider.os_user".into(),
-                    "PostgreSQL refuses to run as root".into(),
-                    "an unprivileged OS user such as \"postgres\"",
-                );
+                err("provider.os_user".into(), "PostgreSQL refuses to run as root".into(), "an unprivileged OS user such as \"postgres\"");
             }
         }
     }
     if let ProviderSpec::Ssh(s) = &spec.provider {
         if let Some(p) = &s.host_key_policy {
             if p != "strict" && p != "accept-new" {
-                err(
-                    "provider.host_key_policy".into(),
-                    format!("\"{p}\""),
-                    "\"strict\" or \"accept-new\"",
-                );
+                err("provider.host_key_policy".into(), format!("\"{p}\""), "\"strict\" or \"accept-new\"");
             }
         }
     }
     if let ProviderSpec::Aws(a) = &spec.provider {
         match &a.admin_cidr {
-            None => err("provider.admin_cidr".into(), "missing: SSH would be open to nobody, and pgrepl never opens it to 0.0.0.0/0 by default".into(), "the CIDR you administer from, such as \"203.0.113.7/32\""),
-            Some(c) if !is_cidr(c) => err("provider.admin_cidr".into(), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"203.0.113.7/32\""),
+            None => err(
+                "provider.admin_cidr".into(),
+                "missing: SSH would be open to nobody, and pgrepl never opens it to 0.0.0.0/0 by default".into(),
+                "the CIDR you administer from, such as \"203.0.113.7/32\"",
+            ),
+            Some(c) if !is_cidr(c) => {
+                err("provider.admin_cidr".into(), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"203.0.113.7/32\"")
+            }
             _ => {}
         }
         for (k, c) in a.app_cidrs.iter().enumerate() {
             if !is_cidr(c) {
-                err(
-                    format!("provider.app_cidrs[{k}]"),
-                    format!("\"{c}\" is not a CIDR"),
-                    "an address/prefix such as \"10.0.0.0/16\"",
-                );
+                err(format!("provider.app_cidrs[{k}]"), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"10.0.0.0/16\"");
             }
         }
     }
@@ -668,11 +494,7 @@ pub(crate) fn validate(
             priority: n.priority.unwrap_or(100),
             slot: node_slots[i].clone(),
             ssh_host: n.ssh_host.clone(),
-            settings: n
-                .settings
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            settings: n.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })
         .collect();
     Ok(Cluster {
@@ -683,19 +505,10 @@ pub(crate) fn validate(
             auth,
             slots,
             wal_keep_mb: r.wal_keep_mb,
-            sync: Sync {
-                mode: s.mode,
-                count: s.count,
-                standbys: sync_standbys,
-                commit: s.commit,
-            },
+            sync: Sync { mode: s.mode, count: s.count, standbys: sync_standbys, commit: s.commit },
         },
         archive: spec.archive.clone(),
-        settings: spec
-            .settings
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        settings: spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         nodes,
         spec: spec.clone(),
     })
@@ -713,18 +526,9 @@ fn check_name(s: &str) -> Result<(), String> {
     if s.len() > 40 {
         return Err(format!("\"{s}\" is {} characters long", s.len()));
     }
-    let first_ok = s
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !first_ok
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-    {
-        return Err(format!(
-            "\"{s}\" has characters outside a-z, 0-9, '-' and '_'"
-        ));
+    let first_ok = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if !first_ok || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_') {
+        return Err(format!("\"{s}\" has characters outside a-z, 0-9, '-' and '_'"));
     }
     Ok(())
 }
@@ -733,22 +537,12 @@ fn check_identifier(s: &str) -> Result<(), String> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("\"{s}\" is not a plain role name"))
-    }
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok { Ok(()) } else { Err(format!("\"{s}\" is not a plain role name")) }
 }
 
 fn check_slot_name(s: &str) -> Result<(), String> {
-    if s.is_empty()
-        || s.len() > 63
-        || !s
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
+    if s.is_empty() || s.len() > 63 || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err(format!("\"{s}\" is not a valid slot name"));
     }
     Ok(())
@@ -760,25 +554,14 @@ fn check_host(s: &str) -> Result<(), String> {
     }
     let ok = !s.is_empty()
         && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("\"{s}\" is neither an IP address nor a host name"))
-    }
+        && s.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if ok { Ok(()) } else { Err(format!("\"{s}\" is neither an IP address nor a host name")) }
 }
 
 fn is_setting_name(s: &str) -> bool {
     !s.is_empty()
-        && s.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
 fn is_cidr(s: &str) -> bool {

@@ -12,9 +12,7 @@ use pgrepl_core::render::{Promote, RenderedNode, render_node};
 use pgrepl_core::secret::{Secret, Secrets};
 use pgrepl_core::{ClusterSpec, PgMajor};
 
-const MAJORS: &[&str] = &[
-    "9.3", "9.6", "10", "11", "12", "13", "14", "15", "16", "17", "18",
-];
+const MAJORS: &[&str] = &["9.3", "9.6", "10", "11", "12", "13", "14", "15", "16", "17", "18"];
 
 /// The golden scenario: the classic 3-node cluster with a WAL archive directory and
 /// one synchronous standby (FIRST 1, written in each version's own syntax).
@@ -43,9 +41,7 @@ role = "standby"
 
 fn render(major: PgMajor, node: &str) -> RenderedNode {
     let spec = ClusterSpec::from_toml(SPEC).unwrap();
-    let cluster = spec
-        .validate_for(major)
-        .unwrap_or_else(|e| panic!("{major}: {e}"));
+    let cluster = spec.validate_for(major).unwrap_or_else(|e| panic!("{major}: {e}"));
     let bins = Binaries {
         major,
         version: major.to_string(),
@@ -65,21 +61,9 @@ fn render(major: PgMajor, node: &str) -> RenderedNode {
 
 /// The files of one node: (file name, contents).
 fn files(r: &RenderedNode) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = r
-        .files
-        .iter()
-        .map(|f| {
-            (
-                f.path.rsplit('/').next().unwrap().to_string(),
-                f.contents.text.clone(),
-            )
-        })
-        .collect();
-    let sql: String = r
-        .sql
-        .iter()
-        .map(|s| format!("-- {}\n{}\n", s.purpose, s.text))
-        .collect();
+    let mut out: Vec<(String, String)> =
+        r.files.iter().map(|f| (f.path.rsplit('/').next().unwrap().to_string(), f.contents.text.clone())).collect();
+    let sql: String = r.sql.iter().map(|s| format!("-- {}\n{}\n", s.purpose, s.text)).collect();
     if !sql.is_empty() {
         out.push(("setup.sql".into(), sql));
     }
@@ -98,9 +82,7 @@ fn files(r: &RenderedNode) -> Vec<(String, String)> {
     }
     match &c.promote {
         Some(Promote::Sql { sql }) => cmds.push_str(&format!("promote: SQL {sql}\n")),
-        Some(Promote::Command { command }) => {
-            cmds.push_str(&format!("promote: [{}] {command}\n", command.user))
-        }
+        Some(Promote::Command { command }) => cmds.push_str(&format!("promote: [{}] {command}\n", command.user)),
         Some(Promote::TriggerFile { path }) => cmds.push_str(&format!("promote: create {path}\n")),
         None => {}
     }
@@ -137,33 +119,21 @@ fn golden_files_match() {
             let mut names: Vec<String> = rendered.iter().map(|(n, _)| n.clone()).collect();
             names.sort();
             if on_disk != names {
-                failures.push(format!(
-                    "{m}/{node}: files {names:?} rendered, {on_disk:?} on disk"
-                ));
+                failures.push(format!("{m}/{node}: files {names:?} rendered, {on_disk:?} on disk"));
             }
             for (name, text) in &rendered {
                 let expected = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
                 if &expected != text {
-                    failures.push(format!(
-                        "{m}/{node}/{name} differs\n--- expected\n{expected}--- rendered\n{text}"
-                    ));
+                    failures.push(format!("{m}/{node}/{name} differs\n--- expected\n{expected}--- rendered\n{text}"));
                 }
             }
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{}\n(PGREPL_BLESS=1 rewrites the golden files)",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{}\n(PGREPL_BLESS=1 rewrites the golden files)", failures.join("\n"));
 }
 
 fn text_of(major: &str, node: &str, file: &str) -> String {
-    files(&render(major.parse().unwrap(), node))
-        .into_iter()
-        .find(|(n, _)| n == file)
-        .map(|(_, t)| t)
-        .unwrap_or_default()
+    files(&render(major.parse().unwrap(), node)).into_iter().find(|(n, _)| n == file).map(|(_, t)| t).unwrap_or_default()
 }
 
 /// The issue's "done when", checked on the rendering itself (not only the golden copies).
@@ -171,66 +141,39 @@ fn text_of(major: &str, node: &str, file: &str) -> String {
 fn done_when_of_the_core_issue() {
     // 9.6: recovery.conf with standby_mode, primary_conninfo, trigger_file, restore_command.
     let rc = text_of("9.6", "db2", "recovery.conf");
-    for k in [
-        "standby_mode = 'on'",
-        "primary_conninfo = ",
-        "trigger_file = ",
-        "restore_command = 'cp /var/lib/pgrepl/golden-archive/%f %p'",
-    ] {
+    for k in
+        ["standby_mode = 'on'", "primary_conninfo = ", "trigger_file = ", "restore_command = 'cp /var/lib/pgrepl/golden-archive/%f %p'"]
+    {
         assert!(rc.contains(k), "9.6 recovery.conf lacks {k}:\n{rc}");
     }
     assert!(text_of("9.6", "db2", "standby.signal").is_empty());
     // 12: standby.signal plus primary_conninfo, primary_slot_name, promote_trigger_file.
-    assert!(
-        files(&render(PgMajor::V12, "db2"))
-            .iter()
-            .any(|(n, _)| n == "standby.signal")
-    );
-    assert!(
-        !files(&render(PgMajor::V12, "db2"))
-            .iter()
-            .any(|(n, _)| n == "recovery.conf")
-    );
+    assert!(files(&render(PgMajor::V12, "db2")).iter().any(|(n, _)| n == "standby.signal"));
+    assert!(!files(&render(PgMajor::V12, "db2")).iter().any(|(n, _)| n == "recovery.conf"));
     let c12 = text_of("12", "db2", "pgrepl.conf");
-    for k in [
-        "primary_conninfo = ",
-        "primary_slot_name = 'pgrepl_db2'",
-        "promote_trigger_file = ",
-    ] {
+    for k in ["primary_conninfo = ", "primary_slot_name = 'pgrepl_db2'", "promote_trigger_file = "] {
         assert!(c12.contains(k), "12 standby pgrepl.conf lacks {k}:\n{c12}");
     }
     // 16 and later: no promote_trigger_file anywhere.
     for m in ["16", "17", "18"] {
         for node in ["db1", "db2"] {
             for (name, text) in files(&render(m.parse().unwrap(), node)) {
-                assert!(
-                    !text.contains("promote_trigger_file"),
-                    "{m}/{node}/{name} has promote_trigger_file"
-                );
+                assert!(!text.contains("promote_trigger_file"), "{m}/{node}/{name} has promote_trigger_file");
             }
         }
     }
     // wal_keep_segments up to 12, wal_keep_size from 13.
     for m in ["9.3", "9.6", "10", "11", "12"] {
         let c = text_of(m, "db1", "pgrepl.conf");
-        assert!(
-            c.contains("wal_keep_segments = ") && !c.contains("wal_keep_size"),
-            "{m}: {c}"
-        );
+        assert!(c.contains("wal_keep_segments = ") && !c.contains("wal_keep_size"), "{m}: {c}");
     }
     for m in ["13", "14", "15", "16", "17", "18"] {
         let c = text_of(m, "db1", "pgrepl.conf");
-        assert!(
-            c.contains("wal_keep_size = ") && !c.contains("wal_keep_segments"),
-            "{m}: {c}"
-        );
+        assert!(c.contains("wal_keep_size = ") && !c.contains("wal_keep_segments"), "{m}: {c}");
     }
     // hot_standby on standbys.
     for m in MAJORS {
-        assert!(
-            text_of(m, "db2", "pgrepl.conf").contains("hot_standby = on"),
-            "{m}"
-        );
+        assert!(text_of(m, "db2", "pgrepl.conf").contains("hot_standby = on"), "{m}");
     }
 }
 
@@ -242,20 +185,14 @@ fn secrets_only_in_the_passfile_and_role_sql() {
             for (name, text) in files(&r) {
                 let may_hold = name == "pgpass" || name == "setup.sql";
                 if !may_hold {
-                    assert!(
-                        !text.contains("GOLDEN-PASSWORD") && !text.contains("GOLDEN-VERIFIER"),
-                        "{m}/{node}/{name} holds a secret"
-                    );
+                    assert!(!text.contains("GOLDEN-PASSWORD") && !text.contains("GOLDEN-VERIFIER"), "{m}/{node}/{name} holds a secret");
                 }
             }
             // Debug and JSON never show them.
             let dbg = format!("{r:?}");
             let json = serde_json::to_string(&r).unwrap();
             for s in [dbg, json] {
-                assert!(
-                    !s.contains("GOLDEN-PASSWORD") && !s.contains("GOLDEN-VERIFIER"),
-                    "{m}/{node}: secret in Debug/JSON"
-                );
+                assert!(!s.contains("GOLDEN-PASSWORD") && !s.contains("GOLDEN-VERIFIER"), "{m}/{node}: secret in Debug/JSON");
             }
             // The plain password never reaches SQL: only the verifier does.
             assert!(r.sql.iter().all(|s| !s.text.contains("GOLDEN-PASSWORD")));
@@ -269,18 +206,9 @@ fn hba_allows_replication_only_from_cluster_addresses() {
         let hba = text_of(m, "db1", "pg_hba.conf");
         for line in hba.lines().filter(|l| l.starts_with("host")) {
             let addr = line.split_whitespace().nth(3).unwrap();
-            assert!(
-                addr.ends_with("/32") || addr.ends_with("/128"),
-                "{m}: {line}"
-            );
+            assert!(addr.ends_with("/32") || addr.ends_with("/128"), "{m}: {line}");
         }
-        assert!(
-            !hba.contains("0.0.0.0/0") && !hba.contains("::/0"),
-            "{m}: {hba}"
-        );
-        assert!(
-            hba.contains("host    replication   replicator     127.0.0.1/32"),
-            "{m}: {hba}"
-        );
+        assert!(!hba.contains("0.0.0.0/0") && !hba.contains("::/0"), "{m}: {hba}");
+        assert!(hba.contains("host    replication   replicator     127.0.0.1/32"), "{m}: {hba}");
     }
 }

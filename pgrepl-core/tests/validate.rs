@@ -30,9 +30,7 @@ fn errors(toml: &str) -> SpecErrors {
 
 /// Asserts an error on `field` whose message contains every one of `words`.
 fn assert_field(errs: &SpecErrors, field: &str, words: &[&str]) {
-    let e = errs
-        .get(field)
-        .unwrap_or_else(|| panic!("no error on {field}; got:\n{errs}"));
+    let e = errs.get(field).unwrap_or_else(|| panic!("no error on {field}; got:\n{errs}"));
     let text = e.to_string();
     assert!(text.starts_with(&format!("{field}: ")), "{text}");
     for w in words {
@@ -41,10 +39,7 @@ fn assert_field(errs: &SpecErrors, field: &str, words: &[&str]) {
 }
 
 fn with(version: &str, extra: &str) -> String {
-    BASE.replace(
-        "postgres = \"16\"",
-        &format!("postgres = \"{version}\"\n{extra}"),
-    )
+    BASE.replace("postgres = \"16\"", &format!("postgres = \"{version}\"\n{extra}"))
 }
 
 #[test]
@@ -58,59 +53,26 @@ fn valid_base_spec() {
 #[test]
 fn no_primary() {
     let e = errors(&BASE.replace("role = \"primary\"", "role = \"standby\""));
-    assert_field(
-        &e,
-        "nodes",
-        &[
-            "no node has role = \"primary\"",
-            "expected exactly one primary",
-        ],
-    );
+    assert_field(&e, "nodes", &["no node has role = \"primary\"", "expected exactly one primary"]);
 }
 
 #[test]
 fn two_primaries() {
     let e = errors(&BASE.replacen("role = \"standby\"", "role = \"primary\"", 1));
-    assert_field(
-        &e,
-        "nodes[1].role",
-        &[
-            "\"db2\" is a second primary",
-            "\"db1\" is already primary",
-            "exactly one primary",
-        ],
-    );
+    assert_field(&e, "nodes[1].role", &["\"db2\" is a second primary", "\"db1\" is already primary", "exactly one primary"]);
 }
 
 #[test]
 fn duplicate_names() {
     let e = errors(&BASE.replace("name = \"db3\"", "name = \"db2\""));
-    assert_field(
-        &e,
-        "nodes[2].name",
-        &[
-            "duplicate node name \"db2\"",
-            "nodes[1]",
-            "unique node names",
-        ],
-    );
+    assert_field(&e, "nodes[2].name", &["duplicate node name \"db2\"", "nodes[1]", "unique node names"]);
 }
 
 #[test]
 fn duplicate_address_and_port() {
-    let toml = BASE.replace(
-        "name = \"db3\"\nrole = \"standby\"",
-        "name = \"db3\"\nrole = \"standby\"\nport = 5432",
-    );
+    let toml = BASE.replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nport = 5432");
     let e = errors(&toml);
-    assert_field(
-        &e,
-        "nodes[2].port",
-        &[
-            "127.0.0.1:5432 is also used by nodes[0] (\"db1\")",
-            "unique address:port",
-        ],
-    );
+    assert_field(&e, "nodes[2].port", &["127.0.0.1:5432 is also used by nodes[0] (\"db1\")", "unique address:port"]);
 }
 
 #[test]
@@ -125,269 +87,126 @@ fn unknown_version() {
 #[test]
 fn unsupported_version() {
     let e = errors(&with("9.2", "[replication]\nslots = false\n"));
-    assert_field(
-        &e,
-        "postgres",
-        &["PostgreSQL 9.2 is not supported", "9.3", "one of 9.3, 9.4"],
-    );
+    assert_field(&e, "postgres", &["PostgreSQL 9.2 is not supported", "9.3", "one of 9.3, 9.4"]);
 }
 
 #[test]
 fn sync_count_larger_than_standbys() {
-    let e = errors(&with(
-        "16",
-        "[replication]\nsync = { mode = \"any\", count = 3 }\n",
-    ));
-    assert_field(
-        &e,
-        "replication.sync.count",
-        &[
-            "3 synchronous standbys asked but only 2",
-            "a count from 1 to 2",
-        ],
-    );
+    let e = errors(&with("16", "[replication]\nsync = { mode = \"any\", count = 3 }\n"));
+    assert_field(&e, "replication.sync.count", &["3 synchronous standbys asked but only 2", "a count from 1 to 2"]);
 }
 
 #[test]
 fn slots_on_a_version_without_them() {
     let e = errors(&with("9.3", "[replication]\nslots = true\n"));
-    assert_field(
-        &e,
-        "replication.slots",
-        &[
-            "PostgreSQL 9.3 has no replication slots",
-            "slots = false before 9.4",
-        ],
-    );
+    assert_field(&e, "replication.slots", &["PostgreSQL 9.3 has no replication slots", "slots = false before 9.4"]);
 }
 
 #[test]
 fn quorum_on_a_version_without_it() {
-    let e = errors(&with(
-        "9.6",
-        "[replication]\nsync = { mode = \"any\", count = 1 }\n",
-    ));
-    assert_field(
-        &e,
-        "replication.sync.mode",
-        &[
-            "quorum (\"any\") needs PostgreSQL 10",
-            "9.6",
-            "mode = \"first\" before 10",
-        ],
-    );
+    let e = errors(&with("9.6", "[replication]\nsync = { mode = \"any\", count = 1 }\n"));
+    assert_field(&e, "replication.sync.mode", &["quorum (\"any\") needs PostgreSQL 10", "9.6", "mode = \"first\" before 10"]);
 }
 
 #[test]
 fn several_sync_standbys_before_96() {
-    let e = errors(&with(
-        "9.5",
-        "[replication]\nsync = { mode = \"first\", count = 2 }\n",
-    ));
-    assert_field(
-        &e,
-        "replication.sync.count",
-        &["one synchronous standby at most", "count = 1 before 9.6"],
-    );
+    let e = errors(&with("9.5", "[replication]\nsync = { mode = \"first\", count = 2 }\n"));
+    assert_field(&e, "replication.sync.count", &["one synchronous standby at most", "count = 1 before 9.6"]);
 }
 
 #[test]
 fn remote_apply_before_96() {
-    let e = errors(&with(
-        "9.5",
-        "[replication]\nsync = { mode = \"first\", count = 1, commit = \"remote_apply\" }\n",
-    ));
-    assert_field(
-        &e,
-        "replication.sync.commit",
-        &["remote_apply needs PostgreSQL 9.6"],
-    );
+    let e = errors(&with("9.5", "[replication]\nsync = { mode = \"first\", count = 1, commit = \"remote_apply\" }\n"));
+    assert_field(&e, "replication.sync.commit", &["remote_apply needs PostgreSQL 9.6"]);
 }
 
 #[test]
 fn scram_on_9x() {
     let e = errors(&with("9.6", "[replication]\nauth = \"scram-sha-256\"\n"));
-    assert_field(
-        &e,
-        "replication.auth",
-        &[
-            "scram-sha-256 does not exist in PostgreSQL 9.6",
-            "\"md5\" before PostgreSQL 10",
-        ],
-    );
+    assert_field(&e, "replication.auth", &["scram-sha-256 does not exist in PostgreSQL 9.6", "\"md5\" before PostgreSQL 10"]);
 }
 
 #[test]
 fn upstream_cycle() {
     let toml = BASE
-        .replace(
-            "name = \"db2\"\nrole = \"standby\"",
-            "name = \"db2\"\nrole = \"standby\"\nupstream = \"db3\"",
-        )
-        .replace(
-            "name = \"db3\"\nrole = \"standby\"",
-            "name = \"db3\"\nrole = \"standby\"\nupstream = \"db2\"",
-        );
+        .replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\nupstream = \"db3\"")
+        .replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nupstream = \"db2\"");
     let e = errors(&toml);
-    assert_field(
-        &e,
-        "nodes[1].upstream",
-        &[
-            "never reaches the primary",
-            "cycle: db2 -> db3",
-            "end at the primary",
-        ],
-    );
+    assert_field(&e, "nodes[1].upstream", &["never reaches the primary", "cycle: db2 -> db3", "end at the primary"]);
     assert_field(&e, "nodes[2].upstream", &["never reaches the primary"]);
 }
 
 #[test]
 fn unknown_upstream() {
-    let toml = BASE.replace(
-        "name = \"db3\"\nrole = \"standby\"",
-        "name = \"db3\"\nrole = \"standby\"\nupstream = \"db9\"",
-    );
+    let toml = BASE.replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nupstream = \"db9\"");
     let e = errors(&toml);
-    assert_field(
-        &e,
-        "nodes[2].upstream",
-        &["unknown node \"db9\"", "one of: db1, db2, db3"],
-    );
+    assert_field(&e, "nodes[2].upstream", &["unknown node \"db9\"", "one of: db1, db2, db3"]);
 }
 
 #[test]
 fn upstream_on_primary_and_self() {
     let toml = BASE
-        .replace(
-            "name = \"db1\"\nrole = \"primary\"",
-            "name = \"db1\"\nrole = \"primary\"\nupstream = \"db2\"",
-        )
-        .replace(
-            "name = \"db3\"\nrole = \"standby\"",
-            "name = \"db3\"\nrole = \"standby\"\nupstream = \"db3\"",
-        );
+        .replace("name = \"db1\"\nrole = \"primary\"", "name = \"db1\"\nrole = \"primary\"\nupstream = \"db2\"")
+        .replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nupstream = \"db3\"");
     let e = errors(&toml);
-    assert_field(
-        &e,
-        "nodes[0].upstream",
-        &["the primary cannot stream from \"db2\""],
-    );
+    assert_field(&e, "nodes[0].upstream", &["the primary cannot stream from \"db2\""]);
     assert_field(&e, "nodes[2].upstream", &["streams from itself"]);
 }
 
 #[test]
 fn invalid_slot_names() {
-    let toml = BASE.replace(
-        "name = \"db2\"\nrole = \"standby\"",
-        "name = \"db2\"\nrole = \"standby\"\nslot_name = \"Bad-Slot\"",
-    );
+    let toml = BASE.replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\nslot_name = \"Bad-Slot\"");
     let e = errors(&toml);
-    assert_field(
-        &e,
-        "nodes[1].slot_name",
-        &[
-            "\"Bad-Slot\" is not a valid slot name",
-            "lowercase letters, digits and '_'",
-        ],
-    );
+    assert_field(&e, "nodes[1].slot_name", &["\"Bad-Slot\" is not a valid slot name", "lowercase letters, digits and '_'"]);
 }
 
 #[test]
 fn duplicate_slot_names() {
     let toml = BASE
-        .replace(
-            "name = \"db2\"\nrole = \"standby\"",
-            "name = \"db2\"\nrole = \"standby\"\nslot_name = \"s\"",
-        )
-        .replace(
-            "name = \"db3\"\nrole = \"standby\"",
-            "name = \"db3\"\nrole = \"standby\"\nslot_name = \"s\"",
-        );
+        .replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\nslot_name = \"s\"")
+        .replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nslot_name = \"s\"");
     let e = errors(&toml);
-    assert_field(
-        &e,
-        "nodes[2].slot_name",
-        &["slot \"s\" is also used by nodes[1]"],
-    );
+    assert_field(&e, "nodes[2].slot_name", &["slot \"s\" is also used by nodes[1]"]);
 }
 
 #[test]
 fn settings_a_version_does_not_have() {
-    let e = errors(&with(
-        "12",
-        "[settings]\nwal_keep_size = \"1GB\"\nmax_slot_wal_keep_size = \"10GB\"\n",
-    ));
+    let e = errors(&with("12", "[settings]\nwal_keep_size = \"1GB\"\nmax_slot_wal_keep_size = \"10GB\"\n"));
     // wal_keep_size is managed by pgrepl; max_slot_wal_keep_size is 13+.
-    assert_field(
-        &e,
-        "settings.wal_keep_size",
-        &["managed by pgrepl", "[replication] wal_keep_mb"],
-    );
+    assert_field(&e, "settings.wal_keep_size", &["managed by pgrepl", "[replication] wal_keep_mb"]);
     assert_field(
         &e,
         "settings.max_slot_wal_keep_size",
-        &[
-            "PostgreSQL 12 has no setting \"max_slot_wal_keep_size\"",
-            "a setting of PostgreSQL 12",
-        ],
+        &["PostgreSQL 12 has no setting \"max_slot_wal_keep_size\"", "a setting of PostgreSQL 12"],
     );
     let e = errors(&with("16", "[settings]\nvacuum_defer_cleanup_age = 0\n"));
-    assert_field(
-        &e,
-        "settings.vacuum_defer_cleanup_age",
-        &["PostgreSQL 16 has no setting", "hot_standby_feedback"],
-    );
-    let e = errors(&with(
-        "11",
-        "[settings]\nrecovery_min_apply_delay = \"5min\"\n",
-    ));
-    assert_field(
-        &e,
-        "settings.recovery_min_apply_delay",
-        &["it lives in recovery.conf"],
-    );
+    assert_field(&e, "settings.vacuum_defer_cleanup_age", &["PostgreSQL 16 has no setting", "hot_standby_feedback"]);
+    let e = errors(&with("11", "[settings]\nrecovery_min_apply_delay = \"5min\"\n"));
+    assert_field(&e, "settings.recovery_min_apply_delay", &["it lives in recovery.conf"]);
     let toml = with("17", "").replace(
         "name = \"db3\"\nrole = \"standby\"",
         "name = \"db3\"\nrole = \"standby\"\nsettings = { stats_temp_directory = \"/tmp\" }",
     );
     let e = errors(&toml);
-    assert_field(
-        &e,
-        "nodes[2].settings.stats_temp_directory",
-        &["PostgreSQL 17 has no setting"],
-    );
+    assert_field(&e, "nodes[2].settings.stats_temp_directory", &["PostgreSQL 17 has no setting"]);
 }
 
 #[test]
 fn version_rules_wait_for_detection() {
     // With "detect", version rules apply once the major is known.
-    let spec = ClusterSpec::from_toml(&with(
-        "detect",
-        "[replication]\nsync = { mode = \"any\", count = 1 }\n",
-    ))
-    .unwrap();
+    let spec = ClusterSpec::from_toml(&with("detect", "[replication]\nsync = { mode = \"any\", count = 1 }\n")).unwrap();
     assert!(spec.validate().is_ok());
     let e = spec.validate_for(PgMajor::V9_6).unwrap_err();
     assert_field(&e, "replication.sync.mode", &["needs PostgreSQL 10"]);
     assert!(spec.validate_for(PgMajor::V16).is_ok());
     // An explicit major must match the binaries.
-    let e = ClusterSpec::from_toml(BASE)
-        .unwrap()
-        .validate_for(PgMajor::V15)
-        .unwrap_err();
-    assert_field(
-        &e,
-        "postgres",
-        &["asks for PostgreSQL 16 but the binaries are 15"],
-    );
+    let e = ClusterSpec::from_toml(BASE).unwrap().validate_for(PgMajor::V15).unwrap_err();
+    assert_field(&e, "postgres", &["asks for PostgreSQL 16 but the binaries are 15"]);
 }
 
 #[test]
 fn unknown_fields_name_the_key_and_line() {
-    let e = errors(&BASE.replace(
-        "name = \"db2\"\nrole = \"standby\"",
-        "name = \"db2\"\nrole = \"standby\"\nprot = 1",
-    ));
+    let e = errors(&BASE.replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\nprot = 1"));
     let text = e.to_string();
     assert!(text.contains("unknown field `prot`"), "{text}");
     assert!(text.contains("line "), "{text}");
@@ -396,29 +215,15 @@ fn unknown_fields_name_the_key_and_line() {
 #[test]
 fn bad_role_and_types() {
     let e = errors(&BASE.replace("role = \"primary\"", "role = \"leader\""));
-    assert!(
-        e.to_string()
-            .contains("unknown variant `leader`, expected `primary` or `standby`"),
-        "{e}"
-    );
-    let e = errors(&BASE.replace(
-        "name = \"db3\"\nrole = \"standby\"",
-        "name = \"db3\"\nrole = \"standby\"\nport = 70000",
-    ));
+    assert!(e.to_string().contains("unknown variant `leader`, expected `primary` or `standby`"), "{e}");
+    let e = errors(&BASE.replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nport = 70000"));
     assert!(e.to_string().contains("line "), "{e}");
 }
 
 #[test]
 fn local_provider_needs_loopback() {
-    let e = errors(&BASE.replace(
-        "name = \"db2\"\nrole = \"standby\"",
-        "name = \"db2\"\nrole = \"standby\"\naddress = \"10.0.0.5\"",
-    ));
-    assert_field(
-        &e,
-        "nodes[1].address",
-        &["\"10.0.0.5\" is not a loopback address"],
-    );
+    let e = errors(&BASE.replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\naddress = \"10.0.0.5\""));
+    assert_field(&e, "nodes[1].address", &["\"10.0.0.5\" is not a loopback address"]);
 }
 
 #[test]
@@ -429,30 +234,17 @@ fn ssh_provider_needs_addresses() {
 
 #[test]
 fn aws_provider_never_opens_ssh_to_everyone_by_default() {
-    let e = errors(&format!(
-        "{BASE}\n[provider]\nkind = \"aws\"\nregion = \"us-east-2\"\n"
-    ));
-    assert_field(
-        &e,
-        "provider.admin_cidr",
-        &["missing", "never opens it to 0.0.0.0/0"],
-    );
-    let e = errors(&format!(
-        "{BASE}\n[provider]\nkind = \"aws\"\nadmin_cidr = \"not-a-cidr\"\n"
-    ));
+    let e = errors(&format!("{BASE}\n[provider]\nkind = \"aws\"\nregion = \"us-east-2\"\n"));
+    assert_field(&e, "provider.admin_cidr", &["missing", "never opens it to 0.0.0.0/0"]);
+    let e = errors(&format!("{BASE}\n[provider]\nkind = \"aws\"\nadmin_cidr = \"not-a-cidr\"\n"));
     assert_field(&e, "provider.admin_cidr", &["is not a CIDR"]);
 }
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let toml = BASE
-        .replace("name = \"t\"", "name = \"Bad Name\"")
-        .replace("name = \"db3\"", "name = \"db2\"");
+    let toml = BASE.replace("name = \"t\"", "name = \"Bad Name\"").replace("name = \"db3\"", "name = \"db2\"");
     let e = errors(&toml);
-    assert!(
-        e.get("name").is_some() && e.get("nodes[2].name").is_some(),
-        "{e}"
-    );
+    assert!(e.get("name").is_some() && e.get("nodes[2].name").is_some(), "{e}");
 }
 
 #[test]
@@ -483,10 +275,27 @@ fn builder_matches_toml() {
         .into_spec();
     assert_eq!(from_builder, ClusterSpec::from_toml(BASE).unwrap());
     // The same validation: a builder error names the same field.
-    let e = ClusterSpec::builder("t")
-        .postgres(PgMajor::V16)
-        .node(NodeSpec::standby("db2"))
-        .build()
-        .unwrap_err();
+    let e = ClusterSpec::builder("t").postgres(PgMajor::V16).node(NodeSpec::standby("db2")).build().unwrap_err();
     assert_field(&e, "nodes", &["no node has role = \"primary\""]);
+}
+
+#[test]
+fn with_primary_moves_the_topology() {
+    let toml = BASE.replace(
+        "[[nodes]]\nname = \"db3\"\nrole = \"standby\"",
+        "[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n\n[[nodes]]\nname = \"db4\"\nrole = \"standby\"\nupstream = \"db3\"",
+    );
+    let toml = toml.replace("postgres = \"16\"", "postgres = \"16\"\n[replication]\nsync = { mode = \"first\", count = 1 }");
+    let c = ClusterSpec::from_toml(&toml).unwrap().validate().unwrap();
+    assert_eq!(c.replication.sync.standbys, vec!["db2", "db3"]);
+    let moved = c.with_primary("db2").unwrap();
+    assert_eq!(moved.primary().name, "db2");
+    let db1 = moved.node("db1").unwrap();
+    assert_eq!((db1.role, db1.upstream.as_deref(), db1.slot.as_deref()), (pgrepl_core::Role::Standby, Some("db2"), Some("pgrepl_db1")));
+    assert_eq!(moved.node("db3").unwrap().upstream.as_deref(), Some("db2"));
+    assert_eq!(moved.node("db4").unwrap().upstream.as_deref(), Some("db3"), "cascaded standbys keep their upstream");
+    assert_eq!(moved.node("db2").unwrap().slot, None);
+    assert_eq!(moved.replication.sync.standbys, vec!["db1", "db3"], "sync candidates follow the new primary");
+    assert_eq!(moved.with_primary("db1").unwrap().primary().name, "db1");
+    assert_eq!(c.with_primary("db9").unwrap_err().to_string(), "primary: unknown node \"db9\" (expected one of: db1, db2, db3, db4)");
 }

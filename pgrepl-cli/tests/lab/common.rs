@@ -11,9 +11,7 @@ use pgrepl_core::PgMajor;
 
 /// The lab directory (`PGREPL_LAB`, default /opt/pgrepl-lab).
 pub fn lab_dir() -> PathBuf {
-    std::env::var_os("PGREPL_LAB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/pgrepl-lab"))
+    std::env::var_os("PGREPL_LAB").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/pgrepl-lab"))
 }
 
 /// Server and client bin directories for a major of the lab. Panics (fails the test)
@@ -30,11 +28,7 @@ pub fn bins(major: &str) -> (PathBuf, PathBuf) {
     } else {
         // The npm builds of 10-13 ship only the server; a newer client works against them.
         let c = PathBuf::from("/usr/lib/postgresql/15/bin");
-        assert!(
-            c.join("pg_basebackup").is_file(),
-            "no client tools at {}: run scripts/lab/install.sh",
-            c.display()
-        );
+        assert!(c.join("pg_basebackup").is_file(), "no client tools at {}: run scripts/lab/install.sh", c.display());
         c
     };
     (bin, client)
@@ -42,17 +36,7 @@ pub fn bins(major: &str) -> (PathBuf, PathBuf) {
 
 /// Majors installed in the lab, oldest first.
 pub fn lab_majors() -> Vec<PgMajor> {
-    PgMajor::ALL
-        .iter()
-        .copied()
-        .filter(|m| {
-            lab_dir()
-                .join("pg")
-                .join(m.to_string())
-                .join("bin/postgres")
-                .is_file()
-        })
-        .collect()
+    PgMajor::ALL.iter().copied().filter(|m| lab_dir().join("pg").join(m.to_string()).join("bin/postgres").is_file()).collect()
 }
 
 /// A work directory that the `postgres` OS user can reach; servers under it are stopped
@@ -67,11 +51,7 @@ impl WorkDir {
         let base = PathBuf::from("/tmp/pgrepl-tests");
         std::fs::create_dir_all(&base).unwrap();
         set_mode(&base, 0o755);
-        let path = base.join(format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
+        let path = base.join(format!("{name}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         set_mode(&path, 0o755);
@@ -123,10 +103,7 @@ pub fn free_ports(n: u16) -> u16 {
     static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
     let _g = LOCK.lock().unwrap();
     if NEXT_PORT.load(Ordering::SeqCst) == 0 {
-        NEXT_PORT.store(
-            20000 + (std::process::id() % 2000) as u16 * 10,
-            Ordering::SeqCst,
-        );
+        NEXT_PORT.store(20000 + (std::process::id() % 2000) as u16 * 10, Ordering::SeqCst);
     }
     for _ in 0..1000 {
         let base = NEXT_PORT.fetch_add(n + 1, Ordering::SeqCst);
@@ -139,21 +116,13 @@ pub fn free_ports(n: u16) -> u16 {
 
 /// Runs the `pgrepl` binary.
 pub fn pgrepl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pgrepl"))
-        .args(args)
-        .env_remove("PGREPL_FILE")
-        .output()
-        .expect("pgrepl runs")
+    Command::new(env!("CARGO_BIN_EXE_pgrepl")).args(args).env_remove("PGREPL_FILE").output().expect("pgrepl runs")
 }
 
 /// Runs `pgrepl` and returns (exit code, stdout, stderr).
 pub fn pgrepl_ok(args: &[&str]) -> (i32, String, String) {
     let o = pgrepl(args);
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 /// A local cluster spec: `nodes` names, the first primary, on 127.0.0.1 from `base_port`.
@@ -172,23 +141,10 @@ pub fn psql(client_bin: &Path, work_dir: &Path, node: &str, port: u16, sql: &str
         .arg(client_bin.join("psql"))
         .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
         .arg(work_dir.join(node).join("run"))
-        .args([
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
+        .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
         .output()
         .expect("psql runs");
-    assert!(
-        o.status.success(),
-        "psql on {node}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "psql on {node}: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 

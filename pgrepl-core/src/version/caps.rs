@@ -252,23 +252,11 @@ const LSN_WAL: LsnNames = LsnNames {
     stat_column_suffix: "_lsn",
 };
 
-const PW_MD5_ONLY: PasswordAuth = PasswordAuth {
-    scram: false,
-    default_method: "md5",
-    md5_encryption_value: "on",
-};
-const PW_SCRAM: PasswordAuth = PasswordAuth {
-    scram: true,
-    default_method: "scram-sha-256",
-    md5_encryption_value: "md5",
-};
+const PW_MD5_ONLY: PasswordAuth = PasswordAuth { scram: false, default_method: "md5", md5_encryption_value: "on" };
+const PW_SCRAM: PasswordAuth = PasswordAuth { scram: true, default_method: "scram-sha-256", md5_encryption_value: "md5" };
 
-const SEGMENTS: WalRetention = WalRetention::Segments {
-    setting: "wal_keep_segments",
-};
-const MEGABYTES: WalRetention = WalRetention::Megabytes {
-    setting: "wal_keep_size",
-};
+const SEGMENTS: WalRetention = WalRetention::Segments { setting: "wal_keep_segments" };
+const MEGABYTES: WalRetention = WalRetention::Megabytes { setting: "wal_keep_size" };
 
 const fn rewind(major: u32) -> RewindCaps {
     RewindCaps {
@@ -892,11 +880,7 @@ mod tests {
     #[test]
     fn recovery_conf_until_11_signal_from_12() {
         for m in PgMajor::ALL {
-            let expect = if *m <= PgMajor::V11 {
-                RecoveryStyle::RecoveryConf
-            } else {
-                RecoveryStyle::StandbySignal
-            };
+            let expect = if *m <= PgMajor::V11 { RecoveryStyle::RecoveryConf } else { RecoveryStyle::StandbySignal };
             assert_eq!(m.caps().recovery, expect, "{m}");
         }
     }

@@ -9,8 +9,8 @@ mod caps;
 mod settings;
 
 pub use caps::{
-    BasebackupSlot, Capabilities, ChangeContext, LsnNames, PasswordAuth, PromoteMethod,
-    RecoveryStyle, RewindCaps, Support, SyncSyntax, WalRetention,
+    BasebackupSlot, Capabilities, ChangeContext, LsnNames, PasswordAuth, PromoteMethod, RecoveryStyle, RewindCaps, Support, SyncSyntax,
+    WalRetention,
 };
 pub use settings::{SettingRule, setting_rule};
 
@@ -86,10 +86,7 @@ impl PgMajor {
 
     /// The majors pgrepl can deploy (see [`Support`]).
     pub fn supported() -> impl Iterator<Item = PgMajor> {
-        Self::ALL
-            .iter()
-            .copied()
-            .filter(|m| matches!(m.caps().support, Support::Supported))
+        Self::ALL.iter().copied().filter(|m| matches!(m.caps().support, Support::Supported))
     }
 
     /// `(major, minor)` as in "9.6" = (9, 6) and "16" = (16, 0).
@@ -116,11 +113,7 @@ impl PgMajor {
 
     /// The major of a `server_version_num` (`90624` is 9.6, `160004` is 16).
     pub fn from_version_num(num: u32) -> Result<PgMajor, VersionError> {
-        let (a, b) = if num >= 100_000 {
-            (num / 10_000, 0)
-        } else {
-            (num / 10_000, (num / 100) % 100)
-        };
+        let (a, b) = if num >= 100_000 { (num / 10_000, 0) } else { (num / 10_000, (num / 100) % 100) };
         Self::from_parts(a, b).ok_or_else(|| VersionError::Unknown(num.to_string()))
     }
 
@@ -143,9 +136,7 @@ impl fmt::Display for PgMajor {
 #[non_exhaustive]
 pub enum VersionError {
     /// Not a version at all, or one outside 9.0–18.
-    #[error(
-        "unknown PostgreSQL version \"{0}\" (expected a major from 9.0 to 18, such as \"9.6\" or \"16\")"
-    )]
+    #[error("unknown PostgreSQL version \"{0}\" (expected a major from 9.0 to 18, such as \"9.6\" or \"16\")")]
     Unknown(String),
 }
 
@@ -156,24 +147,11 @@ impl FromStr for PgMajor {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let unknown = || VersionError::Unknown(s.to_string());
         let t = s.trim();
-        let t = t
-            .strip_prefix("postgres (PostgreSQL) ")
-            .or_else(|| t.strip_prefix("PG"))
-            .or_else(|| t.strip_prefix("pg"))
-            .unwrap_or(t);
-        let digits_and_dots: String = t
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
+        let t = t.strip_prefix("postgres (PostgreSQL) ").or_else(|| t.strip_prefix("PG")).or_else(|| t.strip_prefix("pg")).unwrap_or(t);
+        let digits_and_dots: String = t.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
         let mut it = digits_and_dots.split('.');
         let major: u32 = it.next().and_then(|p| p.parse().ok()).ok_or_else(unknown)?;
-        let minor = if major < 10 {
-            it.next()
-                .and_then(|p| p.parse::<u32>().ok())
-                .ok_or_else(unknown)?
-        } else {
-            0
-        };
+        let minor = if major < 10 { it.next().and_then(|p| p.parse::<u32>().ok()).ok_or_else(unknown)? } else { 0 };
         Self::from_parts(major, minor).ok_or_else(unknown)
     }
 }
@@ -213,22 +191,14 @@ mod tests {
         assert_eq!("16.4".parse::<PgMajor>().unwrap(), PgMajor::V16);
         assert_eq!("18beta1".parse::<PgMajor>().unwrap(), PgMajor::V18);
         assert_eq!("PG13".parse::<PgMajor>().unwrap(), PgMajor::V13);
-        assert_eq!(
-            "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
-                .parse::<PgMajor>()
-                .unwrap(),
-            PgMajor::V15
-        );
+        assert_eq!("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".parse::<PgMajor>().unwrap(), PgMajor::V15);
     }
 
     #[test]
     fn rejects_unknown() {
         for bad in ["", "8.4", "9", "9.7", "19", "abc", "1.0", "-1"] {
             let err = bad.parse::<PgMajor>().unwrap_err();
-            assert!(
-                err.to_string().contains("expected a major from 9.0 to 18"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().contains("expected a major from 9.0 to 18"), "{bad}: {err}");
         }
     }
 

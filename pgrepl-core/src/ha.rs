@@ -1,0 +1,1 @@
+//! Switchover, failover and rejoin (being written).

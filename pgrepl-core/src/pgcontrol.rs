@@ -1,0 +1,1 @@
+//! Reading pg_control (being written).
