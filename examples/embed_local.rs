@@ -16,20 +16,14 @@ use pgrepl_core::{ClusterSpec, NodeSpec};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let work_dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "/tmp/pgrepl-embed".into());
+    let work_dir = std::env::args().nth(1).unwrap_or_else(|| "/tmp/pgrepl-embed".into());
     let spec = ClusterSpec::builder("embedded")
         .node(NodeSpec::primary("db1"))
         .node(NodeSpec::standby("db2"))
         .node(NodeSpec::standby("db3"))
         // One synchronous standby: a commit waits until db2 or db3 has it.
         .sync(SyncMode::First, 1)
-        .provider(ProviderSpec::Local(LocalProviderSpec {
-            work_dir: Some(work_dir.into()),
-            base_port: Some(6543),
-            ..Default::default()
-        }))
+        .provider(ProviderSpec::Local(LocalProviderSpec { work_dir: Some(work_dir.into()), base_port: Some(6543), ..Default::default() }))
         .into_spec();
 
     // Finds the newest PostgreSQL installed (or pass LocalOptions { discovery, .. }).
@@ -43,10 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let status = deployment.status().await;
     print!("{status}");
-    println!(
-        "applications write through: {}",
-        status.connections.read_write
-    );
+    println!("applications write through: {}", status.connections.read_write);
 
     deployment.destroy(&NoProgress).await?;
     Ok(())

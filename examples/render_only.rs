@@ -11,9 +11,7 @@ use pgrepl_core::{ClusterSpec, PgMajor};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let file = args
-        .next()
-        .unwrap_or_else(|| "examples/three-node.toml".into());
+    let file = args.next().unwrap_or_else(|| "examples/three-node.toml".into());
     let major: PgMajor = args.next().unwrap_or_else(|| "16".into()).parse()?;
     let mut spec = ClusterSpec::from_toml(&std::fs::read_to_string(&file)?)?;
     spec.postgres = pgrepl_core::spec::VersionChoice::Major(major);

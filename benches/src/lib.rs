@@ -1,1 +1,199 @@
+//! Shared pieces of pgrepl's benchmarks: running PostgreSQL tools as the server's OS
+//! user with a time limit, a scratch directory that stops its own servers on drop, free
+//! loopback ports, and small statistics.
+//!
+//! Benchmarks are plain programs (`src/bin/*.rs`) that print numbers; see README.md.
 
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The OS user PostgreSQL runs as: `postgres` when the bench runs as root (PostgreSQL
+/// refuses root), else the current user.
+pub fn pg_user() -> String {
+    if is_root() { "postgres".into() } else { std::env::var("USER").unwrap_or_else(|_| "postgres".into()) }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0")))
+        .unwrap_or(false)
+}
+
+/// Runs `program` as [`pg_user`] (through `runuser` when root), with `env` on top of a
+/// minimal environment, killed after `limit` (`timeout(1)`). Errors carry the output.
+pub fn run_pg(program: &Path, args: &[&str], env: &[(&str, &str)], limit: Duration) -> Result<Output, String> {
+    let mut c = Command::new("timeout");
+    c.arg("--kill-after=5").arg(limit.as_secs().max(1).to_string());
+    if is_root() {
+        c.args(["runuser", "-u", "postgres", "--"]);
+    }
+    c.arg(program)
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C")
+        .envs(env.iter().copied())
+        .current_dir("/")
+        .stdin(Stdio::null());
+    let out = c.output().map_err(|e| format!("could not run {}: {e}", program.display()))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{} {} failed ({}):\n{}{}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Gives `path` to [`pg_user`] (when running as root).
+pub fn chown_pg(path: &Path) -> Result<(), String> {
+    if !is_root() {
+        return Ok(());
+    }
+    let out = Command::new("chown").arg("postgres:postgres").arg(path).output().map_err(|e| format!("chown {}: {e}", path.display()))?;
+    if out.status.success() { Ok(()) } else { Err(format!("chown {}: {}", path.display(), String::from_utf8_lossy(&out.stderr))) }
+}
+
+/// Creates `path` (mode 0700) for [`pg_user`].
+pub fn mkdir_pg(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    chown_pg(path)
+}
+
+/// A scratch directory (mode 0755, so the server's user can traverse it). On drop, every
+/// server whose data directory lies under it is stopped through its own `postmaster.pid`
+/// (`pg_ctl stop -m immediate`), then the directory is removed.
+#[derive(Debug)]
+pub struct Scratch {
+    pub path: PathBuf,
+    pg_ctl: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Scratch {
+    pub fn new(prefix: &str, bin_dir: &Path, env: &[(&str, &str)]) -> Result<Scratch, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        Ok(Scratch { path, pg_ctl: bin_dir.join("pg_ctl"), env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() })
+    }
+
+    /// Stops every server under `dir` that has a `postmaster.pid` (bounded depth).
+    pub fn stop_servers_under(&self, dir: &Path) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        for data in find_data_dirs(dir, 5) {
+            let d = data.to_string_lossy().into_owned();
+            let _ = run_pg(&self.pg_ctl, &["-D", &d, "-m", "immediate", "-w", "-t", "30", "stop"], &env, Duration::from_secs(60));
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.stop_servers_under(&self.path.clone());
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn find_data_dirs(dir: &Path, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if dir.join("postmaster.pid").is_file() {
+        out.push(dir.to_path_buf());
+    }
+    if depth == 0 {
+        return out;
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                out.extend(find_data_dirs(&p, depth - 1));
+            }
+        }
+    }
+    out
+}
+
+/// A base port with `n` consecutive free ports on 127.0.0.1, searched from `start`.
+pub fn free_ports(start: u16, n: u16) -> Option<u16> {
+    let mut base = start;
+    for _ in 0..2000 {
+        if (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return Some(base);
+        }
+        base = base.checked_add(n + 1)?;
+    }
+    None
+}
+
+/// Median of `xs` (mean of the two middle values for an even count); NaN when empty.
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+/// Times `f`, returning its result and the seconds it took.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed().as_secs_f64())
+}
+
+/// Total length of the union of `[start, end)` intervals (seconds).
+pub fn union_len(intervals: &[(f64, f64)]) -> f64 {
+    let mut v: Vec<(f64, f64)> = intervals.iter().copied().filter(|(a, b)| b > a).collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut total = 0.0;
+    let mut cur: Option<(f64, f64)> = None;
+    for (a, b) in v {
+        match cur {
+            Some((ca, cb)) if a <= cb => cur = Some((ca, cb.max(b))),
+            Some((ca, cb)) => {
+                total += cb - ca;
+                cur = Some((a, b));
+            }
+            None => cur = Some((a, b)),
+        }
+    }
+    if let Some((a, b)) = cur {
+        total += b - a;
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn unions() {
+        assert_eq!(union_len(&[(0.0, 1.0), (0.5, 2.0), (3.0, 4.0)]), 3.0);
+        assert_eq!(union_len(&[]), 0.0);
+    }
+}

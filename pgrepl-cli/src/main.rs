@@ -222,9 +222,42 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
             )
             .await?
         }
-        other => anyhow::bail!("the {} provider is not available in this build of pgrepl yet", other.kind()),
+        #[cfg(feature = "ssh")]
+        ProviderSpec::Ssh(_) => {
+            pgrepl_ssh::open(&spec, &pgrepl_ssh::SshOptions { state_dir: state_dir(common, &spec), major: common.pg_version }).await?
+        }
+        #[cfg(feature = "aws")]
+        ProviderSpec::Aws(aws) => {
+            let major = match (common.pg_version, spec.postgres) {
+                (Some(m), _) | (None, VersionChoice::Major(m)) => m,
+                (None, VersionChoice::Detect) => {
+                    return Err(Error::Spec(pgrepl_core::SpecErrors::one(pgrepl_core::SpecError::new(
+                        "postgres",
+                        "\"detect\" with the aws provider: the instances do not exist yet",
+                        "a major such as \"16\" (pgrepl installs it on the instances)",
+                    )))
+                    .into());
+                }
+            };
+            let cluster = spec.validate_for(major)?;
+            let provider =
+                pgrepl_aws::Ec2Provider::builder().with_spec(aws).build().await.map_err(|e| e.into_core("configure the EC2 provider"))?;
+            let mut ssh = aws.ssh.clone();
+            ssh.user.get_or_insert_with(|| "ubuntu".into());
+            let connector = pgrepl_ssh::SshConnector::new(&spec.name, ssh, major);
+            let state = state_dir(common, &spec).unwrap_or_else(|| default_work_dir(&spec.name).join("secrets"));
+            Deployment::new(cluster, std::sync::Arc::new(provider), std::sync::Arc::new(connector), state)
+        }
+        other => anyhow::bail!("the {} provider is not in this build of pgrepl (built without its feature)", other.kind()),
     };
     Ok((d, path))
+}
+
+/// The state directory (secrets, topology) of a cluster whose nodes are not local:
+/// `--work-dir` when given, else the default under the cluster's name.
+#[allow(dead_code)]
+fn state_dir(common: &Common, spec: &ClusterSpec) -> Option<PathBuf> {
+    common.work_dir.clone().map(|w| w.join("secrets")).or_else(|| Some(default_work_dir(&spec.name).join("secrets")))
 }
 
 fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {

@@ -232,6 +232,34 @@ impl Deployment {
         Ok((cluster, handles))
     }
 
+    /// Like [`connect`](Self::connect) without creating hosts, but a node whose host
+    /// cannot be reached is returned as a failure instead of failing the whole call (for
+    /// status: an unreachable node is reported, the others still are).
+    pub async fn connect_partial(&self) -> Result<(Cluster, Vec<NodeHandle>, Vec<(String, Error)>), Error> {
+        let current = self.current_cluster().await?;
+        let hosts = self.provider.list_hosts(&current).await?;
+        let mut cluster = current;
+        for n in &mut cluster.nodes {
+            if n.address.is_none() {
+                n.address = hosts.iter().find(|h| h.node == n.name).and_then(|h| h.address.clone());
+            }
+        }
+        let with_hosts: Vec<(&Node, &Host)> =
+            cluster.nodes.iter().filter_map(|n| hosts.iter().find(|h| h.node == n.name).map(|h| (n, h))).collect();
+        let cref = &cluster;
+        let results =
+            join_all(with_hosts.iter().map(|(n, h)| async move { (n.name.clone(), self.connector.connect(cref, n, h).await) })).await;
+        let mut handles = Vec::new();
+        let mut failed = Vec::new();
+        for (name, r) in results {
+            match r {
+                Ok(h) => handles.push(h),
+                Err(e) => failed.push((name, e)),
+            }
+        }
+        Ok((cluster, handles, failed))
+    }
+
     /// Loads the replication password (spec's `password_file`, or pgrepl's own in the
     /// state directory), creating pgrepl's own when `create`.
     pub async fn secrets(&self, create: bool) -> Result<Secrets, Error> {
@@ -293,6 +321,31 @@ impl Deployment {
         let major = cluster.major.map(|m| m.to_string()).unwrap_or_default();
         let mut actions = Vec::new();
         let run = Run { cluster: &cluster, handles: &handles, secrets: &secrets, progress, local_ports: self.local_ports };
+        // Hosts without the cluster's PostgreSQL get it installed (the same major everywhere).
+        let installs = join_all(handles.iter().filter(|h| h.install_script.is_some()).map(|h| async move {
+            let t = &*h.transport;
+            let postgres = h.layout.server_tool("postgres");
+            if t.exists(&postgres, None).await.map_err(|e| tr(&h.name, "look for the PostgreSQL binaries", e))? {
+                return Ok::<Option<Action>, Error>(None);
+            }
+            let t0 = Instant::now();
+            progress.started(&h.name, "install PostgreSQL");
+            let script = h.install_script.clone().unwrap_or_default();
+            let r = t
+                .run(&Command::new("sh").args(["-c", script.as_str()]).user("root").timeout(Duration::from_secs(1200)))
+                .await
+                .map_err(|e| tr(&h.name, "install PostgreSQL", e));
+            progress.finished(&h.name, "install PostgreSQL", if r.is_ok() { "installed" } else { "failed" });
+            r?;
+            if !t.exists(&postgres, None).await.map_err(|e| tr(&h.name, "look for the PostgreSQL binaries", e))? {
+                return Err(Error::node(&h.name, format!("the install finished but {postgres} is still missing")));
+            }
+            Ok(Some(Action { node: h.name.clone(), what: "install PostgreSQL".into(), seconds: t0.elapsed().as_secs_f64() }))
+        }))
+        .await;
+        for i in installs {
+            actions.extend(i?);
+        }
         // Preflight: a node that is not running must find its port free, before anything changes.
         if self.local_ports {
             for h in &handles {
@@ -386,6 +439,10 @@ impl Deployment {
                                 .await
                                 .map_err(|e| tr(&h.name, "drop the cluster", e))?;
                         }
+                        // pg_dropcluster leaves files it does not know: pgrepl's own, then the empty directory.
+                        let ours = format!("{}/pgrepl.conf", h.layout.config_dir);
+                        t.remove_file(&ours).await.map_err(|e| tr(&h.name, "remove pgrepl.conf", e))?;
+                        let _ = t.exec(&Command::new("rmdir").args([h.layout.config_dir.as_str()])).await;
                     }
                     None => t.remove_tree(&h.layout.data_dir).await.map_err(|e| tr(&h.name, "remove the data directory", e))?,
                 }

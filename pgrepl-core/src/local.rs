@@ -150,18 +150,27 @@ impl Transport for LocalTransport {
         let ids = owner.map(lookup_ids).transpose()?;
         let contents = contents.to_vec();
         tokio::task::spawn_blocking(move || -> Result<(), TransportError> {
-            let tmp = dir.join(format!(".pgrepl-tmp-{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o600).open(&tmp)?;
-            f.write_all(&contents)?;
-            f.sync_all()?;
-            drop(f);
-            if let Some((uid, gid)) = ids {
-                std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+            // A name no other writer uses: this process, a counter, and the clock.
+            static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+            let tmp = dir.join(format!(".pgrepl-tmp-{}-{seq}-{nanos}", std::process::id()));
+            let result = (|| -> Result<(), TransportError> {
+                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o600).open(&tmp)?;
+                f.write_all(&contents)?;
+                f.sync_all()?;
+                drop(f);
+                if let Some((uid, gid)) = ids {
+                    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+                }
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+                std::fs::rename(&tmp, &path)?;
+                Ok(())
+            })();
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
             }
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(())
+            result
         })
         .await
         .map_err(|e| TransportError::Other(e.to_string()))?
@@ -272,6 +281,7 @@ impl Connector for LocalConnector {
             name: node.name.clone(),
             transport: Arc::new(LocalTransport),
             layout: NodeLayout::local(&self.work_dir.to_string_lossy(), &node.name, &self.binaries, &self.os_user),
+            install_script: None,
         })
     }
 }

@@ -56,6 +56,9 @@ pub struct NodeHandle {
     pub transport: Arc<dyn Transport>,
     /// Its paths and tools on that host.
     pub layout: NodeLayout,
+    /// A script (run as root) that installs the PostgreSQL binaries the layout names,
+    /// for hosts where they are missing; `None` where pgrepl does not install.
+    pub install_script: Option<String>,
 }
 
 /// Turns a host into a [`NodeHandle`] (opens the transport, detects the layout).

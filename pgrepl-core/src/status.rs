@@ -197,7 +197,7 @@ impl Deployment {
     pub async fn status(&self) -> StatusReport {
         let connections = connection_strings(&self.cluster);
         let major = self.cluster.major.map(|m| m.to_string());
-        let (cluster, handles) = match self.connect(false).await {
+        let (cluster, handles, unreachable) = match self.connect_partial().await {
             Ok(x) => x,
             Err(e) => {
                 return StatusReport {
@@ -212,7 +212,10 @@ impl Deployment {
         let caps = cluster.caps().expect("major known");
         let observed = join_all(cluster.nodes.iter().map(|n| async {
             let Some(h) = handles.iter().find(|h| h.name == n.name) else {
-                return (NodeState::NotDeployed, None, None);
+                return match unreachable.iter().find(|(name, _)| name == &n.name) {
+                    Some((_, e)) => (NodeState::Unreachable, None, Some(error_chain(e))),
+                    None => (NodeState::NotDeployed, None, None),
+                };
             };
             match is_running(h).await {
                 Err(e) => (NodeState::Unreachable, None, Some(e.to_string())),
@@ -487,6 +490,19 @@ impl fmt::Display for StatusReport {
             Ok(())
         }
     }
+}
+
+/// An error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    for _ in 0..8 {
+        let Some(c) = cur else { break };
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn human_bytes(b: u64) -> String {

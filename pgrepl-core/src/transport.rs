@@ -197,7 +197,9 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// never exists with a wider mode than `mode`, even briefly.
     async fn write_file(&self, path: &str, contents: &[u8], mode: u32, owner: Option<&str>) -> Result<(), TransportError>;
 
-    /// Reads a file; `Ok(None)` when it does not exist.
+    /// Reads a file; `Ok(None)` when it does not exist. Reads with the privileges pgrepl
+    /// administers the host with (root over SSH, through sudo when the login user is not
+    /// root; the invoking user locally), so 0600 files of the server's user are readable.
     async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, TransportError>;
 }
 

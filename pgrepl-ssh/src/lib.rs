@@ -38,10 +38,12 @@
 
 mod command;
 mod config;
+mod connector;
 mod known_hosts;
 mod session;
 mod transport;
 
 pub use config::{ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, HostKeyPolicy, SshAuth, SshConfig, SshConfigBuilder};
+pub use connector::{SshConnector, SshOptions, open};
 pub use session::CONNECT_RETRY_DELAYS;
 pub use transport::SshTransport;

@@ -192,3 +192,86 @@ pub async fn connect(port: u16) -> tokio_postgres::Client {
     });
     client
 }
+
+/// The 3-host network-namespace lab (`scripts/lab/netns.sh`), exclusive to one test at a
+/// time in this process; brought up fresh and torn down (with its per-host data) on drop.
+pub struct NetnsLab {
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+pub const LAB_HOSTS: [(&str, &str, &str); 3] = [("db1", "10.213.7.11", "a"), ("db2", "10.213.7.12", "b"), ("db3", "10.213.7.13", "c")];
+
+fn netns_sh(args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab/netns.sh");
+    Command::new("bash").arg(script).args(args).output().expect("netns.sh runs")
+}
+
+impl NetnsLab {
+    pub fn up() -> NetnsLab {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // A fresh lab: no cluster left by an earlier test.
+        let _ = netns_sh(&["down", "--purge"]);
+        let o = netns_sh(&["up"]);
+        assert!(
+            o.status.success(),
+            "scripts/lab/netns.sh up failed (run scripts/lab/install.sh first):\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        NetnsLab { _guard: guard }
+    }
+
+    pub fn key() -> PathBuf {
+        lab_dir().join("netns/id_ed25519")
+    }
+
+    pub fn known_hosts() -> PathBuf {
+        lab_dir().join("netns/known_hosts")
+    }
+
+    /// A host's per-host directory on this machine (the source of its bind mounts).
+    pub fn host_dir(letter: &str) -> PathBuf {
+        lab_dir().join("netns").join(letter)
+    }
+
+    /// Runs a command on a lab host with the OpenSSH client (the test's own path,
+    /// independent of pgrepl's transport).
+    pub fn ssh(addr: &str, cmd: &str) -> (i32, String) {
+        let o = Command::new("ssh")
+            .args(["-i", Self::key().to_str().unwrap(), "-o", &format!("UserKnownHostsFile={}", Self::known_hosts().display())])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+            .arg(format!("root@{addr}"))
+            .arg(cmd)
+            .output()
+            .expect("ssh runs");
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// SQL on a lab host through psql as postgres over its socket.
+    pub fn psql(addr: &str, port: u16, sql: &str) -> String {
+        let (code, out) = Self::ssh(addr, &format!("runuser -u postgres -- psql -X -A -t -p {port} -d postgres -c \"{sql}\""));
+        assert_eq!(code, 0, "psql on {addr}: {out}");
+        out
+    }
+}
+
+impl Drop for NetnsLab {
+    fn drop(&mut self) {
+        let _ = netns_sh(&["down", "--purge"]);
+    }
+}
+
+/// An SSH spec for the lab hosts.
+pub fn ssh_spec(name: &str, major: &str, known_hosts: &Path, policy: &str, extra: &str) -> String {
+    let mut s = format!(
+        "name = \"{name}\"\npostgres = \"{major}\"\n{extra}\n[provider]\nkind = \"ssh\"\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\nhost_key_policy = \"{policy}\"\nconnect_timeout_secs = 3\n",
+        NetnsLab::key().display(),
+        known_hosts.display()
+    );
+    for (i, (node, addr, _)) in LAB_HOSTS.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "standby" };
+        s.push_str(&format!("\n[[nodes]]\nname = \"{node}\"\naddress = \"{addr}\"\nrole = \"{role}\"\n"));
+    }
+    s
+}

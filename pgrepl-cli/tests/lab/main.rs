@@ -8,3 +8,5 @@
 mod common;
 mod local_e2e;
 mod pg_accepts;
+mod ssh_e2e;
+mod transports;

@@ -1,0 +1,276 @@
+//! Deploying over SSH onto the 3-host network-namespace lab (scripts/lab/netns.sh):
+//! Debian layout (pg_createcluster, pg_ctlcluster without systemd), replication across
+//! hosts, host key checking, a link cut while status runs, a connection dropped during a
+//! base backup, and no password in any process's arguments on any host.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn write_spec(dir: &Path, name: &str, known_hosts: &Path, policy: &str, extra: &str) -> String {
+    let f = dir.join(format!("{name}.toml"));
+    std::fs::write(&f, ssh_spec(name, "15", known_hosts, policy, extra)).unwrap();
+    f.to_string_lossy().into_owned()
+}
+
+fn run(f: &str, wd: &WorkDir, args: &[&str]) -> (i32, String, String) {
+    let mut a = vec![args[0], "-f", f, "--work-dir", wd.path.to_str().unwrap()];
+    a.extend(&args[1..]);
+    pgrepl_ok(&a)
+}
+
+/// up → replication across hosts (checked with OpenSSH + psql on each host) → verify →
+/// status → up again is a no-op → down → destroy.
+#[test]
+fn ssh_lifecycle_on_three_hosts() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-life");
+    let f = write_spec(&wd.path, "sshlife", &NetnsLab::known_hosts(), "strict", "");
+
+    let (code, out, err) = run(&f, &wd, &["up", "--output", "json"]);
+    assert_eq!(code, 0, "up over SSH: {out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let actions = v["up"]["actions"].to_string();
+    assert!(actions.contains("pg_createcluster") && actions.contains("clone from db1"), "{actions}");
+
+    // Independent checks on the hosts themselves.
+    let repl = NetnsLab::psql(
+        "10.213.7.11",
+        5432,
+        "SELECT host(client_addr) || ' ' || application_name || ' ' || state FROM pg_stat_replication ORDER BY 1",
+    );
+    assert_eq!(repl, "10.213.7.12 db2 streaming\n10.213.7.13 db3 streaming", "{repl}");
+    for addr in ["10.213.7.12", "10.213.7.13"] {
+        assert_eq!(NetnsLab::psql(addr, 5432, "SELECT status || ' ' || sender_host FROM pg_stat_wal_receiver"), "streaming 10.213.7.11");
+        // Debian layout: config in /etc, the include line appended, never rewritten.
+        let (_, conf) =
+            NetnsLab::ssh(addr, "tail -n 1 /etc/postgresql/15/main/postgresql.conf; stat -c %a /var/lib/postgresql/pgrepl-sshlife/pgpass");
+        assert_eq!(conf, "include 'pgrepl.conf'\n600", "{addr}");
+    }
+    // pg_hba on the primary: replication only from the cluster's other addresses.
+    let (_, hba) = NetnsLab::ssh("10.213.7.11", "sed -n '/pgrepl:begin/,/pgrepl:end/p' /etc/postgresql/15/main/pg_hba.conf");
+    assert!(
+        hba.contains("10.213.7.12/32") && hba.contains("10.213.7.13/32") && !hba.contains("10.213.7.11/32") && !hba.contains("0.0.0.0"),
+        "{hba}"
+    );
+
+    let (code, out, err) = run(&f, &wd, &["verify"]);
+    assert_eq!(code, 0, "verify: {out}{err}");
+    let (code, out, _) = run(&f, &wd, &["status", "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["nodes"][1]["streaming"], true);
+    assert_eq!(s["nodes"][0]["endpoint"], "10.213.7.11:5432");
+
+    let (code, out, err) = run(&f, &wd, &["up", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["up"]["actions"].as_array().unwrap().len(), 0, "second up over SSH changed things: {out}");
+
+    let (code, out, err) = run(&f, &wd, &["down"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("stopped: db1, db2, db3"), "{out}");
+    let (code, out, _) = run(&f, &wd, &["status"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("problem: db1: stopped"), "{out}");
+    let (code, _, err) = run(&f, &wd, &["destroy", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, left) = NetnsLab::ssh("10.213.7.12", "ls /etc/postgresql/15 /var/lib/postgresql 2>&1");
+    assert!(!left.contains("main") && !left.contains("pgrepl-sshlife"), "destroy left: {left}");
+}
+
+/// A host key that does not match known_hosts is refused, naming the host; accept-new
+/// records unknown keys (and then strict checking passes).
+#[test]
+fn ssh_host_key_mismatch_and_accept_new() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-keys");
+    // known_hosts where db2's address carries another host's key.
+    let good = std::fs::read_to_string(NetnsLab::known_hosts()).unwrap();
+    let key_of = |addr: &str| good.lines().find(|l| l.contains(addr)).unwrap().split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
+    let forged: String = good
+        .lines()
+        .map(|l| if l.contains("10.213.7.12") { format!("10.213.7.12 {}", key_of("10.213.7.11")) } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+    let kh = wd.path.join("forged_known_hosts");
+    std::fs::write(&kh, forged).unwrap();
+    let f = write_spec(&wd.path, "keys", &kh, "strict", "");
+    let (code, out, err) = run(&f, &wd, &["status"]);
+    let all = format!("{out}{err}");
+    assert_eq!(code, 1, "{all}");
+    assert!(all.contains("db2: unreachable") && all.contains("10.213.7.12") && all.contains("host key"), "{all}");
+    assert!(!all.contains("db1: unreachable") && !all.contains("db3: unreachable"), "the other hosts are still reached: {all}");
+    // up refuses: the host with the changed key is not trusted.
+    let (code, _, err) = run(&f, &wd, &["up"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("10.213.7.12") && err.contains("host key"), "{err}");
+    // accept-new does not accept a changed key either.
+    let f = write_spec(&wd.path, "keys", &kh, "accept-new", "");
+    let (code, out, err) = run(&f, &wd, &["status"]);
+    assert_eq!(code, 1, "a changed key is refused even with accept-new");
+    assert!(format!("{out}{err}").contains("db2: unreachable"), "{out}{err}");
+
+    // An empty known_hosts: strict refuses every host, accept-new records the three keys.
+    let empty = wd.path.join("empty_known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let f = write_spec(&wd.path, "keys", &empty, "strict", "");
+    let (code, out, err) = run(&f, &wd, &["status"]);
+    assert_eq!(code, 1);
+    assert!(format!("{out}{err}").contains("host key"), "{out}{err}");
+    let f = write_spec(&wd.path, "keys", &empty, "accept-new", "");
+    let (code, out, err) = run(&f, &wd, &["status"]);
+    assert_eq!(code, 1, "reachable, nothing deployed: {out}{err}");
+    let recorded = std::fs::read_to_string(&empty).unwrap();
+    for addr in ["10.213.7.11", "10.213.7.12", "10.213.7.13"] {
+        assert!(recorded.contains(addr), "accept-new recorded {addr}: {recorded}");
+    }
+    let f = write_spec(&wd.path, "keys", &empty, "strict", "");
+    assert_eq!(run(&f, &wd, &["status"]).0, 1, "strict passes with the recorded keys");
+}
+
+/// A link cut while status runs: that node is reported unreachable, the others still
+/// reported; with the link back, status is whole again.
+#[test]
+fn ssh_link_cut_during_status() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-link");
+    let f = write_spec(&wd.path, "link", &NetnsLab::known_hosts(), "strict", "");
+    let (code, _, err) = run(&f, &wd, &["up"]);
+    assert_eq!(code, 0, "{err}");
+    let cut = std::process::Command::new("ip").args(["link", "set", "veth-b", "down"]).status().unwrap();
+    assert!(cut.success());
+    let t0 = Instant::now();
+    let (code, out, err) = run(&f, &wd, &["status", "--output", "json"]);
+    let took = t0.elapsed();
+    let up = std::process::Command::new("ip").args(["link", "set", "veth-b", "up"]).status().unwrap();
+    assert!(up.success());
+    assert_eq!(code, 1, "{out}{err}");
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(s["nodes"][1]["state"], "unreachable", "{out}");
+    assert_eq!(s["nodes"][0]["state"], "running");
+    assert_eq!(s["nodes"][2]["streaming"], true);
+    assert!(took < Duration::from_secs(30), "status stays bounded: {took:?}");
+    // Whole again once the link is back (the standby reconnects on its own).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, out, _) = run(&f, &wd, &["status"]);
+        if code == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status never whole again: {out}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = run(&f, &wd, &["destroy", "--yes"]);
+}
+
+/// The SSH connection to a standby drops during its base backup (its session and the
+/// pg_basebackup it ran are killed): `up` again converges, the primary's data untouched.
+#[test]
+fn ssh_connection_dropped_during_base_backup() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-drop");
+    let f = write_spec(&wd.path, "drop", &NetnsLab::known_hosts(), "strict", "");
+    let (code, _, err) = run(&f, &wd, &["up"]);
+    assert_eq!(code, 0, "{err}");
+    NetnsLab::psql("10.213.7.11", 5432, "CREATE TABLE big AS SELECT g, repeat('x', 2000) AS pad FROM generate_series(1, 150000) g");
+    let before = NetnsLab::psql("10.213.7.11", 5432, "SELECT count(*), sum(g) FROM big");
+    // db2 goes away (the test's own cluster), so that up clones it again.
+    let (code, out) = NetnsLab::ssh("10.213.7.12", "pg_dropcluster --stop 15 main");
+    assert_eq!(code, 0, "{out}");
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(["up", "-f", &f, "--work-dir", wd.path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let host_b = NetnsLab::host_dir("b");
+    let marker = host_b.join("var-lib-postgresql/pgrepl-drop/clone-in-progress");
+    let base = host_b.join("var-lib-postgresql/15/main/base");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(marker.exists() && base.exists()) {
+        assert!(Instant::now() < deadline, "the clone never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Drop the connection: kill pgrepl's SSH sessions on pgl-b and what they ran.
+    let pids = std::process::Command::new("ip").args(["netns", "pids", "pgl-b"]).output().unwrap();
+    let mut killed = Vec::new();
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).map(|c| String::from_utf8_lossy(&c).replace('\0', " ")).unwrap_or_default();
+        if cmd.starts_with("sshd: root") || cmd.contains("pg_basebackup") {
+            let _ = std::process::Command::new("kill").args(["-KILL", pid]).status();
+            killed.push(cmd);
+        }
+    }
+    assert!(!killed.is_empty(), "nothing to kill");
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "up must fail when its connection drops");
+    assert!(marker.exists(), "the unfinished clone stays marked");
+
+    let (code, out, err) = run(&f, &wd, &["up", "--output", "json"]);
+    assert_eq!(code, 0, "up converges: {out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["up"]["actions"].to_string().contains("clone from db1"));
+    assert_eq!(v["status"]["problems"].as_array().unwrap().len(), 0, "{out}");
+    assert_eq!(NetnsLab::psql("10.213.7.11", 5432, "SELECT count(*), sum(g) FROM big"), before, "primary untouched");
+    assert_eq!(NetnsLab::psql("10.213.7.12", 5432, "SELECT count(*), sum(g) FROM big"), before, "standby complete");
+    let _ = run(&f, &wd, &["destroy", "--yes"]);
+}
+
+/// While `up` runs over SSH, no process on any host (nor here) has the replication
+/// password in its arguments; the files holding it are 0600.
+#[test]
+fn ssh_no_password_in_process_arguments() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-secret");
+    let password = "Pw-for-argv-check-9f3c1d7e";
+    let pw_file = wd.path.join("replication.password");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    let f = write_spec(
+        &wd.path,
+        "secret",
+        &NetnsLab::known_hosts(),
+        "strict",
+        &format!("[replication]\npassword_file = \"{}\"\n", pw_file.display()),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(["up", "-f", &f, "--work-dir", wd.path.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Every process on this machine, the lab hosts' included (they share the PID namespace).
+    let mut scans = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "up did not finish");
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                assert!(!cmd.contains(password), "password in the arguments of pid {:?}: {cmd}", e.file_name());
+            }
+            if let Ok(env) = std::fs::read(e.path().join("environ")) {
+                assert!(!String::from_utf8_lossy(&env).contains(password), "password in the environment of pid {:?}", e.file_name());
+            }
+        }
+        scans += 1;
+    };
+    assert!(status.success());
+    assert!(scans > 10, "scanned while up ran ({scans} scans)");
+    // The password is in 0600 files only, and the server stores a SCRAM hash.
+    for (_, addr, _) in LAB_HOSTS {
+        let (_, mode) = NetnsLab::ssh(addr, "stat -c '%a %U' /var/lib/postgresql/pgrepl-secret/pgpass");
+        assert_eq!(mode, "600 postgres", "{addr}");
+    }
+    let stored = NetnsLab::psql("10.213.7.11", 5432, "SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = 'replicator'");
+    assert_eq!(stored, "SCRAM-SHA-256$");
+    let (_, logs) = NetnsLab::ssh("10.213.7.11", "cat /var/log/postgresql/*.log");
+    assert!(!logs.contains(password), "password in the server log");
+    let _ = run(&f, &wd, &["destroy", "--yes"]);
+}
