@@ -5,6 +5,8 @@
 //! Every server these tests start listens on 127.0.0.1 (or inside the network
 //! namespaces of `scripts/lab/netns.sh`) and is stopped by the test that started it.
 
+#[cfg(feature = "aws")]
+mod aws_handoff;
 mod common;
 mod local_e2e;
 mod pg_accepts;
