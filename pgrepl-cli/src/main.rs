@@ -80,16 +80,21 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             let report = d.up(&spinners).await?;
             spinners.clear();
+            // Deployed is not enough: a canary write must reach every standby.
+            let verify = d.verify(Duration::from_secs(30)).await?;
             let status = d.status().await;
             match common.output {
                 OutputFormat::Text => {
                     print!("{report}");
                     println!();
                     print!("{status}");
+                    print!("{verify}");
                 }
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({"up": report, "status": status}))?),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"up": report, "status": status, "verify": verify}))?)
+                }
             }
-            Ok(if status.healthy() { 0 } else { 1 })
+            Ok(if status.healthy() && verify.ok() { 0 } else { 1 })
         }
         Cmd::Status { common } => {
             let (d, _) = open(&common, false).await?;
@@ -223,9 +228,7 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
             .await?
         }
         #[cfg(feature = "ssh")]
-        ProviderSpec::Ssh(_) => {
-            pgrepl_ssh::open(&spec, &pgrepl_ssh::SshOptions { state_dir: state_dir(common, &spec), major: common.pg_version }).await?
-        }
+        ProviderSpec::Ssh(_) => pgrepl_ssh::open(&spec, &pgrepl_ssh::SshOptions { state_dir: state_dir(common, &spec), major: common.pg_version }).await?,
         #[cfg(feature = "aws")]
         ProviderSpec::Aws(aws) => {
             let major = match (common.pg_version, spec.postgres) {
@@ -240,8 +243,7 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
                 }
             };
             let cluster = spec.validate_for(major)?;
-            let provider =
-                pgrepl_aws::Ec2Provider::builder().with_spec(aws).build().await.map_err(|e| e.into_core("configure the EC2 provider"))?;
+            let provider = pgrepl_aws::Ec2Provider::builder().with_spec(aws).build().await.map_err(|e| e.into_core("configure the EC2 provider"))?;
             let mut ssh = aws.ssh.clone();
             ssh.user.get_or_insert_with(|| "ubuntu".into());
             let connector = pgrepl_ssh::SshConnector::new(&spec.name, ssh, major);

@@ -89,6 +89,7 @@ impl Transport for LocalTransport {
     }
 
     async fn exec(&self, cmd: &Command) -> Result<Output, TransportError> {
+        tracing::debug!(host = "localhost", user = cmd.user.as_deref().unwrap_or(current_user()), program = %cmd.program, args = ?cmd.args, "run");
         let as_other = cmd.user.as_deref().filter(|u| *u != current_user());
         let mut c = match as_other {
             Some(u) if running_as_root() => {

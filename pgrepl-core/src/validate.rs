@@ -470,6 +470,30 @@ pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<
             }
             _ => {}
         }
+        match (&a.ssh_public_key_file, &a.key_name) {
+            (None, None) => err(
+                "provider.ssh_public_key_file".into(),
+                "missing: no key pair for the instances".into(),
+                "ssh_public_key_file (a public key to import) or key_name (an existing key pair)",
+            ),
+            (Some(_), Some(_)) => err("provider.key_name".into(), "set together with ssh_public_key_file".into(), "one of ssh_public_key_file and key_name"),
+            _ => {}
+        }
+        if let Some(ami) = &a.ami {
+            if !ami.starts_with("ami-") {
+                err("provider.ami".into(), format!("\"{ami}\" is not an AMI id"), "an id such as \"ami-0123456789abcdef0\"");
+            }
+        }
+        for (k, sn) in a.subnet_ids.iter().enumerate() {
+            if !sn.starts_with("subnet-") {
+                err(format!("provider.subnet_ids[{k}]"), format!("\"{sn}\" is not a subnet id"), "an id such as \"subnet-0123abcd\"");
+            }
+        }
+        if let Some(v) = &a.volume_type {
+            if !["gp2", "gp3", "io1", "io2", "st1", "sc1", "standard"].contains(&v.as_str()) {
+                err("provider.volume_type".into(), format!("\"{v}\""), "one of gp3, gp2, io1, io2, st1, sc1, standard");
+            }
+        }
         for (k, c) in a.app_cidrs.iter().enumerate() {
             if !is_cidr(c) {
                 err(format!("provider.app_cidrs[{k}]"), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"10.0.0.0/16\"");
