@@ -16,6 +16,7 @@ use crate::provider::NodeHandle;
 use crate::render::sql_literal;
 use crate::spec::Role;
 use crate::sql::{self, QueryError};
+use crate::transport::TransportExt;
 use crate::version::Capabilities;
 
 /// Time limit of status queries per node.
@@ -220,12 +221,7 @@ impl Deployment {
             match is_running(h).await {
                 Err(e) => (NodeState::Unreachable, None, Some(e.to_string())),
                 Ok(false) => {
-                    let deployed = h
-                        .transport
-                        .exec(&crate::transport::Command::new("test").args(["-f", &format!("{}/PG_VERSION", h.layout.data_dir)]))
-                        .await
-                        .map(|o| o.success())
-                        .unwrap_or(false);
+                    let deployed = h.transport.exists(&format!("{}/PG_VERSION", h.layout.data_dir), None).await.unwrap_or(false);
                     (if deployed { NodeState::Stopped } else { NodeState::NotDeployed }, None, None)
                 }
                 Ok(true) => match observe(h, n.port, &caps).await {

@@ -189,6 +189,13 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// The host's name as users know it (for messages).
     fn host(&self) -> &str;
 
+    /// The OS user pgrepl's administrative commands (creating directories, inspecting and
+    /// removing files) run as; `None`: the transport's own user. A transport that logs
+    /// in as an unprivileged user with sudo answers `root`.
+    fn admin_user(&self) -> Option<&str> {
+        None
+    }
+
     /// Runs a command to completion (or its time limit).
     async fn exec(&self, cmd: &Command) -> Result<Output, TransportError>;
 
@@ -223,16 +230,17 @@ pub trait TransportExt: Transport {
     /// Whether `path` exists (file or directory), as `user` sees it.
     async fn exists(&self, path: &str, user: Option<&str>) -> Result<bool, TransportError> {
         let mut c = Command::new("test").args(["-e", path]);
-        c.user = user.map(str::to_string);
+        c.user = user.or(self.admin_user()).map(str::to_string);
         Ok(self.exec(&c).await?.success())
     }
 
     /// Creates `path` and missing parents, sets `mode` on it and `owner` on it.
     async fn mkdir(&self, path: &str, mode: u32, owner: Option<&str>) -> Result<(), TransportError> {
-        self.run(&Command::new("mkdir").args(["-p", path])).await?;
-        self.run(&Command::new("chmod").args([format!("{mode:o}"), path.to_string()])).await?;
+        let admin = |c: Command| Command { user: self.admin_user().map(str::to_string), ..c };
+        self.run(&admin(Command::new("mkdir").args(["-p", path]))).await?;
+        self.run(&admin(Command::new("chmod").args([format!("{mode:o}"), path.to_string()]))).await?;
         if let Some(o) = owner {
-            self.run(&Command::new("chown").args([o, path])).await?;
+            self.run(&admin(Command::new("chown").args([o, path]))).await?;
         }
         Ok(())
     }
@@ -242,13 +250,13 @@ pub trait TransportExt: Transport {
         if path.trim_end_matches('/').matches('/').count() < 2 {
             return Err(TransportError::Other(format!("refusing to remove \"{path}\": too close to the root")));
         }
-        self.run(&Command::new("rm").args(["-rf", "--one-file-system", path])).await?;
+        self.run(&Command { user: self.admin_user().map(str::to_string), ..Command::new("rm").args(["-rf", "--one-file-system", path]) }).await?;
         Ok(())
     }
 
     /// Removes a file if it exists.
     async fn remove_file(&self, path: &str) -> Result<(), TransportError> {
-        self.run(&Command::new("rm").args(["-f", path])).await?;
+        self.run(&Command { user: self.admin_user().map(str::to_string), ..Command::new("rm").args(["-f", path]) }).await?;
         Ok(())
     }
 }

@@ -248,6 +248,11 @@ impl Transport for SshTransport {
         self.config.host()
     }
 
+    fn admin_user(&self) -> Option<&str> {
+        // Logged in as someone else, pgrepl administers the host as root through sudo.
+        (self.config().user() != "root").then_some("root")
+    }
+
     async fn exec(&self, cmd: &Command) -> Result<Output, TransportError> {
         let out = self.exec_raw(cmd).await?;
         Ok(Output {

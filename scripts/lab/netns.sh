@@ -17,7 +17,8 @@
 #   sshd runs on <addr>:22 with key-only auth; everything started through it (pg_ctlcluster,
 #   postgres) sees those paths. N/<h>/sshd.pid, sshd.log, sshd_config, ssh_host_ed25519_key.
 #   Client side: N/id_ed25519 (lab key, root login), N/known_hosts (the three host keys, for
-#   strict checking), N/authorized_keys.
+#   strict checking), N/authorized_keys. Logins: root, and pgrepl-admin (unprivileged,
+#   passwordless sudo, as cloud images have), both with the lab key.
 #
 # `down` stops the PostgreSQL servers inside the namespaces (fast shutdown, then SIGKILL
 # after a timeout), then the sshd listeners recorded in the pid files together with
@@ -34,6 +35,7 @@ BRIDGE=pglbr0
 BRIDGE_CIDR=10.213.7.1/24
 HOSTS=(a b c)
 declare -A ADDR=([a]=10.213.7.11 [b]=10.213.7.12 [c]=10.213.7.13)
+ADMIN=pgrepl-admin   # the lab's unprivileged sudoer
 SSHD=/usr/sbin/sshd
 READY_TIMEOUT=${PGREPL_NETNS_READY_TIMEOUT:-20}   # seconds for each sshd to accept connections
 STOP_TIMEOUT=${PGREPL_NETNS_STOP_TIMEOUT:-20}     # seconds for postgres / sshd to exit
@@ -179,6 +181,18 @@ cmd_up() {
   chmod 0755 "$N"
   [[ -f $N/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C pgrepl-netns-lab -f "$N/id_ed25519"
   install -m 0644 "$N/id_ed25519.pub" "$N/authorized_keys"
+  # An unprivileged login with passwordless sudo, as on cloud images (ubuntu, ec2-user):
+  # pgrepl administers through `sudo -n`. Its password is '*' (no password login), and the
+  # shared authorized_keys file lets the lab key in.
+  if ! id -u "$ADMIN" >/dev/null 2>&1; then
+    useradd --create-home --shell /bin/bash "$ADMIN"
+  fi
+  usermod -p '*' "$ADMIN"
+  if [[ ! -f /etc/sudoers.d/pgrepl-lab ]]; then
+    printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$ADMIN" >/etc/sudoers.d/pgrepl-lab.tmp
+    chmod 0440 /etc/sudoers.d/pgrepl-lab.tmp
+    mv -f /etc/sudoers.d/pgrepl-lab.tmp /etc/sudoers.d/pgrepl-lab
+  fi
   mkdir -p /run/sshd
   ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
   ip addr replace "$BRIDGE_CIDR" dev "$BRIDGE"
@@ -298,6 +312,8 @@ cmd_down() {
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
   if ((purge)); then
     rm -rf "${N:?}/a" "${N:?}/b" "${N:?}/c" "$N"/id_ed25519* "$N/known_hosts" "$N/authorized_keys"
+    rm -f /etc/sudoers.d/pgrepl-lab
+    if id -u "$ADMIN" >/dev/null 2>&1; then userdel --remove "$ADMIN" 2>/dev/null || true; fi
     say "lab" "down; keys and per-host data deleted"
   else
     say "lab" "down (keys and per-host data kept in $N)"

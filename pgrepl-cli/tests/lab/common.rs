@@ -197,6 +197,8 @@ pub async fn connect(port: u16) -> tokio_postgres::Client {
 /// time in this process; brought up fresh and torn down (with its per-host data) on drop.
 pub struct NetnsLab {
     _guard: std::sync::MutexGuard<'static, ()>,
+    /// Held for the test's duration: other test processes on this machine wait for it.
+    _lock: std::fs::File,
 }
 
 pub const LAB_HOSTS: [(&str, &str, &str); 3] = [("db1", "10.213.7.11", "a"), ("db2", "10.213.7.12", "b"), ("db3", "10.213.7.13", "c")];
@@ -210,16 +212,15 @@ impl NetnsLab {
     pub fn up() -> NetnsLab {
         static LOCK: Mutex<()> = Mutex::new(());
         let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        // Exclusive across processes too (another test binary may want the lab).
+        let _ = std::fs::create_dir_all(lab_dir());
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lab_dir().join("netns-tests.lock")).expect("the lab lock file opens");
+        lock.lock().expect("the lab lock is taken");
         // A fresh lab: no cluster left by an earlier test.
         let _ = netns_sh(&["down", "--purge"]);
         let o = netns_sh(&["up"]);
-        assert!(
-            o.status.success(),
-            "scripts/lab/netns.sh up failed (run scripts/lab/install.sh first):\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        NetnsLab { _guard: guard }
+        assert!(o.status.success(), "scripts/lab/netns.sh up failed (run scripts/lab/install.sh first):\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        NetnsLab { _guard: guard, _lock: lock }
     }
 
     pub fn key() -> PathBuf {
