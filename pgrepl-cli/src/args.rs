@@ -100,6 +100,35 @@ pub enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Planned switch of the primary to NODE, losing nothing: the primary stops cleanly,
+    /// NODE replays its last WAL and is promoted, every other node follows it (no re-clone).
+    Switchover {
+        #[command(flatten)]
+        common: Common,
+        /// The standby to promote.
+        #[arg(long)]
+        to: String,
+    },
+    /// The primary is gone: fence it, promote the standby with the most WAL (or --to),
+    /// point the others at it, and report how much WAL was lost.
+    Failover {
+        #[command(flatten)]
+        common: Common,
+        /// The standby to promote (refused when another standby has more WAL, unless --force).
+        #[arg(long)]
+        to: Option<String>,
+        /// Fence (stop) a primary that still accepts writes, then fail over anyway.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bring a former primary or a diverged node back as a standby of the current primary
+    /// (pg_rewind, or a fresh clone when rewinding cannot work).
+    Rejoin {
+        #[command(flatten)]
+        common: Common,
+        /// The node to bring back.
+        node: String,
+    },
     /// Connection strings for applications (writes and reads).
     Connstr {
         #[command(flatten)]

@@ -99,11 +99,46 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Status { common } => {
             let (d, _) = open(&common, false).await?;
             let status = d.status().await;
+            let marks: Vec<_> =
+                d.ha_marks(&status).await.unwrap_or_default().into_iter().filter(|m| m.fenced || m.diverged || m.old_timeline).collect();
             match common.output {
-                OutputFormat::Text => print!("{status}"),
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                OutputFormat::Text => {
+                    print!("{status}");
+                    for m in &marks {
+                        println!("mark: {}: {}", m.node, m.note);
+                    }
+                }
+                OutputFormat::Json => {
+                    let mut v = serde_json::to_value(&status)?;
+                    v["marks"] = serde_json::to_value(&marks)?;
+                    println!("{}", serde_json::to_string_pretty(&v)?)
+                }
             }
-            Ok(if status.healthy() { 0 } else { 1 })
+            Ok(if status.healthy() && marks.iter().all(|m| !m.diverged) { 0 } else { 1 })
+        }
+        Cmd::Switchover { common, to } => {
+            let (d, _) = open(&common, false).await?;
+            let spinners = Spinners::new(common.output == OutputFormat::Text);
+            let report = d.switchover(&to, &spinners).await?;
+            spinners.clear();
+            print_report(&common, &report)?;
+            Ok(0)
+        }
+        Cmd::Failover { common, to, force } => {
+            let (d, _) = open(&common, false).await?;
+            let spinners = Spinners::new(common.output == OutputFormat::Text);
+            let report = d.failover(pgrepl_core::ha::FailoverOptions { to, force }, &spinners).await?;
+            spinners.clear();
+            print_report(&common, &report)?;
+            Ok(0)
+        }
+        Cmd::Rejoin { common, node } => {
+            let (d, _) = open(&common, false).await?;
+            let spinners = Spinners::new(common.output == OutputFormat::Text);
+            let report = d.rejoin(&node, &spinners).await?;
+            spinners.clear();
+            print_report(&common, &report)?;
+            Ok(0)
         }
         Cmd::Verify { common, timeout } => {
             let (d, _) = open(&common, false).await?;
@@ -148,6 +183,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+fn print_report<R: std::fmt::Display + serde::Serialize>(common: &Common, report: &R) -> anyhow::Result<()> {
+    match common.output {
+        OutputFormat::Text => print!("{report}"),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
+    }
+    Ok(())
 }
 
 fn confirm(prompt: &str) -> anyhow::Result<bool> {
@@ -228,7 +271,9 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
             .await?
         }
         #[cfg(feature = "ssh")]
-        ProviderSpec::Ssh(_) => pgrepl_ssh::open(&spec, &pgrepl_ssh::SshOptions { state_dir: state_dir(common, &spec), major: common.pg_version }).await?,
+        ProviderSpec::Ssh(_) => {
+            pgrepl_ssh::open(&spec, &pgrepl_ssh::SshOptions { state_dir: state_dir(common, &spec), major: common.pg_version }).await?
+        }
         #[cfg(feature = "aws")]
         ProviderSpec::Aws(aws) => {
             let major = match (common.pg_version, spec.postgres) {
@@ -243,7 +288,8 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
                 }
             };
             let cluster = spec.validate_for(major)?;
-            let provider = pgrepl_aws::Ec2Provider::builder().with_spec(aws).build().await.map_err(|e| e.into_core("configure the EC2 provider"))?;
+            let provider =
+                pgrepl_aws::Ec2Provider::builder().with_spec(aws).build().await.map_err(|e| e.into_core("configure the EC2 provider"))?;
             let mut ssh = aws.ssh.clone();
             ssh.user.get_or_insert_with(|| "ubuntu".into());
             let connector = pgrepl_ssh::SshConnector::new(&spec.name, ssh, major);

@@ -200,12 +200,16 @@ impl Deployment {
             .map_err(|e| tr_local("record the topology", e))
     }
 
-    /// The cluster as it is now: the spec's, with the recorded primary (if any) applied.
+    /// The cluster as it is now: the spec's, with the recorded primary (if any) applied,
+    /// and fenced nodes left out of the synchronous standbys.
     pub async fn current_cluster(&self) -> Result<Cluster, Error> {
-        match self.topology().await?.primary {
-            Some(p) if p != self.cluster.primary().name => Ok(self.cluster.with_primary(&p)?),
-            _ => Ok(self.cluster.clone()),
-        }
+        let topology = self.topology().await?;
+        let mut cluster = match &topology.primary {
+            Some(p) if *p != self.cluster.primary().name => self.cluster.with_primary(p)?,
+            _ => self.cluster.clone(),
+        };
+        crate::ha::exclude_from_sync(&mut cluster, &topology.fenced);
+        Ok(cluster)
     }
 
     /// The state directory (secrets, recorded topology).
@@ -367,13 +371,18 @@ impl Deployment {
         }
         let primary = cluster.primary();
         actions.extend(run.ensure_primary(primary).await?);
+        // A node fenced by a failover is left alone (stopped, never started as a primary)
+        // until `pgrepl rejoin` brings it back.
+        let fenced = self.topology().await?.fenced;
         for level in cluster.standbys_in_order() {
-            let results = join_all(level.iter().map(|n| run.ensure_standby(n))).await;
+            let results = join_all(level.iter().filter(|n| !fenced.contains(&n.name)).map(|n| run.ensure_standby(n))).await;
             for r in results {
                 actions.extend(r?);
             }
         }
-        let waits = join_all(cluster.nodes.iter().filter(|n| n.role == Role::Standby).map(|n| run.wait_streaming(n))).await;
+        let waits =
+            join_all(cluster.nodes.iter().filter(|n| n.role == Role::Standby && !fenced.contains(&n.name)).map(|n| run.wait_streaming(n)))
+                .await;
         for w in waits {
             w?;
         }
@@ -442,7 +451,12 @@ impl Deployment {
                         // pg_dropcluster leaves files it does not know: pgrepl's own, then the empty directory.
                         let ours = format!("{}/pgrepl.conf", h.layout.config_dir);
                         t.remove_file(&ours).await.map_err(|e| tr(&h.name, "remove pgrepl.conf", e))?;
-                        let _ = t.exec(&Command::new("rmdir").args([h.layout.config_dir.as_str()])).await;
+                        let _ = t
+                            .exec(&Command {
+                                user: t.admin_user().map(str::to_string),
+                                ..Command::new("rmdir").args([h.layout.config_dir.as_str()])
+                            })
+                            .await;
                     }
                     None => t.remove_tree(&h.layout.data_dir).await.map_err(|e| tr(&h.name, "remove the data directory", e))?,
                 }
@@ -478,9 +492,13 @@ pub(crate) async fn is_running(h: &NodeHandle) -> Result<bool, TransportError> {
             Command::new(h.layout.server_tool("pg_ctl")).args(["status", "-D", &h.layout.data_dir]).user(h.layout.os_user.clone())
         }
         crate::layout::ServiceControl::PgCtlCluster { version, cluster } => {
-            Command::new("/usr/bin/pg_ctlcluster").args([version.as_str(), cluster.as_str(), "status"])
+            // As the cluster's owner: the login user may not read its data directory.
+            Command::new("/usr/bin/pg_ctlcluster").args([version.as_str(), cluster.as_str(), "status"]).user(h.layout.os_user.clone())
         }
-        crate::layout::ServiceControl::Systemd { unit } => Command::new("systemctl").args(["is-active", "--quiet", unit.as_str()]),
+        crate::layout::ServiceControl::Systemd { unit } => {
+            let c = Command::new("systemctl").args(["is-active", "--quiet", unit.as_str()]);
+            Command { user: h.transport.admin_user().map(str::to_string), ..c }
+        }
     };
     let c = Command { env: crate::render::server_env(&h.layout), ..c };
     Ok(h.transport.exec(&c).await?.status == 0)
@@ -522,7 +540,10 @@ impl Run<'_> {
                 || t.exists(&format!("{d}/recovery.conf"), None).await.map_err(map)?;
             return Ok(DataDir::Cluster { standby });
         }
-        let out = t.exec(&Command::new("ls").args(["-A", d.as_str()])).await.map_err(map)?;
+        let out = t
+            .exec(&Command { user: t.admin_user().map(str::to_string), ..Command::new("ls").args(["-A", d.as_str()]) })
+            .await
+            .map_err(map)?;
         Ok(if out.status != 0 || out.stdout.trim().is_empty() { DataDir::Missing } else { DataDir::Unknown })
     }
 

@@ -250,7 +250,8 @@ pub trait TransportExt: Transport {
         if path.trim_end_matches('/').matches('/').count() < 2 {
             return Err(TransportError::Other(format!("refusing to remove \"{path}\": too close to the root")));
         }
-        self.run(&Command { user: self.admin_user().map(str::to_string), ..Command::new("rm").args(["-rf", "--one-file-system", path]) }).await?;
+        self.run(&Command { user: self.admin_user().map(str::to_string), ..Command::new("rm").args(["-rf", "--one-file-system", path]) })
+            .await?;
         Ok(())
     }
 

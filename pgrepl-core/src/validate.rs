@@ -476,7 +476,9 @@ pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<
                 "missing: no key pair for the instances".into(),
                 "ssh_public_key_file (a public key to import) or key_name (an existing key pair)",
             ),
-            (Some(_), Some(_)) => err("provider.key_name".into(), "set together with ssh_public_key_file".into(), "one of ssh_public_key_file and key_name"),
+            (Some(_), Some(_)) => {
+                err("provider.key_name".into(), "set together with ssh_public_key_file".into(), "one of ssh_public_key_file and key_name")
+            }
             _ => {}
         }
         if let Some(ami) = &a.ami {

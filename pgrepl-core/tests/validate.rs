@@ -239,7 +239,9 @@ fn aws_provider_never_opens_ssh_to_everyone_by_default() {
     let e = errors(&format!("{BASE}\n[provider]\nkind = \"aws\"\nadmin_cidr = \"not-a-cidr\"\n"));
     assert_field(&e, "provider.admin_cidr", &["is not a CIDR"]);
     assert_field(&e, "provider.ssh_public_key_file", &["no key pair", "key_name"]);
-    let e = errors(&format!("{BASE}\n[provider]\nkind = \"aws\"\nadmin_cidr = \"10.0.0.1/32\"\nkey_name = \"k\"\nami = \"ubuntu\"\nsubnet_ids = [\"sub-1\"]\nvolume_type = \"fast\"\n"));
+    let e = errors(&format!(
+        "{BASE}\n[provider]\nkind = \"aws\"\nadmin_cidr = \"10.0.0.1/32\"\nkey_name = \"k\"\nami = \"ubuntu\"\nsubnet_ids = [\"sub-1\"]\nvolume_type = \"fast\"\n"
+    ));
     assert_field(&e, "provider.ami", &["is not an AMI id"]);
     assert_field(&e, "provider.subnet_ids[0]", &["is not a subnet id"]);
     assert_field(&e, "provider.volume_type", &["\"fast\"", "gp3"]);

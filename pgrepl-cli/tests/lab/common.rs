@@ -214,12 +214,22 @@ impl NetnsLab {
         let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
         // Exclusive across processes too (another test binary may want the lab).
         let _ = std::fs::create_dir_all(lab_dir());
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(lab_dir().join("netns-tests.lock")).expect("the lab lock file opens");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lab_dir().join("netns-tests.lock"))
+            .expect("the lab lock file opens");
         lock.lock().expect("the lab lock is taken");
         // A fresh lab: no cluster left by an earlier test.
         let _ = netns_sh(&["down", "--purge"]);
         let o = netns_sh(&["up"]);
-        assert!(o.status.success(), "scripts/lab/netns.sh up failed (run scripts/lab/install.sh first):\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "scripts/lab/netns.sh up failed (run scripts/lab/install.sh first):\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         NetnsLab { _guard: guard, _lock: lock }
     }
 

@@ -8,6 +8,7 @@
 #[cfg(feature = "aws")]
 mod aws_handoff;
 mod common;
+mod ha;
 mod local_e2e;
 mod pg_accepts;
 mod ssh_e2e;

@@ -35,17 +35,25 @@ fn ssh_lifecycle_on_three_hosts() {
     assert!(actions.contains("pg_createcluster") && actions.contains("clone from db1"), "{actions}");
 
     // Independent checks on the hosts themselves.
-    let repl = NetnsLab::psql("10.213.7.11", 5432, "SELECT host(client_addr) || ' ' || application_name || ' ' || state FROM pg_stat_replication ORDER BY 1");
+    let repl = NetnsLab::psql(
+        "10.213.7.11",
+        5432,
+        "SELECT host(client_addr) || ' ' || application_name || ' ' || state FROM pg_stat_replication ORDER BY 1",
+    );
     assert_eq!(repl, "10.213.7.12 db2 streaming\n10.213.7.13 db3 streaming", "{repl}");
     for addr in ["10.213.7.12", "10.213.7.13"] {
         assert_eq!(NetnsLab::psql(addr, 5432, "SELECT status || ' ' || sender_host FROM pg_stat_wal_receiver"), "streaming 10.213.7.11");
         // Debian layout: config in /etc, the include line appended, never rewritten.
-        let (_, conf) = NetnsLab::ssh(addr, "tail -n 1 /etc/postgresql/15/main/postgresql.conf; stat -c %a /var/lib/postgresql/pgrepl-sshlife/pgpass");
+        let (_, conf) =
+            NetnsLab::ssh(addr, "tail -n 1 /etc/postgresql/15/main/postgresql.conf; stat -c %a /var/lib/postgresql/pgrepl-sshlife/pgpass");
         assert_eq!(conf, "include 'pgrepl.conf'\n600", "{addr}");
     }
     // pg_hba on the primary: replication only from the cluster's other addresses.
     let (_, hba) = NetnsLab::ssh("10.213.7.11", "sed -n '/pgrepl:begin/,/pgrepl:end/p' /etc/postgresql/15/main/pg_hba.conf");
-    assert!(hba.contains("10.213.7.12/32") && hba.contains("10.213.7.13/32") && !hba.contains("10.213.7.11/32") && !hba.contains("0.0.0.0"), "{hba}");
+    assert!(
+        hba.contains("10.213.7.12/32") && hba.contains("10.213.7.13/32") && !hba.contains("10.213.7.11/32") && !hba.contains("0.0.0.0"),
+        "{hba}"
+    );
 
     let (code, out, err) = run(&f, &wd, &["verify"]);
     assert_eq!(code, 0, "verify: {out}{err}");
@@ -81,7 +89,12 @@ fn ssh_host_key_mismatch_and_accept_new() {
     // known_hosts where db2's address carries another host's key.
     let good = std::fs::read_to_string(NetnsLab::known_hosts()).unwrap();
     let key_of = |addr: &str| good.lines().find(|l| l.contains(addr)).unwrap().split_whitespace().skip(1).collect::<Vec<_>>().join(" ");
-    let forged: String = good.lines().map(|l| if l.contains("10.213.7.12") { format!("10.213.7.12 {}", key_of("10.213.7.11")) } else { l.to_string() }).collect::<Vec<_>>().join("\n") + "\n";
+    let forged: String = good
+        .lines()
+        .map(|l| if l.contains("10.213.7.12") { format!("10.213.7.12 {}", key_of("10.213.7.11")) } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     let kh = wd.path.join("forged_known_hosts");
     std::fs::write(&kh, forged).unwrap();
     let f = write_spec(&wd.path, "keys", &kh, "strict", "");
@@ -168,7 +181,7 @@ fn ssh_connection_dropped_during_base_backup() {
     let (code, out) = NetnsLab::ssh("10.213.7.12", "pg_dropcluster --stop 15 main");
     assert_eq!(code, 0, "{out}");
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(["up", "-f", &f, "--work-dir", wd.path.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -216,7 +229,13 @@ fn ssh_no_password_in_process_arguments() {
     let password = "Pw-for-argv-check-9f3c1d7e";
     let pw_file = wd.path.join("replication.password");
     std::fs::write(&pw_file, format!("{password}\n")).unwrap();
-    let f = write_spec(&wd.path, "secret", &NetnsLab::known_hosts(), "strict", &format!("[replication]\npassword_file = \"{}\"\n", pw_file.display()));
+    let f = write_spec(
+        &wd.path,
+        "secret",
+        &NetnsLab::known_hosts(),
+        "strict",
+        &format!("[replication]\npassword_file = \"{}\"\n", pw_file.display()),
+    );
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgrepl"))
         .args(["up", "-f", &f, "--work-dir", wd.path.to_str().unwrap()])
         .stdout(std::process::Stdio::null())

@@ -9,6 +9,7 @@
 use serde::Serialize;
 
 use super::PgMajor;
+use crate::pgcontrol::ControlLayout;
 
 /// Whether pgrepl deploys this major, and if not, why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -158,6 +159,9 @@ pub struct RewindCaps {
     /// Runs crash recovery on an unclean target itself (13+); before, the target must
     /// have been shut down cleanly.
     pub ensures_clean_shutdown: bool,
+    /// What a non-superuser source role must be granted (11+, §9.3); empty when the
+    /// source must be a superuser.
+    pub source_grants: &'static [&'static str],
 }
 
 /// Every fact pgrepl needs about one PostgreSQL major. Get it with [`PgMajor::caps`].
@@ -232,6 +236,12 @@ pub struct Capabilities {
     pub pg_ctl_waits_by_default: bool,
     /// `max_wal_senders` counts against `max_connections` (≤11).
     pub senders_in_max_connections: bool,
+    /// Where pg_control keeps the fields pgrepl reads without a server (the last
+    /// checkpoint, the state, the timeline), and its `pg_control_version`.
+    pub pg_control: ControlLayout,
+    /// WAL records have the 9.5+ format (`XLogRecord` of 24 bytes with a CRC-32C), which
+    /// pgrepl reads to find the end of a stopped node's WAL without `pg_waldump`.
+    pub wal_end_scan: bool,
 }
 
 const LSN_XLOG: LsnNames = LsnNames {
@@ -267,7 +277,22 @@ const fn rewind(major: u32) -> RewindCaps {
         config_file: major >= 15,
         checkpoint_source_first: major <= 15,
         ensures_clean_shutdown: major >= 13,
+        source_grants: if major >= 11 { REWIND_SOURCE_GRANTS } else { &[] },
     }
+}
+
+/// The functions a non-superuser pg_rewind source role needs (D 12/app-pgrewind "Notes").
+const REWIND_SOURCE_GRANTS: &[&str] = &[
+    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(text, boolean)",
+    "pg_catalog.pg_read_binary_file(text)",
+    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+];
+
+/// pg_control layout: `checkPointCopy` follows `prevCheckPoint` until 10 (offset 48), and
+/// `checkPoint` directly from 11 (offset 40); CRC-32C from 9.5.
+const fn control(version: u32, checkpoint_copy_offset: usize, crc32c: bool) -> ControlLayout {
+    ControlLayout { version, checkpoint_copy_offset, crc32c }
 }
 
 const UNSUPPORTED_PRE_93: &str = "pgrepl needs 9.3 or later: pg_basebackup -X stream, pg_basebackup -R and \
@@ -317,6 +342,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: false,
                 senders_in_max_connections: true,
+                pg_control: control(903, 48, false),
+                wal_end_scan: false,
             },
             // 9.1: pg_basebackup, sync rep (list), pg_ctl promote (§1).
             PgMajor::V9_1 => Capabilities {
@@ -353,6 +380,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: false,
                 senders_in_max_connections: true,
+                pg_control: control(903, 48, false),
+                wal_end_scan: false,
             },
             // 9.2: cascading, pg_basebackup -X (§1, §7).
             PgMajor::V9_2 => Capabilities {
@@ -389,6 +418,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: false,
                 senders_in_max_connections: true,
+                pg_control: control(922, 48, false),
+                wal_end_scan: false,
             },
             // 9.3: timeline following over streaming, -R, wal_sender_timeout, checksums (§1).
             PgMajor::V9_3 => Capabilities {
@@ -425,6 +456,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: false,
                 senders_in_max_connections: true,
+                pg_control: control(937, 48, false),
+                wal_end_scan: false,
             },
             // 9.4: replication slots, wal_log_hints (§1).
             PgMajor::V9_4 => Capabilities {
@@ -461,6 +494,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: false,
                 senders_in_max_connections: true,
+                pg_control: control(942, 48, false),
+                wal_end_scan: false,
             },
             // 9.5: pg_rewind, archive_mode=always, cluster_name, pending_restart (§1).
             PgMajor::V9_5 => Capabilities {
@@ -497,6 +532,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: false,
                 senders_in_max_connections: true,
+                pg_control: control(942, 48, true),
+                wal_end_scan: true,
             },
             // 9.6: wal_level=replica, `N (…)` sync, remote_apply, pg_stat_wal_receiver, -S (§1).
             PgMajor::V9_6 => Capabilities {
@@ -533,6 +570,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: false,
                 senders_in_max_connections: true,
+                pg_control: control(960, 48, true),
+                wal_end_scan: true,
             },
             // 10: pg_wal, *_lsn, FIRST/ANY, lag columns, scram, passfile (§1, §5).
             PgMajor::V10 => Capabilities {
@@ -569,6 +608,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: true,
+                pg_control: control(1002, 48, true),
+                wal_end_scan: true,
             },
             // 11: pg_basebackup -C, non-superuser pg_rewind source (§1).
             PgMajor::V11 => Capabilities {
@@ -605,6 +646,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: true,
+                pg_control: control(1100, 40, true),
+                wal_end_scan: true,
             },
             // 12: recovery.conf gone, standby.signal, promote_trigger_file, pg_promote() (§1, §2).
             PgMajor::V12 => Capabilities {
@@ -641,6 +684,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: false,
+                pg_control: control(1201, 40, true),
+                wal_end_scan: true,
             },
             // 13: wal_keep_size, primary_conninfo on reload, pg_rewind -R/-c (§1, §2.2).
             PgMajor::V13 => Capabilities {
@@ -677,6 +722,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: false,
+                pg_control: control(1300, 40, true),
+                wal_end_scan: true,
             },
             // 14: scram by default, standby as pg_rewind source (§1).
             PgMajor::V14 => Capabilities {
@@ -713,6 +760,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: false,
+                pg_control: control(1300, 40, true),
+                wal_end_scan: true,
             },
             // 15: pg_backup_start, pg_rewind --config-file (§1).
             PgMajor::V15 => Capabilities {
@@ -749,6 +798,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: false,
+                pg_control: control(1300, 40, true),
+                wal_end_scan: true,
             },
             // 16: promote_trigger_file removed (§1, §4).
             PgMajor::V16 => Capabilities {
@@ -785,6 +836,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: false,
+                pg_control: control(1300, 40, true),
+                wal_end_scan: true,
             },
             // 17: failover slots, incremental backup (§1).
             PgMajor::V17 => Capabilities {
@@ -821,6 +874,8 @@ impl PgMajor {
                 checksums_by_default: false,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: false,
+                pg_control: control(1700, 40, true),
+                wal_end_scan: true,
             },
             // 18: checksums on by default, md5 deprecated (§1).
             PgMajor::V18 => Capabilities {
@@ -857,6 +912,8 @@ impl PgMajor {
                 checksums_by_default: true,
                 pg_ctl_waits_by_default: true,
                 senders_in_max_connections: false,
+                pg_control: control(1800, 40, true),
+                wal_end_scan: true,
             },
         }
     }
@@ -922,6 +979,23 @@ mod tests {
         assert_eq!(at("10").basebackup_slot, BasebackupSlot::UseSlot);
         assert_eq!(at("11").basebackup_slot, BasebackupSlot::CreateSlot);
         assert_eq!(at("9.5").basebackup_slot, BasebackupSlot::None);
+    }
+
+    #[test]
+    fn pg_control_layout_and_wal_format() {
+        for m in PgMajor::ALL {
+            let c = m.caps();
+            // prevCheckPoint was removed in 11; CRC-32C and the 9.5 WAL record format arrived together.
+            assert_eq!(c.pg_control.checkpoint_copy_offset, if *m >= PgMajor::V11 { 40 } else { 48 }, "{m}");
+            assert_eq!(c.pg_control.crc32c, *m >= PgMajor::V9_5, "{m}");
+            assert_eq!(c.wal_end_scan, *m >= PgMajor::V9_5, "{m}");
+            assert_eq!(c.rewind.is_some_and(|r| !r.source_grants.is_empty()), c.rewind.is_some_and(|r| r.non_superuser_source), "{m}");
+        }
+        // Checked against pg_control_system() on 10-18 by the lab test ha_pgcontrol_and_wal_end_match_the_server.
+        assert_eq!(at("10").pg_control.version, 1002);
+        assert_eq!(at("12").pg_control.version, 1201);
+        assert_eq!(at("16").pg_control.version, 1300);
+        assert_eq!(at("18").pg_control.version, 1800);
     }
 
     #[test]
