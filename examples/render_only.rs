@@ -16,14 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut spec = ClusterSpec::from_toml(&std::fs::read_to_string(&file)?)?;
     spec.postgres = pgrepl_core::spec::VersionChoice::Major(major);
     let cluster = spec.validate_for(major)?;
-    let bins = Binaries {
-        major,
-        version: major.to_string(),
-        bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
-        client_bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
-        lib_dir: None,
-        has_rewind: true,
-    };
+    let bins = Binaries::assumed(major);
     for node in &cluster.nodes {
         let layout = NodeLayout::local("/var/lib/pgrepl/example", &node.name, &bins, "postgres");
         println!("{}", render_node(&cluster, &node.name, &layout, None)?);

@@ -324,14 +324,7 @@ fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
     let cluster = spec_for.validate_for(major)?;
     let bins = match &common.pg_bin {
         Some(_) => discover(&discovery_options(common))?,
-        None => Binaries {
-            major,
-            version: major.to_string(),
-            bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
-            client_bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
-            lib_dir: None,
-            has_rewind: major.caps().rewind.is_some(),
-        },
+        None => Binaries::assumed(major),
     };
     let mut out = Vec::new();
     for n in &cluster.nodes {

@@ -219,20 +219,10 @@ impl Deployment {
 
     /// Hosts (created when `create`) and a handle per node that has one, with the
     /// cluster's addresses filled in from the hosts. The cluster returned is the current
-    /// one (the recorded topology applied).
+    /// one (the recorded topology applied). Fails if any host cannot be reached.
     pub async fn connect(&self, create: bool) -> Result<(Cluster, Vec<NodeHandle>), Error> {
-        let current = self.current_cluster().await?;
-        let hosts = if create { self.provider.ensure_hosts(&current).await? } else { self.provider.list_hosts(&current).await? };
-        let mut cluster = current;
-        for n in &mut cluster.nodes {
-            if n.address.is_none() {
-                n.address = hosts.iter().find(|h| h.node == n.name).and_then(|h| h.address.clone());
-            }
-        }
-        let with_hosts: Vec<(&Node, &Host)> =
-            cluster.nodes.iter().filter_map(|n| hosts.iter().find(|h| h.node == n.name).map(|h| (n, h))).collect();
-        let handles = join_all(with_hosts.iter().map(|(n, h)| self.connector.connect(&cluster, n, h))).await;
-        let handles = handles.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let (cluster, results) = self.connect_each(create).await?;
+        let handles = results.into_iter().map(|(_, r)| r).collect::<Result<Vec<_>, _>>()?;
         Ok((cluster, handles))
     }
 
@@ -240,9 +230,22 @@ impl Deployment {
     /// cannot be reached is returned as a failure instead of failing the whole call (for
     /// status: an unreachable node is reported, the others still are).
     pub async fn connect_partial(&self) -> Result<(Cluster, Vec<NodeHandle>, Vec<(String, Error)>), Error> {
-        let current = self.current_cluster().await?;
-        let hosts = self.provider.list_hosts(&current).await?;
-        let mut cluster = current;
+        let (cluster, results) = self.connect_each(false).await?;
+        let mut handles = Vec::new();
+        let mut failed = Vec::new();
+        for (name, r) in results {
+            match r {
+                Ok(h) => handles.push(h),
+                Err(e) => failed.push((name, e)),
+            }
+        }
+        Ok((cluster, handles, failed))
+    }
+
+    /// The current cluster with addresses from its hosts, and each host's connection.
+    async fn connect_each(&self, create: bool) -> Result<(Cluster, Vec<(String, Result<NodeHandle, Error>)>), Error> {
+        let mut cluster = self.current_cluster().await?;
+        let hosts = if create { self.provider.ensure_hosts(&cluster).await? } else { self.provider.list_hosts(&cluster).await? };
         for n in &mut cluster.nodes {
             if n.address.is_none() {
                 n.address = hosts.iter().find(|h| h.node == n.name).and_then(|h| h.address.clone());
@@ -253,15 +256,7 @@ impl Deployment {
         let cref = &cluster;
         let results =
             join_all(with_hosts.iter().map(|(n, h)| async move { (n.name.clone(), self.connector.connect(cref, n, h).await) })).await;
-        let mut handles = Vec::new();
-        let mut failed = Vec::new();
-        for (name, r) in results {
-            match r {
-                Ok(h) => handles.push(h),
-                Err(e) => failed.push((name, e)),
-            }
-        }
-        Ok((cluster, handles, failed))
+        Ok((cluster.clone(), results))
     }
 
     /// Loads the replication password (spec's `password_file`, or pgrepl's own in the

@@ -126,6 +126,21 @@ impl NodeLayout {
     }
 }
 
+impl Binaries {
+    /// The binaries a Debian install of `major` would have (`/usr/lib/postgresql/<v>/bin`):
+    /// for rendering a dry run where none is installed.
+    pub fn assumed(major: PgMajor) -> Binaries {
+        Binaries {
+            major,
+            version: major.to_string(),
+            bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
+            client_bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
+            lib_dir: None,
+            has_rewind: major.caps().rewind.is_some(),
+        }
+    }
+}
+
 /// PostgreSQL binaries of one major: where the server and the client tools are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Binaries {

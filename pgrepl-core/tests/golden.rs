@@ -42,14 +42,7 @@ role = "standby"
 fn render(major: PgMajor, node: &str) -> RenderedNode {
     let spec = ClusterSpec::from_toml(SPEC).unwrap();
     let cluster = spec.validate_for(major).unwrap_or_else(|e| panic!("{major}: {e}"));
-    let bins = Binaries {
-        major,
-        version: major.to_string(),
-        bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
-        client_bin_dir: format!("/usr/lib/postgresql/{major}/bin"),
-        lib_dir: None,
-        has_rewind: false,
-    };
+    let bins = Binaries::assumed(major);
     let layout = NodeLayout::local("/var/lib/pgrepl/golden", node, &bins, "postgres");
     // Fixed fake secrets show where they go; the test checks they never leak elsewhere.
     let secrets = Secrets {
