@@ -496,7 +496,26 @@ pub(crate) async fn is_running(h: &NodeHandle) -> Result<bool, TransportError> {
         }
     };
     let c = Command { env: crate::render::server_env(&h.layout), ..c };
-    Ok(h.transport.exec(&c).await?.status == 0)
+    if h.transport.exec(&c).await?.status != 0 {
+        return Ok(false);
+    }
+    if matches!(h.layout.service, crate::layout::ServiceControl::Systemd { .. }) {
+        return Ok(true);
+    }
+    // pg_ctl reports a postmaster killed (kill -9) but not yet reaped by its parent as
+    // running: it only checks that the pid exists. A zombie runs nothing, so it counts as
+    // stopped; otherwise failover would wait on whoever reaps it.
+    let pidfile = format!("{}/postmaster.pid", h.layout.data_dir);
+    let Some(bytes) = h.transport.read_file(&pidfile).await? else { return Ok(false) };
+    let Some(pid) = String::from_utf8_lossy(&bytes).lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else { return Ok(true) };
+    let st = h.transport.exec(&Command::new("ps").args(["-o", "stat=", "-p", &pid.to_string()])).await?;
+    Ok(process_alive(&st.stdout))
+}
+
+/// Whether `ps -o stat=` output names a live process (not a zombie, not gone).
+fn process_alive(ps_stat: &str) -> bool {
+    let s = ps_stat.trim();
+    !s.is_empty() && !s.starts_with('Z')
 }
 
 pub(crate) struct Run<'a> {
@@ -600,6 +619,21 @@ impl Run<'_> {
     }
 
     pub(crate) async fn start(&self, n: &Node, h: &NodeHandle, r: &RenderedNode) -> Result<(), Error> {
+        // A postmaster killed and not yet reaped leaves a pid file naming a zombie, which
+        // PostgreSQL's own check takes for a live server: such a file is stale.
+        // The same holds for the socket's lock file.
+        for lock in [format!("{}/postmaster.pid", h.layout.data_dir), format!("{}/.s.PGSQL.{}.lock", h.layout.socket_dir, n.port)] {
+            let Some(bytes) = h.transport.read_file(&lock).await.map_err(|e| tr(&n.name, "read a lock file", e))? else { continue };
+            let Some(pid) = String::from_utf8_lossy(&bytes).lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else { continue };
+            let st = h
+                .transport
+                .exec(&Command::new("ps").args(["-o", "stat=", "-p", &pid.to_string()]))
+                .await
+                .map_err(|e| tr(&n.name, "inspect the old postmaster", e))?;
+            if !process_alive(&st.stdout) {
+                h.transport.remove_file(&lock).await.map_err(|e| tr(&n.name, "remove a stale lock file", e))?;
+            }
+        }
         if self.local_ports {
             if let Some(a) = &n.address {
                 if crate::local::port_in_use(a, n.port).await {
@@ -1010,6 +1044,15 @@ pub fn merge_hba_block(current: &str, block: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zombies_and_gone_processes_are_not_running() {
+        assert!(process_alive("Ss"));
+        assert!(process_alive("S+\n"));
+        assert!(!process_alive("Z"));
+        assert!(!process_alive("Zs"));
+        assert!(!process_alive(""));
+    }
 
     #[test]
     fn hba_block_is_replaced_in_place_and_first() {

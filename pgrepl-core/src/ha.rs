@@ -1184,6 +1184,18 @@ async fn stop_server(h: &NodeHandle, r: &RenderedNode, timeout: Duration, escala
     Err(Error::node(&h.name, "its server still runs after the stop command"))
 }
 
+/// A CHECKPOINT on a freshly promoted primary, once writes flow again (outside the write
+/// gap). Until its first checkpoint the control file still names the old timeline (up to
+/// 15 the end-of-recovery checkpoint is spread out), and a later `pg_rewind` against this
+/// node would pick a wrong divergence point and fall back to a re-clone.
+async fn checkpoint_after_promotion(h: &NodeHandle, port: u16, actions: &mut Vec<Action>, warnings: &mut Vec<String>) {
+    let t = Instant::now();
+    match sql::query(&*h.transport, &h.layout, port, "CHECKPOINT;", PROMOTE_DEADLINE).await {
+        Ok(_) => act(actions, &h.name, "CHECKPOINT after the promotion", t),
+        Err(e) => warnings.push(format!("{}: CHECKPOINT after the promotion failed: {e}", h.name)),
+    }
+}
+
 /// Promotes a standby the way its major does (`r` rendered for it as a standby) and
 /// waits until it accepts writes. The rendered command (`pg_promote(true, …)`, `pg_ctl
 /// promote -w`) itself waits in 100 ms steps, so it runs in the background while the end of
@@ -1977,6 +1989,7 @@ impl Deployment {
             topo.last_primary_lsn = Some(l.to_string());
             let _ = op.save(&topo).await;
         }
+        checkpoint_after_promotion(ch, target.port, &mut report.actions, &mut report.warnings).await;
         report.timings.total_seconds = t0.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -2259,6 +2272,7 @@ impl Deployment {
             topo.last_primary_lsn = Some(l.to_string());
             let _ = op.save(&topo).await;
         }
+        checkpoint_after_promotion(ch, cand_node.port, &mut report.actions, &mut report.warnings).await;
         report.timings.total_seconds = t0.elapsed().as_secs_f64();
         Ok(report)
     }

@@ -856,3 +856,28 @@ async fn ha_failover_with_an_unreachable_live_primary_over_ssh() {
     assert_eq!(gone, "t", "{p}'s unreplicated writes are gone");
     let _ = d.destroy(&NoProgress).await;
 }
+
+/// Regression: right after kill -9 the postmaster is a zombie until its parent reaps it,
+/// and `pg_ctl status` (and PostgreSQL's own lock-file check) take a zombie for a live
+/// server. Failover was refused, and a restart failed, until the reap. Now failover
+/// proceeds at once and rejoin starts the node even if the zombie is still there.
+#[test]
+fn ha_failover_and_rejoin_right_after_kill9_pg15() {
+    let (bin, client) = bins("15");
+    let wd = WorkDir::new("ha-zombie").with_bin(&bin);
+    let port = free_ports(3);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(&spec, local_spec("zombie", "15", port, &wd.str(), "")).unwrap();
+    let base = ["-f", spec.to_str().unwrap(), "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
+    assert_eq!(pgrepl_ok(&[&["up"][..], &base[..]].concat()).0, 0);
+    let pid = std::fs::read_to_string(wd.path.join("db1/data/postmaster.pid")).unwrap().lines().next().unwrap().trim().to_string();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    let (code, out, err) = pgrepl_ok(&[&["failover"][..], &base[..]].concat());
+    assert_eq!(code, 0, "failover right after kill -9: {out}{err}");
+    assert!(out.contains("failover db1 -> db2"), "{out}");
+    let (code, out, err) = pgrepl_ok(&[&["rejoin", "db1"][..], &base[..]].concat());
+    assert_eq!(code, 0, "rejoin: {out}{err}");
+    let (code, out, _) = pgrepl_ok(&[&["status"][..], &base[..]].concat());
+    assert_eq!(code, 0, "{out}");
+    let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
+}
