@@ -197,3 +197,37 @@ mod tests {
         assert_eq!(union_len(&[]), 0.0);
     }
 }
+
+/// The options every bench program takes (`--pg-bin`, `--pg-client-bin`, `--runs`, `-v`).
+#[derive(Debug, clap::Parser)]
+pub struct BenchArgs {
+    /// Server binaries (default: the test lab's, `$PGREPL_LAB/pg/<major>/bin`).
+    #[arg(long)]
+    pub pg_bin: Option<std::path::PathBuf>,
+    /// psql/pg_basebackup when they are not beside the server.
+    #[arg(long)]
+    pub pg_client_bin: Option<std::path::PathBuf>,
+    /// Runs of each case.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub runs: u16,
+    /// Print more (what each program documents).
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Accepted and ignored (`cargo bench` passes it).
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
+impl BenchArgs {
+    /// `--pg-bin`, or the test lab's build of `major`.
+    pub fn pg_bin_or_lab(&self, major: &str) -> std::path::PathBuf {
+        self.pg_bin.clone().unwrap_or_else(|| {
+            std::env::var_os("PGREPL_LAB")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| "/opt/pgrepl-lab".into())
+                .join("pg")
+                .join(major)
+                .join("bin")
+        })
+    }
+}

@@ -66,5 +66,5 @@ pub mod transport;
 pub use cluster::{Cluster, Node};
 pub use error::{Error, Refusal, SpecError, SpecErrors};
 pub use spec::{ClusterSpec, NodeSpec, Role};
-pub use validate::default_slot_name;
+pub use validate::{default_slot_name, is_cidr};
 pub use version::PgMajor;

@@ -590,7 +590,8 @@ fn is_setting_name(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
-fn is_cidr(s: &str) -> bool {
+/// Whether `s` is an address/prefix (`10.0.0.0/16`, `2001:db8::/32`).
+pub fn is_cidr(s: &str) -> bool {
     let Some((ip, prefix)) = s.split_once('/') else {
         return false;
     };

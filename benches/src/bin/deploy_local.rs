@@ -40,12 +40,6 @@ use pgrepl_core::transport::{Command, Output, Transport, TransportError};
 use pgrepl_core::version::RecoveryStyle;
 use pgrepl_core::{ClusterSpec, NodeSpec};
 
-const USAGE: &str = "usage: deploy_local [--pg-bin DIR] [--pg-client-bin DIR] [--runs N] [--verbose]
-
-Measures pgrepl's `up` of a local primary + 2 standbys (until both stream) against the
-floor (initdb + start + one pg_basebackup + start a standby until it streams), N runs
-each (default 5), same binaries (default: $PGREPL_LAB/pg/16/bin of the test lab).";
-
 /// Limit of one command of the floor.
 const STEP_LIMIT: Duration = Duration::from_secs(300);
 /// Limit of waiting for streaming (both sides).
@@ -60,25 +54,9 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let lab = std::env::var_os("PGREPL_LAB").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/pgrepl-lab"));
-    let mut a = Args { pg_bin: lab.join("pg/16/bin"), pg_client_bin: None, runs: 5, verbose: false };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n\n{USAGE}"));
-        match arg.as_str() {
-            "--pg-bin" => a.pg_bin = PathBuf::from(value("--pg-bin")?),
-            "--pg-client-bin" => a.pg_client_bin = Some(PathBuf::from(value("--pg-client-bin")?)),
-            "--verbose" | "-v" => a.verbose = true,
-            "--runs" => {
-                a.runs = value("--runs")?.parse().ok().filter(|n| (1..=100).contains(n)).ok_or("--runs takes a number from 1 to 100")?
-            }
-            // `cargo bench` style flags are accepted and ignored.
-            "--bench" => {}
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other}\n\n{USAGE}")),
-        }
-    }
-    Ok(a)
+    use clap::Parser;
+    let cli = pgrepl_benches::BenchArgs::parse();
+    Ok(Args { pg_bin: cli.pg_bin_or_lab("16"), pg_client_bin: cli.pg_client_bin, runs: cli.runs.into(), verbose: cli.verbose })
 }
 
 fn main() -> ExitCode {

@@ -55,14 +55,6 @@ use pgrepl_core::version::RecoveryStyle;
 use pgrepl_core::{ClusterSpec, Error, NodeSpec};
 use tokio_postgres::NoTls;
 
-const USAGE: &str = "usage: failover [--pg-bin DIR] [--pg-client-bin DIR] [--runs N]
-
-Measures, on a local 3-node pgrepl cluster under a continuous single-row insert load:
-the switchover write gap, the failover time from the command to the first acknowledged
-write on the new primary (after kill -9 of the primary's postmaster), and the floor
-(pg_ctl promote -w of a caught-up standby until an INSERT commits), N runs each (default
-5), same binaries (default: $PGREPL_LAB/pg/15/bin of the test lab).";
-
 /// The application role the writers use (password authentication over TCP).
 const APP_USER: &str = "bench_app";
 /// Limit of one command (initdb, pg_basebackup, pg_ctl, psql).
@@ -96,24 +88,9 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let lab = std::env::var_os("PGREPL_LAB").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/pgrepl-lab"));
-    let mut a = Args { pg_bin: lab.join("pg/15/bin"), pg_client_bin: None, runs: 5 };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value\n\n{USAGE}"));
-        match arg.as_str() {
-            "--pg-bin" => a.pg_bin = PathBuf::from(value("--pg-bin")?),
-            "--pg-client-bin" => a.pg_client_bin = Some(PathBuf::from(value("--pg-client-bin")?)),
-            "--runs" => {
-                a.runs = value("--runs")?.parse().ok().filter(|n| (1..=50).contains(n)).ok_or("--runs takes a number from 1 to 50")?
-            }
-            // `cargo bench` style flags are accepted and ignored.
-            "--bench" => {}
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            other => return Err(format!("unknown argument {other}\n\n{USAGE}")),
-        }
-    }
-    Ok(a)
+    use clap::Parser;
+    let cli = pgrepl_benches::BenchArgs::parse();
+    Ok(Args { pg_bin: cli.pg_bin_or_lab("15"), pg_client_bin: cli.pg_client_bin, runs: cli.runs.into() })
 }
 
 fn main() -> ExitCode {
