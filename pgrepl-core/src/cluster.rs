@@ -58,6 +58,8 @@ pub struct Sync {
     pub standbys: Vec<String>,
     /// `synchronous_commit`.
     pub commit: SyncCommit,
+    /// Keep the count when standbys are missing (commits wait) instead of degrading.
+    pub strict: bool,
 }
 
 /// A validated node.

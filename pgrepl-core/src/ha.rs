@@ -704,6 +704,17 @@ pub fn exclude_from_sync(cluster: &mut Cluster, excluded: &[String]) -> Option<S
     if gone.is_empty() {
         return None;
     }
+    let available = s.standbys.len() - gone.len();
+    if s.strict {
+        // The spec asks for no acknowledged write without `count` standbys: keep waiting.
+        return (available < s.count as usize).then(|| {
+            format!(
+                "{} synchronous standby(s) asked but only {available} available ({} fenced or unreachable): commits wait until enough are back (replication.sync.strict = true)",
+                s.count,
+                gone.join(", ")
+            )
+        });
+    }
     s.standbys.retain(|n| !excluded.contains(n));
     let left = s.standbys.len() as u32;
     if left >= s.count {
@@ -3061,7 +3072,7 @@ mod tests {
     }
 
     fn sync(mode: SyncMode, count: u32, names: &[&str]) -> Sync {
-        Sync { mode, count, standbys: names.iter().map(|s| s.to_string()).collect(), commit: SyncCommit::On }
+        Sync { mode, count, standbys: names.iter().map(|s| s.to_string()).collect(), commit: SyncCommit::On, strict: false }
     }
 
     #[test]

@@ -305,6 +305,11 @@ pub struct SyncSpec {
     /// `synchronous_commit`: `on` (default), `remote_write` or `remote_apply` (9.6+).
     #[serde(default)]
     pub commit: SyncCommit,
+    /// When standbys are fenced or unreachable and fewer than `count` remain: `false`
+    /// (default) lowers the count, or goes asynchronous, and says so; `true` keeps it, so
+    /// commits wait until enough standbys are back (no acknowledged write without them).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 fn one() -> u32 {
@@ -313,7 +318,7 @@ fn one() -> u32 {
 
 impl Default for SyncSpec {
     fn default() -> Self {
-        SyncSpec { mode: SyncMode::Off, count: 1, standbys: None, commit: SyncCommit::On }
+        SyncSpec { mode: SyncMode::Off, count: 1, standbys: None, commit: SyncCommit::On, strict: false }
     }
 }
 

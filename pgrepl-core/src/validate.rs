@@ -531,7 +531,7 @@ pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<
             auth,
             slots,
             wal_keep_mb: r.wal_keep_mb,
-            sync: Sync { mode: s.mode, count: s.count, standbys: sync_standbys, commit: s.commit },
+            sync: Sync { mode: s.mode, count: s.count, standbys: sync_standbys, commit: s.commit, strict: s.strict },
         },
         archive: spec.archive.clone(),
         settings: spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

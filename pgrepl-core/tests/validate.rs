@@ -306,3 +306,19 @@ fn with_primary_moves_the_topology() {
     assert_eq!(moved.with_primary("db1").unwrap().primary().name, "db1");
     assert_eq!(c.with_primary("db9").unwrap_err().to_string(), "primary: unknown node \"db9\" (expected one of: db1, db2, db3, db4)");
 }
+
+#[test]
+fn sync_degrades_unless_strict() {
+    let toml = BASE.replace("postgres = \"16\"", "postgres = \"16\"\n[replication]\nsync = { mode = \"any\", count = 2 }");
+    let c = ClusterSpec::from_toml(&toml).unwrap().validate().unwrap();
+    let mut lenient = c.clone();
+    let note = pgrepl_core::ha::exclude_from_sync(&mut lenient, &["db3".to_string()]).unwrap();
+    assert_eq!((lenient.replication.sync.count, lenient.replication.sync.standbys.clone()), (1, vec!["db2".to_string()]));
+    assert!(note.contains("only 1 available"), "{note}");
+    let strict_toml = toml.replace("count = 2 }", "count = 2, strict = true }");
+    let mut strict = ClusterSpec::from_toml(&strict_toml).unwrap().validate().unwrap();
+    let note = pgrepl_core::ha::exclude_from_sync(&mut strict, &["db3".to_string()]).unwrap();
+    assert_eq!(strict.replication.sync.count, 2, "strict keeps the count");
+    assert_eq!(strict.replication.sync.standbys, vec!["db2", "db3"]);
+    assert!(note.contains("commits wait") && note.contains("strict"), "{note}");
+}

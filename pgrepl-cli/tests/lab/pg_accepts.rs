@@ -300,6 +300,7 @@ fn spec_first(major: PgMajor, work: &Path, base_port: u16) -> ClusterSpec {
                 count: 2,
                 standbys: None,
                 commit: if major.caps().remote_apply { SyncCommit::RemoteApply } else { SyncCommit::RemoteWrite },
+                strict: false,
             },
             slots: Some(true),
             ..ReplicationSpec::default()
@@ -329,6 +330,7 @@ fn spec_any(major: PgMajor, work: &Path, base_port: u16) -> ClusterSpec {
                 count: 1,
                 standbys: Some(vec!["db2".into(), "db3".into()]),
                 commit: SyncCommit::RemoteWrite,
+                strict: false,
             },
             slots: Some(false),
             wal_keep_mb: 100,
