@@ -453,7 +453,10 @@ impl Deployment {
                             })
                             .await;
                     }
-                    None => t.remove_tree(&h.layout.data_dir).await.map_err(|e| tr(&h.name, "remove the data directory", e))?,
+                    None => t
+                        .remove_tree(h.layout.base_dir.as_deref().unwrap_or(&h.layout.data_dir))
+                        .await
+                        .map_err(|e| tr(&h.name, "remove the data directory", e))?,
                 }
                 t.remove_tree(&h.layout.pgrepl_dir).await.map_err(|e| tr(&h.name, "remove pgrepl's directory", e))?;
             }
@@ -566,6 +569,9 @@ impl Run<'_> {
         let owner = Some(l.os_user.as_str());
         let t = &*h.transport;
         let map = |e| tr(&h.name, "create pgrepl's directories", e);
+        if let Some(base) = &l.base_dir {
+            t.mkdir(base, 0o700, owner).await.map_err(map)?;
+        }
         t.mkdir(&l.pgrepl_dir, 0o700, owner).await.map_err(map)?;
         if l.owns_postgresql_conf {
             t.mkdir(&l.socket_dir, 0o700, owner).await.map_err(map)?;

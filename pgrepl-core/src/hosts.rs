@@ -132,8 +132,12 @@ impl HostFacts {
                 service: if self.systemd { ServiceControl::Systemd { unit: format!("postgresql-{v}") } } else { ServiceControl::PgCtl },
                 owns_postgresql_conf: true,
                 debian_cluster: None,
+                base_dir: None,
             }),
-            OsFamily::Other => Err(format!("unsupported OS \"{}\": pgrepl knows Debian/Ubuntu and RHEL-like hosts", self.os_id)),
+            OsFamily::Other => Err(format!(
+                "OS \"{}\" has no distribution layout pgrepl knows (Debian/Ubuntu, RHEL-like): set [provider] layout = \"plain\" and pg_bin",
+                self.os_id
+            )),
         }
     }
 

@@ -61,6 +61,9 @@ pub struct NodeLayout {
     /// Debian's `(version, cluster)` when the cluster is managed by postgresql-common
     /// (created with pg_createcluster, removed with pg_dropcluster).
     pub debian_cluster: Option<(String, String)>,
+    /// A directory pgrepl created for this node on a host it does not own, holding
+    /// everything of the node; `destroy` removes it whole (the plain layout).
+    pub base_dir: Option<String>,
 }
 
 impl NodeLayout {
@@ -81,6 +84,30 @@ impl NodeLayout {
             service: ServiceControl::PgCtl,
             owns_postgresql_conf: true,
             debian_cluster: None,
+            base_dir: None,
+        }
+    }
+
+    /// The plain layout on a host pgrepl reaches over SSH: `pg_ctl` with the given binaries,
+    /// everything under `<root>/<cluster>` (data, run, log, pgrepl); `root` is usually
+    /// `/var/lib/pgrepl`.
+    pub fn plain(root: &str, cluster: &str, bin_dir: &str) -> NodeLayout {
+        let base = format!("{}/{cluster}", root.trim_end_matches('/'));
+        NodeLayout {
+            data_dir: format!("{base}/data"),
+            config_dir: format!("{base}/data"),
+            pgrepl_dir: format!("{base}/pgrepl"),
+            socket_dir: format!("{base}/run"),
+            log_file: Some(format!("{base}/log/postgresql.log")),
+            bin_dir: bin_dir.to_string(),
+            client_bin_dir: bin_dir.to_string(),
+            lib_dir: None,
+            os_user: "postgres".into(),
+            superuser: "postgres".into(),
+            service: ServiceControl::PgCtl,
+            owns_postgresql_conf: true,
+            debian_cluster: None,
+            base_dir: Some(base),
         }
     }
 
@@ -101,6 +128,7 @@ impl NodeLayout {
             service: ServiceControl::PgCtlCluster { version: v.clone(), cluster: "main".into() },
             owns_postgresql_conf: false,
             debian_cluster: Some((v, "main".into())),
+            base_dir: None,
         }
     }
 

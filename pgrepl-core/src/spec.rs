@@ -489,6 +489,15 @@ pub struct SshProviderSpec {
     /// Connect timeout in seconds; default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_secs: Option<u64>,
+    /// Where PostgreSQL lives on the hosts: `auto` (default: the distribution's layout,
+    /// Debian or RHEL-like) or `plain` (`pg_ctl` with the spec's `pg_bin`, everything under
+    /// `/var/lib/pgrepl/<cluster>`; for your own builds or other systems).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// The plain layout's root on the hosts: pgrepl keeps `<data_root>/<cluster>/{data,run,log,pgrepl}`;
+    /// default `/var/lib/pgrepl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_root: Option<PathBuf>,
 }
 
 /// `[provider] kind = "aws"`.

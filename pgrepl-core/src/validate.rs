@@ -452,6 +452,14 @@ pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<
         }
     }
     if let ProviderSpec::Ssh(s) = &spec.provider {
+        match s.layout.as_deref() {
+            None | Some("auto") => {}
+            Some("plain") if spec.pg_bin.is_none() => {
+                err("pg_bin".into(), "missing with layout = \"plain\"".into(), "the directory of postgres, initdb and pg_ctl on the hosts")
+            }
+            Some("plain") => {}
+            Some(other) => err("provider.layout".into(), format!("\"{other}\""), "\"auto\" or \"plain\""),
+        }
         if let Some(p) = &s.host_key_policy {
             if p != "strict" && p != "accept-new" {
                 err("provider.host_key_policy".into(), format!("\"{p}\""), "\"strict\" or \"accept-new\"");

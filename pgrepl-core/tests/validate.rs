@@ -322,3 +322,21 @@ fn sync_degrades_unless_strict() {
     assert_eq!(strict.replication.sync.standbys, vec!["db2", "db3"]);
     assert!(note.contains("commits wait") && note.contains("strict"), "{note}");
 }
+
+#[test]
+fn plain_layout_needs_binaries() {
+    let ssh = |extra: &str| {
+        format!(
+            "{}\n[provider]\nkind = \"ssh\"\n{extra}\n",
+            BASE.replace("role = \"primary\"", "role = \"primary\"\naddress = \"10.0.0.1\"")
+                .replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\naddress = \"10.0.0.2\"")
+                .replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\naddress = \"10.0.0.3\"")
+        )
+    };
+    let e = errors(&ssh("layout = \"plain\""));
+    assert_field(&e, "pg_bin", &["missing with layout = \"plain\""]);
+    let e = errors(&ssh("layout = \"tarball\""));
+    assert_field(&e, "provider.layout", &["\"tarball\"", "\"auto\" or \"plain\""]);
+    let ok = ssh("layout = \"plain\"").replace("postgres = \"16\"", "postgres = \"16\"\npg_bin = \"/opt/pg16/bin\"");
+    assert!(ClusterSpec::from_toml(&ok).unwrap().validate().is_ok());
+}

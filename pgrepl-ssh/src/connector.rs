@@ -11,6 +11,7 @@ use futures_util::future::join_all;
 use pgrepl_core::cluster::{Cluster, Node};
 use pgrepl_core::deploy::Deployment;
 use pgrepl_core::hosts::{ExistingHosts, HostFacts, OsFamily, choose_major, detect};
+use pgrepl_core::layout::NodeLayout;
 use pgrepl_core::provider::{Connector, Host, NodeHandle, Provider};
 use pgrepl_core::spec::{ClusterSpec, ProviderSpec, SshProviderSpec, VersionChoice};
 use pgrepl_core::{Error, PgMajor, SpecError, SpecErrors};
@@ -27,6 +28,8 @@ pub struct SshConnector {
     facts: Mutex<HashMap<String, HostFacts>>,
     /// Hosts that could not be reached or detected in this process: not tried again.
     failed: Mutex<HashMap<String, String>>,
+    /// The spec's `pg_bin` (the plain layout's binaries on the hosts).
+    pg_bin: Option<String>,
 }
 
 impl SshConnector {
@@ -39,6 +42,7 @@ impl SshConnector {
             transports: Mutex::new(HashMap::new()),
             facts: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
+            pg_bin: None,
         }
     }
 
@@ -119,6 +123,19 @@ impl Connector for SshConnector {
                 f
             }
         };
+        if self.settings.layout.as_deref() == Some("plain") {
+            let bin = self.pg_bin.clone().ok_or_else(|| Error::node(&node.name, "layout = \"plain\" needs pg_bin in the spec"))?;
+            return Ok(NodeHandle {
+                name: node.name.clone(),
+                transport: t,
+                layout: NodeLayout::plain(
+                    &self.settings.data_root.as_ref().map(|r| r.to_string_lossy().into_owned()).unwrap_or_else(|| "/var/lib/pgrepl".into()),
+                    &self.cluster,
+                    &bin,
+                ),
+                install_script: None,
+            });
+        }
         let layout = facts.layout(self.major, &self.pgrepl_dir(&facts.family)).map_err(|p| Error::node(&node.name, p))?;
         Ok(NodeHandle { name: node.name.clone(), transport: t, layout, install_script: facts.install_script(self.major) })
     }
@@ -177,7 +194,10 @@ pub async fn open(spec: &ClusterSpec, opts: &SshOptions) -> Result<Deployment, E
             Err(e) => return Err(e),
         }
     }
-    let major = choose_major(requested, &facts)?;
+    let major = choose_major(requested, &facts).map_err(|e| match (settings.layout.as_deref(), e) {
+        (Some("plain"), Error::Discovery(m)) => Error::Discovery(format!("{m}; with layout = \"plain\" set `postgres` in the spec")),
+        (_, e) => e,
+    })?;
     let cluster = spec.validate_for(major)?;
     let connector = SshConnector {
         cluster: spec.name.clone(),
@@ -186,6 +206,7 @@ pub async fn open(spec: &ClusterSpec, opts: &SshOptions) -> Result<Deployment, E
         transports: Mutex::new(probe.transports.lock().expect("transport map").clone()),
         facts: Mutex::new(probe.facts.lock().expect("facts map").clone()),
         failed: Mutex::new(probe.failed.lock().expect("failed map").clone()),
+        pg_bin: spec.pg_bin.as_ref().map(|p| p.to_string_lossy().into_owned()),
     };
     let state_dir = opts.state_dir.clone().unwrap_or_else(|| pgrepl_core::local::default_work_dir(&spec.name).join("secrets"));
     Ok(Deployment::new(cluster, Arc::new(ExistingHosts), Arc::new(connector), state_dir))

@@ -293,3 +293,30 @@ fn ssh_non_root_login_with_sudo() {
     let (code, _, err) = run(&f, &wd, &["destroy", "--yes"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// The plain layout over SSH: pg_ctl with the spec's binaries, everything of the node under
+/// `<data_root>/<cluster>`, no distribution cluster involved; destroy removes that directory.
+#[test]
+fn ssh_plain_layout_with_pg_ctl() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-plain");
+    // The lab hosts share the root filesystem except their PostgreSQL directories: the root
+    // goes under the per-host /var/lib/postgresql.
+    let text = ssh_spec("plain", "15", &NetnsLab::known_hosts(), "strict", "")
+        .replace("postgres = \"15\"", "postgres = \"15\"\npg_bin = \"/usr/lib/postgresql/15/bin\"")
+        .replace("connect_timeout_secs = 3", "connect_timeout_secs = 3\nlayout = \"plain\"\ndata_root = \"/var/lib/postgresql/plainroot\"");
+    let f = wd.path.join("plain.toml");
+    std::fs::write(&f, text).unwrap();
+    let f = f.to_string_lossy().into_owned();
+    let (code, out, err) = run(&f, &wd, &["up"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("verify: ok"), "{out}");
+    for (_, addr, _) in LAB_HOSTS {
+        let (_, ls) = NetnsLab::ssh(addr, "stat -c '%U %a' /var/lib/postgresql/plainroot/plain/data; pg_lsclusters -h | wc -l");
+        assert_eq!(ls, "postgres 700\n0", "{addr}: a pg_ctl cluster in the plain root, no Debian cluster");
+    }
+    let (code, _, err) = run(&f, &wd, &["destroy", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, left) = NetnsLab::ssh("10.213.7.12", "ls /var/lib/postgresql/plainroot");
+    assert_eq!(left, "", "destroy removed the node's directory");
+}
