@@ -48,6 +48,19 @@ impl Progress for Spinners {
         self.bars.lock().expect("lock").insert(key, (bar, Instant::now()));
     }
 
+    fn update(&self, node: &str, step: &str, detail: &str) {
+        if !self.enabled {
+            return;
+        }
+        if let Some((bar, _)) = self.bars.lock().expect("lock").get(&(node.to_string(), step.to_string())) {
+            if self.tty {
+                bar.set_message(format!("{step}: {detail}"));
+            } else {
+                eprintln!("{node}: {step}: {detail}");
+            }
+        }
+    }
+
     fn finished(&self, node: &str, step: &str, outcome: &str) {
         if !self.enabled {
             return;

@@ -30,6 +30,8 @@ pub const STREAMING_DEADLINE: Duration = Duration::from_secs(120);
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Time limit of a base backup.
 pub const CLONE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often a running clone's progress is reported.
+pub const CLONE_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Time limit of one SQL call.
 pub const SQL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,6 +41,8 @@ pub trait Progress: Send + Sync {
     fn started(&self, node: &str, step: &str);
     /// The step ended; `outcome` says what happened.
     fn finished(&self, node: &str, step: &str, outcome: &str);
+    /// How far a running step is (a clone: bytes copied of the source's size).
+    fn update(&self, _node: &str, _step: &str, _detail: &str) {}
 }
 
 /// Ignores progress.
@@ -981,11 +985,40 @@ impl Run<'_> {
         }
         self.remove_unfinished_data(n, h).await?;
         let clone = r.commands.clone.as_ref().expect("standbys have a clone command");
-        self.step(&n.name, &format!("clone from {upstream} (pg_basebackup)"), actions, async {
-            t.run(&Command::from_line(clone).timeout(CLONE_TIMEOUT))
+        // The source's size, to report the clone's progress against (best effort).
+        let total = match (self.handle(upstream), self.cluster.node(upstream)) {
+            (Ok(uh), Some(un)) => self
+                .sql(uh, un.port, "SELECT sum(pg_catalog.pg_database_size(oid))::bigint FROM pg_catalog.pg_database;", "measure the source")
                 .await
-                .map_err(|e| tr(&n.name, &format!("clone from {upstream}"), e))?;
-            Ok(())
+                .ok()
+                .and_then(|rows| rows.first().and_then(|r| r.first().cloned().flatten()))
+                .and_then(|v| v.parse::<u64>().ok()),
+            _ => None,
+        };
+        let step = format!("clone from {upstream} (pg_basebackup)");
+        self.step(&n.name, &step, actions, async {
+            let clone_cmd = Command::from_line(clone).timeout(CLONE_TIMEOUT);
+            let run = t.run(&clone_cmd);
+            tokio::pin!(run);
+            let mut tick = tokio::time::interval(CLONE_PROGRESS_INTERVAL);
+            tick.tick().await;
+            // Ends with the clone, whose own time limit bounds it.
+            loop {
+                tokio::select! {
+                    r = &mut run => {
+                        r.map_err(|e| tr(&n.name, &format!("clone from {upstream}"), e))?;
+                        return Ok(());
+                    }
+                    _ = tick.tick() => {
+                        let du = Command { user: t.admin_user().map(str::to_string), ..Command::new("du").args(["-s", "-B1", l.data_dir.as_str()]) };
+                        if let Ok(out) = t.exec(&du).await {
+                            if let Some(done) = out.stdout.split_whitespace().next().and_then(|b| b.parse::<u64>().ok()) {
+                                self.progress.update(&n.name, &step, &clone_progress(done, total));
+                            }
+                        }
+                    }
+                }
+            }
         })
         .await?;
         self.write_files(h, r, true).await?;
@@ -1023,6 +1056,17 @@ impl Run<'_> {
     }
 }
 
+/// "1.2 GB of 3.4 GB (35%)", or only the bytes when the total is unknown.
+fn clone_progress(done: u64, total: Option<u64>) -> String {
+    let gb = |b: u64| {
+        if b >= 1 << 30 { format!("{:.1} GB", b as f64 / (1u64 << 30) as f64) } else { format!("{:.0} MB", b as f64 / (1u64 << 20) as f64) }
+    };
+    match total {
+        Some(t) if t > 0 => format!("{} of {} ({}%)", gb(done), gb(t), (done.saturating_mul(100) / t).min(100)),
+        _ => gb(done),
+    }
+}
+
 /// Replaces pgrepl's block in a pg_hba.conf (or puts it first), keeping every other line.
 pub fn merge_hba_block(current: &str, block: &str) -> String {
     let mut out = String::new();
@@ -1050,6 +1094,13 @@ pub fn merge_hba_block(current: &str, block: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clone_progress_reads_well() {
+        assert_eq!(clone_progress(300 << 20, Some(600 << 20)), "300 MB of 600 MB (50%)");
+        assert_eq!(clone_progress(3 << 30, Some(2 << 30)), "3.0 GB of 2.0 GB (100%)");
+        assert_eq!(clone_progress(5 << 20, None), "5 MB");
+    }
 
     #[test]
     fn zombies_and_gone_processes_are_not_running() {
