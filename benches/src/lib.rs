@@ -231,3 +231,30 @@ impl BenchArgs {
         })
     }
 }
+
+/// Prints the lines every bench run records: date, machine (cores, CPU, kernel, load) and
+/// the PostgreSQL binaries, so that a kept run says what it ran on.
+pub fn print_environment(b: &pgrepl_core::layout::Binaries) {
+    let sh = |c: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    println!("date:     {}", sh("date -u '+%Y-%m-%d %H:%M:%S UTC'"));
+    println!(
+        "machine:  {} cores, {}, kernel {}, load {}",
+        sh("nproc"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
+        sh("uname -r"),
+        sh("cut -d' ' -f1-3 /proc/loadavg")
+    );
+    println!(
+        "postgres: {} (server {}, client tools {}{})",
+        b.version,
+        b.bin_dir,
+        b.client_bin_dir,
+        b.lib_dir.as_deref().map(|l| format!(", LD_LIBRARY_PATH={l}")).unwrap_or_default()
+    );
+}

@@ -186,29 +186,8 @@ fn server_env(b: &Binaries) -> Vec<(String, String)> {
 }
 
 fn print_header(b: &Binaries, runs: usize) {
-    let sh = |c: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", c])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
     println!("deploy_local: pgrepl `up` (local provider) vs the floor, same binaries, same run");
-    println!("date:     {}", sh("date -u '+%Y-%m-%d %H:%M:%S UTC'"));
-    println!(
-        "machine:  {} cores, {}, kernel {}, load {}",
-        sh("nproc"),
-        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
-        sh("uname -r"),
-        sh("cut -d' ' -f1-3 /proc/loadavg")
-    );
-    println!(
-        "postgres: {} (server {}, client tools {}{})",
-        b.version,
-        b.bin_dir,
-        b.client_bin_dir,
-        b.lib_dir.as_deref().map(|l| format!(", LD_LIBRARY_PATH={l}")).unwrap_or_default()
-    );
+    pgrepl_benches::print_environment(b);
     println!("runs:     {runs} of each case, in rotating order; servers run as OS user {}", pg_user());
     println!();
 }

@@ -1266,29 +1266,8 @@ fn write_pg(path: &Path, text: &str) -> Result<(), String> {
 // Output
 
 fn print_header(b: &Binaries, runs: usize) {
-    let sh = |c: &str| {
-        std::process::Command::new("sh")
-            .args(["-c", c])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
     println!("failover: pgrepl switchover / failover write downtime vs the promote floor, same binaries, same run");
-    println!("date:     {}", sh("date -u '+%Y-%m-%d %H:%M:%S UTC'"));
-    println!(
-        "machine:  {} cores, {}, kernel {}, load {}",
-        sh("nproc"),
-        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-"),
-        sh("uname -r"),
-        sh("cut -d' ' -f1-3 /proc/loadavg")
-    );
-    println!(
-        "postgres: {} (server {}, client tools {}{})",
-        b.version,
-        b.bin_dir,
-        b.client_bin_dir,
-        b.lib_dir.as_deref().map(|l| format!(", LD_LIBRARY_PATH={l}")).unwrap_or_default()
-    );
+    pgrepl_benches::print_environment(b);
     println!("runs:     {runs} (each: one switchover, one failover + rejoin, one floor promotion); servers run as OS user {}", pg_user());
 }
 
