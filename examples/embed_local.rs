@@ -9,8 +9,9 @@
 
 use std::time::Duration;
 
-use pgrepl_core::deploy::NoProgress;
-use pgrepl_core::local::{LocalDeployment, LocalOptions};
+use pgrepl_core::deploy::{Deployment, NoProgress};
+use pgrepl_core::local::LocalBackend;
+use pgrepl_core::open::OpenOptions;
 use pgrepl_core::spec::{LocalProviderSpec, ProviderSpec, SyncMode};
 use pgrepl_core::{ClusterSpec, NodeSpec};
 
@@ -26,8 +27,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .provider(ProviderSpec::Local(LocalProviderSpec { work_dir: Some(work_dir.into()), base_port: Some(6543), ..Default::default() }))
         .into_spec();
 
-    // Finds the newest PostgreSQL installed (or pass LocalOptions { discovery, .. }).
-    let deployment = LocalDeployment::open(&spec, &LocalOptions::default()).await?;
+    // The backend of the spec's provider kind opens it: here only the local one (a program
+    // built with pgrepl-ssh or pgrepl-aws adds theirs). Finds the newest PostgreSQL
+    // installed (or set OpenOptions' pg_bin or major).
+    let deployment = Deployment::open(&spec, &OpenOptions::default(), &[&LocalBackend]).await?;
     let report = deployment.up(&NoProgress).await?;
     print!("{report}");
 

@@ -35,10 +35,17 @@
 //! [`map_host`](Ec2ProviderBuilder::map_host) to lab addresses: the mock's addresses are
 //! fake and are never dialed (the builder refuses a loopback endpoint otherwise).
 //!
+//! To open a whole deployment of an `aws` spec, pass an [`Ec2Backend`] to
+//! [`Deployment::open`](pgrepl_core::deploy::Deployment::open): it builds this provider
+//! and pairs it with the connector the caller makes for the instances (pgrepl-cli's
+//! builds `pgrepl_ssh::SshConnector`; this crate does not depend on pgrepl-ssh).
+//!
 //! Modules: [`mapping`] (pure: tags, rules, AMI choice, zones, tokens, errors),
-//! [`error`] ([`ProviderError`], [`AwsError`]), the provider itself in `provider`.
+//! [`error`] ([`ProviderError`], [`AwsError`]), the provider itself in `provider`,
+//! [`Ec2Backend`] in `backend`.
 //! aws-sdk-ec2 is a dependency of this crate only.
 
+mod backend;
 pub mod error;
 pub mod mapping;
 mod provider;
@@ -46,6 +53,7 @@ mod wait;
 
 pub use aws_config::SdkConfig;
 pub use aws_sdk_ec2::config::Credentials;
+pub use backend::{ConnectorRequest, Ec2Backend};
 pub use error::{AwsError, ProviderError};
 pub use provider::{
     API_ATTEMPT_TIMEOUT, API_CALL_TIMEOUT, CREDENTIALS_TIMEOUT, DEFAULT_DESTROY_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_READY_TIMEOUT,

@@ -27,10 +27,13 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::types::{Filter, Instance, SecurityGroup};
 use pgrepl_aws::mapping::{self, Rule, Source};
-use pgrepl_aws::{Credentials, Ec2Provider, ProviderError, SdkConfig};
-use pgrepl_core::Cluster;
-use pgrepl_core::provider::Provider;
-use pgrepl_core::spec::{AwsProviderSpec, ClusterSpec, ProviderSpec};
+use pgrepl_aws::{Credentials, Ec2Backend, Ec2Provider, ProviderError, SdkConfig};
+use pgrepl_core::deploy::Deployment;
+use pgrepl_core::local::LocalBackend;
+use pgrepl_core::open::OpenOptions;
+use pgrepl_core::provider::{Connector, Host, NodeHandle, Provider};
+use pgrepl_core::spec::{AwsProviderSpec, ClusterSpec, ProviderSpec, VersionChoice};
+use pgrepl_core::{Cluster, Node, PgMajor};
 
 const REGION: &str = "us-east-2";
 const ADMIN_CIDR: &str = "203.0.113.7/32";
@@ -223,6 +226,11 @@ fn aws_spec(moto: &Moto) -> AwsProviderSpec {
 
 /// A validated 3-node cluster (db1 primary, db2/db3 standbys) with this provider section.
 fn cluster(name: &str, aws: &AwsProviderSpec) -> Cluster {
+    cluster_spec(name, aws).validate().unwrap()
+}
+
+/// The spec of [`cluster`]: PostgreSQL 16, db1 primary, db2/db3 standbys, on EC2.
+fn cluster_spec(name: &str, aws: &AwsProviderSpec) -> ClusterSpec {
     let mut spec = ClusterSpec::from_toml(&format!(
         r#"
 name = "{name}"
@@ -247,7 +255,7 @@ role = "standby"
     ))
     .unwrap();
     spec.provider = ProviderSpec::Aws(aws.clone());
-    spec.validate().unwrap()
+    spec
 }
 
 async fn provider(aws: &AwsProviderSpec) -> Ec2Provider {
@@ -938,4 +946,168 @@ async fn moto_state_persists_until_reset() {
     moto.reset();
     assert!(provider(&aws).await.list(&c).await.unwrap().is_empty());
     assert!(cluster_groups(&moto.client(), &name).await.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// the provider conformance suite (pgrepl_core::testing::provider_suite)
+
+/// The provider, counting through the EC2 API how many instances exist (any state) after
+/// each `ensure_hosts`: a second ensure must not launch any.
+#[derive(Debug)]
+struct CountingEnsures {
+    p: Ec2Provider,
+    ec2: Client,
+    after_ensure: std::sync::Mutex<Vec<(String, usize)>>,
+}
+
+#[async_trait::async_trait]
+impl Provider for CountingEnsures {
+    fn kind(&self) -> &'static str {
+        self.p.kind()
+    }
+    async fn ensure_hosts(&self, c: &Cluster) -> Result<Vec<pgrepl_core::provider::Host>, pgrepl_core::Error> {
+        let hosts = self.p.ensure_hosts(c).await?;
+        let n = all_instances(&self.ec2).await.len();
+        self.after_ensure.lock().unwrap().push((c.name.clone(), n));
+        Ok(hosts)
+    }
+    async fn list_hosts(&self, c: &Cluster) -> Result<Vec<pgrepl_core::provider::Host>, pgrepl_core::Error> {
+        self.p.list_hosts(c).await
+    }
+    async fn destroy_hosts(&self, c: &Cluster) -> Result<(), pgrepl_core::Error> {
+        self.p.destroy_hosts(c).await
+    }
+}
+
+#[tokio::test]
+async fn provider_conformance_suite() {
+    let moto = Moto::start(Amis::Ubuntu);
+    let ec2 = moto.client();
+    let aws = aws_spec(&moto);
+    let (a, b) = (unique("suite"), unique("suite-nb"));
+    let p = CountingEnsures { p: provider(&aws).await, ec2: ec2.clone(), after_ensure: Default::default() };
+    pgrepl_core::testing::provider_suite(&p, &cluster(&a, &aws), &cluster(&b, &aws), pgrepl_core::testing::HostLifecycle::Creates).await;
+
+    // Through the EC2 API: the second ensure launched nothing, the neighbour its own three.
+    let counts = p.after_ensure.lock().unwrap().clone();
+    assert_eq!(counts, [(a.clone(), 3), (a.clone(), 3), (b.clone(), 6)], "instances after each ensure_hosts");
+    // Nothing of either cluster is left: instances terminated, group and key pair deleted.
+    for name in [&a, &b] {
+        assert!(live_by_node(&ec2, name).await.is_empty(), "{name}: live instances left");
+        assert!(cluster_groups(&ec2, name).await.is_empty(), "{name}: security group left");
+        assert!(!key_names(&ec2).await.contains(&format!("pgrepl-{name}")), "{name}: key pair left");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// opening a whole deployment through Ec2Backend (Deployment::open)
+
+/// What the connector factory was asked for, and the hosts the connector was handed.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Cluster name, SSH login user, major: one per open.
+    requests: std::sync::Mutex<Vec<(String, Option<String>, PgMajor)>>,
+    hosts: std::sync::Mutex<Vec<Host>>,
+}
+
+/// Records every host it is asked to reach and refuses: moto's addresses are fake and
+/// never dialed.
+#[derive(Debug)]
+struct RecordingConnector(Arc<Seen>);
+
+#[async_trait::async_trait]
+impl Connector for RecordingConnector {
+    async fn connect(&self, _c: &Cluster, node: &Node, host: &Host) -> Result<NodeHandle, pgrepl_core::Error> {
+        self.0.hosts.lock().unwrap().push(host.clone());
+        Err(pgrepl_core::Error::node(&node.name, "not dialed: moto's addresses are fake"))
+    }
+}
+
+/// The EC2 backend as a program pairs it, with the recording connector for SSH's and the
+/// builder settings of these tests (moto's addresses are never dialed).
+fn ec2_backend(seen: &Arc<Seen>) -> Ec2Backend {
+    let seen = seen.clone();
+    Ec2Backend::new(move |r| {
+        seen.requests.lock().unwrap().push((r.cluster.name.clone(), r.ssh.user.clone(), r.major));
+        Ok(Arc::new(RecordingConnector(seen.clone())))
+    })
+    .configure(|b| {
+        b.credentials(creds())
+            .wait_for_ssh(false)
+            .poll_interval(Duration::from_millis(50))
+            .ready_timeout(Duration::from_secs(60))
+            .destroy_timeout(Duration::from_secs(60))
+    })
+}
+
+#[tokio::test]
+async fn deployment_opens_through_ec2_backend_and_hands_the_instances_to_the_callers_connector() {
+    let moto = Moto::start(Amis::Ubuntu);
+    let ec2 = moto.client();
+    let aws = aws_spec(&moto);
+    let name = unique("open");
+    let state = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Seen::default());
+    let backend = ec2_backend(&seen);
+    let opts = OpenOptions::default().with_state_dir(state.path());
+    let d = Deployment::open(&cluster_spec(&name, &aws), &opts, &[&LocalBackend, &backend]).await.unwrap();
+    assert_eq!(d.provider().kind(), "aws");
+    assert_eq!(d.cluster().major, Some(PgMajor::V16));
+    assert_eq!(d.state_dir(), state.path());
+    // The factory got the SSH settings with the images' login user, and the major.
+    assert_eq!(*seen.requests.lock().unwrap(), [(name.clone(), Some("ubuntu".to_string()), PgMajor::V16)]);
+    assert!(live_by_node(&ec2, &name).await.is_empty(), "opening creates nothing");
+
+    // The deployment's own path: create the hosts, then reach each through the connector.
+    let e = d.connect(true).await.unwrap_err();
+    assert!(e.to_string().contains("not dialed"), "{e}");
+    let mut hosts = std::mem::take(&mut *seen.hosts.lock().unwrap());
+    hosts.sort_by(|a, b| a.node.cmp(&b.node));
+    // Through the EC2 API: the instances exist, and the connector was handed exactly them
+    // (instance id, private address for replication, public one for SSH).
+    check_provisioned(&ec2, &name, &hosts).await;
+
+    // A second open, as a new process would: finds the same instances, creates none.
+    let d2 = Deployment::open(&cluster_spec(&name, &aws), &opts, &[&backend]).await.unwrap();
+    let (_, handles, failed) = d2.connect_partial().await.unwrap();
+    assert!(handles.is_empty());
+    assert_eq!(failed.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["db1", "db2", "db3"]);
+    let mut again = std::mem::take(&mut *seen.hosts.lock().unwrap());
+    again.sort_by(|a, b| a.node.cmp(&b.node));
+    assert_eq!(again.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), hosts.iter().map(|h| h.id.clone()).collect::<Vec<_>>());
+    assert_eq!(all_instances(&ec2).await.len(), 3, "no instance launched by the second open");
+
+    d2.provider().destroy_hosts(d2.cluster()).await.unwrap();
+    assert!(live_by_node(&ec2, &name).await.is_empty());
+}
+
+#[tokio::test]
+async fn ec2_backend_refuses_detect_naming_the_field_unless_a_major_is_given() {
+    let moto = Moto::start(Amis::Ubuntu);
+    let aws = aws_spec(&moto);
+    let name = unique("detect");
+    let mut spec = cluster_spec(&name, &aws);
+    spec.postgres = VersionChoice::Detect;
+    let seen = Arc::new(Seen::default());
+    let backend = ec2_backend(&seen);
+    let e = Deployment::open(&spec, &OpenOptions::default(), &[&backend]).await.unwrap_err();
+    let pgrepl_core::Error::Spec(errs) = &e else { panic!("expected a spec error, got {e:?}") };
+    let p = errs.get("postgres").unwrap_or_else(|| panic!("no error on `postgres`: {errs}"));
+    assert!(p.problem.contains("\"detect\" with the aws provider"), "{p}");
+    assert!(seen.requests.lock().unwrap().is_empty(), "refused before making a connector");
+
+    // Other problems of the spec are named with it.
+    let mut broken = spec.clone();
+    if let ProviderSpec::Aws(a) = &mut broken.provider {
+        a.admin_cidr = None;
+    }
+    let e = Deployment::open(&broken, &OpenOptions::default(), &[&backend]).await.unwrap_err();
+    let pgrepl_core::Error::Spec(errs) = &e else { panic!("{e:?}") };
+    assert!(errs.get("postgres").is_some() && errs.get("provider.admin_cidr").is_some(), "{errs}");
+
+    // A major given by the caller decides instead.
+    let d = Deployment::open(&spec, &OpenOptions::default().with_major(PgMajor::V15), &[&backend]).await.unwrap();
+    assert_eq!(d.cluster().major, Some(PgMajor::V15));
+    assert_eq!(seen.requests.lock().unwrap().last().map(|r| r.2), Some(PgMajor::V15));
+    assert!(live_by_node(&moto.client(), &name).await.is_empty(), "opening creates nothing");
 }

@@ -42,6 +42,10 @@ pub struct Common {
     /// Output format: text for humans, json for programs.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// Seconds to wait while another operation (up, switchover, failover, rejoin,
+    /// destroy) holds the cluster's lock; then the command is refused (exit 3) naming it.
+    #[arg(long, value_name = "SECONDS", env = "PGREPL_LOCK_WAIT", default_value_t = 30)]
+    pub lock_wait: u64,
 }
 
 fn parse_major(s: &str) -> Result<PgMajor, String> {
@@ -72,6 +76,9 @@ pub enum Cmd {
     Up {
         #[command(flatten)]
         common: Common,
+        /// Print the plan (what each node gets, with its guards) and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Roles, states, timelines, WAL positions, lag, sync state and slots.
     Status {
@@ -108,6 +115,9 @@ pub enum Cmd {
         /// The standby to promote.
         #[arg(long)]
         to: String,
+        /// Print the plan (steps, guards, undo) and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The primary is gone: fence it, promote the standby with the most WAL (or --to),
     /// point the others at it, and report how much WAL was lost.
@@ -117,9 +127,14 @@ pub enum Cmd {
         /// The standby to promote (refused when another standby has more WAL, unless --force).
         #[arg(long)]
         to: Option<String>,
-        /// Fence (stop) a primary that still accepts writes, then fail over anyway.
+        /// Override a refusal that a person can take responsibility for: stop a node that
+        /// still accepts writes first, promote a standby behind another or outside the
+        /// synchronous set, fail over past an unreachable primary with no sign of its death.
         #[arg(long)]
         force: bool,
+        /// Print the plan (candidates, fencing, steps, guards, undo) and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Bring a former primary or a diverged node back as a standby of the current primary
     /// (pg_rewind, or a fresh clone when rewinding cannot work).
@@ -128,6 +143,9 @@ pub enum Cmd {
         common: Common,
         /// The node to bring back.
         node: String,
+        /// Print the plan and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Connection strings for applications (writes and reads).
     Connstr {

@@ -16,7 +16,8 @@ use clap::Parser;
 use pgrepl_core::deploy::Deployment;
 use pgrepl_core::discovery::{DiscoveryOptions, discover};
 use pgrepl_core::layout::{Binaries, NodeLayout};
-use pgrepl_core::local::{LocalDeployment, LocalOptions, default_os_user, default_work_dir, port_in_use};
+use pgrepl_core::local::{LocalBackend, default_os_user, default_work_dir, port_in_use};
+use pgrepl_core::open::{Backend, OpenOptions};
 use pgrepl_core::render::render_node;
 use pgrepl_core::spec::{ClusterSpec, LocalProviderSpec, NodeSpec, ProviderSpec, VersionChoice};
 use pgrepl_core::{Error, PgMajor};
@@ -45,7 +46,13 @@ fn main() -> ExitCode {
             return ExitCode::from(4);
         }
     };
-    match rt.block_on(run(cli)) {
+    // Host locks of an operation that failed are released before the runtime goes.
+    let result = rt.block_on(async {
+        let r = run(cli).await;
+        pgrepl_core::oplock::finish_releases(Duration::from_secs(15)).await;
+        r
+    });
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e}");
@@ -57,10 +64,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints a plan (a dry run): text, or JSON.
+fn print_plan(common: &Common, plan: &pgrepl_core::plan::Plan) -> anyhow::Result<u8> {
+    match common.output {
+        OutputFormat::Text => print!("{plan}"),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+    }
+    Ok(0)
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(Error::Spec(_)) => 2,
-        Some(Error::Refused(_)) => 3,
+        Some(e) if e.is_refusal() => 3,
         Some(Error::Discovery(_)) => 4,
         Some(_) => 4,
         None if e.downcast_ref::<pgrepl_core::SpecErrors>().is_some() => 2,
@@ -72,7 +88,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Cmd::Render { common, node } => render(&common, node.as_deref()),
-        Cmd::Up { common } => {
+        Cmd::Up { common, dry_run: true } => {
+            let (d, _) = open(&common, false).await?;
+            print_plan(&common, &d.plan_up().await?)
+        }
+        Cmd::Up { common, dry_run: false } => {
             let (d, spec_path) = open(&common, true).await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             if common.output == OutputFormat::Text {
@@ -116,7 +136,19 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if status.healthy() && marks.iter().all(|m| !m.diverged) { 0 } else { 1 })
         }
-        Cmd::Switchover { common, to } => {
+        Cmd::Switchover { common, to, dry_run: true } => {
+            let (d, _) = open(&common, false).await?;
+            print_plan(&common, &d.plan_switchover(&to).await?)
+        }
+        Cmd::Failover { common, to, force, dry_run: true } => {
+            let (d, _) = open(&common, false).await?;
+            print_plan(&common, &d.plan_failover(&pgrepl_core::ha::FailoverOptions { to, force }).await?)
+        }
+        Cmd::Rejoin { common, node, dry_run: true } => {
+            let (d, _) = open(&common, false).await?;
+            print_plan(&common, &d.plan_rejoin(&node).await?)
+        }
+        Cmd::Switchover { common, to, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.switchover(&to, &spinners).await?;
@@ -124,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print_report(&common, &report)?;
             Ok(0)
         }
-        Cmd::Failover { common, to, force } => {
+        Cmd::Failover { common, to, force, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.failover(pgrepl_core::ha::FailoverOptions { to, force }, &spinners).await?;
@@ -132,7 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print_report(&common, &report)?;
             Ok(0)
         }
-        Cmd::Rejoin { common, node } => {
+        Cmd::Rejoin { common, node, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.rejoin(&node, &spinners).await?;
@@ -168,9 +200,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 return Ok(3);
             }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
-            d.destroy(&spinners).await?;
+            let left = d.destroy(&spinners).await?;
             spinners.clear();
-            println!("cluster {} destroyed", d.cluster().name);
+            match common.output {
+                OutputFormat::Text => {
+                    println!("cluster {} destroyed", d.cluster().name);
+                    // What pgrepl did not create is not removed: said, not hidden.
+                    for l in &left {
+                        println!("left: {l}");
+                    }
+                }
+                OutputFormat::Json => println!("{}", serde_json::json!({ "destroyed": d.cluster().name, "left": left })),
+            }
             Ok(0)
         }
         Cmd::Connstr { common } => {
@@ -262,50 +303,32 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
             }
         }
     };
-    let d = match &spec.provider {
-        ProviderSpec::Local(_) => {
-            LocalDeployment::open(
-                &spec,
-                &LocalOptions { discovery: discovery_options(common), work_dir: common.file.as_ref().and(common.work_dir.clone()) },
-            )
-            .await?
-        }
-        #[cfg(feature = "ssh")]
-        ProviderSpec::Ssh(_) => {
-            pgrepl_ssh::open(&spec, &pgrepl_ssh::SshOptions { state_dir: state_dir(common, &spec), major: common.pg_version }).await?
-        }
-        #[cfg(feature = "aws")]
-        ProviderSpec::Aws(aws) => {
-            let major = match (common.pg_version, spec.postgres) {
-                (Some(m), _) | (None, VersionChoice::Major(m)) => m,
-                (None, VersionChoice::Detect) => {
-                    return Err(Error::Spec(pgrepl_core::SpecErrors::one(pgrepl_core::SpecError::new(
-                        "postgres",
-                        "\"detect\" with the aws provider: the instances do not exist yet",
-                        "a major such as \"16\" (pgrepl installs it on the instances)",
-                    )))
-                    .into());
-                }
-            };
-            let cluster = spec.validate_for(major)?;
-            let provider =
-                pgrepl_aws::Ec2Provider::builder().with_spec(aws).build().await.map_err(|e| e.into_core("configure the EC2 provider"))?;
-            let mut ssh = aws.ssh.clone();
-            ssh.user.get_or_insert_with(|| "ubuntu".into());
-            let connector = pgrepl_ssh::SshConnector::new(&spec.name, ssh, major);
-            let state = state_dir(common, &spec).unwrap_or_else(|| default_work_dir(&spec.name).join("secrets"));
-            Deployment::new(cluster, std::sync::Arc::new(provider), std::sync::Arc::new(connector), state)
-        }
-        other => anyhow::bail!("the {} provider is not in this build of pgrepl (built without its feature)", other.kind()),
+    // `--work-dir` is the local cluster's directory (over the spec's), and for remote
+    // providers where the secrets are kept (`<dir>/secrets`).
+    let opts = OpenOptions {
+        major: common.pg_version,
+        pg_bin: common.pg_bin.clone(),
+        pg_client_bin: common.pg_client_bin.clone(),
+        work_dir: common.work_dir.clone(),
+        state_dir: None,
     };
-    Ok((d, path))
+    let backends = backends();
+    let d = Deployment::open(&spec, &opts, &backends.iter().map(|b| &**b).collect::<Vec<_>>()).await?;
+    Ok((d.with_lock_wait(Duration::from_secs(common.lock_wait)), path))
 }
 
-/// The state directory (secrets, topology) of a cluster whose nodes are not local:
-/// `--work-dir` when given, else the default under the cluster's name.
-#[allow(dead_code)]
-fn state_dir(common: &Common, spec: &ClusterSpec) -> Option<PathBuf> {
-    common.work_dir.clone().map(|w| w.join("secrets")).or_else(|| Some(default_work_dir(&spec.name).join("secrets")))
+/// The backends of this build: local always, SSH and EC2 with their features (EC2's
+/// instances are reached over SSH).
+fn backends() -> Vec<Box<dyn Backend>> {
+    #[allow(unused_mut)]
+    let mut b: Vec<Box<dyn Backend>> = vec![Box::new(LocalBackend)];
+    #[cfg(feature = "ssh")]
+    b.push(Box::new(pgrepl_ssh::SshBackend));
+    #[cfg(feature = "aws")]
+    b.push(Box::new(pgrepl_aws::Ec2Backend::new(|r| {
+        Ok(std::sync::Arc::new(pgrepl_ssh::SshConnector::new(&r.cluster.name, r.ssh.clone(), r.major)))
+    })));
+    b
 }
 
 fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {

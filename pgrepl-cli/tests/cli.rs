@@ -142,3 +142,24 @@ fn destroy_without_a_terminal_needs_yes() {
     assert_ne!(code, 0);
     assert!(work.exists());
 }
+
+/// `status` of a spec whose major has no binaries here: a clear error and exit 4, never a
+/// panic (101).
+#[test]
+fn status_with_a_major_that_has_no_binaries_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("pgrepl.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"nobins\"\npostgres = \"9.6\"\n[provider]\nkind = \"local\"\nwork_dir = \"{}\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n",
+            dir.path().join("work").display()
+        ),
+    )
+    .unwrap();
+    for output in ["text", "json"] {
+        let (code, out, err) = pgrepl(dir.path(), &["status", "-f", spec.to_str().unwrap(), "--output", output]);
+        assert_eq!(code, 4, "{out}\n{err}");
+        assert!(err.contains("no PostgreSQL 9.6 server binaries found") && !err.contains("panicked"), "{err}");
+    }
+}

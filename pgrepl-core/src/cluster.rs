@@ -183,3 +183,60 @@ impl Cluster {
         }
     }
 }
+
+/// `cluster` with `primary` as its primary (addresses kept) and `excluded` nodes left out
+/// of the synchronous standbys; and what was degraded.
+pub fn retarget(cluster: &Cluster, primary: &str, excluded: &[String]) -> Result<(Cluster, Option<String>), SpecErrors> {
+    let mut c = cluster.with_primary(primary)?;
+    for n in &mut c.nodes {
+        if n.address.is_none() {
+            n.address = cluster.node(&n.name).and_then(|o| o.address.clone());
+        }
+    }
+    let degraded = exclude_from_sync(&mut c, excluded);
+    Ok((c, degraded))
+}
+
+/// Leaves `excluded` nodes (fenced, or gone) out of the synchronous standbys: the count
+/// shrinks to what is left, and replication is asynchronous when nothing is, so commits
+/// do not wait forever for standbys that cannot confirm. Returns what was degraded.
+pub fn exclude_from_sync(cluster: &mut Cluster, excluded: &[String]) -> Option<String> {
+    let s = &mut cluster.replication.sync;
+    if s.mode == SyncMode::Off || excluded.is_empty() {
+        return None;
+    }
+    let gone: Vec<String> = s.standbys.iter().filter(|n| excluded.contains(n)).cloned().collect();
+    if gone.is_empty() {
+        return None;
+    }
+    let available = s.standbys.len() - gone.len();
+    if s.strict {
+        // The spec asks for no acknowledged write without `count` standbys: keep waiting.
+        return (available < s.count as usize).then(|| {
+            format!(
+                "{} synchronous standby(s) asked but only {available} available ({} fenced or unreachable): commits wait until enough are back (replication.sync.strict = true)",
+                s.count,
+                gone.join(", ")
+            )
+        });
+    }
+    s.standbys.retain(|n| !excluded.contains(n));
+    let left = s.standbys.len() as u32;
+    if left >= s.count {
+        return None;
+    }
+    let asked = s.count;
+    if left == 0 {
+        s.mode = SyncMode::Off;
+        s.count = 0;
+        return Some(format!(
+            "{asked} synchronous standby(s) asked but none is available ({} fenced or unreachable): commits are asynchronous until `pgrepl rejoin` brings a standby back",
+            gone.join(", ")
+        ));
+    }
+    s.count = left;
+    Some(format!(
+        "{asked} synchronous standbys asked but only {left} available ({} fenced or unreachable): commits wait for {left} until `pgrepl rejoin` brings the others back",
+        gone.join(", ")
+    ))
+}

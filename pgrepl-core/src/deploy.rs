@@ -24,6 +24,8 @@ use crate::spec::{AuthMethod, Role};
 use crate::sql::{self, QueryError};
 use crate::transport::{Command, Transport, TransportError, TransportExt};
 
+pub use crate::topology::Topology;
+
 /// How long a standby may take to start streaming after it starts.
 pub const STREAMING_DEADLINE: Duration = Duration::from_secs(120);
 /// How often waits poll.
@@ -102,21 +104,6 @@ impl fmt::Display for UpReport {
     }
 }
 
-/// The cluster's topology as pgrepl last changed it, kept in the state directory.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Topology {
-    /// The current primary, when it differs from the spec's (after a switchover or failover).
-    pub primary: Option<String>,
-    /// The primary's timeline when recorded.
-    pub timeline: Option<u32>,
-    /// Nodes fenced by a failover: never started as a primary again; `pgrepl rejoin` brings
-    /// them back as standbys.
-    #[serde(default)]
-    pub fenced: Vec<String>,
-    /// The last WAL position pgrepl saw on the primary.
-    pub last_primary_lsn: Option<String>,
-}
-
 /// A cluster bound to where its nodes live: the entry point for `up`, `status`,
 /// `verify`, `down` and `destroy`.
 #[derive(Debug, Clone)]
@@ -127,6 +114,7 @@ pub struct Deployment {
     state_dir: PathBuf,
     binaries: Option<Binaries>,
     pub(crate) local_ports: bool,
+    pub(crate) lock_options: crate::oplock::LockOptions,
 }
 
 /// The state of a node's data directory.
@@ -144,7 +132,15 @@ impl Deployment {
     /// A deployment of `cluster` whose hosts come from `provider` and are reached through
     /// `connector`; secrets pgrepl generates are kept in `state_dir` (0600 files).
     pub fn new(cluster: Cluster, provider: Arc<dyn Provider>, connector: Arc<dyn Connector>, state_dir: impl Into<PathBuf>) -> Self {
-        Deployment { cluster, provider, connector, state_dir: state_dir.into(), binaries: None, local_ports: false }
+        Deployment {
+            cluster,
+            provider,
+            connector,
+            state_dir: state_dir.into(),
+            binaries: None,
+            local_ports: false,
+            lock_options: Default::default(),
+        }
     }
 
     /// Records the binaries found on this machine (reported by status).
@@ -212,7 +208,7 @@ impl Deployment {
             Some(p) if *p != self.cluster.primary().name => self.cluster.with_primary(p)?,
             _ => self.cluster.clone(),
         };
-        crate::ha::exclude_from_sync(&mut cluster, &topology.fenced);
+        crate::cluster::exclude_from_sync(&mut cluster, &topology.fenced);
         Ok(cluster)
     }
 
@@ -308,6 +304,45 @@ impl Deployment {
         Ok(Secrets { replication_password: password, replication_verifier: Secret::new(verifier) })
     }
 
+    /// Only a brand-new cluster may get a generated replication password. When pgrepl's
+    /// own password file is missing (pgrepl runs on another machine, or the state directory
+    /// was lost) but a node already carries pgrepl's deployment (its `pgrepl.conf` or
+    /// passfile, or on this machine's nodes a data directory), generating one would hand the
+    /// nodes a password the servers do not know: refused, saying where the password is
+    /// looked for and how to bring it over.
+    async fn refuse_new_password_for_deployed(&self, handles: &[NodeHandle]) -> Result<(), Error> {
+        if self.cluster.spec.replication.password_file.is_some() {
+            return Ok(());
+        }
+        let stored = self.state_dir.join("replication");
+        if tokio::fs::symlink_metadata(&stored).await.is_ok() {
+            return Ok(());
+        }
+        for h in handles {
+            let l = &h.layout;
+            let mut signs = vec![format!("{}/pgrepl.conf", l.config_dir), l.passfile()];
+            if self.local_ports {
+                signs.push(format!("{}/PG_VERSION", l.data_dir));
+            }
+            for found in signs {
+                if h.transport.exists(&found, None).await.map_err(|e| tr(&h.name, "look for an existing deployment", e))? {
+                    return Err(Refusal {
+                        node: h.name.clone(),
+                        reason: format!(
+                            "the cluster is already deployed ({found} exists) but its replication password is not here: pgrepl looks for it in {stored} \
+                             (the state directory's `replication` file), and generating a new one would change the password the standbys use. \
+                             Copy that file from the machine that deployed the cluster to {stored} (mode 0600), or set replication.password_file \
+                             in the spec to a file holding the password; nothing was changed",
+                            stored = stored.display()
+                        ),
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Renders every node with its real layout (dry run: without secrets).
     pub async fn render(&self) -> Result<Vec<RenderedNode>, Error> {
         let (cluster, handles) = self.connect(false).await?;
@@ -318,12 +353,24 @@ impl Deployment {
     /// pg_hba, start, replication role, slots), then each level of standbys in parallel
     /// (clone, recovery settings, start), then waits until every standby streams.
     pub async fn up(&self, progress: &dyn Progress) -> Result<UpReport, Error> {
+        let _lock = self.lock_operation("up", self.lock_wait()).await?;
         let t0 = Instant::now();
         let (cluster, handles) = self.connect(true).await?;
+        self.refuse_new_password_for_deployed(&handles).await?;
         let secrets = self.secrets(true).await?;
         let major = cluster.major.map(|m| m.to_string()).unwrap_or_default();
         let mut actions = Vec::new();
         let run = Run { cluster: &cluster, handles: &handles, secrets: &secrets, progress, local_ports: self.local_ports };
+        // The synchronous standbys on record: every standby the primary may name while `up`
+        // changes its settings (the union, the smaller count) before, the exact set after.
+        let primary_name = cluster.primary().name.clone();
+        let sync_target = crate::topology::SyncRecord::of(&primary_name, &cluster.replication.sync);
+        let mut topo = self.topology().await?;
+        let during = topo.sync_in_force(&primary_name, &cluster.replication.sync).widened(&sync_target);
+        if topo.sync.as_ref() != Some(&during) {
+            topo.sync = Some(during);
+            self.save_topology(&topo).await?;
+        }
         // Hosts without the cluster's PostgreSQL get it installed (the same major everywhere).
         let installs = join_all(handles.iter().filter(|h| h.install_script.is_some()).map(|h| async move {
             let t = &*h.transport;
@@ -379,11 +426,21 @@ impl Deployment {
                 actions.extend(r?);
             }
         }
+        // A fenced node is not started, and the OS must not start it at boot either.
+        for n in cluster.nodes.iter().filter(|n| fenced.contains(&n.name)) {
+            let h = run.handle(&n.name)?;
+            let r = render_node(&cluster, &n.name, &h.layout, None)?;
+            actions.extend(run.ensure_autostart_off(n, h, &r).await?);
+        }
         let waits =
             join_all(cluster.nodes.iter().filter(|n| n.role == Role::Standby && !fenced.contains(&n.name)).map(|n| run.wait_streaming(n)))
                 .await;
         for w in waits {
             w?;
+        }
+        if topo.sync.as_ref() != Some(&sync_target) {
+            topo.sync = Some(sync_target);
+            self.save_topology(&topo).await?;
         }
         Ok(UpReport { cluster: cluster.name.clone(), major, actions, seconds: t0.elapsed().as_secs_f64() })
     }
@@ -415,8 +472,12 @@ impl Deployment {
     }
 
     /// Stops every node and removes what the provider created for the cluster (the
-    /// local provider: the node directories) and pgrepl's stored secrets.
-    pub async fn destroy(&self, progress: &dyn Progress) -> Result<(), Error> {
+    /// local provider: the node directories) and pgrepl's stored secrets. On hosts pgrepl
+    /// did not create (SSH), it removes only what its record on each host says it created
+    /// (see [`Created`]); a cluster that was there before keeps its data. Returns what was
+    /// left, one line per thing (`node: what, and why`); empty when everything is gone.
+    pub async fn destroy(&self, progress: &dyn Progress) -> Result<Vec<String>, Error> {
+        let lock = self.lock_operation("destroy", self.lock_wait()).await?;
         self.down(progress).await?;
         let (_, handles) = self.connect(false).await?;
         for h in &handles {
@@ -429,52 +490,204 @@ impl Deployment {
             }
         }
         progress.started("cluster", "destroy");
-        if self.provider.kind() != "local" {
-            // On hosts pgrepl did not create, remove what it made there: the cluster
-            // (Debian: pg_dropcluster, which also removes its configuration) and its own
-            // directory. Every server was checked stopped above.
+        let mut left = Vec::new();
+        if !self.hosts_on_this_machine() {
+            // Every server was checked stopped above.
             let (cluster, handles) = self.connect(false).await?;
             for h in &handles {
-                let r = render_node(&cluster, &h.name, &h.layout, None)?;
-                let t = &*h.transport;
-                match &r.commands.drop {
-                    Some(drop) => {
-                        if t.exists(&format!("{}/postgresql.conf", h.layout.config_dir), None)
-                            .await
-                            .map_err(|e| tr(&h.name, "inspect", e))?
-                        {
-                            t.run(&Command::from_line(drop).timeout(Duration::from_secs(120)))
-                                .await
-                                .map_err(|e| tr(&h.name, "drop the cluster", e))?;
-                        }
-                        // pg_dropcluster leaves files it does not know: pgrepl's own, then the empty directory.
-                        let ours = format!("{}/pgrepl.conf", h.layout.config_dir);
-                        t.remove_file(&ours).await.map_err(|e| tr(&h.name, "remove pgrepl.conf", e))?;
-                        let _ = t
-                            .exec(&Command {
-                                user: t.admin_user().map(str::to_string),
-                                ..Command::new("rmdir").args([h.layout.config_dir.as_str()])
-                            })
-                            .await;
-                    }
-                    None => t
-                        .remove_tree(h.layout.base_dir.as_deref().unwrap_or(&h.layout.data_dir))
-                        .await
-                        .map_err(|e| tr(&h.name, "remove the data directory", e))?,
-                }
-                t.remove_tree(&h.layout.pgrepl_dir).await.map_err(|e| tr(&h.name, "remove pgrepl's directory", e))?;
+                left.extend(self.destroy_on_host(&cluster, h).await?);
             }
         }
         self.provider.destroy_hosts(&self.cluster).await?;
         let secret = self.state_dir.join("replication");
         if self.cluster.spec.replication.password_file.is_none() {
             let _ = tokio::fs::remove_file(&secret).await;
+            lock.remove_local_file();
             let _ = tokio::fs::remove_dir(&self.state_dir).await;
         }
-        progress.finished("cluster", "destroy", "removed");
-        Ok(())
+        progress.finished("cluster", "destroy", if left.is_empty() { "removed" } else { "removed what pgrepl created" });
+        Ok(left)
+    }
+
+    /// Removes from a node's host what pgrepl's record there says it created, takes
+    /// pgrepl's settings out of a cluster that was there before, removes pgrepl's own
+    /// directory and the record; returns what it left.
+    async fn destroy_on_host(&self, cluster: &Cluster, h: &NodeHandle) -> Result<Vec<String>, Error> {
+        let t = &*h.transport;
+        let l = &h.layout;
+        let n = h.name.as_str();
+        let created = read_created(h, &cluster.name).await?;
+        let r = render_node(cluster, n, l, None)?;
+        let mut left = Vec::new();
+        let exists = |p: String| async move { t.exists(&p, None).await.map_err(|e| tr(n, &format!("inspect {p}"), e)) };
+        let data_ours = created.data_dir.as_deref() == Some(l.data_dir.as_str());
+        let remove_data = || async {
+            if t.exists(&l.data_dir, None).await.map_err(|e| tr(n, "inspect the data directory", e))? {
+                t.remove_tree(&l.data_dir).await.map_err(|e| tr(n, "remove the data directory", e))?;
+            }
+            Ok::<(), Error>(())
+        };
+        let not_recorded =
+            "it is not recorded as created by pgrepl (it was there before pgrepl, or was deployed by a pgrepl that kept no record)";
+        match (&l.debian_cluster, &r.commands.drop) {
+            (Some((v, c)), Some(drop)) => {
+                let registered = exists(format!("{}/postgresql.conf", l.config_dir)).await?;
+                if created.debian_cluster.as_ref() == Some(&(v.clone(), c.clone())) {
+                    if registered {
+                        t.run(&Command::from_line(drop).timeout(Duration::from_secs(120)))
+                            .await
+                            .map_err(|e| tr(n, "drop the cluster", e))?;
+                    }
+                    // pg_dropcluster leaves files it does not know: pgrepl's own, then the empty directory.
+                    t.remove_file(&format!("{}/pgrepl.conf", l.config_dir)).await.map_err(|e| tr(n, "remove pgrepl.conf", e))?;
+                    let _ = t
+                        .exec(&Command { user: t.admin_user().map(str::to_string), ..Command::new("rmdir").args([l.config_dir.as_str()]) })
+                        .await;
+                    if data_ours {
+                        remove_data().await?;
+                    }
+                } else if registered {
+                    self.take_settings_out(h).await?;
+                    if data_ours {
+                        remove_data().await?;
+                        left.push(format!(
+                            "{n}: Debian cluster {v}/{c}, its registration and configuration in {}: the cluster existed before pgrepl, so it was not dropped; its data directory {} held pgrepl's clone and was removed (`pg_dropcluster {v} {c}` removes the rest)",
+                            l.config_dir, l.data_dir
+                        ));
+                    } else {
+                        left.push(format!(
+                            "{n}: Debian cluster {v}/{c} with its data in {} (stopped): {not_recorded}; pgrepl took its own settings out, the replication role \"{}\" and slots it made inside are kept",
+                            l.data_dir, cluster.replication.user
+                        ));
+                    }
+                } else if data_ours {
+                    remove_data().await?;
+                } else if exists(l.data_dir.clone()).await? {
+                    left.push(format!("{n}: the data directory {}: {not_recorded}", l.data_dir));
+                }
+            }
+            _ => match &l.base_dir {
+                Some(base) if created.base_dir.as_deref() == Some(base.as_str()) => {
+                    t.remove_tree(base).await.map_err(|e| tr(n, "remove the node's directory", e))?
+                }
+                _ if data_ours => remove_data().await?,
+                _ => {
+                    if exists(format!("{}/PG_VERSION", l.data_dir)).await? {
+                        self.take_settings_out(h).await?;
+                        left.push(format!(
+                            "{n}: the cluster in {} (stopped): {not_recorded}; pgrepl took its own settings out, the replication role \"{}\" and slots it made inside are kept",
+                            l.data_dir, cluster.replication.user
+                        ));
+                    } else if exists(l.data_dir.clone()).await? {
+                        left.push(format!("{n}: the data directory {}: {not_recorded}", l.data_dir));
+                    }
+                    if let Some(base) = &l.base_dir {
+                        if exists(base.clone()).await? {
+                            left.push(format!("{n}: the directory {base}: {not_recorded}"));
+                        }
+                    }
+                }
+            },
+        }
+        // pgrepl's own directory (passfile, markers), named after the cluster.
+        t.remove_tree(&l.pgrepl_dir).await.map_err(|e| tr(n, "remove pgrepl's directory", e))?;
+        let (path, dir) = created_path(&cluster.name, n);
+        t.remove_file(&path).await.map_err(|e| tr(n, &format!("remove pgrepl's record {path}"), e))?;
+        let _ = t.exec(&Command { user: t.admin_user().map(str::to_string), ..Command::new("rmdir").args([dir.as_str()]) }).await;
+        Ok(left)
+    }
+
+    /// Takes pgrepl's settings out of a cluster it did not create: its `pgrepl.conf`, the
+    /// include line it appended to `postgresql.conf`, its block in `pg_hba.conf`. The rest
+    /// of the configuration is kept as it is.
+    async fn take_settings_out(&self, h: &NodeHandle) -> Result<(), Error> {
+        let t = &*h.transport;
+        let l = &h.layout;
+        let owner = Some(l.os_user.as_str());
+        let map = |what: &str, e| tr(&h.name, &format!("take pgrepl's settings out of {what}"), e);
+        let conf = format!("{}/postgresql.conf", l.config_dir);
+        if let Some(b) = t.read_file(&conf).await.map_err(|e| map(&conf, e))? {
+            let text = String::from_utf8_lossy(&b).into_owned();
+            let kept: String =
+                text.lines().filter(|x| x.trim() != INCLUDE_LINE && x.trim() != INCLUDE_COMMENT).map(|x| format!("{x}\n")).collect();
+            if kept != text {
+                t.write_file(&conf, kept.as_bytes(), 0o600, owner).await.map_err(|e| map(&conf, e))?;
+            }
+        }
+        let hba = format!("{}/pg_hba.conf", l.config_dir);
+        if let Some(b) = t.read_file(&hba).await.map_err(|e| map(&hba, e))? {
+            let text = String::from_utf8_lossy(&b).into_owned();
+            let kept = merge_hba_block(&text, "");
+            if kept != text {
+                t.write_file(&hba, kept.as_bytes(), 0o600, owner).await.map_err(|e| map(&hba, e))?;
+            }
+        }
+        let ours = format!("{}/pgrepl.conf", l.config_dir);
+        t.remove_file(&ours).await.map_err(|e| map(&ours, e))
     }
 }
+
+/// Where a host keeps pgrepl's record of what it created there, per cluster and node:
+/// `<CREATED_DIR>/<cluster>/<node>.json`, root's (directory 0700, file 0600), outside every
+/// directory the PostgreSQL user can write.
+pub const CREATED_DIR: &str = "/var/lib/pgrepl/.created";
+
+/// What pgrepl created on a node's host (not the local provider's), recorded on that host
+/// when it created it. `destroy` removes only what is recorded here; a cluster that was
+/// there before (adopted) keeps its data and registration, and is reported as left.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Created {
+    /// The data directory, made by pgrepl's initdb, pg_createcluster or clone.
+    #[serde(default)]
+    pub data_dir: Option<String>,
+    /// Debian's cluster `(version, name)`, registered by pgrepl's pg_createcluster.
+    #[serde(default)]
+    pub debian_cluster: Option<(String, String)>,
+    /// The node's own directory (the plain layout), made by pgrepl.
+    #[serde(default)]
+    pub base_dir: Option<String>,
+}
+
+fn created_path(cluster: &str, node: &str) -> (String, String) {
+    let dir = format!("{CREATED_DIR}/{cluster}");
+    (format!("{dir}/{node}.json"), dir)
+}
+
+/// The record of what pgrepl created for `h`'s node on its host (empty when there is none).
+pub(crate) async fn read_created(h: &NodeHandle, cluster: &str) -> Result<Created, Error> {
+    let (path, _) = created_path(cluster, &h.name);
+    let Some(bytes) = h.transport.read_file(&path).await.map_err(|e| tr(&h.name, &format!("read pgrepl's record {path}"), e))? else {
+        return Ok(Created::default());
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::node(&h.name, format!("pgrepl's record {path} of what it created on this host is unreadable ({e}); fix or remove it"))
+    })
+}
+
+async fn write_created(h: &NodeHandle, cluster: &str, c: &Created) -> Result<(), Error> {
+    let (path, dir) = created_path(cluster, &h.name);
+    let t = &*h.transport;
+    let map = |e| tr(&h.name, &format!("record what pgrepl created in {path}"), e);
+    t.mkdir(&dir, 0o700, Some("root")).await.map_err(map)?;
+    let body = serde_json::to_vec_pretty(c).expect("a record serializes");
+    t.write_file(&path, &body, 0o600, Some("root")).await.map_err(map)
+}
+
+/// Reads a file as `user` (`None` when it does not exist): what `user` cannot read, pgrepl
+/// does not read for them either.
+async fn read_as(t: &dyn Transport, path: &str, user: &str) -> Result<Option<Vec<u8>>, TransportError> {
+    let c =
+        Command::new("sh").args(["-c", "[ -e \"$1\" ] || [ -L \"$1\" ] || exit 99; exec cat -- \"$1\"", "pgrepl-read", path]).user(user);
+    let out = t.exec(&c).await?;
+    match out.status {
+        0 => Ok(Some(out.stdout.into_bytes())),
+        99 => Ok(None),
+        status => Err(TransportError::CommandFailed { program: format!("read {path} as {user}"), status, tail: out.tail() }),
+    }
+}
+
+/// The line pgrepl writes before its include line in postgresql.conf.
+const INCLUDE_COMMENT: &str = "# Added by pgrepl: its settings for this node.";
 
 pub(crate) fn tr(node: &str, action: &str, e: TransportError) -> Error {
     Error::Transport { host: node.to_string(), action: action.to_string(), source: e }
@@ -487,39 +700,123 @@ pub(crate) fn sqlerr(node: &str, action: &str, e: QueryError) -> Error {
     }
 }
 
-/// Whether the node's server runs (pg_ctl status on its data directory).
-pub(crate) async fn is_running(h: &NodeHandle) -> Result<bool, TransportError> {
-    let c = match &h.layout.service {
-        crate::layout::ServiceControl::PgCtl => {
-            Command::new(h.layout.server_tool("pg_ctl")).args(["status", "-D", &h.layout.data_dir]).user(h.layout.os_user.clone())
-        }
-        crate::layout::ServiceControl::PgCtlCluster { version, cluster } => {
-            // As the cluster's owner: the login user may not read its data directory.
-            Command::new("/usr/bin/pg_ctlcluster").args([version.as_str(), cluster.as_str(), "status"]).user(h.layout.os_user.clone())
-        }
-        crate::layout::ServiceControl::Systemd { unit } => {
-            let c = Command::new("systemctl").args(["is-active", "--quiet", unit.as_str()]);
-            Command { user: h.transport.admin_user().map(str::to_string), ..c }
-        }
-    };
-    let c = Command { env: crate::render::server_env(&h.layout), ..c };
-    if h.transport.exec(&c).await?.status != 0 {
-        return Ok(false);
-    }
-    if matches!(h.layout.service, crate::layout::ServiceControl::Systemd { .. }) {
-        return Ok(true);
-    }
-    // pg_ctl reports a postmaster killed (kill -9) but not yet reaped by its parent as
-    // running: it only checks that the pid exists. A zombie runs nothing, so it counts as
-    // stopped; otherwise failover would wait on whoever reaps it.
-    let pidfile = format!("{}/postmaster.pid", h.layout.data_dir);
-    let Some(bytes) = h.transport.read_file(&pidfile).await? else { return Ok(false) };
-    let Some(pid) = String::from_utf8_lossy(&bytes).lines().next().and_then(|l| l.trim().parse::<u32>().ok()) else { return Ok(true) };
-    let st = h.transport.exec(&Command::new("ps").args(["-o", "stat=", "-p", &pid.to_string()])).await?;
-    Ok(process_alive(&st.stdout))
+/// What a node's server is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// A postmaster runs on the data directory and is up (or the service manager says the
+    /// unit is active).
+    Running,
+    /// It is starting: the systemd unit is `activating`, or the pid file says `starting`
+    /// (crash recovery at boot, a standby not yet consistent).
+    Starting,
+    /// It is shutting down (the pid file says `stopping`, the unit is `deactivating`).
+    Stopping,
+    /// Nothing runs on the data directory.
+    Stopped,
 }
 
-/// Whether `ps -o stat=` output names a live process (not a zombie, not gone).
+impl ServerState {
+    /// Whether a server runs (anything but [`ServerState::Stopped`]): starting and stopping
+    /// servers hold the data directory too.
+    pub fn is_running(self) -> bool {
+        self != ServerState::Stopped
+    }
+}
+
+/// The script behind [`server_state`], run with `sh -c SCRIPT NAME DATA_DIR UNIT` as the
+/// transport's admin user: prints the service manager's word for the unit (when one is
+/// given), the postmaster's pid file (pid, status line) and what that pid is now (state,
+/// executable, name, `argv[0]`, and whether its working directory is the data directory: a
+/// postmaster runs in its data directory).
+pub const SERVER_STATE_SCRIPT: &str = r#"d=$1 unit=$2
+if [ -n "$unit" ]; then printf 'unit=%s\n' "$(systemctl is-active "$unit" 2>/dev/null | head -n 1)"; fi
+f=$d/postmaster.pid
+if [ ! -e "$f" ]; then echo pidfile=none; exit 0; fi
+if [ ! -r "$f" ]; then echo pidfile=unreadable; exit 0; fi
+pid=$(sed -n 1p "$f")
+printf 'pid=%s\npm_status=%s\n' "$pid" "$(sed -n 8p "$f")"
+pid=${pid#-}
+case $pid in ''|*[!0-9]*) exit 0;; esac
+p=/proc/$pid
+if [ ! -d "$p" ]; then echo proc=none; exit 0; fi
+printf 'state=%s\n' "$(sed -n 's/^State:[[:space:]]*//p' "$p/status" 2>/dev/null)"
+printf 'exe=%s\n' "$(readlink "$p/exe" 2>/dev/null)"
+printf 'comm=%s\n' "$(cat "$p/comm" 2>/dev/null)"
+printf 'argv0=%s\n' "$(tr '\0' '\n' <"$p/cmdline" 2>/dev/null | head -n 1)"
+if [ "$p/cwd" -ef "$d" ]; then echo cwd=data_dir; elif [ -e "$p/cwd" ]; then echo cwd=other; else echo cwd=unknown; fi
+exit 0
+"#;
+
+/// What the node's server is doing, in one command on its host: from the postmaster's pid
+/// file and the process it names (alive, not a zombie, a postgres/postmaster running in this
+/// data directory, so a recycled pid is not taken for the server) and, on systemd layouts,
+/// from `systemctl is-active`. Running if either says so: a server started outside systemd
+/// (pg_ctl by hand) or still in crash recovery (unit `activating`) is not stopped.
+pub async fn server_state(h: &NodeHandle) -> Result<ServerState, TransportError> {
+    let unit = match &h.layout.service {
+        crate::layout::ServiceControl::Systemd { unit } => unit.as_str(),
+        crate::layout::ServiceControl::PgCtl | crate::layout::ServiceControl::PgCtlCluster { .. } => "",
+    };
+    let c = Command::new("sh").args(["-c", SERVER_STATE_SCRIPT, "pgrepl-server-state", h.layout.data_dir.as_str(), unit]);
+    let c = Command { user: h.transport.admin_user().map(str::to_string), ..c }.timeout(Duration::from_secs(30));
+    let out = h.transport.exec(&c).await?;
+    if !out.success() {
+        return Err(TransportError::CommandFailed { program: "sh".into(), status: out.status, tail: out.tail() });
+    }
+    Ok(parse_server_state(&out.stdout))
+}
+
+/// Reads the output of [`SERVER_STATE_SCRIPT`].
+pub fn parse_server_state(out: &str) -> ServerState {
+    let get = |key: &str| out.lines().find_map(|l| l.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.trim()));
+    let from_unit = match get("unit") {
+        Some("active" | "reloading" | "refreshing") => ServerState::Running,
+        Some("activating") => ServerState::Starting,
+        Some("deactivating") => ServerState::Stopping,
+        _ => ServerState::Stopped,
+    };
+    let postmaster = match get("pidfile") {
+        Some("none") => None,
+        // A pid file pgrepl cannot read: assume its server runs.
+        Some(_) => Some(ServerState::Running),
+        None => match get("pid").map(|p| p.trim_start_matches('-')) {
+            // Empty or not a number: being written by a postmaster that is starting.
+            Some(p) if p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()) => Some(ServerState::Starting),
+            None => Some(ServerState::Starting),
+            Some(_) => {
+                let name = |v: Option<&str>| {
+                    let v = v.unwrap_or("").trim_end_matches(" (deleted)");
+                    matches!(v.rsplit('/').next().unwrap_or(""), "postgres" | "postmaster")
+                };
+                let alive = get("proc") != Some("none") && process_alive(get("state").unwrap_or(""));
+                let is_postgres = name(get("exe")) || name(get("comm")) || name(get("argv0"));
+                if alive && is_postgres && get("cwd") != Some("other") {
+                    Some(match get("pm_status") {
+                        Some("starting") => ServerState::Starting,
+                        Some("stopping") => ServerState::Stopping,
+                        _ => ServerState::Running,
+                    })
+                } else {
+                    None
+                }
+            }
+        },
+    };
+    match (postmaster, from_unit) {
+        (None, u) => u,
+        (Some(ServerState::Running), u @ (ServerState::Starting | ServerState::Stopping)) => u,
+        (Some(p), _) => p,
+    }
+}
+
+/// Whether the node's server runs (see [`server_state`]).
+pub async fn is_running(h: &NodeHandle) -> Result<bool, TransportError> {
+    Ok(server_state(h).await?.is_running())
+}
+
+/// Whether `ps -o stat=` output (or the `State:` of /proc/<pid>/status) names a live
+/// process (not a zombie, not gone).
 fn process_alive(ps_stat: &str) -> bool {
     let s = ps_stat.trim();
     !s.is_empty() && !s.starts_with('Z')
@@ -568,13 +865,33 @@ impl Run<'_> {
         Ok(if out.status != 0 || out.stdout.trim().is_empty() { DataDir::Missing } else { DataDir::Unknown })
     }
 
+    /// Records on the node's host that pgrepl created something there (see [`Created`]), so
+    /// that `destroy` removes it and nothing else. Not for the local provider, whose node
+    /// directories are pgrepl's whole.
+    pub(crate) async fn record_created(&self, h: &NodeHandle, change: impl FnOnce(&mut Created)) -> Result<(), Error> {
+        if self.local_ports {
+            return Ok(());
+        }
+        let mut c = read_created(h, &self.cluster.name).await?;
+        let before = c.clone();
+        change(&mut c);
+        if c == before {
+            return Ok(());
+        }
+        write_created(h, &self.cluster.name, &c).await
+    }
+
     pub(crate) async fn prepare_dirs(&self, h: &NodeHandle) -> Result<(), Error> {
         let l = &h.layout;
         let owner = Some(l.os_user.as_str());
         let t = &*h.transport;
         let map = |e| tr(&h.name, "create pgrepl's directories", e);
         if let Some(base) = &l.base_dir {
+            let new = !t.exists(base, None).await.map_err(map)?;
             t.mkdir(base, 0o700, owner).await.map_err(map)?;
+            if new {
+                self.record_created(h, |c| c.base_dir = Some(base.clone())).await?;
+            }
         }
         t.mkdir(&l.pgrepl_dir, 0o700, owner).await.map_err(map)?;
         if l.owns_postgresql_conf {
@@ -602,7 +919,13 @@ impl Run<'_> {
                 continue;
             }
             let map = |e| tr(&h.name, &format!("write {}", f.path), e);
-            let current = t.read_file(&f.path).await.map_err(map)?.map(|b| String::from_utf8_lossy(&b).into_owned());
+            // A file whose current text is kept (merged) is read as its owner: read as root, a
+            // symbolic link planted there would copy, say, /etc/shadow into a file they own.
+            let current = match f.placement {
+                Placement::Whole => t.read_file(&f.path).await.map_err(map)?,
+                Placement::HbaBlock | Placement::IncludeLine => read_as(t, &f.path, &h.layout.os_user).await.map_err(map)?,
+            }
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
             let desired = match f.placement {
                 Placement::Whole => f.contents.text.clone(),
                 Placement::HbaBlock => merge_hba_block(current.as_deref().unwrap_or(""), &f.contents.text),
@@ -612,7 +935,7 @@ impl Run<'_> {
                         cur
                     } else {
                         let sep = if cur.is_empty() || cur.ends_with('\n') { "" } else { "\n" };
-                        format!("{cur}{sep}# Added by pgrepl: its settings for this node.\n{INCLUDE_LINE}\n")
+                        format!("{cur}{sep}{INCLUDE_COMMENT}\n{INCLUDE_LINE}\n")
                     }
                 }
             };
@@ -682,7 +1005,11 @@ impl Run<'_> {
     /// After a configuration change on a running server: reload, then restart if a
     /// changed setting needs it (pg_settings.pending_restart, 9.5+; before, always).
     pub(crate) async fn apply_config(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
-        let caps = self.cluster.caps().expect("major known at deploy");
+        let caps = self.cluster.caps().ok_or_else(|| {
+            Error::Discovery(
+                "the PostgreSQL major is not known: set `postgres` in the spec, pass --pg-version, or install PostgreSQL".into(),
+            )
+        })?;
         h.transport.run(&Command::from_line(&r.commands.reload)).await.map_err(|e| tr(&n.name, "reload the configuration", e))?;
         let restart = if caps.pending_restart {
             // A reload is asynchronous; give the postmaster a moment to process it.
@@ -746,6 +1073,14 @@ impl Run<'_> {
                     Ok(())
                 })
                 .await?;
+                let l = &h.layout;
+                self.record_created(h, |c| {
+                    c.data_dir = Some(l.data_dir.clone());
+                    if l.debian_cluster.is_some() {
+                        c.debian_cluster = l.debian_cluster.clone();
+                    }
+                })
+                .await?;
             }
             DataDir::Missing | DataDir::Unknown => {
                 return Err(Refusal {
@@ -766,6 +1101,7 @@ impl Run<'_> {
             }
             DataDir::Cluster { .. } => {}
         }
+        actions.extend(self.ensure_autostart_off(n, h, &r).await?);
         let changed = self.write_files(h, &r, false).await?;
         if changed {
             actions.push(Action { node: n.name.clone(), what: "write settings and pg_hba.conf".into(), seconds: 0.0 });
@@ -806,6 +1142,80 @@ impl Run<'_> {
             .await?;
         }
         actions.extend(self.ensure_slots(n, h).await?);
+        Ok(actions)
+    }
+
+    /// Turns off the OS's own start of the node's server at boot (pgrepl starts its nodes
+    /// itself: a node fenced while unreachable must not come back writable after a reboot):
+    /// Debian's `start.conf` says `manual`, a systemd unit enabled at boot is disabled. What
+    /// it changed is recorded on the host in `<pgrepl_dir>/autostart-off`. Nothing to do
+    /// when it is off already.
+    pub(crate) async fn ensure_autostart_off(&self, n: &Node, h: &NodeHandle, r: &RenderedNode) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let a = &r.commands.autostart;
+        let t = &*h.transport;
+        let l = &h.layout;
+        let mut start_conf: Option<(&str, String)> = None;
+        let mut changes: Vec<String> = Vec::new();
+        if let Some(path) = &a.start_conf {
+            let current = t.read_file(path).await.map_err(|e| tr(&n.name, "read start.conf", e))?;
+            let current = match current {
+                Some(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+                // Missing means `auto` to postgresql-common, once the cluster's configuration exists.
+                None if t
+                    .exists(&format!("{}/postgresql.conf", l.config_dir), None)
+                    .await
+                    .map_err(|e| tr(&n.name, "inspect the configuration", e))? =>
+                {
+                    Some(String::new())
+                }
+                None => None,
+            };
+            if let Some(text) = current {
+                if render::start_conf_mode(&text) == "auto" {
+                    changes.push(format!("{path}: auto -> manual"));
+                    start_conf = Some((path.as_str(), render::start_conf_manual(&text)));
+                }
+            }
+        }
+        let mut disable = None;
+        if let (Some(check), Some(d)) = (&a.is_enabled, &a.disable) {
+            let out =
+                t.exec(&Command::from_line(check)).await.map_err(|e| tr(&n.name, "check whether the OS starts the server at boot", e))?;
+            if out.stdout.trim() == "enabled" {
+                changes.push(format!("systemd unit {}: enabled -> disabled", d.args.last().map(String::as_str).unwrap_or("")));
+                disable = Some(d);
+            }
+        }
+        if changes.is_empty() {
+            return Ok(actions);
+        }
+        let step = format!("turn off the OS's start at boot ({})", changes.join("; "));
+        self.step(&n.name, &step, &mut actions, async {
+            if let Some((path, text)) = &start_conf {
+                t.write_file(path, text.as_bytes(), 0o644, Some(&l.os_user)).await.map_err(|e| tr(&n.name, "write start.conf", e))?;
+                if let Some(reload) = &a.reload_units {
+                    t.run(&Command::from_line(reload)).await.map_err(|e| tr(&n.name, "reload systemd's units", e))?;
+                }
+            }
+            if let Some(d) = disable {
+                t.run(&Command::from_line(d)).await.map_err(|e| tr(&n.name, "disable the systemd unit", e))?;
+            }
+            // The record: what pgrepl changed, so it can be told (and undone) later.
+            let record = format!("{}/autostart-off", l.pgrepl_dir);
+            t.mkdir(&l.pgrepl_dir, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&n.name, "create pgrepl's directory", e))?;
+            let old = t.read_file(&record).await.map_err(|e| tr(&n.name, "read the autostart record", e))?;
+            let mut text = match old {
+                Some(b) => String::from_utf8_lossy(&b).into_owned(),
+                None => "# pgrepl starts this node itself (`pgrepl up`); it turned off the OS's start at boot:\n".to_string(),
+            };
+            for c in &changes {
+                text.push_str(c);
+                text.push('\n');
+            }
+            t.write_file(&record, text.as_bytes(), 0o600, Some(&l.os_user)).await.map_err(|e| tr(&n.name, "record the autostart change", e))
+        })
+        .await?;
         Ok(actions)
     }
 
@@ -909,6 +1319,7 @@ impl Run<'_> {
         if needs_clone {
             self.clone_standby(n, h, &r, &mut actions).await?;
         } else {
+            actions.extend(self.ensure_autostart_off(n, h, &r).await?);
             let changed = self.write_files(h, &r, true).await?;
             if changed {
                 actions.push(Action { node: n.name.clone(), what: "write settings and pg_hba.conf".into(), seconds: 0.0 });
@@ -981,9 +1392,15 @@ impl Run<'_> {
                     Ok(())
                 })
                 .await?;
+                self.record_created(h, |c| c.debian_cluster = l.debian_cluster.clone()).await?;
             }
         }
+        // Before the clone: a reboot must not start a copy that has no standby settings yet.
+        actions.extend(self.ensure_autostart_off(n, h, r).await?);
         self.remove_unfinished_data(n, h).await?;
+        // Whatever the clone leaves in the data directory is pgrepl's (recorded first, so a
+        // clone that fails midway is still known as pgrepl's).
+        self.record_created(h, |c| c.data_dir = Some(l.data_dir.clone())).await?;
         let clone = r.commands.clone.as_ref().expect("standbys have a clone command");
         // The source's size, to report the clone's progress against (best effort).
         let total = match (self.handle(upstream), self.cluster.node(upstream)) {
@@ -1109,6 +1526,55 @@ mod tests {
         assert!(!process_alive("Z"));
         assert!(!process_alive("Zs"));
         assert!(!process_alive(""));
+    }
+
+    /// What the server-state script prints, read into a state: the pid file and the process
+    /// it names decide, the service manager's word counts too (running if either says so).
+    #[test]
+    fn server_state_from_pid_file_process_and_unit() {
+        use ServerState::*;
+        let live = "pid=4242\npm_status=ready   \nstate=S (sleeping)\nexe=/usr/lib/postgresql/15/bin/postgres\ncomm=postgres\nargv0=/usr/lib/postgresql/15/bin/postgres\ncwd=data_dir\n";
+        // A live postmaster in this data directory, whatever systemd says (started by hand).
+        assert_eq!(parse_server_state(live), Running);
+        assert_eq!(parse_server_state(&format!("unit=inactive\n{live}")), Running);
+        assert_eq!(parse_server_state(&format!("unit=\n{live}")), Running, "systemctl absent or no systemd");
+        assert_eq!(parse_server_state(&format!("unit=failed\n{live}")), Running);
+        // Started in crash recovery at boot: systemd says activating; or the pid file says starting.
+        assert_eq!(parse_server_state(&format!("unit=activating\n{live}")), Starting);
+        assert_eq!(parse_server_state(&live.replace("ready   ", "starting")), Starting);
+        assert_eq!(parse_server_state(&live.replace("ready   ", "stopping")), Stopping);
+        assert_eq!(parse_server_state(&live.replace("ready   ", "standby ")), Running);
+        // 9.x pid files have no status line.
+        assert_eq!(parse_server_state(&live.replace("pm_status=ready   ", "pm_status=")), Running);
+        // The binary replaced by a package upgrade while it runs.
+        assert_eq!(parse_server_state(&live.replace("bin/postgres\ncomm", "bin/postgres (deleted)\ncomm")), Running);
+        // exe unreadable (another user's process): its name and argv[0] still tell.
+        assert_eq!(
+            parse_server_state(&live.replace("exe=/usr/lib/postgresql/15/bin/postgres", "exe=").replace("cwd=data_dir", "cwd=unknown")),
+            Running
+        );
+        // Killed and not yet reaped: a zombie runs nothing.
+        assert_eq!(parse_server_state(&live.replace("S (sleeping)", "Z (zombie)")), Stopped);
+        assert_eq!(parse_server_state(&format!("unit=inactive\n{}", live.replace("S (sleeping)", "Z (zombie)"))), Stopped);
+        // A stale pid file whose pid is now another program.
+        let other = "pid=4242\npm_status=ready\nstate=S (sleeping)\nexe=/usr/bin/sleep\ncomm=sleep\nargv0=sleep\ncwd=other\n";
+        assert_eq!(parse_server_state(other), Stopped);
+        // ... or another cluster's postgres (its own data directory).
+        assert_eq!(parse_server_state(&live.replace("cwd=data_dir", "cwd=other")), Stopped);
+        // The pid is gone.
+        assert_eq!(parse_server_state("pid=4242\npm_status=ready\nproc=none\n"), Stopped);
+        // No pid file: stopped, unless the service manager says otherwise.
+        assert_eq!(parse_server_state("pidfile=none\n"), Stopped);
+        assert_eq!(parse_server_state("unit=inactive\npidfile=none\n"), Stopped);
+        assert_eq!(parse_server_state("unit=active\npidfile=none\n"), Running);
+        assert_eq!(parse_server_state("unit=activating\npidfile=none\n"), Starting);
+        assert_eq!(parse_server_state("unit=deactivating\npidfile=none\n"), Stopping);
+        // A pid file being written (empty) or unreadable: assume a server.
+        assert_eq!(parse_server_state("pid=\npm_status=\n"), Starting);
+        assert_eq!(parse_server_state("pidfile=unreadable\n"), Running);
+        // A standalone backend writes its pid negated.
+        assert_eq!(parse_server_state(&live.replace("pid=4242", "pid=-4242")), Running);
+        assert!(Starting.is_running() && Stopping.is_running() && Running.is_running() && !Stopped.is_running());
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub fn installations() -> Vec<Installation> {
             out.push(i);
         }
     }
-    out.sort_by(|a, b| b.major.cmp(&a.major));
+    out.sort_by_key(|i| std::cmp::Reverse(i.major));
     out
 }
 
@@ -164,7 +164,7 @@ pub fn discover(opts: &DiscoveryOptions) -> Result<Binaries, Error> {
         None if server.has_client => server.clone(),
         None => all
             .iter()
-            .filter(|i| i.has_client && i.major >= server.major)
+            .filter(|i| i.has_client && i.major.client_tools_serve(server.major))
             .min_by_key(|i| i.major)
             .cloned()
             .ok_or_else(|| {
@@ -175,7 +175,7 @@ pub fn discover(opts: &DiscoveryOptions) -> Result<Binaries, Error> {
                 ))
             })?,
     };
-    if client.major < server.major {
+    if !client.major.client_tools_serve(server.major) {
         return Err(Error::Discovery(format!(
             "client tools in {} are PostgreSQL {}, older than the server ({}); pg_basebackup must be the same major or newer",
             client.bin_dir.display(),

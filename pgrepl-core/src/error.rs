@@ -90,6 +90,12 @@ pub enum Error {
     /// A check refused to go on.
     #[error("refused: {0}")]
     Refused(Refusal),
+    /// A planner refused the operation (typed reason, see [`crate::plan::Refusal`]).
+    #[error("refused: {0}")]
+    Plan(crate::plan::Refusal),
+    /// A guard of a plan's step did not hold right before the step; nothing of that step ran.
+    #[error("refused: {0}")]
+    Guard(crate::plan::GuardFailure),
     /// No usable PostgreSQL installation.
     #[error("{0}")]
     Discovery(String),
@@ -158,11 +164,34 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The cluster's operation lock is held by another operation (or could not be taken
+    /// on a majority of its hosts) past the wait (see the `oplock` module).
+    #[error("cluster {cluster}: the operation lock is {holder} (gave up after {}s)", .waited.as_secs_f64().round())]
+    Locked {
+        /// The cluster.
+        cluster: String,
+        /// Who holds it, since when and until when (or why it could not be taken).
+        holder: String,
+        /// How long pgrepl waited.
+        waited: Duration,
+    },
 }
 
 impl From<SpecErrors> for Error {
     fn from(e: SpecErrors) -> Self {
         Error::Spec(e)
+    }
+}
+
+impl From<crate::plan::Refusal> for Error {
+    fn from(r: crate::plan::Refusal) -> Self {
+        Error::Plan(r)
+    }
+}
+
+impl From<crate::plan::GuardFailure> for Error {
+    fn from(g: crate::plan::GuardFailure) -> Self {
+        Error::Guard(g)
     }
 }
 
@@ -173,6 +202,12 @@ impl From<Refusal> for Error {
 }
 
 impl Error {
+    /// Whether a safety check refused (a plan's refusal, a failed guard, or another
+    /// refusal): the CLI's exit status 3.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Error::Refused(_) | Error::Plan(_) | Error::Guard(_) | Error::Locked { .. })
+    }
+
     /// A node-state error.
     pub fn node(node: impl Into<String>, problem: impl Into<String>) -> Self {
         Error::Node { node: node.into(), problem: problem.into() }
@@ -181,3 +216,16 @@ impl Error {
 
 /// A pgrepl result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and its causes on one line: `a: b: c` (at most 8 levels).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    for _ in 0..8 {
+        let Some(c) = cur else { break };
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -8,6 +8,10 @@
 //! |---|---|---|---|---|
 //! | Debian/Ubuntu | `/usr/lib/postgresql/<v>/bin` | `/var/lib/postgresql/<v>/main` | `/etc/postgresql/<v>/main` | `systemctl … postgresql@<v>-main` with systemd, else `pg_ctlcluster <v> main` |
 //! | RHEL-like (PGDG) | `/usr/pgsql-<v>/bin` | `/var/lib/pgsql/<v>/data` | the data directory | `systemctl … postgresql-<v>` with systemd, else `pg_ctl` |
+//!
+//! pgrepl starts the nodes itself: `up` turns off the OS's start at boot (Debian's `start.conf`
+//! says `manual`; an enabled systemd unit is disabled), so a node fenced while unreachable
+//! does not come back writable after a reboot.
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -283,6 +287,64 @@ mod tests {
         assert_eq!(l.data_dir, "/var/lib/pgsql/16/data");
         assert_eq!(l.service, ServiceControl::Systemd { unit: "postgresql-16".into() });
         assert!(r.install_script(PgMajor::V17).unwrap().contains("postgresql17-server"));
+    }
+
+    /// The commands that turn off the OS's start at boot, per layout: Debian's start.conf
+    /// (with and without systemd), the systemd unit (Debian, RHEL), nothing for pg_ctl.
+    #[test]
+    fn autostart_off_per_layout() {
+        let spec = crate::ClusterSpec::from_toml(
+            "name = \"a\"\n[provider]\nkind = \"local\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n",
+        )
+        .unwrap();
+        let render = |facts: &str, major: PgMajor| {
+            let layout = HostFacts::parse(facts).layout(major, "/var/lib/postgresql/pgrepl-a").unwrap();
+            let cluster = spec.validate_for(major).unwrap();
+            let r = crate::render::render_node(&cluster, "db2", &layout, None).unwrap();
+            (r.commands.autostart.clone(), r.to_string())
+        };
+        let line = |c: &Option<crate::render::CommandLine>| c.as_ref().map(|c| format!("[{}] {c}", c.user));
+
+        // Debian without systemd (pg_ctlcluster; the init script reads start.conf).
+        let (a, text) = render(DEBIAN_LAB, PgMajor::V15);
+        assert_eq!(a.start_conf.as_deref(), Some("/etc/postgresql/15/main/start.conf"));
+        assert_eq!((a.reload_units, a.is_enabled, a.disable), (None, None, None));
+        assert!(text.contains("no start at boot: /etc/postgresql/15/main/start.conf says manual"), "{text}");
+
+        // Debian with systemd: start.conf (the generator reads it) and the instance unit.
+        let (a, text) = render("ID=debian\nSYSTEMD=1\nPGBIN=/usr/lib/postgresql/16/bin\nPGCTLCLUSTER=1\n", PgMajor::V16);
+        assert_eq!(a.start_conf.as_deref(), Some("/etc/postgresql/16/main/start.conf"));
+        assert_eq!(line(&a.reload_units).as_deref(), Some("[root] /usr/bin/systemctl daemon-reload"));
+        assert_eq!(line(&a.is_enabled).as_deref(), Some("[root] /usr/bin/systemctl is-enabled postgresql@16-main"));
+        assert_eq!(line(&a.disable).as_deref(), Some("[root] /usr/bin/systemctl disable postgresql@16-main"));
+        assert!(text.contains("no start at boot: [root] /usr/bin/systemctl disable postgresql@16-main"), "{text}");
+
+        // RHEL with systemd: the PGDG unit; no start.conf.
+        let (a, _) = render("ID=rocky\nID_LIKE=\"rhel centos fedora\"\nSYSTEMD=1\nPGBIN=/usr/pgsql-16/bin\n", PgMajor::V16);
+        assert_eq!((a.start_conf, a.reload_units), (None, None));
+        assert_eq!(line(&a.is_enabled).as_deref(), Some("[root] /usr/bin/systemctl is-enabled postgresql-16"));
+        assert_eq!(line(&a.disable).as_deref(), Some("[root] /usr/bin/systemctl disable postgresql-16"));
+
+        // RHEL without systemd: pg_ctl, nothing starts it at boot.
+        let (a, text) = render("ID=rocky\nID_LIKE=rhel\nPGBIN=/usr/pgsql-16/bin\n", PgMajor::V16);
+        assert!(a.is_empty(), "{a:?}");
+        assert!(!text.contains("no start at boot"), "{text}");
+    }
+
+    #[test]
+    fn start_conf_is_read_and_set_as_postgresql_common_does() {
+        use crate::render::{start_conf_manual, start_conf_mode};
+        let debian = "# Automatic startup configuration\n#   auto: automatically start the cluster\n#   manual: manual startup with pg_ctlcluster/postgresql@.service only\n#   disabled: refuse to start cluster\n# See pg_createcluster(1) for details. When running from systemd,\n# invoke 'systemctl daemon-reload' after editing this file.\n\nauto\n";
+        assert_eq!(start_conf_mode(debian), "auto");
+        let manual = start_conf_manual(debian);
+        assert_eq!(start_conf_mode(&manual), "manual");
+        assert_eq!(manual, debian.replace("\nauto\n", "\nmanual\n"), "comments kept, only the mode line changed");
+        assert_eq!(start_conf_manual(&manual), manual, "idempotent");
+        assert_eq!(start_conf_mode(""), "auto", "a missing or empty file means auto");
+        assert_eq!(start_conf_manual(""), "manual\n");
+        assert_eq!(start_conf_mode("  auto # at boot\n"), "auto");
+        assert_eq!(start_conf_manual("  auto # at boot\n"), "manual # at boot\n");
+        assert_eq!(start_conf_mode("disabled\n"), "disabled");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! ```no_run
 //! use pgrepl_core::{ClusterSpec, NodeSpec, PgMajor};
-//! use pgrepl_core::local::LocalDeployment;
+//! use pgrepl_core::deploy::Deployment;
+//! use pgrepl_core::local::LocalBackend;
 //!
 //! # async fn demo() -> Result<(), pgrepl_core::Error> {
 //! let spec = ClusterSpec::builder("demo")
@@ -17,7 +18,9 @@
 //!     .node(NodeSpec::standby("db2"))
 //!     .node(NodeSpec::standby("db3"))
 //!     .into_spec();
-//! let deployment = LocalDeployment::open(&spec, &Default::default()).await?;
+//! // The backend of the spec's provider kind opens it (with pgrepl-ssh and pgrepl-aws,
+//! // pass their `SshBackend` and `Ec2Backend` too).
+//! let deployment = Deployment::open(&spec, &Default::default(), &[&LocalBackend]).await?;
 //! let report = deployment.up(&pgrepl_core::deploy::NoProgress).await?;
 //! println!("{report}");
 //! let status = deployment.status().await;
@@ -39,10 +42,14 @@ pub mod ha;
 #[cfg(feature = "runtime")]
 pub mod hosts;
 pub mod layout;
+pub mod lsn;
+pub mod observe;
 pub mod pgcontrol;
+pub mod plan;
 pub mod render;
 pub mod secret;
 pub mod spec;
+pub mod topology;
 mod validate;
 pub mod version;
 
@@ -51,7 +58,13 @@ pub mod deploy;
 #[cfg(feature = "runtime")]
 pub mod discovery;
 #[cfg(feature = "runtime")]
+mod dry_run;
+#[cfg(feature = "runtime")]
 pub mod local;
+#[cfg(feature = "runtime")]
+pub mod open;
+#[cfg(feature = "runtime")]
+pub mod oplock;
 #[cfg(feature = "runtime")]
 pub mod provider;
 #[cfg(feature = "runtime")]
@@ -65,6 +78,7 @@ pub mod transport;
 
 pub use cluster::{Cluster, Node};
 pub use error::{Error, Refusal, SpecError, SpecErrors};
+pub use lsn::Lsn;
 pub use spec::{ClusterSpec, NodeSpec, Role};
 pub use validate::{default_slot_name, is_cidr};
 pub use version::PgMajor;

@@ -29,6 +29,7 @@ use crate::deploy::Deployment;
 use crate::discovery::{DiscoveryOptions, discover};
 use crate::error::Error;
 use crate::layout::{Binaries, NodeLayout};
+use crate::open::{Backend, OpenOptions};
 use crate::provider::{Connector, Host, NodeHandle, Provider};
 use crate::spec::{ClusterSpec, ProviderSpec};
 use crate::transport::{Command, Output, Transport, TransportError, TransportExt};
@@ -119,12 +120,21 @@ impl Transport for LocalTransport {
             .kill_on_drop(true);
         let mut child = c.spawn().map_err(|e| TransportError::Other(format!("could not start {}: {e}", cmd.program)))?;
         let pid = child.id();
-        if let (Some(bytes), Some(mut stdin)) = (cmd.stdin.clone(), child.stdin.take()) {
-            // A child that exits early closes its stdin; that is reported by its status.
-            let _ = stdin.write_all(&bytes).await;
-            drop(stdin);
-        }
-        match tokio::time::timeout(cmd.timeout, child.wait_with_output()).await {
+        // Stdin is written while the output is read (a child that echoes its input would
+        // otherwise fill its stdout pipe and never read the rest), all within the limit.
+        let feed = {
+            let stdin = child.stdin.take();
+            let bytes = cmd.stdin.clone();
+            async move {
+                if let (Some(bytes), Some(mut stdin)) = (bytes, stdin) {
+                    // A child that exits early closes its stdin; that is reported by its status.
+                    let _ = stdin.write_all(&bytes).await;
+                    drop(stdin);
+                }
+            }
+        };
+        let run = async { tokio::join!(feed, child.wait_with_output()).1 };
+        match tokio::time::timeout(cmd.timeout, run).await {
             Ok(out) => {
                 let out = out?;
                 Ok(Output {
@@ -143,12 +153,24 @@ impl Transport for LocalTransport {
         }
     }
 
+    /// Writes through a new temporary file in the same directory (`O_CREAT|O_EXCL|O_NOFOLLOW`:
+    /// never through a symbolic link), sets owner and mode on the open descriptor
+    /// (`fchown`, `fchmod`: never on a path someone could swap), then renames it over the
+    /// target within that directory (a symbolic link at the target is replaced, not
+    /// followed). Given to another user, the file must land in the directory as named, or in
+    /// one that user owns: a directory reached through a symbolic link into a place the
+    /// user cannot write is refused, so no file of theirs is ever planted there.
     async fn write_file(&self, path: &str, contents: &[u8], mode: u32, owner: Option<&str>) -> Result<(), TransportError> {
         use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        /// `O_NOFOLLOW` on Linux.
+        const O_NOFOLLOW: i32 = 0o400000;
         let path = PathBuf::from(path);
         let dir = path.parent().ok_or_else(|| TransportError::Other(format!("{}: no parent directory", path.display())))?.to_path_buf();
-        let ids = owner.map(lookup_ids).transpose()?;
+        let name = path.file_name().ok_or_else(|| TransportError::Other(format!("{}: not a file path", path.display())))?.to_os_string();
+        let ids = owner.map(lookup_ids).transpose()?.filter(|(uid, _)| *uid != me().uid);
+        let owner = owner.unwrap_or_default().to_string();
         let contents = contents.to_vec();
         tokio::task::spawn_blocking(move || -> Result<(), TransportError> {
             // A name no other writer uses: this process, a counter, and the clock.
@@ -156,20 +178,34 @@ impl Transport for LocalTransport {
             let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
             let tmp = dir.join(format!(".pgrepl-tmp-{}-{seq}-{nanos}", std::process::id()));
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o600).custom_flags(O_NOFOLLOW).open(&tmp)?;
+            // Where the file really is (open follows symbolic links in the directory part).
+            let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))?;
             let result = (|| -> Result<(), TransportError> {
-                let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o600).open(&tmp)?;
-                f.write_all(&contents)?;
-                f.sync_all()?;
-                drop(f);
+                let real_dir = real.parent().unwrap_or(&dir).to_path_buf();
                 if let Some((uid, gid)) = ids {
-                    std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+                    if real_dir != dir && std::fs::symlink_metadata(&real_dir)?.uid() != uid {
+                        return Err(TransportError::Other(format!(
+                            "refusing to write {} for OS user \"{owner}\": {} leads through a symbolic link to {}, a directory \"{owner}\" does not own",
+                            path.display(),
+                            dir.display(),
+                            real_dir.display()
+                        )));
+                    }
+                    f.write_all(&contents)?;
+                    f.sync_all()?;
+                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+                } else {
+                    f.write_all(&contents)?;
+                    f.sync_all()?;
                 }
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-                std::fs::rename(&tmp, &path)?;
+                // After fchown, which clears set-id bits.
+                f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+                std::fs::rename(&real, real_dir.join(&name))?;
                 Ok(())
             })();
             if result.is_err() {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&real);
             }
             result
         })
@@ -287,7 +323,7 @@ impl Connector for LocalConnector {
     }
 }
 
-/// Options for a local deployment beyond the spec.
+/// Options for a local deployment beyond the spec (the older form of [`OpenOptions`]).
 #[derive(Debug, Clone, Default)]
 pub struct LocalOptions {
     /// Binaries: explicit directories or a major.
@@ -314,14 +350,22 @@ pub fn default_os_user() -> String {
     if running_as_root() { "postgres".into() } else { current_user().to_string() }
 }
 
-/// Builds a [`Deployment`] on the local provider.
-#[derive(Debug)]
-pub struct LocalDeployment;
+/// The local provider's [`Backend`]: every node on this machine. Reads
+/// [`OpenOptions`]' `major`, `pg_bin`, `pg_client_bin` (over the spec's), `work_dir`
+/// (over the spec's `provider.work_dir`) and `state_dir` (default `<work dir>/secrets`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalBackend;
 
-impl LocalDeployment {
-    /// Validates `spec`, finds binaries (spec's `pg_bin`/`postgres`, or `opts`), and
-    /// returns the deployment. Nothing is created until [`Deployment::up`].
-    pub async fn open(spec: &ClusterSpec, opts: &LocalOptions) -> Result<Deployment, Error> {
+#[async_trait]
+impl Backend for LocalBackend {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    /// Validates `spec`, finds binaries (the options', else the spec's `pg_bin` and
+    /// `postgres`, else the newest installed), and returns the deployment. Nothing is
+    /// created until [`Deployment::up`].
+    async fn open(&self, spec: &ClusterSpec, opts: &OpenOptions) -> Result<Deployment, Error> {
         let local = match &spec.provider {
             ProviderSpec::Local(l) => l.clone(),
             other => {
@@ -334,7 +378,7 @@ impl LocalDeployment {
         };
         // Structure first, so a broken spec is reported before binaries are looked for.
         let unversioned = spec.validate()?;
-        let mut d = opts.discovery.clone();
+        let mut d = opts.discovery();
         d.pg_bin = d.pg_bin.or_else(|| spec.pg_bin.clone());
         d.pg_client_bin = d.pg_client_bin.or_else(|| spec.pg_client_bin.clone());
         d.major = d.major.or(unversioned.major);
@@ -351,7 +395,33 @@ impl LocalDeployment {
         }
         let provider = Arc::new(LocalProvider::new(&work_dir, &os_user));
         let connector = Arc::new(LocalConnector { work_dir: work_dir.clone(), os_user, binaries: binaries.clone() });
-        Ok(Deployment::new(cluster, provider, connector, work_dir.join("secrets")).with_binaries(binaries).with_local_ports())
+        let state_dir = opts.state_dir.clone().unwrap_or_else(|| work_dir.join("secrets"));
+        Ok(Deployment::new(cluster, provider, connector, state_dir).with_binaries(binaries).with_local_ports())
+    }
+}
+
+impl From<&LocalOptions> for OpenOptions {
+    fn from(o: &LocalOptions) -> Self {
+        OpenOptions {
+            major: o.discovery.major,
+            pg_bin: o.discovery.pg_bin.clone(),
+            pg_client_bin: o.discovery.pg_client_bin.clone(),
+            work_dir: o.work_dir.clone(),
+            state_dir: None,
+        }
+    }
+}
+
+/// Builds a [`Deployment`] on the local provider (the older entry point; see
+/// [`Deployment::open`] with [`LocalBackend`]).
+#[derive(Debug)]
+pub struct LocalDeployment;
+
+impl LocalDeployment {
+    /// [`LocalBackend`]'s open with these options: kept for existing callers; new code
+    /// calls [`Deployment::open`] with the backends it has.
+    pub async fn open(spec: &ClusterSpec, opts: &LocalOptions) -> Result<Deployment, Error> {
+        LocalBackend.open(spec, &opts.into()).await
     }
 }
 

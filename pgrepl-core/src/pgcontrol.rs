@@ -24,42 +24,10 @@
 //! majors; it is found as the offset where the CRC of everything before it matches.
 
 use std::fmt;
-use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
-/// A WAL position (`XLogRecPtr`), shown as PostgreSQL does: `16/B374D848`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Lsn(pub u64);
-
-impl Lsn {
-    /// Bytes from `other` up to `self` (0 when `other` is ahead).
-    pub fn bytes_after(self, other: Lsn) -> u64 {
-        self.0.saturating_sub(other.0)
-    }
-}
-
-impl fmt::Display for Lsn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
-
-impl FromStr for Lsn {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Lsn, String> {
-        let (hi, lo) = s.trim().split_once('/').ok_or_else(|| format!("\"{s}\" is not a WAL position (X/Y)"))?;
-        let hi = u32::from_str_radix(hi, 16).map_err(|_| format!("\"{s}\" is not a WAL position (X/Y)"))?;
-        let lo = u32::from_str_radix(lo, 16).map_err(|_| format!("\"{s}\" is not a WAL position (X/Y)"))?;
-        Ok(Lsn(((hi as u64) << 32) | lo as u64))
-    }
-}
-
-impl Serialize for Lsn {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
+pub use crate::lsn::Lsn;
 
 /// Where pg_control keeps what pgrepl reads, per major (from the version table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -446,7 +414,7 @@ impl WalScanner {
     fn begin_record(&mut self, data: &[u8], seg_start: u64) -> Option<Partial> {
         let blcksz = self.blcksz?;
         let mut pos = self.pos;
-        if pos % blcksz == 0 {
+        if pos.is_multiple_of(blcksz) {
             let flags = self.check_page(data, seg_start, pos)?;
             if flags & XLP_FIRST_IS_CONTRECORD != 0 {
                 // The page begins with the rest of a record we did not start: not our chain.
@@ -460,7 +428,7 @@ impl WalScanner {
     }
 
     fn header_size(&self, page_start: u64) -> u64 {
-        if page_start % self.seg_size == 0 { LONG_PAGE_HEADER } else { SHORT_PAGE_HEADER }
+        if page_start.is_multiple_of(self.seg_size) { LONG_PAGE_HEADER } else { SHORT_PAGE_HEADER }
     }
 
     fn page_tli_at(&self, data: &[u8], seg_start: u64, pos: u64) -> u32 {
@@ -487,7 +455,7 @@ impl WalScanner {
             Some(m) if m != magic => return None,
             Some(_) => {}
         }
-        if (page % self.seg_size == 0) != (info & XLP_LONG_HEADER != 0) {
+        if page.is_multiple_of(self.seg_size) != (info & XLP_LONG_HEADER != 0) {
             return None;
         }
         if tli < self.page_tli {
@@ -508,7 +476,7 @@ impl WalScanner {
                 if pos >= seg_end {
                     return Read::SegmentEnd(pos);
                 }
-                if pos % blcksz == 0 {
+                if pos.is_multiple_of(blcksz) {
                     // A continuation page.
                     let Some(flags) = self.check_page(data, seg_start, pos) else { return Read::Invalid };
                     if flags & XLP_FIRST_IS_CONTRECORD == 0 {
@@ -693,7 +661,7 @@ mod tests {
         }
 
         fn page_header(&mut self, page: u64, contrecord: bool, rem: u32) {
-            let long = page % self.seg_size == 0;
+            let long = page.is_multiple_of(self.seg_size);
             let mut info: u16 = if contrecord { XLP_FIRST_IS_CONTRECORD } else { 0 };
             if long {
                 info |= XLP_LONG_HEADER;
@@ -716,12 +684,12 @@ mod tests {
         }
 
         fn hdr(&self, page: u64) -> u64 {
-            if page % self.seg_size == 0 { LONG_PAGE_HEADER } else { SHORT_PAGE_HEADER }
+            if page.is_multiple_of(self.seg_size) { LONG_PAGE_HEADER } else { SHORT_PAGE_HEADER }
         }
 
         /// Writes a record with `len` payload bytes; returns (start, end).
         fn record(&mut self, len: usize, rmid: u8, info: u8) -> (u64, u64) {
-            if self.pos % self.blcksz == 0 {
+            if self.pos.is_multiple_of(self.blcksz) {
                 self.page_header(self.pos, false, 0);
                 self.pos += self.hdr(self.pos);
             }
@@ -740,7 +708,7 @@ mod tests {
             let bytes: Vec<u8> = header.into_iter().chain(payload).collect();
             let mut remaining = bytes.len() as u32;
             for v in bytes {
-                if self.pos % self.blcksz == 0 {
+                if self.pos.is_multiple_of(self.blcksz) {
                     self.page_header(self.pos, true, remaining);
                     self.pos += self.hdr(self.pos);
                 }

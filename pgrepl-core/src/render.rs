@@ -208,6 +208,74 @@ pub struct Commands {
     pub promote: Option<Promote>,
     /// Removes the cluster where the distribution manages it (Debian: pg_dropcluster).
     pub drop: Option<CommandLine>,
+    /// Turns off the OS's own start of the server at boot: pgrepl starts its nodes itself,
+    /// so a node fenced while unreachable does not come back writable after a reboot.
+    pub autostart: Autostart,
+}
+
+/// How the OS would start a node's server at boot, and how pgrepl turns that off. Empty
+/// where nothing starts it (pg_ctl layouts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Autostart {
+    /// Debian: the cluster's `start.conf`, which pgrepl makes say `manual` (the init script
+    /// and systemd's postgresql generator then leave it alone at boot; `pg_ctlcluster` and
+    /// `systemctl start` still start it, `pg_lsclusters` still lists it).
+    pub start_conf: Option<String>,
+    /// Debian with systemd: run after changing `start.conf`, so that systemd's postgresql
+    /// generator drops the cluster from `postgresql.service`'s wants now, not only at the
+    /// next boot (`systemctl daemon-reload`).
+    pub reload_units: Option<CommandLine>,
+    /// systemd: prints `enabled` when the unit starts at boot (`systemctl is-enabled <unit>`).
+    pub is_enabled: Option<CommandLine>,
+    /// systemd: stops the unit from starting at boot (`systemctl disable <unit>`).
+    pub disable: Option<CommandLine>,
+}
+
+impl Autostart {
+    /// Whether the layout has nothing that starts the server at boot.
+    pub fn is_empty(&self) -> bool {
+        self.start_conf.is_none() && self.disable.is_none()
+    }
+}
+
+/// The mode a Debian `start.conf` sets, as postgresql-common reads it: the first word of the
+/// first line that is not a comment (`auto`, `manual` or `disabled`); `auto` when there is
+/// none (the file missing or empty).
+pub fn start_conf_mode(text: &str) -> &str {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        return ["auto", "manual", "disabled"].into_iter().find(|m| line.starts_with(m)).unwrap_or(line);
+    }
+    "auto"
+}
+
+/// `start.conf` set to `manual`, as postgresql-common's `set_cluster_start_conf` does it: the
+/// mode line replaced, comments kept; the line appended when there is none.
+pub fn start_conf_manual(text: &str) -> String {
+    let mut out = String::new();
+    let mut replaced = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        match ["auto", "manual", "disabled"]
+            .into_iter()
+            .find(|m| t.strip_prefix(m).is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_')))
+        {
+            Some(m) => {
+                out.push_str("manual");
+                out.push_str(&t[m.len()..]);
+                replaced = true;
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    if !replaced {
+        out.push_str("manual\n");
+    }
+    out
 }
 
 /// Renders every file, statement and command of `node_name`.
@@ -302,6 +370,7 @@ pub fn render_node(cluster: &Cluster, node_name: &str, layout: &NodeLayout, secr
             env: Vec::new(),
             user: "root".into(),
         }),
+        autostart: autostart(layout),
     };
 
     Ok(RenderedNode { node: node.name.clone(), role: node.role, major: caps.major, settings, files, sql, commands })
@@ -340,7 +409,7 @@ pub fn conf_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
     match &cluster.archive {
         ArchiveSpec::None => {}
         ArchiveSpec::Dir { path } => {
-            let dir = path.to_string_lossy();
+            let dir = archive_dir_word(&path.to_string_lossy());
             set("archive_mode", "on".into());
             set("archive_command", guc_quote(&format!("test ! -f {dir}/%f && cp %p {dir}/%f")));
         }
@@ -385,10 +454,19 @@ fn recovery_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
     }
     match &cluster.archive {
         ArchiveSpec::None => {}
-        ArchiveSpec::Dir { path } => s.push(("restore_command", guc_quote(&format!("cp {}/%f %p", path.to_string_lossy())))),
+        ArchiveSpec::Dir { path } => {
+            s.push(("restore_command", guc_quote(&format!("cp {}/%f %p", archive_dir_word(&path.to_string_lossy())))))
+        }
         ArchiveSpec::Command { restore_command, .. } => s.push(("restore_command", guc_quote(restore_command))),
     }
     s
+}
+
+/// The archive directory as one word of `archive_command`/`restore_command`: quoted for
+/// the shell PostgreSQL runs them with, and with `%` doubled (PostgreSQL expands `%f`,
+/// `%p`, `%r` and `%%` in those commands before the shell sees them).
+pub fn archive_dir_word(dir: &str) -> String {
+    shell_quote(dir).replace('%', "%%")
 }
 
 /// The connection string a standby uses to reach `upstream`: minimal on purpose (older
@@ -630,6 +708,28 @@ fn service_command(layout: &NodeLayout, verb: &str) -> CommandLine {
     }
 }
 
+/// What starts the node's server at boot on its layout: Debian's `start.conf` (read by the
+/// init script and by systemd's postgresql generator) and, where systemd runs, the unit.
+fn autostart(layout: &NodeLayout) -> Autostart {
+    let systemctl = |args: &[&str]| CommandLine {
+        program: "/usr/bin/systemctl".into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: Vec::new(),
+        user: "root".into(),
+    };
+    let systemd = match &layout.service {
+        ServiceControl::Systemd { unit } => Some(unit),
+        ServiceControl::PgCtl | ServiceControl::PgCtlCluster { .. } => None,
+    };
+    let start_conf = layout.debian_cluster.as_ref().map(|_| format!("{}/start.conf", layout.config_dir));
+    Autostart {
+        reload_units: systemd.filter(|_| start_conf.is_some()).map(|_| systemctl(&["daemon-reload"])),
+        start_conf,
+        is_enabled: systemd.map(|u| systemctl(&["is-enabled", u])),
+        disable: systemd.map(|u| systemctl(&["disable", u])),
+    }
+}
+
 fn promote(layout: &NodeLayout, caps: &Capabilities) -> Promote {
     match caps.promote {
         PromoteMethod::PgPromote => Promote::Sql { sql: "SELECT pg_catalog.pg_promote(true, 60);".into() },
@@ -730,6 +830,12 @@ impl fmt::Display for RenderedNode {
         writeln!(f, "start:   [{}] {}", c.start.user, c.start)?;
         writeln!(f, "stop:    [{}] {}", c.stop.user, c.stop)?;
         writeln!(f, "reload:  [{}] {}", c.reload.user, c.reload)?;
+        if let Some(sc) = &c.autostart.start_conf {
+            writeln!(f, "no start at boot: {sc} says manual")?;
+        }
+        if let Some(d) = &c.autostart.disable {
+            writeln!(f, "no start at boot: [{}] {d}", d.user)?;
+        }
         match &c.promote {
             Some(Promote::Sql { sql }) => writeln!(f, "promote: {sql}")?,
             Some(Promote::Command { command }) => writeln!(f, "promote: [{}] {command}", command.user)?,
@@ -771,6 +877,74 @@ mod tests {
         assert_eq!(shell_quote("--port=5432"), "--port=5432");
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), "'it'\\''s'");
+    }
+
+    /// What PostgreSQL's configuration parser makes of a quoted string value.
+    fn guc_unquote(v: &str) -> String {
+        let inner = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')).expect("a quoted value");
+        let mut out = String::new();
+        let mut chars = inner.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, chars.peek()) {
+                ('\'', Some('\'')) | ('\\', Some(_)) => out.push(chars.next().unwrap_or(c)),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// What PostgreSQL hands the shell: `%f`, `%p` and `%%` expanded.
+    fn pg_expand(cmd: &str) -> String {
+        cmd.replace("%%", "\u{0}")
+            .replace("%f", "000000010000000000000003")
+            .replace("%p", "pg_wal/000000010000000000000003")
+            .replace('\u{0}', "%")
+    }
+
+    #[test]
+    fn archive_dir_is_shell_quoted_in_archive_and_restore_commands() {
+        use crate::spec::{ClusterSpec, NodeSpec};
+        let dir = "/srv/archive with space/it's 100%";
+        let cluster = ClusterSpec::builder("q")
+            .node(NodeSpec::primary("db1"))
+            .node(NodeSpec::standby("db2"))
+            .archive(ArchiveSpec::Dir { path: dir.into() })
+            .into_spec()
+            .validate_for(PgMajor::V16)
+            .expect("an archive path with a space, a quote and a percent sign is valid");
+        let bins = crate::layout::Binaries::assumed(PgMajor::V16);
+        let layout = NodeLayout::local("/w", "db2", &bins, "postgres");
+        let caps = PgMajor::V16.caps();
+        let value = |node: &str, key: &str| {
+            let n = cluster.node(node).unwrap();
+            let s = conf_settings(&cluster, n, &layout, &caps);
+            s.into_iter().find(|(k, _)| k == key).map(|(_, v)| v).unwrap_or_else(|| panic!("{key} on {node}"))
+        };
+        let word = r"'/srv/archive with space/it'\''s 100%%'";
+        let archive = value("db1", "archive_command");
+        assert_eq!(archive, format!("'test ! -f {w}/%f && cp %p {w}/%f'", w = word.replace('\\', "\\\\").replace('\'', "''")));
+        assert_eq!(guc_unquote(&archive), format!("test ! -f {word}/%f && cp %p {word}/%f"));
+        let restore = value("db2", "restore_command");
+        assert_eq!(guc_unquote(&restore), format!("cp {word}/%f %p"));
+        // A real shell splits the expanded command into exactly the intended words.
+        let expanded = pg_expand(&guc_unquote(&restore));
+        let args = expanded.strip_prefix("cp ").unwrap();
+        let out = std::process::Command::new("sh").args(["-c", &format!("printf '[%s]\\n' {args}")]).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "[/srv/archive with space/it's 100%/000000010000000000000003]\n[pg_wal/000000010000000000000003]\n"
+        );
+        let expanded = pg_expand(&guc_unquote(&archive));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &expanded.replace("test ! -f ", "printf '[%s]\\n' ").replace(" && cp ", "; printf '{%s}\\n' ")])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "[/srv/archive with space/it's 100%/000000010000000000000003]\n{pg_wal/000000010000000000000003}\n{/srv/archive with space/it's 100%/000000010000000000000003}\n"
+        );
+        // A plain path stays as it was (the golden files do not change).
+        assert_eq!(archive_dir_word("/var/lib/pgrepl/a-archive"), "/var/lib/pgrepl/a-archive");
     }
 
     #[test]

@@ -117,7 +117,7 @@ fn parse_error(status: i32, stderr: &str) -> SqlError {
     }
     SqlError {
         sqlstate: None,
-        message: stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("psql failed").trim().to_string(),
+        message: stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("psql failed").trim().to_string(),
         connect_failed: status == 2,
     }
 }

@@ -6,18 +6,16 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use postgres_types::PgLsn;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, Node};
-use crate::deploy::{Deployment, POLL_INTERVAL, is_running};
+use crate::deploy::{Deployment, POLL_INTERVAL};
 use crate::error::Error;
-use crate::provider::NodeHandle;
+use crate::lsn::Lsn;
+use crate::observe::{DataDirState, Observed, ObservedCluster};
 use crate::render::sql_literal;
 use crate::spec::Role;
 use crate::sql::{self, QueryError};
-use crate::transport::TransportExt;
-use crate::version::Capabilities;
 
 /// Time limit of status queries per node.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,9 +50,9 @@ pub struct NodeStatus {
     /// Timeline.
     pub timeline: Option<u32>,
     /// Current WAL position (primary) or last replayed position (standby).
-    pub lsn: Option<String>,
+    pub lsn: Option<Lsn>,
     /// Last received position (standby).
-    pub receive_lsn: Option<String>,
+    pub receive_lsn: Option<Lsn>,
     /// Replay lag behind the primary's current position, bytes.
     pub lag_bytes: Option<u64>,
     /// Replay lag in time, seconds (0 when caught up).
@@ -121,188 +119,110 @@ pub fn connection_strings(cluster: &Cluster) -> ConnectionStrings {
     }
 }
 
-struct Observed {
-    in_recovery: bool,
-    timeline: Option<u32>,
-    lsn: Option<String>,
-    receive_lsn: Option<String>,
-    replay_age: Option<f64>,
-    /// Rows of pg_stat_replication: (application_name, state, sync_state, lag seconds).
-    senders: Vec<(String, String, String, Option<f64>)>,
-    /// Rows of pg_replication_slots: (slot_name, active).
-    slots: Vec<(String, bool)>,
-}
-
-fn status_sql(caps: &Capabilities) -> String {
-    let l = &caps.lsn;
-    let receiver_tli = if caps.wal_receiver_view { "(SELECT received_tli FROM pg_catalog.pg_stat_wal_receiver)" } else { "NULL" };
-    let lag = if caps.lag_columns { "extract(epoch FROM replay_lag)" } else { "NULL" };
-    let slots =
-        if caps.slots { "SELECT 's', slot_name, active FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical';" } else { "" };
-    format!(
-        "SELECT 'n', pg_catalog.pg_is_in_recovery(), \
-           CASE WHEN pg_catalog.pg_is_in_recovery() THEN {receiver_tli}::text ELSE substr(pg_catalog.{walfile}(pg_catalog.{current}()), 1, 8) END, \
-           CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.{replay}()::text ELSE pg_catalog.{current}()::text END, \
-           CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.{receive}()::text END, \
-           extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp());\n\
-         SELECT 'r', application_name, state, sync_state, {lag} FROM pg_catalog.pg_stat_replication;\n{slots}",
-        walfile = l.walfile_name,
-        current = l.current,
-        replay = l.last_replay,
-        receive = l.last_receive,
-    )
-}
-
-async fn observe(h: &NodeHandle, port: u16, caps: &Capabilities) -> Result<Observed, QueryError> {
-    let rows = sql::query(&*h.transport, &h.layout, port, &status_sql(caps), STATUS_TIMEOUT).await?;
-    let mut o = Observed {
-        in_recovery: false,
-        timeline: None,
-        lsn: None,
-        receive_lsn: None,
-        replay_age: None,
-        senders: Vec::new(),
-        slots: Vec::new(),
-    };
-    for r in rows {
-        let f = |i: usize| r.get(i).cloned().flatten();
-        match f(0).as_deref() {
-            Some("n") => {
-                o.in_recovery = f(1).as_deref() == Some("t");
-                o.timeline = f(2).and_then(|t| if o.in_recovery { t.parse().ok() } else { u32::from_str_radix(&t, 16).ok() });
-                o.lsn = f(3);
-                o.receive_lsn = f(4);
-                o.replay_age = f(5).and_then(|s| s.parse().ok());
-            }
-            Some("r") => o.senders.push((
-                f(1).unwrap_or_default(),
-                f(2).unwrap_or_default(),
-                f(3).unwrap_or_default(),
-                f(4).and_then(|s| s.parse().ok()),
-            )),
-            Some("s") => o.slots.push((f(1).unwrap_or_default(), f(2).as_deref() == Some("t"))),
-            _ => {}
-        }
+/// The status of a cluster from one observation (pure).
+pub fn status_report(cluster: &Cluster, observed: &ObservedCluster, major: Option<String>) -> StatusReport {
+    let primaries: Vec<&Observed> = observed.nodes.iter().filter(|o| o.writable()).collect();
+    let primary_lsn = primaries.first().and_then(|o| o.lsn);
+    let mut problems = Vec::new();
+    if primaries.is_empty() {
+        problems.push("no running primary".to_string());
+    } else if primaries.len() > 1 {
+        problems.push(format!(
+            "{} nodes accept writes: {}",
+            primaries.len(),
+            primaries.iter().map(|o| o.node.as_str()).collect::<Vec<_>>().join(", ")
+        ));
     }
-    Ok(o)
-}
-
-fn lsn_diff(a: &str, b: &str) -> Option<u64> {
-    let a: PgLsn = a.parse().ok()?;
-    let b: PgLsn = b.parse().ok()?;
-    Some(u64::from(a).saturating_sub(u64::from(b)))
+    let mut nodes = Vec::new();
+    for n in &cluster.nodes {
+        let o = observed.get(&n.name);
+        let (state, answered) = if !o.host_reachable {
+            (NodeState::Unreachable, false)
+        } else if o.answered() {
+            (NodeState::Running, true)
+        } else if o.runs() {
+            (NodeState::Unreachable, false)
+        } else if matches!(o.data_dir, Some(DataDirState::Missing) | None) {
+            (NodeState::NotDeployed, false)
+        } else {
+            (NodeState::Stopped, false)
+        };
+        let up_obs = n.upstream.as_deref().map(|u| observed.get(u)).filter(|u| u.answered());
+        let sender = up_obs.and_then(|uo| uo.senders.iter().find(|s| s.name == n.name));
+        let slot_row = n.slot.as_ref().and_then(|s| up_obs.and_then(|uo| uo.slots.iter().find(|x| &x.name == s)));
+        let in_recovery = answered && o.in_recovery == Some(true);
+        let lag_bytes = match (answered, in_recovery, o.lsn, primary_lsn) {
+            (true, true, Some(l), Some(p)) => Some(p.bytes_after(l)),
+            (true, false, _, _) => Some(0),
+            _ => None,
+        };
+        let lag_seconds = match (answered, lag_bytes) {
+            (true, Some(b)) if in_recovery => {
+                Some(if b == 0 { 0.0 } else { sender.and_then(|s| s.replay_lag_seconds).or(o.replay_age_seconds).unwrap_or(0.0) })
+            }
+            (true, Some(_)) => Some(0.0),
+            _ => None,
+        };
+        let status = NodeStatus {
+            name: n.name.clone(),
+            spec_role: n.role,
+            endpoint: format!("{}:{}", n.address_or_placeholder(), n.port),
+            state: state.clone(),
+            role: answered.then(|| if in_recovery { "standby".into() } else { "primary".into() }),
+            timeline: if answered { o.timeline } else { None },
+            lsn: if answered { o.lsn } else { None },
+            receive_lsn: if answered { o.receive_lsn } else { None },
+            lag_bytes,
+            lag_seconds,
+            streaming: in_recovery.then(|| sender.is_some_and(|s| s.state == "streaming")),
+            sync_state: sender.map(|s| s.sync_state.clone()),
+            slot: n.slot.clone(),
+            slot_active: slot_row.map(|s| s.active),
+            upstream: n.upstream.clone(),
+            error: if answered { None } else { o.error.clone() },
+        };
+        match (&status.state, n.role, status.role.as_deref()) {
+            (NodeState::Running, Role::Standby, Some("standby")) if status.streaming != Some(true) => {
+                problems.push(format!("{}: not streaming from {}", n.name, n.upstream.clone().unwrap_or_default()))
+            }
+            (NodeState::Running, _, _) => {}
+            (s, _, _) => problems.push(format!(
+                "{}: {}{}",
+                n.name,
+                serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default().replace('_', " "),
+                status.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            )),
+        }
+        if let (Some(slot), Some(false)) = (&status.slot, status.slot_active) {
+            if status.streaming == Some(true) {
+                problems.push(format!("{}: slot {slot} is not active", n.name));
+            }
+        }
+        nodes.push(status);
+    }
+    StatusReport { cluster: cluster.name.clone(), major, nodes, problems, connections: connection_strings(cluster) }
 }
 
 impl Deployment {
-    /// Observes every node. Never fails as a whole: an unreachable node is reported as such.
+    /// Observes every node (one probe each, see [`crate::observe`]). Never fails as a
+    /// whole: an unreachable node is reported as such, and a deployment whose major is
+    /// unknown reports that.
     pub async fn status(&self) -> StatusReport {
         let connections = connection_strings(&self.cluster);
         let major = self.cluster.major.map(|m| m.to_string());
-        let (cluster, handles, unreachable) = match self.connect_partial().await {
+        let (cluster, _, observed) = match self.observe().await {
             Ok(x) => x,
             Err(e) => {
                 return StatusReport {
                     cluster: self.cluster.name.clone(),
                     major,
                     nodes: Vec::new(),
-                    problems: vec![format!("could not reach the cluster's hosts: {e}")],
+                    problems: vec![format!("could not observe the cluster: {}", crate::error::chain(&e))],
                     connections,
                 };
             }
         };
-        let caps = cluster.caps().expect("major known");
-        let observed = join_all(cluster.nodes.iter().map(|n| async {
-            let Some(h) = handles.iter().find(|h| h.name == n.name) else {
-                return match unreachable.iter().find(|(name, _)| name == &n.name) {
-                    Some((_, e)) => (NodeState::Unreachable, None, Some(error_chain(e))),
-                    None => (NodeState::NotDeployed, None, None),
-                };
-            };
-            match is_running(h).await {
-                Err(e) => (NodeState::Unreachable, None, Some(e.to_string())),
-                Ok(false) => {
-                    let deployed = h.transport.exists(&format!("{}/PG_VERSION", h.layout.data_dir), None).await.unwrap_or(false);
-                    (if deployed { NodeState::Stopped } else { NodeState::NotDeployed }, None, None)
-                }
-                Ok(true) => match observe(h, n.port, &caps).await {
-                    Ok(o) => (NodeState::Running, Some(o), None),
-                    Err(QueryError::Transport(e)) => (NodeState::Unreachable, None, Some(e.to_string())),
-                    Err(e) => (NodeState::Unreachable, None, Some(e.to_string())),
-                },
-            }
-        }))
-        .await;
-
-        let primaries: Vec<usize> =
-            observed.iter().enumerate().filter(|(_, (_, o, _))| o.as_ref().is_some_and(|o| !o.in_recovery)).map(|(i, _)| i).collect();
-        let primary_lsn = primaries.first().and_then(|&i| observed[i].1.as_ref()).and_then(|o| o.lsn.clone());
-        let mut problems = Vec::new();
-        if primaries.is_empty() {
-            problems.push("no running primary".to_string());
-        } else if primaries.len() > 1 {
-            problems.push(format!(
-                "{} nodes accept writes: {}",
-                primaries.len(),
-                primaries.iter().map(|&i| cluster.nodes[i].name.as_str()).collect::<Vec<_>>().join(", ")
-            ));
-        }
-        let mut nodes = Vec::new();
-        for (i, n) in cluster.nodes.iter().enumerate() {
-            let (state, o, error) = &observed[i];
-            let up = n.upstream.as_deref().and_then(|u| cluster.nodes.iter().position(|x| x.name == u));
-            let up_obs = up.and_then(|j| observed[j].1.as_ref());
-            let sender = up_obs.and_then(|uo| uo.senders.iter().find(|s| s.0 == n.name));
-            let slot_row = n.slot.as_ref().and_then(|s| up_obs.and_then(|uo| uo.slots.iter().find(|x| &x.0 == s)));
-            let lag_bytes = match (o, &primary_lsn) {
-                (Some(o), Some(p)) if o.in_recovery => o.lsn.as_deref().and_then(|l| lsn_diff(p, l)),
-                (Some(o), _) if !o.in_recovery => Some(0),
-                _ => None,
-            };
-            let lag_seconds = match (o, lag_bytes) {
-                (Some(o), Some(b)) if o.in_recovery => {
-                    Some(if b == 0 { 0.0 } else { sender.and_then(|s| s.3).or(o.replay_age).unwrap_or(0.0) })
-                }
-                (Some(_), Some(_)) => Some(0.0),
-                _ => None,
-            };
-            let status = NodeStatus {
-                name: n.name.clone(),
-                spec_role: n.role,
-                endpoint: format!("{}:{}", n.address_or_placeholder(), n.port),
-                state: state.clone(),
-                role: o.as_ref().map(|o| if o.in_recovery { "standby".into() } else { "primary".into() }),
-                timeline: o.as_ref().and_then(|o| o.timeline),
-                lsn: o.as_ref().and_then(|o| o.lsn.clone()),
-                receive_lsn: o.as_ref().and_then(|o| o.receive_lsn.clone()),
-                lag_bytes,
-                lag_seconds,
-                streaming: o.as_ref().filter(|o| o.in_recovery).map(|_| sender.is_some_and(|s| s.1 == "streaming")),
-                sync_state: sender.map(|s| s.2.clone()),
-                slot: n.slot.clone(),
-                slot_active: slot_row.map(|s| s.1),
-                upstream: n.upstream.clone(),
-                error: error.clone(),
-            };
-            match (&status.state, n.role, status.role.as_deref()) {
-                (NodeState::Running, Role::Standby, Some("standby")) if status.streaming != Some(true) => {
-                    problems.push(format!("{}: not streaming from {}", n.name, n.upstream.clone().unwrap_or_default()))
-                }
-                (NodeState::Running, _, _) => {}
-                (s, _, _) => problems.push(format!(
-                    "{}: {}{}",
-                    n.name,
-                    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default().replace('_', " "),
-                    error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
-                )),
-            }
-            if let (Some(slot), Some(false)) = (&status.slot, status.slot_active) {
-                if status.streaming == Some(true) {
-                    problems.push(format!("{}: slot {slot} is not active", n.name));
-                }
-            }
-            nodes.push(status);
-        }
-        StatusReport { cluster: cluster.name.clone(), major, nodes, problems, connections: connection_strings(&cluster) }
+        status_report(&cluster, &observed, major)
     }
 
     /// Writes a canary row on the primary and checks it reaches every standby within
@@ -440,8 +360,8 @@ impl fmt::Display for StatusReport {
         writeln!(f, "cluster {} (PostgreSQL {})", self.cluster, self.major.as_deref().unwrap_or("?"))?;
         writeln!(
             f,
-            "{:<10} {:<17} {:<8} {:<12} {:>3} {:<12} {:>10} {:>8} {:<9} {:<10} {}",
-            "NODE", "ENDPOINT", "ROLE", "STATE", "TL", "LSN", "LAG", "LAG(s)", "SYNC", "UPSTREAM", "SLOT"
+            "{:<10} {:<17} {:<8} {:<12} {:>3} {:<12} {:>10} {:>8} {:<9} {:<10} SLOT",
+            "NODE", "ENDPOINT", "ROLE", "STATE", "TL", "LSN", "LAG", "LAG(s)", "SYNC", "UPSTREAM"
         )?;
         for n in &self.nodes {
             let state = match (&n.state, n.streaming) {
@@ -467,7 +387,7 @@ impl fmt::Display for StatusReport {
                 n.role.as_deref().unwrap_or("-"),
                 state,
                 n.timeline.map(|t| t.to_string()).unwrap_or_else(|| "-".into()),
-                n.lsn.as_deref().unwrap_or("-"),
+                n.lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
                 n.lag_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
                 n.lag_seconds.map(|s| format!("{s:.3}")).unwrap_or_else(|| "-".into()),
                 n.sync_state.as_deref().unwrap_or("-"),
@@ -488,19 +408,6 @@ impl fmt::Display for StatusReport {
     }
 }
 
-/// An error and its causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    for _ in 0..8 {
-        let Some(c) = cur else { break };
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 fn human_bytes(b: u64) -> String {
     match b {
         0..1024 => format!("{b} B"),
@@ -513,11 +420,67 @@ fn human_bytes(b: u64) -> String {
 mod tests {
     use super::*;
 
+    fn cluster() -> Cluster {
+        crate::ClusterSpec::from_toml(
+            "name = \"t\"\npostgres = \"16\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap()
+    }
+
     #[test]
-    fn lsn_arithmetic() {
-        assert_eq!(lsn_diff("0/3000060", "0/3000000"), Some(0x60));
-        assert_eq!(lsn_diff("1/0", "0/FFFFFFFF"), Some(1));
-        assert_eq!(lsn_diff("0/1", "0/2"), Some(0));
-        assert_eq!(lsn_diff("junk", "0/2"), None);
+    fn status_from_one_observation() {
+        let c = cluster();
+        let mut p = Observed::unknown("db1");
+        p.host_reachable = true;
+        crate::observe::apply_probe_rows(
+            &mut p,
+            &[
+                vec![
+                    Some("n".into()),
+                    Some("f".into()),
+                    Some("0/3000060".into()),
+                    None,
+                    Some("x00000001".into()),
+                    None,
+                    None,
+                    Some(String::new()),
+                ],
+                vec![Some("r".into()), Some("db2".into()), Some("streaming".into()), Some("async".into()), Some("0.25".into())],
+                vec![Some("s".into()), c.node("db2").unwrap().slot.clone(), Some("t".into())],
+            ],
+        );
+        let mut s2 = Observed::unknown("db2");
+        s2.host_reachable = true;
+        crate::observe::apply_probe_rows(
+            &mut s2,
+            &[vec![
+                Some("n".into()),
+                Some("t".into()),
+                Some("0/3000000".into()),
+                Some("0/3000060".into()),
+                Some("1".into()),
+                Some("streaming".into()),
+                Some("1.5".into()),
+                Some(String::new()),
+            ]],
+        );
+        let mut s3 = Observed::unknown("db3");
+        s3.host_reachable = true;
+        s3.server = crate::observe::ServerState::Stopped;
+        s3.data_dir = Some(DataDirState::Cluster);
+        let obs = ObservedCluster { nodes: vec![p, s2, s3], topology: Default::default() };
+        let r = status_report(&c, &obs, Some("16".into()));
+        assert_eq!(r.nodes[0].role.as_deref(), Some("primary"));
+        assert_eq!(r.nodes[1].lag_bytes, Some(0x60));
+        assert_eq!(r.nodes[1].lag_seconds, Some(0.25), "the walsender's replay_lag first");
+        assert_eq!(r.nodes[1].streaming, Some(true));
+        assert_eq!(r.nodes[1].slot_active, Some(true));
+        assert_eq!(r.nodes[2].state, NodeState::Stopped);
+        assert_eq!(r.problems, vec!["db3: stopped".to_string()]);
+        assert!(!r.healthy());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["nodes"][0]["lsn"], "0/3000060", "LSNs stay strings in JSON");
     }
 }

@@ -210,6 +210,29 @@ pub trait Transport: Send + Sync + fmt::Debug {
     async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, TransportError>;
 }
 
+/// Creates a directory and sets its mode and owner without following a symbolic link:
+/// `mkdir -p`, refuse when the path is a symbolic link (or not a directory), enter it, check
+/// that the directory entered is still the entry at the path (same device and inode), then
+/// `chmod`/`chown -h` the current directory (`.`), which no one can swap. A directory's
+/// owner could otherwise replace it with a link to, say, `/etc`, and have root hand that
+/// over. Positional parameters: path, mode (octal), owner (may be empty).
+pub const MKDIR_SCRIPT: &str = r#"set -eu
+mkdir -p -- "$1"
+parent=$(dirname -- "$1"); base=$(basename -- "$1")
+cd -P -- "$parent"
+real=$(pwd -P)
+if [ -L "$base" ] || [ ! -d "$base" ]; then
+  echo "pgrepl: refusing to set the mode or owner of $1: it is a symbolic link (or not a directory)" >&2
+  exit 3
+fi
+cd -P -- "$base"
+if [ "$(stat -c %d:%i .)" != "$(stat -c %d:%i -- "$real/$base")" ]; then
+  echo "pgrepl: refusing to set the mode or owner of $1: it was replaced while being set up" >&2
+  exit 3
+fi
+chmod -- "$2" .
+if [ -n "$3" ]; then chown -h -- "$3" .; fi"#;
+
 /// Helpers built on [`Transport`], the same for every backend.
 #[async_trait]
 pub trait TransportExt: Transport {
@@ -234,14 +257,12 @@ pub trait TransportExt: Transport {
         Ok(self.exec(&c).await?.success())
     }
 
-    /// Creates `path` and missing parents, sets `mode` on it and `owner` on it.
+    /// Creates `path` and missing parents, sets `mode` on it and `owner` on it. Refused
+    /// (never followed) when `path` itself is a symbolic link: mode and owner are set on
+    /// the directory entered, after checking it is the one at `path` (see [`MKDIR_SCRIPT`]).
     async fn mkdir(&self, path: &str, mode: u32, owner: Option<&str>) -> Result<(), TransportError> {
-        let admin = |c: Command| Command { user: self.admin_user().map(str::to_string), ..c };
-        self.run(&admin(Command::new("mkdir").args(["-p", path]))).await?;
-        self.run(&admin(Command::new("chmod").args([format!("{mode:o}"), path.to_string()]))).await?;
-        if let Some(o) = owner {
-            self.run(&admin(Command::new("chown").args([o, path]))).await?;
-        }
+        let c = Command::new("sh").args(["-c", MKDIR_SCRIPT, "pgrepl-mkdir", path, &format!("{mode:o}"), owner.unwrap_or_default()]);
+        self.run(&Command { user: self.admin_user().map(str::to_string), ..c }).await?;
         Ok(())
     }
 

@@ -14,6 +14,9 @@ use crate::version::{PgMajor, Support, SyncSyntax, setting_rule};
 /// Settings pgrepl writes itself from other fields; setting them by hand would break it.
 const MANAGED: &[(&str, &str)] = &[
     ("port", "nodes[].port"),
+    ("listen_addresses", "nodes[].address (pgrepl listens on the node's address)"),
+    ("hot_standby", "nothing (pgrepl turns it on: standbys serve reads and verify checks them)"),
+    ("wal_log_hints", "nothing (pgrepl turns it on from 9.4 so pg_rewind can rejoin a former primary)"),
     ("primary_conninfo", "nodes[].upstream (pgrepl writes it)"),
     ("primary_slot_name", "nodes[].slot_name"),
     ("standby_mode", "nodes[].role"),
@@ -383,8 +386,9 @@ pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<
             if !path.is_absolute() {
                 err("archive.path".into(), format!("\"{}\" is relative", path.display()), "an absolute directory path");
             }
-            if path.to_string_lossy().contains('\'') {
-                err("archive.path".into(), "contains a single quote".into(), "a path without quotes");
+            // Quotes, spaces and `%` are quoted in the commands; a line break cannot be.
+            if path.to_string_lossy().chars().any(char::is_control) {
+                err("archive.path".into(), "contains a control character (such as a line break)".into(), "a one-line path");
             }
         }
         ArchiveSpec::Command { archive_command, restore_command } => {

@@ -340,3 +340,36 @@ fn plain_layout_needs_binaries() {
     let ok = ssh("layout = \"plain\"").replace("postgres = \"16\"", "postgres = \"16\"\npg_bin = \"/opt/pg16/bin\"");
     assert!(ClusterSpec::from_toml(&ok).unwrap().validate().is_ok());
 }
+
+#[test]
+fn hot_standby_is_managed() {
+    let e = errors(&with("16", "[settings]\nhot_standby = false\n"));
+    assert_field(&e, "settings.hot_standby", &["managed by pgrepl", "expected to set it through nothing", "standbys serve reads"]);
+}
+
+#[test]
+fn listen_addresses_is_managed() {
+    let e = errors(
+        &BASE.replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\nsettings = { listen_addresses = \"*\" }"),
+    );
+    assert_field(&e, "nodes[1].settings.listen_addresses", &["managed by pgrepl", "expected to set it through nodes[].address"]);
+}
+
+#[test]
+fn wal_log_hints_is_managed() {
+    let e = errors(&with("16", "[settings]\nwal_log_hints = \"off\"\n"));
+    assert_field(&e, "settings.wal_log_hints", &["managed by pgrepl", "pg_rewind"]);
+    let e = errors(
+        &BASE.replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nsettings = { wal_log_hints = false }"),
+    );
+    assert_field(&e, "nodes[2].settings.wal_log_hints", &["managed by pgrepl"]);
+}
+
+#[test]
+fn archive_path_with_a_line_break() {
+    let e = errors(&with("16", "[archive]\nmode = \"dir\"\npath = \"/srv/arch\\nive\"\n"));
+    assert_field(&e, "archive.path", &["control character", "a one-line path"]);
+    // Spaces, quotes and percent signs are fine: they are quoted in the commands.
+    let ok = with("16", "[archive]\nmode = \"dir\"\npath = \"/srv/with space/it's 100%\"\n");
+    assert!(ClusterSpec::from_toml(&ok).unwrap().validate().is_ok());
+}

@@ -1,6 +1,7 @@
 //! Deploying onto hosts reached over SSH: [`SshConnector`] turns a host into a node
 //! handle (a shared [`SshTransport`] plus the layout detected on the host), and
-//! [`open`] builds a [`Deployment`] of a spec whose provider is `ssh`.
+//! [`SshBackend`] opens a [`Deployment`] of a spec whose provider is `ssh` (through
+//! [`Deployment::open`]; [`open`] is the older entry point).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use pgrepl_core::cluster::{Cluster, Node};
 use pgrepl_core::deploy::Deployment;
 use pgrepl_core::hosts::{ExistingHosts, HostFacts, OsFamily, choose_major, detect};
 use pgrepl_core::layout::NodeLayout;
+use pgrepl_core::open::{Backend, OpenOptions};
 use pgrepl_core::provider::{Connector, Host, NodeHandle, Provider};
 use pgrepl_core::spec::{ClusterSpec, ProviderSpec, SshProviderSpec, VersionChoice};
 use pgrepl_core::{Error, PgMajor, SpecError, SpecErrors};
@@ -141,7 +143,7 @@ impl Connector for SshConnector {
     }
 }
 
-/// Options beyond the spec.
+/// Options beyond the spec (the older form of [`OpenOptions`]).
 #[derive(Debug, Clone, Default)]
 pub struct SshOptions {
     /// Where pgrepl keeps the cluster's secrets and topology on this machine; default
@@ -151,11 +153,41 @@ pub struct SshOptions {
     pub major: Option<PgMajor>,
 }
 
-/// Opens a deployment of `spec` (provider `ssh`): validates it, connects to every host,
-/// detects what runs there and chooses one major for all of them (the spec's, or the
-/// newest installed everywhere; mixing majors is refused). Nothing is changed on the
-/// hosts until [`Deployment::up`].
+impl From<&SshOptions> for OpenOptions {
+    fn from(o: &SshOptions) -> Self {
+        OpenOptions { major: o.major, state_dir: o.state_dir.clone(), ..OpenOptions::default() }
+    }
+}
+
+/// Opens a deployment of `spec` (provider `ssh`) with [`SshBackend`]: kept for existing
+/// callers; new code calls [`Deployment::open`] with the backends it has.
 pub async fn open(spec: &ClusterSpec, opts: &SshOptions) -> Result<Deployment, Error> {
+    SshBackend.open(spec, &opts.into()).await
+}
+
+/// The [`Backend`] of existing hosts reached over SSH (provider kind `ssh`). Reads
+/// [`OpenOptions`]' `major` (over the spec's `postgres`) and `state_dir` (default
+/// `<work_dir>/secrets`, see [`OpenOptions::remote_state_dir`]); local binaries do not
+/// apply to remote hosts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SshBackend;
+
+#[async_trait]
+impl Backend for SshBackend {
+    fn kind(&self) -> &'static str {
+        "ssh"
+    }
+
+    /// Validates the spec, connects to every host, detects what runs there and chooses
+    /// one major for all of them (the options', the spec's, or the newest installed
+    /// everywhere; mixing majors is refused). Nothing is changed on the hosts until
+    /// [`Deployment::up`].
+    async fn open(&self, spec: &ClusterSpec, opts: &OpenOptions) -> Result<Deployment, Error> {
+        open_ssh(spec, opts).await
+    }
+}
+
+async fn open_ssh(spec: &ClusterSpec, opts: &OpenOptions) -> Result<Deployment, Error> {
     let settings = match &spec.provider {
         ProviderSpec::Ssh(s) => s.clone(),
         other => {
@@ -208,6 +240,5 @@ pub async fn open(spec: &ClusterSpec, opts: &SshOptions) -> Result<Deployment, E
         failed: Mutex::new(probe.failed.lock().expect("failed map").clone()),
         pg_bin: spec.pg_bin.as_ref().map(|p| p.to_string_lossy().into_owned()),
     };
-    let state_dir = opts.state_dir.clone().unwrap_or_else(|| pgrepl_core::local::default_work_dir(&spec.name).join("secrets"));
-    Ok(Deployment::new(cluster, Arc::new(ExistingHosts), Arc::new(connector), state_dir))
+    Ok(Deployment::new(cluster, Arc::new(ExistingHosts), Arc::new(connector), opts.remote_state_dir(spec)))
 }

@@ -44,6 +44,6 @@ mod session;
 mod transport;
 
 pub use config::{ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, HostKeyPolicy, SshAuth, SshConfig, SshConfigBuilder};
-pub use connector::{SshConnector, SshOptions, open};
+pub use connector::{SshBackend, SshConnector, SshOptions, open};
 pub use session::CONNECT_RETRY_DELAYS;
 pub use transport::SshTransport;

@@ -17,20 +17,58 @@ use crate::session::{self, Conn, ExecError, RawOutput, Request};
 /// Exit status of the read script when the file does not exist.
 const READ_MISSING_STATUS: i32 = 99;
 
-/// Writes stdin to a new temporary file next to the target (created with O_EXCL under a
-/// umask that keeps it within `mode`), fixes owner then mode (chown clears set-id bits),
-/// flushes it to disk and renames it over the target. `mv -T` refuses to move *into* a
-/// directory of that name. Positional parameters: path, umask, mode, owner (may be empty),
-/// temp-name suffix.
+/// Where a file is written: enters the target's directory (`cd -P`, so every later name is
+/// relative to the directory itself and no path is resolved again), then writes through
+/// [`WRITE_FILE_SCRIPT`] as the right user:
+/// - no owner, or the owner is the user running this: as is;
+/// - the owner can write the directory: as the owner (`runuser`, or `sudo -n -u`), so the
+///   file is theirs from the start and nothing of theirs is ever chowned by root (a
+///   symbolic link they put anywhere gives them only their own rights);
+/// - else root writes and chowns, only in a directory that is reached without a symbolic
+///   link, owned by root and writable by no one else; anything else is refused (exit 3).
+///
+/// Positional parameters: path, umask, mode, owner user (may be empty), owner group (empty:
+/// the owner's login group), temp-name suffix, the write script.
 const WRITE_SCRIPT: &str = r#"set -eu
-t="$(dirname -- "$1")/.pgrepl-tmp.$5"
+d=$(dirname -- "$1"); b=$(basename -- "$1"); o=$4; g=$5
+cd -P -- "$d"
+if [ -z "$o" ] || [ "$o" = "$(id -un)" ]; then
+  exec sh -c "$7" pgrepl-write "$b" "$2" "$3" "" "$g" "$6"
+fi
+as_owner() { if command -v runuser >/dev/null 2>&1; then runuser -u "$o" -- "$@"; else sudo -n -u "$o" -- "$@"; fi; }
+if as_owner test -w . 2>/dev/null; then
+  as_owner sh -c "$7" pgrepl-write "$b" "$2" "$3" "" "$g" "$6"
+  exit 0
+fi
+real=$(pwd -P)
+if [ "$real" != "$d" ]; then
+  echo "pgrepl: refusing to write $1 for $o: $d leads through a symbolic link to $real, a directory $o cannot write" >&2
+  exit 3
+fi
+st=$(stat -c '%u %a' .)
+if [ "${st%% *}" != 0 ] || [ $(( 0${st#* } & 022 )) -ne 0 ]; then
+  echo "pgrepl: refusing to write $1 for $o as root: $d is neither writable by $o nor a directory only root can change" >&2
+  exit 3
+fi
+exec sh -c "$7" pgrepl-write "$b" "$2" "$3" "$o:$g" "" "$6""#;
+
+/// Writes stdin to a new temporary file in the current directory (created with O_EXCL under
+/// a umask that keeps it within `mode`), fixes owner (`chown -h`) or group, then mode
+/// (chown clears set-id bits), flushes it to disk and renames it over the target (a
+/// symbolic link there is replaced, never followed). `mv -T` refuses to move *into* a
+/// directory of that name. Positional parameters: target name in the current directory,
+/// umask, mode, chown argument (may be empty), chgrp argument (may be empty), temp-name
+/// suffix.
+const WRITE_FILE_SCRIPT: &str = r#"set -eu
+t=".pgrepl-tmp.$6"
 trap 'rm -f -- "$t"' EXIT
 trap 'exit 1' HUP INT TERM
 umask "$2"
 set -C
 cat > "$t"
 set +C
-if [ -n "$4" ]; then chown -- "$4" "$t"; fi
+if [ -n "$4" ]; then chown -h -- "$4" "$t"; fi
+if [ -n "$5" ]; then chgrp -h -- "$5" "$t"; fi
 chmod -- "$3" "$t"
 sync -- "$t"
 mv -f -T -- "$t" "$1""#;
@@ -264,7 +302,9 @@ impl Transport for SshTransport {
 
     /// Writes atomically through a temporary file in the same directory, created with at
     /// most `mode`'s permissions, then renamed into place. With `owner`, the file also gets
-    /// that user's login group (`chown user:`), unless `owner` is given as `user:group`.
+    /// that user's login group, unless `owner` is given as `user:group`. The file is written
+    /// by its owner where the owner can write the directory; a symbolic link is never
+    /// followed to chown or overwrite anything (see `WRITE_SCRIPT`).
     async fn write_file(&self, path: &str, contents: &[u8], mode: u32, owner: Option<&str>) -> Result<(), TransportError> {
         let endpoint = self.config.endpoint();
         if mode > 0o7777 {
@@ -273,13 +313,12 @@ impl Transport for SshTransport {
         if path.is_empty() || path.ends_with('/') {
             return Err(TransportError::Other(format!("{endpoint}: cannot write \"{path}\": not a file path")));
         }
-        let owner_arg = match owner {
-            None => String::new(),
-            Some(o) if o.contains(':') => o.to_string(),
-            Some(o) => format!("{o}:"),
+        let (owner_user, owner_group) = match owner {
+            None => ("", ""),
+            Some(o) => o.split_once(':').unwrap_or((o, "")),
         };
         let login = self.config.user();
-        let as_root = owner.is_some_and(|o| o.split(':').next() != Some(login)) && login != "root";
+        let as_root = !owner_user.is_empty() && owner_user != login && login != "root";
         let mut cmd = Command::new("sh")
             .args([
                 "-c",
@@ -288,8 +327,10 @@ impl Transport for SshTransport {
                 path,
                 &format!("{:04o}", !mode & 0o777),
                 &format!("{mode:04o}"),
-                &owner_arg,
+                owner_user,
+                owner_group,
                 &temp_suffix(),
+                WRITE_FILE_SCRIPT,
             ])
             .stdin(contents.to_vec())
             .timeout(file_timeout(contents.len()));

@@ -4,7 +4,7 @@
 //!
 //! Per run, in alternating order:
 //!
-//! 1. **pgrepl**: `LocalDeployment::open` (validation, binary discovery) + `Deployment::up`
+//! 1. **pgrepl**: `Deployment::open` (validation, binary discovery) + `Deployment::up`
 //!    (initdb, settings, start, replication role, slots, two pg_basebackups in parallel,
 //!    start, wait until `pg_stat_replication` says `streaming` for both), then `destroy`
 //!    (not timed into the result).
@@ -33,7 +33,8 @@ use pgrepl_core::cluster::{Cluster, Node};
 use pgrepl_core::deploy::{Deployment, NoProgress, Progress};
 use pgrepl_core::discovery::{DiscoveryOptions, discover};
 use pgrepl_core::layout::{Binaries, NodeLayout};
-use pgrepl_core::local::{LocalDeployment, LocalOptions, LocalProvider, LocalTransport};
+use pgrepl_core::local::{LocalBackend, LocalProvider, LocalTransport};
+use pgrepl_core::open::OpenOptions;
 use pgrepl_core::provider::{Connector, Host, NodeHandle};
 use pgrepl_core::spec::{LocalProviderSpec, ProviderSpec};
 use pgrepl_core::transport::{Command, Output, Transport, TransportError};
@@ -242,7 +243,8 @@ async fn pgrepl_once(i: usize, scratch: &Scratch, b: &Binaries, base_port: u16) 
     spec.pg_client_bin = Some(PathBuf::from(&b.client_bin_dir));
 
     let t0 = Instant::now();
-    let d = LocalDeployment::open(&spec, &LocalOptions::default()).await.map_err(|e| format!("pgrepl run {}: open: {e}", i + 1))?;
+    let d =
+        Deployment::open(&spec, &OpenOptions::default(), &[&LocalBackend]).await.map_err(|e| format!("pgrepl run {}: open: {e}", i + 1))?;
     let open = t0.elapsed().as_secs_f64();
     let tl = Timeline { t0, events: Mutex::new(Vec::new()) };
     let up = d.up(&tl).await;
@@ -492,7 +494,7 @@ impl Connector for TracingConnector {
     }
 }
 
-/// One more `up` (not in the medians), built exactly as `LocalDeployment::open` builds it
+/// One more `up` (not in the medians), built exactly as `LocalBackend` opens it
 /// but with traced transports: how many commands pgrepl runs, and what they cost.
 async fn traced_run(scratch: &Scratch, b: &Binaries, base_port: u16, verbose: bool) -> Result<(), String> {
     let work = scratch.path.join("pgrepl-traced");

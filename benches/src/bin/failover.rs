@@ -2,7 +2,7 @@
 //! physical floor measured in the same run with the same binaries.
 //!
 //! One 3-node local cluster (db1 primary, db2 and db3 hot standbys) is deployed through
-//! the library (`LocalDeployment::open` + `Deployment::up`). A writer task inserts one row
+//! the library (`Deployment::open` + `Deployment::up`). A writer task inserts one row
 //! per transaction in a tight loop (1 ms pause) over TCP through the cluster's libpq
 //! multi-host read-write string (`target_session_attrs=read-write`), records when every
 //! commit is acknowledged, and reconnects at once after an error. Per run:
@@ -49,10 +49,11 @@ use pgrepl_core::deploy::{Deployment, NoProgress, Progress};
 use pgrepl_core::discovery::{DiscoveryOptions, discover};
 use pgrepl_core::ha::FailoverOptions;
 use pgrepl_core::layout::Binaries;
-use pgrepl_core::local::{LocalDeployment, LocalOptions};
+use pgrepl_core::local::LocalBackend;
+use pgrepl_core::open::OpenOptions;
 use pgrepl_core::spec::{LocalProviderSpec, ProviderSpec};
 use pgrepl_core::version::RecoveryStyle;
-use pgrepl_core::{ClusterSpec, Error, NodeSpec};
+use pgrepl_core::{ClusterSpec, NodeSpec};
 use tokio_postgres::NoTls;
 
 /// The application role the writers use (password authentication over TCP).
@@ -198,15 +199,8 @@ async fn run_all(ctx: &Ctx, runs: usize, pg_port: u16, floor_port: u16) -> Resul
         .node(NodeSpec::standby("db3"))
         .into_spec();
     spec.pg_client_bin = Some(PathBuf::from(&ctx.b.client_bin_dir));
-    let opts = LocalOptions {
-        discovery: DiscoveryOptions {
-            pg_bin: Some(PathBuf::from(&ctx.b.bin_dir)),
-            pg_client_bin: Some(PathBuf::from(&ctx.b.client_bin_dir)),
-            major: None,
-        },
-        work_dir: Some(work.clone()),
-    };
-    let d = LocalDeployment::open(&spec, &opts).await.map_err(|e| format!("open: {e}"))?;
+    let opts = OpenOptions::default().with_pg_bin(&ctx.b.bin_dir).with_pg_client_bin(&ctx.b.client_bin_dir).with_work_dir(&work);
+    let d = Deployment::open(&spec, &opts, &[&LocalBackend]).await.map_err(|e| format!("open: {e}"))?;
     let t = Instant::now();
     let up = d.up(&NoProgress).await;
     println!(
@@ -807,7 +801,7 @@ async fn failover_once(
         match r {
             Ok(rep) => break (t_call, t_ret, rep, tl),
             Err(e) => {
-                let kind = if matches!(e, Error::Refused(_)) { "" } else { "(not a refusal) " };
+                let kind = if e.is_refusal() { "" } else { "(not a refusal) " };
                 refusals.push((secs_between(t_kill, t_call), secs_between(t_kill, t_ret), format!("{kind}{e}")));
                 if probe.is_none() {
                     probe = Some(status_probe(ctx, &data, pid, t_kill).await);
@@ -994,7 +988,7 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
-/// (state, parent PID) of a process, from /proc/<pid>/stat.
+/// (state, parent PID) of a process, from `/proc/<pid>/stat`.
 fn proc_stat(pid: u32) -> Option<(char, u32)> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &st[st.rfind(')')? + 2..];

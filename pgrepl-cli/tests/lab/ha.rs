@@ -245,7 +245,7 @@ async fn failover_under_load(major: &str, sync: Option<&str>) {
 
     // While the primary runs and accepts writes, a failover is refused.
     let e = lab.d.failover(FailoverOptions::default(), &NoProgress).await.unwrap_err();
-    assert!(matches!(e, pgrepl_core::Error::Refused(_)), "{e}");
+    assert!(e.is_refusal(), "{e}");
     assert!(e.to_string().contains("db1 accepts writes"), "{e}");
 
     let started = Instant::now();
@@ -353,7 +353,7 @@ async fn failover_under_load(major: &str, sync: Option<&str>) {
 
     // A switchover to the fenced node is refused until it rejoins.
     let e = lab.d.switchover("db1", &NoProgress).await.unwrap_err();
-    assert!(matches!(e, pgrepl_core::Error::Refused(_)) && e.to_string().contains("fenced"), "{e}");
+    assert!(e.is_refusal() && e.to_string().contains("fenced"), "{e}");
 
     // `up` leaves the fenced node alone: it is not started, and never as a primary.
     lab.d.up(&NoProgress).await.unwrap();
@@ -776,7 +776,7 @@ async fn ha_failover_with_an_unreachable_live_primary_over_ssh() {
     drop(cut_off);
     for (what, r) in [("without --force", refused), ("with --force", forced)] {
         let e = r.expect_err(what);
-        assert!(matches!(e, pgrepl_core::Error::Refused(_)), "{what}: {e}");
+        assert!(e.is_refusal(), "{what}: {e}");
         assert!(e.to_string().contains("looks alive"), "{what}: {e}");
     }
     assert_eq!(writable(), vec!["db1"], "nothing was promoted");
@@ -879,5 +879,69 @@ fn ha_failover_and_rejoin_right_after_kill9_pg15() {
     assert_eq!(code, 0, "rejoin: {out}{err}");
     let (code, out, _) = pgrepl_ok(&[&["status"][..], &base[..]].concat());
     assert_eq!(code, 0, "{out}");
+    let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
+}
+
+/// Hole 6a of "HA as plans": synchronous `FIRST 1 (db2, db3)`; db3 falls behind (stopped
+/// while db1 commits rows that db2 confirms), then db1 and db2 die and db3 comes back as a
+/// standby. `pgrepl failover` must refuse (exit 3), naming db2 as the standby that may hold
+/// acknowledged commits; with --force it promotes db3 and the report says the loss.
+#[test]
+fn ha_sync_failover_refuses_past_acknowledged_commits_pg15() {
+    let (bin, client) = bins("15");
+    let wd = WorkDir::new("ha-sync-6a").with_bin(&bin);
+    let port = free_ports(3);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(&spec, local_spec("sync6a", "15", port, &wd.str(), "[replication]\nsync = { mode = \"first\", count = 1 }")).unwrap();
+    let base = ["-f", spec.to_str().unwrap(), "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 0, "up: {out}{err}");
+    let data = |n: &str| wd.path.join(n).join("data");
+    let pg_ctl = |args: &[&str], node: &str| {
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_ctl"))
+            .args(args)
+            .arg("-D")
+            .arg(data(node))
+            .env("LD_LIBRARY_PATH", bin.parent().unwrap().join("lib"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl {args:?} {node}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let sql = |node: &str, q: &str| {
+        psql(&client, &wd.path, node, port + ["db1", "db2", "db3"].iter().position(|n| *n == node).unwrap() as u16, q)
+    };
+    assert!(sql("db1", "SHOW synchronous_standby_names").contains("FIRST 1"), "the premise: FIRST 1");
+    sql("db1", "CREATE TABLE acked (id int)");
+    // db3 stops: db2 alone confirms what follows.
+    pg_ctl(&["stop", "-m", "fast", "-w"], "db3");
+    sql("db1", "INSERT INTO acked SELECT g FROM generate_series(1, 200) g");
+    assert_eq!(sql("db2", "SELECT count(*) FROM acked"), "200", "db2 confirmed every acknowledged row");
+    for n in ["db1", "db2"] {
+        let pid = std::fs::read_to_string(data(n).join("postmaster.pid")).unwrap().lines().next().unwrap().trim().to_string();
+        assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // db3 back as a standby of the dead primary: it lacks the 200 acknowledged rows.
+    pg_ctl(&["start", "-w", "-l", data("db3").join("restart.log").to_str().unwrap()], "db3");
+
+    let (code, out, err) = pgrepl_ok(&[&["failover", "--dry-run"][..], &base[..]].concat());
+    assert_eq!(code, 3, "a dry run is refused the same way: {out}{err}");
+    let (code, out, err) = pgrepl_ok(&[&["failover"][..], &base[..]].concat());
+    assert_eq!(code, 3, "refused: {out}{err}");
+    assert!(err.contains("db2") && err.contains("acknowledged"), "names the standby that may hold acknowledged commits: {err}");
+    assert_eq!(sql("db3", "SELECT pg_is_in_recovery()"), "t", "nothing was promoted");
+
+    let (code, out, err) = pgrepl_ok(&[&["failover", "--force"][..], &base[..]].concat());
+    assert_eq!(code, 0, "forced: {out}{err}");
+    assert!(out.contains("failover db1 -> db3"), "{out}");
+    assert!(out.contains("forced") && out.contains("db2"), "the report names the loss: {out}");
+    assert!(!out.contains("synchronous replication held"), "{out}");
+    assert_eq!(sql("db3", "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(sql("db3", "SELECT count(*) FROM acked"), "0", "the test's premise: db3 lacked them");
     let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
 }

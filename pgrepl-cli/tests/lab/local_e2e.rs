@@ -285,3 +285,215 @@ async fn sync_first_bootstraps_pg11() {
 async fn sync_any_bootstraps_pg17() {
     sync_bootstrap("17", "{ mode = \"any\", count = 1, commit = \"remote_apply\" }", &["quorum", "quorum"]).await;
 }
+
+/// WAL archiving into a directory whose path holds a space and a quote: the quoted
+/// archive_command is accepted by the server, and a switched WAL segment lands there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_into_a_directory_with_a_space() {
+    let (bin, client) = bins("16");
+    let wd = WorkDir::new("archive-space").with_bin(&bin);
+    let port = free_ports(3);
+    let archive = wd.path.join("wal archive").join("it's here");
+    let spec = wd.path.join("pgrepl.toml");
+    let extra = format!("[archive]\nmode = \"dir\"\npath = \"{}\"\n", archive.display());
+    std::fs::write(&spec, local_spec("arch", "16", port, &wd.str(), &extra)).unwrap();
+    let base = ["-f", spec.to_str().unwrap(), "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let command = psql(&client, &wd.path, "db1", port, "SHOW archive_command");
+    assert!(command.contains("'") && command.contains("wal archive"), "{command}");
+    psql(&client, &wd.path, "db1", port, "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g");
+    let segment = psql(&client, &wd.path, "db1", port, "SELECT pg_walfile_name(pg_switch_wal())");
+    assert_eq!(segment.len(), 24, "{segment}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !archive.join(&segment).is_file() {
+        let failed =
+            psql(&client, &wd.path, "db1", port, "SELECT failed_count || ' ' || coalesce(last_failed_wal, '') FROM pg_stat_archiver");
+        assert!(Instant::now() < deadline, "{segment} never reached {} (archiver: {failed})", archive.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(psql(&client, &wd.path, "db1", port, "SELECT failed_count FROM pg_stat_archiver"), "0");
+    let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
+}
+
+/// `up` of a running cluster from where its replication password is missing (the state
+/// directory's `replication` file moved away) is refused (exit 3) naming that file, and
+/// changes nothing: the role's password, the passfiles and replication are as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_without_the_replication_password_is_refused() {
+    let (bin, client) = bins("16");
+    let wd = WorkDir::new("no-password").with_bin(&bin);
+    let port = free_ports(3);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(&spec, local_spec("nopw", "16", port, &wd.str(), "")).unwrap();
+    let base = ["-f", spec.to_str().unwrap(), "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let role = "SELECT rolpassword FROM pg_authid WHERE rolname = 'replicator'";
+    let hash = psql(&client, &wd.path, "db1", port, role);
+    assert!(hash.starts_with("SCRAM-SHA-256$"), "{hash}");
+    let passfiles = || ["db1", "db2", "db3"].map(|n| std::fs::read(wd.path.join(n).join("pgrepl/pgpass")).unwrap());
+    let before = passfiles();
+
+    let stored = wd.path.join("secrets/replication");
+    let moved = wd.path.join("replication.moved");
+    std::fs::rename(&stored, &moved).unwrap();
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 3, "refused: {out}\n{err}");
+    assert!(err.contains(&stored.display().to_string()) && err.contains("0600") && err.contains("replication.password_file"), "{err}");
+    assert!(!stored.exists(), "no new password was stored");
+    assert_eq!(psql(&client, &wd.path, "db1", port, role), hash, "the role's password is untouched");
+    assert!(passfiles() == before, "the passfiles are untouched");
+    let streaming = psql(
+        &client,
+        &wd.path,
+        "db1",
+        port,
+        "SELECT string_agg(application_name || ' ' || state, ',' ORDER BY 1) FROM pg_stat_replication",
+    );
+    assert_eq!(streaming, "db2 streaming,db3 streaming");
+
+    // With the file brought back, up is whole again and changes nothing.
+    std::fs::rename(&moved, &stored).unwrap();
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("nothing to do"), "{out}");
+    let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
+}
+
+/// "Is it running" on a systemd layout (built as detection builds Debian's with systemd, but
+/// on a local data directory): a server started outside systemd (pg_ctl by hand) runs, though
+/// `systemctl is-active` says otherwise (here systemctl is absent or has no systemd to ask).
+/// The pid file decides with the process it names: a stale pid file naming another program,
+/// another cluster's postmaster or a killed, unreaped postgres is no running server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_server_state_on_a_systemd_layout_started_by_hand() {
+    use pgrepl_core::deploy::{ServerState, is_running, server_state};
+    use pgrepl_core::hosts::HostFacts;
+    use pgrepl_core::layout::ServiceControl;
+    use pgrepl_core::provider::NodeHandle;
+    use std::process::Command;
+
+    let (bin, _) = bins("15");
+    let wd = WorkDir::new("state-systemd").with_bin(&bin);
+    let port = free_ports(1);
+    let node = wd.path.join("db1");
+    let (data, run) = (node.join("data"), node.join("run"));
+    std::fs::create_dir_all(&run).unwrap();
+    let o = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&node).output().unwrap();
+    assert!(o.status.success());
+    let as_postgres = |tool: &str, args: &[&str]| {
+        let o = Command::new("runuser").args(["-u", "postgres", "--"]).arg(bin.join(tool)).args(args).output().unwrap();
+        assert!(o.status.success(), "{tool} {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    };
+    as_postgres("initdb", &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=trust", "--no-sync"]);
+
+    let mut layout = HostFacts::parse("ID=debian\nSYSTEMD=1\nPGBIN=/usr/lib/postgresql/15/bin\nPGCTLCLUSTER=1\n")
+        .layout(pgrepl_core::PgMajor::V15, &node.join("pgrepl").to_string_lossy())
+        .unwrap();
+    assert_eq!(layout.service, ServiceControl::Systemd { unit: "postgresql@15-main".into() });
+    layout.service = ServiceControl::Systemd { unit: format!("postgresql@15-pgrepltest{port}") };
+    layout.data_dir = data.to_string_lossy().into_owned();
+    layout.config_dir = layout.data_dir.clone();
+    layout.socket_dir = run.to_string_lossy().into_owned();
+    let h = NodeHandle {
+        name: "db1".into(),
+        transport: std::sync::Arc::new(pgrepl_core::local::LocalTransport),
+        layout: layout.clone(),
+        install_script: None,
+    };
+    assert_eq!(server_state(&h).await.unwrap(), ServerState::Stopped, "initdb only");
+
+    // Started by hand, outside systemd.
+    let opts = format!("-p {port} -k {} -c listen_addresses=''", run.display());
+    let log = node.join("server.log");
+    as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &opts, "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"]);
+    assert!(is_running(&h).await.unwrap(), "a postmaster runs on the data directory though systemd does not know it");
+    assert_eq!(server_state(&h).await.unwrap(), ServerState::Running);
+
+    // A pid file in another data directory naming... (not under <node>/data, whose pid files
+    // WorkDir's cleanup signals)
+    let fake = wd.path.join("fake").join("pgdata");
+    std::fs::create_dir_all(&fake).unwrap();
+    let fake_h = NodeHandle {
+        layout: pgrepl_core::layout::NodeLayout { data_dir: fake.to_string_lossy().into_owned(), ..layout.clone() },
+        ..h.clone()
+    };
+    let pidfile = |pid: u32| {
+        std::fs::write(fake.join("postmaster.pid"), format!("{pid}\n{}\n1700000000\n{port}\n\n\n0 0\nready   \n", fake.display())).unwrap()
+    };
+    // ... another cluster's live postmaster (its own data directory),
+    let postmaster: u32 = std::fs::read_to_string(data.join("postmaster.pid")).unwrap().lines().next().unwrap().parse().unwrap();
+    pidfile(postmaster);
+    assert_eq!(server_state(&fake_h).await.unwrap(), ServerState::Stopped, "another data directory's postmaster");
+    // ... another program (a recycled pid),
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    pidfile(sleeper.id());
+    let other = server_state(&fake_h).await;
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(other.unwrap(), ServerState::Stopped, "a pid that is now another program");
+    // ... a postgres killed and not reaped yet (a zombie; here `postgres -V` left unwaited,
+    // in that data directory).
+    let mut zombie = Command::new(bin.join("postgres")).arg("-V").current_dir(&fake).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let zpid = zombie.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{zpid}/status")).unwrap_or_default().contains("State:\tZ") {
+        assert!(Instant::now() < deadline, "postgres -V never exited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pidfile(zpid);
+    let z = server_state(&fake_h).await;
+    let _ = zombie.wait();
+    assert_eq!(z.unwrap(), ServerState::Stopped, "a zombie runs nothing");
+    // No pid file at all.
+    std::fs::remove_file(fake.join("postmaster.pid")).unwrap();
+    assert_eq!(server_state(&fake_h).await.unwrap(), ServerState::Stopped, "no pid file");
+
+    as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "-t", "60", "stop"]);
+    assert!(!is_running(&h).await.unwrap(), "stopped by hand");
+}
+
+/// The server's OS user swaps a configuration file pgrepl merges into (postgresql.conf)
+/// for a symbolic link to a file only root can read: `up` must not copy that file's text
+/// into a file the server's user owns (it reads what it merges as that user, and fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_symlinked_config_file_is_not_read_as_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let (bin, client) = bins("16");
+    let wd = WorkDir::new("conf-link").with_bin(&bin);
+    let port = free_ports(3);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(&spec, local_spec("cl", "16", port, &wd.str(), "")).unwrap();
+    let base = ["-f", spec.to_str().unwrap(), "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let secret = wd.path.join("root-only");
+    std::fs::write(&secret, "root-only-text-7f3a\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let conf = wd.path.join("db1/data/postgresql.conf");
+    let saved = wd.path.join("postgresql.conf.saved");
+    std::fs::rename(&conf, &saved).unwrap();
+    std::os::unix::fs::symlink(&secret, &conf).unwrap();
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(err.contains("postgresql.conf"), "{err}");
+    for n in ["db1", "db2", "db3"] {
+        for e in std::fs::read_dir(wd.path.join(n).join("data")).unwrap().flatten() {
+            if e.file_type().unwrap().is_file() {
+                let text = std::fs::read(e.path()).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&text).contains("root-only-text-7f3a"),
+                    "root's text was copied into {}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+    assert!(std::fs::symlink_metadata(&conf).unwrap().file_type().is_symlink(), "the link is left for the operator to see");
+    std::fs::remove_file(&conf).unwrap();
+    std::fs::rename(&saved, &conf).unwrap();
+    let (code, out, err) = pgrepl_ok(&[&["up"][..], &base[..]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
+}

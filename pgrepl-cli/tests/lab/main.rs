@@ -10,6 +10,7 @@ mod aws_handoff;
 mod common;
 mod ha;
 mod local_e2e;
+mod oplock;
 mod pg_accepts;
 mod ssh_e2e;
 mod transports;

@@ -320,3 +320,122 @@ fn ssh_plain_layout_with_pg_ctl() {
     let (_, left) = NetnsLab::ssh("10.213.7.12", "ls /var/lib/postgresql/plainroot");
     assert_eq!(left, "", "destroy removed the node's directory");
 }
+
+/// `destroy` removes only what pgrepl created. db1 already runs a Debian cluster 15/main
+/// holding data of its own (pgrepl adopts it as the primary); db2 has an unused 15/main
+/// (pgrepl replaces its data with a clone) and another cluster 15/other on port 5433 that
+/// pgrepl never touches; db3 has nothing (pgrepl creates 15/main). After `destroy --yes`:
+/// db1's cluster and data survive (and start, without pgrepl's settings), db2's
+/// registration is kept while pgrepl's clone is gone, 15/other is untouched, db3 is
+/// clean; the output names what was left.
+#[test]
+fn ssh_destroy_leaves_what_pgrepl_did_not_create() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-adopt");
+    // No record of an earlier, interrupted run (the lab hosts share this machine's /var/lib/pgrepl).
+    let _ = std::fs::remove_dir_all("/var/lib/pgrepl/.created/adopt");
+    let (a, b, c) = ("10.213.7.11", "10.213.7.12", "10.213.7.13");
+    for (addr, script) in [
+        (
+            a,
+            "pg_createcluster 15 main --start >/dev/null && runuser -u postgres -- psql -X -q -p 5432 -c 'CREATE TABLE precious AS SELECT 42 AS answer'",
+        ),
+        (b, "pg_createcluster 15 main --start >/dev/null && pg_createcluster 15 other -p 5433 --start >/dev/null"),
+    ] {
+        let (code, out) = NetnsLab::ssh(addr, script);
+        assert_eq!(code, 0, "{addr}: {out}");
+    }
+    let f = write_spec(&wd.path, "adopt", &NetnsLab::known_hosts(), "strict", "");
+    let (code, out, err) = run(&f, &wd, &["up"]);
+    assert_eq!(code, 0, "up over pre-existing clusters: {out}\n{err}");
+    assert_eq!(NetnsLab::psql(b, 5432, "SELECT answer FROM precious"), "42", "db2 is a clone of the adopted primary");
+
+    let (code, out, err) = run(&f, &wd, &["destroy", "--yes"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let left: Vec<&str> = out.lines().filter(|l| l.starts_with("left: ")).collect();
+    assert_eq!(left.len(), 2, "{out}");
+    assert!(left[0].starts_with("left: db1: Debian cluster 15/main with its data in /var/lib/postgresql/15/main"), "{out}");
+    assert!(
+        left[1].starts_with("left: db2: Debian cluster 15/main, its registration and configuration in /etc/postgresql/15/main"),
+        "{out}"
+    );
+
+    // db1: the cluster pgrepl found is still there, without pgrepl's settings, and starts with its data.
+    let (_, clusters) = NetnsLab::ssh(a, "pg_lsclusters -h | awk '{print $1, $2}'");
+    assert_eq!(clusters, "15 main");
+    let (code, conf) = NetnsLab::ssh(
+        a,
+        "ls /etc/postgresql/15/main/pgrepl.conf 2>&1; grep -c pgrepl /etc/postgresql/15/main/postgresql.conf /etc/postgresql/15/main/pg_hba.conf",
+    );
+    assert_ne!(code, 0);
+    assert!(conf.contains("No such file") && conf.contains("postgresql.conf:0") && conf.contains("pg_hba.conf:0"), "{conf}");
+    let (code, out) = NetnsLab::ssh(a, "pg_ctlcluster 15 main start");
+    assert_eq!(code, 0, "the adopted cluster starts: {out}");
+    assert_eq!(NetnsLab::psql(a, 5432, "SELECT answer FROM precious"), "42", "db1's own data survives");
+    let (code, out) = NetnsLab::ssh(a, "pg_ctlcluster 15 main stop");
+    assert_eq!(code, 0, "{out}");
+    // db2: the registration stays (it was there before), pgrepl's clone is gone; 15/other untouched.
+    let (_, state) = NetnsLab::ssh(
+        b,
+        "ls -d /etc/postgresql/15/main /var/lib/postgresql/15/main 2>&1; pg_lsclusters -h | awk '$2 == \"other\" {print $1, $2, $3, $4}'",
+    );
+    assert!(state.contains("/etc/postgresql/15/main\n") && state.contains("cannot access '/var/lib/postgresql/15/main'"), "{state}");
+    assert!(state.ends_with("15 other 5433 online"), "{state}");
+    // db3: pgrepl created everything there, and removed it.
+    let (_, state) = NetnsLab::ssh(c, "ls /etc/postgresql/15 /var/lib/postgresql 2>&1; pg_lsclusters -h");
+    assert!(!state.contains("main") && !state.contains("pgrepl-adopt"), "{state}");
+    let (code, _) = NetnsLab::ssh(b, "pg_ctlcluster 15 other stop");
+    assert_eq!(code, 0);
+}
+
+/// pgrepl starts the nodes itself: `up` turns off the OS's start at boot of every node it
+/// deploys (db2, db3: pg_createcluster writes `auto`) or adopts (db1 comes with a cluster of
+/// its own, started at boot), so that a node fenced while unreachable does not come back
+/// writable after a reboot. Each host's start.conf then says `manual` (pg_lsclusters still
+/// lists the cluster, pg_ctlcluster still starts it) and pgrepl's record names the change; a
+/// second `up` changes nothing; after `down`, `up` starts them again.
+#[test]
+fn ssh_up_turns_off_start_at_boot() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-boot");
+    let (code, out) = NetnsLab::ssh(
+        "10.213.7.11",
+        "pg_createcluster 15 main --start >/dev/null && grep -v '^#' /etc/postgresql/15/main/start.conf | grep .",
+    );
+    assert_eq!((code, out.as_str()), (0, "auto"), "db1's own cluster starts at boot");
+    let f = write_spec(&wd.path, "boot", &NetnsLab::known_hosts(), "strict", "");
+    let (code, out, err) = run(&f, &wd, &["up", "--output", "json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let actions = v["up"]["actions"].as_array().unwrap();
+    for (node, _, _) in LAB_HOSTS {
+        assert!(
+            actions.iter().any(|a| a["node"] == node && a["what"].as_str().unwrap().contains("turn off the OS's start at boot")),
+            "{node}: {actions:?}"
+        );
+    }
+    let check = "grep -v '^#' /etc/postgresql/15/main/start.conf | grep .; pg_lsclusters -h | awk '{print $1, $2, $4}'; cat /var/lib/postgresql/pgrepl-boot/autostart-off";
+    for (node, addr, _) in LAB_HOSTS {
+        let (code, out) = NetnsLab::ssh(addr, check);
+        assert_eq!(code, 0, "{node}: {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "manual", "{node}: {out}");
+        assert!(lines[1].starts_with("15 main online"), "{node}: pg_lsclusters lists it, running: {out}");
+        assert!(out.contains("/etc/postgresql/15/main/start.conf: auto -> manual"), "{node}: the record names the change: {out}");
+    }
+    let (code, out, err) = run(&f, &wd, &["up", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["up"]["actions"].as_array().unwrap().len(), 0, "second up changed things: {out}");
+    let (_, again) = NetnsLab::ssh("10.213.7.12", check);
+    assert_eq!(again.matches("auto -> manual").count(), 1, "recorded once: {again}");
+
+    // With start.conf manual, pgrepl (through pg_ctlcluster) still starts them.
+    let (code, _, err) = run(&f, &wd, &["down"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(&f, &wd, &["up"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("verify: ok"), "{out}");
+    let (code, _, err) = run(&f, &wd, &["destroy", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+}

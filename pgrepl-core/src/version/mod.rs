@@ -1,7 +1,7 @@
 //! PostgreSQL major versions and what each one can do.
 //!
 //! [`PgMajor`] names a major release as users write it (`9.6`, `16`). [`Capabilities`]
-//! (in [`caps`]) holds every fact pgrepl needs about one major. By convention, only
+//! (in `caps`) holds every fact pgrepl needs about one major. By convention, only
 //! `caps.rs` compares versions; everything else reads capability fields, so adding a
 //! major is a change to one file.
 
@@ -61,6 +61,12 @@ pub enum PgMajor {
 }
 
 impl PgMajor {
+    /// Whether client tools of this major (psql, pg_basebackup) work with a server of
+    /// `server`'s: the same major or a newer one.
+    pub fn client_tools_serve(self, server: PgMajor) -> bool {
+        self >= server
+    }
+
     /// Every major pgrepl knows, oldest first. Keep in step with the enum.
     pub const ALL: &'static [PgMajor] = &[
         PgMajor::V9_0,

@@ -1,0 +1,409 @@
+//! The rejoin executor: the node's WAL examined, then [`crate::plan::rejoin`]'s plan carried out.
+
+use super::*;
+
+// =======================================================================================
+// Rejoin
+
+impl Deployment {
+    /// Brings `node` (a former primary, a fenced node, a diverged or stopped standby) back
+    /// as a standby of its upstream: as it is when its WAL is a prefix of the primary's
+    /// history, with pg_rewind when it diverged onto its own timeline (the cluster has
+    /// checksums or wal_log_hints), with a fresh clone when rewind is impossible (no
+    /// pg_rewind of its major, a superuser-only source across hosts on ≤10, a divergence on
+    /// the timeline it shares with the primary) or fails. It is only ever started with
+    /// standby settings, never writable. A node that already streams is left as it is.
+    pub async fn rejoin(&self, node: &str, progress: &dyn Progress) -> Result<RejoinReport, Error> {
+        let _lock = self.lock_operation("rejoin", self.lock_wait()).await?;
+        let t0 = Instant::now();
+        let op = Op::open(self, progress).await?;
+        let cluster = &op.cluster;
+        let caps = op.caps;
+        let obs = op.observe().await;
+        plan::rejoin(cluster, &obs, &plan::RejoinRequest { node: node.to_string() }, None)?;
+        let n = cluster.node(node).expect("the planner checked it").clone();
+        let primary = cluster.primary().clone();
+        let h = op.handle(node).ok_or_else(|| Error::node(node, "its host cannot be reached"))?;
+        let ph = op.handle(&primary.name).expect("it answered");
+        let mut topo = op.topology.clone();
+        let was_fenced = topo.fenced.iter().any(|f| f == node);
+        // The cluster once it is back: it counts as a synchronous standby again.
+        let remaining: Vec<String> = topo.fenced.iter().filter(|f| *f != node).cloned().collect();
+        let mut target = cluster.clone();
+        target.replication.sync =
+            op.d.cluster.clone().with_primary(&primary.name).map(|c| c.replication.sync).unwrap_or(target.replication.sync);
+        exclude_from_sync(&mut target, &remaining);
+        let upstream = n.upstream.clone().unwrap_or_else(|| primary.name.clone());
+        let mut report = RejoinReport {
+            cluster: cluster.name.clone(),
+            major: op.major(),
+            node: node.to_string(),
+            primary: primary.name.clone(),
+            upstream: upstream.clone(),
+            changed: false,
+            method: RejoinMethod::AlreadyStreaming,
+            reason: String::new(),
+            divergence: None,
+            node_wal_end: None,
+            node_timeline: None,
+            primary_timeline: obs.get(&primary.name).timeline,
+            streaming: false,
+            timings: RejoinTimings::default(),
+            actions: Vec::new(),
+            warnings: Vec::new(),
+        };
+        let run = op.run(&target);
+        let o = obs.get(node);
+
+        // Already a streaming standby: only the record changes.
+        if o.standby() && obs.get(&upstream).streams_to(node) && o.timeline.is_none_or(|t| Some(t) == report.primary_timeline) {
+            report.streaming = true;
+            report.reason = format!("it already streams from {upstream}");
+            if was_fenced {
+                topo.fenced.retain(|f| f != node);
+                op.save(&topo).await?;
+                report.changed = true;
+                report.reason.push_str("; it is no longer fenced");
+                self.restore_sync(&op, &target, ph, &mut report).await;
+            }
+            report.timings.total_seconds = t0.elapsed().as_secs_f64();
+            return Ok(report);
+        }
+
+        // Stop it (a writable former primary is demoted here).
+        let r = op.render(&target, node)?;
+        if is_running(h).await.map_err(|e| tr(node, "check whether the server runs", e))? {
+            let t = Instant::now();
+            progress.started(node, "stop");
+            stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+            progress.finished(node, "stop", "stopped");
+            report.timings.stop_seconds = t.elapsed().as_secs_f64();
+            act(&mut report.actions, node, "stop", t);
+            report.changed = true;
+        }
+        let un = cluster.node(&upstream).expect("known").clone();
+
+        // How: as it is, rewind, or clone.
+        let mut method = match run.data_dir(h).await? {
+            DataDir::Missing => {
+                report.reason = "its data directory is empty".into();
+                RejoinMethod::Recloned
+            }
+            DataDir::Unknown => {
+                return Err(refused(
+                    node,
+                    format!(
+                        "{} holds files but no PostgreSQL cluster; pgrepl will not clone over them (move them away first)",
+                        h.layout.data_dir
+                    ),
+                ));
+            }
+            DataDir::Cluster { .. } => {
+                let pc = read_control(ph, &caps).await;
+                let nc = read_control(h, &caps).await;
+                match (pc, nc) {
+                    (Ok(pc), Ok(nc)) if pc.system_identifier != nc.system_identifier => {
+                        report.reason = format!(
+                            "it is another database system (identifier {} vs the primary's {})",
+                            nc.system_identifier, pc.system_identifier
+                        );
+                        RejoinMethod::Recloned
+                    }
+                    (_, Err(e)) => {
+                        report.reason = format!("its pg_control could not be read ({e})");
+                        RejoinMethod::Recloned
+                    }
+                    _ => match op.fits_history(h, &primary, ph).await {
+                        Ok((d, end)) => {
+                            report.divergence = Some(d);
+                            report.node_wal_end = end.map(|e| e.0);
+                            report.node_timeline = end.map(|e| e.1);
+                            match d {
+                                Divergence::Follows => {
+                                    report.reason = "its WAL is a prefix of the primary's history".into();
+                                    RejoinMethod::Restarted
+                                }
+                                Divergence::Diverged { bytes } => {
+                                    report.reason =
+                                        format!("its WAL goes {bytes} bytes past where its timeline ends in the primary's history");
+                                    RejoinMethod::Rewound
+                                }
+                                Divergence::ForeignTimeline => {
+                                    report.reason = "its timeline is not in the primary's history".into();
+                                    RejoinMethod::Rewound
+                                }
+                                // pg_rewind finds divergence through timeline histories only: on
+                                // a shared timeline it sees none and would leave the node's own
+                                // WAL in place. A fresh clone is the only safe way back.
+                                Divergence::Conflicting => {
+                                    report.reason = "it has WAL of its own on a timeline it shares with the primary (it was written to as a primary): pg_rewind cannot see that divergence".into();
+                                    RejoinMethod::Recloned
+                                }
+                                Divergence::Unverifiable => {
+                                    report.reason =
+                                        "whether its WAL matches the primary's cannot be checked (the primary no longer has that WAL)"
+                                            .into();
+                                    RejoinMethod::Recloned
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            report.reason = format!("whether it diverged is unknown ({e})");
+                            RejoinMethod::Rewound
+                        }
+                    },
+                }
+            }
+        };
+        report.changed = true;
+        let rewind_tool = self.rewind_tool(&op, h).await;
+        if method == RejoinMethod::Rewound {
+            if let Err(why) = &rewind_tool {
+                report.reason.push_str(&format!("; {why}"));
+                method = RejoinMethod::Recloned;
+            }
+        }
+
+        // Its slot on the upstream, before it connects.
+        if let Some(un_h) = op.handle(&upstream) {
+            run.ensure_slots(&un, un_h).await.map(|a| report.actions.extend(a))?;
+        }
+
+        if method == RejoinMethod::Restarted {
+            let t = Instant::now();
+            run.write_files(h, &r, true).await?;
+            run.start(&n, h, &r).await?;
+            act(&mut report.actions, node, format!("start as a standby of {upstream}"), t);
+            match run.wait_streaming(&n).await {
+                Ok(()) => {
+                    report.timings.streaming_seconds = t.elapsed().as_secs_f64();
+                    report.streaming = true;
+                }
+                Err(e) => {
+                    report.warnings.push(format!("it did not stream as it was ({e}); trying pg_rewind or a clone"));
+                    stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+                    method = if rewind_tool.is_ok() { RejoinMethod::Rewound } else { RejoinMethod::Recloned };
+                }
+            }
+        }
+
+        if method == RejoinMethod::Rewound {
+            let tool = rewind_tool.as_ref().expect("checked").clone();
+            match self.rewind(&op, &target, &n, h, &primary, ph, &r, &tool, &mut report).await {
+                Ok(()) => {
+                    let t = Instant::now();
+                    run.start(&n, h, &r).await?;
+                    act(&mut report.actions, node, format!("start as a standby of {upstream}"), t);
+                    match run.wait_streaming(&n).await {
+                        Ok(()) => {
+                            report.timings.streaming_seconds = t.elapsed().as_secs_f64();
+                            report.streaming = true;
+                        }
+                        Err(e) => {
+                            report.warnings.push(format!("after pg_rewind it did not stream ({e}); cloning afresh"));
+                            stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+                            method = RejoinMethod::Recloned;
+                        }
+                    }
+                }
+                Err(e) => {
+                    report.warnings.push(format!("pg_rewind failed ({e}); cloning afresh"));
+                    if is_running(h).await.unwrap_or(true) {
+                        stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+                    }
+                    method = RejoinMethod::Recloned;
+                }
+            }
+        }
+
+        if method == RejoinMethod::Recloned {
+            if is_running(h).await.map_err(|e| tr(node, "check whether the server runs", e))? {
+                return Err(refused(node, "its server runs; pgrepl will not clone over it"));
+            }
+            let t = Instant::now();
+            run.prepare_dirs(h).await?;
+            run.clone_standby(&n, h, &r, &mut report.actions).await?;
+            report.timings.clone_seconds = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            run.start(&n, h, &r).await?;
+            act(&mut report.actions, node, format!("start as a standby of {upstream}"), t);
+            run.wait_streaming(&n).await?;
+            report.timings.streaming_seconds = t.elapsed().as_secs_f64();
+            report.streaming = true;
+        }
+        report.method = method;
+
+        // Slots copied from its old life hold WAL: drop them.
+        let managed = op.managed_slots(&target);
+        match drop_stale_slots(&run, &n, h, &managed).await {
+            Ok(d) => {
+                for s in d {
+                    report.actions.push(Action { node: node.into(), what: format!("drop stale slot {s}"), seconds: 0.0 });
+                }
+            }
+            Err(e) => report.warnings.push(format!("stale slots not dropped: {e}")),
+        }
+        if was_fenced {
+            topo.fenced.retain(|f| f != node);
+            op.save(&topo).await?;
+        }
+        self.restore_sync(&op, &target, ph, &mut report).await;
+        report.timings.total_seconds = t0.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    /// The primary's synchronous standbys include the rejoined node again.
+    async fn restore_sync(&self, op: &Op<'_>, target: &Cluster, ph: &NodeHandle, report: &mut RejoinReport) {
+        let primary = target.primary();
+        let res = async {
+            let r = op.render(target, &primary.name)?;
+            let run = op.run(target);
+            if run.write_files(ph, &r, false).await? {
+                let t = Instant::now();
+                run.apply_config(primary, ph, &r, &mut report.actions).await?;
+                act(&mut report.actions, &primary.name, "synchronous standbys updated", t);
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = res {
+            report.warnings.push(format!("{}: settings not updated: {e}", primary.name));
+        }
+    }
+
+    /// The pg_rewind of the node's own major on its host, or why there is none.
+    async fn rewind_tool(&self, op: &Op<'_>, h: &NodeHandle) -> Result<String, String> {
+        if op.caps.rewind.is_none() {
+            return Err(format!("PostgreSQL {} has no pg_rewind", op.caps.major));
+        }
+        if let Some(b) = self.binaries() {
+            if !b.has_rewind {
+                return Err(format!("no pg_rewind of PostgreSQL {} is installed", op.caps.major));
+            }
+        }
+        let mut paths = vec![h.layout.server_tool("pg_rewind")];
+        if self.binaries().is_none_or(|b| b.has_rewind) {
+            paths.push(h.layout.client_tool("pg_rewind"));
+        }
+        for p in paths {
+            if h.transport.exists(&p, None).await.unwrap_or(false) {
+                return Ok(p);
+            }
+        }
+        Err(format!("pg_rewind is not installed at {}", h.layout.server_tool("pg_rewind")))
+    }
+
+    /// pg_rewind of `n` from the primary: a clean shutdown first (started in recovery and
+    /// stopped, so it is never writable), a CHECKPOINT on the source where the major needs
+    /// one, then the rewind over a normal connection, then pgrepl's settings written again
+    /// (pg_rewind copied the source's).
+    #[allow(clippy::too_many_arguments)]
+    async fn rewind(
+        &self,
+        op: &Op<'_>,
+        target: &Cluster,
+        n: &Node,
+        h: &NodeHandle,
+        primary: &Node,
+        ph: &NodeHandle,
+        r: &RenderedNode,
+        tool: &str,
+        report: &mut RejoinReport,
+    ) -> Result<(), Error> {
+        let caps = &op.caps;
+        let rc = caps.rewind.expect("checked");
+        let run = op.run(target);
+        // A target that did not shut down cleanly (a killed primary): start it in recovery
+        // (standby settings) to replay its own WAL, then stop it: "shut down in recovery".
+        let control = read_control(h, caps).await?;
+        if !control.state.is_clean_shutdown() {
+            let t = Instant::now();
+            op.progress.started(&n.name, "clean shutdown in recovery (for pg_rewind)");
+            run.write_files(h, r, true).await?;
+            let _ = h.transport.exec(&Command::from_line(&r.commands.start).timeout(CLEAN_SHUTDOWN_DEADLINE)).await;
+            stop_server(h, r, FENCE_STOP_TIMEOUT, false).await?;
+            op.progress.finished(&n.name, "clean shutdown in recovery (for pg_rewind)", "done");
+            let c = read_control(h, caps).await?;
+            if !c.state.is_clean_shutdown() {
+                return Err(Error::node(&n.name, format!("it could not be shut down cleanly (pg_control: {})", c.state)));
+            }
+            report.timings.prepare_seconds = t.elapsed().as_secs_f64();
+            act(&mut report.actions, &n.name, "replay its own WAL in recovery, shut down cleanly", t);
+        }
+        // ≤15: a freshly promoted source's pg_control names its new timeline only after a checkpoint.
+        if rc.checkpoint_source_first {
+            let t = Instant::now();
+            run.sql(ph, primary.port, "CHECKPOINT;", "checkpoint on the rewind source").await?;
+            act(&mut report.actions, &primary.name, "CHECKPOINT (pg_rewind source)", t);
+        }
+        let source = if !rc.source_grants.is_empty() {
+            let user = &target.replication.user;
+            let grants: String = rc
+                .source_grants
+                .iter()
+                .map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO {};", sql_ident(user)))
+                .collect::<Vec<_>>()
+                .join(" ");
+            run.sql(
+                ph,
+                primary.port,
+                &format!("SET synchronous_commit = local; {grants}"),
+                "grant pg_rewind's functions to the replication role",
+            )
+            .await?;
+            format!(
+                "host={} port={} user={} dbname=postgres passfile={} connect_timeout=10",
+                conninfo_quote(&primary.address_or_placeholder()),
+                primary.port,
+                conninfo_quote(user),
+                conninfo_quote(&h.layout.passfile())
+            )
+        } else if op.d.hosts_on_this_machine() {
+            // ≤10: a superuser source; on one machine, over the primary's Unix socket.
+            format!(
+                "host={} port={} user={} dbname=postgres",
+                conninfo_quote(&ph.layout.socket_dir),
+                primary.port,
+                conninfo_quote(&ph.layout.superuser)
+            )
+        } else {
+            return Err(Error::node(
+                &n.name,
+                format!(
+                    "pg_rewind of PostgreSQL {} needs a superuser source connection, which pgrepl does not open across hosts",
+                    caps.major
+                ),
+            ));
+        };
+        let mut args = vec![format!("--target-pgdata={}", h.layout.data_dir), format!("--source-server={source}")];
+        if rc.config_file && h.layout.config_dir != h.layout.data_dir {
+            args.push(format!("--config-file={}/postgresql.conf", h.layout.config_dir));
+        }
+        let mut cmd = Command::new(tool).args(args).user(h.layout.os_user.clone()).timeout(REWIND_TIMEOUT);
+        for (k, v) in render::server_env(&h.layout) {
+            cmd = cmd.env(k, v);
+        }
+        let t = Instant::now();
+        op.progress.started(&n.name, &format!("pg_rewind from {}", primary.name));
+        let out = h.transport.exec(&cmd).await.map_err(|e| tr(&n.name, "pg_rewind", e))?;
+        op.progress.finished(&n.name, &format!("pg_rewind from {}", primary.name), if out.success() { "done" } else { "failed" });
+        if !out.success() {
+            return Err(Error::node(&n.name, format!("pg_rewind exited with status {}: {}", out.status, out.tail())));
+        }
+        if format!("{}{}", out.stdout, out.stderr).contains("no rewind required") {
+            // pgrepl found a divergence that pg_rewind does not see: nothing was rewound.
+            return Err(Error::node(&n.name, "pg_rewind found no divergence although its WAL diverged"));
+        }
+        report.timings.rewind_seconds = t.elapsed().as_secs_f64();
+        act(&mut report.actions, &n.name, format!("pg_rewind from {}", primary.name), t);
+        // pg_rewind copied the source's configuration: pgrepl's, for this node, again.
+        run.write_files(h, r, true).await?;
+        Ok(())
+    }
+
+    /// What status should mark (fenced, diverged, old timeline), from a status report and
+    /// the recorded topology.
+    pub async fn ha_marks(&self, status: &StatusReport) -> Result<Vec<NodeMark>, Error> {
+        Ok(mark_nodes(status, &self.topology().await?))
+    }
+}

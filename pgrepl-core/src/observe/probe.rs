@@ -1,0 +1,213 @@
+//! The probe: one observation of every node of a deployment, in parallel.
+//!
+//! An answering node costs one SQL round trip (its role, positions, timeline, walreceiver,
+//! running `synchronous_standby_names`, walsenders and slots in one script). Only a node
+//! that does not answer costs more: whether its server runs, whether its data directory is
+//! a standby's, and its `pg_control` state.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::{DataDirState, Observed, ObservedCluster, ServerState, apply_probe_rows};
+use crate::cluster::Cluster;
+use crate::deploy::{Deployment, ServerState as HostServerState, server_state};
+use crate::error::Error;
+use crate::pgcontrol;
+use crate::provider::NodeHandle;
+use crate::render::sql_literal;
+use crate::sql::{self, QueryError};
+use crate::topology::Topology;
+use crate::transport::{Command, TransportError};
+use crate::version::Capabilities;
+
+/// Time limit of the probe query of one node.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The probe script for a major: rows `n` (the node), `r` (walsenders), `s` (slots); see
+/// [`apply_probe_rows`].
+pub fn probe_sql(caps: &Capabilities) -> String {
+    let l = &caps.lsn;
+    // A standby's timeline: what its walreceiver receives; while that restarts (the
+    // primary just died), the newest timeline of the WAL segments it holds; else its last
+    // restartpoint's (which lags behind a timeline switch).
+    let received =
+        if caps.wal_receiver_view { "(SELECT nullif(received_tli, 0)::text FROM pg_catalog.pg_stat_wal_receiver)" } else { "NULL" };
+    let segments = format!(
+        "(SELECT max(('x' || substr(f, 1, 8))::bit(32)::int)::text FROM pg_catalog.pg_ls_dir({}) f WHERE f ~ '^[0-9A-F]{{24}}$')",
+        sql_literal(caps.wal_dir)
+    );
+    let restartpoint = if caps.control_functions { "(pg_catalog.pg_control_checkpoint()).timeline_id::text" } else { "NULL" };
+    let tli = format!("coalesce({received}, {segments}, {restartpoint})");
+    let status = if caps.wal_receiver_view { "(SELECT status FROM pg_catalog.pg_stat_wal_receiver)" } else { "NULL" };
+    let lag = if caps.lag_columns { "extract(epoch FROM replay_lag)" } else { "NULL" };
+    let slots =
+        if caps.slots { "SELECT 's', slot_name, active FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical';\n" } else { "" };
+    format!(
+        "SELECT 'n', pg_catalog.pg_is_in_recovery(), \
+           CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.{replay}()::text ELSE pg_catalog.{current}()::text END, \
+           CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.{receive}()::text END, \
+           CASE WHEN pg_catalog.pg_is_in_recovery() THEN {tli} ELSE 'x' || substr(pg_catalog.{walfile}(pg_catalog.{current}()), 1, 8) END, \
+           {status}, \
+           extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()), \
+           pg_catalog.current_setting('synchronous_standby_names');\n\
+         SELECT 'r', application_name, state, sync_state, {lag} FROM pg_catalog.pg_stat_replication;\n{slots}",
+        replay = l.last_replay,
+        current = l.current,
+        receive = l.last_receive,
+        walfile = l.walfile_name,
+    )
+}
+
+/// Whether a transport error means the host itself could not be reached.
+fn host_unreachable(e: &TransportError) -> bool {
+    matches!(e, TransportError::Connect(_) | TransportError::Auth(_) | TransportError::HostKey(_) | TransportError::Io(_))
+}
+
+/// Observes one node through its handle.
+pub async fn probe_node(h: &NodeHandle, port: u16, caps: &Capabilities) -> Observed {
+    let mut o = Observed::unknown(&h.name);
+    // The query first: a server that answers runs. Only when it does not, ask more.
+    let answer = sql::query(&*h.transport, &h.layout, port, &probe_sql(caps), PROBE_TIMEOUT).await;
+    let rows = match answer {
+        Ok(rows) => rows,
+        Err(QueryError::Transport(e)) if host_unreachable(&e) => {
+            o.error = Some(format!("host unreachable: {e}"));
+            return o;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            match server_state(h).await {
+                Err(e) => {
+                    o.error = Some(format!("host unreachable: {e}"));
+                    return o;
+                }
+                Ok(st) => {
+                    o.host_reachable = true;
+                    o.server = match st {
+                        HostServerState::Stopped => ServerState::Stopped,
+                        HostServerState::Starting => ServerState::Starting,
+                        _ if msg.contains("starting up") || msg.contains("not yet accepting connections") => ServerState::Starting,
+                        _ => ServerState::Unresponsive,
+                    };
+                    if st != HostServerState::Stopped {
+                        o.error = Some(msg);
+                    }
+                }
+            }
+            inspect_data_dir(h, caps, &mut o).await;
+            return o;
+        }
+    };
+    o.host_reachable = true;
+    apply_probe_rows(&mut o, &rows);
+    if o.server != ServerState::Running {
+        o.server = ServerState::Unresponsive;
+        o.error = Some("the probe query returned no row".into());
+    }
+    o
+}
+
+/// For a node whose server does not answer: is its data directory a standby's, and what
+/// does pg_control say (one command, one file read).
+async fn inspect_data_dir(h: &NodeHandle, caps: &Capabilities, o: &mut Observed) {
+    let d = &h.layout.data_dir;
+    // Exit 0: a standby's; 1: a cluster, not a standby's; 3: files, no cluster; 4: empty or absent.
+    let test = Command {
+        user: h.transport.admin_user().map(str::to_string),
+        ..Command::new("sh").args([
+            "-c",
+            "if ! test -e \"$1/PG_VERSION\"; then if test -n \"$(ls -A \"$1\" 2>/dev/null)\"; then exit 3; else exit 4; fi; fi; \
+             test -e \"$1/standby.signal\" -o -e \"$1/recovery.conf\"",
+            "sh",
+            d.as_str(),
+        ])
+    };
+    let status = h.transport.exec(&test).await.map(|o| o.status).ok();
+    o.standby_configured = match status {
+        Some(0) => Some(true),
+        Some(1) => Some(false),
+        _ => None,
+    };
+    o.data_dir = match status {
+        Some(0 | 1) => Some(DataDirState::Cluster),
+        Some(3) => Some(DataDirState::Foreign),
+        Some(4) => Some(DataDirState::Missing),
+        _ => None,
+    };
+    if o.data_dir != Some(DataDirState::Cluster) {
+        return;
+    }
+    if let Ok(Some(b)) = h.transport.read_file(&format!("{d}/global/pg_control")).await {
+        o.control_state = pgcontrol::parse_control(&b, &caps.pg_control).ok().map(|c| c.state);
+    }
+}
+
+/// Observes every node of `cluster` (handles for the reachable hosts; `unreachable` names
+/// the hosts that could not be connected to, with why), and looks for signs of life of the
+/// nodes that could not be reached: a standby still streaming from one, its port answering
+/// from here.
+pub async fn observe_cluster(
+    cluster: &Cluster,
+    handles: &[NodeHandle],
+    unreachable: &[(String, String)],
+    caps: &Capabilities,
+    topology: &Topology,
+) -> ObservedCluster {
+    let mut nodes = join_all(cluster.nodes.iter().map(|n| async move {
+        let mut o = match handles.iter().find(|h| h.name == n.name) {
+            Some(h) => probe_node(h, n.port, caps).await,
+            None => {
+                let mut o = Observed::unknown(&n.name);
+                o.error = Some(
+                    unreachable
+                        .iter()
+                        .find(|(u, _)| *u == n.name)
+                        .map(|(_, e)| format!("host unreachable: {e}"))
+                        .unwrap_or_else(|| "no host".into()),
+                );
+                o
+            }
+        };
+        o.fenced = topology.is_fenced(&n.name);
+        o
+    }))
+    .await;
+    // Signs of life of what could not be reached.
+    for i in 0..nodes.len() {
+        if nodes[i].host_reachable {
+            continue;
+        }
+        let n = &cluster.nodes[i];
+        let mut evidence = Vec::new();
+        for d in cluster.downstream(&n.name) {
+            if let Some(od) = nodes.iter().find(|o| o.node == d.name) {
+                if od.receiver.as_deref() == Some("streaming") {
+                    evidence.push(format!("{} still streams from it", d.name));
+                }
+            }
+        }
+        if let Some(a) = &n.address {
+            if crate::local::port_in_use(a, n.port).await {
+                evidence.push(format!("its port {a}:{} accepts connections", n.port));
+            }
+        }
+        nodes[i].alive_evidence = evidence;
+    }
+    ObservedCluster { nodes, topology: topology.clone() }
+}
+
+impl Deployment {
+    /// One observation of the whole cluster: the current cluster (recorded primary applied,
+    /// addresses from the hosts), a handle per reachable host, and every node observed.
+    /// Never fails for a node that cannot be reached: that node is observed as such.
+    pub async fn observe(&self) -> Result<(Cluster, Vec<NodeHandle>, ObservedCluster), Error> {
+        let topology = self.topology().await?;
+        let (cluster, handles, failed) = self.connect_partial().await?;
+        let unreachable: Vec<(String, String)> = failed.into_iter().map(|(n, e)| (n, crate::error::chain(&e))).collect();
+        let caps =
+            cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))?;
+        let observed = observe_cluster(&cluster, &handles, &unreachable, &caps, &topology).await;
+        Ok((cluster, handles, observed))
+    }
+}

@@ -1,0 +1,350 @@
+//! Decisions as data: what to do to a cluster, as a pure function of what was observed.
+//!
+//! Each planner ([`up()`], [`failover()`], [`switchover()`], [`rejoin()`]) takes the validated
+//! [`Cluster`](crate::Cluster), an [`ObservedCluster`](crate::observe::ObservedCluster)
+//! and a request, and returns a [`Plan`] or a typed [`Refusal`]. A plan is an ordered list
+//! of [`Step`]s; each step names the guards the executor re-checks right before it runs
+//! (against a fresh observation) and, where something can be undone, what undoes it. The
+//! CLI (`--dry-run` prints a plan without touching anything), the executor and the agent
+//! call the same planners, so they take the same decisions.
+//!
+//! Pure: no I/O, no clock. Every refusal reason has a table test and the safety properties
+//! (never two writable nodes at the end of a plan; in synchronous mode never a candidate
+//! outside the set the primary ran with, unless forced) are property-tested.
+
+pub mod failover;
+pub mod guard;
+pub mod refusal;
+pub mod rejoin;
+pub mod switchover;
+#[cfg(test)]
+mod tests;
+pub mod up;
+
+use std::fmt;
+
+use serde::Serialize;
+
+pub use failover::{Candidate, FailoverDecision, FailoverRequest, failover};
+pub use guard::{Guard, GuardFailure};
+pub use refusal::Refusal;
+pub use rejoin::{RejoinFacts, RejoinRequest, rejoin};
+pub use switchover::{SWITCHOVER_MAX_LAG_BYTES, SwitchoverRequest, switchover};
+pub use up::up;
+
+use crate::lsn::Lsn;
+
+/// The operation a plan carries out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "operation")]
+pub enum Operation {
+    /// A planned move of the primary role.
+    Switchover {
+        /// The standby that becomes the primary.
+        to: String,
+    },
+    /// Promotion of a standby when the primary is gone.
+    Failover {
+        /// The standby promoted.
+        to: String,
+        /// Refusals were overridden.
+        force: bool,
+    },
+    /// A node brought back as a standby.
+    Rejoin {
+        /// The node.
+        node: String,
+    },
+    /// Deploy or converge the cluster to its spec.
+    Up,
+}
+
+/// How a standby is brought back by a rejoin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejoinHow {
+    /// Started with standby settings as it is (its WAL is a prefix of the primary's history).
+    AsItIs,
+    /// `pg_rewind` from the primary, then started as a standby.
+    Rewind,
+    /// A fresh clone (its data directory is replaced).
+    Reclone,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Action {
+    /// Record nodes as fenced (nothing starts them as a primary again until a rejoin).
+    RecordFenced {
+        /// The nodes.
+        nodes: Vec<String>,
+    },
+    /// Record the synchronous standbys the new primary is configured with, before it
+    /// accepts a write.
+    RecordSync {
+        /// The primary.
+        primary: String,
+        /// The standbys named in its `synchronous_standby_names` (empty: asynchronous).
+        standbys: Vec<String>,
+        /// How many confirm each commit.
+        count: u32,
+    },
+    /// Stop the server (fast, then immediate when it does not stop in time) and confirm it stopped.
+    Stop,
+    /// CHECKPOINT, so the shutdown checkpoint that follows is short.
+    Checkpoint,
+    /// Stop cleanly and wait for the shutdown checkpoint in pg_control (nothing can write WAL after it).
+    StopClean,
+    /// Write standby settings into the data directory (standby.signal or recovery.conf), so
+    /// whatever starts it brings it up read-only.
+    WriteStandbySettings {
+        /// The upstream they name.
+        upstream: String,
+    },
+    /// Write the primary's settings (synchronous standbys, no upstream) ahead of its promotion.
+    WritePrimarySettings,
+    /// Create the slots its future standbys use (physical slots can be made in recovery).
+    CreateSlots {
+        /// Slot names.
+        slots: Vec<String>,
+    },
+    /// Wait until it has replayed past the old primary's shutdown checkpoint.
+    WaitReplayShutdownCheckpoint {
+        /// The old primary.
+        of: String,
+    },
+    /// Promote it, as its major does, and wait until it accepts writes; a promotion that
+    /// is not confirmed is resolved (the node found promoted, or stopped) before anything
+    /// else happens.
+    Promote,
+    /// Record it as the primary, with its timeline.
+    RecordPrimary,
+    /// Point it at its upstream: reload (13+) or restart (≤12), or start it when stopped.
+    Repoint {
+        /// Its upstream.
+        upstream: String,
+    },
+    /// Start it as a standby of its upstream (a clean former primary: it stopped at the fork point).
+    StartAsStandby {
+        /// Its upstream.
+        upstream: String,
+    },
+    /// Wait until enough synchronous standbys confirm commits.
+    WaitSyncStandbys {
+        /// How many.
+        count: u32,
+    },
+    /// Bring it back as a standby.
+    Rejoin {
+        /// How.
+        how: RejoinHow,
+        /// Its upstream.
+        upstream: String,
+    },
+    /// Remove it from the fenced nodes.
+    Unfence,
+    /// Rewrite the primary's synchronous standbys (the rejoined node counts again).
+    UpdateSyncStandbys,
+    /// Drop slots pgrepl manages that no standby uses any more.
+    DropStaleSlots,
+    /// CHECKPOINT on the new primary once writes flow (so a later pg_rewind sees its timeline).
+    CheckpointAfterPromotion,
+    /// initdb (data checksums on).
+    Initdb,
+    /// A base backup from its upstream (pg_basebackup), marked unfinished until done.
+    Clone {
+        /// The upstream.
+        from: String,
+    },
+    /// Write pgrepl's settings and pg_hba block where they differ (reload, or restart when
+    /// a setting needs it).
+    WriteSettings,
+    /// Start the server.
+    Start,
+    /// Create or update the replication role.
+    EnsureReplicationRole,
+    /// Wait until it streams from its upstream.
+    WaitStreaming {
+        /// The upstream.
+        from: String,
+    },
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// The node it acts on (the cluster's name for cluster-wide records).
+    pub node: String,
+    /// What it does.
+    pub action: Action,
+    /// Checked right before it runs; a failed guard stops the plan there.
+    pub guards: Vec<Guard>,
+    /// What undoes it when the plan is abandoned before its point of no return.
+    pub undo: Option<Action>,
+    /// It is the point of no return: steps before it are undone when the plan is abandoned.
+    pub commits: bool,
+}
+
+impl Step {
+    /// A step with no guard and no undo.
+    pub fn new(node: impl Into<String>, action: Action) -> Step {
+        Step { node: node.into(), action, guards: Vec::new(), undo: None, commits: false }
+    }
+
+    /// With guards.
+    pub fn guarded(mut self, guards: impl IntoIterator<Item = Guard>) -> Step {
+        self.guards.extend(guards);
+        self
+    }
+
+    /// With an undo.
+    pub fn undo(mut self, undo: Action) -> Step {
+        self.undo = Some(undo);
+        self
+    }
+
+    /// The point of no return.
+    pub fn commits(mut self) -> Step {
+        self.commits = true;
+        self
+    }
+}
+
+/// What a planner decided: the steps, and what the decision was based on.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// Cluster name.
+    pub cluster: String,
+    /// The operation.
+    pub operation: Operation,
+    /// The primary before.
+    pub primary: String,
+    /// The steps in order.
+    pub steps: Vec<Step>,
+    /// Things to know before it runs.
+    pub warnings: Vec<String>,
+    /// The failover decision (candidates, fencing, loss bound), for a failover.
+    pub failover: Option<FailoverDecision>,
+    /// The position the candidate must replay past, when known at planning time.
+    pub target_lsn: Option<Lsn>,
+    /// Nothing to do.
+    pub noop: bool,
+}
+
+impl Plan {
+    /// The steps acting on `node`.
+    pub fn steps_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Step> + 'a {
+        self.steps.iter().filter(move |s| s.node == node)
+    }
+
+    /// Whether a step does `pred` on `node`.
+    pub fn has(&self, node: &str, pred: impl Fn(&Action) -> bool) -> bool {
+        self.steps_on(node).any(|s| pred(&s.action))
+    }
+
+    /// The nodes that accept writes once the plan has run, as far as the plan decides it:
+    /// for the property tests, and for a reader of `--dry-run`. `writable_before` are the
+    /// nodes writable when it was planned.
+    pub fn writable_after(&self, writable_before: &[String]) -> Vec<String> {
+        let mut w: Vec<String> = writable_before.to_vec();
+        for s in &self.steps {
+            match &s.action {
+                Action::Stop | Action::StopClean => w.retain(|n| *n != s.node),
+                Action::Promote if !w.contains(&s.node) => w.push(s.node.clone()),
+                Action::Rejoin { .. } | Action::Clone { .. } => w.retain(|n| *n != s.node),
+                _ => {}
+            }
+        }
+        w
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::RecordFenced { nodes } => write!(f, "record {} as fenced", nodes.join(", ")),
+            Action::RecordSync { primary, standbys, count } => {
+                if standbys.is_empty() || *count == 0 {
+                    write!(f, "record {primary}'s replication as asynchronous")
+                } else {
+                    write!(f, "record {primary}'s synchronous standbys: {count} of ({})", standbys.join(", "))
+                }
+            }
+            Action::Stop => f.write_str("stop (fast, then immediate) and confirm it stopped"),
+            Action::Checkpoint => f.write_str("CHECKPOINT (a short shutdown checkpoint)"),
+            Action::StopClean => f.write_str("stop cleanly; wait for the shutdown checkpoint in pg_control"),
+            Action::WriteStandbySettings { upstream } => {
+                write!(f, "write standby settings (upstream {upstream}): it cannot start writable")
+            }
+            Action::WritePrimarySettings => f.write_str("write its settings as the primary (applied at the promotion)"),
+            Action::CreateSlots { slots } => write!(f, "create slots {}", slots.join(", ")),
+            Action::WaitReplayShutdownCheckpoint { of } => write!(f, "wait until it replayed {of}'s shutdown checkpoint"),
+            Action::Promote => f.write_str("promote; wait until it accepts writes"),
+            Action::RecordPrimary => f.write_str("record it as the primary"),
+            Action::Repoint { upstream } => write!(f, "point it at {upstream} (reload 13+, restart before; start when stopped)"),
+            Action::StartAsStandby { upstream } => write!(f, "start it as a standby of {upstream}"),
+            Action::WaitSyncStandbys { count } => write!(f, "wait until {count} synchronous standby(s) confirm commits"),
+            Action::Rejoin { how, upstream } => match how {
+                RejoinHow::AsItIs => write!(f, "start it as a standby of {upstream} as it is"),
+                RejoinHow::Rewind => write!(f, "pg_rewind from {upstream}, then start it as a standby"),
+                RejoinHow::Reclone => write!(f, "clone it afresh from {upstream}, then start it as a standby"),
+            },
+            Action::Unfence => f.write_str("no longer fenced"),
+            Action::UpdateSyncStandbys => f.write_str("rewrite the primary's synchronous standbys"),
+            Action::DropStaleSlots => f.write_str("drop slots no standby uses any more"),
+            Action::CheckpointAfterPromotion => f.write_str("CHECKPOINT once writes flow"),
+            Action::Initdb => f.write_str("initdb (data checksums on)"),
+            Action::Clone { from } => write!(f, "clone from {from} (pg_basebackup)"),
+            Action::WriteSettings => {
+                f.write_str("write settings and pg_hba.conf where they differ; reload (restart when a setting needs it)")
+            }
+            Action::Start => f.write_str("start"),
+            Action::EnsureReplicationRole => f.write_str("create or update the replication role"),
+            Action::WaitStreaming { from } => write!(f, "wait until it streams from {from}"),
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match &self.operation {
+            Operation::Switchover { to } => format!("switchover {} -> {to}", self.primary),
+            Operation::Failover { to, force } => {
+                format!("failover {} -> {to}{}", self.primary, if *force { " (forced)" } else { "" })
+            }
+            Operation::Rejoin { node } => format!("rejoin {node} (primary {})", self.primary),
+            Operation::Up => format!("up (primary {})", self.primary),
+        };
+        writeln!(f, "plan for cluster {}: {what}", self.cluster)?;
+        if self.noop {
+            writeln!(f, "  nothing to do{}", if self.steps.is_empty() { "" } else { " but what the steps below find different" })?;
+        }
+        if let Some(d) = &self.failover {
+            for c in &d.candidates {
+                writeln!(
+                    f,
+                    "  candidate {:<8} received {:<12} replayed {:<12} {}",
+                    c.node,
+                    c.receive_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                    c.replay_lsn.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                    if c.node == d.candidate { "chosen".to_string() } else { c.note.clone().unwrap_or_default() }
+                )?;
+            }
+            writeln!(f, "  loss: {}", d.loss_note)?;
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(f, "  {:>2}. {:<10} {}{}", i + 1, s.node, s.action, if s.commits { "  [point of no return]" } else { "" })?;
+            for g in &s.guards {
+                writeln!(f, "        guard: {g}")?;
+            }
+            if let Some(u) = &s.undo {
+                writeln!(f, "        undo:  {u}")?;
+            }
+        }
+        for w in &self.warnings {
+            writeln!(f, "  warning: {w}")?;
+        }
+        Ok(())
+    }
+}
