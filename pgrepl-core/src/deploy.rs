@@ -673,19 +673,6 @@ async fn write_created(h: &NodeHandle, cluster: &str, c: &Created) -> Result<(),
     t.write_file(&path, &body, 0o600, Some("root")).await.map_err(map)
 }
 
-/// Reads a file as `user` (`None` when it does not exist): what `user` cannot read, pgrepl
-/// does not read for them either.
-async fn read_as(t: &dyn Transport, path: &str, user: &str) -> Result<Option<Vec<u8>>, TransportError> {
-    let c =
-        Command::new("sh").args(["-c", "[ -e \"$1\" ] || [ -L \"$1\" ] || exit 99; exec cat -- \"$1\"", "pgrepl-read", path]).user(user);
-    let out = t.exec(&c).await?;
-    match out.status {
-        0 => Ok(Some(out.stdout.into_bytes())),
-        99 => Ok(None),
-        status => Err(TransportError::CommandFailed { program: format!("read {path} as {user}"), status, tail: out.tail() }),
-    }
-}
-
 /// The line pgrepl writes before its include line in postgresql.conf.
 const INCLUDE_COMMENT: &str = "# Added by pgrepl: its settings for this node.";
 
@@ -923,7 +910,7 @@ impl Run<'_> {
             // symbolic link planted there would copy, say, /etc/shadow into a file they own.
             let current = match f.placement {
                 Placement::Whole => t.read_file(&f.path).await.map_err(map)?,
-                Placement::HbaBlock | Placement::IncludeLine => read_as(t, &f.path, &h.layout.os_user).await.map_err(map)?,
+                Placement::HbaBlock | Placement::IncludeLine => t.read_file_as(&f.path, &h.layout.os_user).await.map_err(map)?,
             }
             .map(|b| String::from_utf8_lossy(&b).into_owned());
             let desired = match f.placement {

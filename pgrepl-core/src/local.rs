@@ -73,6 +73,21 @@ pub fn current_user() -> &'static str {
 }
 
 fn lookup_ids(user: &str) -> Result<(u32, u32), TransportError> {
+    // Asked once per user and process (`id` is a process per question).
+    static CACHE: std::sync::Mutex<Vec<(String, (u32, u32))>> = std::sync::Mutex::new(Vec::new());
+    if let Some((_, ids)) =
+        CACHE.lock().map_err(|_| TransportError::Other("user id cache poisoned".into()))?.iter().find(|(u, _)| u == user)
+    {
+        return Ok(*ids);
+    }
+    let ids = lookup_ids_uncached(user)?;
+    if let Ok(mut c) = CACHE.lock() {
+        c.push((user.to_string(), ids));
+    }
+    Ok(ids)
+}
+
+fn lookup_ids_uncached(user: &str) -> Result<(u32, u32), TransportError> {
     let id = |flag: &str| -> Result<u32, TransportError> {
         let out = std::process::Command::new("id").args([flag, user]).output()?;
         String::from_utf8_lossy(&out.stdout)
@@ -211,6 +226,45 @@ impl Transport for LocalTransport {
         })
         .await
         .map_err(|e| TransportError::Other(e.to_string()))?
+    }
+
+    /// Without a process where it can: a regular file (opened with `O_NOFOLLOW`) that
+    /// `user` owns or everyone may read is read directly; anything else (a symbolic link,
+    /// a file of another owner) by `cat` run as `user`.
+    async fn read_file_as(&self, path: &str, user: &str) -> Result<Option<Vec<u8>>, TransportError> {
+        if user == current_user() {
+            return self.read_file(path).await;
+        }
+        if running_as_root() {
+            let (uid, _) = lookup_ids(user)?;
+            let p = path.to_string();
+            let direct = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Option<Vec<u8>>>> {
+                use std::io::Read;
+                use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+                const O_NOFOLLOW: i32 = 0o400000;
+                let mut f = match std::fs::OpenOptions::new().read(true).custom_flags(O_NOFOLLOW).open(&p) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(None)),
+                    Err(_) => return Ok(None),
+                };
+                let m = f.metadata()?;
+                if !m.is_file() || (m.uid() != uid && m.mode() & 0o004 == 0) {
+                    return Ok(None);
+                }
+                let mut b = Vec::new();
+                f.read_to_end(&mut b)?;
+                Ok(Some(Some(b)))
+            })
+            .await
+            .map_err(|e| TransportError::Other(format!("read {path}: {e}")))??;
+            if let Some(r) = direct {
+                return Ok(r);
+            }
+        }
+        let c = Command::new("sh")
+            .args(["-c", "[ -e \"$1\" ] || [ -L \"$1\" ] || exit 99; exec cat -- \"$1\"", "pgrepl-read", path])
+            .user(user);
+        crate::transport::read_output_as_file(self.exec(&c).await?, path, user)
     }
 
     async fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, TransportError> {

@@ -204,6 +204,16 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// never exists with a wider mode than `mode`, even briefly.
     async fn write_file(&self, path: &str, contents: &[u8], mode: u32, owner: Option<&str>) -> Result<(), TransportError>;
 
+    /// Reads a file as `user` (`Ok(None)` when it does not exist): what `user` cannot read,
+    /// pgrepl does not read for them either (a symbolic link they planted pointing at a
+    /// file only root may read yields nothing of it). The default runs `cat` as `user`.
+    async fn read_file_as(&self, path: &str, user: &str) -> Result<Option<Vec<u8>>, TransportError> {
+        let c = Command::new("sh")
+            .args(["-c", "[ -e \"$1\" ] || [ -L \"$1\" ] || exit 99; exec cat -- \"$1\"", "pgrepl-read", path])
+            .user(user);
+        read_output_as_file(self.exec(&c).await?, path, user)
+    }
+
     /// Reads a file; `Ok(None)` when it does not exist. Reads with the privileges pgrepl
     /// administers the host with (root over SSH, through sudo when the login user is not
     /// root; the invoking user locally), so 0600 files of the server's user are readable.
@@ -232,6 +242,16 @@ if [ "$(stat -c %d:%i .)" != "$(stat -c %d:%i -- "$real/$base")" ]; then
 fi
 chmod -- "$2" .
 if [ -n "$3" ]; then chown -h -- "$3" .; fi"#;
+
+/// The answer of the `cat` that [`Transport::read_file_as`] runs: the file, `None` (exit 99:
+/// it does not exist), or the failure.
+pub fn read_output_as_file(out: Output, path: &str, user: &str) -> Result<Option<Vec<u8>>, TransportError> {
+    match out.status {
+        0 => Ok(Some(out.stdout.into_bytes())),
+        99 => Ok(None),
+        status => Err(TransportError::CommandFailed { program: format!("read {path} as {user}"), status, tail: out.tail() }),
+    }
+}
 
 /// Helpers built on [`Transport`], the same for every backend.
 #[async_trait]

@@ -349,7 +349,7 @@ async fn up_without_the_replication_password_is_refused() {
         &wd.path,
         "db1",
         port,
-        "SELECT string_agg(application_name || ' ' || state, ',' ORDER BY 1) FROM pg_stat_replication",
+        "SELECT string_agg(application_name || ' ' || state, ',' ORDER BY application_name) FROM pg_stat_replication",
     );
     assert_eq!(streaming, "db2 streaming,db3 streaming");
 

@@ -137,7 +137,11 @@ impl Op<'_> {
             }
         };
         let prepare = async { tokio::join!(make_slots(&run_new, &cand_node, ch), run_new.write_files(ch, &r_primary, false), prewrite) };
-        let (fenced_nodes, (slots, written, prewritten)) = tokio::join!(fencing, prepare);
+        // The promotion's guards read every node but the fenced ones (fencing settles those):
+        // they are asked meanwhile.
+        let promote_step = plan.steps.iter().find(|s| s.action == plan::Action::Promote).expect("a failover promotes");
+        let probe = op.probe_guards(&promote_step.guards, &fence.record);
+        let (fenced_nodes, (slots, written, prewritten), probed) = tokio::join!(fencing, prepare, probe);
         let (cand_ref, r_standby_ref, before_ref) = (&cand, &r_standby, &before);
         let abandon = |e: Error, prewritten: Vec<String>| async move {
             let (cand, r_standby, before) = (cand_ref, r_standby_ref, before_ref);
@@ -177,10 +181,22 @@ impl Op<'_> {
             Err(e) => report.warnings.push(format!("{cand}: slots not made before the promotion ({e}); made after it")),
         }
 
-        // The promotion's guards, on a fresh look: nothing else accepts writes, the fenced
-        // nodes stopped, the candidate still a standby with the WAL it was chosen for.
-        let promote_step = plan.steps.iter().find(|s| s.action == plan::Action::Promote).expect("a failover promotes");
-        if let Err(e) = op.recheck(&promote_step.guards).await {
+        // The promotion's guards: nothing else accepts writes, the fenced nodes stopped, the
+        // candidate still a standby with the WAL it was chosen for. Nodes fencing just
+        // stopped (confirmed) or found stopped while demoting them are taken as they are.
+        let settled: Vec<crate::observe::Observed> = report
+            .fencing
+            .iter()
+            .filter(|f| f.outcome == FenceOutcome::Stopped || f.demoted)
+            .map(|f| {
+                let mut o = crate::observe::Observed::unknown(&f.node);
+                o.host_reachable = true;
+                o.server = crate::observe::ServerState::Stopped;
+                o.standby_configured = Some(f.demoted);
+                o
+            })
+            .collect();
+        if let Err(e) = op.check_guards(&promote_step.guards, probed, &settled) {
             return Err(abandon(e, prewritten).await);
         }
         topo.sync = Some(d.new_sync.clone());

@@ -155,16 +155,11 @@ impl<'a> Op<'a> {
         obs
     }
 
-    /// A fresh observation of the reachable nodes (no search for signs of life of the
-    /// others), to re-check a step's guards right before it runs.
-    pub(super) async fn recheck(&self, guards: &[plan::Guard]) -> Result<(), Error> {
-        // Still ours (a partition longer than the lease lets another admin machine take it).
-        if let Some(l) = self.lock {
-            l.check()?;
-        }
-        if guards.is_empty() {
-            return Ok(());
-        }
+    /// A fresh observation of the reachable nodes the guards read (no search for signs of
+    /// life of the others), but not of `skip`: nodes whose state this operation settles
+    /// itself (see [`Op::check_guards`]). Taken while the step before the guarded one runs
+    /// (fencing, the old primary's clean stop), so the write gap does not wait for it.
+    pub(super) async fn probe_guards(&self, guards: &[plan::Guard], skip: &[String]) -> Vec<crate::observe::Observed> {
         let nodes: Option<Vec<&str>> = guards.iter().try_fold(Vec::new(), |mut acc, g| {
             g.nodes().map(|n| {
                 acc.extend(n);
@@ -172,15 +167,34 @@ impl<'a> Op<'a> {
             })
         });
         let nodes = &nodes;
-        let observed = join_all(self.cluster.nodes.iter().map(|n| async move {
+        join_all(self.cluster.nodes.iter().filter(|n| !skip.contains(&n.name)).map(|n| async move {
             let wanted = nodes.as_ref().is_none_or(|w| w.contains(&n.name.as_str()));
             match (wanted, self.handle(&n.name)) {
                 (true, Some(h)) => crate::observe::probe::probe_node(h, n.port, &self.caps).await,
                 _ => crate::observe::Observed::unknown(&n.name),
             }
         }))
-        .await;
-        let obs = ObservedCluster { nodes: observed, topology: self.topology.clone() };
+        .await
+    }
+
+    /// Checks a step's guards against `probed` (from [`Op::probe_guards`]) and `settled`:
+    /// nodes whose state this operation has just established itself (a node it stopped and
+    /// confirmed stopped, a primary whose pg_control shows its shutdown checkpoint). And
+    /// that the operation lock is still this operation's (a partition longer than the lease
+    /// lets another admin machine take it).
+    pub(super) fn check_guards(
+        &self,
+        guards: &[plan::Guard],
+        probed: Vec<crate::observe::Observed>,
+        settled: &[crate::observe::Observed],
+    ) -> Result<(), Error> {
+        if let Some(l) = self.lock {
+            l.check()?;
+        }
+        let mut nodes = probed;
+        nodes.retain(|o| !settled.iter().any(|s| s.node == o.node));
+        nodes.extend(settled.iter().cloned());
+        let obs = ObservedCluster { nodes, topology: self.topology.clone() };
         for g in guards {
             g.check(&obs)?;
         }

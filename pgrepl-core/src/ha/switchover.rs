@@ -186,7 +186,15 @@ impl Deployment {
             let (h, c) = (ph.clone(), Command::from_line(&r_old_primary.commands.stop).timeout(SWITCHOVER_STOP_TIMEOUT));
             tokio::spawn(async move { h.transport.run(&c).await.map(|_| ()).map_err(|e| tr(&h.name, "stop the primary", e)) })
         };
-        let control = match wait_shutdown_checkpoint(ph, &caps, &stop_task, SWITCHOVER_STOP_TIMEOUT).await {
+        // Meanwhile the nodes the promotion's guards read are asked (the old primary is
+        // settled by its own pg_control).
+        let promote_guards: Vec<plan::Guard> =
+            plan.steps.iter().find(|s| s.action == plan::Action::Promote).map(|s| s.guards.clone()).unwrap_or_default();
+        let (control, probed) = tokio::join!(
+            wait_shutdown_checkpoint(ph, &caps, &stop_task, SWITCHOVER_STOP_TIMEOUT),
+            op.probe_guards(&promote_guards, std::slice::from_ref(&old))
+        );
+        let control = match control {
             Ok(c) => c,
             Err(e) => {
                 progress.finished(&old, "stop (clean: the shutdown checkpoint goes to the standbys)", "failed");
@@ -203,32 +211,39 @@ impl Deployment {
         act(&mut report.actions, &old, format!("stop cleanly (shutdown checkpoint {})", control.checkpoint), t_stop);
         report.shutdown_checkpoint = Some(control.checkpoint);
 
-        // No primary-shaped directory is left behind from here on: the old primary's data
-        // directory becomes a standby's of the candidate before anything is promoted.
-        let t_demote = Instant::now();
-        if let Err(e) = op.run(&new).write_files(ph, &r_old_standby, true).await {
-            let _ = stop_task.await;
-            return Err(restore(format!("its standby settings could not be written ({e})")).await);
-        }
-        act(&mut report.actions, &old, format!("standby settings written (upstream {to})"), t_demote);
-
         // The candidate replays the shutdown checkpoint: it then has every byte of WAL.
-        // Meanwhile the promotion's guards are checked on a fresh look, and the synchronous
-        // standbys of the new primary recorded.
+        // Meanwhile, all before the promotion: the old primary's data directory becomes a
+        // standby's of the candidate (no primary-shaped directory is left behind from here
+        // on), the promotion's guards are checked on a fresh look (the old primary is
+        // settled: pg_control shows its shutdown checkpoint), and the synchronous standbys
+        // of the new primary are recorded.
         progress.started(to, "replay the old primary's shutdown checkpoint");
         let t_catch = Instant::now();
-        let promote_guards: Vec<plan::Guard> =
-            plan.steps.iter().find(|s| s.action == plan::Action::Promote).map(|s| s.guards.clone()).unwrap_or_default();
         let sync_before = topo.sync.clone();
         topo.sync = Some(crate::topology::SyncRecord::of(to, &new.replication.sync));
-        let (caught, guards_ok, recorded) = tokio::join!(
-            wait_replayed_past(ch, target.port, &caps, control.checkpoint, CATCHUP_DEADLINE),
-            op.recheck(&promote_guards),
-            op.save(&topo)
-        );
-        let caught = match (caught, guards_ok, recorded) {
-            (Ok(l), Ok(()), Ok(())) => Ok(l),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(e),
+        let mut old_settled = crate::observe::Observed::unknown(&old);
+        old_settled.host_reachable = true;
+        old_settled.server = crate::observe::ServerState::Stopped;
+        old_settled.standby_configured = Some(true);
+        let settled = [old_settled];
+        let run_demote = op.run(&new);
+        let demote = async {
+            let t = Instant::now();
+            run_demote
+                .write_files(ph, &r_old_standby, true)
+                .await
+                .map(|_| t)
+                .map_err(|e| Error::node(&old, format!("its standby settings could not be written ({e})")))
+        };
+        let guards_ok = op.check_guards(&promote_guards, probed, &settled);
+        let (caught, demoted, recorded) =
+            tokio::join!(wait_replayed_past(ch, target.port, &caps, control.checkpoint, CATCHUP_DEADLINE), demote, op.save(&topo));
+        if let Ok(t) = &demoted {
+            act(&mut report.actions, &old, format!("standby settings written (upstream {to})"), *t);
+        }
+        let caught = match (caught, demoted, guards_ok, recorded) {
+            (Ok(l), Ok(_), Ok(()), Ok(())) => Ok(l),
+            (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => Err(e),
         };
         if caught.is_err() {
             topo.sync = sync_before;

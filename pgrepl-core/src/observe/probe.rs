@@ -77,7 +77,13 @@ pub async fn probe_node(h: &NodeHandle, port: u16, caps: &Capabilities) -> Obser
         }
         Err(e) => {
             let msg = e.to_string();
-            match server_state(h).await {
+            // Whether it runs, and what its data directory holds, asked at once.
+            let mut dir = Observed::unknown(&h.name);
+            let (state, ()) = tokio::join!(server_state(h), inspect_data_dir(h, caps, &mut dir));
+            o.standby_configured = dir.standby_configured;
+            o.data_dir = dir.data_dir;
+            o.control_state = dir.control_state;
+            match state {
                 Err(e) => {
                     o.error = Some(format!("host unreachable: {e}"));
                     return o;
@@ -95,7 +101,6 @@ pub async fn probe_node(h: &NodeHandle, port: u16, caps: &Capabilities) -> Obser
                     }
                 }
             }
-            inspect_data_dir(h, caps, &mut o).await;
             return o;
         }
     };
@@ -123,7 +128,9 @@ async fn inspect_data_dir(h: &NodeHandle, caps: &Capabilities, o: &mut Observed)
             d.as_str(),
         ])
     };
-    let status = h.transport.exec(&test).await.map(|o| o.status).ok();
+    let control_path = format!("{d}/global/pg_control");
+    let (status, control) = tokio::join!(h.transport.exec(&test), h.transport.read_file(&control_path));
+    let status = status.map(|o| o.status).ok();
     o.standby_configured = match status {
         Some(0) => Some(true),
         Some(1) => Some(false),
@@ -138,7 +145,7 @@ async fn inspect_data_dir(h: &NodeHandle, caps: &Capabilities, o: &mut Observed)
     if o.data_dir != Some(DataDirState::Cluster) {
         return;
     }
-    if let Ok(Some(b)) = h.transport.read_file(&format!("{d}/global/pg_control")).await {
+    if let Ok(Some(b)) = control {
         o.control_state = pgcontrol::parse_control(&b, &caps.pg_control).ok().map(|c| c.state);
     }
 }
