@@ -293,7 +293,7 @@ impl Deployment {
         let mut hosts: Vec<LockHost> = handles
             .into_iter()
             .map(|h| LockHost { root: root(&h.name), node: h.name, transport: Ok(h.transport) })
-            .chain(failed.into_iter().map(|(node, e)| LockHost { root: root(&node), node, transport: Err(error_chain(&e)) }))
+            .chain(failed.into_iter().map(|(node, e)| LockHost { root: root(&node), node, transport: Err(crate::error::chain(&e)) }))
             .collect();
         hosts.sort_by(|a, b| a.node.cmp(&b.node));
         Ok(hosts)
@@ -764,18 +764,6 @@ fn admin_host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown-host".into())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    for _ in 0..8 {
-        let Some(c) = cur else { break };
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -233,6 +233,20 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// An empty plan of `operation` on `cluster`, whose primary is `primary`.
+    pub fn new(cluster: &str, operation: Operation, primary: &str) -> Plan {
+        Plan {
+            cluster: cluster.to_string(),
+            operation,
+            primary: primary.to_string(),
+            steps: Vec::new(),
+            warnings: Vec::new(),
+            failover: None,
+            target_lsn: None,
+            noop: false,
+        }
+    }
+
     /// The steps acting on `node`.
     pub fn steps_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Step> + 'a {
         self.steps.iter().filter(move |s| s.node == node)

@@ -52,16 +52,7 @@ pub fn rejoin(cluster: &Cluster, obs: &ObservedCluster, req: &RejoinRequest, fac
         return Err(Refusal::ForeignFiles { node: node.to_string(), path: f });
     }
     let upstream = n.upstream.clone().unwrap_or_else(|| primary.clone());
-    let mut plan = Plan {
-        cluster: cluster.name.clone(),
-        operation: Operation::Rejoin { node: node.to_string() },
-        primary: primary.clone(),
-        steps: Vec::new(),
-        warnings: Vec::new(),
-        failover: None,
-        target_lsn: None,
-        noop: false,
-    };
+    let mut plan = Plan::new(&cluster.name, Operation::Rejoin { node: node.to_string() }, &primary);
     let streaming = o.standby() && obs.get(&upstream).streams_to(node) && o.timeline.is_none_or(|t| Some(t) == obs.get(&primary).timeline);
     if streaming {
         if o.fenced {

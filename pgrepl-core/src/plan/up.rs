@@ -12,16 +12,7 @@ use crate::spec::Role;
 /// Plans `up` of `cluster` (the current one: the recorded primary applied) from `obs`.
 pub fn up(cluster: &Cluster, obs: &ObservedCluster) -> Result<Plan, Refusal> {
     let primary = cluster.primary().name.clone();
-    let mut plan = Plan {
-        cluster: cluster.name.clone(),
-        operation: Operation::Up,
-        primary: primary.clone(),
-        steps: Vec::new(),
-        warnings: Vec::new(),
-        failover: None,
-        target_lsn: None,
-        noop: false,
-    };
+    let mut plan = Plan::new(&cluster.name, Operation::Up, &primary);
     let mut order: Vec<&crate::cluster::Node> = vec![cluster.primary()];
     order.extend(cluster.standbys_in_order().into_iter().flatten());
     for n in order {
