@@ -412,10 +412,7 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
             );
         }
     }
-    steps.push(Step::new(
-        &cluster.name,
-        Action::RecordSync { primary: cand.clone(), standbys: new_sync.standbys.clone(), count: new_sync.count },
-    ));
+    steps.push(Step::new(&cluster.name, new_sync.action()));
     let mut guards = vec![Guard::NoOtherWritable { except: None }, Guard::IsStandby { node: cand.clone() }];
     if let Some(p) = views[chosen].position() {
         guards.push(Guard::HasWal { node: cand.clone(), lsn: p });

@@ -232,6 +232,17 @@ pub struct Plan {
     pub noop: bool,
 }
 
+impl crate::topology::SyncRecord {
+    /// The step that records it (asynchronous: no standby named).
+    pub fn action(&self) -> Action {
+        if self.synchronous() {
+            Action::RecordSync { primary: self.primary.clone(), standbys: self.standbys.clone(), count: self.count }
+        } else {
+            Action::RecordSync { primary: self.primary.clone(), standbys: Vec::new(), count: 0 }
+        }
+    }
+}
+
 impl Plan {
     /// An empty plan of `operation` on `cluster`, whose primary is `primary`.
     pub fn new(cluster: &str, operation: Operation, primary: &str) -> Plan {

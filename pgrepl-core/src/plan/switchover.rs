@@ -99,11 +99,7 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
         );
     }
     steps.push(Step::new(&old, Action::Checkpoint));
-    steps.push(
-        Step::new(&old, Action::StopClean)
-            .guarded([Guard::IsStandby { node: to.to_string() }])
-            .undo(Action::StartAsStandby { upstream: "(itself, as the primary)".into() }),
-    );
+    steps.push(Step::new(&old, Action::StopClean).guarded([Guard::IsStandby { node: to.to_string() }]).undo(Action::Start));
     // The old primary's data directory becomes a standby's before anything is promoted: a
     // crash of pgrepl past this point leaves no primary-shaped directory behind.
     steps.push(
@@ -119,10 +115,7 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
             .undo(Action::WriteStandbySettings { upstream: up.clone() }),
     );
     let new_sync = crate::topology::SyncRecord::of(to, &new.replication.sync);
-    steps.push(Step::new(
-        &cluster.name,
-        Action::RecordSync { primary: to.to_string(), standbys: new_sync.standbys.clone(), count: new_sync.count },
-    ));
+    steps.push(Step::new(&cluster.name, new_sync.action()));
     steps.push(
         Step::new(to, Action::Promote)
             .guarded([
