@@ -9,6 +9,8 @@
 
 #[cfg(feature = "runtime")]
 pub mod probe;
+#[cfg(feature = "runtime")]
+pub mod server_state;
 
 use serde::Serialize;
 

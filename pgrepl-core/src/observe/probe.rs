@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
+use super::server_state::{ServerState as HostServerState, server_state};
 use super::{DataDirState, Observed, ObservedCluster, ServerState, apply_probe_rows};
 use crate::cluster::Cluster;
-use crate::deploy::{Deployment, ServerState as HostServerState, server_state};
+use crate::deploy::Deployment;
 use crate::error::Error;
 use crate::pgcontrol;
 use crate::provider::NodeHandle;
