@@ -151,6 +151,13 @@ impl Deployment {
         self
     }
 
+    /// Reaches the hosts through what `wrap` makes of the current connector (a decorator:
+    /// tracing, or faults injected by a test through `testing::FlakyTransport`).
+    pub fn wrap_connector(mut self, wrap: impl FnOnce(Arc<dyn Connector>) -> Arc<dyn Connector>) -> Self {
+        self.connector = wrap(self.connector);
+        self
+    }
+
     /// Nodes listen on this machine: check their ports before starting them.
     pub fn with_local_ports(mut self) -> Self {
         self.local_ports = true;

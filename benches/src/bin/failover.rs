@@ -817,7 +817,7 @@ async fn failover_once(
     let first_call = first_call.expect("set");
     // The first write on the new primary (the killed postmaster's backends can still
     // acknowledge a commit or two before they notice it is gone).
-    let new_port = i32::from(cluster.node(&rep.new_primary).map(|n| n.port).unwrap_or(0));
+    let new_port = i32::from(cluster.node(&rep.to).map(|n| n.port).unwrap_or(0));
     let mut first = None;
     let deadline = Instant::now() + RESUME_DEADLINE;
     while first.is_none() && Instant::now() < deadline {
@@ -826,8 +826,7 @@ async fn failover_once(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    let first =
-        first.ok_or_else(|| format!("no write acknowledged by {} within {RESUME_DEADLINE:?} after the failover", rep.new_primary))?;
+    let first = first.ok_or_else(|| format!("no write acknowledged by {} within {RESUME_DEADLINE:?} after the failover", rep.to))?;
     let linger = watch.join().map_err(|_| "the watch thread panicked")?;
     let linger = Linger { children: n_children, parent, ..linger };
 
@@ -857,7 +856,7 @@ async fn failover_once(
             .collect()
     });
     // The old primary's own WAL past the new timeline's start, read independently of pgrepl.
-    let waldump = match (rep.loss.new_timeline_start, rep.old_timeline) {
+    let waldump = match (rep.loss().and_then(|l| l.new_timeline_start), rep.old_timeline) {
         (Some(start), Some(tli)) => Some(waldump_after(ctx, &data, tli, &start.to_string()).await),
         _ => None,
     };
@@ -869,8 +868,8 @@ async fn failover_once(
         "{} (old primary, the rewind target): {}; {} (new primary, the source): {}",
         old,
         control_summary(ctx, &data).await,
-        rep.new_primary,
-        control_summary(ctx, &work.join(&rep.new_primary).join("data")).await
+        rep.to,
+        control_summary(ctx, &work.join(&rep.to).join("data")).await
     );
     // The old primary back as a standby, for the next run (timed on its own).
     let t = Instant::now();
@@ -878,7 +877,7 @@ async fn failover_once(
     let rejoin = t.elapsed().as_secs_f64();
     Ok(FoRun {
         old,
-        new: rep.new_primary.clone(),
+        new: rep.to.clone(),
         refusals,
         probe,
         accepted_at: secs_between(t_kill, t_call),

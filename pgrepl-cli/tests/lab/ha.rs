@@ -10,7 +10,10 @@
 //!   by one each time, every standby streams from the new primary without a re-clone;
 //! - rejoin of a killed old primary that had unreplicated writes: rewound with pg_rewind
 //!   (16), or re-cloned where rewind is impossible (11); its extra rows are gone;
-//! - pg_control and the end of WAL as pgrepl reads them, against the servers' own view.
+//! - pg_control and the end of WAL as pgrepl reads them, against the servers' own view;
+//! - a switchover whose candidate cannot promote (its promotion fails, injected through a
+//!   `FlakyTransport`): the executor abandons the plan, undoes its steps in reverse, and
+//!   the old primary runs as the primary again, nothing lost.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -263,14 +266,14 @@ async fn failover_under_load(major: &str, sync: Option<&str>) {
     let acks = load.finish().await;
     eprintln!("{report}");
 
-    let new = report.new_primary.clone();
+    let new = report.to.clone();
     assert!(new == "db2" || new == "db3", "{report}");
     assert!(report.problems.is_empty(), "{report}");
     let other = if new == "db2" { "db3" } else { "db2" };
-    assert_eq!(report.fencing.len(), 1, "{report}");
-    assert_eq!(report.fencing[0].node, "db1");
-    assert_eq!(report.fencing[0].outcome, FenceOutcome::NotRunning);
-    assert!(report.fencing[0].demoted, "standby settings written into db1: {report}");
+    assert_eq!(report.fencing().len(), 1, "{report}");
+    assert_eq!(report.fencing()[0].node, "db1");
+    assert_eq!(report.fencing()[0].outcome, FenceOutcome::NotRunning);
+    assert!(report.fencing()[0].demoted, "standby settings written into db1: {report}");
     let signal = if PgMajor::V11 >= major.parse().unwrap() { "recovery.conf" } else { "standby.signal" };
     assert!(lab.data("db1").join(signal).exists(), "db1 cannot start writable");
     assert_eq!(report.new_timeline, report.old_timeline.map(|t| t + 1), "{report}");
@@ -292,7 +295,7 @@ async fn failover_under_load(major: &str, sync: Option<&str>) {
     assert!(first_after.is_some(), "writes resumed on {new}");
 
     // Loss accounting.
-    let loss = &report.loss;
+    let loss = report.loss().expect("a failover accounts for loss");
     assert!(loss.exact, "the old primary's WAL was read: {loss:?}");
     assert_eq!(loss.source, Some(LsnSource::OldPrimaryWal));
     let start = loss.new_timeline_start.expect("switch point known");
@@ -507,18 +510,18 @@ async fn rejoin_after_divergence(major: &str, expect: RejoinMethod) {
     lab.kill9("db1");
     let f = lab.d.failover(FailoverOptions::default(), &NoProgress).await.unwrap();
     eprintln!("{f}");
-    let new = f.new_primary.clone();
+    let new = f.to.clone();
     let extra_on_new: i64 = lab.sql(&new, "SELECT count(*) FROM extra").parse().unwrap();
     assert!(extra_on_new < 500, "the extra rows did not all reach {new}");
-    assert!(f.loss.wal_lost_bytes.unwrap() > 0, "{f}");
+    assert!(f.loss().unwrap().wal_lost_bytes.unwrap() > 0, "{f}");
 
     let r = lab.d.rejoin("db1", &NoProgress).await.unwrap_or_else(|e| panic!("rejoin {name}: {e}"));
     eprintln!("{r}");
-    assert_eq!(r.method, expect, "{r}");
-    assert!(r.streaming, "{r}");
+    assert_eq!(r.rejoin.as_ref().unwrap().method, expect, "{r}");
+    assert!(r.rejoin.as_ref().unwrap().streaming, "{r}");
     assert!(r.changed);
     if expect == RejoinMethod::Rewound {
-        assert!(matches!(r.divergence, Some(pgrepl_core::ha::Divergence::Diverged { .. })), "{r}");
+        assert!(matches!(r.rejoin.as_ref().unwrap().divergence, Some(pgrepl_core::ha::Divergence::Diverged { .. })), "{r}");
     }
     let others: Vec<&str> = NODES.iter().copied().filter(|n| *n != new).collect();
     assert_eq!(lab.wait_streaming_from(&new, &others), others, "db1 streams from {new}");
@@ -541,7 +544,7 @@ async fn rejoin_after_divergence(major: &str, expect: RejoinMethod) {
     assert!(lab.d.topology().await.unwrap().fenced.is_empty());
     // Again: nothing to do.
     let again = lab.d.rejoin("db1", &NoProgress).await.unwrap();
-    assert_eq!(again.method, RejoinMethod::AlreadyStreaming, "{again}");
+    assert_eq!(again.rejoin.as_ref().unwrap().method, RejoinMethod::AlreadyStreaming, "{again}");
     assert!(!again.changed);
     // A standby stopped cleanly comes back as it is (its WAL is a prefix of the history).
     let third = if new == "db2" { "db3" } else { "db2" };
@@ -555,8 +558,8 @@ async fn rejoin_after_divergence(major: &str, expect: RejoinMethod) {
         .unwrap();
     assert!(stop.status.success());
     let r3 = lab.d.rejoin(third, &NoProgress).await.unwrap();
-    assert_eq!(r3.method, RejoinMethod::Restarted, "{r3}");
-    assert!(r3.streaming && lab.running(third), "{r3}");
+    assert_eq!(r3.rejoin.as_ref().unwrap().method, RejoinMethod::Restarted, "{r3}");
+    assert!(r3.rejoin.as_ref().unwrap().streaming && lab.running(third), "{r3}");
     // A switchover back to db1 works from there (it follows the new primary's history).
     let s = lab.d.switchover("db1", &NoProgress).await.unwrap();
     assert!(s.problems.is_empty(), "{s}");
@@ -791,9 +794,9 @@ async fn ha_failover_with_an_unreachable_live_primary_over_ssh() {
     assert!(e.to_string().contains("db1 accepts writes"), "{e}");
     let f = d.failover(FailoverOptions { to: None, force: true }, &NoProgress).await.unwrap();
     eprintln!("{f}");
-    assert_eq!(f.fencing[0].outcome, FenceOutcome::Stopped, "{f}");
-    assert!(f.fencing[0].demoted, "{f}");
-    assert_eq!(writable(), vec![f.new_primary.as_str()], "exactly one writable node");
+    assert_eq!(f.fencing()[0].outcome, FenceOutcome::Stopped, "{f}");
+    assert!(f.fencing()[0].demoted, "{f}");
+    assert_eq!(writable(), vec![f.to.as_str()], "exactly one writable node");
     let (_, signal) = NetnsLab::ssh("10.213.7.11", "test -e /var/lib/postgresql/15/main/standby.signal && echo yes");
     assert_eq!(signal, "yes");
     assert!(f.problems.is_empty(), "{f}");
@@ -801,8 +804,8 @@ async fn ha_failover_with_an_unreachable_live_primary_over_ssh() {
     // Back as a standby over SSH.
     let r = d.rejoin("db1", &NoProgress).await.unwrap_or_else(|e| panic!("rejoin over SSH: {e}"));
     eprintln!("{r}");
-    assert!(r.streaming, "{r}");
-    assert_eq!(writable(), vec![f.new_primary.as_str()]);
+    assert!(r.rejoin.as_ref().unwrap().streaming, "{r}");
+    assert_eq!(writable(), vec![f.to.as_str()]);
 
     // An operator error: db1 started by hand as a primary again (on the timeline it shares
     // with the primary) and written to. Status marks it; rejoin stops it and, as pg_rewind
@@ -818,10 +821,10 @@ async fn ha_failover_with_an_unreachable_live_primary_over_ssh() {
     assert!(marks.iter().any(|m| m.node == "db1" && m.diverged), "{marks:?}");
     let r = d.rejoin("db1", &NoProgress).await.unwrap_or_else(|e| panic!("rejoin of a split-brain db1 over SSH: {e}"));
     eprintln!("{r}");
-    assert_eq!(r.method, RejoinMethod::Recloned, "{r}");
-    assert_eq!(r.divergence, Some(pgrepl_core::ha::Divergence::Conflicting), "{r}");
-    assert!(r.streaming, "{r}");
-    assert_eq!(writable(), vec![f.new_primary.as_str()], "one writable node again");
+    assert_eq!(r.rejoin.as_ref().unwrap().method, RejoinMethod::Recloned, "{r}");
+    assert_eq!(r.rejoin.as_ref().unwrap().divergence, Some(pgrepl_core::ha::Divergence::Conflicting), "{r}");
+    assert!(r.rejoin.as_ref().unwrap().streaming, "{r}");
+    assert_eq!(writable(), vec![f.to.as_str()], "one writable node again");
     let (_, gone) = NetnsLab::ssh(
         "10.213.7.11",
         "runuser -u postgres -- psql -X -A -t -p 5432 -d postgres -c \"SELECT to_regclass('split_brain') IS NULL\"",
@@ -831,7 +834,7 @@ async fn ha_failover_with_an_unreachable_live_primary_over_ssh() {
     // A crash of the primary right after writes its standbys did not get (timeline 2), a
     // failover (timeline 3), and its rejoin with pg_rewind over SSH (Debian layout: its
     // configuration in /etc, a clean shutdown in recovery through pg_ctlcluster first).
-    let p = f.new_primary.clone();
+    let p = f.to.clone();
     let paddr = LAB_HOSTS.iter().find(|(n, _, _)| *n == p).unwrap().1;
     let cut = "for i in 1 2 3 4; do runuser -u postgres -- psql -X -q -p 5432 -d postgres -c 'SELECT pg_terminate_backend(pid) FROM pg_stat_replication' >/dev/null; sleep 0.04; done";
     let (code, out) = NetnsLab::ssh(
@@ -843,12 +846,12 @@ async fn ha_failover_with_an_unreachable_live_primary_over_ssh() {
     assert_eq!(code, 0, "{out}");
     let f3 = d.failover(FailoverOptions::default(), &NoProgress).await.unwrap_or_else(|e| panic!("failover over SSH: {e}"));
     eprintln!("{f3}");
-    assert!(f3.loss.exact && f3.loss.wal_lost_bytes.unwrap() > 0, "{f3}");
+    assert!(f3.loss().unwrap().exact && f3.loss().unwrap().wal_lost_bytes.unwrap() > 0, "{f3}");
     let r = d.rejoin(&p, &NoProgress).await.unwrap_or_else(|e| panic!("rejoin with pg_rewind over SSH: {e}"));
     eprintln!("{r}");
-    assert_eq!(r.method, RejoinMethod::Rewound, "{r}");
-    assert!(r.streaming, "{r}");
-    assert_eq!(writable(), vec![f3.new_primary.as_str()]);
+    assert_eq!(r.rejoin.as_ref().unwrap().method, RejoinMethod::Rewound, "{r}");
+    assert!(r.rejoin.as_ref().unwrap().streaming, "{r}");
+    assert_eq!(writable(), vec![f3.to.as_str()]);
     let (_, gone) = NetnsLab::ssh(
         paddr,
         &format!("runuser -u postgres -- psql -X -A -t -p 5432 -d postgres -c \"SELECT to_regclass('lost_on_{p}') IS NULL\""),
@@ -944,4 +947,75 @@ fn ha_sync_failover_refuses_past_acknowledged_commits_pg15() {
     assert_eq!(sql("db3", "SELECT pg_is_in_recovery()"), "f");
     assert_eq!(sql("db3", "SELECT count(*) FROM acked"), "0", "the test's premise: db3 lacked them");
     let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
+}
+
+// =======================================================================================
+// An abandoned plan is undone
+
+/// Reaches one node's host through a [`FlakyTransport`] that fails its promotion.
+#[derive(Debug)]
+struct FailPromotionOf {
+    inner: Arc<dyn pgrepl_core::provider::Connector>,
+    node: String,
+}
+
+#[async_trait::async_trait]
+impl pgrepl_core::provider::Connector for FailPromotionOf {
+    async fn connect(
+        &self,
+        cluster: &pgrepl_core::Cluster,
+        node: &pgrepl_core::cluster::Node,
+        host: &pgrepl_core::provider::Host,
+    ) -> Result<pgrepl_core::provider::NodeHandle, pgrepl_core::Error> {
+        use pgrepl_core::testing::{Fault, FlakyTransport, Match, When};
+        let mut h = self.inner.connect(cluster, node, host).await?;
+        if node.name == self.node {
+            let promote = Match::when("a promotion", |c| {
+                c.stdin.as_deref().is_some_and(|s| String::from_utf8_lossy(s).contains("pg_promote"))
+                    || c.args.iter().any(|a| a == "promote")
+            });
+            let flaky = FlakyTransport::from_arc(h.transport.clone()).with(
+                When::command(promote),
+                Fault::fail(pgrepl_core::transport::TransportError::Other("promotion refused by the test".into())),
+            );
+            h.transport = Arc::new(flaky);
+        }
+        Ok(h)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ha_switchover_abandoned_when_the_candidate_cannot_promote_pg15() {
+    let lab = Lab::up("ha-abandon", "15", "").await;
+    lab.sql("db1", "INSERT INTO load (id) VALUES (1)");
+    let (bin, client) = bins("15");
+    let spec = ClusterSpec::from_toml(&local_spec("ha-abandon", "15", lab.port, &lab.wd.str(), "")).unwrap();
+    let opts = LocalOptions { discovery: DiscoveryOptions { pg_bin: Some(bin), pg_client_bin: Some(client), major: None }, work_dir: None };
+    let d =
+        LocalDeployment::open(&spec, &opts).await.unwrap().wrap_connector(|inner| Arc::new(FailPromotionOf { inner, node: "db2".into() }));
+
+    let e = d.switchover("db2", &NoProgress).await.expect_err("the promotion of db2 fails");
+    let msg = e.to_string();
+    assert!(msg.contains("abandoned before any promotion"), "{msg}");
+    assert!(msg.contains("db1 runs as the primary, nothing changed"), "{msg}");
+
+    // Undone in reverse: db2 started again as a standby, db1's data directory a primary's
+    // again and db1 started, db3's settings put back; the record as it was.
+    assert_eq!(lab.sql("db1", "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(lab.sql("db2", "SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(lab.sql("db3", "SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(lab.wait_streaming_from("db1", &["db2", "db3"]), vec!["db2".to_string(), "db3".to_string()]);
+    let signal = lab.data("db1").join("standby.signal");
+    assert!(!signal.exists(), "db1's data directory is a primary's again");
+    let topo = lab.d.topology().await.unwrap();
+    assert!(topo.primary.is_none() || topo.primary.as_deref() == Some("db1"), "{topo:?}");
+    assert!(topo.fenced.is_empty(), "{topo:?}");
+    // Nothing lost, and writes go on.
+    lab.sql("db1", "INSERT INTO load (id) VALUES (2)");
+    assert_eq!(lab.sql("db1", "SELECT count(*) FROM load"), "2");
+    // Without the fault the same switchover goes through.
+    let r = lab.d.switchover("db2", &NoProgress).await.unwrap_or_else(|e| panic!("switchover: {e}"));
+    assert!(r.problems.is_empty(), "{r}");
+    assert!(r.steps.iter().all(|s| s.outcome == pgrepl_core::ha::StepOutcome::Done), "{r}");
+    assert_eq!(lab.sql("db2", "SELECT count(*) FROM load"), "2");
 }

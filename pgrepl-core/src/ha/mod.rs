@@ -92,18 +92,19 @@ pub const MAX_WAL_SCAN_SEGMENTS: usize = 256;
 /// The WAL segment size assumed before the first segment says otherwise.
 const DEFAULT_SEG_SIZE: u64 = 16 * 1024 * 1024;
 
-mod converge;
 mod decisions;
+mod execute;
 mod failover;
 mod rejoin;
 mod report;
 mod server;
+mod steps;
 mod switchover;
 #[cfg(test)]
 mod tests;
 
-use converge::*;
 pub use decisions::{account_loss, divergence, mark_nodes};
+use execute::Exec;
 pub use report::*;
 use server::*;
 
@@ -201,12 +202,6 @@ impl<'a> Op<'a> {
         Ok(())
     }
 
-    /// The cluster with `primary` as its primary, addresses kept, `excluded` nodes out of
-    /// the synchronous standbys; and what was degraded.
-    pub(super) fn retarget(&self, primary: &str, excluded: &[String]) -> Result<(Cluster, Option<String>), Error> {
-        Ok(crate::cluster::retarget(&self.cluster, primary, excluded)?)
-    }
-
     pub(super) fn render(&self, cluster: &Cluster, node: &str) -> Result<RenderedNode, Error> {
         let h = self.handle(node).ok_or_else(|| Error::node(node, "its host cannot be reached"))?;
         render_node(cluster, node, &h.layout, Some(&self.secrets))
@@ -228,13 +223,6 @@ impl<'a> Op<'a> {
 
 pub(super) fn refused(node: &str, reason: impl Into<String>) -> Error {
     Error::Refused(Refusal { node: node.to_string(), reason: reason.into() })
-}
-
-pub(super) fn unknown_node(cluster: &Cluster, name: &str) -> Error {
-    refused(
-        name,
-        format!("no such node (the cluster has: {})", cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
-    )
 }
 
 pub(super) fn act(actions: &mut Vec<Action>, node: &str, what: impl Into<String>, since: Instant) {

@@ -5,6 +5,14 @@ use super::*;
 // =======================================================================================
 // Rejoin
 
+/// What a pg_rewind did (timings and actions), for the report.
+#[derive(Default)]
+pub(super) struct Rewound {
+    pub(super) prepare_seconds: f64,
+    pub(super) rewind_seconds: f64,
+    pub(super) actions: Vec<Action>,
+}
+
 impl Deployment {
     /// Brings `node` (a former primary, a fenced node, a diverged or stopped standby) back
     /// as a standby of its upstream: as it is when its WAL is a prefix of the primary's
@@ -13,266 +21,53 @@ impl Deployment {
     /// pg_rewind of its major, a superuser-only source across hosts on ≤10, a divergence on
     /// the timeline it shares with the primary) or fails. It is only ever started with
     /// standby settings, never writable. A node that already streams is left as it is.
-    pub async fn rejoin(&self, node: &str, progress: &dyn Progress) -> Result<RejoinReport, Error> {
-        let _lock = self.lock_operation("rejoin", self.lock_wait()).await?;
+    pub async fn rejoin(&self, node: &str, progress: &dyn Progress) -> Result<OperationReport, Error> {
+        let lock = self.lock_operation("rejoin", self.lock_wait()).await?;
         let t0 = Instant::now();
-        let op = Op::open(self, progress).await?;
-        let cluster = &op.cluster;
-        let caps = op.caps;
-        let obs = op.observe().await;
-        plan::rejoin(cluster, &obs, &plan::RejoinRequest { node: node.to_string() }, None)?;
-        let n = cluster.node(node).expect("the planner checked it").clone();
-        let primary = cluster.primary().clone();
-        let h = op.handle(node).ok_or_else(|| Error::node(node, "its host cannot be reached"))?;
-        let ph = op.handle(&primary.name).expect("it answered");
-        let mut topo = op.topology.clone();
-        let was_fenced = topo.fenced.iter().any(|f| f == node);
-        // The cluster once it is back: it counts as a synchronous standby again.
-        let remaining: Vec<String> = topo.fenced.iter().filter(|f| *f != node).cloned().collect();
-        let mut target = cluster.clone();
-        target.replication.sync =
-            op.d.cluster.clone().with_primary(&primary.name).map(|c| c.replication.sync).unwrap_or(target.replication.sync);
-        exclude_from_sync(&mut target, &remaining);
-        let upstream = n.upstream.clone().unwrap_or_else(|| primary.name.clone());
-        let mut report = RejoinReport {
-            cluster: cluster.name.clone(),
-            major: op.major(),
-            node: node.to_string(),
-            primary: primary.name.clone(),
-            upstream: upstream.clone(),
-            changed: false,
-            method: RejoinMethod::AlreadyStreaming,
-            reason: String::new(),
-            divergence: None,
-            node_wal_end: None,
-            node_timeline: None,
-            primary_timeline: obs.get(&primary.name).timeline,
-            streaming: false,
-            timings: RejoinTimings::default(),
-            actions: Vec::new(),
-            warnings: Vec::new(),
-        };
-        let run = op.run(&target);
-        let o = obs.get(node);
-
-        // Already a streaming standby: only the record changes.
-        if o.standby() && obs.get(&upstream).streams_to(node) && o.timeline.is_none_or(|t| Some(t) == report.primary_timeline) {
-            report.streaming = true;
-            report.reason = format!("it already streams from {upstream}");
-            if was_fenced {
-                topo.fenced.retain(|f| f != node);
-                op.save(&topo).await?;
-                report.changed = true;
-                report.reason.push_str("; it is no longer fenced");
-                self.restore_sync(&op, &target, ph, &mut report).await;
+        let result = async {
+            let mut op = Op::open(self, progress).await?;
+            op.lock = Some(&lock);
+            let obs = op.observe().await;
+            let mut plan = plan::rejoin(&op.cluster, &obs, &plan::RejoinRequest { node: node.to_string() }, None)?;
+            // The cluster once it is back: it counts as a synchronous standby again.
+            let primary = op.cluster.primary().name.clone();
+            let remaining: Vec<String> = op.topology.fenced.iter().filter(|f| *f != node).cloned().collect();
+            let mut target = op.cluster.clone();
+            target.replication.sync =
+                self.cluster.clone().with_primary(&primary).map(|c| c.replication.sync).unwrap_or(target.replication.sync);
+            exclude_from_sync(&mut target, &remaining);
+            plan.after = Some(target);
+            let exec = Exec::new(&op, &plan, &obs, t0);
+            let upstream = op.cluster.node(node).and_then(|n| n.upstream.clone()).unwrap_or_else(|| primary.clone());
+            exec.st().report.rejoin = Some(RejoinDetails {
+                node: node.to_string(),
+                upstream: upstream.clone(),
+                method: RejoinMethod::AlreadyStreaming,
+                reason: format!("it already streams from {upstream}"),
+                divergence: None,
+                node_wal_end: None,
+                node_timeline: None,
+                primary_timeline: obs.get(&primary).timeline,
+                streaming: plan.noop || !plan.has(node, |a| matches!(a, plan::Action::Rejoin { .. })),
+            });
+            exec.run().await?;
+            let mut report = exec.st.into_inner().unwrap_or_else(|p| p.into_inner()).report;
+            if let Some(r) = report.rejoin.as_mut() {
+                if r.method == RejoinMethod::AlreadyStreaming && report.changed {
+                    r.reason.push_str("; it is no longer fenced");
+                }
             }
+            report.warnings.retain(|w| !w.starts_with(&format!("{node}: its WAL is examined")));
             report.timings.total_seconds = t0.elapsed().as_secs_f64();
-            return Ok(report);
-        }
-
-        // Stop it (a writable former primary is demoted here).
-        let r = op.render(&target, node)?;
-        if is_running(h).await.map_err(|e| tr(node, "check whether the server runs", e))? {
-            let t = Instant::now();
-            progress.started(node, "stop");
-            stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
-            progress.finished(node, "stop", "stopped");
-            report.timings.stop_seconds = t.elapsed().as_secs_f64();
-            act(&mut report.actions, node, "stop", t);
-            report.changed = true;
-        }
-        let un = cluster.node(&upstream).expect("known").clone();
-
-        // How: as it is, rewind, or clone.
-        let mut method = match run.data_dir(h).await? {
-            DataDir::Missing => {
-                report.reason = "its data directory is empty".into();
-                RejoinMethod::Recloned
-            }
-            DataDir::Unknown => {
-                return Err(refused(
-                    node,
-                    format!(
-                        "{} holds files but no PostgreSQL cluster; pgrepl will not clone over them (move them away first)",
-                        h.layout.data_dir
-                    ),
-                ));
-            }
-            DataDir::Cluster { .. } => {
-                let pc = read_control(ph, &caps).await;
-                let nc = read_control(h, &caps).await;
-                match (pc, nc) {
-                    (Ok(pc), Ok(nc)) if pc.system_identifier != nc.system_identifier => {
-                        report.reason = format!(
-                            "it is another database system (identifier {} vs the primary's {})",
-                            nc.system_identifier, pc.system_identifier
-                        );
-                        RejoinMethod::Recloned
-                    }
-                    (_, Err(e)) => {
-                        report.reason = format!("its pg_control could not be read ({e})");
-                        RejoinMethod::Recloned
-                    }
-                    _ => match op.fits_history(h, &primary, ph).await {
-                        Ok((d, end)) => {
-                            report.divergence = Some(d);
-                            report.node_wal_end = end.map(|e| e.0);
-                            report.node_timeline = end.map(|e| e.1);
-                            match d {
-                                Divergence::Follows => {
-                                    report.reason = "its WAL is a prefix of the primary's history".into();
-                                    RejoinMethod::Restarted
-                                }
-                                Divergence::Diverged { bytes } => {
-                                    report.reason =
-                                        format!("its WAL goes {bytes} bytes past where its timeline ends in the primary's history");
-                                    RejoinMethod::Rewound
-                                }
-                                Divergence::ForeignTimeline => {
-                                    report.reason = "its timeline is not in the primary's history".into();
-                                    RejoinMethod::Rewound
-                                }
-                                // pg_rewind finds divergence through timeline histories only: on
-                                // a shared timeline it sees none and would leave the node's own
-                                // WAL in place. A fresh clone is the only safe way back.
-                                Divergence::Conflicting => {
-                                    report.reason = "it has WAL of its own on a timeline it shares with the primary (it was written to as a primary): pg_rewind cannot see that divergence".into();
-                                    RejoinMethod::Recloned
-                                }
-                                Divergence::Unverifiable => {
-                                    report.reason =
-                                        "whether its WAL matches the primary's cannot be checked (the primary no longer has that WAL)"
-                                            .into();
-                                    RejoinMethod::Recloned
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            report.reason = format!("whether it diverged is unknown ({e})");
-                            RejoinMethod::Rewound
-                        }
-                    },
-                }
-            }
-        };
-        report.changed = true;
-        let rewind_tool = self.rewind_tool(&op, h).await;
-        if method == RejoinMethod::Rewound {
-            if let Err(why) = &rewind_tool {
-                report.reason.push_str(&format!("; {why}"));
-                method = RejoinMethod::Recloned;
-            }
-        }
-
-        // Its slot on the upstream, before it connects.
-        if let Some(un_h) = op.handle(&upstream) {
-            run.ensure_slots(&un, un_h).await.map(|a| report.actions.extend(a))?;
-        }
-
-        if method == RejoinMethod::Restarted {
-            let t = Instant::now();
-            run.write_files(h, &r, true).await?;
-            run.start(&n, h, &r).await?;
-            act(&mut report.actions, node, format!("start as a standby of {upstream}"), t);
-            match run.wait_streaming(&n).await {
-                Ok(()) => {
-                    report.timings.streaming_seconds = t.elapsed().as_secs_f64();
-                    report.streaming = true;
-                }
-                Err(e) => {
-                    report.warnings.push(format!("it did not stream as it was ({e}); trying pg_rewind or a clone"));
-                    stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
-                    method = if rewind_tool.is_ok() { RejoinMethod::Rewound } else { RejoinMethod::Recloned };
-                }
-            }
-        }
-
-        if method == RejoinMethod::Rewound {
-            let tool = rewind_tool.as_ref().expect("checked").clone();
-            match self.rewind(&op, &target, &n, h, &primary, ph, &r, &tool, &mut report).await {
-                Ok(()) => {
-                    let t = Instant::now();
-                    run.start(&n, h, &r).await?;
-                    act(&mut report.actions, node, format!("start as a standby of {upstream}"), t);
-                    match run.wait_streaming(&n).await {
-                        Ok(()) => {
-                            report.timings.streaming_seconds = t.elapsed().as_secs_f64();
-                            report.streaming = true;
-                        }
-                        Err(e) => {
-                            report.warnings.push(format!("after pg_rewind it did not stream ({e}); cloning afresh"));
-                            stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
-                            method = RejoinMethod::Recloned;
-                        }
-                    }
-                }
-                Err(e) => {
-                    report.warnings.push(format!("pg_rewind failed ({e}); cloning afresh"));
-                    if is_running(h).await.unwrap_or(true) {
-                        stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
-                    }
-                    method = RejoinMethod::Recloned;
-                }
-            }
-        }
-
-        if method == RejoinMethod::Recloned {
-            if is_running(h).await.map_err(|e| tr(node, "check whether the server runs", e))? {
-                return Err(refused(node, "its server runs; pgrepl will not clone over it"));
-            }
-            let t = Instant::now();
-            run.prepare_dirs(h).await?;
-            run.clone_standby(&n, h, &r, &mut report.actions).await?;
-            report.timings.clone_seconds = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            run.start(&n, h, &r).await?;
-            act(&mut report.actions, node, format!("start as a standby of {upstream}"), t);
-            run.wait_streaming(&n).await?;
-            report.timings.streaming_seconds = t.elapsed().as_secs_f64();
-            report.streaming = true;
-        }
-        report.method = method;
-
-        // Slots copied from its old life hold WAL: drop them.
-        let managed = op.managed_slots(&target);
-        match drop_stale_slots(&run, &n, h, &managed).await {
-            Ok(d) => {
-                for s in d {
-                    report.actions.push(Action { node: node.into(), what: format!("drop stale slot {s}"), seconds: 0.0 });
-                }
-            }
-            Err(e) => report.warnings.push(format!("stale slots not dropped: {e}")),
-        }
-        if was_fenced {
-            topo.fenced.retain(|f| f != node);
-            op.save(&topo).await?;
-        }
-        self.restore_sync(&op, &target, ph, &mut report).await;
-        report.timings.total_seconds = t0.elapsed().as_secs_f64();
-        Ok(report)
-    }
-
-    /// The primary's synchronous standbys include the rejoined node again.
-    async fn restore_sync(&self, op: &Op<'_>, target: &Cluster, ph: &NodeHandle, report: &mut RejoinReport) {
-        let primary = target.primary();
-        let res = async {
-            let r = op.render(target, &primary.name)?;
-            let run = op.run(target);
-            if run.write_files(ph, &r, false).await? {
-                let t = Instant::now();
-                run.apply_config(primary, ph, &r, &mut report.actions).await?;
-                act(&mut report.actions, &primary.name, "synchronous standbys updated", t);
-            }
-            Ok::<(), Error>(())
+            Ok(report)
         }
         .await;
-        if let Err(e) = res {
-            report.warnings.push(format!("{}: settings not updated: {e}", primary.name));
-        }
+        lock.release().await;
+        result
     }
 
     /// The pg_rewind of the node's own major on its host, or why there is none.
-    async fn rewind_tool(&self, op: &Op<'_>, h: &NodeHandle) -> Result<String, String> {
+    pub(super) async fn rewind_tool(&self, op: &Op<'_>, h: &NodeHandle) -> Result<String, String> {
         if op.caps.rewind.is_none() {
             return Err(format!("PostgreSQL {} has no pg_rewind", op.caps.major));
         }
@@ -298,7 +93,7 @@ impl Deployment {
     /// one, then the rewind over a normal connection, then pgrepl's settings written again
     /// (pg_rewind copied the source's).
     #[allow(clippy::too_many_arguments)]
-    async fn rewind(
+    pub(super) async fn rewind(
         &self,
         op: &Op<'_>,
         target: &Cluster,
@@ -308,7 +103,7 @@ impl Deployment {
         ph: &NodeHandle,
         r: &RenderedNode,
         tool: &str,
-        report: &mut RejoinReport,
+        report: &mut Rewound,
     ) -> Result<(), Error> {
         let caps = &op.caps;
         let rc = caps.rewind.expect("checked");
@@ -327,7 +122,7 @@ impl Deployment {
             if !c.state.is_clean_shutdown() {
                 return Err(Error::node(&n.name, format!("it could not be shut down cleanly (pg_control: {})", c.state)));
             }
-            report.timings.prepare_seconds = t.elapsed().as_secs_f64();
+            report.prepare_seconds = t.elapsed().as_secs_f64();
             act(&mut report.actions, &n.name, "replay its own WAL in recovery, shut down cleanly", t);
         }
         // ≤15: a freshly promoted source's pg_control names its new timeline only after a checkpoint.
@@ -394,7 +189,7 @@ impl Deployment {
             // pgrepl found a divergence that pg_rewind does not see: nothing was rewound.
             return Err(Error::node(&n.name, "pg_rewind found no divergence although its WAL diverged"));
         }
-        report.timings.rewind_seconds = t.elapsed().as_secs_f64();
+        report.rewind_seconds = t.elapsed().as_secs_f64();
         act(&mut report.actions, &n.name, format!("pg_rewind from {}", primary.name), t);
         // pg_rewind copied the source's configuration: pgrepl's, for this node, again.
         run.write_files(h, r, true).await?;
@@ -405,5 +200,199 @@ impl Deployment {
     /// the recorded topology.
     pub async fn ha_marks(&self, status: &StatusReport) -> Result<Vec<NodeMark>, Error> {
         Ok(mark_nodes(status, &self.topology().await?))
+    }
+}
+
+impl Exec<'_> {
+    /// Brings the node back (it is stopped, its standby settings written): as it is, by
+    /// pg_rewind or by a fresh clone, as its WAL allows (examined now, when `how` is not
+    /// given), falling back to the next way when one fails; then waits until it streams.
+    pub(super) async fn rejoin_node(&self, node: &str, how: Option<plan::RejoinHow>) -> Result<Option<String>, execute::Fail> {
+        let op = self.op;
+        let caps = op.caps;
+        let d = op.d;
+        let target = &self.after;
+        let n = target.node(node).ok_or_else(|| Error::node(node, "not a node of the cluster"))?.clone();
+        let primary = target.primary().clone();
+        let h = op.handle(node).ok_or_else(|| Error::node(node, "its host cannot be reached"))?;
+        let ph = op.handle(&primary.name).ok_or_else(|| Error::node(&primary.name, "its host cannot be reached"))?;
+        let upstream = n.upstream.clone().unwrap_or_else(|| primary.name.clone());
+        let run = op.run(target);
+        let r = op.render(target, node)?;
+        let mut reason = String::new();
+        let (mut divergence, mut wal_end, mut wal_tli) = (None, None, None);
+        // How: as it is, rewind, or clone.
+        let mut method = match how {
+            Some(plan::RejoinHow::AsItIs) => RejoinMethod::Restarted,
+            Some(plan::RejoinHow::Rewind) => RejoinMethod::Rewound,
+            Some(plan::RejoinHow::Reclone) => RejoinMethod::Recloned,
+            None => match run.data_dir(h).await? {
+                DataDir::Missing => {
+                    reason = "its data directory is empty".into();
+                    RejoinMethod::Recloned
+                }
+                DataDir::Unknown => {
+                    return Err(execute::Fail::Abandon(refused(
+                        node,
+                        format!(
+                            "{} holds files but no PostgreSQL cluster; pgrepl will not clone over them (move them away first)",
+                            h.layout.data_dir
+                        ),
+                    )));
+                }
+                DataDir::Cluster { .. } => {
+                    let pc = read_control(ph, &caps).await;
+                    let nc = read_control(h, &caps).await;
+                    match (pc, nc) {
+                        (Ok(pc), Ok(nc)) if pc.system_identifier != nc.system_identifier => {
+                            reason = format!(
+                                "it is another database system (identifier {} vs the primary's {})",
+                                nc.system_identifier, pc.system_identifier
+                            );
+                            RejoinMethod::Recloned
+                        }
+                        (_, Err(e)) => {
+                            reason = format!("its pg_control could not be read ({e})");
+                            RejoinMethod::Recloned
+                        }
+                        _ => match op.fits_history(h, &primary, ph).await {
+                            Ok((dv, end)) => {
+                                divergence = Some(dv);
+                                wal_end = end.map(|e| e.0);
+                                wal_tli = end.map(|e| e.1);
+                                let (m, why) = rejoin_method(dv);
+                                reason = why;
+                                m
+                            }
+                            Err(e) => {
+                                reason = format!("whether it diverged is unknown ({e})");
+                                RejoinMethod::Rewound
+                            }
+                        },
+                    }
+                }
+            },
+        };
+        let rewind_tool = d.rewind_tool(op, h).await;
+        if method == RejoinMethod::Rewound {
+            if let Err(why) = &rewind_tool {
+                reason.push_str(&format!("; {why}"));
+                method = RejoinMethod::Recloned;
+            }
+        }
+        let mut actions = Vec::new();
+        let mut warnings = Vec::new();
+        let mut timings = Timings::default();
+        let mut streaming = false;
+
+        // Its slot on the upstream, before it connects.
+        if let (Some(un), Some(un_h)) = (target.node(&upstream), op.handle(&upstream)) {
+            actions.extend(run.ensure_slots(un, un_h).await?);
+        }
+        if method == RejoinMethod::Restarted {
+            let t = Instant::now();
+            run.write_files(h, &r, true).await?;
+            run.start(&n, h, &r).await?;
+            act(&mut actions, node, format!("start as a standby of {upstream}"), t);
+            match run.wait_streaming(&n).await {
+                Ok(()) => {
+                    timings.streaming_seconds = t.elapsed().as_secs_f64();
+                    streaming = true;
+                }
+                Err(e) => {
+                    warnings.push(format!("it did not stream as it was ({e}); trying pg_rewind or a clone"));
+                    stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+                    method = if rewind_tool.is_ok() { RejoinMethod::Rewound } else { RejoinMethod::Recloned };
+                }
+            }
+        }
+        if method == RejoinMethod::Rewound {
+            let tool = rewind_tool.as_ref().expect("checked").clone();
+            let mut rw = rejoin::Rewound::default();
+            let res = d.rewind(op, target, &n, h, &primary, ph, &r, &tool, &mut rw).await;
+            timings.prepare_seconds = rw.prepare_seconds;
+            timings.rewind_seconds = rw.rewind_seconds;
+            actions.extend(rw.actions);
+            match res {
+                Ok(()) => {
+                    let t = Instant::now();
+                    run.start(&n, h, &r).await?;
+                    act(&mut actions, node, format!("start as a standby of {upstream}"), t);
+                    match run.wait_streaming(&n).await {
+                        Ok(()) => {
+                            timings.streaming_seconds = t.elapsed().as_secs_f64();
+                            streaming = true;
+                        }
+                        Err(e) => {
+                            warnings.push(format!("after pg_rewind it did not stream ({e}); cloning afresh"));
+                            stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+                            method = RejoinMethod::Recloned;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warnings.push(format!("pg_rewind failed ({e}); cloning afresh"));
+                    if is_running(h).await.unwrap_or(true) {
+                        stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+                    }
+                    method = RejoinMethod::Recloned;
+                }
+            }
+        }
+        if method == RejoinMethod::Recloned {
+            if is_running(h).await.map_err(|e| tr(node, "check whether the server runs", e))? {
+                return Err(execute::Fail::Abandon(refused(node, "its server runs; pgrepl will not clone over it")));
+            }
+            let t = Instant::now();
+            run.prepare_dirs(h).await?;
+            run.clone_standby(&n, h, &r, &mut actions).await?;
+            timings.clone_seconds = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            run.start(&n, h, &r).await?;
+            act(&mut actions, node, format!("start as a standby of {upstream}"), t);
+            run.wait_streaming(&n).await?;
+            timings.streaming_seconds = t.elapsed().as_secs_f64();
+            streaming = true;
+        }
+        let mut st = self.st();
+        st.report.changed = true;
+        st.report.actions.extend(actions);
+        st.report.warnings.extend(warnings);
+        let tm = &mut st.report.timings;
+        tm.prepare_seconds = timings.prepare_seconds;
+        tm.rewind_seconds = timings.rewind_seconds;
+        tm.clone_seconds = timings.clone_seconds;
+        tm.streaming_seconds = timings.streaming_seconds;
+        if let Some(rd) = st.report.rejoin.as_mut() {
+            rd.method = method;
+            rd.reason = reason;
+            rd.divergence = divergence;
+            rd.node_wal_end = wal_end;
+            rd.node_timeline = wal_tli;
+            rd.streaming = streaming;
+        }
+        Ok(None)
+    }
+}
+
+/// How a node's WAL lets it back, and why (pure).
+pub(super) fn rejoin_method(d: Divergence) -> (RejoinMethod, String) {
+    match d {
+        Divergence::Follows => (RejoinMethod::Restarted, "its WAL is a prefix of the primary's history".into()),
+        Divergence::Diverged { bytes } => {
+            (RejoinMethod::Rewound, format!("its WAL goes {bytes} bytes past where its timeline ends in the primary's history"))
+        }
+        Divergence::ForeignTimeline => (RejoinMethod::Rewound, "its timeline is not in the primary's history".into()),
+        // pg_rewind finds divergence through timeline histories only: on a shared timeline
+        // it sees none and would leave the node's own WAL in place. A fresh clone is the only
+        // safe way back.
+        Divergence::Conflicting => (
+            RejoinMethod::Recloned,
+            "it has WAL of its own on a timeline it shares with the primary (it was written to as a primary): pg_rewind cannot see that divergence".into(),
+        ),
+        Divergence::Unverifiable => (
+            RejoinMethod::Recloned,
+            "whether its WAL matches the primary's cannot be checked (the primary no longer has that WAL)".into(),
+        ),
     }
 }

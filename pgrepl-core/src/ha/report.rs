@@ -69,60 +69,6 @@ pub struct SyncReport {
     pub ready_seconds: Option<f64>,
 }
 
-/// Timings of a switchover, seconds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SwitchoverTimings {
-    /// Clean stop of the old primary (its shutdown checkpoint is sent to the standbys).
-    pub stop_seconds: f64,
-    /// Until the candidate replayed the shutdown checkpoint.
-    pub catchup_seconds: f64,
-    /// Promotion, until the candidate accepted writes.
-    pub promote_seconds: f64,
-    /// From the stop until the new primary accepts writes (with synchronous
-    /// replication: until its synchronous standbys confirm commits).
-    pub write_unavailable_seconds: f64,
-    /// The whole operation.
-    pub total_seconds: f64,
-}
-
-/// What [`Deployment::switchover`] did.
-#[derive(Debug, Clone, Serialize)]
-pub struct SwitchoverReport {
-    /// Cluster name.
-    pub cluster: String,
-    /// PostgreSQL major.
-    pub major: String,
-    /// The primary before.
-    pub from: String,
-    /// The primary after.
-    pub to: String,
-    /// Whether anything changed (a switchover to the primary changes nothing).
-    pub changed: bool,
-    /// Timeline before.
-    pub old_timeline: Option<u32>,
-    /// Timeline after.
-    pub new_timeline: Option<u32>,
-    /// The old primary's shutdown checkpoint, which the new primary replayed before its
-    /// promotion.
-    pub shutdown_checkpoint: Option<Lsn>,
-    /// Timings.
-    pub timings: SwitchoverTimings,
-    /// Every other node.
-    pub standbys: Vec<StandbyReport>,
-    /// Slots created (`node:slot`).
-    pub slots_created: Vec<String>,
-    /// Slots dropped (`node:slot`), left over on former upstreams.
-    pub slots_dropped: Vec<String>,
-    /// Synchronous replication.
-    pub sync: SyncReport,
-    /// Every step, in order.
-    pub actions: Vec<Action>,
-    /// Things to know.
-    pub warnings: Vec<String>,
-    /// Things left to fix (the new primary is in place; see each line).
-    pub problems: Vec<String>,
-}
-
 /// How a node was fenced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,59 +131,6 @@ pub struct LossReport {
     pub explanation: String,
 }
 
-/// Timings of a failover, seconds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FailoverTimings {
-    /// Observing every node and choosing.
-    pub observe_seconds: f64,
-    /// Fencing.
-    pub fence_seconds: f64,
-    /// Promotion, until the new primary accepted writes.
-    pub promote_seconds: f64,
-    /// From the start of the command until the new primary accepts writes (with
-    /// synchronous replication: until its synchronous standbys confirm commits).
-    pub write_available_seconds: f64,
-    /// The whole operation.
-    pub total_seconds: f64,
-}
-
-/// What [`Deployment::failover`] did.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailoverReport {
-    /// Cluster name.
-    pub cluster: String,
-    /// PostgreSQL major.
-    pub major: String,
-    /// The primary that failed.
-    pub old_primary: String,
-    /// The promoted standby.
-    pub new_primary: String,
-    /// Timeline before.
-    pub old_timeline: Option<u32>,
-    /// Timeline after.
-    pub new_timeline: Option<u32>,
-    /// Every standby considered, and why it was or was not chosen.
-    pub candidates: Vec<CandidateView>,
-    /// Nodes fenced.
-    pub fencing: Vec<FenceReport>,
-    /// WAL not on the new primary.
-    pub loss: LossReport,
-    /// Timings.
-    pub timings: FailoverTimings,
-    /// Every other node.
-    pub standbys: Vec<StandbyReport>,
-    /// Slots created (`node:slot`).
-    pub slots_created: Vec<String>,
-    /// Synchronous replication.
-    pub sync: SyncReport,
-    /// Every step, in order.
-    pub actions: Vec<Action>,
-    /// Things to know.
-    pub warnings: Vec<String>,
-    /// Things left to fix (the new primary is in place).
-    pub problems: Vec<String>,
-}
-
 /// How a node was brought back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -272,38 +165,84 @@ pub enum Divergence {
     Unverifiable,
 }
 
-/// Timings of a rejoin, seconds.
+/// Timings, seconds (those an operation does not have stay 0).
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct RejoinTimings {
-    /// Stopping it.
+pub struct Timings {
+    /// Observing every node and choosing (failover).
+    pub observe_seconds: f64,
+    /// Fencing (failover).
+    pub fence_seconds: f64,
+    /// Stopping: the old primary's clean stop (switchover), the node (rejoin).
     pub stop_seconds: f64,
-    /// Bringing it to a clean shutdown for pg_rewind.
+    /// Until the candidate replayed the old primary's shutdown checkpoint (switchover).
+    pub catchup_seconds: f64,
+    /// Promotion, until the new primary accepted writes.
+    pub promote_seconds: f64,
+    /// Switchover: from the stop until the new primary accepts writes (with synchronous
+    /// replication: until its synchronous standbys confirm commits).
+    pub write_unavailable_seconds: f64,
+    /// Failover: from the start of the command until the new primary accepts writes (with
+    /// synchronous replication: until its synchronous standbys confirm commits).
+    pub write_available_seconds: f64,
+    /// Bringing it to a clean shutdown for pg_rewind (rejoin).
     pub prepare_seconds: f64,
-    /// pg_rewind.
+    /// pg_rewind (rejoin).
     pub rewind_seconds: f64,
-    /// The clone.
+    /// The clone (rejoin).
     pub clone_seconds: f64,
-    /// From its start until it streamed.
+    /// From its start until it streamed (rejoin).
     pub streaming_seconds: f64,
     /// The whole operation.
     pub total_seconds: f64,
 }
 
-/// What [`Deployment::rejoin`] did.
+/// What became of a step of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// It ran.
+    Done,
+    /// It failed (see the detail); a best-effort step's failure is a warning.
+    Failed,
+    /// It ran, and was undone when the plan was abandoned.
+    Undone,
+    /// It did not run (the plan stopped before it).
+    NotRun,
+}
+
+/// One step of the plan as it ran.
 #[derive(Debug, Clone, Serialize)]
-pub struct RejoinReport {
-    /// Cluster name.
-    pub cluster: String,
-    /// PostgreSQL major.
-    pub major: String,
+pub struct StepRecord {
+    /// The node (the cluster's name for records).
+    pub node: String,
+    /// What it does.
+    pub action: plan::Action,
+    /// What became of it.
+    pub outcome: StepOutcome,
+    /// What it found or why it failed.
+    pub detail: Option<String>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// What a failover found and did beyond the other operations.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverDetails {
+    /// Every standby considered, and why it was or was not chosen.
+    pub candidates: Vec<CandidateView>,
+    /// Nodes fenced.
+    pub fencing: Vec<FenceReport>,
+    /// WAL not on the new primary.
+    pub loss: LossReport,
+}
+
+/// How a rejoin went.
+#[derive(Debug, Clone, Serialize)]
+pub struct RejoinDetails {
     /// The node.
     pub node: String,
-    /// The current primary.
-    pub primary: String,
     /// Its upstream now.
     pub upstream: String,
-    /// Whether anything changed.
-    pub changed: bool,
     /// How.
     pub method: RejoinMethod,
     /// Why that way.
@@ -318,12 +257,95 @@ pub struct RejoinReport {
     pub primary_timeline: Option<u32>,
     /// It streams now.
     pub streaming: bool,
+}
+
+/// What [`Deployment::switchover`], [`Deployment::failover`] and [`Deployment::rejoin`] did:
+/// one report for the three.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationReport {
+    /// Cluster name.
+    pub cluster: String,
+    /// PostgreSQL major.
+    pub major: String,
+    /// The operation.
+    pub operation: plan::Operation,
+    /// The primary before.
+    pub from: String,
+    /// The primary after.
+    pub to: String,
+    /// Whether anything changed.
+    pub changed: bool,
+    /// Timeline before.
+    pub old_timeline: Option<u32>,
+    /// Timeline after.
+    pub new_timeline: Option<u32>,
+    /// Switchover: the old primary's shutdown checkpoint, which the new primary replayed
+    /// before its promotion.
+    pub shutdown_checkpoint: Option<Lsn>,
     /// Timings.
-    pub timings: RejoinTimings,
-    /// Every step, in order.
+    pub timings: Timings,
+    /// The plan's steps as they ran.
+    pub steps: Vec<StepRecord>,
+    /// Every other node, once pointed at the primary.
+    pub standbys: Vec<StandbyReport>,
+    /// Slots created (`node:slot`).
+    pub slots_created: Vec<String>,
+    /// Slots dropped (`node:slot`), left over on former upstreams.
+    pub slots_dropped: Vec<String>,
+    /// Synchronous replication.
+    pub sync: SyncReport,
+    /// Failover: candidates, fencing, loss.
+    pub failover: Option<FailoverDetails>,
+    /// Rejoin: how the node came back.
+    pub rejoin: Option<RejoinDetails>,
+    /// Everything done, in order, with what it did in words.
     pub actions: Vec<Action>,
     /// Things to know.
     pub warnings: Vec<String>,
+    /// Things left to fix (the new primary is in place; see each line).
+    pub problems: Vec<String>,
+}
+
+impl OperationReport {
+    /// An empty report of `plan` on `cluster`.
+    pub(super) fn new(cluster: &Cluster, major: String, plan: &plan::Plan) -> OperationReport {
+        let to = match &plan.operation {
+            plan::Operation::Switchover { to } | plan::Operation::Failover { to, .. } => to.clone(),
+            plan::Operation::Rejoin { .. } | plan::Operation::Up => plan.primary.clone(),
+        };
+        OperationReport {
+            cluster: cluster.name.clone(),
+            major,
+            operation: plan.operation.clone(),
+            from: plan.primary.clone(),
+            to,
+            changed: false,
+            old_timeline: None,
+            new_timeline: None,
+            shutdown_checkpoint: None,
+            timings: Timings::default(),
+            steps: Vec::new(),
+            standbys: Vec::new(),
+            slots_created: Vec::new(),
+            slots_dropped: Vec::new(),
+            sync: SyncReport::default(),
+            failover: None,
+            rejoin: None,
+            actions: Vec::new(),
+            warnings: plan.warnings.clone(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// The failover's loss account (`None` for the other operations).
+    pub fn loss(&self) -> Option<&LossReport> {
+        self.failover.as_ref().map(|f| &f.loss)
+    }
+
+    /// The nodes a failover fenced (empty for the other operations).
+    pub fn fencing(&self) -> &[FenceReport] {
+        self.failover.as_ref().map(|f| f.fencing.as_slice()).unwrap_or_default()
+    }
 }
 
 /// What status should show about a node beyond its state.
@@ -394,8 +416,22 @@ pub(super) fn tl(t: Option<u32>) -> String {
     t.map(|t| t.to_string()).unwrap_or_else(|| "?".into())
 }
 
-impl fmt::Display for SwitchoverReport {
+impl fmt::Display for OperationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.operation {
+            plan::Operation::Switchover { .. } => self.fmt_switchover(f),
+            plan::Operation::Failover { .. } => self.fmt_failover(f),
+            plan::Operation::Rejoin { .. } => self.fmt_rejoin(f),
+            plan::Operation::Up => {
+                writeln!(f, "cluster {} (PostgreSQL {}): {} action(s)", self.cluster, self.major, self.actions.len())?;
+                tail_lines(f, &self.warnings, &self.problems)
+            }
+        }
+    }
+}
+
+impl OperationReport {
+    fn fmt_switchover(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.changed {
             writeln!(
                 f,
@@ -418,23 +454,25 @@ impl fmt::Display for SwitchoverReport {
             self.major,
             secs(t.total_seconds)
         )?;
-        writeln!(
-            f,
-            "  writes unavailable for {} (clean stop {}, catch-up {}, promotion {})",
-            secs(t.write_unavailable_seconds),
-            secs(t.stop_seconds),
-            secs(t.catchup_seconds),
-            secs(t.promote_seconds)
-        )?;
-        writeln!(
-            f,
-            "  timeline {} -> {}; {} replayed {}'s shutdown checkpoint {}: no WAL lost",
-            tl(self.old_timeline),
-            tl(self.new_timeline),
-            self.to,
-            self.from,
-            self.shutdown_checkpoint.map(|l| l.to_string()).unwrap_or_default()
-        )?;
+        if self.shutdown_checkpoint.is_some() {
+            writeln!(
+                f,
+                "  writes unavailable for {} (clean stop {}, catch-up {}, promotion {})",
+                secs(t.write_unavailable_seconds),
+                secs(t.stop_seconds),
+                secs(t.catchup_seconds),
+                secs(t.promote_seconds)
+            )?;
+            writeln!(
+                f,
+                "  timeline {} -> {}; {} replayed {}'s shutdown checkpoint {}: no WAL lost",
+                tl(self.old_timeline),
+                tl(self.new_timeline),
+                self.to,
+                self.from,
+                self.shutdown_checkpoint.map(|l| l.to_string()).unwrap_or_default()
+            )?;
+        }
         standby_lines(f, &self.standbys)?;
         if !self.slots_created.is_empty() || !self.slots_dropped.is_empty() {
             writeln!(f, "  slots: created [{}], dropped [{}]", self.slots_created.join(", "), self.slots_dropped.join(", "))?;
@@ -442,16 +480,14 @@ impl fmt::Display for SwitchoverReport {
         sync_line(f, &self.sync)?;
         tail_lines(f, &self.warnings, &self.problems)
     }
-}
 
-impl fmt::Display for FailoverReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_failover(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = &self.timings;
         writeln!(
             f,
             "failover {} -> {} (cluster {}, PostgreSQL {}): writes accepted {} after the command started",
-            self.old_primary,
-            self.new_primary,
+            self.from,
+            self.to,
             self.cluster,
             self.major,
             secs(t.write_available_seconds)
@@ -465,35 +501,38 @@ impl fmt::Display for FailoverReport {
             tl(self.old_timeline),
             tl(self.new_timeline)
         )?;
-        for c in &self.candidates {
-            let pos = c.position().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
-            let why = if c.node == self.new_primary { "promoted".to_string() } else { c.note.clone().unwrap_or_else(|| "eligible".into()) };
-            writeln!(f, "  candidate {:<10} at {pos}: {why}", c.node)?;
+        if let Some(d) = &self.failover {
+            for c in &d.candidates {
+                let pos = c.position().map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+                let why = if c.node == self.to { "promoted".to_string() } else { c.note.clone().unwrap_or_else(|| "eligible".into()) };
+                writeln!(f, "  candidate {:<10} at {pos}: {why}", c.node)?;
+            }
+            for x in &d.fencing {
+                let what = match x.outcome {
+                    FenceOutcome::Stopped => "stopped",
+                    FenceOutcome::NotRunning => "was not running",
+                    FenceOutcome::RecordedOnly => "unreachable, recorded as fenced",
+                };
+                writeln!(
+                    f,
+                    "  fenced {:<10} {what}{}{}",
+                    x.node,
+                    if x.demoted { "; standby settings written (it cannot start as a primary)" } else { "" },
+                    x.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
+                )?;
+            }
+            writeln!(f, "  loss: {}", d.loss.explanation)?;
         }
-        for x in &self.fencing {
-            let what = match x.outcome {
-                FenceOutcome::Stopped => "stopped",
-                FenceOutcome::NotRunning => "was not running",
-                FenceOutcome::RecordedOnly => "unreachable, recorded as fenced",
-            };
-            writeln!(
-                f,
-                "  fenced {:<10} {what}{}{}",
-                x.node,
-                if x.demoted { "; standby settings written (it cannot start as a primary)" } else { "" },
-                x.detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default()
-            )?;
-        }
-        writeln!(f, "  loss: {}", self.loss.explanation)?;
         standby_lines(f, &self.standbys)?;
         sync_line(f, &self.sync)?;
         tail_lines(f, &self.warnings, &self.problems)
     }
-}
 
-impl fmt::Display for RejoinReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = match self.method {
+    fn fmt_rejoin(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(r) = &self.rejoin else {
+            return tail_lines(f, &self.warnings, &self.problems);
+        };
+        let how = match r.method {
             RejoinMethod::AlreadyStreaming => "already a streaming standby",
             RejoinMethod::Restarted => "started as a standby as it was (no rewind needed)",
             RejoinMethod::Rewound => "rewound with pg_rewind",
@@ -502,23 +541,23 @@ impl fmt::Display for RejoinReport {
         writeln!(
             f,
             "rejoin {} as a standby of {} (cluster {}, PostgreSQL {}): {how} in {}",
-            self.node,
-            self.upstream,
+            r.node,
+            r.upstream,
             self.cluster,
             self.major,
             secs(self.timings.total_seconds)
         )?;
-        writeln!(f, "  why: {}", self.reason)?;
-        if let Some(e) = self.node_wal_end {
+        writeln!(f, "  why: {}", r.reason)?;
+        if let Some(e) = r.node_wal_end {
             writeln!(
                 f,
                 "  its WAL ended at {e} on timeline {}; the primary is on timeline {}",
-                tl(self.node_timeline),
-                tl(self.primary_timeline)
+                tl(r.node_timeline),
+                tl(r.primary_timeline)
             )?;
         }
-        writeln!(f, "  {}", if self.streaming { format!("streaming from {}", self.upstream) } else { "NOT streaming".to_string() })?;
-        tail_lines(f, &self.warnings, &[])
+        writeln!(f, "  {}", if r.streaming { format!("streaming from {}", r.upstream) } else { "NOT streaming".to_string() })?;
+        tail_lines(f, &self.warnings, &self.problems)
     }
 }
 

@@ -469,3 +469,50 @@ pub(super) async fn resolve_promotion(h: &NodeHandle, port: u16, r: &RenderedNod
         Err(e) => PromotionOutcome::Unknown(e.to_string()),
     }
 }
+
+impl Op<'_> {
+    /// Whether a stopped node's WAL fits the history of `primary` (running); with its end of WAL.
+    pub(super) async fn fits_history(
+        &self,
+        h: &NodeHandle,
+        primary: &Node,
+        ph: &NodeHandle,
+    ) -> Result<(Divergence, Option<(Lsn, u32)>), Error> {
+        let control = read_control(h, &self.caps).await?;
+        let ptl =
+            primary_timeline(ph, primary.port, &self.caps).await?.ok_or_else(|| Error::node(&primary.name, "its timeline is unknown"))?;
+        let history = read_history(ph, &self.caps, ptl).await?;
+        let scanned = scan_wal_end(h, &self.caps, &control).await?;
+        let end = match &scanned {
+            Some((e, tli, _)) => Some((e.end, *tli)),
+            // Without a scan, a clean shutdown's checkpoint is its last record.
+            None if control.state.is_clean_shutdown() => Some((Lsn(control.checkpoint.0 + 1), control.timeline)),
+            None => None,
+        };
+        let Some((end_lsn, tli)) = end else {
+            return Err(Error::node(&h.name, "the end of its WAL could not be read"));
+        };
+        let mut verdict = divergence(tli, end_lsn, ptl, &history);
+        // Timelines can agree while the contents do not: a standby started without its
+        // standby settings becomes a primary on the same timeline and writes its own WAL.
+        if let (Divergence::Follows, Some((e, _, seg_size))) = (verdict, &scanned) {
+            let plsn = current_lsn(ph, primary.port, &self.caps).await?;
+            verdict = if tli == ptl && plsn.is_some_and(|p| p < e.end) {
+                // Ahead of the primary on its own timeline: WAL nobody else wrote.
+                Divergence::Conflicting
+            } else {
+                // Its last record (the header holds the previous record's position and a CRC
+                // of the whole record) must be the same bytes in the primary's WAL.
+                let n = e.end.bytes_after(e.last_record).min(64);
+                let mine = read_wal_bytes(h, &self.caps, e.last_record, n, *seg_size).await?;
+                let theirs = read_wal_bytes(ph, &self.caps, e.last_record, n, *seg_size).await?;
+                match (mine, theirs) {
+                    (Some(a), Some(b)) if a == b => Divergence::Follows,
+                    (Some(_), Some(_)) => Divergence::Conflicting,
+                    _ => Divergence::Unverifiable,
+                }
+            };
+        }
+        Ok((verdict, Some((end_lsn, tli))))
+    }
+}

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Action, Guard, Operation, Plan, Refusal, Step};
+use super::{Action, Guard, Operation, Plan, Refusal, Step, together};
 use crate::cluster::{Cluster, Sync};
 use crate::lsn::Lsn;
 use crate::observe::{Observed, ObservedCluster};
@@ -379,24 +379,38 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
         "asynchronous replication: commits the old primary acknowledged after the candidate's position are lost".to_string()
     };
 
-    // Steps.
+    // Steps. First the records (nothing restarts a fenced node as a primary; the
+    // synchronous standbys the old primary ran with stay on record until the promotion, so
+    // a failover abandoned midway, or run again, still knows who may hold acknowledged
+    // commits).
     let mut steps = Vec::new();
     let mut fenced_new: Vec<String> = fence.record.iter().filter(|r| !obs.topology.is_fenced(r)).cloned().collect();
     fenced_new.sort();
     if !fenced_new.is_empty() {
         steps.push(Step::new(&cluster.name, Action::RecordFenced { nodes: fenced_new }).undo(Action::Unfence));
     }
+    if obs.topology.sync.as_ref() != Some(&in_force) {
+        steps.push(Step::new(&cluster.name, in_force.action()));
+    }
+    // Then, together: fencing (stopped and confirmed stopped, then standby settings in
+    // the data directory) and the candidate's preparation (slots, its settings as the
+    // primary, the other standbys' new settings written ahead).
+    let mut group: Vec<Step> = Vec::new();
     for s in &fence.stop {
-        steps.push(Step::new(s, Action::Stop).guarded([Guard::Reachable { node: s.clone() }]));
+        group.push(Step::new(s, Action::Stop).guarded([Guard::Reachable { node: s.clone() }]));
     }
     for d in &fence.demote {
-        steps.push(Step::new(d, Action::WriteStandbySettings { upstream: cand.clone() }).guarded([Guard::NotRunning { node: d.clone() }]));
+        group.push(
+            Step::new(d, Action::WriteStandbySettings { upstream: cand.clone() })
+                .guarded([Guard::NotRunning { node: d.clone() }])
+                .best_effort(),
+        );
     }
     let slots: Vec<String> = new.downstream(&cand).filter_map(|d| d.slot.clone()).collect();
     if !slots.is_empty() {
-        steps.push(Step::new(&cand, Action::CreateSlots { slots }));
+        group.push(Step::new(&cand, Action::CreateSlots { slots: slots.clone() }).best_effort());
     }
-    steps.push(
+    group.push(
         Step::new(&cand, Action::WritePrimarySettings)
             .guarded([Guard::IsStandby { node: cand.clone() }])
             .undo(Action::WriteStandbySettings { upstream: old.clone() }),
@@ -407,12 +421,16 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
         let up = n.upstream.clone().unwrap_or_else(|| cand.clone());
         let was = cluster.node(&n.name).and_then(|c| c.upstream.clone()).unwrap_or_else(|| old.clone());
         if up != was {
-            steps.push(
-                Step::new(&n.name, Action::WriteStandbySettings { upstream: up }).undo(Action::WriteStandbySettings { upstream: was }),
+            group.push(
+                Step::new(&n.name, Action::WriteStandbySettings { upstream: up })
+                    .undo(Action::WriteStandbySettings { upstream: was })
+                    .best_effort(),
             );
         }
     }
-    steps.push(Step::new(&cluster.name, new_sync.action()));
+    steps.extend(together(group));
+    // The promotion, its guards checked on a look taken while fencing ran; the new
+    // primary's synchronous standbys recorded right before it.
     let mut guards = vec![Guard::NoOtherWritable { except: None }, Guard::IsStandby { node: cand.clone() }];
     if let Some(p) = views[chosen].position() {
         guards.push(Guard::HasWal { node: cand.clone(), lsn: p });
@@ -420,16 +438,28 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
     for s in &fence.stop {
         guards.push(Guard::NotRunning { node: s.clone() });
     }
-    steps.push(Step::new(&cand, Action::Promote).guarded(guards).commits());
+    steps.push(Step::new(&cluster.name, new_sync.action()));
+    steps.push(Step::new(&cand, Action::Promote).guarded(guards).undo(Action::Start).commits().alongside());
+    // After it: the record, then every other node pointed at it, together.
     steps.push(Step::new(&cand, Action::RecordPrimary));
+    let mut group = Vec::new();
+    if !slots.is_empty() {
+        group.push(Step::new(&cand, Action::CreateSlots { slots }));
+    }
     for n in new.nodes.iter().filter(|n| n.name != cand && !fenced_after.contains(&n.name)) {
         let up = n.upstream.clone().unwrap_or_else(|| cand.clone());
-        steps.push(Step::new(&n.name, Action::Repoint { upstream: up }));
+        group.push(Step::new(&n.name, Action::Repoint { upstream: up }));
     }
     if new_sync.synchronous() {
-        steps.push(Step::new(&cand, Action::WaitSyncStandbys { count: new_sync.count }));
+        group.push(Step::new(&cand, Action::WaitSyncStandbys { count: new_sync.count }));
     }
-    steps.push(Step::new(&cand, Action::DropStaleSlots));
+    steps.extend(together(group));
+    steps.extend(together(
+        std::iter::once(cand.clone())
+            .chain(followers.iter().map(|n| n.name.clone()))
+            .map(|n| Step::new(n, Action::DropStaleSlots))
+            .collect(),
+    ));
     steps.push(Step::new(&cand, Action::CheckpointAfterPromotion));
     if let Some(d) = &degraded {
         warnings.push(d.clone());
@@ -454,5 +484,6 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
         }),
         target_lsn: chosen_pos,
         noop: false,
+        after: Some(new),
     })
 }

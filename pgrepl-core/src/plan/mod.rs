@@ -1,7 +1,7 @@
 //! Decisions as data: what to do to a cluster, as a pure function of what was observed.
 //!
 //! Each planner ([`up()`], [`failover()`], [`switchover()`], [`rejoin()`]) takes the validated
-//! [`Cluster`](crate::Cluster), an [`ObservedCluster`](crate::observe::ObservedCluster)
+//! [`Cluster`], an [`ObservedCluster`](crate::observe::ObservedCluster)
 //! and a request, and returns a [`Plan`] or a typed [`Refusal`]. A plan is an ordered list
 //! of [`Step`]s; each step names the guards the executor re-checks right before it runs
 //! (against a fresh observation) and, where something can be undone, what undoes it. The
@@ -32,6 +32,7 @@ pub use rejoin::{RejoinFacts, RejoinRequest, rejoin};
 pub use switchover::{SWITCHOVER_MAX_LAG_BYTES, SwitchoverRequest, switchover};
 pub use up::up;
 
+use crate::cluster::Cluster;
 use crate::lsn::Lsn;
 
 /// The operation a plan carries out.
@@ -85,6 +86,8 @@ pub enum Action {
     RecordSync {
         /// The primary.
         primary: String,
+        /// `FIRST` or `ANY` (`off`: asynchronous).
+        mode: crate::spec::SyncMode,
         /// The standbys named in its `synchronous_standby_names` (empty: asynchronous).
         standbys: Vec<String>,
         /// How many confirm each commit.
@@ -137,8 +140,8 @@ pub enum Action {
     },
     /// Bring it back as a standby.
     Rejoin {
-        /// How.
-        how: RejoinHow,
+        /// How (`None`: as its WAL allows, examined once it is stopped).
+        how: Option<RejoinHow>,
         /// Its upstream.
         upstream: String,
     },
@@ -184,12 +187,20 @@ pub struct Step {
     pub undo: Option<Action>,
     /// It is the point of no return: steps before it are undone when the plan is abandoned.
     pub commits: bool,
+    /// It runs at the same time as the step before it (steps on one node keep their
+    /// order): the executor runs such a group together, its guards checked first.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub alongside: bool,
+    /// A failure is a warning and the plan goes on (before its point of no return: the
+    /// step helps, nothing depends on it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub best_effort: bool,
 }
 
 impl Step {
     /// A step with no guard and no undo.
     pub fn new(node: impl Into<String>, action: Action) -> Step {
-        Step { node: node.into(), action, guards: Vec::new(), undo: None, commits: false }
+        Step { node: node.into(), action, guards: Vec::new(), undo: None, commits: false, alongside: false, best_effort: false }
     }
 
     /// With guards.
@@ -207,6 +218,18 @@ impl Step {
     /// The point of no return.
     pub fn commits(mut self) -> Step {
         self.commits = true;
+        self
+    }
+
+    /// Runs at the same time as the step before it.
+    pub fn alongside(mut self) -> Step {
+        self.alongside = true;
+        self
+    }
+
+    /// A failure is a warning.
+    pub fn best_effort(mut self) -> Step {
+        self.best_effort = true;
         self
     }
 }
@@ -230,15 +253,24 @@ pub struct Plan {
     pub target_lsn: Option<Lsn>,
     /// Nothing to do.
     pub noop: bool,
+    /// The cluster as the plan leaves it (its primary, upstreams and synchronous
+    /// standbys): what the executor renders the nodes' settings from. `None`: as it is.
+    #[serde(skip)]
+    pub after: Option<Cluster>,
+}
+
+/// `steps` as one group: each but the first runs alongside the one before.
+pub fn together(steps: Vec<Step>) -> Vec<Step> {
+    steps.into_iter().enumerate().map(|(i, s)| if i == 0 { s } else { s.alongside() }).collect()
 }
 
 impl crate::topology::SyncRecord {
     /// The step that records it (asynchronous: no standby named).
     pub fn action(&self) -> Action {
         if self.synchronous() {
-            Action::RecordSync { primary: self.primary.clone(), standbys: self.standbys.clone(), count: self.count }
+            Action::RecordSync { primary: self.primary.clone(), mode: self.mode, standbys: self.standbys.clone(), count: self.count }
         } else {
-            Action::RecordSync { primary: self.primary.clone(), standbys: Vec::new(), count: 0 }
+            Action::RecordSync { primary: self.primary.clone(), mode: crate::spec::SyncMode::Off, standbys: Vec::new(), count: 0 }
         }
     }
 }
@@ -255,7 +287,21 @@ impl Plan {
             failover: None,
             target_lsn: None,
             noop: false,
+            after: None,
         }
+    }
+
+    /// The groups of steps that run together, in order (indices into `steps`): a step
+    /// marked `alongside` joins the group of the step before it.
+    pub fn groups(&self) -> Vec<std::ops::Range<usize>> {
+        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            match out.last_mut() {
+                Some(g) if s.alongside => g.end = i + 1,
+                _ => out.push(i..i + 1),
+            }
+        }
+        out
     }
 
     /// The steps acting on `node`.
@@ -289,7 +335,7 @@ impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::RecordFenced { nodes } => write!(f, "record {} as fenced", nodes.join(", ")),
-            Action::RecordSync { primary, standbys, count } => {
+            Action::RecordSync { primary, standbys, count, .. } => {
                 if standbys.is_empty() || *count == 0 {
                     write!(f, "record {primary}'s replication as asynchronous")
                 } else {
@@ -311,9 +357,13 @@ impl fmt::Display for Action {
             Action::StartAsStandby { upstream } => write!(f, "start it as a standby of {upstream}"),
             Action::WaitSyncStandbys { count } => write!(f, "wait until {count} synchronous standby(s) confirm commits"),
             Action::Rejoin { how, upstream } => match how {
-                RejoinHow::AsItIs => write!(f, "start it as a standby of {upstream} as it is"),
-                RejoinHow::Rewind => write!(f, "pg_rewind from {upstream}, then start it as a standby"),
-                RejoinHow::Reclone => write!(f, "clone it afresh from {upstream}, then start it as a standby"),
+                Some(RejoinHow::AsItIs) => write!(f, "start it as a standby of {upstream} as it is"),
+                Some(RejoinHow::Rewind) => write!(f, "pg_rewind from {upstream}, then start it as a standby"),
+                Some(RejoinHow::Reclone) => write!(f, "clone it afresh from {upstream}, then start it as a standby"),
+                None => write!(
+                    f,
+                    "examine its WAL against {upstream}'s history; start it as it is, pg_rewind it or clone it afresh, as that allows"
+                ),
             },
             Action::Unfence => f.write_str("no longer fenced"),
             Action::UpdateSyncStandbys => f.write_str("rewrite the primary's synchronous standbys"),
@@ -341,7 +391,7 @@ impl fmt::Display for Plan {
             Operation::Rejoin { node } => format!("rejoin {node} (primary {})", self.primary),
             Operation::Up => format!("up (primary {})", self.primary),
         };
-        writeln!(f, "plan for cluster {}: {what}", self.cluster)?;
+        writeln!(f, "plan for cluster {}: {what} (a step numbered with + runs with the one before)", self.cluster)?;
         if self.noop {
             writeln!(f, "  nothing to do{}", if self.steps.is_empty() { "" } else { " but what the steps below find different" })?;
         }
@@ -359,7 +409,16 @@ impl fmt::Display for Plan {
             writeln!(f, "  loss: {}", d.loss_note)?;
         }
         for (i, s) in self.steps.iter().enumerate() {
-            writeln!(f, "  {:>2}. {:<10} {}{}", i + 1, s.node, s.action, if s.commits { "  [point of no return]" } else { "" })?;
+            writeln!(
+                f,
+                "  {:>2}{} {:<10} {}{}{}",
+                i + 1,
+                if s.alongside { '+' } else { '.' },
+                s.node,
+                s.action,
+                if s.best_effort { "  [best effort]" } else { "" },
+                if s.commits { "  [point of no return]" } else { "" }
+            )?;
             for g in &s.guards {
                 writeln!(f, "        guard: {g}")?;
             }

@@ -66,7 +66,7 @@ pub fn rejoin(cluster: &Cluster, obs: &ObservedCluster, req: &RejoinRequest, fac
     if o.runs() {
         plan.steps.push(Step::new(node, Action::Stop));
     }
-    let how = facts.map(|f| f.how).unwrap_or(RejoinHow::Rewind);
+    let how = facts.map(|f| f.how);
     if let Some(f) = facts {
         plan.warnings.push(format!("{}: {}", node, f.reason));
     } else {
@@ -74,7 +74,8 @@ pub fn rejoin(cluster: &Cluster, obs: &ObservedCluster, req: &RejoinRequest, fac
     }
     plan.steps.push(
         Step::new(node, Action::WriteStandbySettings { upstream: upstream.clone() })
-            .guarded([Guard::NotRunning { node: node.to_string() }]),
+            .guarded([Guard::NotRunning { node: node.to_string() }])
+            .best_effort(),
     );
     plan.steps.push(
         Step::new(node, Action::Rejoin { how, upstream: upstream.clone() })

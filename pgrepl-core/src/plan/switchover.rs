@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{Action, Guard, Operation, Plan, Refusal, Step};
+use super::{Action, Guard, Operation, Plan, Refusal, Step, together};
 use crate::cluster::Cluster;
 use crate::observe::ObservedCluster;
 
@@ -29,7 +29,7 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
     let old = cluster.primary().name.clone();
     let writable = obs.writable();
     let fenced = &obs.topology.fenced;
-    let base = |steps: Vec<Step>, noop: bool| Plan {
+    let base = |steps: Vec<Step>, noop: bool, after: Cluster| Plan {
         cluster: cluster.name.clone(),
         operation: Operation::Switchover { to: to.to_string() },
         primary: old.clone(),
@@ -38,6 +38,7 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
         failover: None,
         target_lsn: None,
         noop,
+        after: Some(after),
     };
     match writable.as_slice() {
         [w] if w == to => {
@@ -45,10 +46,15 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
             let (new, _) = crate::cluster::retarget(cluster, to, fenced)
                 .map_err(|e| Refusal::NotEligible { node: to.to_string(), why: e.to_string() })?;
             let mut steps = vec![Step::new(to, Action::RecordPrimary), Step::new(to, Action::WritePrimarySettings)];
+            let mut group = Vec::new();
             for n in new.nodes.iter().filter(|n| n.name != to && !fenced.contains(&n.name)) {
-                steps.push(Step::new(&n.name, Action::Repoint { upstream: n.upstream.clone().unwrap_or_default() }));
+                group.push(Step::new(&n.name, Action::Repoint { upstream: n.upstream.clone().unwrap_or_default() }));
             }
-            return Ok(base(steps, old == to));
+            steps.extend(together(group));
+            steps.extend(together(
+                new.nodes.iter().filter(|n| !fenced.contains(&n.name)).map(|n| Step::new(&n.name, Action::DropStaleSlots)).collect(),
+            ));
+            return Ok(base(steps, old == to, new));
         }
         [w] if *w == old => {}
         [] => {
@@ -84,38 +90,50 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
     }
     let (new, degraded) =
         crate::cluster::retarget(cluster, to, fenced).map_err(|e| Refusal::NotEligible { node: to.to_string(), why: e.to_string() })?;
+    // Ahead of the stop, together: the slots the candidate's standbys will use (physical
+    // slots can be made in recovery), the other standbys' new settings (applied after the
+    // promotion; put back if it is abandoned).
     let mut steps = Vec::new();
+    let mut group = Vec::new();
     let slots: Vec<String> = new.downstream(to).filter_map(|d| d.slot.clone()).collect();
     if !slots.is_empty() {
-        steps.push(Step::new(to, Action::CreateSlots { slots }));
+        group.push(Step::new(to, Action::CreateSlots { slots: slots.clone() }).best_effort());
     }
     let others: Vec<&crate::cluster::Node> =
         new.nodes.iter().filter(|n| n.name != old && n.name != to && !fenced.contains(&n.name) && obs.get(&n.name).standby()).collect();
     for n in &others {
         let was = cluster.node(&n.name).and_then(|c| c.upstream.clone()).unwrap_or_else(|| old.clone());
-        steps.push(
+        group.push(
             Step::new(&n.name, Action::WriteStandbySettings { upstream: n.upstream.clone().unwrap_or_default() })
                 .undo(Action::WriteStandbySettings { upstream: was }),
         );
     }
-    steps.push(Step::new(&old, Action::Checkpoint));
+    steps.extend(together(group));
+    steps.push(Step::new(&old, Action::Checkpoint).best_effort());
+    // The write-unavailable window: the clean stop; then, together, the old primary's data
+    // directory made a standby's (a crash of pgrepl past this point leaves no
+    // primary-shaped directory behind) and the candidate's replay of the shutdown checkpoint.
     steps.push(Step::new(&old, Action::StopClean).guarded([Guard::IsStandby { node: to.to_string() }]).undo(Action::Start));
-    // The old primary's data directory becomes a standby's before anything is promoted: a
-    // crash of pgrepl past this point leaves no primary-shaped directory behind.
     steps.push(
         Step::new(&old, Action::WriteStandbySettings { upstream: to.to_string() })
             .guarded([Guard::NotRunning { node: old.clone() }])
             .undo(Action::WritePrimarySettings),
     );
-    steps
-        .push(Step::new(to, Action::WaitReplayShutdownCheckpoint { of: old.clone() }).guarded([Guard::IsStandby { node: to.to_string() }]));
+    steps.push(
+        Step::new(to, Action::WaitReplayShutdownCheckpoint { of: old.clone() })
+            .guarded([Guard::IsStandby { node: to.to_string() }])
+            .alongside(),
+    );
+    // Then (in the same group, so the guards read the look taken during the stop): the new
+    // primary's synchronous standbys recorded, its settings written, promoted.
+    let new_sync = crate::topology::SyncRecord::of(to, &new.replication.sync);
+    steps.push(Step::new(&cluster.name, new_sync.action()).alongside());
     steps.push(
         Step::new(to, Action::WritePrimarySettings)
             .guarded([Guard::IsStandby { node: to.to_string() }])
-            .undo(Action::WriteStandbySettings { upstream: up.clone() }),
+            .undo(Action::WriteStandbySettings { upstream: up.clone() })
+            .alongside(),
     );
-    let new_sync = crate::topology::SyncRecord::of(to, &new.replication.sync);
-    steps.push(Step::new(&cluster.name, new_sync.action()));
     steps.push(
         Step::new(to, Action::Promote)
             .guarded([
@@ -123,19 +141,33 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
                 Guard::NotWritable { node: old.clone() },
                 Guard::IsStandby { node: to.to_string() },
             ])
-            .commits(),
+            .undo(Action::Start)
+            .commits()
+            .alongside(),
     );
+    // After it: the record, then the old primary and the others following it, together.
     steps.push(Step::new(to, Action::RecordPrimary));
-    steps.push(Step::new(&old, Action::StartAsStandby { upstream: to.to_string() }));
+    let mut group = Vec::new();
+    if !slots.is_empty() {
+        group.push(Step::new(to, Action::CreateSlots { slots }));
+    }
+    group.push(Step::new(&old, Action::StartAsStandby { upstream: to.to_string() }));
     for n in &others {
-        steps.push(Step::new(&n.name, Action::Repoint { upstream: n.upstream.clone().unwrap_or_default() }));
+        group.push(Step::new(&n.name, Action::Repoint { upstream: n.upstream.clone().unwrap_or_default() }));
     }
     if new_sync.synchronous() {
-        steps.push(Step::new(to, Action::WaitSyncStandbys { count: new_sync.count }));
+        group.push(Step::new(to, Action::WaitSyncStandbys { count: new_sync.count }));
     }
-    steps.push(Step::new(to, Action::DropStaleSlots));
+    steps.extend(together(group));
+    steps.extend(together(
+        std::iter::once(to.to_string())
+            .chain(std::iter::once(old.clone()))
+            .chain(others.iter().map(|n| n.name.clone()))
+            .map(|n| Step::new(n, Action::DropStaleSlots))
+            .collect(),
+    ));
     steps.push(Step::new(to, Action::CheckpointAfterPromotion));
-    let mut plan = base(steps, false);
+    let mut plan = base(steps, false, new);
     plan.target_lsn = po.lsn;
     if let Some(d) = degraded {
         plan.warnings.push(d);

@@ -408,6 +408,32 @@ proptest! {
         }
     }
 
+    /// How the executor runs a plan is safe: a step that stops a node is confirmed before
+    /// a promotion (it is in an earlier group, or separated from it by a record of the
+    /// cluster), nothing runs alongside after the point of no return in its group, and
+    /// every plan has exactly one point of no return.
+    #[test]
+    fn promotion_waits_for_everything_before_it(o in arb_cluster(), to in prop::sample::select(vec!["db2", "db3"]), force in any::<bool>()) {
+        let c = cluster("{ mode = \"first\", count = 1 }");
+        let plans = [
+            failover(&c, &o, &FailoverRequest { to: Some(to.to_string()), force }).ok(),
+            switchover(&c, &o, &SwitchoverRequest { to: to.to_string() }).ok(),
+        ];
+        for p in plans.into_iter().flatten() {
+            prop_assert!(p.steps.iter().filter(|s| s.commits).count() <= 1, "{}", p);
+            let Some(at) = p.steps.iter().position(|s| s.commits) else { continue };
+            let g = p.groups().into_iter().find(|g| g.contains(&at)).unwrap();
+            prop_assert_eq!(g.end, at + 1, "steps run alongside after the promotion:\n{}", p);
+            let barrier = (g.start..at).rev().find(|&i| p.steps[i].node == p.cluster);
+            for i in g.start..at {
+                let s = &p.steps[i];
+                if s.node != p.steps[at].node && s.node != p.cluster {
+                    prop_assert!(barrier.is_some_and(|b| b > i), "{} {} runs alongside the promotion:\n{}", s.node, s.action, p);
+                }
+            }
+        }
+    }
+
     /// A rejoin never leaves the rejoined node writable.
     #[test]
     fn rejoin_never_leaves_the_node_writable(o in arb_cluster(), node in prop::sample::select(vec!["db2", "db3"])) {
@@ -418,6 +444,41 @@ proptest! {
             prop_assert!(after.len() <= 1);
         }
     }
+}
+
+#[test]
+fn groups_follow_alongside_steps() {
+    let mut p = Plan::new("t", Operation::Up, "db1");
+    p.steps = vec![
+        Step::new("db1", Action::Start),
+        Step::new("db2", Action::Start).alongside(),
+        Step::new("db3", Action::Start),
+        Step::new("t", Action::Unfence).alongside(),
+        Step::new("db2", Action::Stop).alongside(),
+    ];
+    assert_eq!(p.groups(), vec![0..2, 2..5]);
+    assert_eq!(
+        together(vec![Step::new("a", Action::Start), Step::new("b", Action::Start)]).iter().map(|s| s.alongside).collect::<Vec<_>>(),
+        vec![false, true]
+    );
+    let text = p.to_string();
+    assert!(text.contains(" 2+ db2"), "{text}");
+}
+
+#[test]
+fn switchover_prepares_together_and_promotes_after_the_record() {
+    let p = switchover(&async_cluster(), &streaming_cluster(), &SwitchoverRequest { to: "db2".into() }).unwrap();
+    let groups = p.groups();
+    let at = p.steps.iter().position(|s| s.action == Action::Promote).unwrap();
+    let g = groups.iter().find(|g| g.contains(&at)).unwrap();
+    let in_group: Vec<(&str, &Action)> = p.steps[g.clone()].iter().map(|s| (s.node.as_str(), &s.action)).collect();
+    assert!(in_group.contains(&("db1", &Action::WriteStandbySettings { upstream: "db2".into() })), "{p}");
+    assert!(in_group.iter().any(|(n, a)| *n == "t" && matches!(a, Action::RecordSync { .. })), "{p}");
+    assert_eq!(p.steps[at - 1].action, Action::WritePrimarySettings, "{p}");
+    // The old primary's clean stop is a group of its own, guarded, with an undo.
+    let stop = p.steps.iter().find(|s| s.action == Action::StopClean).unwrap();
+    assert!(!stop.alongside && stop.undo == Some(Action::Start) && !stop.guards.is_empty());
+    assert!(p.steps.iter().all(|s| s.commits == (s.action == Action::Promote)));
 }
 
 // ---- up ---------------------------------------------------------------------------------
