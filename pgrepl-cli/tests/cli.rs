@@ -36,7 +36,7 @@ fn render_three_node_for_96_12_16() {
     let (code, out, _) = pgrepl(dir.path(), &["render", "-f", ex, "--pg-version", "16"]);
     assert_eq!(code, 0);
     assert!(!out.contains("promote_trigger_file") && out.contains("wal_keep_size = '512MB'"));
-    assert!(out.contains("promote: SELECT pg_catalog.pg_promote(true, 60);"));
+    assert!(out.contains("promote: DO $$BEGIN IF NOT pg_catalog.pg_promote(false)"), "{out}");
 }
 
 #[test]

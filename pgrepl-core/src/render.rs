@@ -732,7 +732,15 @@ fn autostart(layout: &NodeLayout) -> Autostart {
 
 fn promote(layout: &NodeLayout, caps: &Capabilities) -> Promote {
     match caps.promote {
-        PromoteMethod::PgPromote => Promote::Sql { sql: "SELECT pg_catalog.pg_promote(true, 60);".into() },
+        // Asked without waiting (pg_promote(true) checks every 100 ms), then the end of
+        // recovery polled inside the server every 5 ms, for 60 s at most; the last row says
+        // whether it accepts writes.
+        PromoteMethod::PgPromote => Promote::Sql {
+            sql: "DO $$BEGIN IF NOT pg_catalog.pg_promote(false) THEN RAISE EXCEPTION 'the promotion was not requested'; END IF; \
+                  FOR i IN 1..12000 LOOP EXIT WHEN NOT pg_catalog.pg_is_in_recovery(); PERFORM pg_catalog.pg_sleep(0.005); END LOOP; END$$; \
+                  SELECT NOT pg_catalog.pg_is_in_recovery();"
+                .into(),
+        },
         PromoteMethod::PgCtlPromote => {
             let mut args = vec!["-D".to_string(), layout.config_dir.clone()];
             if caps.pg_ctl_waits_by_default {

@@ -196,9 +196,10 @@ pub(super) async fn checkpoint_after_promotion(h: &NodeHandle, port: u16, action
 }
 
 /// Promotes a standby the way its major does (`r` rendered for it as a standby) and
-/// waits until it accepts writes. The rendered command (`pg_promote(true, …)`, `pg_ctl
-/// promote -w`) itself waits in 100 ms steps, so it runs in the background while the end of
-/// recovery is polled every [`FAST_POLL`].
+/// waits until it accepts writes. Over SQL (12+) one session asks for the promotion and
+/// polls the end of recovery inside the server every 5 ms; `pg_ctl promote -w` and the
+/// trigger file wait in 100 ms steps or not at all, so they run in the background while
+/// the end of recovery is polled every [`FAST_POLL`].
 ///
 /// With `reload`, its configuration is reloaded first (in the same session when the
 /// promotion is SQL), so the primary's settings written just before are in effect when it
@@ -207,19 +208,20 @@ pub(super) async fn promote(h: &NodeHandle, port: u16, r: &RenderedNode, reload:
     if reload && !matches!(r.commands.promote, Some(Promote::Sql { .. })) {
         h.transport.run(&Command::from_line(&r.commands.reload)).await.map_err(|e| tr(&h.name, "reload the configuration", e))?;
     }
+    if let Some(Promote::Sql { sql: q }) = &r.commands.promote {
+        let q = if reload { format!("SELECT pg_catalog.pg_reload_conf();\n{q}") } else { q.clone() };
+        let rows = sql::query(&*h.transport, &h.layout, port, &q, PROMOTE_DEADLINE).await.map_err(|e| sqlerr(&h.name, "promote", e))?;
+        return match rows.last().and_then(|r| r.first().cloned().flatten()).as_deref() {
+            Some("t") => Ok(()),
+            _ => Err(Error::Timeout {
+                node: h.name.clone(),
+                waited: PROMOTE_DEADLINE,
+                waiting_for: "the end of recovery after promotion".into(),
+            }),
+        };
+    }
     let call: tokio::task::JoinHandle<Result<(), Error>> = match &r.commands.promote {
-        Some(Promote::Sql { sql: q }) => {
-            let q = if reload { format!("SELECT pg_catalog.pg_reload_conf();\n{q}") } else { q.clone() };
-            let h = h.clone();
-            tokio::spawn(async move {
-                let rows =
-                    sql::query(&*h.transport, &h.layout, port, &q, PROMOTE_DEADLINE).await.map_err(|e| sqlerr(&h.name, "promote", e))?;
-                if rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("f") {
-                    return Err(Error::Timeout { node: h.name.clone(), waited: PROMOTE_DEADLINE, waiting_for: "the promotion".into() });
-                }
-                Ok(())
-            })
-        }
+        Some(Promote::Sql { .. }) => unreachable!("handled above"),
         Some(Promote::Command { command }) => {
             let (h, c) = (h.clone(), Command::from_line(command).timeout(PROMOTE_DEADLINE));
             tokio::spawn(async move { h.transport.run(&c).await.map(|_| ()).map_err(|e| tr(&h.name, "promote (pg_ctl promote)", e)) })
