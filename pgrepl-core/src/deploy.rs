@@ -358,11 +358,13 @@ impl Deployment {
         handles.iter().map(|h| render_node(&cluster, &h.name, &h.layout, None)).collect()
     }
 
-    /// Deploys or converges the cluster: the primary (initdb with checksums, settings,
-    /// pg_hba, start, replication role, slots), then each level of standbys in parallel
-    /// (clone, recovery settings, start), then waits until every standby streams.
+    /// Deploys or converges the cluster: installs PostgreSQL where missing, then carries out
+    /// [`crate::plan::up`]'s plan with the HA operations' executor: the primary (initdb with
+    /// checksums, settings, pg_hba, start, replication role, slots), then each level of
+    /// standbys in parallel (clone, recovery settings, start), then waits until every
+    /// standby streams.
     pub async fn up(&self, progress: &dyn Progress) -> Result<UpReport, Error> {
-        let _lock = self.lock_operation("up", self.lock_wait()).await?;
+        let lock = self.lock_operation("up", self.lock_wait()).await?;
         let t0 = Instant::now();
         let (cluster, handles) = self.connect(true).await?;
         self.refuse_new_password_for_deployed(&handles).await?;
@@ -424,28 +426,15 @@ impl Deployment {
                 }
             }
         }
-        let primary = cluster.primary();
-        actions.extend(run.ensure_primary(primary).await?);
+        // Observe, plan, carry the plan out: the same executor as the HA operations.
+        actions.extend(crate::ha::execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?);
         // A node fenced by a failover is left alone (stopped, never started as a primary)
-        // until `pgrepl rejoin` brings it back.
+        // until `pgrepl rejoin` brings it back; the OS must not start it at boot either.
         let fenced = self.topology().await?.fenced;
-        for level in cluster.standbys_in_order() {
-            let results = join_all(level.iter().filter(|n| !fenced.contains(&n.name)).map(|n| run.ensure_standby(n))).await;
-            for r in results {
-                actions.extend(r?);
-            }
-        }
-        // A fenced node is not started, and the OS must not start it at boot either.
         for n in cluster.nodes.iter().filter(|n| fenced.contains(&n.name)) {
             let h = run.handle(&n.name)?;
             let r = render_node(&cluster, &n.name, &h.layout, None)?;
             actions.extend(run.ensure_autostart_off(n, h, &r).await?);
-        }
-        let waits =
-            join_all(cluster.nodes.iter().filter(|n| n.role == Role::Standby && !fenced.contains(&n.name)).map(|n| run.wait_streaming(n)))
-                .await;
-        for w in waits {
-            w?;
         }
         if topo.sync.as_ref() != Some(&sync_target) {
             topo.sync = Some(sync_target);
@@ -922,40 +911,51 @@ impl Run<'_> {
         Ok(())
     }
 
-    pub(crate) async fn ensure_primary(&self, n: &Node) -> Result<Vec<Action>, Error> {
+    /// `up`'s step `Initdb` on the primary: its directories, then initdb with checksums
+    /// when its data directory is empty and no server runs; nothing when it holds a cluster.
+    pub(crate) async fn primary_initdb(&self, n: &Node) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let h = self.handle(&n.name)?;
+        let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
+        self.prepare_dirs(h).await?;
+        let running = is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?;
+        if let DataDir::Missing = self.data_dir(h).await? {
+            if running {
+                return Err(Refusal { node: n.name.clone(), reason: format!("a server runs but {} is empty", h.layout.data_dir) }.into());
+            }
+            let init = r.commands.init.as_ref().ok_or_else(|| {
+                Error::node(
+                    &n.name,
+                    format!("no PostgreSQL cluster in {} and this layout has no initdb step; create the cluster first", h.layout.data_dir),
+                )
+            })?;
+            self.step(&n.name, "initdb (data checksums on)", &mut actions, async {
+                h.transport.run(&Command::from_line(init).timeout(Duration::from_secs(300))).await.map_err(|e| tr(&n.name, "initdb", e))?;
+                Ok(())
+            })
+            .await?;
+            let l = &h.layout;
+            self.record_created(h, |c| {
+                c.data_dir = Some(l.data_dir.clone());
+                if l.debian_cluster.is_some() {
+                    c.debian_cluster = l.debian_cluster.clone();
+                }
+            })
+            .await?;
+        }
+        Ok(actions)
+    }
+
+    /// `up`'s step `WriteSettings` on the primary: refused when its data directory is not a
+    /// primary's or it runs as a standby; the OS's start at boot turned off; settings and
+    /// pg_hba.conf written where they differ and, when it runs, applied.
+    pub(crate) async fn primary_settings(&self, n: &Node) -> Result<Vec<Action>, Error> {
         let mut actions = Vec::new();
         let h = self.handle(&n.name)?;
         let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
         self.prepare_dirs(h).await?;
         let running = is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?;
         match self.data_dir(h).await? {
-            DataDir::Missing if !running => {
-                let init = r.commands.init.as_ref().ok_or_else(|| {
-                    Error::node(
-                        &n.name,
-                        format!(
-                            "no PostgreSQL cluster in {} and this layout has no initdb step; create the cluster first",
-                            h.layout.data_dir
-                        ),
-                    )
-                })?;
-                self.step(&n.name, "initdb (data checksums on)", &mut actions, async {
-                    h.transport
-                        .run(&Command::from_line(init).timeout(Duration::from_secs(300)))
-                        .await
-                        .map_err(|e| tr(&n.name, "initdb", e))?;
-                    Ok(())
-                })
-                .await?;
-                let l = &h.layout;
-                self.record_created(h, |c| {
-                    c.data_dir = Some(l.data_dir.clone());
-                    if l.debian_cluster.is_some() {
-                        c.debian_cluster = l.debian_cluster.clone();
-                    }
-                })
-                .await?;
-            }
             DataDir::Missing | DataDir::Unknown => {
                 return Err(Refusal {
                     node: n.name.clone(),
@@ -975,14 +975,7 @@ impl Run<'_> {
             }
             DataDir::Cluster { .. } => {}
         }
-        actions.extend(self.ensure_autostart_off(n, h, &r).await?);
-        let changed = self.write_files(h, &r, false).await?;
-        if changed {
-            actions.push(Action { node: n.name.clone(), what: "write settings and pg_hba.conf".into(), seconds: 0.0 });
-        }
-        if !running {
-            self.step(&n.name, "start", &mut actions, self.start(n, h, &r)).await?;
-        } else {
+        if running {
             let rows = self.sql(h, n.port, "SELECT pg_catalog.pg_is_in_recovery();", "check the primary's role").await?;
             if rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") {
                 return Err(Refusal {
@@ -991,11 +984,34 @@ impl Run<'_> {
                 }
                 .into());
             }
-            if changed {
+        }
+        actions.extend(self.ensure_autostart_off(n, h, &r).await?);
+        let changed = self.write_files(h, &r, false).await?;
+        if changed {
+            actions.push(Action { node: n.name.clone(), what: "write settings and pg_hba.conf".into(), seconds: 0.0 });
+            if running {
                 self.apply_config(n, h, &r, &mut actions).await?;
             }
         }
-        // Replication role: created, and given its password, only when missing.
+        Ok(actions)
+    }
+
+    /// `up`'s step `Start`: the node's server started when it does not run.
+    pub(crate) async fn start_if_stopped(&self, n: &Node) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let h = self.handle(&n.name)?;
+        if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))? {
+            let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
+            self.step(&n.name, "start", &mut actions, self.start(n, h, &r)).await?;
+        }
+        Ok(actions)
+    }
+
+    /// `up`'s step `EnsureReplicationRole`: created, and given its password, only when missing.
+    pub(crate) async fn replication_role(&self, n: &Node) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let h = self.handle(&n.name)?;
+        let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
         let user = &self.cluster.replication.user;
         let rows = self
             .sql(
@@ -1015,7 +1031,6 @@ impl Run<'_> {
             })
             .await?;
         }
-        actions.extend(self.ensure_slots(n, h).await?);
         Ok(actions)
     }
 
@@ -1111,7 +1126,13 @@ impl Run<'_> {
         Ok(actions)
     }
 
-    pub(crate) async fn ensure_standby(&self, n: &Node) -> Result<Vec<Action>, Error> {
+    /// `up`'s step `Clone` or `WriteSettings` on a standby: whatever its data directory
+    /// (read again now) needs: a clone when it is empty or a clone was left unfinished (an
+    /// unused cluster the host came with is replaced; a primary with data of its own, a
+    /// former primary's directory, or foreign files are refused), otherwise the OS's start
+    /// at boot turned off and its settings written where they differ and applied when it
+    /// runs. Starting it is the next step.
+    pub(crate) async fn standby_clone_or_settings(&self, n: &Node) -> Result<Vec<Action>, Error> {
         let mut actions = Vec::new();
         let h = self.handle(&n.name)?;
         let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
@@ -1202,10 +1223,6 @@ impl Run<'_> {
                 self.apply_config(n, h, &r, &mut actions).await?;
             }
         }
-        if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))? {
-            self.step(&n.name, "start", &mut actions, self.start(n, h, &r)).await?;
-        }
-        actions.extend(self.ensure_slots(n, h).await?);
         Ok(actions)
     }
 

@@ -102,11 +102,13 @@ mod steps;
 mod switchover;
 #[cfg(test)]
 mod tests;
+mod up;
 
 pub use decisions::{account_loss, divergence, mark_nodes};
 use execute::Exec;
 pub use report::*;
 use server::*;
+pub(crate) use up::execute_up;
 
 // =======================================================================================
 // The executor

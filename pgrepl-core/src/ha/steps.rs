@@ -224,6 +224,7 @@ impl Exec<'_> {
                 Ok(None)
             }
             Do::Promote => self.promote(node).await,
+            Do::Start if mode == Mode::Forward => self.up_step(node, |run, n| Box::pin(run.start_if_stopped(n))).await,
             Do::Start => {
                 // Undoing: started again as it was (a former primary as the primary, a
                 // candidate as a standby), unless it runs.
@@ -309,10 +310,34 @@ impl Exec<'_> {
                 Ok(None)
             }
             Do::Rejoin { how, .. } => self.rejoin_node(node, *how).await,
-            Do::Initdb | Do::Clone { .. } | Do::WriteSettings | Do::EnsureReplicationRole | Do::WaitStreaming { .. } => {
-                Err(Fail::Final(Error::node(node, format!("`{action}` is carried out by `up`, not by this executor"))))
+            // `up`'s steps: each re-reads what it acts on (the data directory, whether the
+            // server runs) and refuses what the plan could not see.
+            Do::Initdb => self.up_step(node, |run, n| Box::pin(run.primary_initdb(n))).await,
+            Do::WriteSettings if node == self.after.primary().name => self.up_step(node, |run, n| Box::pin(run.primary_settings(n))).await,
+            Do::WriteSettings | Do::Clone { .. } => self.up_step(node, |run, n| Box::pin(run.standby_clone_or_settings(n))).await,
+            Do::EnsureReplicationRole => self.up_step(node, |run, n| Box::pin(run.replication_role(n))).await,
+            Do::WaitStreaming { .. } => {
+                let n = Self::node_of(&self.after, node)?;
+                op.run(&self.after).wait_streaming(n).await?;
+                Ok(None)
             }
         }
+    }
+
+    /// Runs one of `up`'s steps on `node` (a [`Run`] method) and records what it did.
+    async fn up_step<F>(&self, node: &str, f: F) -> Result<Option<String>, Fail>
+    where
+        F: for<'r> FnOnce(
+            &'r Run<'r>,
+            &'r Node,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<Action>, Error>> + Send + 'r>>,
+    {
+        let n = Self::node_of(&self.after, node)?;
+        let run = self.op.run(&self.after);
+        let actions = f(&run, n).await?;
+        let changed = !actions.is_empty();
+        self.st().report.actions.extend(actions);
+        Ok(changed.then(|| "changed".into()))
     }
 
     /// Promotes `node` and waits until it accepts writes. A promotion that is not

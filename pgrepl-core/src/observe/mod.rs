@@ -102,6 +102,9 @@ pub struct Observed {
     pub standby_configured: Option<bool>,
     /// What its data directory holds, checked when the server does not answer.
     pub data_dir: Option<DataDirState>,
+    /// pgrepl's marker of a clone under way is there (a clone was interrupted), checked
+    /// when the server does not answer.
+    pub unfinished_clone: bool,
     /// Recorded as fenced by a failover.
     pub fenced: bool,
     /// When its host cannot be reached: signs, seen from elsewhere, that its server still runs.
@@ -129,6 +132,7 @@ impl Observed {
             control_state: None,
             standby_configured: None,
             data_dir: None,
+            unfinished_clone: false,
             fenced: false,
             alive_evidence: Vec::new(),
             error: None,

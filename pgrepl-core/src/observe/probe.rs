@@ -83,6 +83,7 @@ pub async fn probe_node(h: &NodeHandle, port: u16, caps: &Capabilities) -> Obser
             let (state, ()) = tokio::join!(server_state(h), inspect_data_dir(h, caps, &mut dir));
             o.standby_configured = dir.standby_configured;
             o.data_dir = dir.data_dir;
+            o.unfinished_clone = dir.unfinished_clone;
             o.control_state = dir.control_state;
             match state {
                 Err(e) => {
@@ -118,20 +119,28 @@ pub async fn probe_node(h: &NodeHandle, port: u16, caps: &Capabilities) -> Obser
 /// does pg_control say (one command, one file read).
 async fn inspect_data_dir(h: &NodeHandle, caps: &Capabilities, o: &mut Observed) {
     let d = &h.layout.data_dir;
-    // Exit 0: a standby's; 1: a cluster, not a standby's; 3: files, no cluster; 4: empty or absent.
+    // Exit 0: a standby's; 1: a cluster, not a standby's; 3: files, no cluster; 4: empty or
+    // absent. Prints "unfinished-clone" when pgrepl's marker of a clone under way is there.
+    let marker = h.layout.clone_marker();
     let test = Command {
         user: h.transport.admin_user().map(str::to_string),
         ..Command::new("sh").args([
             "-c",
-            "if ! test -e \"$1/PG_VERSION\"; then if test -n \"$(ls -A \"$1\" 2>/dev/null)\"; then exit 3; else exit 4; fi; fi; \
+            "if test -e \"$2\"; then echo unfinished-clone; fi; \
+             if ! test -e \"$1/PG_VERSION\"; then if test -n \"$(ls -A \"$1\" 2>/dev/null)\"; then exit 3; else exit 4; fi; fi; \
              test -e \"$1/standby.signal\" -o -e \"$1/recovery.conf\"",
             "sh",
             d.as_str(),
+            marker.as_str(),
         ])
     };
     let control_path = format!("{d}/global/pg_control");
     let (status, control) = tokio::join!(h.transport.exec(&test), h.transport.read_file(&control_path));
-    let status = status.map(|o| o.status).ok();
+    let (status, stdout) = match status {
+        Ok(o) => (Some(o.status), o.stdout),
+        Err(_) => (None, String::new()),
+    };
+    o.unfinished_clone = stdout.contains("unfinished-clone");
     o.standby_configured = match status {
         Some(0) => Some(true),
         Some(1) => Some(false),

@@ -206,6 +206,15 @@ pub enum Refusal {
         /// The node.
         node: String,
     },
+    /// The node's data directory is not what its role in the spec needs, and changing it
+    /// could destroy data (a former primary's directory where a standby is asked for).
+    #[error("{node}: {why}")]
+    WrongDataDirectory {
+        /// The node.
+        node: String,
+        /// What it holds and what to do.
+        why: String,
+    },
     /// Files that are not a cluster would be overwritten.
     #[error("{path} holds files but no PostgreSQL cluster; pgrepl will not clone over them (move them away first)")]
     ForeignFiles {
@@ -238,7 +247,8 @@ impl Refusal {
             | Refusal::IsPrimary { node }
             | Refusal::PrimaryDown { node, .. }
             | Refusal::Unreachable { node }
-            | Refusal::ForeignFiles { node, .. } => node,
+            | Refusal::ForeignFiles { node, .. }
+            | Refusal::WrongDataDirectory { node, .. } => node,
             Refusal::SyncNotCovered { primary, .. } | Refusal::NoRunningPrimary { primary, .. } => primary,
             Refusal::OtherAlsoWritable { other } => other,
             Refusal::SplitBrain { nodes } => nodes.first()?,

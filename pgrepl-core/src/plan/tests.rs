@@ -500,6 +500,24 @@ fn up_plans_a_fresh_cluster_and_nothing_for_a_healthy_one() {
     let first_clone = p.steps.iter().position(|s| matches!(s.action, Action::Clone { .. })).unwrap();
     let primary_start = p.steps.iter().position(|s| s.node == "db1" && s.action == Action::Start).unwrap();
     assert!(primary_start < first_clone, "the primary runs before a standby clones from it");
+    // Groups: the primary's steps, then both standbys together, then the waits together.
+    let groups = p.groups();
+    assert_eq!(groups.len(), 3, "{p}");
+    assert!(p.steps[groups[0].clone()].iter().all(|s| s.node == "db1"), "{p}");
+    let level: Vec<&str> = p.steps[groups[1].clone()].iter().map(|s| s.node.as_str()).collect();
+    assert!(level.contains(&"db2") && level.contains(&"db3") && !level.contains(&"db1"), "{p}");
+    assert!(p.steps[groups[2].clone()].iter().all(|s| matches!(s.action, Action::WaitStreaming { .. })), "{p}");
+
+    // An interrupted clone (pgrepl's marker, files but no cluster) is cloned again.
+    let mut interrupted = stopped("db2");
+    interrupted.data_dir = Some(crate::observe::DataDirState::Foreign);
+    interrupted.unfinished_clone = true;
+    let mut o = streaming_cluster();
+    o.nodes[1] = interrupted;
+    let p = super::up(&c, &o).unwrap();
+    assert!(p.has("db2", |a| matches!(a, Action::Clone { .. })) && p.has("db2", |a| *a == Action::Start), "{p}");
+    o.nodes[1].unfinished_clone = false;
+    assert!(matches!(super::up(&c, &o), Err(Refusal::ForeignFiles { .. })), "without the marker foreign files are refused");
 
     let healthy = streaming_cluster();
     let p = super::up(&c, &healthy).unwrap();
@@ -518,8 +536,18 @@ fn up_refusals() {
     former.nodes[2] = stopped("db3");
     former.nodes[2].data_dir = Some(crate::observe::DataDirState::Cluster);
     former.nodes[2].standby_configured = Some(false);
-    assert!(matches!(super::up(&c, &former), Err(Refusal::NotEligible { node, .. }) if node == "db3"));
+    assert!(matches!(super::up(&c, &former), Err(Refusal::WrongDataDirectory { node, .. }) if node == "db3"));
     let mut gone = streaming_cluster();
     gone.nodes[2] = unreachable("db3", &[]);
     assert!(matches!(super::up(&c, &gone), Err(Refusal::Unreachable { .. })));
+    // The spec's primary holds a standby's data directory (after a failover the spec was
+    // not updated), or runs as a standby.
+    let mut demoted = streaming_cluster();
+    demoted.nodes[0] = stopped("db1");
+    demoted.nodes[0].data_dir = Some(crate::observe::DataDirState::Cluster);
+    demoted.nodes[0].standby_configured = Some(true);
+    assert!(matches!(super::up(&c, &demoted), Err(Refusal::WrongDataDirectory { node, .. }) if node == "db1"));
+    let mut running_standby = streaming_cluster();
+    running_standby.nodes[0] = standby("db1", 100);
+    assert!(matches!(super::up(&c, &running_standby), Err(Refusal::WrongDataDirectory { node, .. }) if node == "db1"));
 }
