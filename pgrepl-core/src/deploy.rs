@@ -269,7 +269,7 @@ impl Deployment {
             action: action.into(),
             source: e,
         };
-        let password = match &self.cluster.spec.replication.password_file {
+        let password = match &self.cluster.replication.password_file {
             Some(p) => {
                 let text = tokio::fs::read_to_string(p).await.map_err(|e| io(p, "read the replication password file", e))?;
                 Secret::new(text.trim_end_matches(['\n', '\r']))
@@ -313,7 +313,7 @@ impl Deployment {
     /// nodes a password the servers do not know: refused, saying where the password is
     /// looked for and how to bring it over.
     async fn refuse_new_password_for_deployed(&self, handles: &[NodeHandle]) -> Result<(), Error> {
-        if self.cluster.spec.replication.password_file.is_some() {
+        if self.cluster.replication.password_file.is_some() {
             return Ok(());
         }
         let stored = self.state_dir.join("replication");
@@ -502,7 +502,7 @@ impl Deployment {
         }
         self.provider.destroy_hosts(&self.cluster).await?;
         let secret = self.state_dir.join("replication");
-        if self.cluster.spec.replication.password_file.is_none() {
+        if self.cluster.replication.password_file.is_none() {
             let _ = tokio::fs::remove_file(&secret).await;
             lock.remove_local_file();
             let _ = tokio::fs::remove_dir(&self.state_dir).await;

@@ -76,9 +76,9 @@ pub mod testing;
 #[cfg(feature = "runtime")]
 pub mod transport;
 
-pub use cluster::{Cluster, Node};
+pub use cluster::{Cluster, Node, default_slot_name};
 pub use error::{Error, Refusal, SpecError, SpecErrors};
 pub use lsn::Lsn;
 pub use spec::{ClusterSpec, NodeSpec, Role};
-pub use validate::{default_slot_name, is_cidr};
+pub use validate::is_cidr;
 pub use version::PgMajor;

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::cluster::{Cluster, Node, Replication, Sync};
+use crate::cluster::{Cluster, Node, Replication, Sync, default_slot_name};
 use crate::error::{SpecError, SpecErrors};
 use crate::spec::{ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode, VersionChoice};
 use crate::version::{PgMajor, Support, SyncSyntax, setting_rule};
@@ -544,17 +544,14 @@ pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<
             slots,
             wal_keep_mb: r.wal_keep_mb,
             sync: Sync { mode: s.mode, count: s.count, standbys: sync_standbys, commit: s.commit, strict: s.strict },
+            password_file: r.password_file.clone(),
         },
         archive: spec.archive.clone(),
         settings: spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         nodes,
-        spec: spec.clone(),
+        provider: spec.provider.clone(),
+        sync_asked: s.clone(),
     })
-}
-
-/// The slot name pgrepl uses for a standby by default.
-pub fn default_slot_name(node: &str) -> String {
-    format!("pgrepl_{}", node.replace('-', "_"))
 }
 
 fn check_name(s: &str) -> Result<(), String> {
