@@ -191,12 +191,12 @@ impl Deployment {
     pub async fn save_topology(&self, t: &Topology) -> Result<(), Error> {
         let p = self.state_dir.join("topology.json");
         let tr_local = |action: &str, e: TransportError| Error::Transport { host: "localhost".into(), action: action.into(), source: e };
-        crate::local::LocalTransport
+        crate::machine::LocalTransport
             .mkdir(&self.state_dir.to_string_lossy(), 0o700, None)
             .await
             .map_err(|e| tr_local("create the state directory", e))?;
         let body = serde_json::to_vec_pretty(t).expect("a topology serializes");
-        crate::local::LocalTransport
+        crate::machine::LocalTransport
             .write_file(&p.to_string_lossy(), &body, 0o600, None)
             .await
             .map_err(|e| tr_local("record the topology", e))
@@ -280,10 +280,10 @@ impl Deployment {
                     Ok(t) => Secret::new(t.trim_end()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                         let s = Secret::generate();
-                        crate::local::LocalTransport.mkdir(&self.state_dir.to_string_lossy(), 0o700, None).await.map_err(|e| {
+                        crate::machine::LocalTransport.mkdir(&self.state_dir.to_string_lossy(), 0o700, None).await.map_err(|e| {
                             Error::Transport { host: "localhost".into(), action: "create the state directory".into(), source: e }
                         })?;
-                        crate::local::LocalTransport
+                        crate::machine::LocalTransport
                             .write_file(&p.to_string_lossy(), format!("{}\n", s.expose()).as_bytes(), 0o600, None)
                             .await
                             .map_err(|e| Error::Transport {
@@ -404,7 +404,7 @@ impl Deployment {
                 let n = cluster.node(&h.name).expect("handles are nodes");
                 if let Some(a) = &n.address {
                     if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?
-                        && crate::local::port_in_use(a, n.port).await
+                        && crate::machine::port_in_use(a, n.port).await
                     {
                         return Err(Error::node(
                             &n.name,
@@ -836,7 +836,7 @@ impl Run<'_> {
         }
         if self.local_ports {
             if let Some(a) = &n.address {
-                if crate::local::port_in_use(a, n.port).await {
+                if crate::machine::port_in_use(a, n.port).await {
                     return Err(Error::node(
                         &n.name,
                         format!(

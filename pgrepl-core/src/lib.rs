@@ -35,6 +35,8 @@
 //! Modules: [`spec`] (input) → [`validate`](spec::ClusterSpec::validate) → [`cluster`]
 //! → [`render`] (pure, with [`version`] rules and a [`layout`]) → `deploy` (effects).
 
+#[cfg(feature = "runtime")]
+mod backend;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "runtime")]
@@ -61,6 +63,8 @@ pub mod discovery;
 mod dry_run;
 #[cfg(feature = "runtime")]
 pub mod local;
+#[cfg(feature = "runtime")]
+mod machine;
 #[cfg(feature = "runtime")]
 pub mod open;
 #[cfg(feature = "runtime")]

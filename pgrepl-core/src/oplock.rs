@@ -125,7 +125,7 @@ impl LockHolder {
         LockHolder {
             operation: operation.to_string(),
             admin_host: admin_host_name(),
-            user: crate::local::current_user().to_string(),
+            user: crate::machine::current_user().to_string(),
             pid: std::process::id(),
             since: unix_now(),
             lease_secs,

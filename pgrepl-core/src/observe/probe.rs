@@ -196,7 +196,7 @@ pub async fn observe_cluster(
             }
         }
         if let Some(a) = &n.address {
-            if crate::local::port_in_use(a, n.port).await {
+            if crate::machine::port_in_use(a, n.port).await {
                 evidence.push(format!("its port {a}:{} accepts connections", n.port));
             }
         }
