@@ -24,6 +24,8 @@ use crate::spec::{AuthMethod, Role};
 use crate::sql::{self, QueryError};
 use crate::transport::{Command, Transport, TransportError, TransportExt};
 
+use crate::observe::ObservedCluster;
+use crate::observe::probe::observe_cluster;
 use crate::observe::server_state::process_alive;
 pub use crate::observe::server_state::{SERVER_STATE_SCRIPT, ServerState, is_running, parse_server_state, server_state};
 pub use crate::topology::Topology;
@@ -242,6 +244,19 @@ impl Deployment {
             }
         }
         Ok((cluster, handles, failed))
+    }
+
+    /// One observation of the whole cluster: the current cluster (recorded primary applied,
+    /// addresses from the hosts), a handle per reachable host, and every node observed.
+    /// Never fails for a node that cannot be reached: that node is observed as such.
+    pub async fn observe(&self) -> Result<(Cluster, Vec<NodeHandle>, ObservedCluster), Error> {
+        let topology = self.topology().await?;
+        let (cluster, handles, failed) = self.connect_partial().await?;
+        let unreachable: Vec<(String, String)> = failed.into_iter().map(|(n, e)| (n, crate::error::chain(&e))).collect();
+        let caps =
+            cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))?;
+        let observed = observe_cluster(&cluster, &handles, &unreachable, &caps, &topology).await;
+        Ok((cluster, handles, observed))
     }
 
     /// The current cluster with addresses from its hosts, and each host's connection.
