@@ -118,7 +118,7 @@ pub struct Deployment {
     state_dir: PathBuf,
     binaries: Option<Binaries>,
     pub(crate) local_ports: bool,
-    pub(crate) lock_options: crate::oplock::LockOptions,
+    pub(crate) lock_options: crate::oplock_options::LockOptions,
 }
 
 /// The state of a node's data directory.

@@ -70,6 +70,8 @@ pub mod open;
 #[cfg(feature = "runtime")]
 pub mod oplock;
 #[cfg(feature = "runtime")]
+mod oplock_options;
+#[cfg(feature = "runtime")]
 pub mod provider;
 #[cfg(feature = "runtime")]
 pub mod sql;
