@@ -5,10 +5,13 @@
 //! standby has an upstream that exists, with no cycle; the sync count fits the standbys;
 //! the version (when known) supports everything asked.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+
 use serde::Serialize;
 
 use crate::error::{SpecError, SpecErrors};
-use crate::spec::{ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode};
+use crate::spec::{ArchiveSpec, AuthMethod, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode, SyncSpec};
 use crate::version::{Capabilities, PgMajor};
 
 /// A validated cluster.
@@ -27,9 +30,15 @@ pub struct Cluster {
     pub settings: Vec<(String, SettingValue)>,
     /// The nodes in spec order.
     pub nodes: Vec<Node>,
-    /// The spec it was validated from (provider details, binaries).
+    /// Where the hosts come from and how pgrepl reaches them (the spec's `[provider]`,
+    /// checked by validation); read through [`provider`](Self::provider).
     #[serde(skip)]
-    pub spec: ClusterSpec,
+    pub(crate) provider: ProviderSpec,
+    /// Synchronous replication as the spec asks for it (its candidate list, if explicit,
+    /// follows the primary), before fenced standbys are left out of [`Replication::sync`]:
+    /// [`with_primary`](Self::with_primary) recomputes the synchronous standbys from it.
+    #[serde(skip)]
+    pub(crate) sync_asked: SyncSpec,
 }
 
 /// Replication settings with defaults resolved.
@@ -45,6 +54,10 @@ pub struct Replication {
     pub wal_keep_mb: u32,
     /// Synchronous replication.
     pub sync: Sync,
+    /// The file holding the replication password (absolute), when the spec names one;
+    /// `None`: pgrepl generates the password and keeps it in the state directory.
+    #[serde(skip)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// Synchronous replication, resolved.
@@ -131,14 +144,17 @@ impl Cluster {
 
     /// The provider section.
     pub fn provider(&self) -> &ProviderSpec {
-        &self.spec.provider
+        &self.provider
     }
 
     /// The same cluster with `new_primary` as its primary: the old primary becomes a
     /// standby of it, standbys that streamed from the old primary stream from it, and
-    /// cascaded standbys keep their upstream. Synchronous candidates are recomputed (an
-    /// explicit list has the new primary swapped for the old one). Validated again, so
-    /// every invariant of [`Cluster`] holds.
+    /// cascaded standbys keep their upstream. Synchronous candidates are recomputed from
+    /// what the spec asks (an explicit list has the new primary swapped for the old one),
+    /// so standbys left out for being fenced count again. Every invariant of [`Cluster`]
+    /// still holds: the result is the cluster a spec with that primary validates to.
+    /// Fails for an unknown node, or when the old primary's default slot name is already
+    /// another standby's slot.
     pub fn with_primary(&self, new_primary: &str) -> Result<Cluster, SpecErrors> {
         let old = self.primary().name.clone();
         if old == new_primary {
@@ -151,37 +167,61 @@ impl Cluster {
                 format!("one of: {}", self.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
             )));
         }
-        let mut spec = self.spec.clone();
-        for (i, n) in spec.nodes.iter_mut().enumerate() {
-            let current = &self.nodes[i];
+        let mut c = self.clone();
+        let slots = c.replication.slots;
+        for n in &mut c.nodes {
             if n.name == new_primary {
                 n.role = Role::Primary;
                 n.upstream = None;
-                n.slot_name = None;
+                n.slot = None;
             } else {
                 n.role = Role::Standby;
-                let up = if n.name == old { Some(new_primary.to_string()) } else { current.upstream.clone() };
-                n.upstream = match up.as_deref() {
-                    Some(u) if u == old => Some(new_primary.to_string()),
-                    other => other.map(str::to_string),
-                };
-                if n.slot_name.is_none() {
-                    n.slot_name = current.slot.clone();
+                if n.name == old || n.upstream.as_deref() == Some(old.as_str()) {
+                    n.upstream = Some(new_primary.to_string());
+                }
+                if slots && n.slot.is_none() {
+                    n.slot = Some(default_slot_name(&n.name));
                 }
             }
         }
-        if let Some(list) = &mut spec.replication.sync.standbys {
+        // The old primary's default slot name may be taken by another standby's own.
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in c.nodes.iter().enumerate() {
+            if let Some(s) = n.slot.as_deref() {
+                if let Some(j) = seen.insert(s, i) {
+                    return Err(SpecErrors::one(SpecError::new(
+                        format!("nodes[{i}].slot_name"),
+                        format!("slot \"{s}\" is also used by nodes[{j}] (\"{}\")", c.nodes[j].name),
+                        "a unique slot name per standby",
+                    )));
+                }
+            }
+        }
+        if let Some(list) = &mut c.sync_asked.standbys {
             for s in list.iter_mut() {
                 if s == new_primary {
                     *s = old.clone();
                 }
             }
         }
-        match self.major {
-            Some(m) => spec.validate_for(m),
-            None => spec.validate(),
-        }
+        let asked = &c.sync_asked;
+        let standbys = match &asked.standbys {
+            Some(list) => list.clone(),
+            None => {
+                let mut direct: Vec<&Node> =
+                    c.nodes.iter().filter(|n| n.role == Role::Standby && n.upstream.as_deref() == Some(new_primary)).collect();
+                direct.sort_by_key(|n| std::cmp::Reverse(n.priority));
+                direct.iter().map(|n| n.name.clone()).collect()
+            }
+        };
+        c.replication.sync = Sync { mode: asked.mode, count: asked.count, standbys, commit: asked.commit, strict: asked.strict };
+        Ok(c)
     }
+}
+
+/// The slot name pgrepl uses for a standby by default.
+pub fn default_slot_name(node: &str) -> String {
+    format!("pgrepl_{}", node.replace('-', "_"))
 }
 
 /// `cluster` with `primary` as its primary (addresses kept) and `excluded` nodes left out
@@ -239,4 +279,127 @@ pub fn exclude_from_sync(cluster: &mut Cluster, excluded: &[String]) -> Option<S
         "{asked} synchronous standbys asked but only {left} available ({} fenced or unreachable): commits wait for {left} until `pgrepl rejoin` brings the others back",
         gone.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ClusterSpec, NodeSpec};
+    use crate::version::PgMajor;
+
+    /// A 3-node spec (db1, db2, db3) with `primary` as its primary, the given explicit
+    /// upstreams, and synchronous replication `mode`/`count` over `sync_list` (implicit
+    /// when `None`).
+    fn spec(primary: &str, upstreams: &[(&str, &str)], mode: SyncMode, count: u32, sync_list: Option<&[&str]>) -> ClusterSpec {
+        let mut b = ClusterSpec::builder("t").postgres(PgMajor::V16);
+        for (name, priority) in [("db1", 100), ("db2", 90), ("db3", 100)] {
+            let mut n = if name == primary { NodeSpec::primary(name) } else { NodeSpec::standby(name) };
+            n = n.with_priority(priority);
+            if let Some((_, up)) = upstreams.iter().find(|(d, _)| *d == name) {
+                n = n.with_upstream(*up);
+            }
+            b = b.node(n);
+        }
+        let mut s = b.sync(mode, count).into_spec();
+        s.replication.sync.standbys = sync_list.map(|l| l.iter().map(|n| n.to_string()).collect());
+        s
+    }
+
+    /// Every combination asked: the cluster `with_primary` gives is the one a spec with
+    /// that primary validates to.
+    #[test]
+    fn with_primary_is_the_cluster_validated_with_that_primary() {
+        struct Case {
+            what: &'static str,
+            from: ClusterSpec,
+            to: &'static str,
+            expected: ClusterSpec,
+        }
+        let mut cases = Vec::new();
+        for (mode, count) in [(SyncMode::First, 1), (SyncMode::First, 2), (SyncMode::Any, 1), (SyncMode::Any, 2)] {
+            // Implicit upstreams and candidates.
+            for to in ["db2", "db3"] {
+                cases.push(Case {
+                    what: "implicit upstreams",
+                    from: spec("db1", &[], mode, count, None),
+                    to,
+                    expected: spec(to, &[], mode, count, None),
+                });
+            }
+            // Explicit upstreams to the primary, explicit candidates: the new primary is
+            // swapped for the old one in the list.
+            cases.push(Case {
+                what: "explicit upstreams and candidates",
+                from: spec("db1", &[("db2", "db1"), ("db3", "db1")], mode, count, Some(&["db2", "db3"])),
+                to: "db2",
+                expected: spec("db2", &[("db1", "db2"), ("db3", "db2")], mode, count, Some(&["db1", "db3"])),
+            });
+        }
+        for (mode, count) in [(SyncMode::First, 1), (SyncMode::Any, 1)] {
+            // Cascading: db3 streams from db2. Promoting db2 keeps db3 on it; promoting db3
+            // moves db2 (which streamed from the old primary) onto db3.
+            cases.push(Case {
+                what: "cascading, promote the middle",
+                from: spec("db1", &[("db3", "db2")], mode, count, None),
+                to: "db2",
+                expected: spec("db2", &[("db3", "db2")], mode, count, None),
+            });
+            cases.push(Case {
+                what: "cascading, promote the leaf",
+                from: spec("db1", &[("db3", "db2")], mode, count, None),
+                to: "db3",
+                expected: spec("db3", &[("db1", "db3"), ("db2", "db3")], mode, count, None),
+            });
+            cases.push(Case {
+                what: "cascading, explicit candidates",
+                from: spec("db1", &[("db3", "db2")], mode, count, Some(&["db2"])),
+                to: "db2",
+                expected: spec("db2", &[("db3", "db2")], mode, count, Some(&["db1"])),
+            });
+        }
+        for c in cases {
+            let what = format!("{} ({:?} {}, to {})", c.what, c.from.replication.sync.mode, c.from.replication.sync.count, c.to);
+            let from = c.from.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
+            let expected = c.expected.validate().unwrap_or_else(|e| panic!("{what}: {e}"));
+            let moved = from.with_primary(c.to).unwrap();
+            assert_eq!(moved, expected, "{what}");
+            // And back: the original roles and slots (standbys of the old primary follow the
+            // new one, so a cascade is not rebuilt).
+            let back = moved.with_primary("db1").unwrap();
+            assert_eq!(
+                back.nodes.iter().map(|n| (&n.name, n.role, &n.slot)).collect::<Vec<_>>(),
+                from.nodes.iter().map(|n| (&n.name, n.role, &n.slot)).collect::<Vec<_>>(),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_primary_restores_the_asked_sync_of_a_degraded_cluster() {
+        let c = spec("db1", &[], SyncMode::First, 2, None).validate().unwrap();
+        let mut degraded = c.clone();
+        assert!(exclude_from_sync(&mut degraded, &["db3".into()]).is_some());
+        assert_eq!((degraded.replication.sync.count, degraded.replication.sync.standbys.len()), (1, 1));
+        let expected = spec("db2", &[], SyncMode::First, 2, None).validate().unwrap();
+        assert_eq!(degraded.with_primary("db2").unwrap(), expected);
+        // Same primary: unchanged, degraded as it was.
+        assert_eq!(degraded.with_primary("db1").unwrap(), degraded);
+    }
+
+    #[test]
+    fn with_primary_keeps_the_other_fields_and_refuses_what_validation_refuses() {
+        let c = spec("db1", &[], SyncMode::Off, 1, None).validate().unwrap();
+        let moved = c.with_primary("db3").unwrap();
+        assert_eq!((moved.provider(), &moved.replication.password_file), (c.provider(), &c.replication.password_file));
+        assert_eq!(c.with_primary("db9").unwrap_err().to_string(), "primary: unknown node \"db9\" (expected one of: db1, db2, db3)");
+
+        // db3's own slot is the name db1 gets by default as a standby: the same error as
+        // validating the spec with db2 primary.
+        let mut s = spec("db1", &[], SyncMode::Off, 1, None);
+        s.nodes[2].slot_name = Some(default_slot_name("db1"));
+        let mut moved_spec = spec("db2", &[], SyncMode::Off, 1, None);
+        moved_spec.nodes[2].slot_name = Some(default_slot_name("db1"));
+        let by_validation = moved_spec.validate().unwrap_err().to_string();
+        assert_eq!(s.validate().unwrap().with_primary("db2").unwrap_err().to_string(), by_validation);
+    }
 }

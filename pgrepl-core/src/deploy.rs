@@ -24,6 +24,8 @@ use crate::spec::{AuthMethod, Role};
 use crate::sql::{self, QueryError};
 use crate::transport::{Command, Transport, TransportError, TransportExt};
 
+use crate::observe::ObservedCluster;
+use crate::observe::probe::observe_cluster;
 use crate::observe::server_state::process_alive;
 pub use crate::observe::server_state::{SERVER_STATE_SCRIPT, ServerState, is_running, parse_server_state, server_state};
 pub use crate::topology::Topology;
@@ -116,7 +118,7 @@ pub struct Deployment {
     state_dir: PathBuf,
     binaries: Option<Binaries>,
     pub(crate) local_ports: bool,
-    pub(crate) lock_options: crate::oplock::LockOptions,
+    pub(crate) lock_options: crate::oplock_options::LockOptions,
 }
 
 /// The state of a node's data directory.
@@ -198,12 +200,12 @@ impl Deployment {
     pub async fn save_topology(&self, t: &Topology) -> Result<(), Error> {
         let p = self.state_dir.join("topology.json");
         let tr_local = |action: &str, e: TransportError| Error::Transport { host: "localhost".into(), action: action.into(), source: e };
-        crate::local::LocalTransport
+        crate::machine::LocalTransport
             .mkdir(&self.state_dir.to_string_lossy(), 0o700, None)
             .await
             .map_err(|e| tr_local("create the state directory", e))?;
         let body = serde_json::to_vec_pretty(t).expect("a topology serializes");
-        crate::local::LocalTransport
+        crate::machine::LocalTransport
             .write_file(&p.to_string_lossy(), &body, 0o600, None)
             .await
             .map_err(|e| tr_local("record the topology", e))
@@ -251,6 +253,19 @@ impl Deployment {
         Ok((cluster, handles, failed))
     }
 
+    /// One observation of the whole cluster: the current cluster (recorded primary applied,
+    /// addresses from the hosts), a handle per reachable host, and every node observed.
+    /// Never fails for a node that cannot be reached: that node is observed as such.
+    pub async fn observe(&self) -> Result<(Cluster, Vec<NodeHandle>, ObservedCluster), Error> {
+        let topology = self.topology().await?;
+        let (cluster, handles, failed) = self.connect_partial().await?;
+        let unreachable: Vec<(String, String)> = failed.into_iter().map(|(n, e)| (n, crate::error::chain(&e))).collect();
+        let caps =
+            cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))?;
+        let observed = observe_cluster(&cluster, &handles, &unreachable, &caps, &topology).await;
+        Ok((cluster, handles, observed))
+    }
+
     /// The current cluster with addresses from its hosts, and each host's connection.
     async fn connect_each(&self, create: bool) -> Result<(Cluster, Vec<(String, Result<NodeHandle, Error>)>), Error> {
         let mut cluster = self.current_cluster().await?;
@@ -276,7 +291,7 @@ impl Deployment {
             action: action.into(),
             source: e,
         };
-        let password = match &self.cluster.spec.replication.password_file {
+        let password = match &self.cluster.replication.password_file {
             Some(p) => {
                 let text = tokio::fs::read_to_string(p).await.map_err(|e| io(p, "read the replication password file", e))?;
                 Secret::new(text.trim_end_matches(['\n', '\r']))
@@ -287,10 +302,10 @@ impl Deployment {
                     Ok(t) => Secret::new(t.trim_end()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                         let s = Secret::generate();
-                        crate::local::LocalTransport.mkdir(&self.state_dir.to_string_lossy(), 0o700, None).await.map_err(|e| {
+                        crate::machine::LocalTransport.mkdir(&self.state_dir.to_string_lossy(), 0o700, None).await.map_err(|e| {
                             Error::Transport { host: "localhost".into(), action: "create the state directory".into(), source: e }
                         })?;
-                        crate::local::LocalTransport
+                        crate::machine::LocalTransport
                             .write_file(&p.to_string_lossy(), format!("{}\n", s.expose()).as_bytes(), 0o600, None)
                             .await
                             .map_err(|e| Error::Transport {
@@ -320,7 +335,7 @@ impl Deployment {
     /// nodes a password the servers do not know: refused, saying where the password is
     /// looked for and how to bring it over.
     async fn refuse_new_password_for_deployed(&self, handles: &[NodeHandle]) -> Result<(), Error> {
-        if self.cluster.spec.replication.password_file.is_some() {
+        if self.cluster.replication.password_file.is_some() {
             return Ok(());
         }
         let stored = self.state_dir.join("replication");
@@ -413,7 +428,7 @@ impl Deployment {
                 let n = cluster.node(&h.name).expect("handles are nodes");
                 if let Some(a) = &n.address {
                     if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?
-                        && crate::local::port_in_use(a, n.port).await
+                        && crate::machine::port_in_use(a, n.port).await
                     {
                         return Err(Error::node(
                             &n.name,
@@ -498,7 +513,7 @@ impl Deployment {
         }
         self.provider.destroy_hosts(&self.cluster).await?;
         let secret = self.state_dir.join("replication");
-        if self.cluster.spec.replication.password_file.is_none() {
+        if self.cluster.replication.password_file.is_none() {
             let _ = tokio::fs::remove_file(&secret).await;
             lock.remove_local_file();
             let _ = tokio::fs::remove_dir(&self.state_dir).await;
@@ -832,7 +847,7 @@ impl Run<'_> {
         }
         if self.local_ports {
             if let Some(a) = &n.address {
-                if crate::local::port_in_use(a, n.port).await {
+                if crate::machine::port_in_use(a, n.port).await {
                     return Err(Error::node(
                         &n.name,
                         format!(

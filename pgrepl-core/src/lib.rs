@@ -35,6 +35,8 @@
 //! Modules: [`spec`] (input) → [`validate`](spec::ClusterSpec::validate) → [`cluster`]
 //! → [`render`] (pure, with [`version`] rules and a [`layout`]) → `deploy` (effects).
 
+#[cfg(feature = "runtime")]
+mod backend;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "runtime")]
@@ -62,9 +64,13 @@ mod dry_run;
 #[cfg(feature = "runtime")]
 pub mod local;
 #[cfg(feature = "runtime")]
+mod machine;
+#[cfg(feature = "runtime")]
 pub mod open;
 #[cfg(feature = "runtime")]
 pub mod oplock;
+#[cfg(feature = "runtime")]
+mod oplock_options;
 #[cfg(feature = "runtime")]
 pub mod provider;
 #[cfg(feature = "runtime")]
@@ -76,9 +82,9 @@ pub mod testing;
 #[cfg(feature = "runtime")]
 pub mod transport;
 
-pub use cluster::{Cluster, Node};
+pub use cluster::{Cluster, Node, default_slot_name};
 pub use error::{Error, Refusal, SpecError, SpecErrors};
 pub use lsn::Lsn;
 pub use spec::{ClusterSpec, NodeSpec, Role};
-pub use validate::{default_slot_name, is_cidr};
+pub use validate::is_cidr;
 pub use version::PgMajor;

@@ -44,16 +44,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::deploy::Deployment;
 use crate::error::Error;
+pub use crate::oplock_options::{DEFAULT_LEASE, DEFAULT_LOCK_WAIT, DEFAULT_MAX_HOLD, DEFAULT_RENEW_EVERY, HOST_LOCK_DIR, LockOptions};
 use crate::transport::{Command, Transport, TransportError, TransportExt};
 
-/// How long an operation waits for the lock by default.
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(30);
-/// How long a host lock lives without renewal.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
-/// How often the holder renews its host locks.
-pub const DEFAULT_RENEW_EVERY: Duration = Duration::from_secs(15);
-/// After this long the holder stops renewing (its host locks then expire).
-pub const DEFAULT_MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 /// Time limit of one lock step on a host.
 const HOST_STEP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a host step waits for the host's guard (seconds, `flock -w`).
@@ -63,42 +56,6 @@ const LOCAL_POLL: Duration = Duration::from_millis(100);
 /// A host lock counts as valid until this long before its lease ends (mtimes and
 /// `date +%s` have a resolution of one second).
 const VALIDITY_MARGIN: Duration = Duration::from_secs(2);
-
-/// Where host locks live by default: `<HOST_LOCK_DIR>/<cluster>/<node>/oplock`.
-pub const HOST_LOCK_DIR: &str = "/var/lib/pgrepl/.oplock";
-
-/// How the operation lock waits and how long its host leases live.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LockOptions {
-    /// How long an operation waits for the lock before failing with [`Error::Locked`].
-    pub wait: Duration,
-    /// How long a host lock lives without renewal (whole seconds, at least 1).
-    pub lease: Duration,
-    /// How often the holder renews its host locks (well below `lease`).
-    pub renew_every: Duration,
-    /// The longest an operation keeps renewing (a bound on the renewal loop).
-    pub max_hold: Duration,
-    /// The directory on each host under which the lock lives ([`HOST_LOCK_DIR`]).
-    pub host_dir: String,
-}
-
-impl Default for LockOptions {
-    fn default() -> Self {
-        LockOptions {
-            wait: DEFAULT_LOCK_WAIT,
-            lease: DEFAULT_LEASE,
-            renew_every: DEFAULT_RENEW_EVERY,
-            max_hold: DEFAULT_MAX_HOLD,
-            host_dir: HOST_LOCK_DIR.to_string(),
-        }
-    }
-}
-
-impl LockOptions {
-    fn lease_secs(&self) -> u64 {
-        self.lease.as_secs().max(1)
-    }
-}
 
 /// Who holds the lock: written into the lock file and into each host's lock directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,7 +82,7 @@ impl LockHolder {
         LockHolder {
             operation: operation.to_string(),
             admin_host: admin_host_name(),
-            user: crate::local::current_user().to_string(),
+            user: crate::machine::current_user().to_string(),
             pid: std::process::id(),
             since: unix_now(),
             lease_secs,

@@ -1,7 +1,8 @@
 //! The cluster spec: what the user asked for, as written in `pgrepl.toml`.
 //!
 //! A [`ClusterSpec`] mirrors the file and may be inconsistent; [`ClusterSpec::validate`]
-//! turns it into a [`Cluster`] whose invariants hold, or into
+//! (in the validation module, which depends on this one and not the other way round)
+//! turns it into a [`Cluster`](crate::cluster::Cluster) whose invariants hold, or into
 //! [`SpecErrors`] naming every bad field at once. Rust callers
 //! build the same spec with [`ClusterSpec::builder`] and get the same validation.
 //!
@@ -39,7 +40,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::Cluster;
 use crate::error::{SpecError, SpecErrors};
 use crate::version::PgMajor;
 
@@ -593,19 +593,6 @@ impl ClusterSpec {
             },
         }
     }
-
-    /// Checks the spec and returns the cluster it describes, or every problem found.
-    /// With `postgres = "detect"` the version rules wait until the major is known:
-    /// call [`validate_for`](Self::validate_for) then.
-    pub fn validate(&self) -> Result<Cluster, SpecErrors> {
-        crate::validate::validate(self, None)
-    }
-
-    /// Like [`validate`](Self::validate), for the given major (an explicit `postgres`
-    /// in the spec must agree with it).
-    pub fn validate_for(&self, major: PgMajor) -> Result<Cluster, SpecErrors> {
-        crate::validate::validate(self, Some(major))
-    }
 }
 
 /// Builds a [`ClusterSpec`] in code. See [`ClusterSpec::builder`].
@@ -660,8 +647,5 @@ impl ClusterSpecBuilder {
     pub fn into_spec(self) -> ClusterSpec {
         self.spec
     }
-    /// Validates and returns the cluster.
-    pub fn build(self) -> Result<Cluster, SpecErrors> {
-        self.spec.validate()
-    }
+    // `build` (validate and return the cluster) lives with validation.
 }

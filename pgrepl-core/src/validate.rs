@@ -1,4 +1,6 @@
-//! `ClusterSpec` → `Cluster`: the only producer of [`SpecError`]s.
+//! `ClusterSpec` → `Cluster`: the only producer of [`SpecError`]s, and the home of
+//! [`ClusterSpec::validate`] (here rather than in `spec`, so the spec does not depend on
+//! what it validates to).
 //!
 //! Every check names the field as written in pgrepl.toml and what was expected; all
 //! problems are collected, never just the first; nothing here panics on bad input.
@@ -6,9 +8,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use crate::cluster::{Cluster, Node, Replication, Sync};
+use crate::cluster::{Cluster, Node, Replication, Sync, default_slot_name};
 use crate::error::{SpecError, SpecErrors};
-use crate::spec::{ArchiveSpec, AuthMethod, ClusterSpec, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode, VersionChoice};
+use crate::spec::{
+    ArchiveSpec, AuthMethod, ClusterSpec, ClusterSpecBuilder, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode, VersionChoice,
+};
 use crate::version::{PgMajor, Support, SyncSyntax, setting_rule};
 
 /// Settings pgrepl writes itself from other fields; setting them by hand would break it.
@@ -39,7 +43,29 @@ const MANAGED: &[(&str, &str)] = &[
     ("include_if_exists", "nothing"),
 ];
 
-pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, SpecErrors> {
+impl ClusterSpec {
+    /// Checks the spec and returns the cluster it describes, or every problem found.
+    /// With `postgres = "detect"` the version rules wait until the major is known:
+    /// call [`validate_for`](Self::validate_for) then.
+    pub fn validate(&self) -> Result<Cluster, SpecErrors> {
+        validate(self, None)
+    }
+
+    /// Like [`validate`](Self::validate), for the given major (an explicit `postgres`
+    /// in the spec must agree with it).
+    pub fn validate_for(&self, major: PgMajor) -> Result<Cluster, SpecErrors> {
+        validate(self, Some(major))
+    }
+}
+
+impl ClusterSpecBuilder {
+    /// Validates and returns the cluster.
+    pub fn build(self) -> Result<Cluster, SpecErrors> {
+        self.into_spec().validate()
+    }
+}
+
+fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, SpecErrors> {
     let mut errs: Vec<SpecError> = Vec::new();
     let mut err = |field: String, problem: String, expected: &str| errs.push(SpecError::new(field, problem, expected));
 
@@ -544,17 +570,14 @@ pub(crate) fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<
             slots,
             wal_keep_mb: r.wal_keep_mb,
             sync: Sync { mode: s.mode, count: s.count, standbys: sync_standbys, commit: s.commit, strict: s.strict },
+            password_file: r.password_file.clone(),
         },
         archive: spec.archive.clone(),
         settings: spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         nodes,
-        spec: spec.clone(),
+        provider: spec.provider.clone(),
+        sync_asked: s.clone(),
     })
-}
-
-/// The slot name pgrepl uses for a standby by default.
-pub fn default_slot_name(node: &str) -> String {
-    format!("pgrepl_{}", node.replace('-', "_"))
 }
 
 fn check_name(s: &str) -> Result<(), String> {

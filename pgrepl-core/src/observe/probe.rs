@@ -12,8 +12,6 @@ use futures_util::future::join_all;
 use super::server_state::{ServerState as HostServerState, server_state};
 use super::{DataDirState, Observed, ObservedCluster, ServerState, apply_probe_rows};
 use crate::cluster::Cluster;
-use crate::deploy::Deployment;
-use crate::error::Error;
 use crate::pgcontrol;
 use crate::provider::NodeHandle;
 use crate::render::sql_literal;
@@ -205,26 +203,11 @@ pub async fn observe_cluster(
             }
         }
         if let Some(a) = &n.address {
-            if crate::local::port_in_use(a, n.port).await {
+            if crate::machine::port_in_use(a, n.port).await {
                 evidence.push(format!("its port {a}:{} accepts connections", n.port));
             }
         }
         nodes[i].alive_evidence = evidence;
     }
     ObservedCluster { nodes, topology: topology.clone() }
-}
-
-impl Deployment {
-    /// One observation of the whole cluster: the current cluster (recorded primary applied,
-    /// addresses from the hosts), a handle per reachable host, and every node observed.
-    /// Never fails for a node that cannot be reached: that node is observed as such.
-    pub async fn observe(&self) -> Result<(Cluster, Vec<NodeHandle>, ObservedCluster), Error> {
-        let topology = self.topology().await?;
-        let (cluster, handles, failed) = self.connect_partial().await?;
-        let unreachable: Vec<(String, String)> = failed.into_iter().map(|(n, e)| (n, crate::error::chain(&e))).collect();
-        let caps =
-            cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))?;
-        let observed = observe_cluster(&cluster, &handles, &unreachable, &caps, &topology).await;
-        Ok((cluster, handles, observed))
-    }
 }
