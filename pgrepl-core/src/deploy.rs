@@ -334,7 +334,7 @@ impl Deployment {
     /// passfile, or on this machine's nodes a data directory), generating one would hand the
     /// nodes a password the servers do not know: refused, saying where the password is
     /// looked for and how to bring it over.
-    async fn refuse_new_password_for_deployed(&self, handles: &[NodeHandle]) -> Result<(), Error> {
+    pub(crate) async fn refuse_new_password_for_deployed(&self, handles: &[NodeHandle]) -> Result<(), Error> {
         if self.cluster.replication.password_file.is_some() {
             return Ok(());
         }
@@ -371,91 +371,6 @@ impl Deployment {
     pub async fn render(&self) -> Result<Vec<RenderedNode>, Error> {
         let (cluster, handles) = self.connect(false).await?;
         handles.iter().map(|h| render_node(&cluster, &h.name, &h.layout, None)).collect()
-    }
-
-    /// Deploys or converges the cluster: installs PostgreSQL where missing, then carries out
-    /// [`crate::plan::up`]'s plan with the HA operations' executor: the primary (initdb with
-    /// checksums, settings, pg_hba, start, replication role, slots), then each level of
-    /// standbys in parallel (clone, recovery settings, start), then waits until every
-    /// standby streams.
-    pub async fn up(&self, progress: &dyn Progress) -> Result<UpReport, Error> {
-        let lock = self.lock_operation("up", self.lock_wait()).await?;
-        let t0 = Instant::now();
-        let (cluster, handles) = self.connect(true).await?;
-        self.refuse_new_password_for_deployed(&handles).await?;
-        let secrets = self.secrets(true).await?;
-        let major = cluster.major.map(|m| m.to_string()).unwrap_or_default();
-        let mut actions = Vec::new();
-        let run = Run { cluster: &cluster, handles: &handles, secrets: &secrets, progress, local_ports: self.local_ports };
-        // The synchronous standbys on record: every standby the primary may name while `up`
-        // changes its settings (the union, the smaller count) before, the exact set after.
-        let primary_name = cluster.primary().name.clone();
-        let sync_target = crate::topology::SyncRecord::of(&primary_name, &cluster.replication.sync);
-        let mut topo = self.topology().await?;
-        let during = topo.sync_in_force(&primary_name, &cluster.replication.sync).widened(&sync_target);
-        if topo.sync.as_ref() != Some(&during) {
-            topo.sync = Some(during);
-            self.save_topology(&topo).await?;
-        }
-        // Hosts without the cluster's PostgreSQL get it installed (the same major everywhere).
-        let installs = join_all(handles.iter().filter(|h| h.install_script.is_some()).map(|h| async move {
-            let t = &*h.transport;
-            let postgres = h.layout.server_tool("postgres");
-            if t.exists(&postgres, None).await.map_err(|e| tr(&h.name, "look for the PostgreSQL binaries", e))? {
-                return Ok::<Option<Action>, Error>(None);
-            }
-            let t0 = Instant::now();
-            progress.started(&h.name, "install PostgreSQL");
-            let script = h.install_script.clone().unwrap_or_default();
-            let r = t
-                .run(&Command::new("sh").args(["-c", script.as_str()]).user("root").timeout(Duration::from_secs(1200)))
-                .await
-                .map_err(|e| tr(&h.name, "install PostgreSQL", e));
-            progress.finished(&h.name, "install PostgreSQL", if r.is_ok() { "installed" } else { "failed" });
-            r?;
-            if !t.exists(&postgres, None).await.map_err(|e| tr(&h.name, "look for the PostgreSQL binaries", e))? {
-                return Err(Error::node(&h.name, format!("the install finished but {postgres} is still missing")));
-            }
-            Ok(Some(Action { node: h.name.clone(), what: "install PostgreSQL".into(), seconds: t0.elapsed().as_secs_f64() }))
-        }))
-        .await;
-        for i in installs {
-            actions.extend(i?);
-        }
-        // Preflight: a node that is not running must find its port free, before anything changes.
-        if self.local_ports {
-            for h in &handles {
-                let n = cluster.node(&h.name).expect("handles are nodes");
-                if let Some(a) = &n.address {
-                    if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?
-                        && crate::machine::port_in_use(a, n.port).await
-                    {
-                        return Err(Error::node(
-                            &n.name,
-                            format!(
-                                "port {} on {a} is already in use by another process; nothing was changed. Choose a free port in the spec (nodes[].port, or provider.base_port)",
-                                n.port
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        // Observe, plan, carry the plan out: the same executor as the HA operations.
-        actions.extend(crate::ha::execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?);
-        // A node fenced by a failover is left alone (stopped, never started as a primary)
-        // until `pgrepl rejoin` brings it back; the OS must not start it at boot either.
-        let fenced = self.topology().await?.fenced;
-        for n in cluster.nodes.iter().filter(|n| fenced.contains(&n.name)) {
-            let h = run.handle(&n.name)?;
-            let r = render_node(&cluster, &n.name, &h.layout, None)?;
-            actions.extend(run.ensure_autostart_off(n, h, &r).await?);
-        }
-        if topo.sync.as_ref() != Some(&sync_target) {
-            topo.sync = Some(sync_target);
-            self.save_topology(&topo).await?;
-        }
-        Ok(UpReport { cluster: cluster.name.clone(), major, actions, seconds: t0.elapsed().as_secs_f64() })
     }
 
     /// Stops every running node: the primary first (its walsenders hand the last WAL,

@@ -108,7 +108,6 @@ pub use decisions::{account_loss, divergence, mark_nodes};
 use execute::Exec;
 pub use report::*;
 use server::*;
-pub(crate) use up::execute_up;
 
 // =======================================================================================
 // The executor

@@ -1,11 +1,103 @@
-//! `up` through the executor: observe, [`crate::plan::up`], carry the plan out.
+//! `up`: what comes before the plan (the lock, hosts, secrets, PostgreSQL installed where
+//! missing, free ports), then observe, [`crate::plan::up()`], carry the plan out with the
+//! executor of the HA operations, then what comes after (fenced nodes' start at boot
+//! off, the synchronous standbys on record).
 
 use super::*;
+use crate::deploy::{Run, UpReport};
+use crate::render::render_node;
+
+impl Deployment {
+    /// Deploys or converges the cluster: installs PostgreSQL where missing, then carries out
+    /// [`crate::plan::up()`]'s plan with the HA operations' executor: the primary (initdb with
+    /// checksums, settings, pg_hba, start, replication role, slots), then each level of
+    /// standbys in parallel (clone, recovery settings, start), then waits until every
+    /// standby streams.
+    pub async fn up(&self, progress: &dyn Progress) -> Result<UpReport, Error> {
+        let lock = self.lock_operation("up", self.lock_wait()).await?;
+        let t0 = Instant::now();
+        let (cluster, handles) = self.connect(true).await?;
+        self.refuse_new_password_for_deployed(&handles).await?;
+        let secrets = self.secrets(true).await?;
+        let major = cluster.major.map(|m| m.to_string()).unwrap_or_default();
+        let mut actions = Vec::new();
+        let run = Run { cluster: &cluster, handles: &handles, secrets: &secrets, progress, local_ports: self.local_ports };
+        // The synchronous standbys on record: every standby the primary may name while `up`
+        // changes its settings (the union, the smaller count) before, the exact set after.
+        let primary_name = cluster.primary().name.clone();
+        let sync_target = crate::topology::SyncRecord::of(&primary_name, &cluster.replication.sync);
+        let mut topo = self.topology().await?;
+        let during = topo.sync_in_force(&primary_name, &cluster.replication.sync).widened(&sync_target);
+        if topo.sync.as_ref() != Some(&during) {
+            topo.sync = Some(during);
+            self.save_topology(&topo).await?;
+        }
+        // Hosts without the cluster's PostgreSQL get it installed (the same major everywhere).
+        let installs = join_all(handles.iter().filter(|h| h.install_script.is_some()).map(|h| async move {
+            let t = &*h.transport;
+            let postgres = h.layout.server_tool("postgres");
+            if t.exists(&postgres, None).await.map_err(|e| tr(&h.name, "look for the PostgreSQL binaries", e))? {
+                return Ok::<Option<Action>, Error>(None);
+            }
+            let t0 = Instant::now();
+            progress.started(&h.name, "install PostgreSQL");
+            let script = h.install_script.clone().unwrap_or_default();
+            let r = t
+                .run(&Command::new("sh").args(["-c", script.as_str()]).user("root").timeout(Duration::from_secs(1200)))
+                .await
+                .map_err(|e| tr(&h.name, "install PostgreSQL", e));
+            progress.finished(&h.name, "install PostgreSQL", if r.is_ok() { "installed" } else { "failed" });
+            r?;
+            if !t.exists(&postgres, None).await.map_err(|e| tr(&h.name, "look for the PostgreSQL binaries", e))? {
+                return Err(Error::node(&h.name, format!("the install finished but {postgres} is still missing")));
+            }
+            Ok(Some(Action { node: h.name.clone(), what: "install PostgreSQL".into(), seconds: t0.elapsed().as_secs_f64() }))
+        }))
+        .await;
+        for i in installs {
+            actions.extend(i?);
+        }
+        // Preflight: a node that is not running must find its port free, before anything changes.
+        if self.local_ports {
+            for h in &handles {
+                let n = cluster.node(&h.name).expect("handles are nodes");
+                if let Some(a) = &n.address {
+                    if !is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))?
+                        && crate::machine::port_in_use(a, n.port).await
+                    {
+                        return Err(Error::node(
+                            &n.name,
+                            format!(
+                                "port {} on {a} is already in use by another process; nothing was changed. Choose a free port in the spec (nodes[].port, or provider.base_port)",
+                                n.port
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        // Observe, plan, carry the plan out: the same executor as the HA operations.
+        actions.extend(execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?);
+        // A node fenced by a failover is left alone (stopped, never started as a primary)
+        // until `pgrepl rejoin` brings it back; the OS must not start it at boot either.
+        let fenced = self.topology().await?.fenced;
+        for n in cluster.nodes.iter().filter(|n| fenced.contains(&n.name)) {
+            let h = run.handle(&n.name)?;
+            let r = render_node(&cluster, &n.name, &h.layout, None)?;
+            actions.extend(run.ensure_autostart_off(n, h, &r).await?);
+        }
+        if topo.sync.as_ref() != Some(&sync_target) {
+            topo.sync = Some(sync_target);
+            self.save_topology(&topo).await?;
+        }
+        Ok(UpReport { cluster: cluster.name.clone(), major, actions, seconds: t0.elapsed().as_secs_f64() })
+    }
+}
 
 /// Observes every node of `cluster` (reached through `handles`), plans `up` and carries
 /// the plan out with the executor of the HA operations; returns what it did. The caller
 /// (`Deployment::up`) holds the operation lock and has installed PostgreSQL where missing.
-pub(crate) async fn execute_up(
+async fn execute_up(
     d: &Deployment,
     cluster: &Cluster,
     handles: &[NodeHandle],
