@@ -80,6 +80,8 @@ pub struct UpReport {
     pub major: String,
     /// Every change made, in order; empty when the cluster was already as specified.
     pub actions: Vec<Action>,
+    /// The plan's steps as they ran (typed).
+    pub steps: Vec<crate::plan::StepRecord>,
     /// Wall time, seconds.
     pub seconds: f64,
 }

@@ -104,6 +104,7 @@ mod switchover;
 mod tests;
 mod up;
 
+pub use crate::plan::{StepOutcome, StepRecord};
 pub use decisions::{account_loss, divergence, mark_nodes};
 use execute::Exec;
 pub use report::*;

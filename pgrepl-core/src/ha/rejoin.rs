@@ -290,13 +290,10 @@ impl Exec<'_> {
             actions.extend(run.ensure_slots(un, un_h).await?);
         }
         if method == RejoinMethod::Restarted {
-            let t = Instant::now();
             run.write_files(h, &r, true).await?;
-            run.start(&n, h, &r).await?;
-            act(&mut actions, node, format!("start as a standby of {upstream}"), t);
-            match run.wait_streaming(&n).await {
-                Ok(()) => {
-                    timings.streaming_seconds = t.elapsed().as_secs_f64();
+            match start_and_stream(&run, &n, h, &r, &upstream, &mut actions).await? {
+                Ok(secs) => {
+                    timings.streaming_seconds = secs;
                     streaming = true;
                 }
                 Err(e) => {
@@ -314,22 +311,17 @@ impl Exec<'_> {
             timings.rewind_seconds = rw.rewind_seconds;
             actions.extend(rw.actions);
             match res {
-                Ok(()) => {
-                    let t = Instant::now();
-                    run.start(&n, h, &r).await?;
-                    act(&mut actions, node, format!("start as a standby of {upstream}"), t);
-                    match run.wait_streaming(&n).await {
-                        Ok(()) => {
-                            timings.streaming_seconds = t.elapsed().as_secs_f64();
-                            streaming = true;
-                        }
-                        Err(e) => {
-                            warnings.push(format!("after pg_rewind it did not stream ({e}); cloning afresh"));
-                            stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
-                            method = RejoinMethod::Recloned;
-                        }
+                Ok(()) => match start_and_stream(&run, &n, h, &r, &upstream, &mut actions).await? {
+                    Ok(secs) => {
+                        timings.streaming_seconds = secs;
+                        streaming = true;
                     }
-                }
+                    Err(e) => {
+                        warnings.push(format!("after pg_rewind it did not stream ({e}); cloning afresh"));
+                        stop_server(h, &r, FENCE_STOP_TIMEOUT, true).await?;
+                        method = RejoinMethod::Recloned;
+                    }
+                },
                 Err(e) => {
                     warnings.push(format!("pg_rewind failed ({e}); cloning afresh"));
                     if is_running(h).await.unwrap_or(true) {
@@ -347,11 +339,7 @@ impl Exec<'_> {
             run.prepare_dirs(h).await?;
             run.clone_standby(&n, h, &r, &mut actions).await?;
             timings.clone_seconds = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            run.start(&n, h, &r).await?;
-            act(&mut actions, node, format!("start as a standby of {upstream}"), t);
-            run.wait_streaming(&n).await?;
-            timings.streaming_seconds = t.elapsed().as_secs_f64();
+            timings.streaming_seconds = start_and_stream(&run, &n, h, &r, &upstream, &mut actions).await??;
             streaming = true;
         }
         let mut st = self.st();
@@ -395,4 +383,20 @@ pub(super) fn rejoin_method(d: Divergence) -> (RejoinMethod, String) {
             "whether its WAL matches the primary's cannot be checked (the primary no longer has that WAL)".into(),
         ),
     }
+}
+
+/// Starts a node as a standby of `upstream` and waits until it streams: `Ok(Err(_))` when
+/// it started but does not stream, with the seconds until it streamed otherwise.
+async fn start_and_stream(
+    run: &Run<'_>,
+    n: &Node,
+    h: &NodeHandle,
+    r: &RenderedNode,
+    upstream: &str,
+    actions: &mut Vec<Action>,
+) -> Result<Result<f64, Error>, Error> {
+    let t = Instant::now();
+    run.start(n, h, r).await?;
+    act(actions, &n.name, format!("start as a standby of {upstream}"), t);
+    Ok(run.wait_streaming(n).await.map(|()| t.elapsed().as_secs_f64()))
 }

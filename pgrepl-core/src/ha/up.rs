@@ -77,7 +77,8 @@ impl Deployment {
             }
         }
         // Observe, plan, carry the plan out: the same executor as the HA operations.
-        actions.extend(execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?);
+        let (done, steps) = execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?;
+        actions.extend(done);
         // A node fenced by a failover is left alone (stopped, never started as a primary)
         // until `pgrepl rejoin` brings it back; the OS must not start it at boot either.
         let fenced = self.topology().await?.fenced;
@@ -90,7 +91,7 @@ impl Deployment {
             topo.sync = Some(sync_target);
             self.save_topology(&topo).await?;
         }
-        Ok(UpReport { cluster: cluster.name.clone(), major, actions, seconds: t0.elapsed().as_secs_f64() })
+        Ok(UpReport { cluster: cluster.name.clone(), major, actions, steps, seconds: t0.elapsed().as_secs_f64() })
     }
 }
 
@@ -104,7 +105,7 @@ async fn execute_up(
     secrets: &Secrets,
     lock: &crate::oplock::OperationLock,
     progress: &dyn Progress,
-) -> Result<Vec<Action>, Error> {
+) -> Result<(Vec<Action>, Vec<StepRecord>), Error> {
     let t0 = Instant::now();
     let caps = cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))?;
     let op = Op {
@@ -126,5 +127,5 @@ async fn execute_up(
     if let Some(p) = report.problems.first() {
         return Err(Error::node(&plan.primary, p.clone()));
     }
-    Ok(report.actions)
+    Ok((report.actions, report.steps))
 }

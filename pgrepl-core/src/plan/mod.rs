@@ -234,6 +234,35 @@ impl Step {
     }
 }
 
+/// What became of a step of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// It ran.
+    Done,
+    /// It failed (see the detail); a best-effort step's failure is a warning.
+    Failed,
+    /// It ran, and was undone when the plan was abandoned.
+    Undone,
+    /// It did not run (the plan stopped before it).
+    NotRun,
+}
+
+/// One step of the plan as it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// The node (the cluster's name for records).
+    pub node: String,
+    /// What it does.
+    pub action: Action,
+    /// What became of it.
+    pub outcome: StepOutcome,
+    /// What it found or why it failed.
+    pub detail: Option<String>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
 /// What a planner decided: the steps, and what the decision was based on.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Plan {
