@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::error::{SpecError, SpecErrors};
 use crate::spec::{ArchiveSpec, AuthMethod, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode, SyncSpec};
+use crate::spec_error::{SpecError, SpecErrors};
 use crate::version::{Capabilities, PgMajor};
 
 /// A validated cluster.

@@ -51,6 +51,7 @@ pub mod plan;
 pub mod render;
 pub mod secret;
 pub mod spec;
+mod spec_error;
 pub mod topology;
 mod validate;
 pub mod version;

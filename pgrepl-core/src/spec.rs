@@ -40,7 +40,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{SpecError, SpecErrors};
+use crate::spec_error::{SpecError, SpecErrors};
 use crate::version::PgMajor;
 
 /// The whole cluster file.

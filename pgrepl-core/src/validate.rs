@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use crate::cluster::{Cluster, Node, Replication, Sync, default_slot_name};
-use crate::error::{SpecError, SpecErrors};
 use crate::spec::{
     ArchiveSpec, AuthMethod, ClusterSpec, ClusterSpecBuilder, ProviderSpec, Role, SettingValue, SyncCommit, SyncMode, VersionChoice,
 };
+use crate::spec_error::{SpecError, SpecErrors};
 use crate::version::{PgMajor, Support, SyncSyntax, setting_rule};
 
 /// Settings pgrepl writes itself from other fields; setting them by hand would break it.
