@@ -372,7 +372,7 @@ impl Deployment {
     /// Renders every node with its real layout (dry run: without secrets).
     pub async fn render(&self) -> Result<Vec<RenderedNode>, Error> {
         let (cluster, handles) = self.connect(false).await?;
-        handles.iter().map(|h| render_node(&cluster, &h.name, &h.layout, None)).collect()
+        handles.iter().map(|h| render_node(&cluster, &h.name, &h.layout, None).map_err(Error::from)).collect()
     }
 
     /// Stops every running node: the primary first (its walsenders hand the last WAL,

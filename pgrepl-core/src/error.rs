@@ -137,6 +137,17 @@ impl From<crate::plan::GuardFailure> for Error {
     }
 }
 
+impl From<crate::render::RenderError> for Error {
+    fn from(e: crate::render::RenderError) -> Self {
+        match e {
+            crate::render::RenderError::UnknownMajor => Error::Discovery(e.to_string()),
+            crate::render::RenderError::NoSuchNode { node, nodes } => {
+                Error::node(node, format!("no such node (the cluster has: {})", nodes.join(", ")))
+            }
+        }
+    }
+}
+
 impl From<Refusal> for Error {
     fn from(r: Refusal) -> Self {
         Error::Refused(r)

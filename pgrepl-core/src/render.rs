@@ -18,7 +18,6 @@ use std::fmt;
 use serde::{Serialize, Serializer};
 
 use crate::cluster::{Cluster, Node};
-use crate::error::Error;
 use crate::layout::{NodeLayout, ServiceControl};
 use crate::secret::Secrets;
 use crate::spec::{ArchiveSpec, Role, SettingValue, SyncMode};
@@ -278,19 +277,42 @@ pub fn start_conf_manual(text: &str) -> String {
     out
 }
 
+/// Why [`render_node`] could not render a node. Converts into [`Error`](crate::Error)
+/// (`?` works): [`UnknownMajor`](RenderError::UnknownMajor) becomes
+/// [`Error::Discovery`](crate::Error::Discovery) and [`NoSuchNode`](RenderError::NoSuchNode)
+/// [`Error::Node`](crate::Error::Node), with the same messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenderError {
+    /// The cluster's PostgreSQL major is not known yet, so neither are its rules.
+    #[error(
+        "the PostgreSQL major is not known yet: set `postgres` in the spec, pass --pg-version, or install PostgreSQL so it can be detected"
+    )]
+    UnknownMajor,
+    /// The cluster has no node of that name.
+    #[error("{node}: no such node (the cluster has: {})", .nodes.join(", "))]
+    NoSuchNode {
+        /// The name asked for.
+        node: String,
+        /// The cluster's nodes.
+        nodes: Vec<String>,
+    },
+}
+
 /// Renders every file, statement and command of `node_name`.
 ///
 /// With `secrets` `None`, secret contents read `********` (a dry run); the executor
 /// passes the real secrets.
-pub fn render_node(cluster: &Cluster, node_name: &str, layout: &NodeLayout, secrets: Option<&Secrets>) -> Result<RenderedNode, Error> {
-    let caps = cluster.caps().ok_or_else(|| {
-        Error::Discovery("the PostgreSQL major is not known yet: set `postgres` in the spec, pass --pg-version, or install PostgreSQL so it can be detected".into())
-    })?;
-    let node = cluster.node(node_name).ok_or_else(|| {
-        Error::node(
-            node_name,
-            format!("no such node (the cluster has: {})", cluster.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")),
-        )
+pub fn render_node(
+    cluster: &Cluster,
+    node_name: &str,
+    layout: &NodeLayout,
+    secrets: Option<&Secrets>,
+) -> Result<RenderedNode, RenderError> {
+    let caps = cluster.caps().ok_or(RenderError::UnknownMajor)?;
+    let node = cluster.node(node_name).ok_or_else(|| RenderError::NoSuchNode {
+        node: node_name.to_string(),
+        nodes: cluster.nodes.iter().map(|n| n.name.clone()).collect(),
     })?;
     let settings = conf_settings(cluster, node, layout, &caps);
     let mut files = Vec::new();

@@ -206,7 +206,7 @@ impl<'a> Op<'a> {
 
     pub(super) fn render(&self, cluster: &Cluster, node: &str) -> Result<RenderedNode, Error> {
         let h = self.handle(node).ok_or_else(|| Error::node(node, "its host cannot be reached"))?;
-        render_node(cluster, node, &h.layout, Some(&self.secrets))
+        Ok(render_node(cluster, node, &h.layout, Some(&self.secrets))?)
     }
 
     pub(super) async fn save(&self, t: &Topology) -> Result<(), Error> {
