@@ -67,6 +67,8 @@ pub mod local;
 #[cfg(feature = "runtime")]
 mod machine;
 #[cfg(feature = "runtime")]
+mod node_handle;
+#[cfg(feature = "runtime")]
 pub mod open;
 #[cfg(feature = "runtime")]
 pub mod oplock;

@@ -6,15 +6,13 @@
 //! the EC2 provider does not depend on SSH and either can be swapped.
 
 use std::fmt;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, Node};
 use crate::error::Error;
-use crate::layout::NodeLayout;
-use crate::transport::Transport;
+pub use crate::node_handle::NodeHandle;
 
 /// A host that carries one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,20 +43,6 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// Removes what this provider created for the cluster, and nothing else.
     async fn destroy_hosts(&self, cluster: &Cluster) -> Result<(), Error>;
-}
-
-/// A node ready to act on.
-#[derive(Debug, Clone)]
-pub struct NodeHandle {
-    /// The node's name.
-    pub name: String,
-    /// How to act on its host.
-    pub transport: Arc<dyn Transport>,
-    /// Its paths and tools on that host.
-    pub layout: NodeLayout,
-    /// A script (run as root) that installs the PostgreSQL binaries the layout names,
-    /// for hosts where they are missing; `None` where pgrepl does not install.
-    pub install_script: Option<String>,
 }
 
 /// Turns a host into a [`NodeHandle`] (opens the transport, detects the layout).

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::provider::NodeHandle;
+use crate::node_handle::NodeHandle;
 use crate::transport::{Command, TransportError};
 
 /// What a node's server is doing.
