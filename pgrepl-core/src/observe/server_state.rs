@@ -129,3 +129,66 @@ pub(crate) fn process_alive(ps_stat: &str) -> bool {
     let s = ps_stat.trim();
     !s.is_empty() && !s.starts_with('Z')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zombies_and_gone_processes_are_not_running() {
+        assert!(process_alive("Ss"));
+        assert!(process_alive("S+\n"));
+        assert!(!process_alive("Z"));
+        assert!(!process_alive("Zs"));
+        assert!(!process_alive(""));
+    }
+
+    /// What the server-state script prints, read into a state: the pid file and the process
+    /// it names decide, the service manager's word counts too (running if either says so).
+    #[test]
+    fn server_state_from_pid_file_process_and_unit() {
+        use ServerState::*;
+        let live = "pid=4242\npm_status=ready   \nstate=S (sleeping)\nexe=/usr/lib/postgresql/15/bin/postgres\ncomm=postgres\nargv0=/usr/lib/postgresql/15/bin/postgres\ncwd=data_dir\n";
+        // A live postmaster in this data directory, whatever systemd says (started by hand).
+        assert_eq!(parse_server_state(live), Running);
+        assert_eq!(parse_server_state(&format!("unit=inactive\n{live}")), Running);
+        assert_eq!(parse_server_state(&format!("unit=\n{live}")), Running, "systemctl absent or no systemd");
+        assert_eq!(parse_server_state(&format!("unit=failed\n{live}")), Running);
+        // Started in crash recovery at boot: systemd says activating; or the pid file says starting.
+        assert_eq!(parse_server_state(&format!("unit=activating\n{live}")), Starting);
+        assert_eq!(parse_server_state(&live.replace("ready   ", "starting")), Starting);
+        assert_eq!(parse_server_state(&live.replace("ready   ", "stopping")), Stopping);
+        assert_eq!(parse_server_state(&live.replace("ready   ", "standby ")), Running);
+        // 9.x pid files have no status line.
+        assert_eq!(parse_server_state(&live.replace("pm_status=ready   ", "pm_status=")), Running);
+        // The binary replaced by a package upgrade while it runs.
+        assert_eq!(parse_server_state(&live.replace("bin/postgres\ncomm", "bin/postgres (deleted)\ncomm")), Running);
+        // exe unreadable (another user's process): its name and argv[0] still tell.
+        assert_eq!(
+            parse_server_state(&live.replace("exe=/usr/lib/postgresql/15/bin/postgres", "exe=").replace("cwd=data_dir", "cwd=unknown")),
+            Running
+        );
+        // Killed and not yet reaped: a zombie runs nothing.
+        assert_eq!(parse_server_state(&live.replace("S (sleeping)", "Z (zombie)")), Stopped);
+        assert_eq!(parse_server_state(&format!("unit=inactive\n{}", live.replace("S (sleeping)", "Z (zombie)"))), Stopped);
+        // A stale pid file whose pid is now another program.
+        let other = "pid=4242\npm_status=ready\nstate=S (sleeping)\nexe=/usr/bin/sleep\ncomm=sleep\nargv0=sleep\ncwd=other\n";
+        assert_eq!(parse_server_state(other), Stopped);
+        // ... or another cluster's postgres (its own data directory).
+        assert_eq!(parse_server_state(&live.replace("cwd=data_dir", "cwd=other")), Stopped);
+        // The pid is gone.
+        assert_eq!(parse_server_state("pid=4242\npm_status=ready\nproc=none\n"), Stopped);
+        // No pid file: stopped, unless the service manager says otherwise.
+        assert_eq!(parse_server_state("pidfile=none\n"), Stopped);
+        assert_eq!(parse_server_state("unit=inactive\npidfile=none\n"), Stopped);
+        assert_eq!(parse_server_state("unit=active\npidfile=none\n"), Running);
+        assert_eq!(parse_server_state("unit=activating\npidfile=none\n"), Starting);
+        assert_eq!(parse_server_state("unit=deactivating\npidfile=none\n"), Stopping);
+        // A pid file being written (empty) or unreadable: assume a server.
+        assert_eq!(parse_server_state("pid=\npm_status=\n"), Starting);
+        assert_eq!(parse_server_state("pidfile=unreadable\n"), Running);
+        // A standalone backend writes its pid negated.
+        assert_eq!(parse_server_state(&live.replace("pid=4242", "pid=-4242")), Running);
+        assert!(Starting.is_running() && Stopping.is_running() && Running.is_running() && !Stopped.is_running());
+    }
+}
