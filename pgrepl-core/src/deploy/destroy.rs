@@ -44,7 +44,7 @@ impl Deployment {
     /// Stops every node and removes what the provider created for the cluster (the
     /// local provider: the node directories) and pgrepl's stored secrets. On hosts pgrepl
     /// did not create (SSH), it removes only what its record on each host says it created
-    /// (see [`Created`]); a cluster that was there before keeps its data. Returns what was
+    /// (see [`Created`](super::Created)); a cluster that was there before keeps its data. Returns what was
     /// left, one line per thing (`node: what, and why`); empty when everything is gone.
     pub async fn destroy(&self, progress: &dyn Progress) -> Result<Vec<String>, Error> {
         let lock = self.lock_operation("destroy", self.lock_wait()).await?;
