@@ -13,7 +13,8 @@
 //! - pg_control and the end of WAL as pgrepl reads them, against the servers' own view;
 //! - a switchover whose candidate cannot promote (its promotion fails, injected through a
 //!   `FlakyTransport`): the executor abandons the plan, undoes its steps in reverse, and
-//!   the old primary runs as the primary again, nothing lost.
+//!   the old primary runs as the primary again, nothing lost; after a switchover, destroy
+//!   and up again give the spec's primary (the record of roles goes with the cluster).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -1018,4 +1019,11 @@ async fn ha_switchover_abandoned_when_the_candidate_cannot_promote_pg15() {
     assert!(r.problems.is_empty(), "{r}");
     assert!(r.steps.iter().all(|s| s.outcome == pgrepl_core::ha::StepOutcome::Done), "{r}");
     assert_eq!(lab.sql("db2", "SELECT count(*) FROM load"), "2");
+    // Destroyed and deployed again under the same name: the spec's primary, not the one
+    // the switchover left on record.
+    lab.d.destroy(&NoProgress).await.unwrap_or_else(|e| panic!("destroy: {e}"));
+    assert!(lab.d.topology().await.unwrap().primary.is_none(), "the record of roles went with the cluster");
+    lab.d.up(&NoProgress).await.unwrap_or_else(|e| panic!("up again: {e}"));
+    assert_eq!(lab.sql("db1", "SELECT pg_is_in_recovery()"), "f", "db1, the spec's primary, is the primary again");
+    assert_eq!(lab.sql("db2", "SELECT pg_is_in_recovery()"), "t");
 }

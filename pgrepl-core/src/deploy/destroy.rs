@@ -42,7 +42,8 @@ impl Deployment {
     }
 
     /// Stops every node and removes what the provider created for the cluster (the
-    /// local provider: the node directories) and pgrepl's stored secrets. On hosts pgrepl
+    /// local provider: the node directories), pgrepl's stored secrets and its record of
+    /// the cluster's roles (topology). On hosts pgrepl
     /// did not create (SSH), it removes only what its record on each host says it created
     /// (see [`Created`](super::Created)); a cluster that was there before keeps its data. Returns what was
     /// left, one line per thing (`node: what, and why`); empty when everything is gone.
@@ -69,6 +70,9 @@ impl Deployment {
             }
         }
         self.provider.destroy_hosts(&self.cluster).await?;
+        // The record of roles goes with the cluster: a cluster deployed again under the same
+        // name starts from its spec, not from the primary a switchover left on record.
+        let _ = tokio::fs::remove_file(self.state_dir.join("topology.json")).await;
         let secret = self.state_dir.join("replication");
         if self.cluster.replication.password_file.is_none() {
             let _ = tokio::fs::remove_file(&secret).await;
