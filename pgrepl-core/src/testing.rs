@@ -637,6 +637,16 @@ impl Transport for Borrowed<'_> {
     }
 }
 
+/// Takes the exclusive lock file `name` in `dir` (created if missing), held while the
+/// returned file lives: serialises tests of several test binaries that share one lab (the
+/// network-namespace SSH hosts).
+pub fn lab_lock(dir: &std::path::Path, name: &str) -> std::fs::File {
+    let _ = std::fs::create_dir_all(dir);
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(name)).expect("the lab lock file opens");
+    lock.lock().expect("the lab lock is taken");
+    lock
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,14 +28,7 @@ struct Lab {
 
 impl Lab {
     fn up_or_reuse() -> Lab {
-        let _ = std::fs::create_dir_all(lab_dir());
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lab_dir().join("netns-tests.lock"))
-            .expect("the lab lock file opens");
-        lock.lock().expect("the lab lock is taken");
+        let lock = pgrepl_core::testing::lab_lock(&lab_dir(), "netns-tests.lock");
         if netns_sh(&["status"]).status.success() {
             return Lab { started_here: false, _lock: lock };
         }

@@ -213,14 +213,7 @@ impl NetnsLab {
         static LOCK: Mutex<()> = Mutex::new(());
         let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
         // Exclusive across processes too (another test binary may want the lab).
-        let _ = std::fs::create_dir_all(lab_dir());
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(lab_dir().join("netns-tests.lock"))
-            .expect("the lab lock file opens");
-        lock.lock().expect("the lab lock is taken");
+        let lock = pgrepl_core::testing::lab_lock(&lab_dir(), "netns-tests.lock");
         // A fresh lab: no cluster left by an earlier test.
         let _ = netns_sh(&["down", "--purge"]);
         let o = netns_sh(&["up"]);

@@ -57,8 +57,6 @@ pub(super) struct State {
     pub(super) prewritten: Vec<String>,
     /// Background stops (the old primary's clean stop), to be waited for.
     pub(super) stop_tasks: Vec<(String, tokio::task::JoinHandle<Result<(), Error>>)>,
-    /// The old primary's shutdown checkpoint.
-    pub(super) checkpoint: Option<Lsn>,
     /// When the stop of the write gap started.
     pub(super) gap_started: Option<Instant>,
     /// When the promotion was confirmed.
@@ -108,7 +106,6 @@ impl<'a> Exec<'a> {
                 reload: Vec::new(),
                 prewritten: Vec::new(),
                 stop_tasks: Vec::new(),
-                checkpoint: None,
                 gap_started: None,
                 promoted_at: None,
                 slots_made: Vec::new(),

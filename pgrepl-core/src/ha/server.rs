@@ -208,20 +208,19 @@ pub(super) async fn promote(h: &NodeHandle, port: u16, r: &RenderedNode, reload:
     if reload && !matches!(r.commands.promote, Some(Promote::Sql { .. })) {
         h.transport.run(&Command::from_line(&r.commands.reload)).await.map_err(|e| tr(&h.name, "reload the configuration", e))?;
     }
-    if let Some(Promote::Sql { sql: q }) = &r.commands.promote {
-        let q = if reload { format!("SELECT pg_catalog.pg_reload_conf();\n{q}") } else { q.clone() };
-        let rows = sql::query(&*h.transport, &h.layout, port, &q, PROMOTE_DEADLINE).await.map_err(|e| sqlerr(&h.name, "promote", e))?;
-        return match rows.last().and_then(|r| r.first().cloned().flatten()).as_deref() {
-            Some("t") => Ok(()),
-            _ => Err(Error::Timeout {
-                node: h.name.clone(),
-                waited: PROMOTE_DEADLINE,
-                waiting_for: "the end of recovery after promotion".into(),
-            }),
-        };
-    }
     let call: tokio::task::JoinHandle<Result<(), Error>> = match &r.commands.promote {
-        Some(Promote::Sql { .. }) => unreachable!("handled above"),
+        Some(Promote::Sql { sql: q }) => {
+            let q = if reload { format!("SELECT pg_catalog.pg_reload_conf();\n{q}") } else { q.clone() };
+            let rows = sql::query(&*h.transport, &h.layout, port, &q, PROMOTE_DEADLINE).await.map_err(|e| sqlerr(&h.name, "promote", e))?;
+            return match rows.last().and_then(|r| r.first().cloned().flatten()).as_deref() {
+                Some("t") => Ok(()),
+                _ => Err(Error::Timeout {
+                    node: h.name.clone(),
+                    waited: PROMOTE_DEADLINE,
+                    waiting_for: "the end of recovery after promotion".into(),
+                }),
+            };
+        }
         Some(Promote::Command { command }) => {
             let (h, c) = (h.clone(), Command::from_line(command).timeout(PROMOTE_DEADLINE));
             tokio::spawn(async move { h.transport.run(&c).await.map(|_| ()).map_err(|e| tr(&h.name, "promote (pg_ctl promote)", e)) })

@@ -57,7 +57,7 @@ impl Exec<'_> {
                 } else {
                     self.obs.get(&self.plan.primary).timeline.or(self.obs.get(node).timeline).map(|t| t + 1)
                 };
-                let checkpoint = self.st().checkpoint;
+                let checkpoint = self.st().report.shutdown_checkpoint;
                 let mut topo = self.topo.lock().await;
                 if topo.primary.as_deref() != Some(node) || self.plan.primary != node || (was_writable && topo.timeline != timeline) {
                     topo.primary = Some(node.to_string());
@@ -118,7 +118,6 @@ impl Exec<'_> {
                         op.progress.finished(node, what, "shutdown checkpoint written");
                         let mut st = self.st();
                         st.stop_tasks.push((node.to_string(), task));
-                        st.checkpoint = Some(c.checkpoint);
                         st.report.shutdown_checkpoint = Some(c.checkpoint);
                         st.report.timings.stop_seconds = t.elapsed().as_secs_f64();
                         st.settled.push(settled_stopped(node, None));
@@ -210,7 +209,7 @@ impl Exec<'_> {
             Do::WaitReplayShutdownCheckpoint { of } => {
                 let h = self.host(node)?;
                 let n = Self::node_of(self.before, node)?;
-                let Some(c) = self.st().checkpoint else {
+                let Some(c) = self.st().report.shutdown_checkpoint else {
                     return Err(Fail::Abandon(Error::node(of, "its shutdown checkpoint is not known")));
                 };
                 let t = Instant::now();
