@@ -497,3 +497,51 @@ async fn a_symlinked_config_file_is_not_read_as_root() {
     assert_eq!(code, 0, "{out}\n{err}");
     let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
 }
+
+/// Dry runs on a deployed cluster, through the CLI: each prints its plan (text and JSON) and
+/// touches nothing; a refused operation is refused the same way; the real switchover then
+/// carries out its plan and reports every step done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_runs_show_the_plan_and_touch_nothing() {
+    let (bin, client) = bins("15");
+    let wd = WorkDir::new("dry-runs").with_bin(&bin);
+    let port = free_ports(3);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(&spec, local_spec("dry", "15", port, &wd.str(), "")).unwrap();
+    let f = spec.to_str().unwrap().to_string();
+    let base = ["-f", f.as_str(), "--pg-bin", bin.to_str().unwrap()];
+    let run = |args: &[&str]| pgrepl_ok(&[args, &base[..]].concat());
+    let recovery = |node: &str| {
+        let i = ["db1", "db2", "db3"].iter().position(|n| *n == node).unwrap() as u16;
+        psql(&client, &wd.path, node, port + i, "SELECT pg_is_in_recovery()")
+    };
+
+    assert_eq!(run(&["up"]).0, 0);
+    let (code, out, _) = run(&["up", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+
+    // A switchover's plan, in JSON: steps with guards, one point of no return; nothing moved.
+    let (code, out, err) = run(&["switchover", "--to", "db2", "--dry-run", "--output", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.iter().filter(|s| s["commits"] == true).count(), 1, "{out}");
+    assert!(steps.iter().any(|s| s["action"]["kind"] == "promote" && s["node"] == "db2" && !s["guards"].as_array().unwrap().is_empty()));
+    assert_eq!((recovery("db1"), recovery("db2")), ("f".to_string(), "t".to_string()), "nothing moved");
+    // Rejoin of a streaming standby: nothing to do. Failover while db1 runs: refused, exit 3.
+    let (code, out, _) = run(&["rejoin", "db3", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing to do"), "{out}");
+    let (code, out, err) = run(&["failover", "--dry-run"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("db1 accepts writes"), "{err}");
+
+    // The real switchover: every step of its plan done.
+    let (code, out, err) = run(&["switchover", "--to", "db2", "--output", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "done"), "{out}");
+    assert_eq!((recovery("db1"), recovery("db2")), ("t".to_string(), "f".to_string()));
+    let _ = run(&["destroy", "--yes"]);
+}
