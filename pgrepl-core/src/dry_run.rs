@@ -4,13 +4,26 @@
 
 use crate::deploy::Deployment;
 use crate::error::Error;
+use crate::observe::{DataDirState, ServerState};
 use crate::plan::{self, Plan};
 
 impl Deployment {
-    /// The plan `up` would carry out now. Hosts are not created and nothing is written;
-    /// a provider that creates hosts (EC2) lists only those that exist.
+    /// The plan `up` would carry out now. Hosts are not created and nothing is written; a
+    /// node whose host does not exist yet (the local provider's node directory, an EC2
+    /// instance) is planned as `up` would find it once created: empty, nothing running.
     pub async fn plan_up(&self) -> Result<Plan, Error> {
-        let (cluster, _, observed) = self.observe().await?;
-        Ok(plan::up(&cluster, &observed)?)
+        let (cluster, _, mut observed) = self.observe().await?;
+        let hosts = self.provider().list_hosts(&cluster).await?;
+        let mut to_create = Vec::new();
+        for o in observed.nodes.iter_mut().filter(|o| !hosts.iter().any(|h| h.node == o.node)) {
+            o.host_reachable = true;
+            o.server = ServerState::Stopped;
+            o.data_dir = Some(DataDirState::Missing);
+            o.error = None;
+            to_create.push(o.node.clone());
+        }
+        let mut plan = plan::up(&cluster, &observed)?;
+        plan.warnings.extend(to_create.into_iter().map(|n| format!("{n}: its host does not exist yet; `up` creates it")));
+        Ok(plan)
     }
 }

@@ -498,7 +498,7 @@ async fn a_symlinked_config_file_is_not_read_as_root() {
     let _ = pgrepl_ok(&[&["destroy", "--yes"][..], &base[..]].concat());
 }
 
-/// Dry runs on a deployed cluster, through the CLI: each prints its plan (text and JSON) and
+/// Dry runs on a real cluster, through the CLI (`up`'s before it exists too): each prints its plan (text and JSON) and
 /// touches nothing; a refused operation is refused the same way; the real switchover then
 /// carries out its plan and reports every step done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,6 +516,11 @@ async fn dry_runs_show_the_plan_and_touch_nothing() {
         psql(&client, &wd.path, node, port + i, "SELECT pg_is_in_recovery()")
     };
 
+    // Before anything exists: up's plan initialises db1 and clones the standbys.
+    let (code, out, err) = run(&["up", "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("initdb") && out.contains("clone from db1"), "{out}");
+    assert!(!wd.path.join("db1/data/PG_VERSION").exists(), "a dry run creates nothing");
     assert_eq!(run(&["up"]).0, 0);
     let (code, out, _) = run(&["up", "--dry-run"]);
     assert_eq!(code, 0);
