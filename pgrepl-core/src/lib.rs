@@ -52,6 +52,7 @@ pub mod render;
 pub mod secret;
 pub mod spec;
 mod spec_error;
+pub mod store;
 pub mod topology;
 mod validate;
 pub mod version;

@@ -1,0 +1,225 @@
+//! Where a cluster's keys live in the store, and what they hold (JSON).
+//!
+//! Under `/pgrepl/<cluster>/`:
+//!
+//! | key | value | bound to |
+//! |---|---|---|
+//! | `leader` | [`LeaderRecord`]: the node that may accept writes | the leader's agent lease |
+//! | `members/<node>` | [`MemberRecord`]: its role, timeline, positions, agent address | its agent's lease |
+//! | `sync` | [`SyncRecord`]: the standbys the primary's `synchronous_standby_names` names | none |
+//! | `topology` | [`Topology`] without its sync record: fenced nodes, promotions | none |
+//! | `config` | [`HaSettings`]: ttl, loop wait, maximum lag on failover, pause | none |
+//! | `op` | the operation lock | the holder's lease |
+//! | `requests/<id>` | a switchover, failover or rejoin asked by the CLI | none |
+
+use serde::{Deserialize, Serialize};
+
+use crate::lsn::Lsn;
+
+#[allow(unused_imports)] // for the table above
+use crate::topology::{SyncRecord, Topology};
+
+/// The keys of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The keys of cluster `name`.
+    pub fn new(name: &str) -> Keys {
+        Keys { prefix: format!("/pgrepl/{name}/") }
+    }
+
+    /// `/pgrepl/<cluster>/`: every key of the cluster.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The leader key.
+    pub fn leader(&self) -> String {
+        format!("{}leader", self.prefix)
+    }
+
+    /// The member key of `node`.
+    pub fn member(&self, node: &str) -> String {
+        format!("{}members/{node}", self.prefix)
+    }
+
+    /// The prefix of the member keys.
+    pub fn members(&self) -> String {
+        format!("{}members/", self.prefix)
+    }
+
+    /// The synchronous set.
+    pub fn sync(&self) -> String {
+        format!("{}sync", self.prefix)
+    }
+
+    /// The topology (fenced nodes, promotions).
+    pub fn topology(&self) -> String {
+        format!("{}topology", self.prefix)
+    }
+
+    /// The HA settings.
+    pub fn config(&self) -> String {
+        format!("{}config", self.prefix)
+    }
+
+    /// The operation lock.
+    pub fn op(&self) -> String {
+        format!("{}op", self.prefix)
+    }
+
+    /// A request of the CLI.
+    pub fn request(&self, id: &str) -> String {
+        format!("{}requests/{id}", self.prefix)
+    }
+
+    /// The prefix of the requests.
+    pub fn requests(&self) -> String {
+        format!("{}requests/", self.prefix)
+    }
+
+    /// What `key` is, relative to the cluster's prefix (`None`: not one of its keys).
+    pub fn name_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.prefix.as_str())
+    }
+}
+
+/// The leader key's value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    /// The node that may accept writes.
+    pub node: String,
+    /// Its timeline when it took the key (promotion makes it one more, recorded in the
+    /// topology's promotions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+}
+
+/// What a member is, as its agent last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// It accepts writes.
+    Primary,
+    /// It runs in recovery.
+    Standby,
+    /// Its server does not run (or does not answer yet).
+    Stopped,
+}
+
+/// A member key's value: what one agent observed of its node, published every loop in
+/// which it changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// The node.
+    pub node: String,
+    /// What it is.
+    pub role: MemberRole,
+    /// Its timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// Its WAL position: the current write position of a primary, the last received (or
+    /// replayed, when nothing streams) position of a standby.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<Lsn>,
+    /// The position replayed (standbys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<Lsn>,
+    /// The node it streams from (standbys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Its WAL receiver streams.
+    #[serde(default)]
+    pub streaming: bool,
+    /// The leader its agent saw when it published this (`None`: there was none). A
+    /// candidate compares only positions published after the leader key went away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_seen: Option<String>,
+    /// Where its agent's HTTP endpoint listens (`host:port`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Why it is not eligible for promotion, when it says so (paused, fenced, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl MemberRecord {
+    /// A member with nothing known but its node and role.
+    pub fn new(node: &str, role: MemberRole) -> MemberRecord {
+        MemberRecord {
+            node: node.to_string(),
+            role,
+            timeline: None,
+            lsn: None,
+            replay_lsn: None,
+            upstream: None,
+            streaming: false,
+            leader_seen: None,
+            agent: None,
+            note: None,
+        }
+    }
+}
+
+/// The HA settings (the `config` key; first written from the spec's `[ha]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaSettings {
+    /// The leader lease, in milliseconds.
+    pub ttl_ms: u64,
+    /// How often each agent runs its loop when nothing wakes it, in milliseconds.
+    pub loop_wait_ms: u64,
+    /// A primary stops accepting writes this long before its lease could run out (on its
+    /// own monotonic clock), in milliseconds.
+    pub safety_margin_ms: u64,
+    /// A standby further behind than this (bytes) may not take over.
+    pub maximum_lag_on_failover: u64,
+    /// Agents observe and report, and change nothing.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl Default for HaSettings {
+    fn default() -> HaSettings {
+        HaSettings { ttl_ms: 3000, loop_wait_ms: 1000, safety_margin_ms: 1000, maximum_lag_on_failover: 1 << 20, paused: false }
+    }
+}
+
+impl HaSettings {
+    /// The lease.
+    pub fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ttl_ms)
+    }
+
+    /// The loop's period.
+    pub fn loop_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.loop_wait_ms)
+    }
+
+    /// How long after its last successful renewal (counted from when the renewal was
+    /// sent) a primary may still accept writes.
+    pub fn write_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ttl_ms.saturating_sub(self.safety_margin_ms))
+    }
+
+    /// What is wrong with these settings (empty: nothing): a renewal must fit several
+    /// times in the lease, and the margin must leave time to renew.
+    pub fn problems(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.ttl_ms < 1000 {
+            v.push(format!("ttl: {} ms is too short (at least 1 s)", self.ttl_ms));
+        }
+        if self.loop_wait_ms == 0 || self.loop_wait_ms * 2 > self.ttl_ms {
+            v.push(format!("loop_wait: {} ms must be more than 0 and at most half the ttl ({} ms)", self.loop_wait_ms, self.ttl_ms));
+        }
+        if self.safety_margin_ms == 0 || self.safety_margin_ms + self.loop_wait_ms > self.ttl_ms {
+            v.push(format!(
+                "safety_margin: {} ms must be more than 0 and leave at least one loop ({} ms) within the ttl ({} ms)",
+                self.safety_margin_ms, self.loop_wait_ms, self.ttl_ms
+            ));
+        }
+        v
+    }
+}
