@@ -30,6 +30,8 @@ pub struct Cluster {
     pub settings: Vec<(String, SettingValue)>,
     /// The nodes in spec order.
     pub nodes: Vec<Node>,
+    /// Automatic failover (`[ha]`), checked.
+    pub ha: Option<Ha>,
     /// Where the hosts come from and how pgrepl reaches them (the spec's `[provider]`,
     /// checked by validation); read through [`provider`](Self::provider).
     #[serde(skip)]
@@ -39,6 +41,15 @@ pub struct Cluster {
     /// [`with_primary`](Self::with_primary) recomputes the synchronous standbys from it.
     #[serde(skip)]
     pub(crate) sync_asked: SyncSpec,
+}
+
+/// Automatic failover, checked: the settings the agents start with and the etcd cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ha {
+    /// ttl, loop wait, safety margin, maximum lag (the `config` key's first value).
+    pub settings: crate::store::HaSettings,
+    /// The etcd cluster.
+    pub etcd: crate::spec::EtcdSpec,
 }
 
 /// Replication settings with defaults resolved.

@@ -37,6 +37,7 @@
 
 #[cfg(feature = "runtime")]
 mod backend;
+pub mod agent;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "runtime")]

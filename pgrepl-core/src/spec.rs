@@ -74,6 +74,94 @@ pub struct ClusterSpec {
     /// The nodes; exactly one has `role = "primary"`.
     #[serde(default)]
     pub nodes: Vec<NodeSpec>,
+    /// Automatic failover: a `pgrepl agent` per node, the cluster's truth in etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaSpec>,
+}
+
+/// `[ha]`: automatic failover. Each node runs `pgrepl agent`; the leader key in etcd,
+/// bound to the leader's lease, says which node may accept writes.
+///
+/// ```toml
+/// [ha]
+/// ttl = 3                      # seconds: the leader lease
+/// loop_wait = 1                # seconds between two loops of an agent
+/// safety_margin = 1            # seconds: a primary stops writes this long before its lease can end
+/// maximum_lag_on_failover = 1048576   # bytes: a standby further behind may not take over
+///
+/// [ha.etcd]
+/// endpoints = ["http://127.0.0.1:2379", "http://127.0.0.1:2380"]
+/// # ca_file = "/etc/pgrepl/etcd-ca.pem"; cert_file/key_file: a client certificate
+/// # user = "pgrepl"; password_file = "/etc/pgrepl/etcd.password"
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaSpec {
+    /// The leader lease, in seconds (default 3).
+    #[serde(default = "HaSpec::default_ttl")]
+    pub ttl: f64,
+    /// Seconds between two loops of an agent when nothing wakes it (default 1).
+    #[serde(default = "HaSpec::default_loop_wait")]
+    pub loop_wait: f64,
+    /// Seconds before its lease can run out at which a primary that could not renew stops
+    /// accepting writes (default 1).
+    #[serde(default = "HaSpec::default_safety_margin")]
+    pub safety_margin: f64,
+    /// Bytes: a standby further behind the last known primary position may not take over
+    /// (default 1 MiB).
+    #[serde(default = "HaSpec::default_max_lag")]
+    pub maximum_lag_on_failover: u64,
+    /// The etcd cluster.
+    pub etcd: EtcdSpec,
+}
+
+impl HaSpec {
+    fn default_ttl() -> f64 {
+        3.0
+    }
+    fn default_loop_wait() -> f64 {
+        1.0
+    }
+    fn default_safety_margin() -> f64 {
+        1.0
+    }
+    fn default_max_lag() -> u64 {
+        1 << 20
+    }
+
+    /// An `[ha]` section with the defaults, for these etcd endpoints.
+    pub fn with_endpoints(endpoints: impl IntoIterator<Item = impl Into<String>>) -> HaSpec {
+        HaSpec {
+            ttl: Self::default_ttl(),
+            loop_wait: Self::default_loop_wait(),
+            safety_margin: Self::default_safety_margin(),
+            maximum_lag_on_failover: Self::default_max_lag(),
+            etcd: EtcdSpec { endpoints: endpoints.into_iter().map(Into::into).collect(), ..EtcdSpec::default() },
+        }
+    }
+}
+
+/// `[ha.etcd]`: how the agents and the CLI reach etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSpec {
+    /// Client URLs of every member (`http://host:port` or `https://host:port`).
+    pub endpoints: Vec<String>,
+    /// The CA certificate that signed etcd's (https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (with `key_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// An etcd user (with `password_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The file holding that user's password (never written in the spec itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `postgres = "16"` or `postgres = "detect"`.
@@ -590,6 +678,7 @@ impl ClusterSpec {
                 settings: BTreeMap::new(),
                 provider: ProviderSpec::default(),
                 nodes: Vec::new(),
+                ha: None,
             },
         }
     }
@@ -605,6 +694,11 @@ impl ClusterSpecBuilder {
     /// The PostgreSQL major.
     pub fn postgres(mut self, major: PgMajor) -> Self {
         self.spec.postgres = VersionChoice::Major(major);
+        self
+    }
+    /// Automatic failover (`[ha]`).
+    pub fn ha(mut self, ha: HaSpec) -> Self {
+        self.spec.ha = Some(ha);
         self
     }
     /// Adds a node.

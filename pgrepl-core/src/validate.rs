@@ -427,6 +427,9 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
         }
     }
 
+    // --- ha
+    let ha = spec.ha.as_ref().map(|h| check_ha(h, &mut err));
+
     // --- settings
     let mut check_settings = |prefix: &str, settings: &BTreeMap<String, SettingValue>| {
         for (name, value) in settings {
@@ -575,9 +578,62 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
         archive: spec.archive.clone(),
         settings: spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         nodes,
+        ha,
         provider: spec.provider.clone(),
         sync_asked: s.clone(),
     })
+}
+
+/// Checks `[ha]`; the settings in milliseconds.
+fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str)) -> crate::cluster::Ha {
+    let mut ms = |field: &str, v: f64| -> u64 {
+        if !v.is_finite() || v <= 0.0 || v > 3600.0 {
+            err(format!("ha.{field}"), format!("{v} is not a duration in seconds"), "seconds, more than 0 and at most 3600 (e.g. 3 or 0.5)");
+            return 0;
+        }
+        (v * 1000.0).round() as u64
+    };
+    let settings = crate::store::HaSettings {
+        ttl_ms: ms("ttl", h.ttl),
+        loop_wait_ms: ms("loop_wait", h.loop_wait),
+        safety_margin_ms: ms("safety_margin", h.safety_margin),
+        maximum_lag_on_failover: h.maximum_lag_on_failover,
+        paused: false,
+    };
+    if settings.ttl_ms > 0 && settings.loop_wait_ms > 0 && settings.safety_margin_ms > 0 {
+        for p in settings.problems() {
+            let field = p.split(':').next().unwrap_or("ttl").to_string();
+            err(format!("ha.{field}"), p, "ttl >= 1 s, loop_wait <= ttl / 2, safety_margin + loop_wait <= ttl");
+        }
+    }
+    let e = &h.etcd;
+    if e.endpoints.is_empty() {
+        err("ha.etcd.endpoints".into(), "empty".into(), "the client URLs of every etcd member, e.g. [\"http://10.0.0.5:2379\"]");
+    }
+    for (i, url) in e.endpoints.iter().enumerate() {
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        let ok = rest.is_some_and(|r| {
+            let hostport = r.trim_end_matches('/');
+            !hostport.is_empty() && !hostport.contains('/') && !hostport.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+        if !ok {
+            err(format!("ha.etcd.endpoints[{i}]"), format!("\"{url}\" is not an etcd client URL"), "http://host:port or https://host:port");
+        }
+    }
+    if e.cert_file.is_some() != e.key_file.is_some() {
+        err("ha.etcd.cert_file".into(), "a client certificate needs both cert_file and key_file".into(), "both, or neither");
+    }
+    if e.user.is_some() != e.password_file.is_some() {
+        err("ha.etcd.user".into(), "etcd authentication needs both user and password_file".into(), "both, or neither");
+    }
+    for (field, p) in [("ca_file", &e.ca_file), ("cert_file", &e.cert_file), ("key_file", &e.key_file), ("password_file", &e.password_file)] {
+        if let Some(p) = p {
+            if !p.is_absolute() {
+                err(format!("ha.etcd.{field}"), format!("\"{}\" is relative", p.display()), "an absolute path");
+            }
+        }
+    }
+    crate::cluster::Ha { settings, etcd: e.clone() }
 }
 
 fn check_name(s: &str) -> Result<(), String> {

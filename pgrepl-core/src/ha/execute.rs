@@ -257,7 +257,7 @@ impl<'a> Exec<'a> {
         let mut v = Vec::new();
         for g in groups {
             for s in &self.plan.steps[g.clone()] {
-                let settles = matches!(s.action, Do::Stop | Do::StopClean)
+                let settles = matches!(s.action, Do::Stop | Do::StopClean | Do::Fence)
                     || (matches!(s.action, Do::WriteStandbySettings { .. })
                         && s.guards.iter().any(|g| matches!(g, plan::Guard::NotRunning { .. })));
                 if settles && !v.contains(&s.node) {

@@ -94,6 +94,19 @@ impl Exec<'_> {
                 act(&mut st.report.actions, node, if self.plan.failover.is_some() { "fence: stop" } else { "stop" }, t);
                 Ok(Some("stopped".into()))
             }
+            Do::Fence => {
+                let h = self.host(node)?;
+                let t = Instant::now();
+                let r = op.render(self.before, node)?;
+                let _ = h.transport.exec(&immediate_stop(&r).timeout(FENCE_STOP_TIMEOUT)).await;
+                if is_running(h).await.map_err(|e| tr(node, "check whether the server runs", e))? {
+                    return Err(Fail::Abandon(Error::node(node, "its server still runs after an immediate stop")));
+                }
+                let mut st = self.st();
+                st.settled.push(settled_stopped(node, None));
+                act(&mut st.report.actions, node, "fence: stop at once (immediate)", t);
+                Ok(Some("stopped at once".into()))
+            }
             Do::Checkpoint => {
                 let h = self.host(node)?;
                 let n = Self::node_of(self.before, node)?;

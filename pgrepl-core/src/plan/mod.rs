@@ -95,6 +95,10 @@ pub enum Action {
     },
     /// Stop the server (fast, then immediate when it does not stop in time) and confirm it stopped.
     Stop,
+    /// Stop at once (immediate shutdown: every session ends, nothing commits after it) and
+    /// confirm it stopped: a node that may no longer accept writes (its lease ran out,
+    /// another node holds the leader key).
+    Fence,
     /// CHECKPOINT, so the shutdown checkpoint that follows is short.
     Checkpoint,
     /// Stop cleanly and wait for the shutdown checkpoint in pg_control (nothing can write WAL after it).
@@ -350,7 +354,7 @@ impl Plan {
         let mut w: Vec<String> = writable_before.to_vec();
         for s in &self.steps {
             match &s.action {
-                Action::Stop | Action::StopClean => w.retain(|n| *n != s.node),
+                Action::Stop | Action::StopClean | Action::Fence => w.retain(|n| *n != s.node),
                 Action::Promote if !w.contains(&s.node) => w.push(s.node.clone()),
                 Action::Rejoin { .. } | Action::Clone { .. } => w.retain(|n| *n != s.node),
                 _ => {}
@@ -372,6 +376,7 @@ impl fmt::Display for Action {
                 }
             }
             Action::Stop => f.write_str("stop (fast, then immediate) and confirm it stopped"),
+            Action::Fence => f.write_str("stop at once (immediate) and confirm it stopped"),
             Action::Checkpoint => f.write_str("CHECKPOINT (a short shutdown checkpoint)"),
             Action::StopClean => f.write_str("stop cleanly; wait for the shutdown checkpoint in pg_control"),
             Action::WriteStandbySettings { upstream } => {

@@ -8,6 +8,7 @@
 //! | `members/<node>` | [`MemberRecord`]: its role, timeline, positions, agent address | its agent's lease |
 //! | `sync` | [`SyncRecord`]: the standbys the primary's `synchronous_standby_names` names | none |
 //! | `topology` | [`Topology`] without its sync record: fenced nodes, promotions | none |
+//! | `position` | [`PositionRecord`]: the primary's WAL position, written by its agent each loop | none |
 //! | `config` | [`HaSettings`]: ttl, loop wait, maximum lag on failover, pause | none |
 //! | `op` | the operation lock | the holder's lease |
 //! | `requests/<id>` | a switchover, failover or rejoin asked by the CLI | none |
@@ -61,6 +62,11 @@ impl Keys {
         format!("{}topology", self.prefix)
     }
 
+    /// The primary's last position.
+    pub fn position(&self) -> String {
+        format!("{}position", self.prefix)
+    }
+
     /// The HA settings.
     pub fn config(&self) -> String {
         format!("{}config", self.prefix)
@@ -96,6 +102,19 @@ pub struct LeaderRecord {
     /// topology's promotions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<u32>,
+}
+
+/// The `position` key: where the primary's WAL was when its agent last looked (what
+/// `maximum_lag_on_failover` is measured from once it is gone).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionRecord {
+    /// The primary.
+    pub node: String,
+    /// Its timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// Its write position.
+    pub lsn: Lsn,
 }
 
 /// What a member is, as its agent last saw it.

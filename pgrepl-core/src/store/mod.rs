@@ -23,7 +23,7 @@ use std::fmt;
 #[cfg(feature = "runtime")]
 use std::time::Duration;
 
-pub use keys::{HaSettings, Keys, LeaderRecord, MemberRecord, MemberRole};
+pub use keys::{HaSettings, Keys, LeaderRecord, MemberRecord, MemberRole, PositionRecord};
 pub use view::StoreView;
 
 /// A revision of the store (etcd's `header.revision`).

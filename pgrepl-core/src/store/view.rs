@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::keys::{HaSettings, Keys, LeaderRecord, MemberRecord};
+use super::keys::{HaSettings, Keys, LeaderRecord, MemberRecord, PositionRecord};
 use super::{KeyValue, LeaseId, Revision, Snapshot};
 use crate::topology::{SyncRecord, Topology};
 
@@ -30,6 +30,8 @@ pub struct StoreView {
     pub sync: Option<Versioned<SyncRecord>>,
     /// The topology (its `sync` is the sync key's).
     pub topology: Option<Versioned<Topology>>,
+    /// The primary's last position.
+    pub position: Option<Versioned<PositionRecord>>,
     /// The HA settings.
     pub config: Option<Versioned<HaSettings>>,
     /// Keys that could not be parsed (key, why): reported, never guessed at.
@@ -47,6 +49,7 @@ impl StoreView {
                 "sync" => parse(kv).map(|x| v.sync = Some(x)),
                 "topology" => parse(kv).map(|x| v.topology = Some(x)),
                 "config" => parse(kv).map(|x| v.config = Some(x)),
+                "position" => parse(kv).map(|x| v.position = Some(x)),
                 n if n.starts_with("members/") => parse::<MemberRecord>(kv).map(|x| {
                     v.members.insert(n["members/".len()..].to_string(), x);
                 }),

@@ -1,0 +1,340 @@
+//! The agent's decision over observed nodes and store views: one case per rule, and
+//! property tests over random states of three agents deciding on the same view.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::cluster::Cluster;
+use crate::lsn::Lsn;
+use crate::observe::{DataDirState, Observed, ServerState};
+use crate::plan::Action;
+use crate::spec::SyncMode;
+use crate::store::view::Versioned;
+use crate::store::{HaSettings, LeaderRecord, MemberRecord, MemberRole, PositionRecord, StoreView};
+use crate::topology::{SyncRecord, Topology};
+
+fn cluster(sync: &str) -> Cluster {
+    let spec = crate::ClusterSpec::from_toml(&format!(
+        "name = \"t\"\npostgres = \"16\"\n[replication]\nsync = {sync}\n[ha.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n"
+    ))
+    .unwrap();
+    spec.validate().unwrap()
+}
+
+fn primary(name: &str, lsn: u64) -> Observed {
+    let mut o = Observed::unknown(name);
+    o.host_reachable = true;
+    o.server = ServerState::Running;
+    o.in_recovery = Some(false);
+    o.timeline = Some(1);
+    o.lsn = Some(Lsn(lsn));
+    o
+}
+
+fn standby(name: &str, lsn: u64) -> Observed {
+    let mut o = primary(name, lsn);
+    o.in_recovery = Some(true);
+    o.receive_lsn = Some(Lsn(lsn));
+    o.receiver = Some("streaming".into());
+    o
+}
+
+fn stopped(name: &str, standby: bool) -> Observed {
+    let mut o = Observed::unknown(name);
+    o.host_reachable = true;
+    o.server = ServerState::Stopped;
+    o.data_dir = Some(DataDirState::Cluster);
+    o.standby_configured = Some(standby);
+    o
+}
+
+const LEASE: i64 = 7;
+
+fn fresh() -> LeaseClock {
+    LeaseClock { id: Some(LEASE), since_renewal: Some(Duration::from_millis(100)) }
+}
+
+fn stale() -> LeaseClock {
+    LeaseClock { id: Some(LEASE), since_renewal: Some(Duration::from_millis(2500)) }
+}
+
+fn v<T>(value: T, lease: Option<i64>) -> Versioned<T> {
+    Versioned { value, mod_revision: 10, lease }
+}
+
+fn view(leader: Option<(&str, i64)>, members: Vec<MemberRecord>) -> StoreView {
+    StoreView {
+        revision: 20,
+        leader: leader.map(|(n, l)| v(LeaderRecord { node: n.into(), timeline: Some(1) }, Some(l))),
+        members: members.into_iter().map(|m| (m.node.clone(), v(m, Some(1)))).collect::<BTreeMap<_, _>>(),
+        config: Some(v(HaSettings::default(), None)),
+        ..StoreView::default()
+    }
+}
+
+fn member(node: &str, role: MemberRole, lsn: u64, leader_seen: Option<&str>) -> MemberRecord {
+    let mut m = MemberRecord::new(node, role);
+    m.lsn = Some(Lsn(lsn));
+    m.timeline = Some(1);
+    m.leader_seen = leader_seen.map(String::from);
+    m
+}
+
+fn run(c: &Cluster, me: &str, local: &Observed, store: Result<&StoreView, &str>, lease: LeaseClock) -> Decision {
+    decide(&AgentInput { me, cluster: c, local, store, lease, memory: &AgentMemory::default() })
+}
+
+fn fences(d: &Decision, me: &str) -> bool {
+    d.plan.as_ref().is_some_and(|p| p.steps.iter().any(|s| s.node == me && s.action == Action::Fence))
+}
+
+fn promotes(d: &Decision, me: &str) -> bool {
+    d.plan.as_ref().is_some_and(|p| p.steps.iter().any(|s| s.node == me && s.action == Action::Promote))
+}
+
+#[test]
+fn the_primary_holding_its_lease_does_nothing_but_keeps_the_guard_armed() {
+    let c = cluster("{ mode = \"off\" }");
+    let d = run(&c, "db1", &primary("db1", 100), Ok(&view(Some(("db1", LEASE)), vec![])), fresh());
+    assert!(d.plan.is_none() && d.store.is_none(), "{d:?}");
+    assert_eq!(d.guard, GuardMode::Arm);
+}
+
+#[test]
+fn a_primary_whose_lease_is_stale_stops_at_once() {
+    let c = cluster("{ mode = \"off\" }");
+    let d = run(&c, "db1", &primary("db1", 100), Ok(&view(Some(("db1", LEASE)), vec![])), stale());
+    assert!(fences(&d, "db1"), "{d:?}");
+    // The store unreachable: writes go on until the deadline, then stop.
+    let d = run(&c, "db1", &primary("db1", 100), Err("timeout"), fresh());
+    assert!(!fences(&d, "db1") && d.guard == GuardMode::Arm, "{d:?}");
+    let d = run(&c, "db1", &primary("db1", 100), Err("timeout"), stale());
+    assert!(fences(&d, "db1"), "{d:?}");
+}
+
+#[test]
+fn a_writable_node_under_another_leader_stops_at_once_then_rejoins() {
+    let c = cluster("{ mode = \"off\" }");
+    let vw = view(Some(("db2", 9)), vec![member("db2", MemberRole::Primary, 200, Some("db2"))]);
+    let d = run(&c, "db1", &primary("db1", 100), Ok(&vw), fresh());
+    assert!(fences(&d, "db1"), "{d:?}");
+    let d = run(&c, "db1", &stopped("db1", false), Ok(&vw), fresh());
+    let p = d.plan.expect("a rejoin");
+    assert!(p.steps.iter().any(|s| s.node == "db1" && matches!(s.action, Action::Rejoin { .. })), "{p}");
+    assert!(p.steps.iter().all(|s| s.node == "db1" || s.node == "t"), "only its own steps: {p}");
+}
+
+#[test]
+fn the_most_advanced_standby_races_and_the_others_yield() {
+    let c = cluster("{ mode = \"off\" }");
+    let vw = view(None, vec![member("db2", MemberRole::Standby, 300, None), member("db3", MemberRole::Standby, 200, None)]);
+    let d2 = run(&c, "db2", &standby("db2", 300), Ok(&vw), fresh());
+    let d3 = run(&c, "db3", &standby("db3", 200), Ok(&vw), fresh());
+    assert_eq!(d2.store, Some(StoreOp::TakeLeader), "{d2:?}");
+    assert_eq!(d3.store, None, "{d3:?}");
+    // A member that has not reported since the leader went away holds the race.
+    let vw = view(None, vec![member("db2", MemberRole::Standby, 300, None), member("db3", MemberRole::Standby, 200, Some("db1"))]);
+    assert_eq!(run(&c, "db2", &standby("db2", 300), Ok(&vw), fresh()).store, None);
+}
+
+#[test]
+fn a_standby_too_far_behind_does_not_race() {
+    let c = cluster("{ mode = \"off\" }");
+    let mut vw = view(None, vec![member("db2", MemberRole::Standby, 300, None)]);
+    vw.position = Some(v(PositionRecord { node: "db1".into(), timeline: Some(1), lsn: Lsn(300 + (2 << 20)) }, None));
+    let d = run(&c, "db2", &standby("db2", 300), Ok(&vw), fresh());
+    assert_eq!(d.store, None, "{d:?}");
+    assert!(d.why.contains("maximum_lag_on_failover"), "{}", d.why);
+}
+
+#[test]
+fn in_synchronous_mode_only_a_member_of_the_set_races() {
+    let c = cluster("{ mode = \"first\", count = 1 }");
+    let mut vw = view(None, vec![member("db2", MemberRole::Standby, 100, None), member("db3", MemberRole::Standby, 300, None)]);
+    vw.sync = Some(v(SyncRecord { primary: "db1".into(), mode: SyncMode::First, count: 1, standbys: vec!["db2".into()] }, None));
+    let d2 = run(&c, "db2", &standby("db2", 100), Ok(&vw), fresh());
+    let d3 = run(&c, "db3", &standby("db3", 300), Ok(&vw), fresh());
+    assert_eq!(d2.store, Some(StoreOp::TakeLeader), "{d2:?}");
+    assert_eq!(d3.store, None, "{d3:?}");
+    // ANY 1 of (db2, db3): db3 gone, db2 alone cannot know it has every acknowledged commit.
+    vw.sync = Some(v(SyncRecord { primary: "db1".into(), mode: SyncMode::Any, count: 1, standbys: vec!["db2".into(), "db3".into()] }, None));
+    vw.members.remove("db3");
+    let d2 = run(&c, "db2", &standby("db2", 100), Ok(&vw), fresh());
+    assert_eq!(d2.store, None, "{d2:?}");
+}
+
+#[test]
+fn the_winner_promotes_with_the_failover_planners_steps_on_its_own_node() {
+    let c = cluster("{ mode = \"off\" }");
+    let vw = view(Some(("db2", LEASE)), vec![member("db3", MemberRole::Standby, 200, None)]);
+    let d = run(&c, "db2", &standby("db2", 300), Ok(&vw), fresh());
+    assert!(promotes(&d, "db2"), "{d:?}");
+    assert_eq!(d.guard, GuardMode::Arm, "armed before the promotion");
+    let p = d.plan.unwrap();
+    assert!(p.steps.iter().all(|s| s.node == "db2" || s.node == "t"), "{p}");
+    assert!(p.steps.iter().any(|s| matches!(&s.action, Action::RecordFenced { nodes } if nodes == &["db1".to_string()])), "{p}");
+    // The others follow it.
+    let d = run(&c, "db3", &standby("db3", 200), Ok(&vw), fresh());
+    assert!(d.plan.is_some_and(|p| p.steps.iter().any(|s| s.action == Action::Repoint { upstream: "db2".into() })));
+}
+
+#[test]
+fn a_crashed_leader_restarts_in_place_then_releases_the_key_after_failed_starts() {
+    let c = cluster("{ mode = \"off\" }");
+    let vw = view(Some(("db1", LEASE)), vec![]);
+    let d = run(&c, "db1", &stopped("db1", false), Ok(&vw), fresh());
+    assert!(d.plan.as_ref().is_some_and(|p| p.steps.iter().any(|s| s.action == Action::Start)), "{d:?}");
+    let mem = AgentMemory { start_failures: MAX_START_FAILURES, ..AgentMemory::default() };
+    let d = decide(&AgentInput { me: "db1", cluster: &c, local: &stopped("db1", false), store: Ok(&vw), lease: fresh(), memory: &mem });
+    assert!(matches!(d.store, Some(StoreOp::ReleaseLeader { .. })), "{d:?}");
+}
+
+#[test]
+fn the_bootstrap_leader_key_is_adopted_and_pause_changes_nothing() {
+    let c = cluster("{ mode = \"off\" }");
+    let d = run(&c, "db1", &primary("db1", 100), Ok(&view(Some(("db1", 99)), vec![])), fresh());
+    assert!(matches!(d.store, Some(StoreOp::AdoptLeader { .. })), "{d:?}");
+    let mut vw = view(None, vec![member("db2", MemberRole::Standby, 300, None)]);
+    vw.config = Some(v(HaSettings { paused: true, ..HaSettings::default() }, None));
+    let d = run(&c, "db2", &standby("db2", 300), Ok(&vw), fresh());
+    assert!(d.store.is_none() && d.plan.is_none(), "{d:?}");
+}
+
+// ---- properties -------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct World {
+    locals: Vec<Observed>,
+    leader: Option<usize>,
+    reported: Vec<bool>,
+    sync: Option<(SyncMode, u32, Vec<usize>)>,
+    fenced: Vec<bool>,
+    lease_fresh: Vec<bool>,
+}
+
+const NAMES: [&str; 3] = ["db1", "db2", "db3"];
+
+fn arb_local(name: &'static str) -> impl Strategy<Value = Observed> {
+    (0u8..4, 1u64..5, any::<bool>()).prop_map(move |(k, lsn, standby_conf)| match k {
+        0 => primary(name, lsn * 100),
+        1 | 2 => standby(name, lsn * 100),
+        _ => stopped(name, standby_conf),
+    })
+}
+
+fn arb_world() -> impl Strategy<Value = World> {
+    (
+        (arb_local("db1"), arb_local("db2"), arb_local("db3")),
+        prop::option::of(0usize..3),
+        prop::collection::vec(any::<bool>(), 3),
+        prop::option::of((prop::sample::select(vec![SyncMode::First, SyncMode::Any]), 1u32..3, prop::sample::subsequence(vec![0usize, 1, 2], 1..3))),
+        prop::collection::vec(prop::bool::weighted(0.2), 3),
+        prop::collection::vec(prop::bool::weighted(0.8), 3),
+    )
+        .prop_map(|((a, b, c), leader, reported, sync, fenced, lease_fresh)| World {
+            locals: vec![a, b, c],
+            leader,
+            reported,
+            sync: sync.map(|(m, n, s)| (m, n.min(s.len() as u32), s)),
+            fenced,
+            lease_fresh,
+        })
+}
+
+fn view_of(w: &World) -> StoreView {
+    let members = (0..3)
+        .filter(|&k| w.leader != Some(k) || w.locals[k].writable())
+        .map(|k| {
+            let o = &w.locals[k];
+            let role = if o.writable() {
+                MemberRole::Primary
+            } else if o.standby() {
+                MemberRole::Standby
+            } else {
+                MemberRole::Stopped
+            };
+            let seen = if w.reported[k] { w.leader.map(|l| NAMES[l]) } else { Some("db1") };
+            member(NAMES[k], role, o.position().map(|l| l.0).unwrap_or(0), seen)
+        })
+        .collect();
+    let mut vw = view(w.leader.map(|l| (NAMES[l], LEASE + l as i64)), members);
+    vw.sync = w.sync.as_ref().map(|(m, n, s)| {
+        v(SyncRecord { primary: "db1".into(), mode: *m, count: *n, standbys: s.iter().map(|&k| NAMES[k].to_string()).collect() }, None)
+    });
+    let fenced: Vec<String> = (0..3).filter(|&k| w.fenced[k]).map(|k| NAMES[k].to_string()).collect();
+    vw.topology = Some(v(Topology { fenced, ..Topology::default() }, None));
+    vw
+}
+
+fn decide_all(c: &Cluster, w: &World, vw: &StoreView) -> Vec<Decision> {
+    (0..3)
+        .map(|k| {
+            let lease = LeaseClock { id: Some(LEASE + k as i64), since_renewal: Some(Duration::from_millis(if w.lease_fresh[k] { 100 } else { 2500 })) };
+            decide(&AgentInput { me: NAMES[k], cluster: c, local: &w.locals[k], store: Ok(vw), lease, memory: &AgentMemory::default() })
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    /// With no leader key, at most one standby races, and in synchronous mode only a
+    /// member of the set, whose reported positions cover every acknowledged commit.
+    #[test]
+    fn at_most_one_racer_and_never_outside_the_sync_set(mut w in arb_world()) {
+        w.leader = None;
+        let c = cluster("{ mode = \"off\" }");
+        let vw = view_of(&w);
+        let ds = decide_all(&c, &w, &vw);
+        let racers: Vec<usize> = (0..3).filter(|&k| ds[k].store == Some(StoreOp::TakeLeader) && w.locals[k].standby()).collect();
+        prop_assert!(racers.len() <= 1, "racers {:?}: {:?}", racers, ds.iter().map(|d| &d.why).collect::<Vec<_>>());
+        if let (Some(&r), Some((_, _, set))) = (racers.first(), &w.sync) {
+            prop_assert!(set.contains(&r), "{} raced outside the set {:?}", NAMES[r], set);
+        }
+        for &r in &racers {
+            prop_assert!(!w.fenced[r], "a fenced node raced");
+        }
+    }
+
+    /// A node accepting writes is stopped at once unless it holds the leader key with a
+    /// fresh lease (or races for an absent key with one); nothing is ever started or
+    /// promoted except by the key's holder.
+    #[test]
+    fn never_writable_without_the_key_and_a_fresh_lease(w in arb_world()) {
+        let c = cluster("{ mode = \"off\" }");
+        let vw = view_of(&w);
+        let ds = decide_all(&c, &w, &vw);
+        for k in 0..3 {
+            let d = &ds[k];
+            let holds = w.leader == Some(k);
+            if w.locals[k].writable() && (!w.lease_fresh[k] || (w.leader.is_some() && !holds)) {
+                prop_assert!(fences(d, NAMES[k]), "{} writable without the key or a fresh lease: {}", NAMES[k], d.why);
+            }
+            if promotes(d, NAMES[k]) {
+                prop_assert!(holds, "{} promotes without the key", NAMES[k]);
+                prop_assert_eq!(d.guard, GuardMode::Arm);
+            }
+            if let Some(p) = &d.plan {
+                prop_assert!(p.steps.iter().all(|s| s.node == NAMES[k] || s.node == "t"), "{} plans for others: {}", NAMES[k], p);
+            }
+        }
+    }
+
+    /// The store unreachable: no agent races, and no writable node outlives its deadline.
+    #[test]
+    fn no_store_no_promotion(w in arb_world()) {
+        let c = cluster("{ mode = \"off\" }");
+        for k in 0..3 {
+            let lease = LeaseClock { id: Some(LEASE), since_renewal: Some(Duration::from_millis(if w.lease_fresh[k] { 100 } else { 2500 })) };
+            let d = decide(&AgentInput { me: NAMES[k], cluster: &c, local: &w.locals[k], store: Err("no quorum"), lease, memory: &AgentMemory::default() });
+            prop_assert!(d.store.is_none());
+            prop_assert!(!promotes(&d, NAMES[k]));
+            if w.locals[k].writable() && !w.lease_fresh[k] {
+                prop_assert!(fences(&d, NAMES[k]));
+            }
+        }
+    }
+}
