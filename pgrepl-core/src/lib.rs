@@ -35,9 +35,9 @@
 //! Modules: [`spec`] (input) → [`validate`](spec::ClusterSpec::validate) → [`cluster`]
 //! → [`render`] (pure, with [`version`] rules and a [`layout`]) → `deploy` (effects).
 
+pub mod agent;
 #[cfg(feature = "runtime")]
 mod backend;
-pub mod agent;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "runtime")]

@@ -588,7 +588,11 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
 fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str)) -> crate::cluster::Ha {
     let mut ms = |field: &str, v: f64| -> u64 {
         if !v.is_finite() || v <= 0.0 || v > 3600.0 {
-            err(format!("ha.{field}"), format!("{v} is not a duration in seconds"), "seconds, more than 0 and at most 3600 (e.g. 3 or 0.5)");
+            err(
+                format!("ha.{field}"),
+                format!("{v} is not a duration in seconds"),
+                "seconds, more than 0 and at most 3600 (e.g. 3 or 0.5)",
+            );
             return 0;
         }
         (v * 1000.0).round() as u64
@@ -626,7 +630,8 @@ fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str))
     if e.user.is_some() != e.password_file.is_some() {
         err("ha.etcd.user".into(), "etcd authentication needs both user and password_file".into(), "both, or neither");
     }
-    for (field, p) in [("ca_file", &e.ca_file), ("cert_file", &e.cert_file), ("key_file", &e.key_file), ("password_file", &e.password_file)] {
+    for (field, p) in [("ca_file", &e.ca_file), ("cert_file", &e.cert_file), ("key_file", &e.key_file), ("password_file", &e.password_file)]
+    {
         if let Some(p) = p {
             if !p.is_absolute() {
                 err(format!("ha.etcd.{field}"), format!("\"{}\" is relative", p.display()), "an absolute path");

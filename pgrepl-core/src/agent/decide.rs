@@ -95,11 +95,13 @@ pub struct Decision {
     pub guard: GuardMode,
     /// What it publishes as its member key.
     pub member: MemberRecord,
+    /// The observation the plan was made from (this node and the members' reports).
+    pub observed: Option<ObservedCluster>,
 }
 
 impl Decision {
     fn new(why: impl Into<String>, member: MemberRecord) -> Decision {
-        Decision { why: why.into(), store: None, plan: None, guard: GuardMode::Disarm, member }
+        Decision { why: why.into(), store: None, plan: None, guard: GuardMode::Disarm, member, observed: None }
     }
     fn store(mut self, op: StoreOp) -> Decision {
         self.store = Some(op);
@@ -107,6 +109,11 @@ impl Decision {
     }
     fn plan(mut self, p: Plan) -> Decision {
         self.plan = Some(p);
+        self
+    }
+    fn seen(mut self, (p, o): (Plan, ObservedCluster)) -> Decision {
+        self.plan = Some(p);
+        self.observed = Some(o);
         self
     }
     fn armed(mut self) -> Decision {
@@ -123,25 +130,30 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
     let local = i.local;
     let member = member_record(i);
     let writable = local.writable();
-    let view = match i.store {
-        Ok(v) => v,
-        Err(why) => {
-            // No promotion anywhere; a primary keeps writes only until its deadline.
-            let settings = i.memory_settings();
-            if writable && !i.lease.fresh(settings.write_deadline()) {
-                return Decision::new(format!("the store cannot be reached ({why}) and the lease ran out: stop writes"), member)
-                    .plan(own(i, Operation::Up, vec![Step::new(me, Action::Fence)]));
+    let view =
+        match i.store {
+            Ok(v) => v,
+            Err(why) => {
+                // No promotion anywhere; a primary keeps writes only until its deadline.
+                let settings = i.memory_settings();
+                if writable && !i.lease.fresh(settings.write_deadline()) {
+                    return Decision::new(format!("the store cannot be reached ({why}) and the lease ran out: stop writes"), member)
+                        .plan(own(i, Operation::Up, vec![Step::new(me, Action::Fence)]));
+                }
+                if writable {
+                    return Decision::new(format!("the store cannot be reached ({why}): writes go on until the lease deadline"), member)
+                        .armed();
+                }
+                if local.stopped() && local.standby_configured == Some(true) {
+                    return Decision::new(format!("the store cannot be reached ({why}): start as a standby (reads)"), member).plan(own(
+                        i,
+                        Operation::Up,
+                        vec![Step::new(me, Action::Start)],
+                    ));
+                }
+                return Decision::new(format!("the store cannot be reached ({why}): no promotion"), member);
             }
-            if writable {
-                return Decision::new(format!("the store cannot be reached ({why}): writes go on until the lease deadline"), member).armed();
-            }
-            if local.stopped() && local.standby_configured == Some(true) {
-                return Decision::new(format!("the store cannot be reached ({why}): start as a standby (reads)"), member)
-                    .plan(own(i, Operation::Up, vec![Step::new(me, Action::Start)]));
-            }
-            return Decision::new(format!("the store cannot be reached ({why}): no promotion"), member);
-        }
-    };
+        };
     let settings = view.settings();
     let fresh = i.lease.fresh(settings.write_deadline());
     let leader = view.leader.as_ref();
@@ -156,8 +168,11 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
         return Decision::new(why, member).plan(own(i, Operation::Up, vec![Step::new(me, Action::Fence)]));
     }
     if writable && leader_node.is_none() && !fresh {
-        return Decision::new("no leader and no fresh lease: stop writes at once", member)
-            .plan(own(i, Operation::Up, vec![Step::new(me, Action::Fence)]));
+        return Decision::new("no leader and no fresh lease: stop writes at once", member).plan(own(
+            i,
+            Operation::Up,
+            vec![Step::new(me, Action::Fence)],
+        ));
     }
     if settings.paused {
         let d = Decision::new("paused: observing only", member);
@@ -176,7 +191,7 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
             }
             if local.standby() {
                 return match promotion(i, view) {
-                    Ok(p) => Decision::new("won the leader key: promote", member).plan(p).armed(),
+                    Ok(p) => Decision::new("won the leader key: promote", member).seen(p).armed(),
                     Err(why) => Decision::new(format!("won the leader key but cannot promote ({why}): release it"), member)
                         .store(StoreOp::ReleaseLeader { mod_revision: l.mod_revision }),
                 };
@@ -192,8 +207,11 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
                 return Decision::new("the leader without a usable data directory: release the key", member).store(release());
             }
             if i.memory.start_failures >= MAX_START_FAILURES {
-                return Decision::new(format!("the leader; its server failed to start {} times: release the key", i.memory.start_failures), member)
-                    .store(release());
+                return Decision::new(
+                    format!("the leader; its server failed to start {} times: release the key", i.memory.start_failures),
+                    member,
+                )
+                .store(release());
             }
             Decision::new("the leader; its server stopped: start it in place (crash recovery keeps every commit)", member)
                 .plan(own(i, Operation::Up, vec![Step::new(me, Action::Start)]))
@@ -204,8 +222,11 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
             if local.standby() || (local.stopped() && local.standby_configured == Some(true) && !view.topology().is_fenced(me)) {
                 if i.memory.pointed_at.as_deref() != Some(leader.as_str()) || local.stopped() {
                     let up = upstream_of(i.cluster, me, &leader);
-                    return Decision::new(format!("follow {leader} (upstream {up})"), member)
-                        .plan(own(i, Operation::Rejoin { node: me.into() }, vec![Step::new(me, Action::Repoint { upstream: up })]));
+                    return Decision::new(format!("follow {leader} (upstream {up})"), member).plan(own(
+                        i,
+                        Operation::Rejoin { node: me.into() },
+                        vec![Step::new(me, Action::Repoint { upstream: up })],
+                    ));
                 }
                 return Decision::new(format!("a standby of {leader}"), member);
             }
@@ -216,7 +237,7 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
                 return Decision::new(format!("{leader} leads; this node cannot be looked at"), member);
             }
             match rejoin(i, view, &leader) {
-                Ok(p) => Decision::new(format!("{leader} leads: come back as its standby"), member).plan(p),
+                Ok(p) => Decision::new(format!("{leader} leads: come back as its standby"), member).seen(p),
                 Err(why) => Decision::new(format!("{leader} leads; cannot rejoin yet ({why})"), member),
             }
         }
@@ -226,13 +247,18 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
             }
             if local.standby() {
                 return match race(i, view, &settings) {
-                    Ok(()) => Decision::new("no leader: the most advanced eligible standby races for the key", member).store(StoreOp::TakeLeader),
+                    Ok(()) => {
+                        Decision::new("no leader: the most advanced eligible standby races for the key", member).store(StoreOp::TakeLeader)
+                    }
                     Err(why) => Decision::new(format!("no leader; not racing: {why}"), member),
                 };
             }
             if local.stopped() && local.standby_configured == Some(true) {
-                return Decision::new("no leader: start as a standby", member)
-                    .plan(own(i, Operation::Up, vec![Step::new(me, Action::Start)]));
+                return Decision::new("no leader: start as a standby", member).plan(own(
+                    i,
+                    Operation::Up,
+                    vec![Step::new(me, Action::Start)],
+                ));
             }
             let topo = view.topology();
             let recorded = topo.primary.clone().unwrap_or_else(|| i.cluster.primary().name.clone());
@@ -354,7 +380,7 @@ fn observed_of(m: &MemberRecord) -> Observed {
 /// failover planner's plan with this node as the candidate, its own steps. The old
 /// primary's lease has run out, so it has stopped writes by its own clock (and its
 /// guard); it is recorded as fenced.
-fn promotion(i: &AgentInput<'_>, view: &StoreView) -> Result<Plan, String> {
+fn promotion(i: &AgentInput<'_>, view: &StoreView) -> Result<(Plan, ObservedCluster), String> {
     let topo = view.topology();
     let old = topo.primary.clone().unwrap_or_else(|| i.cluster.primary().name.clone());
     if old == i.me {
@@ -366,23 +392,24 @@ fn promotion(i: &AgentInput<'_>, view: &StoreView) -> Result<Plan, String> {
             Step::new(i.me, Action::RecordPrimary),
             Step::new(i.me, Action::CheckpointAfterPromotion).best_effort(),
         ];
-        return Ok(p);
+        let (_, obs) = as_observed(i, view, &old)?;
+        return Ok((p, obs));
     }
     let (cluster, obs) = as_observed(i, view, &old)?;
     let plan = plan::failover(&cluster, &obs, &FailoverRequest { to: Some(i.me.to_string()), force: true }).map_err(|r| r.to_string())?;
-    Ok(only_mine(plan, i.me, &i.cluster.name))
+    Ok((only_mine(plan, i.me, &i.cluster.name), obs))
 }
 
 /// This node back as a standby of `leader` (pg_rewind, else a fresh clone; examined by
 /// the executor once it is stopped).
-fn rejoin(i: &AgentInput<'_>, view: &StoreView, leader: &str) -> Result<Plan, String> {
+fn rejoin(i: &AgentInput<'_>, view: &StoreView, leader: &str) -> Result<(Plan, ObservedCluster), String> {
     match view.member(leader) {
         Some(m) if m.role == MemberRole::Primary => {}
         _ => return Err(format!("{leader} does not report as a writable primary yet")),
     }
     let (cluster, obs) = as_observed(i, view, leader)?;
     let plan = plan::rejoin(&cluster, &obs, &RejoinRequest { node: i.me.to_string() }, None).map_err(|r| r.to_string())?;
-    Ok(only_mine(plan, i.me, &i.cluster.name))
+    Ok((only_mine(plan, i.me, &i.cluster.name), obs))
 }
 
 /// Whether this standby may race for the leader key: every other standby that reported
@@ -419,7 +446,10 @@ fn race(i: &AgentInput<'_>, view: &StoreView, settings: &crate::store::HaSetting
     if let Some(last) = view.position.as_ref().map(|p| p.value.lsn) {
         let behind = last.0.saturating_sub(mine.0);
         if behind > settings.maximum_lag_on_failover {
-            return Err(format!("{behind} bytes behind the last primary position {last} (maximum_lag_on_failover {})", settings.maximum_lag_on_failover));
+            return Err(format!(
+                "{behind} bytes behind the last primary position {last} (maximum_lag_on_failover {})",
+                settings.maximum_lag_on_failover
+            ));
         }
     }
     if let Some(sync) = topo.sync.as_ref().filter(|s| s.synchronous()) {

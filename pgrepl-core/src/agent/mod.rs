@@ -26,7 +26,17 @@
 //!   deadline; standbys keep serving reads.
 
 mod decide;
+#[cfg(feature = "runtime")]
+mod local;
+#[cfg(feature = "runtime")]
+mod records;
+#[cfg(feature = "runtime")]
+mod run;
 #[cfg(test)]
 mod tests;
 
 pub use decide::{AgentInput, AgentMemory, Decision, GuardMode, LeaseClock, MAX_START_FAILURES, StoreOp, decide};
+#[cfg(feature = "runtime")]
+pub use records::StoreRecords;
+#[cfg(feature = "runtime")]
+pub use run::{Agent, GuardControl};

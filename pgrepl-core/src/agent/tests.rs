@@ -160,7 +160,8 @@ fn in_synchronous_mode_only_a_member_of_the_set_races() {
     assert_eq!(d2.store, Some(StoreOp::TakeLeader), "{d2:?}");
     assert_eq!(d3.store, None, "{d3:?}");
     // ANY 1 of (db2, db3): db3 gone, db2 alone cannot know it has every acknowledged commit.
-    vw.sync = Some(v(SyncRecord { primary: "db1".into(), mode: SyncMode::Any, count: 1, standbys: vec!["db2".into(), "db3".into()] }, None));
+    vw.sync =
+        Some(v(SyncRecord { primary: "db1".into(), mode: SyncMode::Any, count: 1, standbys: vec!["db2".into(), "db3".into()] }, None));
     vw.members.remove("db3");
     let d2 = run(&c, "db2", &standby("db2", 100), Ok(&vw), fresh());
     assert_eq!(d2.store, None, "{d2:?}");
@@ -230,7 +231,11 @@ fn arb_world() -> impl Strategy<Value = World> {
         (arb_local("db1"), arb_local("db2"), arb_local("db3")),
         prop::option::of(0usize..3),
         prop::collection::vec(any::<bool>(), 3),
-        prop::option::of((prop::sample::select(vec![SyncMode::First, SyncMode::Any]), 1u32..3, prop::sample::subsequence(vec![0usize, 1, 2], 1..3))),
+        prop::option::of((
+            prop::sample::select(vec![SyncMode::First, SyncMode::Any]),
+            1u32..3,
+            prop::sample::subsequence(vec![0usize, 1, 2], 1..3),
+        )),
         prop::collection::vec(prop::bool::weighted(0.2), 3),
         prop::collection::vec(prop::bool::weighted(0.8), 3),
     )
@@ -272,7 +277,10 @@ fn view_of(w: &World) -> StoreView {
 fn decide_all(c: &Cluster, w: &World, vw: &StoreView) -> Vec<Decision> {
     (0..3)
         .map(|k| {
-            let lease = LeaseClock { id: Some(LEASE + k as i64), since_renewal: Some(Duration::from_millis(if w.lease_fresh[k] { 100 } else { 2500 })) };
+            let lease = LeaseClock {
+                id: Some(LEASE + k as i64),
+                since_renewal: Some(Duration::from_millis(if w.lease_fresh[k] { 100 } else { 2500 })),
+            };
             decide(&AgentInput { me: NAMES[k], cluster: c, local: &w.locals[k], store: Ok(vw), lease, memory: &AgentMemory::default() })
         })
         .collect()

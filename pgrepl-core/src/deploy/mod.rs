@@ -68,6 +68,17 @@ pub struct Deployment {
     binaries: Option<Binaries>,
     pub(crate) local_ports: bool,
     pub(crate) lock_options: crate::oplock_options::LockOptions,
+    records: Option<Arc<dyn TopologyRecords>>,
+}
+
+/// Where the topology is recorded: a file in the state directory by default; keys in the
+/// consensus store when agents run the cluster ([`crate::agent::StoreRecords`]).
+#[async_trait::async_trait]
+pub trait TopologyRecords: Send + Sync + std::fmt::Debug {
+    /// The topology as recorded (the default when nothing is).
+    async fn load(&self) -> Result<Topology, Error>;
+    /// Records it.
+    async fn save(&self, t: &Topology) -> Result<(), Error>;
 }
 
 impl Deployment {
@@ -82,7 +93,14 @@ impl Deployment {
             binaries: None,
             local_ports: false,
             lock_options: Default::default(),
+            records: None,
         }
+    }
+
+    /// Records the topology through `records` instead of the state directory's file.
+    pub fn with_records(mut self, records: Arc<dyn TopologyRecords>) -> Self {
+        self.records = Some(records);
+        self
     }
 
     /// Records the binaries found on this machine (reported by status).
@@ -122,6 +140,9 @@ impl Deployment {
     /// The topology pgrepl last recorded (after a switchover or failover); the spec's
     /// roles when none is recorded.
     pub async fn topology(&self) -> Result<Topology, Error> {
+        if let Some(r) = &self.records {
+            return r.load().await;
+        }
         let p = self.state_dir.join("topology.json");
         match tokio::fs::read(&p).await {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Io {
@@ -136,6 +157,9 @@ impl Deployment {
 
     /// Records the topology (0600, in the state directory).
     pub async fn save_topology(&self, t: &Topology) -> Result<(), Error> {
+        if let Some(r) = &self.records {
+            return r.save(t).await;
+        }
         let p = self.state_dir.join("topology.json");
         let tr_local = |action: &str, e: TransportError| Error::Transport { host: "localhost".into(), action: action.into(), source: e };
         crate::machine::LocalTransport

@@ -92,6 +92,7 @@ pub const MAX_WAL_SCAN_SEGMENTS: usize = 256;
 /// The WAL segment size assumed before the first segment says otherwise.
 const DEFAULT_SEG_SIZE: u64 = 16 * 1024 * 1024;
 
+mod agent_exec;
 mod decisions;
 mod execute;
 mod failover;
