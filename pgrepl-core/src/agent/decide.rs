@@ -423,6 +423,9 @@ fn race(i: &AgentInput<'_>, view: &StoreView, settings: &crate::store::HaSetting
     if topo.is_fenced(me) {
         return Err("recorded as fenced".into());
     }
+    if let Some(p) = view.members.values().find(|m| m.value.node != me && m.value.role == MemberRole::Primary) {
+        return Err(format!("{} reports as a writable primary", p.value.node));
+    }
     let mine = i.local.position().ok_or("its WAL position is not known")?;
     let prio = |n: &str| i.cluster.node(n).map(|n| n.priority).unwrap_or(0);
     let mut compared = vec![me.to_string()];
