@@ -221,12 +221,20 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
             let leader = l.value.node.clone();
             if local.standby() || (local.stopped() && local.standby_configured == Some(true) && !view.topology().is_fenced(me)) {
                 if i.memory.pointed_at.as_deref() != Some(leader.as_str()) || local.stopped() {
+                    if view.member(&leader).is_none_or(|m| m.role != MemberRole::Primary) {
+                        return Decision::new(
+                            format!("{leader} holds the leader key; waiting for it to accept writes before following it"),
+                            member,
+                        );
+                    }
                     let up = upstream_of(i.cluster, me, &leader);
-                    return Decision::new(format!("follow {leader} (upstream {up})"), member).plan(own(
-                        i,
-                        Operation::Rejoin { node: me.into() },
-                        vec![Step::new(me, Action::Repoint { upstream: up })],
-                    ));
+                    let mut p =
+                        own(i, Operation::Rejoin { node: me.into() }, vec![Step::new(me, Action::Repoint { upstream: up.clone() })]);
+                    // Rendered for the cluster led by `leader`, whatever the topology
+                    // record says yet.
+                    p.primary = leader.clone();
+                    p.after = i.cluster.with_primary(&leader).ok();
+                    return Decision::new(format!("follow {leader} (upstream {up})"), member).plan(p);
                 }
                 return Decision::new(format!("a standby of {leader}"), member);
             }

@@ -109,7 +109,7 @@ impl Agent {
         let watcher = tokio::spawn(watch(self.store.clone(), self.keys.prefix().to_string(), wake.clone()));
 
         let mut memory = AgentMemory::default();
-        let mut published: Option<MemberRecord> = None;
+        let mut published: Option<(MemberRecord, LeaseId)> = None;
         let mut last_why = String::new();
         let mut burst = 0u32;
         tokio::pin!(shutdown);
@@ -147,7 +147,7 @@ impl Agent {
             if let (Some(op), Ok(view), Some(id)) = (&d.store, &view, clock.id) {
                 changed = self.store_op(op, view, id, &local).await;
             }
-            if let Some(plan) = &d.plan {
+            if let Some(plan) = d.plan.as_ref().filter(|p| self.still_current(p, &lease, deadline)) {
                 let obs = d.observed.clone().unwrap_or_else(|| ObservedCluster {
                     nodes: vec![local.clone()],
                     topology: view.as_ref().map(|v| v.topology()).unwrap_or_default(),
@@ -163,14 +163,14 @@ impl Agent {
             }
             let mut m = d.member.clone();
             m.agent = self.address.clone();
-            if published.as_ref() != Some(&m) {
-                if let Some(id) = clock.id {
+            if let Some(id) = clock.id {
+                if published.as_ref() != Some(&(m.clone(), id)) {
                     let body = serde_json::to_vec(&m).expect("a member record serializes");
                     if matches!(
                         tokio::time::timeout(STORE_TIMEOUT, self.store.put(&self.keys.member(&self.me), &body, Some(id))).await,
                         Ok(Ok(_))
                     ) {
-                        published = Some(m);
+                        published = Some((m, id));
                     }
                 }
             }
@@ -197,6 +197,23 @@ impl Agent {
         watcher.abort();
         self.leave(&mut db).await;
         Ok(())
+    }
+
+    /// Whether a plan that makes this node writable (a promotion, a start as the leader)
+    /// still stands right before it runs: the lease is fresh on this process's clock (a
+    /// process stopped between deciding and acting finds it stale). Other plans always
+    /// stand.
+    fn still_current(&self, plan: &crate::plan::Plan, lease: &Mutex<LeaseState>, deadline: Duration) -> bool {
+        let writable_after = plan.steps.iter().any(|s| s.node == self.me && matches!(s.action, Action::Promote | Action::Start));
+        if !writable_after {
+            return true;
+        }
+        let l = lease.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = l.id.is_some() && l.sent.is_some_and(|s| s.elapsed() < deadline);
+        if !fresh {
+            tracing::warn!(node = %self.me, "not carried out (the lease is no longer fresh): {}", steps_of(plan));
+        }
+        fresh
     }
 
     /// Takes, adopts or releases the leader key: whether anything changed.

@@ -177,9 +177,15 @@ fn the_winner_promotes_with_the_failover_planners_steps_on_its_own_node() {
     let p = d.plan.unwrap();
     assert!(p.steps.iter().all(|s| s.node == "db2" || s.node == "t"), "{p}");
     assert!(p.steps.iter().any(|s| matches!(&s.action, Action::RecordFenced { nodes } if nodes == &["db1".to_string()])), "{p}");
-    // The others follow it.
+    // The others follow it once it accepts writes, rendered for the cluster it leads.
     let d = run(&c, "db3", &standby("db3", 200), Ok(&vw), fresh());
-    assert!(d.plan.is_some_and(|p| p.steps.iter().any(|s| s.action == Action::Repoint { upstream: "db2".into() })));
+    assert!(d.plan.is_none(), "not before it reports as the primary: {d:?}");
+    let mut vw = vw;
+    vw.members.insert("db2".into(), v(member("db2", MemberRole::Primary, 400, Some("db2")), Some(LEASE)));
+    let d = run(&c, "db3", &standby("db3", 200), Ok(&vw), fresh());
+    let p = d.plan.expect("a repoint");
+    assert!(p.steps.iter().any(|s| s.action == Action::Repoint { upstream: "db2".into() }), "{p}");
+    assert_eq!(p.after.as_ref().map(|c| c.primary().name.as_str()), Some("db2"));
 }
 
 #[test]
