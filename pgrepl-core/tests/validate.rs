@@ -373,3 +373,24 @@ fn archive_path_with_a_line_break() {
     let ok = with("16", "[archive]\nmode = \"dir\"\npath = \"/srv/with space/it's 100%\"\n");
     assert!(ClusterSpec::from_toml(&ok).unwrap().validate().is_ok());
 }
+
+#[test]
+fn ha_section_is_checked() {
+    let e = errors(&with("16", "[ha]\nttl = 0.5\nloop_wait = 1\n[ha.etcd]\nendpoints = []\n"));
+    assert_field(&e, "ha.etcd.endpoints", &["empty", "client URLs"]);
+    assert_field(&e, "ha.ttl", &["too short"]);
+    let e = errors(&with("16", "[ha]\n[ha.etcd]\nendpoints = [\"127.0.0.1:2379\"]\nuser = \"pgrepl\"\ncert_file = \"rel.pem\"\n"));
+    assert_field(&e, "ha.etcd.endpoints[0]", &["not an etcd client URL", "http://host:port"]);
+    assert_field(&e, "ha.etcd.user", &["password_file"]);
+    assert_field(&e, "ha.etcd.cert_file", &["key_file"]);
+    let e = errors(&with("16", "[ha]\nloop_wait = -1\n[ha.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n"));
+    assert_field(&e, "ha.loop_wait", &["not a duration", "seconds"]);
+    // Unknown keys name themselves.
+    let e = errors(&with("16", "[ha]\nttl_seconds = 3\n[ha.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n"));
+    assert!(e.to_string().contains("ttl_seconds"), "{e}");
+    // The defaults: 3 s lease, 1 s loop, 1 s margin, 1 MiB.
+    let c = ClusterSpec::from_toml(&with("16", "[ha.etcd]\nendpoints = [\"https://10.0.0.5:2379\"]\n")).unwrap().validate().unwrap();
+    let ha = c.ha.unwrap();
+    assert_eq!((ha.settings.ttl_ms, ha.settings.loop_wait_ms, ha.settings.safety_margin_ms), (3000, 1000, 1000));
+    assert_eq!(ha.settings.maximum_lag_on_failover, 1 << 20);
+}
