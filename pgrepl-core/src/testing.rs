@@ -4,6 +4,8 @@
 //!   real host (in the spirit of object_store's `integration.rs`): a new backend gets the
 //!   whole contract checked for free.
 //! - [`provider_suite`] does the same for [`Provider`](crate::provider::Provider)s.
+//! - [`store_suite`] does the same for [`ConsensusStore`](crate::store::ConsensusStore)s
+//!   (the in-process `MemoryStore`, etcd), with a [`LeaseClock`] saying how time passes.
 //! - [`ScriptedTransport`] answers commands from a script, keeps files in memory and
 //!   records every call: for unit tests of the logic that drives a transport.
 //! - [`FlakyTransport`] wraps any transport and fails, drops or delays chosen calls: for
@@ -24,10 +26,12 @@ use crate::transport::{Command, Output, Transport, TransportError, TransportExt}
 mod flaky;
 mod provider_suite;
 mod scripted;
+mod store_suite;
 
 pub use flaky::{Fault, FlakyTransport, Injection, When};
 pub use provider_suite::{HostLifecycle, provider_suite};
 pub use scripted::{Call, FileEntry, Match, Reply, RuleBuilder, ScriptedTransport, command_line};
+pub use store_suite::{LeaseClock, RealTime, lease_expiry_is_watched, store_suite};
 
 /// A copy of a transport error (I/O errors keep their kind and message), for answers given
 /// more than once.

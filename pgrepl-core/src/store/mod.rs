@@ -2,8 +2,9 @@
 //! member's last report, the synchronous set, the topology, the HA settings.
 //!
 //! [`ConsensusStore`] is the one seam: pgrepl-core never depends on an etcd client.
-//! Implementations: `MemoryStore` (in-process, a manual clock; unit and property
-//! tests) and `pgrepl-etcd` (etcd v3, 3.4 and newer). Keys and their values are in
+//! Implementations: [`memory::MemoryStore`] (in-process, a manual clock, can be made
+//! unavailable; unit and property tests) and the `pgrepl-etcd` crate (etcd v3 over its
+//! JSON gateway, 3.4 and newer). Keys and their values are in
 //! [`keys`]; one read of every key of a cluster, parsed, is a [`view::StoreView`].
 //!
 //! Semantics every implementation keeps (checked by `testing::store_suite`):
@@ -17,6 +18,8 @@
 //!   returns [`StoreError::Unavailable`], and the caller reads again.
 
 pub mod keys;
+#[cfg(feature = "runtime")]
+pub mod memory;
 pub mod view;
 
 use std::fmt;
