@@ -41,6 +41,8 @@ mod backend;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "runtime")]
+pub mod guard;
+#[cfg(feature = "runtime")]
 pub mod ha;
 #[cfg(feature = "runtime")]
 pub mod hosts;
