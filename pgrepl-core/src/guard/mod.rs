@@ -12,9 +12,11 @@
 //! - [`protocol`]: the lines ([`Instruction`]) and the loop ([`run_guard`]).
 //! - [`fence`]: the [`Fence`] trait and [`StopPostmaster`], which signals only a process
 //!   it has verified to be the postmaster of the given data directory (or its children).
+//! - [`handle`]: the agent's side, [`GuardHandle`] (spawn, `arm`, `disarm`, `exit`).
 //! - [`watchdog`]: `/dev/watchdog` as an extra where the machine has one.
 
 pub mod fence;
+pub mod handle;
 mod proc;
 pub mod protocol;
 pub mod watchdog;
@@ -23,5 +25,6 @@ pub mod watchdog;
 mod tests;
 
 pub use fence::{Fence, FenceError, FenceReport, StopPostmaster};
+pub use handle::{GuardHandle, GuardWriteError};
 pub use protocol::{FenceCause, Fenced, GuardEnd, GuardOptions, GuardOutcome, Instruction, MAX_ARM, ParseError, run_guard};
 pub use watchdog::{Watchdog, WatchdogError, WatchdogUse};
