@@ -22,6 +22,8 @@ pub mod protocol;
 pub mod watchdog;
 
 #[cfg(test)]
+mod lab_tests;
+#[cfg(test)]
 mod tests;
 
 pub use fence::{Fence, FenceError, FenceReport, StopPostmaster};
