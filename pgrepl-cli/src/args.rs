@@ -147,6 +147,33 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run the agent of one node of an `[ha]` cluster (long-running; `up` starts them in
+    /// the background on local clusters): it owns its PostgreSQL, holds or races for the
+    /// leader key in etcd, and fails over by itself.
+    Agent {
+        #[command(flatten)]
+        common: Common,
+        /// The node.
+        #[arg(long, required_unless_present = "guard")]
+        node: Option<String>,
+        /// Run as the agent's guard (internal: started by the agent itself).
+        #[arg(long, hide = true, requires = "data_dir")]
+        guard: bool,
+        /// The data directory the guard protects (internal).
+        #[arg(long, hide = true)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Agents observe and report only: no promotion, no restart (for maintenance, or to
+    /// run switchover/failover/rejoin by hand).
+    Pause {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Agents act again.
+    Resume {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Connection strings for applications (writes and reads).
     Connstr {
         #[command(flatten)]

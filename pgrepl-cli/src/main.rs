@@ -5,6 +5,7 @@
 //! 4 infrastructure error (a command, host or server failed).
 
 mod args;
+mod ha;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PGREPL_LOG").unwrap_or_else(|_| filter.into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build() {
         Ok(rt) => rt,
@@ -62,6 +64,25 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The options an agent started by `up` gets from this command: the same binaries, major
+/// and work directory.
+fn agent_args(common: &Common) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(p) = &common.pg_bin {
+        v.extend(["--pg-bin".into(), p.into()]);
+    }
+    if let Some(p) = &common.pg_client_bin {
+        v.extend(["--pg-client-bin".into(), p.into()]);
+    }
+    if let Some(m) = common.pg_version {
+        v.extend(["--pg-version".into(), m.to_string().into()]);
+    }
+    if let Some(w) = &common.work_dir {
+        v.extend(["--work-dir".into(), w.into()]);
+    }
+    v
 }
 
 /// Prints a plan (a dry run): text, or JSON.
@@ -102,6 +123,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             spinners.clear();
             // Deployed is not enough: a canary write must reach every standby.
             let verify = d.verify(Duration::from_secs(30)).await?;
+            if d.cluster().ha.is_some() {
+                let store = ha::open_store(&d)?;
+                ha::publish(&d, &store).await?;
+                if matches!(d.cluster().provider(), ProviderSpec::Local(_)) {
+                    let started = ha::start_agents(&d, &spec_path, &agent_args(&common))?;
+                    if common.output == OutputFormat::Text && !started.is_empty() {
+                        eprintln!("agents started: {} (logs in {})", started.join(", "), d.state_dir().join("agents").display());
+                    }
+                }
+            }
             let status = d.status().await;
             match common.output {
                 OutputFormat::Text => {
@@ -121,16 +152,24 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let status = d.status().await;
             let marks: Vec<_> =
                 d.ha_marks(&status).await.unwrap_or_default().into_iter().filter(|m| m.fenced || m.diverged || m.old_timeline).collect();
+            let (ha_lines, ha_json) =
+                if d.cluster().ha.is_some() { ha::status_lines(&d).await } else { (Vec::new(), serde_json::Value::Null) };
             match common.output {
                 OutputFormat::Text => {
                     print!("{status}");
                     for m in &marks {
                         println!("mark: {}: {}", m.node, m.note);
                     }
+                    for l in &ha_lines {
+                        println!("{l}");
+                    }
                 }
                 OutputFormat::Json => {
                     let mut v = serde_json::to_value(&status)?;
                     v["marks"] = serde_json::to_value(&marks)?;
+                    if d.cluster().ha.is_some() {
+                        v["ha"] = ha_json;
+                    }
                     println!("{}", serde_json::to_string_pretty(&v)?)
                 }
             }
@@ -150,24 +189,30 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Switchover { common, to, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
+            ha::require_paused(&d, "switchover").await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.switchover(&to, &spinners).await?;
+            ha::hand_over_leader(&d).await?;
             spinners.clear();
             print_report(&common, &report)?;
             Ok(0)
         }
         Cmd::Failover { common, to, force, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
+            ha::require_paused(&d, "failover").await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.failover(pgrepl_core::ha::FailoverOptions { to, force }, &spinners).await?;
+            ha::hand_over_leader(&d).await?;
             spinners.clear();
             print_report(&common, &report)?;
             Ok(0)
         }
         Cmd::Rejoin { common, node, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
+            ha::require_paused(&d, "rejoin").await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.rejoin(&node, &spinners).await?;
+            ha::hand_over_leader(&d).await?;
             spinners.clear();
             print_report(&common, &report)?;
             Ok(0)
@@ -183,6 +228,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Down { common } => {
             let (d, _) = open(&common, false).await?;
+            if d.cluster().ha.is_some() {
+                ha::stop_agents(&d, Duration::from_secs(60)).await;
+            }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let stopped = d.down(&spinners).await?;
             spinners.clear();
@@ -199,9 +247,17 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 eprintln!("not destroyed");
                 return Ok(3);
             }
+            if d.cluster().ha.is_some() {
+                ha::stop_agents(&d, Duration::from_secs(60)).await;
+            }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let left = d.destroy(&spinners).await?;
             spinners.clear();
+            if d.cluster().ha.is_some() {
+                if let Err(e) = ha::forget(&d).await {
+                    eprintln!("warning: the cluster's keys in etcd were not removed: {e}");
+                }
+            }
             match common.output {
                 OutputFormat::Text => {
                     println!("cluster {} destroyed", d.cluster().name);
@@ -212,6 +268,24 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 OutputFormat::Json => println!("{}", serde_json::json!({ "destroyed": d.cluster().name, "left": left })),
             }
+            Ok(0)
+        }
+        Cmd::Agent { common: _, guard: true, data_dir: Some(dir), .. } => ha::guard(&dir).await,
+        Cmd::Agent { common, node: Some(node), .. } => {
+            let (d, _) = open(&common, false).await?;
+            ha::agent(d, &node).await
+        }
+        Cmd::Agent { .. } => anyhow::bail!("agent: --node NAME is required"),
+        Cmd::Pause { common } => {
+            let (d, _) = open(&common, false).await?;
+            ha::set_paused(&d, true).await?;
+            println!("paused: the agents of {} observe only", d.cluster().name);
+            Ok(0)
+        }
+        Cmd::Resume { common } => {
+            let (d, _) = open(&common, false).await?;
+            ha::set_paused(&d, false).await?;
+            println!("resumed: the agents of {} act again", d.cluster().name);
             Ok(0)
         }
         Cmd::Connstr { common } => {
@@ -314,6 +388,7 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
     };
     let backends = backends();
     let d = Deployment::open(&spec, &opts, &backends.iter().map(|b| &**b).collect::<Vec<_>>()).await?;
+    let d = ha::with_store_records(d)?;
     Ok((d.with_lock_wait(Duration::from_secs(common.lock_wait)), path))
 }
 

@@ -37,7 +37,7 @@ const NODES: [&str; 3] = ["db1", "db2", "db3"];
 /// A deployed 3-node local cluster of the lab.
 struct Lab {
     wd: WorkDir,
-    port: u16,
+    pub(crate) port: u16,
     bin: PathBuf,
     client: PathBuf,
     d: Deployment,
@@ -136,24 +136,24 @@ impl Lab {
 /// the inserting statement, so before its commit record; `after`: taken right after the
 /// commit returned, so at or past its end).
 #[derive(Debug, Clone)]
-struct Ack {
-    id: i64,
-    at: Instant,
+pub(crate) struct Ack {
+    pub(crate) id: i64,
+    pub(crate) at: Instant,
     /// The port of the server that acknowledged it.
-    port: u16,
-    before: Lsn,
-    after: Option<Lsn>,
+    pub(crate) port: u16,
+    pub(crate) before: Lsn,
+    pub(crate) after: Option<Lsn>,
 }
 
 /// A client writing one row per transaction, as fast as the cluster lets it, through a
 /// multi-host read-write connection that it re-opens after every error.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Vec<Ack>>,
 }
 
 impl Load {
-    fn start(ports: Vec<u16>) -> Load {
+    pub(crate) fn start(ports: Vec<u16>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -215,7 +215,7 @@ impl Load {
         Load { stop, task }
     }
 
-    async fn finish(self) -> Vec<Ack> {
+    pub(crate) async fn finish(self) -> Vec<Ack> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap()
     }

@@ -5,6 +5,7 @@
 //! Every server these tests start listens on 127.0.0.1 (or inside the network
 //! namespaces of `scripts/lab/netns.sh`) and is stopped by the test that started it.
 
+mod auto;
 #[cfg(feature = "aws")]
 mod aws_handoff;
 mod common;

@@ -187,6 +187,11 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
                     .armed();
             }
             if writable {
+                if let Some(p) = sync_update(i, view) {
+                    return Decision::new("the primary: its synchronous standbys change (a node came back, or one is fenced)", member)
+                        .plan(p)
+                        .armed();
+                }
                 return Decision::new("the primary, holding the lease", member).armed();
             }
             if local.standby() {
@@ -332,6 +337,35 @@ fn only_mine(mut plan: Plan, me: &str, cluster: &str) -> Plan {
     // (commits wait for them anyway in synchronous mode).
     plan.steps.retain(|s| !matches!(s.action, Action::WaitSyncStandbys { .. } | Action::UpdateSyncStandbys));
     plan
+}
+
+/// The primary's synchronous standbys as the cluster wants them now (the spec's, fenced
+/// nodes left out), when the sync key says otherwise: the key widened first when a
+/// standby is added (it must cover every standby that may acknowledge a commit), the
+/// settings rewritten, then the key narrowed to what they say.
+fn sync_update(i: &AgentInput<'_>, view: &StoreView) -> Option<Plan> {
+    let topo = view.topology();
+    let recorded = topo.sync.clone()?;
+    let mut want = i.cluster.with_primary(i.me).ok()?;
+    crate::cluster::exclude_from_sync(&mut want, &topo.fenced);
+    let want_rec = crate::topology::SyncRecord::of(i.me, &want.replication.sync);
+    let norm = |r: &crate::topology::SyncRecord| {
+        let mut v = r.standbys.clone();
+        v.sort();
+        (r.primary.clone(), r.synchronous(), r.count, v)
+    };
+    if recorded.primary != i.me || norm(&recorded) == norm(&want_rec) {
+        return None;
+    }
+    let mut p = own(i, Operation::Up, Vec::new());
+    p.primary = i.me.to_string();
+    p.steps = vec![
+        Step::new(&i.cluster.name, recorded.widened(&want_rec).action()),
+        Step::new(i.me, Action::UpdateSyncStandbys),
+        Step::new(&i.cluster.name, want_rec.action()),
+    ];
+    p.after = Some(want);
+    Some(p)
 }
 
 /// Where `me` streams from when `leader` is the primary.

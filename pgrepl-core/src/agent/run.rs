@@ -195,7 +195,8 @@ impl Agent {
         }
         renewer.abort();
         watcher.abort();
-        self.leave(&mut db).await;
+        let id = lease.lock().unwrap_or_else(|p| p.into_inner()).id;
+        self.leave(&mut db, id).await;
         Ok(())
     }
 
@@ -242,25 +243,38 @@ impl Agent {
     }
 
     /// On shutdown: a leader stops its server (nothing writes without the lease), then the
-    /// lease goes.
-    async fn leave(&self, db: &mut LocalDb) {
+    /// lease is revoked, so a standby takes over at once instead of after the ttl. Paused,
+    /// nothing changes: the server runs on and the key stays until the lease runs out (a
+    /// rolling restart of the agents: pause, restart them, resume).
+    async fn leave(&self, db: &mut LocalDb, lease: Option<LeaseId>) {
         let local = db.observe().await;
         let snap = tokio::time::timeout(STORE_TIMEOUT, self.store.get_prefix(self.keys.prefix())).await;
-        let leader = match &snap {
-            Ok(Ok(s)) => StoreView::parse(&self.keys, s).leader_node().map(String::from),
+        let view = match &snap {
+            Ok(Ok(s)) => Some(StoreView::parse(&self.keys, s)),
             _ => None,
         };
-        if local.writable() || leader.as_deref() == Some(self.me.as_str()) {
+        let paused = view.as_ref().is_some_and(|v| v.settings().paused);
+        let leader = view.as_ref().and_then(|v| v.leader_node().map(String::from));
+        if !paused && (local.writable() || leader.as_deref() == Some(self.me.as_str())) {
             let mut p = crate::plan::Plan::new(&self.d.cluster().name, crate::plan::Operation::Up, &self.me);
             p.steps = vec![crate::plan::Step::new(&self.me, Action::Stop)];
             let obs = ObservedCluster { nodes: vec![local], topology: Default::default() };
             if let Err(e) = self.d.execute_plan(&p, &obs, &NoProgress).await {
-                tracing::warn!(node = %self.me, "stopping the primary on shutdown failed: {e}");
+                // Still armed, the lease kept: the guard fences at the deadline, and only
+                // then can a standby take the key.
+                tracing::warn!(node = %self.me, "stopping the primary on shutdown failed ({e}): its guard stops it at the lease deadline");
+                return;
             }
         }
         if let Some(g) = self.guard.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             let _ = g.disarm();
         }
+        if let (false, Some(id)) = (paused, lease) {
+            if let Err(e) = self.store.revoke(id).await {
+                tracing::warn!(node = %self.me, "revoking the lease on shutdown: {e}");
+            }
+        }
+        tracing::info!(node = %self.me, "agent stopped{}", if paused { " (paused: the server left as it is)" } else { "" });
     }
 }
 

@@ -341,13 +341,13 @@ proptest! {
     #[test]
     fn no_store_no_promotion(w in arb_world()) {
         let c = cluster("{ mode = \"off\" }");
-        for k in 0..3 {
+        for (k, name) in NAMES.iter().enumerate() {
             let lease = LeaseClock { id: Some(LEASE), since_renewal: Some(Duration::from_millis(if w.lease_fresh[k] { 100 } else { 2500 })) };
-            let d = decide(&AgentInput { me: NAMES[k], cluster: &c, local: &w.locals[k], store: Err("no quorum"), lease, memory: &AgentMemory::default() });
+            let d = decide(&AgentInput { me: name, cluster: &c, local: &w.locals[k], store: Err("no quorum"), lease, memory: &AgentMemory::default() });
             prop_assert!(d.store.is_none());
-            prop_assert!(!promotes(&d, NAMES[k]));
+            prop_assert!(!promotes(&d, name));
             if w.locals[k].writable() && !w.lease_fresh[k] {
-                prop_assert!(fences(&d, NAMES[k]));
+                prop_assert!(fences(&d, name));
             }
         }
     }

@@ -1,0 +1,310 @@
+//! `[ha]` clusters: the store, the agents (`pgrepl agent`, started in the background by
+//! `up` on local clusters), `pause` / `resume`, and what `status` adds from the store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pgrepl_core::agent::{Agent, GuardControl, StoreRecords};
+use pgrepl_core::deploy::{Deployment, TopologyRecords};
+use pgrepl_core::guard::GuardHandle;
+use pgrepl_core::store::{ConsensusStore, Keys, LeaderRecord, StoreView};
+
+/// How long the key `up` writes for the first primary lives before its agent adopts it.
+const BOOTSTRAP_LEASE: Duration = Duration::from_secs(30);
+
+/// The store the cluster's `[ha.etcd]` names.
+pub fn open_store(d: &Deployment) -> anyhow::Result<Arc<dyn ConsensusStore>> {
+    let ha = d.cluster().ha.as_ref().context("the cluster has no [ha] section")?;
+    let e = &ha.etcd;
+    let password = match &e.password_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("ha.etcd.password_file: cannot read {}", p.display()))?
+                .trim_end()
+                .to_string(),
+        ),
+        None => None,
+    };
+    // PGREPL_ETCD_ENDPOINTS (comma-separated) overrides the spec's endpoints for this
+    // process: an agent reaching etcd through another path (a proxy, another network).
+    let endpoints = match std::env::var("PGREPL_ETCD_ENDPOINTS") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => e.endpoints.clone(),
+    };
+    let mut opts = pgrepl_etcd::EtcdOptions::new(endpoints);
+    opts.ca_file = e.ca_file.clone();
+    opts.cert_file = e.cert_file.clone();
+    opts.key_file = e.key_file.clone();
+    opts.user = e.user.clone();
+    opts.password = password.map(pgrepl_core::secret::Secret::new);
+    Ok(Arc::new(pgrepl_etcd::EtcdStore::new(&opts)?))
+}
+
+/// The guard process, seen from the agent.
+#[derive(Debug)]
+struct Guard(GuardHandle);
+
+impl GuardControl for Guard {
+    fn arm(&mut self, left: Duration) -> Result<(), String> {
+        self.0.arm(left).map_err(|e| e.to_string())
+    }
+    fn disarm(&mut self) -> Result<(), String> {
+        self.0.disarm().map_err(|e| e.to_string())
+    }
+}
+
+/// `pgrepl agent --node NODE`: runs until SIGTERM or SIGINT.
+pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
+    let store = open_store(&d)?;
+    let data_dir = agent_data_dir(&d, node).await?;
+    let exe = std::env::current_exe().context("where this program is")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["agent", "--guard", "--data-dir"]).arg(&data_dir);
+    let guard = GuardHandle::spawn(cmd).context("could not start the guard process")?;
+    tracing::info!(node, guard = guard.id(), "agent starting");
+    let agent = Agent::new(d, node, store)?.with_guard(Box::new(Guard(guard)));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    agent.run(shutdown).await?;
+    Ok(0)
+}
+
+/// `pgrepl agent --guard --data-dir D`: the guard (stdin: the agent's instructions).
+pub async fn guard(data_dir: &Path) -> anyhow::Result<u8> {
+    let fence = pgrepl_core::guard::StopPostmaster::new(data_dir);
+    let input = tokio::io::BufReader::new(tokio::io::stdin());
+    let out = pgrepl_core::guard::run_guard(input, &fence, Default::default()).await;
+    tracing::info!("guard ends: {out:?}");
+    Ok(0)
+}
+
+async fn agent_data_dir(d: &Deployment, node: &str) -> anyhow::Result<String> {
+    let (_, handles, _) = d.connect_partial().await?;
+    let h = handles.into_iter().find(|h| h.name == node).with_context(|| format!("node {node}: its host cannot be reached"))?;
+    Ok(h.layout.data_dir)
+}
+
+/// After `up`: the HA settings, the topology and (when nobody leads yet) the leader key
+/// for the primary `up` deployed, bound to a short lease its agent adopts.
+pub async fn publish(d: &Deployment, store: &Arc<dyn ConsensusStore>) -> anyhow::Result<()> {
+    let c = d.cluster();
+    let keys = Keys::new(&c.name);
+    let settings = c.ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default();
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let mut next = settings.clone();
+    if let Some(cur) = &view.config {
+        next.paused = cur.value.paused;
+    }
+    if view.config.as_ref().map(|c| &c.value) != Some(&next) {
+        store.put(&keys.config(), &serde_json::to_vec(&next)?, None).await?;
+    }
+    if view.topology.is_none() {
+        let topo = d.topology().await?;
+        StoreRecords::new(store.clone(), keys.clone()).save(&topo).await?;
+    }
+    if view.leader.is_none() {
+        let current = d.current_cluster().await?;
+        let primary = current.primary().name.clone();
+        let lease = store.grant(BOOTSTRAP_LEASE).await?;
+        let body = serde_json::to_vec(&LeaderRecord { node: primary, timeline: None })?;
+        store.create(&keys.leader(), &body, Some(lease)).await?;
+    }
+    Ok(())
+}
+
+/// Where the agents' pid files and logs are.
+fn agents_dir(d: &Deployment) -> PathBuf {
+    d.state_dir().join("agents")
+}
+
+/// The pid of `node`'s agent, when it runs.
+fn agent_pid(d: &Deployment, node: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(agents_dir(d).join(format!("{node}.pid"))).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let ours = args.iter().any(|a| *a == b"agent") && args.windows(2).any(|w| w[0] == b"--node" && w[1] == node.as_bytes());
+    ours.then_some(pid)
+}
+
+/// Starts every node's agent that does not run (local clusters): `pgrepl agent` in the
+/// background, a pid file and a log per node.
+pub fn start_agents(d: &Deployment, spec_path: &Path, pass: &[std::ffi::OsString]) -> anyhow::Result<Vec<String>> {
+    let dir = agents_dir(d);
+    std::fs::create_dir_all(&dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let exe = std::env::current_exe().context("where this program is")?;
+    let spec_path = std::fs::canonicalize(spec_path).unwrap_or_else(|_| spec_path.to_path_buf());
+    let mut started = Vec::new();
+    for n in &d.cluster().nodes {
+        if agent_pid(d, &n.name).is_some() {
+            continue;
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("{}.log", n.name)))?;
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("agent").arg("--node").arg(&n.name).arg("-f").arg(&spec_path);
+        cmd.args(pass);
+        cmd.env("PGREPL_LOG", std::env::var("PGREPL_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().with_context(|| format!("could not start the agent of {}", n.name))?;
+        std::fs::write(dir.join(format!("{}.pid", n.name)), format!("{}\n", child.id()))?;
+        started.push(n.name.clone());
+    }
+    Ok(started)
+}
+
+/// Stops every agent this machine runs for the cluster (SIGTERM: a leader stops its
+/// server first), waiting up to `wait` for each.
+pub async fn stop_agents(d: &Deployment, wait: Duration) -> Vec<String> {
+    let mut stopped = Vec::new();
+    for n in &d.cluster().nodes {
+        let Some(pid) = agent_pid(d, &n.name) else { continue };
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let t = std::time::Instant::now();
+        while t.elapsed() < wait && Path::new(&format!("/proc/{pid}")).exists() && agent_pid(d, &n.name).is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_file(agents_dir(d).join(format!("{}.pid", n.name)));
+        stopped.push(n.name.clone());
+    }
+    stopped
+}
+
+/// `pause` / `resume`: the agents observe only, or act again.
+pub async fn set_paused(d: &Deployment, paused: bool) -> anyhow::Result<()> {
+    let store = open_store(d)?;
+    let keys = Keys::new(&d.cluster().name);
+    for _ in 0..10 {
+        let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+        let (mut next, rev) = match &view.config {
+            Some(c) => (c.value.clone(), c.mod_revision),
+            None => (d.cluster().ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default(), 0),
+        };
+        next.paused = paused;
+        if store.compare_and_set(&keys.config(), rev, &serde_json::to_vec(&next)?, None).await? {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the HA settings kept changing under this command; try again")
+}
+
+/// What `status` adds for an `[ha]` cluster: the leader, the sync set, the members.
+pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
+    let keys = Keys::new(&d.cluster().name);
+    let store = match open_store(d) {
+        Ok(s) => s,
+        Err(e) => return (vec![format!("ha: {e}")], serde_json::json!({ "error": e.to_string() })),
+    };
+    let snap = match tokio::time::timeout(Duration::from_secs(3), store.get_prefix(keys.prefix())).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return (
+                vec![format!("ha: {e}: no promotion can happen; standbys keep serving reads")],
+                serde_json::json!({ "error": e.to_string() }),
+            );
+        }
+        Err(_) => {
+            return (
+                vec!["ha: the store did not answer in 3 s: no promotion can happen".into()],
+                serde_json::json!({ "error": "timeout" }),
+            );
+        }
+    };
+    let v = StoreView::parse(&keys, &snap);
+    let s = v.settings();
+    let mut lines = vec![format!(
+        "ha: leader {}{}; ttl {} ms, loop {} ms{}",
+        v.leader_node().unwrap_or("none"),
+        v.leader.as_ref().and_then(|l| l.lease).map(|l| format!(" (lease {l:x})")).unwrap_or_default(),
+        s.ttl_ms,
+        s.loop_wait_ms,
+        if s.paused { "; PAUSED (agents observe only)" } else { "" }
+    )];
+    if let Some(sync) = &v.sync {
+        lines.push(format!("ha: sync set of {}: {} of ({})", sync.value.primary, sync.value.count, sync.value.standbys.join(", ")));
+    }
+    for n in &d.cluster().nodes {
+        let agent = if agent_pid(d, &n.name).is_some() { "agent runs here" } else { "no agent here" };
+        match v.member(&n.name) {
+            Some(m) => lines.push(format!(
+                "ha: member {}: {:?}, timeline {}, lsn {}{} ({agent})",
+                n.name,
+                m.role,
+                m.timeline.map(|t| t.to_string()).unwrap_or("-".into()),
+                m.lsn.map(|l| l.to_string()).unwrap_or("-".into()),
+                m.note.as_ref().map(|n| format!(", {n}")).unwrap_or_default()
+            )),
+            None => lines.push(format!("ha: member {}: no report (its agent is not running or its lease ran out; {agent})", n.name)),
+        }
+    }
+    let json = serde_json::json!({
+        "leader": v.leader_node(),
+        "paused": s.paused,
+        "ttl_ms": s.ttl_ms,
+        "sync": v.sync.as_ref().map(|s| &s.value),
+        "members": v.members.values().map(|m| &m.value).collect::<Vec<_>>(),
+    });
+    (lines, json)
+}
+
+/// Removes the cluster's keys (destroy).
+pub async fn forget(d: &Deployment) -> anyhow::Result<()> {
+    let store = open_store(d)?;
+    store.delete_prefix(Keys::new(&d.cluster().name).prefix()).await?;
+    Ok(())
+}
+
+/// Manual switchover, failover and rejoin on an `[ha]` cluster run only while the agents
+/// are paused: people and agents never act on the same cluster at once.
+pub async fn require_paused(d: &Deployment, what: &str) -> anyhow::Result<()> {
+    if d.cluster().ha.is_none() {
+        return Ok(());
+    }
+    let store = open_store(d)?;
+    let keys = Keys::new(&d.cluster().name);
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    if view.settings().paused {
+        return Ok(());
+    }
+    Err(pgrepl_core::Error::Refused(pgrepl_core::error::Refusal {
+        node: d.cluster().name.clone(),
+        reason: format!("agents run this cluster and fail over by themselves: `pgrepl pause` first, then {what}, then `pgrepl resume`"),
+    })
+    .into())
+}
+
+/// After a manual operation: the leader key names the primary now recorded (the old
+/// holder's key is removed; the new primary's agent takes it on resume).
+pub async fn hand_over_leader(d: &Deployment) -> anyhow::Result<()> {
+    if d.cluster().ha.is_none() {
+        return Ok(());
+    }
+    let store = open_store(d)?;
+    let keys = Keys::new(&d.cluster().name);
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let primary = d.current_cluster().await?.primary().name.clone();
+    if let Some(l) = &view.leader {
+        if l.value.node != primary {
+            store.delete_if(&keys.leader(), l.mod_revision).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The deployment with its topology recorded in the store (`[ha]` clusters).
+pub fn with_store_records(d: Deployment) -> anyhow::Result<Deployment> {
+    if d.cluster().ha.is_none() {
+        return Ok(d);
+    }
+    let store = open_store(&d)?;
+    let keys = Keys::new(&d.cluster().name);
+    Ok(d.with_records(Arc::new(StoreRecords::new(store, keys))))
+}

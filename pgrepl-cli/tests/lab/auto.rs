@@ -1,0 +1,359 @@
+//! Automatic failover: a real 3-member etcd on loopback (`scripts/lab/etcd.sh`), real
+//! PostgreSQL, the agents `pgrepl up` starts, a write load that records every
+//! acknowledged commit, and a probe asking every node every 50 ms whether it accepts
+//! writes (never two at once).
+//!
+//! - kill -9 of the primary's whole node (its agent, its guard, its postmaster): a standby
+//!   takes over with no command; in synchronous mode no acknowledged row is lost; the old
+//!   node, its agent started again, rejoins as a standby;
+//! - kill -9 of the postmaster alone, the agent alive: restarted in place, nothing lost;
+//! - SIGSTOP of the primary's agent for twice the ttl: its guard stops the server at the
+//!   deadline, a standby takes over, never two writable nodes, nothing acknowledged lost.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::ha::{Ack, Load};
+
+const NODES: [&str; 3] = ["db1", "db2", "db3"];
+/// The etcd every test of this binary shares (started once, left running for the next).
+const ETCD_BASE: u16 = 23990;
+const TTL_SECONDS: f64 = 3.0;
+
+fn etcd_endpoints() -> String {
+    static STARTED: Mutex<Option<String>> = Mutex::new(None);
+    let mut s = STARTED.lock().unwrap();
+    if let Some(e) = s.as_ref() {
+        return e.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let script = root.join("scripts/lab/etcd.sh");
+    let o = Command::new("bash").arg(&script).args(["start", &ETCD_BASE.to_string()]).output().expect("etcd.sh runs");
+    assert!(o.status.success(), "scripts/lab/etcd.sh start: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("bash").arg(&script).args(["endpoints", &ETCD_BASE.to_string()]).output().unwrap();
+    let e = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    *s = Some(e.clone());
+    e
+}
+
+struct AutoLab {
+    wd: WorkDir,
+    spec: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    client: PathBuf,
+    extra_agents: Vec<Child>,
+}
+
+impl AutoLab {
+    fn up(name: &str, major: &str, sync: Option<&str>) -> AutoLab {
+        let (bin, client) = bins(major);
+        let wd = WorkDir::new(name).with_bin(&bin);
+        let port = free_ports(3);
+        let endpoints: Vec<String> = etcd_endpoints().split(',').map(|e| format!("\"{e}\"")).collect();
+        let mut extra =
+            format!("[ha]\nttl = {TTL_SECONDS}\nloop_wait = 0.5\nsafety_margin = 1\n[ha.etcd]\nendpoints = [{}]\n", endpoints.join(", "));
+        if let Some(s) = sync {
+            extra = format!("[replication]\nsync = {s}\n{extra}");
+        }
+        // `[ha]` must come after the top-level keys: local_spec puts `extra` before [provider].
+        let spec_text = local_spec(name, major, port, &wd.str(), &extra);
+        let spec = wd.path.join("pgrepl.toml");
+        std::fs::write(&spec, spec_text).unwrap();
+        let s = spec.to_str().unwrap();
+        let (code, out, err) = pgrepl_ok(&["up", "-f", s, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()]);
+        assert_eq!(code, 0, "up: {out}\n{err}");
+        let lab = AutoLab { wd, spec, port, bin, client, extra_agents: Vec::new() };
+        lab.wait_leader(&["db1"], Duration::from_secs(30));
+        create_app_role(&lab.client, &lab.wd.path, "db1", port);
+        lab.sql("db1", "CREATE TABLE load (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())");
+        lab
+    }
+
+    fn port_of(&self, node: &str) -> u16 {
+        self.port + NODES.iter().position(|n| *n == node).unwrap() as u16
+    }
+
+    fn sql(&self, node: &str, q: &str) -> String {
+        psql(&self.client, &self.wd.path, node, self.port_of(node), q)
+    }
+
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend([
+            "-f",
+            self.spec.to_str().unwrap(),
+            "--pg-bin",
+            self.bin.to_str().unwrap(),
+            "--pg-client-bin",
+            self.client.to_str().unwrap(),
+        ]);
+        pgrepl_ok(&a)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (_, out, err) = self.cli(&["status", "--output", "json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}: {out}\n{err}"))
+    }
+
+    /// Waits until the leader key names one of `expect` and every member reported.
+    fn wait_leader(&self, expect: &[&str], limit: Duration) -> String {
+        let t = Instant::now();
+        let mut last = serde_json::Value::Null;
+        while t.elapsed() < limit {
+            last = self.status();
+            if let Some(l) = last["ha"]["leader"].as_str() {
+                if expect.contains(&l) && last["ha"]["members"].as_array().is_some_and(|m| m.len() == 3) {
+                    return l.to_string();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("no leader among {expect:?} within {limit:?}: {last:#}");
+    }
+
+    fn agents_dir(&self) -> PathBuf {
+        // The state directory of a local cluster: `secrets` under its work directory.
+        let cands = [self.wd.path.join("secrets").join("agents"), self.wd.path.join("agents")];
+        cands.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| panic!("no agents directory under {}", self.wd.path.display()))
+    }
+
+    fn agent_pid(&self, node: &str) -> i32 {
+        std::fs::read_to_string(self.agents_dir().join(format!("{node}.pid"))).unwrap().trim().parse().unwrap()
+    }
+
+    fn postmaster_pid(&self, node: &str) -> i32 {
+        let f = std::fs::read_to_string(self.wd.path.join(node).join("data").join("postmaster.pid")).unwrap();
+        f.lines().next().unwrap().trim().parse().unwrap()
+    }
+
+    /// The agent's guard: its child `pgrepl agent --guard`.
+    fn guard_pid(&self, agent: i32) -> Option<i32> {
+        for e in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let ppid: Option<i32> = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if ppid == Some(agent) && String::from_utf8_lossy(&cmd).contains("--guard") {
+                return Some(pid);
+            }
+        }
+        None
+    }
+
+    /// Starts `node`'s agent again (the test stops it at the end).
+    fn start_agent(&mut self, node: &str) {
+        let c = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+            .args(["agent", "--node", node, "-f", self.spec.to_str().unwrap()])
+            .args(["--pg-bin", self.bin.to_str().unwrap(), "--pg-client-bin", self.client.to_str().unwrap()])
+            .env("PGREPL_LOG", "info")
+            .stdout(std::fs::File::create(self.wd.path.join(format!("{node}-agent-2.log"))).unwrap())
+            .stderr(std::fs::File::create(self.wd.path.join(format!("{node}-agent-2.err"))).unwrap())
+            .spawn()
+            .unwrap();
+        self.extra_agents.push(c);
+    }
+
+    fn in_recovery(&self, node: &str) -> Option<bool> {
+        let o = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.client.join("psql"))
+            .args(["-X", "-A", "-t", "-h"])
+            .arg(self.wd.path.join(node).join("run"))
+            .args(["-p", &self.port_of(node).to_string(), "-U", "postgres", "-d", "postgres", "-c", "SELECT pg_is_in_recovery()"])
+            .output()
+            .ok()?;
+        o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim() == "t")
+    }
+
+    fn wait_standby_of(&self, node: &str, primary: &str, limit: Duration) {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            let out = self.sql(primary, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'");
+            if out.lines().any(|l| l == node) && self.in_recovery(node) == Some(true) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("{node} does not stream from {primary} within {limit:?}; agent logs in {}", self.wd.path.display());
+    }
+
+    fn finish(mut self) {
+        for c in &mut self.extra_agents {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(30) && c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let (code, out, err) = self.cli(&["destroy", "--yes"]);
+        assert_eq!(code, 0, "destroy: {out}\n{err}");
+    }
+}
+
+/// Asks every node every 50 ms whether it accepts writes; records any moment with two.
+struct WritableProbe {
+    stop: Arc<AtomicBool>,
+    task: std::thread::JoinHandle<Vec<(Instant, Vec<String>)>>,
+}
+
+impl WritableProbe {
+    fn start(client: PathBuf, wd: PathBuf, port: u16) -> WritableProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = std::thread::spawn(move || {
+            let mut both = Vec::new();
+            let t0 = Instant::now();
+            while !flag.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(600) {
+                let writable: Vec<String> = NODES
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, n)| {
+                        let o = Command::new("runuser")
+                            .args(["-u", "postgres", "--"])
+                            .arg(client.join("psql"))
+                            .args(["-X", "-A", "-t", "-h"])
+                            .arg(wd.join(n).join("run"))
+                            .args([
+                                "-p",
+                                &(port + *i as u16).to_string(),
+                                "-U",
+                                "postgres",
+                                "-d",
+                                "postgres",
+                                "-c",
+                                "SELECT pg_is_in_recovery()",
+                            ])
+                            .env("PGCONNECT_TIMEOUT", "1")
+                            .output();
+                        o.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "f")
+                    })
+                    .map(|(_, n)| n.to_string())
+                    .collect();
+                if writable.len() > 1 {
+                    both.push((Instant::now(), writable));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            both
+        });
+        WritableProbe { stop, task }
+    }
+
+    fn finish(self) -> Vec<(Instant, Vec<String>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.join().unwrap()
+    }
+}
+
+fn kill(signal: &str, pid: i32) {
+    let st = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
+    assert!(st.success(), "kill -{signal} {pid}");
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// kill -9 of the agent, its guard and the postmaster.
+    WholeNode,
+    /// kill -9 of the postmaster alone.
+    Postmaster,
+    /// SIGSTOP of the agent for twice the ttl, then SIGCONT.
+    HungAgent,
+}
+
+async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
+    let name = format!("auto-{major}-{}-{fault:?}", if sync.is_some() { "sync" } else { "async" }).to_lowercase();
+    let mut lab = AutoLab::up(&name, major, sync);
+    let ports: Vec<u16> = NODES.iter().map(|n| lab.port_of(n)).collect();
+    let probe = WritableProbe::start(lab.client.clone(), lab.wd.path.clone(), lab.port);
+    let load = Load::start(ports.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let agent = lab.agent_pid("db1");
+    let t_fault = Instant::now();
+    match fault {
+        Fault::WholeNode => {
+            let guard = lab.guard_pid(agent).expect("db1's agent runs a guard");
+            let pm = lab.postmaster_pid("db1");
+            kill("KILL", agent);
+            kill("KILL", guard);
+            kill("KILL", pm);
+        }
+        Fault::Postmaster => kill("KILL", lab.postmaster_pid("db1")),
+        Fault::HungAgent => {
+            kill("STOP", agent);
+            tokio::time::sleep(Duration::from_secs_f64(2.0 * TTL_SECONDS)).await;
+            kill("CONT", agent);
+        }
+    }
+    // Writes resume without any command.
+    let limit = Duration::from_secs(40);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let leader = lab.status()["ha"]["leader"].as_str().map(String::from);
+        let ok = match fault {
+            Fault::Postmaster => lab.in_recovery("db1") == Some(false),
+            _ => leader.as_deref().is_some_and(|l| l != "db1") && lab.in_recovery(leader.as_deref().unwrap()) == Some(false),
+        };
+        if ok {
+            break;
+        }
+        assert!(t_fault.elapsed() < limit, "no writable primary {limit:?} after the fault; logs in {}", lab.wd.path.display());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acks: Vec<Ack> = load.finish().await;
+    let first_after = acks.iter().filter(|a| a.at > t_fault).find(|a| fault_resolved(fault, a, lab.port_of("db1"))).map(|a| a.at - t_fault);
+    eprintln!("{name}: first acknowledged write after the fault: {first_after:?}");
+    assert!(first_after.is_some(), "writes resumed");
+
+    let leader = lab.wait_leader(&NODES, Duration::from_secs(30));
+    if matches!(fault, Fault::Postmaster) {
+        assert_eq!(leader, "db1", "the crashed postmaster is restarted in place");
+    } else {
+        assert_ne!(leader, "db1");
+    }
+    // Nothing acknowledged is lost in synchronous mode (and, restarted in place, ever).
+    let present: std::collections::BTreeSet<i64> =
+        lab.sql(&leader, "SELECT id FROM load").lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect();
+    let missing: Vec<i64> = acks.iter().filter(|a| !present.contains(&a.id)).map(|a| a.id).collect();
+    if sync.is_some() || matches!(fault, Fault::Postmaster) {
+        assert!(missing.is_empty(), "{} acknowledged rows missing on {leader}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+    }
+
+    // The old primary comes back as a standby of the new one, by itself.
+    if !matches!(fault, Fault::Postmaster) {
+        if matches!(fault, Fault::WholeNode) {
+            lab.start_agent("db1");
+        }
+        lab.wait_standby_of("db1", &leader, Duration::from_secs(90));
+    }
+    let both = probe.finish();
+    assert!(both.is_empty(), "two nodes accepted writes at once: {both:?}");
+    lab.finish();
+}
+
+fn fault_resolved(fault: Fault, a: &Ack, old_port: u16) -> bool {
+    match fault {
+        Fault::Postmaster => true,
+        _ => a.port != old_port,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_failover_whole_node_sync_pg15() {
+    auto_failover("15", Some("{ mode = \"any\", count = 1 }"), Fault::WholeNode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_failover_postmaster_killed_restarts_in_place_pg18() {
+    auto_failover("18", Some("{ mode = \"first\", count = 1 }"), Fault::Postmaster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_failover_hung_agent_is_fenced_by_its_guard_pg11() {
+    auto_failover("11", Some("{ mode = \"first\", count = 1 }"), Fault::HungAgent).await;
+}
