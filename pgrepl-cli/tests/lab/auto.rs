@@ -53,6 +53,9 @@ impl AutoLab {
     fn up(name: &str, major: &str, sync: Option<&str>) -> AutoLab {
         let (bin, client) = bins(major);
         let wd = WorkDir::new(name).with_bin(&bin);
+        // A name of its own per run: the keys of a run that died without destroying its
+        // cluster stay in the shared etcd.
+        let name = &format!("{name}-{}", std::process::id() % 100_000);
         let port = free_ports(3);
         let endpoints: Vec<String> = etcd_endpoints().split(',').map(|e| format!("\"{e}\"")).collect();
         let mut extra =
@@ -68,7 +71,7 @@ impl AutoLab {
         let (code, out, err) = pgrepl_ok(&["up", "-f", s, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()]);
         assert_eq!(code, 0, "up: {out}\n{err}");
         let lab = AutoLab { wd, spec, port, bin, client, extra_agents: Vec::new() };
-        lab.wait_leader(&["db1"], Duration::from_secs(30));
+        lab.wait_leader(&["db1"], 3, Duration::from_secs(30));
         create_app_role(&lab.client, &lab.wd.path, "db1", port);
         lab.sql("db1", "CREATE TABLE load (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())");
         lab
@@ -100,14 +103,14 @@ impl AutoLab {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}: {out}\n{err}"))
     }
 
-    /// Waits until the leader key names one of `expect` and every member reported.
-    fn wait_leader(&self, expect: &[&str], limit: Duration) -> String {
+    /// Waits until the leader key names one of `expect` and `members` members report.
+    fn wait_leader(&self, expect: &[&str], members: usize, limit: Duration) -> String {
         let t = Instant::now();
         let mut last = serde_json::Value::Null;
         while t.elapsed() < limit {
             last = self.status();
             if let Some(l) = last["ha"]["leader"].as_str() {
-                if expect.contains(&l) && last["ha"]["members"].as_array().is_some_and(|m| m.len() == 3) {
+                if expect.contains(&l) && last["ha"]["members"].as_array().is_some_and(|m| m.len() >= members) {
                     return l.to_string();
                 }
             }
@@ -182,7 +185,15 @@ impl AutoLab {
         panic!("{node} does not stream from {primary} within {limit:?}; agent logs in {}", self.wd.path.display());
     }
 
-    fn finish(mut self) {
+    fn finish(self) {
+        // Drop stops the agents and destroys the cluster.
+    }
+}
+
+impl Drop for AutoLab {
+    /// Also when a test fails: every agent stopped (pid files; `destroy` does that first),
+    /// those the test started itself, then the cluster and its keys destroyed.
+    fn drop(&mut self) {
         for c in &mut self.extra_agents {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let t = Instant::now();
@@ -191,7 +202,9 @@ impl AutoLab {
             }
         }
         let (code, out, err) = self.cli(&["destroy", "--yes"]);
-        assert_eq!(code, 0, "destroy: {out}\n{err}");
+        if code != 0 {
+            eprintln!("destroy: {out}\n{err}");
+        }
     }
 }
 
@@ -310,7 +323,7 @@ async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
     eprintln!("{name}: first acknowledged write after the fault: {first_after:?}");
     assert!(first_after.is_some(), "writes resumed");
 
-    let leader = lab.wait_leader(&NODES, Duration::from_secs(30));
+    let leader = lab.wait_leader(&NODES, if matches!(fault, Fault::WholeNode) { 2 } else { 3 }, Duration::from_secs(30));
     if matches!(fault, Fault::Postmaster) {
         assert_eq!(leader, "db1", "the crashed postmaster is restarted in place");
     } else {
