@@ -308,3 +308,81 @@ pub fn with_store_records(d: Deployment) -> anyhow::Result<Deployment> {
     let keys = Keys::new(&d.cluster().name);
     Ok(d.with_records(Arc::new(StoreRecords::new(store, keys))))
 }
+
+/// Whether agents run this cluster now (an `[ha]` cluster whose agents are not paused).
+pub async fn agents_in_charge(d: &Deployment) -> anyhow::Result<bool> {
+    if d.cluster().ha.is_none() {
+        return Ok(false);
+    }
+    let store = open_store(d)?;
+    let keys = Keys::new(&d.cluster().name);
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    Ok(!view.settings().paused)
+}
+
+/// What a switchover through the agents did.
+#[derive(Debug, serde::Serialize)]
+pub struct AgentSwitchover {
+    /// The old primary.
+    pub from: String,
+    /// The new one.
+    pub to: String,
+    /// From the request until the new primary reported accepting writes.
+    pub seconds: f64,
+}
+
+/// `switchover --to` on a cluster the agents run: a request in the store that the leader
+/// carries out (clean stop, the key handed over) and the target's agent finishes
+/// (promotion); one request at a time. Waits up to `limit`.
+pub async fn switchover_via_agents(d: &Deployment, to: &str, limit: Duration) -> anyhow::Result<AgentSwitchover> {
+    use pgrepl_core::store::{MemberRole, SwitchoverRequest};
+    let refused = |reason: String| -> anyhow::Error {
+        pgrepl_core::Error::Refused(pgrepl_core::error::Refusal { node: to.to_string(), reason }).into()
+    };
+    if d.cluster().node(to).is_none() {
+        return Err(refused(format!("not a node of cluster {}", d.cluster().name)));
+    }
+    let store = open_store(d)?;
+    let keys = Keys::new(&d.cluster().name);
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let from = view
+        .leader_node()
+        .map(String::from)
+        .ok_or_else(|| refused("no node holds the leader key now (a failover may be under way)".into()))?;
+    if from == to {
+        return Err(refused(format!("{to} is the primary already")));
+    }
+    let t0 = std::time::Instant::now();
+    let body = serde_json::to_vec(&SwitchoverRequest { to: to.to_string(), from: from.clone(), refused: None })?;
+    if !store.create(&keys.switchover(), &body, None).await? {
+        let other = view.switchover.map(|r| format!(" (to {}, asked of {})", r.value.to, r.value.from)).unwrap_or_default();
+        return Err(refused(format!("another switchover is under way{other}: one at a time")));
+    }
+    let mut last = String::new();
+    while t0.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let Ok(snap) = store.get_prefix(keys.prefix()).await else { continue };
+        let v = StoreView::parse(&keys, &snap);
+        if let Some(r) = &v.switchover {
+            if let Some(reason) = &r.value.refused {
+                let _ = store.delete_if(&keys.switchover(), r.mod_revision).await;
+                return Err(refused(format!("{from} refused the switchover: {reason}")));
+            }
+        }
+        if v.leader_node() == Some(to) && v.member(to).is_some_and(|m| m.role == MemberRole::Primary) {
+            let seconds = t0.elapsed().as_secs_f64();
+            if let Some(r) = &v.switchover {
+                let _ = store.delete_if(&keys.switchover(), r.mod_revision).await;
+            }
+            return Ok(AgentSwitchover { from, to: to.to_string(), seconds });
+        }
+        last = format!("leader {}", v.leader_node().unwrap_or("none"));
+    }
+    // Not done in time: withdrawn (a leader that stopped starts again in place).
+    if let Ok(snap) = store.get_prefix(keys.prefix()).await {
+        if let Some(r) = StoreView::parse(&keys, &snap).switchover {
+            let _ = store.delete_if(&keys.switchover(), r.mod_revision).await;
+        }
+    }
+    anyhow::bail!("the switchover to {to} did not finish within {}s ({last}); the request was withdrawn", limit.as_secs())
+}

@@ -189,7 +189,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Switchover { common, to, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
-            ha::require_paused(&d, "switchover").await?;
+            if ha::agents_in_charge(&d).await? {
+                let r = ha::switchover_via_agents(&d, &to, Duration::from_secs(120)).await?;
+                match common.output {
+                    OutputFormat::Text => println!("switchover {} -> {} by the agents: {:.3}s", r.from, r.to, r.seconds),
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                }
+                return Ok(0);
+            }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.switchover(&to, &spinners).await?;
             ha::hand_over_leader(&d).await?;
@@ -199,7 +206,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Failover { common, to, force, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
-            ha::require_paused(&d, "failover").await?;
+            ha::require_paused(&d, "failover (the agents fail over by themselves; `switchover --to` moves the primary through them)")
+                .await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.failover(pgrepl_core::ha::FailoverOptions { to, force }, &spinners).await?;
             ha::hand_over_leader(&d).await?;
@@ -209,7 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Rejoin { common, node, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
-            ha::require_paused(&d, "rejoin").await?;
+            ha::require_paused(&d, "rejoin (the agents bring former primaries back by themselves)").await?;
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.rejoin(&node, &spinners).await?;
             ha::hand_over_leader(&d).await?;

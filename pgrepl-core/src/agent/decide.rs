@@ -70,6 +70,29 @@ pub enum StoreOp {
         /// The key's `mod_revision`.
         mod_revision: crate::store::Revision,
     },
+    /// Give the leader key (this node's, its server stopped cleanly) to the standby a
+    /// switchover asked for, bound to that standby's lease.
+    HandOver {
+        /// The standby.
+        to: String,
+        /// Its agent's lease (its member key's).
+        lease: crate::store::LeaseId,
+        /// The leader key's `mod_revision`.
+        mod_revision: crate::store::Revision,
+    },
+    /// Remove a switchover request that is done (this node, its target, leads) or whose
+    /// premise is gone (another node led when it was asked).
+    ClearSwitchover {
+        /// The request's `mod_revision`.
+        mod_revision: crate::store::Revision,
+    },
+    /// Answer a switchover request with a refusal.
+    RefuseSwitchover {
+        /// The request's `mod_revision`.
+        mod_revision: crate::store::Revision,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Whether the guard enforces the write deadline.
@@ -185,6 +208,35 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
                 return Decision::new("the leader key is this node's on another lease: adopt it", member)
                     .store(StoreOp::AdoptLeader { mod_revision: l.mod_revision })
                     .armed();
+            }
+            if let Some(r) = view.switchover.as_ref().filter(|r| r.value.from == me && r.value.to != me && r.value.refused.is_none()) {
+                let to = r.value.to.clone();
+                if writable {
+                    return match switchover_check(i, view, &to) {
+                        Ok(()) => Decision::new(format!("switchover to {to}: stop cleanly (its last WAL reaches {to})"), member)
+                            .plan(own(
+                                i,
+                                Operation::Switchover { to: to.clone() },
+                                vec![Step::new(me, Action::Checkpoint).best_effort(), Step::new(me, Action::StopClean)],
+                            ))
+                            .armed(),
+                        Err(reason) => Decision::new(format!("switchover to {to} refused: {reason}"), member)
+                            .store(StoreOp::RefuseSwitchover { mod_revision: r.mod_revision, reason })
+                            .armed(),
+                    };
+                }
+                if local.stopped() && local.control_state == Some(crate::pgcontrol::DbState::ShutDown) {
+                    if let Some(lease) = view.members.get(&to).and_then(|m| m.lease) {
+                        return Decision::new(format!("switchover: stopped cleanly; the leader key goes to {to}"), member)
+                            .store(StoreOp::HandOver { to, lease, mod_revision: l.mod_revision });
+                    }
+                }
+            }
+            if let Some(r) = view.switchover.as_ref().filter(|r| r.value.refused.is_none() && (r.value.to == me || r.value.from != me)) {
+                if writable {
+                    let why = if r.value.to == me { "switchover done" } else { "a switchover asked of another leader: dropped" };
+                    return Decision::new(why, member).store(StoreOp::ClearSwitchover { mod_revision: r.mod_revision }).armed();
+                }
             }
             if writable {
                 if let Some(p) = sync_update(i, view) {
@@ -366,6 +418,26 @@ fn sync_update(i: &AgentInput<'_>, view: &StoreView) -> Option<Plan> {
     ];
     p.after = Some(want);
     Some(p)
+}
+
+/// Whether the leader may hand over to `to` now: a standby that reports, streams from
+/// it, and is caught up to within the switchover's limit.
+fn switchover_check(i: &AgentInput<'_>, view: &StoreView, to: &str) -> Result<(), String> {
+    if i.cluster.node(to).is_none() {
+        return Err(format!("{to} is not a node of the cluster"));
+    }
+    if view.topology().is_fenced(to) {
+        return Err(format!("{to} is fenced"));
+    }
+    let m = view.member(to).ok_or_else(|| format!("{to} does not report (its agent is not running)"))?;
+    if m.role != MemberRole::Standby || !m.streaming {
+        return Err(format!("{to} is not a streaming standby"));
+    }
+    let lag = i.local.lsn.map(|l| l.0.saturating_sub(m.lsn.map(|x| x.0).unwrap_or(0))).unwrap_or(u64::MAX);
+    if lag > plan::switchover::SWITCHOVER_MAX_LAG_BYTES {
+        return Err(format!("{to} is {lag} bytes behind"));
+    }
+    Ok(())
 }
 
 /// Where `me` streams from when `leader` is the primary.

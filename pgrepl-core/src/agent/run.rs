@@ -225,6 +225,20 @@ impl Agent {
             StoreOp::TakeLeader => self.store.create(&key, &body, Some(id)).await,
             StoreOp::AdoptLeader { mod_revision } => self.store.compare_and_set(&key, *mod_revision, &body, Some(id)).await,
             StoreOp::ReleaseLeader { mod_revision } => self.store.delete_if(&key, *mod_revision).await,
+            StoreOp::HandOver { to, lease, mod_revision } => {
+                let body = serde_json::to_vec(&LeaderRecord { node: to.clone(), timeline: local.timeline }).expect("serializes");
+                self.store.compare_and_set(&key, *mod_revision, &body, Some(*lease)).await
+            }
+            StoreOp::ClearSwitchover { mod_revision } => self.store.delete_if(&self.keys.switchover(), *mod_revision).await,
+            StoreOp::RefuseSwitchover { mod_revision, reason } => match &view.switchover {
+                Some(r) => {
+                    let mut answer = r.value.clone();
+                    answer.refused = Some(reason.clone());
+                    let body = serde_json::to_vec(&answer).expect("serializes");
+                    self.store.compare_and_set(&self.keys.switchover(), *mod_revision, &body, None).await
+                }
+                None => Ok(false),
+            },
         };
         match r {
             Ok(true) => {

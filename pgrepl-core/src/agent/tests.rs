@@ -352,3 +352,36 @@ proptest! {
         }
     }
 }
+
+fn request(to: &str, from: &str) -> Versioned<crate::store::SwitchoverRequest> {
+    v(crate::store::SwitchoverRequest { to: to.into(), from: from.into(), refused: None }, None)
+}
+
+#[test]
+fn a_switchover_request_stops_the_leader_cleanly_then_hands_the_key_over() {
+    let c = cluster("{ mode = \"off\" }");
+    let mut db2 = member("db2", MemberRole::Standby, 100, Some("db1"));
+    db2.streaming = true;
+    let mut vw = view(Some(("db1", LEASE)), vec![db2, member("db3", MemberRole::Standby, 100, Some("db1"))]);
+    vw.switchover = Some(request("db2", "db1"));
+    let d = run(&c, "db1", &primary("db1", 100), Ok(&vw), fresh());
+    let p = d.plan.expect("a clean stop");
+    assert!(p.steps.iter().any(|s| s.action == Action::StopClean), "{p}");
+    // Stopped cleanly: the key goes to db2, on db2's lease.
+    let mut down = stopped("db1", false);
+    down.control_state = Some(crate::pgcontrol::DbState::ShutDown);
+    let d = run(&c, "db1", &down, Ok(&vw), fresh());
+    assert!(matches!(&d.store, Some(StoreOp::HandOver { to, lease: 1, .. }) if to == "db2"), "{d:?}");
+    // Crashed instead (not a clean shutdown): started again in place, no hand-over.
+    let d = run(&c, "db1", &stopped("db1", false), Ok(&vw), fresh());
+    assert!(d.store.is_none() && d.plan.is_some_and(|p| p.steps.iter().any(|s| s.action == Action::Start)));
+    // db3 does not stream: refused, with the reason.
+    vw.switchover = Some(request("db3", "db1"));
+    let d = run(&c, "db1", &primary("db1", 100), Ok(&vw), fresh());
+    assert!(matches!(&d.store, Some(StoreOp::RefuseSwitchover { reason, .. }) if reason.contains("not a streaming standby")), "{d:?}");
+    // Done: the new leader clears it.
+    let mut vw = view(Some(("db2", LEASE)), vec![]);
+    vw.switchover = Some(request("db2", "db1"));
+    let d = run(&c, "db2", &primary("db2", 300), Ok(&vw), fresh());
+    assert!(matches!(d.store, Some(StoreOp::ClearSwitchover { .. })), "{d:?}");
+}

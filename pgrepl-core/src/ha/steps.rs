@@ -307,17 +307,16 @@ impl Exec<'_> {
                 Ok(None)
             }
             Do::UpdateSyncStandbys => {
+                // synchronous_standby_names takes a reload; a restart of the primary would
+                // be a write outage (a setting it carries from its time as a standby, such
+                // as recovery_target_timeline, may stay "pending restart" harmlessly).
                 let h = self.host(node)?;
-                let n = Self::node_of(&self.after, node)?;
                 let r = op.render(&self.after, node)?;
                 let run = op.run(&self.after);
                 if run.write_files(h, &r, false).await? {
                     let t = Instant::now();
-                    let mut actions = Vec::new();
-                    run.apply_config(n, h, &r, &mut actions).await?;
-                    let mut st = self.st();
-                    st.report.actions.extend(actions);
-                    act(&mut st.report.actions, node, "synchronous standbys updated", t);
+                    h.transport.run(&Command::from_line(&r.commands.reload)).await.map_err(|e| tr(node, "reload the configuration", e))?;
+                    act(&mut self.st().report.actions, node, "synchronous standbys updated (reload)", t);
                 }
                 Ok(None)
             }

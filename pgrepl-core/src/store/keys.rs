@@ -11,7 +11,7 @@
 //! | `position` | [`PositionRecord`]: the primary's WAL position, written by its agent each loop | none |
 //! | `config` | [`HaSettings`]: ttl, loop wait, maximum lag on failover, pause | none |
 //! | `op` | the operation lock | the holder's lease |
-//! | `requests/<id>` | a switchover, failover or rejoin asked by the CLI | none |
+//! | `requests/switchover` | [`SwitchoverRequest`]: a switchover asked by the CLI, carried out by the agents | none |
 
 use serde::{Deserialize, Serialize};
 
@@ -77,14 +77,9 @@ impl Keys {
         format!("{}op", self.prefix)
     }
 
-    /// A request of the CLI.
-    pub fn request(&self, id: &str) -> String {
-        format!("{}requests/{id}", self.prefix)
-    }
-
-    /// The prefix of the requests.
-    pub fn requests(&self) -> String {
-        format!("{}requests/", self.prefix)
+    /// A switchover asked of the agents.
+    pub fn switchover(&self) -> String {
+        format!("{}requests/switchover", self.prefix)
     }
 
     /// What `key` is, relative to the cluster's prefix (`None`: not one of its keys).
@@ -181,6 +176,20 @@ impl MemberRecord {
             note: None,
         }
     }
+}
+
+/// A switchover asked of the agents (`pgrepl switchover` on an `[ha]` cluster). The
+/// leader stops cleanly (its last WAL reaches the standbys), then hands the leader key to
+/// `to`, whose agent promotes it; the old primary comes back as its standby.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchoverRequest {
+    /// The standby to promote.
+    pub to: String,
+    /// The leader when it was asked (only that node acts on it).
+    pub from: String,
+    /// Why the leader refused it, once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The HA settings (the `config` key; first written from the spec's `[ha]`).

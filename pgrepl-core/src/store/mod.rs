@@ -26,7 +26,7 @@ use std::fmt;
 #[cfg(feature = "runtime")]
 use std::time::Duration;
 
-pub use keys::{HaSettings, Keys, LeaderRecord, MemberRecord, MemberRole, PositionRecord};
+pub use keys::{HaSettings, Keys, LeaderRecord, MemberRecord, MemberRole, PositionRecord, SwitchoverRequest};
 pub use view::StoreView;
 
 /// A revision of the store (etcd's `header.revision`).

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::keys::{HaSettings, Keys, LeaderRecord, MemberRecord, PositionRecord};
+use super::keys::{HaSettings, Keys, LeaderRecord, MemberRecord, PositionRecord, SwitchoverRequest};
 use super::{KeyValue, LeaseId, Revision, Snapshot};
 use crate::topology::{SyncRecord, Topology};
 
@@ -32,6 +32,8 @@ pub struct StoreView {
     pub topology: Option<Versioned<Topology>>,
     /// The primary's last position.
     pub position: Option<Versioned<PositionRecord>>,
+    /// A switchover asked of the agents.
+    pub switchover: Option<Versioned<SwitchoverRequest>>,
     /// The HA settings.
     pub config: Option<Versioned<HaSettings>>,
     /// Keys that could not be parsed (key, why): reported, never guessed at.
@@ -50,6 +52,7 @@ impl StoreView {
                 "topology" => parse(kv).map(|x| v.topology = Some(x)),
                 "config" => parse(kv).map(|x| v.config = Some(x)),
                 "position" => parse(kv).map(|x| v.position = Some(x)),
+                "requests/switchover" => parse(kv).map(|x| v.switchover = Some(x)),
                 n if n.starts_with("members/") => parse::<MemberRecord>(kv).map(|x| {
                     v.members.insert(n["members/".len()..].to_string(), x);
                 }),
