@@ -51,13 +51,18 @@ struct AutoLab {
 
 impl AutoLab {
     fn up(name: &str, major: &str, sync: Option<&str>) -> AutoLab {
+        AutoLab::up_on(name, major, sync, &etcd_endpoints())
+    }
+
+    /// On the etcd cluster of `endpoints` (comma-separated client URLs).
+    fn up_on(name: &str, major: &str, sync: Option<&str>, endpoints: &str) -> AutoLab {
         let (bin, client) = bins(major);
         let wd = WorkDir::new(name).with_bin(&bin);
         // A name of its own per run: the keys of a run that died without destroying its
         // cluster stay in the shared etcd.
         let name = &format!("{name}-{}", std::process::id() % 100_000);
         let port = free_ports(3);
-        let endpoints: Vec<String> = etcd_endpoints().split(',').map(|e| format!("\"{e}\"")).collect();
+        let endpoints: Vec<String> = endpoints.split(',').map(|e| format!("\"{e}\"")).collect();
         let mut extra =
             format!("[ha]\nttl = {TTL_SECONDS}\nloop_wait = 0.5\nsafety_margin = 1\n[ha.etcd]\nendpoints = [{}]\n", endpoints.join(", "));
         if let Some(s) = sync {
@@ -150,7 +155,16 @@ impl AutoLab {
 
     /// Starts `node`'s agent again (the test stops it at the end).
     fn start_agent(&mut self, node: &str) {
-        let c = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        self.start_agent_with(node, None);
+    }
+
+    /// Starts `node`'s agent, reaching etcd through `endpoints` when given.
+    fn start_agent_with(&mut self, node: &str, endpoints: Option<&str>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
+        if let Some(e) = endpoints {
+            cmd.env("PGREPL_ETCD_ENDPOINTS", e);
+        }
+        let c = cmd
             .args(["agent", "--node", node, "-f", self.spec.to_str().unwrap()])
             .args(["--pg-bin", self.bin.to_str().unwrap(), "--pg-client-bin", self.client.to_str().unwrap()])
             .env("PGREPL_LOG", "info")
@@ -369,4 +383,223 @@ async fn auto_failover_postmaster_killed_restarts_in_place_pg18() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_failover_hung_agent_is_fenced_by_its_guard_pg11() {
     auto_failover("11", Some("{ mode = \"first\", count = 1 }"), Fault::HungAgent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_failover_whole_node_async_pg11() {
+    auto_failover("11", None, Fault::WholeNode).await;
+}
+
+/// The rows acknowledged that `node` lacks.
+fn missing_on(lab: &AutoLab, node: &str, acks: &[Ack]) -> Vec<i64> {
+    let present: std::collections::BTreeSet<i64> =
+        lab.sql(node, "SELECT id FROM load").lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect();
+    acks.iter().filter(|a| !present.contains(&a.id)).map(|a| a.id).collect()
+}
+
+/// A manual switchover while the agents run (two asked at once: one goes through, the
+/// other is refused), pause (a crashed primary is left alone, the CLI may act by hand)
+/// and resume (the agents act again, with no command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_switchover_pause_and_resume_pg15() {
+    let name = "auto-15-switchover";
+    let lab = AutoLab::up(name, "15", Some("{ mode = \"any\", count = 1 }"));
+    let ports: Vec<u16> = NODES.iter().map(|n| lab.port_of(n)).collect();
+    let probe = WritableProbe::start(lab.client.clone(), lab.wd.path.clone(), lab.port);
+    let load = Load::start(ports);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    // Two operators at once.
+    let spawn = |to: &str| {
+        Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+            .args(["switchover", "--to", to, "-f", lab.spec.to_str().unwrap(), "--pg-bin", lab.bin.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("db2"), spawn("db3"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let codes = (a.status.code(), b.status.code());
+    let text = |o: &std::process::Output| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    eprintln!("switchover to db2: {}\nswitchover to db3: {}", text(&a), text(&b));
+    assert!(matches!(codes, (Some(0), Some(3)) | (Some(3), Some(0))), "exactly one goes through: {codes:?}");
+    let (winner, loser) = if codes.0 == Some(0) { ("db2", &b) } else { ("db3", &a) };
+    assert!(text(loser).contains("another switchover is under way"), "{}", text(loser));
+    assert_eq!(lab.wait_leader(&[winner], 3, Duration::from_secs(30)), winner);
+    for n in NODES.iter().filter(|n| **n != winner) {
+        lab.wait_standby_of(n, winner, Duration::from_secs(60));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acks = load.finish().await;
+    assert!(acks.iter().any(|a| a.port == lab.port_of(winner)), "writes went on on {winner}");
+    let missing = missing_on(&lab, winner, &acks);
+    assert!(missing.is_empty(), "acknowledged rows missing after the switchover: {missing:?}");
+
+    // While the agents run, a manual failover is refused with what to do.
+    let (code, out, err) = lab.cli(&["failover"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("pgrepl pause"), "{err}");
+
+    // Paused: a crashed primary is not restarted, the key stays.
+    let (code, out, err) = lab.cli(&["pause"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(lab.status()["ha"]["paused"].as_bool() == Some(true));
+    kill("KILL", lab.postmaster_pid(winner));
+    tokio::time::sleep(Duration::from_secs_f64(TTL_SECONDS + 1.0)).await;
+    assert_eq!(lab.in_recovery(winner), None, "paused: {winner} left stopped");
+    assert_eq!(lab.status()["ha"]["leader"].as_str(), Some(winner), "paused: no failover");
+    // Resumed: restarted in place.
+    let (code, out, err) = lab.cli(&["resume"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let t = Instant::now();
+    while lab.in_recovery(winner) != Some(false) {
+        assert!(t.elapsed() < Duration::from_secs(30), "{winner} not restarted after resume");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let both = probe.finish();
+    assert!(both.is_empty(), "two nodes accepted writes at once: {both:?}");
+    lab.finish();
+}
+
+/// A TCP relay to one etcd endpoint that the test can cut (every connection dropped, new
+/// ones refused) and restore on the same port.
+struct Relay {
+    port: u16,
+    target: String,
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: &str) -> Relay {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let r = Relay { port, target: target.trim_start_matches("http://").to_string(), tasks: Arc::new(Mutex::new(Vec::new())) };
+        r.serve(l);
+        r
+    }
+
+    fn serve(&self, l: tokio::net::TcpListener) {
+        let (target, tasks) = (self.target.clone(), self.tasks.clone());
+        let t = tokio::spawn(async move {
+            while let Ok((mut a, _)) = l.accept().await {
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut b) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                });
+                tasks.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks.lock().unwrap().push(t);
+    }
+
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.serve(l);
+    }
+}
+
+/// The primary cut off from etcd (its agent reaches etcd through a relay the test cuts):
+/// it stops accepting writes within the ttl, a standby takes over, never two writable;
+/// the link back, it rejoins as a standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_primary_cut_off_from_etcd_pg15() {
+    let mut lab = AutoLab::up("auto-15-cutoff", "15", Some("{ mode = \"any\", count = 1 }"));
+    let first = etcd_endpoints().split(',').next().unwrap().to_string();
+    let relay = Relay::start(&first).await;
+    // db1's agent again, through the relay (paused meanwhile: its server runs on).
+    assert_eq!(lab.cli(&["pause"]).0, 0);
+    let agent = lab.agent_pid("db1");
+    kill("TERM", agent);
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{agent}")).exists() {
+        assert!(t.elapsed() < Duration::from_secs(30), "db1's agent did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lab.start_agent_with("db1", Some(&format!("http://127.0.0.1:{}", relay.port)));
+    assert_eq!(lab.cli(&["resume"]).0, 0);
+    lab.wait_leader(&["db1"], 3, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let ports: Vec<u16> = NODES.iter().map(|n| lab.port_of(n)).collect();
+    let probe = WritableProbe::start(lab.client.clone(), lab.wd.path.clone(), lab.port);
+    let load = Load::start(ports);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    relay.cut();
+    let t_cut = Instant::now();
+    // db1 stops accepting writes within the ttl (its own clock: ttl - margin).
+    while lab.in_recovery("db1") == Some(false) {
+        assert!(t_cut.elapsed() < Duration::from_secs_f64(TTL_SECONDS + 1.0), "db1 still accepts writes {:?} after the cut", t_cut.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("db1 stopped accepting writes {:?} after the cut", t_cut.elapsed());
+    let leader = lab.wait_leader(&["db2", "db3"], 2, Duration::from_secs(30));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let acks = load.finish().await;
+    let missing = missing_on(&lab, &leader, &acks);
+    assert!(missing.is_empty(), "acknowledged rows missing on {leader}: {missing:?}");
+    // The link back: db1 rejoins by itself.
+    relay.restore().await;
+    lab.wait_standby_of("db1", &leader, Duration::from_secs(90));
+    let both = probe.finish();
+    assert!(both.is_empty(), "two nodes accepted writes at once: {both:?}");
+    lab.finish();
+}
+
+/// etcd loses its quorum: no promotion anywhere, the primary stops accepting writes,
+/// standbys keep serving reads, status says why; quorum back, the cluster heals with no
+/// command. On an etcd cluster of its own (the shared one stays whole for other tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_etcd_quorum_loss_then_heals_pg15() {
+    const BASE: &str = "24090";
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab/etcd.sh");
+    let etcd = |args: &[&str]| {
+        let o = Command::new("bash").arg(&script).args(args).output().unwrap();
+        assert!(o.status.success(), "etcd.sh {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    etcd(&["start", BASE]);
+    let endpoints = etcd(&["endpoints", BASE]);
+    let lab = AutoLab::up_on("auto-15-quorum", "15", Some("{ mode = \"any\", count = 1 }"), &endpoints);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    etcd(&["stop-member", BASE, "2"]);
+    etcd(&["stop-member", BASE, "3"]);
+    let t = Instant::now();
+    while lab.in_recovery("db1") == Some(false) {
+        assert!(t.elapsed() < Duration::from_secs_f64(TTL_SECONDS + 1.0), "db1 still accepts writes {:?} without quorum", t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // No promotion anywhere, reads go on, status says why.
+    tokio::time::sleep(Duration::from_secs_f64(TTL_SECONDS)).await;
+    for n in ["db2", "db3"] {
+        assert_eq!(lab.in_recovery(n), Some(true), "{n} serves reads as a standby");
+    }
+    let (_, out, _) = lab.cli(&["status"]);
+    assert!(out.contains("no promotion can happen"), "{out}");
+    etcd(&["start-member", BASE, "2"]);
+    etcd(&["start-member", BASE, "3"]);
+    let t = Instant::now();
+    let writable = loop {
+        let w: Vec<&str> = NODES.iter().copied().filter(|n| lab.in_recovery(n) == Some(false)).collect();
+        if w.len() == 1 {
+            break w[0];
+        }
+        assert!(w.len() < 2, "two writable: {w:?}");
+        assert!(t.elapsed() < Duration::from_secs(60), "no primary 60 s after quorum came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("healed: {writable} accepts writes {:?} after quorum came back", t.elapsed());
+    for n in NODES.iter().filter(|n| **n != writable) {
+        lab.wait_standby_of(n, writable, Duration::from_secs(60));
+    }
+    lab.finish();
+    etcd(&["stop", BASE]);
 }
