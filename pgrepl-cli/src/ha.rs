@@ -386,3 +386,14 @@ pub async fn switchover_via_agents(d: &Deployment, to: &str, limit: Duration) ->
     }
     anyhow::bail!("the switchover to {to} did not finish within {}s ({last}); the request was withdrawn", limit.as_secs())
 }
+
+/// Whether agents lead the cluster now: not paused, and a node holds the leader key.
+pub async fn agents_lead(d: &Deployment) -> anyhow::Result<bool> {
+    if d.cluster().ha.is_none() {
+        return Ok(false);
+    }
+    let store = open_store(d)?;
+    let keys = Keys::new(&d.cluster().name);
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    Ok(!view.settings().paused && view.leader.is_some())
+}

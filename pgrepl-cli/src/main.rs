@@ -119,6 +119,30 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if common.output == OutputFormat::Text {
                 eprintln!("cluster file: {}", spec_path.display());
             }
+            // Agents running the cluster own its servers: `up` then only starts the agents
+            // that do not run (a node brought back); `pause` first to converge the nodes.
+            if ha::agents_lead(&d).await? {
+                let started = if matches!(d.cluster().provider(), ProviderSpec::Local(_)) {
+                    ha::start_agents(&d, &spec_path, &agent_args(&common))?
+                } else {
+                    Vec::new()
+                };
+                spinners.clear();
+                let (lines, json) = ha::status_lines(&d).await;
+                match common.output {
+                    OutputFormat::Text => {
+                        println!("agents run cluster {}: nodes left to them (`pgrepl pause` first to converge the nodes to the spec)", d.cluster().name);
+                        if !started.is_empty() {
+                            println!("agents started: {}", started.join(", "));
+                        }
+                        for l in &lines {
+                            println!("{l}");
+                        }
+                    }
+                    OutputFormat::Json => println!("{}", serde_json::json!({ "agents_started": started, "ha": json })),
+                }
+                return Ok(0);
+            }
             let report = d.up(&spinners).await?;
             spinners.clear();
             // Deployed is not enough: a canary write must reach every standby.
