@@ -131,7 +131,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 let (lines, json) = ha::status_lines(&d).await;
                 match common.output {
                     OutputFormat::Text => {
-                        println!("agents run cluster {}: nodes left to them (`pgrepl pause` first to converge the nodes to the spec)", d.cluster().name);
+                        println!(
+                            "agents run cluster {}: nodes left to them (`pgrepl pause` first to converge the nodes to the spec)",
+                            d.cluster().name
+                        );
                         if !started.is_empty() {
                             println!("agents started: {}", started.join(", "));
                         }

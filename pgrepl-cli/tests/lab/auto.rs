@@ -537,7 +537,11 @@ async fn auto_primary_cut_off_from_etcd_pg15() {
     let t_cut = Instant::now();
     // db1 stops accepting writes within the ttl (its own clock: ttl - margin).
     while lab.in_recovery("db1") == Some(false) {
-        assert!(t_cut.elapsed() < Duration::from_secs_f64(TTL_SECONDS + 1.0), "db1 still accepts writes {:?} after the cut", t_cut.elapsed());
+        assert!(
+            t_cut.elapsed() < Duration::from_secs_f64(TTL_SECONDS + 1.0),
+            "db1 still accepts writes {:?} after the cut",
+            t_cut.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eprintln!("db1 stopped accepting writes {:?} after the cut", t_cut.elapsed());
