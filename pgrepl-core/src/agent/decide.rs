@@ -350,14 +350,7 @@ impl AgentInput<'_> {
 /// The member record this loop publishes.
 fn member_record(i: &AgentInput<'_>) -> MemberRecord {
     let o = i.local;
-    let role = if o.writable() {
-        MemberRole::Primary
-    } else if o.standby() {
-        MemberRole::Standby
-    } else {
-        MemberRole::Stopped
-    };
-    let mut m = MemberRecord::new(i.me, role);
+    let mut m = MemberRecord::new(i.me, MemberRole::of(o));
     m.timeline = o.timeline;
     m.lsn = o.position();
     m.replay_lsn = if o.standby() { o.lsn } else { None };

@@ -24,23 +24,7 @@ fn cluster(sync: &str) -> Cluster {
     spec.validate().unwrap()
 }
 
-fn primary(name: &str, lsn: u64) -> Observed {
-    let mut o = Observed::unknown(name);
-    o.host_reachable = true;
-    o.server = ServerState::Running;
-    o.in_recovery = Some(false);
-    o.timeline = Some(1);
-    o.lsn = Some(Lsn(lsn));
-    o
-}
-
-fn standby(name: &str, lsn: u64) -> Observed {
-    let mut o = primary(name, lsn);
-    o.in_recovery = Some(true);
-    o.receive_lsn = Some(Lsn(lsn));
-    o.receiver = Some("streaming".into());
-    o
-}
+use crate::observe::fixtures::{primary, standby};
 
 fn stopped(name: &str, standby: bool) -> Observed {
     let mut o = Observed::unknown(name);
@@ -260,13 +244,7 @@ fn view_of(w: &World) -> StoreView {
         .filter(|&k| w.leader != Some(k) || w.locals[k].writable())
         .map(|k| {
             let o = &w.locals[k];
-            let role = if o.writable() {
-                MemberRole::Primary
-            } else if o.standby() {
-                MemberRole::Standby
-            } else {
-                MemberRole::Stopped
-            };
+            let role = MemberRole::of(o);
             let seen = if w.reported[k] { w.leader.map(|l| NAMES[l]) } else { Some("db1") };
             member(NAMES[k], role, o.position().map(|l| l.0).unwrap_or(0), seen)
         })

@@ -7,6 +7,8 @@
 //! nothing else, so a decision is a pure function of an observation. The probe that fills
 //! them (one SQL round trip per answering node) is [`probe`] (feature `runtime`).
 
+#[cfg(test)]
+pub(crate) mod fixtures;
 #[cfg(feature = "runtime")]
 pub mod probe;
 #[cfg(feature = "runtime")]

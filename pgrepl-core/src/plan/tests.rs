@@ -21,27 +21,7 @@ fn async_cluster() -> Cluster {
     cluster("{ mode = \"off\" }")
 }
 
-fn primary(name: &str, lsn: u64) -> Observed {
-    let mut o = Observed::unknown(name);
-    o.host_reachable = true;
-    o.server = ServerState::Running;
-    o.in_recovery = Some(false);
-    o.timeline = Some(1);
-    o.lsn = Some(Lsn(lsn));
-    o
-}
-
-fn standby(name: &str, receive: u64) -> Observed {
-    let mut o = Observed::unknown(name);
-    o.host_reachable = true;
-    o.server = ServerState::Running;
-    o.in_recovery = Some(true);
-    o.timeline = Some(1);
-    o.lsn = Some(Lsn(receive));
-    o.receive_lsn = Some(Lsn(receive));
-    o.receiver = Some("streaming".into());
-    o
-}
+use crate::observe::fixtures::{primary, standby};
 
 fn stopped(name: &str) -> Observed {
     let mut o = Observed::unknown(name);

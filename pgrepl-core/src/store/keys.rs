@@ -124,6 +124,19 @@ pub enum MemberRole {
     Stopped,
 }
 
+impl MemberRole {
+    /// What an observed server is.
+    pub fn of(o: &crate::observe::Observed) -> MemberRole {
+        if o.writable() {
+            MemberRole::Primary
+        } else if o.standby() {
+            MemberRole::Standby
+        } else {
+            MemberRole::Stopped
+        }
+    }
+}
+
 /// A member key's value: what one agent observed of its node, published every loop in
 /// which it changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
