@@ -42,6 +42,14 @@ pub fn open_store(d: &Deployment) -> anyhow::Result<Arc<dyn ConsensusStore>> {
     Ok(Arc::new(pgrepl_etcd::EtcdStore::new(&opts)?))
 }
 
+/// The cluster's store, its keys, and one read of them.
+async fn read(d: &Deployment) -> anyhow::Result<(Arc<dyn ConsensusStore>, Keys, StoreView)> {
+    let store = open_store(d)?;
+    let keys = Keys::new(&d.cluster().name);
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    Ok((store, keys, view))
+}
+
 /// The guard process, seen from the agent.
 #[derive(Debug)]
 struct Guard(GuardHandle);
@@ -268,9 +276,7 @@ pub async fn require_paused(d: &Deployment, what: &str) -> anyhow::Result<()> {
     if d.cluster().ha.is_none() {
         return Ok(());
     }
-    let store = open_store(d)?;
-    let keys = Keys::new(&d.cluster().name);
-    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let (_, _, view) = read(d).await?;
     if view.settings().paused {
         return Ok(());
     }
@@ -287,9 +293,7 @@ pub async fn hand_over_leader(d: &Deployment) -> anyhow::Result<()> {
     if d.cluster().ha.is_none() {
         return Ok(());
     }
-    let store = open_store(d)?;
-    let keys = Keys::new(&d.cluster().name);
-    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let (store, keys, view) = read(d).await?;
     let primary = d.current_cluster().await?.primary().name.clone();
     if let Some(l) = &view.leader {
         if l.value.node != primary {
@@ -314,9 +318,7 @@ pub async fn agents_in_charge(d: &Deployment) -> anyhow::Result<bool> {
     if d.cluster().ha.is_none() {
         return Ok(false);
     }
-    let store = open_store(d)?;
-    let keys = Keys::new(&d.cluster().name);
-    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let (_, _, view) = read(d).await?;
     Ok(!view.settings().paused)
 }
 
@@ -342,9 +344,7 @@ pub async fn switchover_via_agents(d: &Deployment, to: &str, limit: Duration) ->
     if d.cluster().node(to).is_none() {
         return Err(refused(format!("not a node of cluster {}", d.cluster().name)));
     }
-    let store = open_store(d)?;
-    let keys = Keys::new(&d.cluster().name);
-    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let (store, keys, view) = read(d).await?;
     let from = view
         .leader_node()
         .map(String::from)
@@ -392,8 +392,6 @@ pub async fn agents_lead(d: &Deployment) -> anyhow::Result<bool> {
     if d.cluster().ha.is_none() {
         return Ok(false);
     }
-    let store = open_store(d)?;
-    let keys = Keys::new(&d.cluster().name);
-    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
+    let (_, _, view) = read(d).await?;
     Ok(!view.settings().paused && view.leader.is_some())
 }
