@@ -270,23 +270,6 @@ pub async fn forget(d: &Deployment) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Manual switchover, failover and rejoin on an `[ha]` cluster run only while the agents
-/// are paused: people and agents never act on the same cluster at once.
-pub async fn require_paused(d: &Deployment, what: &str) -> anyhow::Result<()> {
-    if d.cluster().ha.is_none() {
-        return Ok(());
-    }
-    let (_, _, view) = read(d).await?;
-    if view.settings().paused {
-        return Ok(());
-    }
-    Err(pgrepl_core::Error::Refused(pgrepl_core::error::Refusal {
-        node: d.cluster().name.clone(),
-        reason: format!("agents run this cluster and fail over by themselves: `pgrepl pause` first, then {what}, then `pgrepl resume`"),
-    })
-    .into())
-}
-
 /// After a manual operation: the leader key names the primary now recorded (the old
 /// holder's key is removed; the new primary's agent takes it on resume).
 pub async fn hand_over_leader(d: &Deployment) -> anyhow::Result<()> {
@@ -394,4 +377,104 @@ pub async fn agents_lead(d: &Deployment) -> anyhow::Result<bool> {
     }
     let (_, _, view) = read(d).await?;
     Ok(!view.settings().paused && view.leader.is_some())
+}
+
+/// What `failover` or `rejoin` saw the agents do.
+#[derive(Debug, serde::Serialize)]
+pub struct AgentOutcome {
+    /// The leader at the end.
+    pub leader: String,
+    /// The node asked about (`rejoin`), or the leader (`failover`).
+    pub node: String,
+    /// How long the command waited.
+    pub seconds: f64,
+}
+
+/// `failover` on a cluster the agents lead: they fail over by themselves, so this refuses
+/// while a leader holds the key (a planned move is `switchover`), and otherwise waits for
+/// their election and says who won. Any number of these at once see the same one leader.
+pub async fn failover_via_agents(d: &Deployment, to: Option<&str>, limit: Duration) -> anyhow::Result<AgentOutcome> {
+    use pgrepl_core::store::MemberRole;
+    let refused = |node: &str, reason: String| -> anyhow::Error {
+        pgrepl_core::Error::Refused(pgrepl_core::error::Refusal { node: node.to_string(), reason }).into()
+    };
+    let (store, keys, view) = read(d).await?;
+    if let Some(l) = view.leader_node() {
+        // The store may not know yet that the leader died (its lease runs until the ttl):
+        // asked directly.
+        if view.member(l).is_some_and(|m| m.role == MemberRole::Primary) && answers_writable(d, l).await {
+            return Err(refused(
+                l,
+                format!(
+                    "{l} holds the leader key and accepts writes: the agents fail over only when it is gone (`pgrepl switchover --to` moves it; `pgrepl pause` to act by hand)"
+                ),
+            ));
+        }
+    }
+    if let Some(t) = to {
+        return Err(refused(t, "the agents choose the most advanced eligible standby; `switchover --to` once a leader is elected".into()));
+    }
+    let t0 = std::time::Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < limit {
+        if let Ok(snap) = store.get_prefix(keys.prefix()).await {
+            let v = StoreView::parse(&keys, &snap);
+            if let Some(l) = v.leader_node() {
+                if v.member(l).is_some_and(|m| m.role == MemberRole::Primary) {
+                    return Ok(AgentOutcome { leader: l.to_string(), node: l.to_string(), seconds: t0.elapsed().as_secs_f64() });
+                }
+            }
+            last = format!("leader {}", v.leader_node().unwrap_or("none"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!(
+        "the agents elected no primary within {}s ({last}): see `pgrepl status` for why (a synchronous set that cannot be covered, a lag over maximum_lag_on_failover)",
+        limit.as_secs()
+    )
+}
+
+/// Whether `node`'s server answers as a primary now.
+async fn answers_writable(d: &Deployment, node: &str) -> bool {
+    let (Some(caps), Some(n)) = (d.cluster().caps(), d.cluster().node(node)) else { return true };
+    let Ok((_, handles, _)) = d.connect_partial().await else { return true };
+    match handles.iter().find(|h| h.name == node) {
+        Some(h) => pgrepl_core::observe::probe::probe_node(h, n.port, &caps).await.writable(),
+        // Its host cannot be reached: it may well accept writes.
+        None => true,
+    }
+}
+
+/// `rejoin NODE` on a cluster the agents lead: its agent brings it back by itself; this
+/// waits until it reports as a standby (refused when no agent of it runs here).
+pub async fn rejoin_via_agents(d: &Deployment, node: &str, limit: Duration) -> anyhow::Result<AgentOutcome> {
+    use pgrepl_core::store::MemberRole;
+    let refused = |reason: String| -> anyhow::Error {
+        pgrepl_core::Error::Refused(pgrepl_core::error::Refusal { node: node.to_string(), reason }).into()
+    };
+    if d.cluster().node(node).is_none() {
+        return Err(refused(format!("not a node of cluster {}", d.cluster().name)));
+    }
+    let (store, keys, view) = read(d).await?;
+    if view.leader_node() == Some(node) {
+        return Err(refused("it is the leader".into()));
+    }
+    if view.member(node).is_none() && agent_pid(d, node).is_none() {
+        return Err(refused("its agent does not run: `pgrepl up` starts it (it then comes back by itself)".into()));
+    }
+    let t0 = std::time::Instant::now();
+    let mut last = String::new();
+    while t0.elapsed() < limit {
+        if let Ok(snap) = store.get_prefix(keys.prefix()).await {
+            let v = StoreView::parse(&keys, &snap);
+            if let (Some(l), Some(m)) = (v.leader_node(), v.member(node)) {
+                if m.role == MemberRole::Standby && m.timeline == v.member(l).and_then(|x| x.timeline) && !v.topology().is_fenced(node) {
+                    return Ok(AgentOutcome { leader: l.to_string(), node: node.to_string(), seconds: t0.elapsed().as_secs_f64() });
+                }
+            }
+            last = v.member(node).map(|m| format!("{:?}", m.role)).unwrap_or_else(|| "no report".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("{node} did not come back as a standby within {}s ({last}); its agent's log says why", limit.as_secs())
 }

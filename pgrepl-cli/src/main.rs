@@ -233,8 +233,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Failover { common, to, force, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
-            ha::require_paused(&d, "failover (the agents fail over by themselves; `switchover --to` moves the primary through them)")
-                .await?;
+            if ha::agents_in_charge(&d).await? {
+                let r = ha::failover_via_agents(&d, to.as_deref(), Duration::from_secs(120)).await?;
+                match common.output {
+                    OutputFormat::Text => println!("the agents elected {} ({:.3}s waited)", r.leader, r.seconds),
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                }
+                return Ok(0);
+            }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.failover(pgrepl_core::ha::FailoverOptions { to, force }, &spinners).await?;
             ha::hand_over_leader(&d).await?;
@@ -244,7 +250,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Rejoin { common, node, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
-            ha::require_paused(&d, "rejoin (the agents bring former primaries back by themselves)").await?;
+            if ha::agents_in_charge(&d).await? {
+                let r = ha::rejoin_via_agents(&d, &node, Duration::from_secs(300)).await?;
+                match common.output {
+                    OutputFormat::Text => {
+                        println!("{} is a standby of {} again, by its agent ({:.3}s waited)", r.node, r.leader, r.seconds)
+                    }
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+                }
+                return Ok(0);
+            }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let report = d.rejoin(&node, &spinners).await?;
             ha::hand_over_leader(&d).await?;

@@ -317,6 +317,22 @@ async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
             kill("CONT", agent);
         }
     }
+    // Two operators run `failover` at once: both wait for the agents' election and report
+    // the same one new primary.
+    let failovers: Vec<Child> = if matches!(fault, Fault::WholeNode) {
+        (0..2)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+                    .args(["failover", "-f", lab.spec.to_str().unwrap(), "--pg-bin", lab.bin.to_str().unwrap()])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     // Writes resume without any command.
     let limit = Duration::from_secs(40);
     loop {
@@ -351,10 +367,26 @@ async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
         assert!(missing.is_empty(), "{} acknowledged rows missing on {leader}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
     }
 
-    // The old primary comes back as a standby of the new one, by itself.
+    let outs: Vec<String> = failovers
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+            assert!(o.status.success(), "failover during the agents' election: {text}");
+            text
+        })
+        .collect();
+    for o in &outs {
+        assert!(o.contains(&format!("the agents elected {leader}")), "{o}");
+    }
+    // The old primary comes back as a standby of the new one, by itself (`rejoin` waits
+    // for its agent to do it).
     if !matches!(fault, Fault::Postmaster) {
         if matches!(fault, Fault::WholeNode) {
             lab.start_agent("db1");
+            let (code, out, err) = lab.cli(&["rejoin", "db1"]);
+            assert_eq!(code, 0, "rejoin through the agents: {out}{err}");
+            assert!(out.contains(&format!("standby of {leader}")), "{out}");
         }
         lab.wait_standby_of("db1", &leader, Duration::from_secs(90));
     }
