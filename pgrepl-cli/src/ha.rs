@@ -236,8 +236,12 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
         s.loop_wait_ms,
         if s.paused { "; PAUSED (agents observe only)" } else { "" }
     )];
-    if let Some(sync) = &v.sync {
-        lines.push(format!("ha: sync set of {}: {} of ({})", sync.value.primary, sync.value.count, sync.value.standbys.join(", ")));
+    match &v.sync {
+        Some(sync) if sync.value.synchronous() => {
+            lines.push(format!("ha: sync set of {}: {} of ({})", sync.value.primary, sync.value.count, sync.value.standbys.join(", ")))
+        }
+        Some(sync) => lines.push(format!("ha: {} replicates asynchronously", sync.value.primary)),
+        None => {}
     }
     for n in &d.cluster().nodes {
         let agent = if agent_pid(d, &n.name).is_some() { "agent runs here" } else { "no agent here" };
@@ -420,7 +424,8 @@ pub async fn failover_via_agents(d: &Deployment, to: Option<&str>, limit: Durati
         if let Ok(snap) = store.get_prefix(keys.prefix()).await {
             let v = StoreView::parse(&keys, &snap);
             if let Some(l) = v.leader_node() {
-                if v.member(l).is_some_and(|m| m.role == MemberRole::Primary) {
+                // The key of a dead leader lives until its lease runs out: asked directly.
+                if v.member(l).is_some_and(|m| m.role == MemberRole::Primary) && answers_writable(d, l).await {
                     return Ok(AgentOutcome { leader: l.to_string(), node: l.to_string(), seconds: t0.elapsed().as_secs_f64() });
                 }
             }
@@ -468,7 +473,7 @@ pub async fn rejoin_via_agents(d: &Deployment, node: &str, limit: Duration) -> a
         if let Ok(snap) = store.get_prefix(keys.prefix()).await {
             let v = StoreView::parse(&keys, &snap);
             if let (Some(l), Some(m)) = (v.leader_node(), v.member(node)) {
-                if m.role == MemberRole::Standby && m.timeline == v.member(l).and_then(|x| x.timeline) && !v.topology().is_fenced(node) {
+                if m.role == MemberRole::Standby && m.streaming && m.upstream.as_deref() == Some(l) && !v.topology().is_fenced(node) {
                     return Ok(AgentOutcome { leader: l.to_string(), node: node.to_string(), seconds: t0.elapsed().as_secs_f64() });
                 }
             }

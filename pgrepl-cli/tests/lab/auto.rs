@@ -153,11 +153,6 @@ impl AutoLab {
         None
     }
 
-    /// Starts `node`'s agent again (the test stops it at the end).
-    fn start_agent(&mut self, node: &str) {
-        self.start_agent_with(node, None);
-    }
-
     /// Starts `node`'s agent, reaching etcd through `endpoints` when given.
     fn start_agent_with(&mut self, node: &str, endpoints: Option<&str>) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
@@ -208,6 +203,22 @@ impl Drop for AutoLab {
     /// Also when a test fails: every agent stopped (pid files; `destroy` does that first),
     /// those the test started itself, then the cluster and its keys destroyed.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the agents said, before the work directory goes.
+            for dir in [self.wd.path.join("secrets").join("agents"), self.wd.path.clone()] {
+                for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let p = e.path();
+                    if p.extension().is_some_and(|x| x == "log" || x == "err") {
+                        let text = std::fs::read_to_string(&p).unwrap_or_default();
+                        let lines: Vec<&str> = text.lines().collect();
+                        eprintln!("==== {} (last 40 lines)", p.display());
+                        for l in &lines[lines.len().saturating_sub(40)..] {
+                            eprintln!("{l}");
+                        }
+                    }
+                }
+            }
+        }
         for c in &mut self.extra_agents {
             let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
             let t = Instant::now();
@@ -294,7 +305,7 @@ enum Fault {
 
 async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
     let name = format!("auto-{major}-{}-{fault:?}", if sync.is_some() { "sync" } else { "async" }).to_lowercase();
-    let mut lab = AutoLab::up(&name, major, sync);
+    let lab = AutoLab::up(&name, major, sync);
     let ports: Vec<u16> = NODES.iter().map(|n| lab.port_of(n)).collect();
     let probe = WritableProbe::start(lab.client.clone(), lab.wd.path.clone(), lab.port);
     let load = Load::start(ports.clone());
@@ -383,7 +394,11 @@ async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
     // for its agent to do it).
     if !matches!(fault, Fault::Postmaster) {
         if matches!(fault, Fault::WholeNode) {
-            lab.start_agent("db1");
+            // `up` on a cluster the agents lead starts the agents that do not run, and
+            // touches no node.
+            let (code, out, err) = lab.cli(&["up"]);
+            assert_eq!(code, 0, "up: {out}{err}");
+            assert!(out.contains("agents started: db1"), "{out}");
             let (code, out, err) = lab.cli(&["rejoin", "db1"]);
             assert_eq!(code, 0, "rejoin through the agents: {out}{err}");
             assert!(out.contains(&format!("standby of {leader}")), "{out}");

@@ -293,6 +293,16 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
                     p.after = i.cluster.with_primary(&leader).ok();
                     return Decision::new(format!("follow {leader} (upstream {up})"), member).plan(p);
                 }
+                let streams = local.receiver.as_deref() == Some("streaming");
+                let same_timeline = view.member(&leader).is_some_and(|m| m.timeline.is_some() && m.timeline == local.timeline);
+                if view.topology().is_fenced(me) && streams && same_timeline {
+                    // Back as a standby of the leader on its timeline: the fence mark goes.
+                    return Decision::new(format!("a standby of {leader}, streaming on its timeline: no longer fenced"), member).plan(own(
+                        i,
+                        Operation::Rejoin { node: me.into() },
+                        vec![Step::new(me, Action::Unfence)],
+                    ));
+                }
                 return Decision::new(format!("a standby of {leader}"), member);
             }
             if local.runs() {

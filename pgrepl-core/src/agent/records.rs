@@ -8,18 +8,45 @@ use crate::error::Error;
 use crate::store::{ConsensusStore, Keys, StoreView};
 use crate::topology::Topology;
 
-/// The topology in the store.
+/// The topology in the store. Several agents record into it (the leader its promotion and
+/// synchronous standbys, a node coming back its own unfencing), so a save applies what
+/// changed since this side loaded it onto what the store holds now (compare-and-set, a
+/// few attempts): one writer's change never undoes another's.
 #[derive(Debug, Clone)]
 pub struct StoreRecords {
     store: Arc<dyn ConsensusStore>,
     keys: Keys,
+    /// The topology as last loaded or saved here.
+    base: Arc<std::sync::Mutex<Option<Topology>>>,
 }
 
 impl StoreRecords {
     /// The records of the cluster `keys` names, in `store`.
     pub fn new(store: Arc<dyn ConsensusStore>, keys: Keys) -> StoreRecords {
-        StoreRecords { store, keys }
+        StoreRecords { store, keys, base: Arc::new(std::sync::Mutex::new(None)) }
     }
+}
+
+/// `theirs` with the changes from `base` to `mine` applied.
+pub(crate) fn merge(base: &Topology, mine: &Topology, theirs: &Topology) -> Topology {
+    let mut out = theirs.clone();
+    if mine.primary != base.primary || mine.timeline != base.timeline {
+        out.primary = mine.primary.clone();
+        out.timeline = mine.timeline;
+    }
+    if mine.last_primary_lsn != base.last_primary_lsn {
+        out.last_primary_lsn = mine.last_primary_lsn.clone();
+    }
+    for f in mine.fenced.iter().filter(|f| !base.fenced.contains(f)) {
+        if !out.fenced.contains(f) {
+            out.fenced.push(f.clone());
+        }
+    }
+    out.fenced.retain(|f| !(base.fenced.contains(f) && !mine.fenced.contains(f)));
+    if mine.sync != base.sync {
+        out.sync = mine.sync.clone();
+    }
+    out
 }
 
 fn unavailable(e: crate::store::StoreError) -> Error {
@@ -30,31 +57,70 @@ fn unavailable(e: crate::store::StoreError) -> Error {
 impl TopologyRecords for StoreRecords {
     async fn load(&self) -> Result<Topology, Error> {
         let snap = self.store.get_prefix(self.keys.prefix()).await.map_err(unavailable)?;
-        Ok(StoreView::parse(&self.keys, &snap).topology())
+        let t = StoreView::parse(&self.keys, &snap).topology();
+        *self.base.lock().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
+        Ok(t)
     }
 
     /// The sync key first when it changes (a record of who may hold acknowledged commits
-    /// must never lag behind), then the rest.
+    /// must never lag behind), then the rest; each merged onto what the store holds.
     async fn save(&self, t: &Topology) -> Result<(), Error> {
-        let snap = self.store.get_prefix(self.keys.prefix()).await.map_err(unavailable)?;
-        let view = StoreView::parse(&self.keys, &snap);
-        if view.sync.as_ref().map(|s| &s.value) != t.sync.as_ref() {
-            match &t.sync {
-                Some(s) => {
-                    let body = serde_json::to_vec(s).expect("a sync record serializes");
-                    self.store.put(&self.keys.sync(), &body, None).await.map_err(unavailable)?;
-                }
-                None => {
-                    if let Some(s) = &view.sync {
-                        self.store.delete_if(&self.keys.sync(), s.mod_revision).await.map_err(unavailable)?;
+        let base = self.base.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for _ in 0..5 {
+            let snap = self.store.get_prefix(self.keys.prefix()).await.map_err(unavailable)?;
+            let view = StoreView::parse(&self.keys, &snap);
+            let theirs = view.topology();
+            let next = match &base {
+                Some(b) => merge(b, t, &theirs),
+                None => t.clone(),
+            };
+            if view.sync.as_ref().map(|s| &s.value) != next.sync.as_ref() {
+                let rev = view.sync.as_ref().map(|s| s.mod_revision).unwrap_or(0);
+                let ok = match &next.sync {
+                    Some(s) => {
+                        let body = serde_json::to_vec(s).expect("a sync record serializes");
+                        self.store.compare_and_set(&self.keys.sync(), rev, &body, None).await.map_err(unavailable)?
                     }
+                    None => self.store.delete_if(&self.keys.sync(), rev).await.map_err(unavailable)?,
+                };
+                if !ok {
+                    continue;
                 }
             }
+            let mut rest = next.clone();
+            rest.sync = None;
+            let mut current = theirs.clone();
+            current.sync = None;
+            if view.topology.is_none() || rest != current {
+                let rev = view.topology.as_ref().map(|t| t.mod_revision).unwrap_or(0);
+                let body = serde_json::to_vec(&rest).expect("a topology serializes");
+                if !self.store.compare_and_set(&self.keys.topology(), rev, &body, None).await.map_err(unavailable)? {
+                    continue;
+                }
+            }
+            *self.base.lock().unwrap_or_else(|p| p.into_inner()) = Some(next);
+            return Ok(());
         }
-        let mut rest = t.clone();
-        rest.sync = None;
-        let body = serde_json::to_vec(&rest).expect("a topology serializes");
-        self.store.put(&self.keys.topology(), &body, None).await.map_err(unavailable)?;
-        Ok(())
+        Err(Error::Discovery("the topology in the store kept changing under this save (5 attempts)".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge;
+    use crate::topology::Topology;
+
+    #[test]
+    fn a_save_keeps_what_another_writer_changed() {
+        let base = Topology { primary: Some("db2".into()), fenced: vec!["db1".into()], ..Topology::default() };
+        // Another writer unfenced db1; this one recorded db3 as fenced.
+        let theirs = Topology { fenced: vec![], ..base.clone() };
+        let mine = Topology { fenced: vec!["db1".into(), "db3".into()], ..base.clone() };
+        assert_eq!(merge(&base, &mine, &theirs).fenced, vec!["db3".to_string()]);
+        // This one changed nothing about fencing: their unfencing stands.
+        let mine = Topology { primary: Some("db3".into()), ..base.clone() };
+        let m = merge(&base, &mine, &theirs);
+        assert!(m.fenced.is_empty());
+        assert_eq!(m.primary.as_deref(), Some("db3"));
     }
 }
