@@ -42,7 +42,7 @@ pub(crate) fn merge(base: &Topology, mine: &Topology, theirs: &Topology) -> Topo
             out.fenced.push(f.clone());
         }
     }
-    out.fenced.retain(|f| !(base.fenced.contains(f) && !mine.fenced.contains(f)));
+    out.fenced.retain(|f| !base.fenced.contains(f) || mine.fenced.contains(f));
     if mine.sync != base.sync {
         out.sync = mine.sync.clone();
     }
