@@ -258,3 +258,549 @@ pub fn print_environment(b: &pgrepl_core::layout::Binaries) {
         b.lib_dir.as_deref().map(|l| format!(", LD_LIBRARY_PATH={l}")).unwrap_or_default()
     );
 }
+
+/// PostgreSQL's tools (the discovered binaries), run as [`pg_user`] off the async threads.
+#[derive(Debug)]
+pub struct PgTools {
+    pub b: pgrepl_core::layout::Binaries,
+    /// `LD_LIBRARY_PATH` when the binaries need it.
+    pub env: Vec<(String, String)>,
+}
+
+impl PgTools {
+    /// The binaries in `pg_bin` (client tools from `pg_client_bin` when given).
+    pub fn discover(pg_bin: &Path, pg_client_bin: Option<&Path>) -> Result<PgTools, String> {
+        use pgrepl_core::discovery::{DiscoveryOptions, discover};
+        let b = discover(&DiscoveryOptions {
+            pg_bin: Some(pg_bin.to_path_buf()),
+            pg_client_bin: pg_client_bin.map(Path::to_path_buf),
+            major: None,
+        })
+        .map_err(|e| format!("{e} (install the test lab with scripts/lab/install.sh, or pass --pg-bin)"))?;
+        let env = b.lib_dir.iter().map(|l| ("LD_LIBRARY_PATH".to_string(), l.clone())).collect();
+        Ok(PgTools { b, env })
+    }
+
+    pub fn env_ref(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+    }
+
+    pub fn server(&self, tool: &str) -> PathBuf {
+        Path::new(&self.b.bin_dir).join(tool)
+    }
+
+    pub fn client(&self, tool: &str) -> PathBuf {
+        Path::new(&self.b.client_bin_dir).join(tool)
+    }
+
+    /// Runs `program` as the server's OS user (limit [`floor::STEP_LIMIT`]): its stdout, trimmed.
+    pub async fn run(&self, program: PathBuf, args: Vec<String>, extra_env: Vec<(String, String)>) -> Result<String, String> {
+        let mut env = self.env.clone();
+        env.extend(extra_env);
+        tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            run_pg(&program, &a, &e, floor::STEP_LIMIT).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        })
+        .await
+        .map_err(|e| format!("task: {e}"))?
+    }
+
+    /// `sql` through psql over the Unix socket in `socket_dir` as the superuser.
+    pub async fn psql(&self, socket_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
+        let args =
+            ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &path_str(socket_dir), "-p", &port.to_string(), "-U", "postgres"];
+        let mut a: Vec<String> = args.iter().map(|x| x.to_string()).collect();
+        a.extend(["-d".into(), "postgres".into(), "-c".into(), sql.to_string()]);
+        self.run(self.client("psql"), a, Vec::new()).await
+    }
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// `b - a` in seconds, negative when `b` is earlier.
+pub fn secs_between(a: Instant, b: Instant) -> f64 {
+    if b >= a { b.duration_since(a).as_secs_f64() } else { -a.duration_since(b).as_secs_f64() }
+}
+
+/// Smallest of `xs` (infinity when empty).
+pub fn min(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// Largest of `xs` (minus infinity when empty).
+pub fn max(xs: &[f64]) -> f64 {
+    xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// An application's write load: one row per transaction through a libpq connection string
+/// (typically the multi-host read-write one), every acknowledged commit recorded with the
+/// port of the server that acknowledged it; reconnects at once after an error.
+pub mod writer {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// The application role the writers use (password authentication over TCP).
+    pub const APP_USER: &str = "bench_app";
+    /// The table and the insert: the id and the port of the server that took it.
+    pub const TABLE_SQL: &str = "CREATE TABLE bench_writes (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());";
+    pub const INSERT_SQL: &str = "INSERT INTO bench_writes DEFAULT VALUES RETURNING id, inet_server_port()";
+    /// Pause between commits, limits of one connect and one INSERT, total lifetime.
+    pub const WRITE_PAUSE: Duration = Duration::from_millis(1);
+    pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+    pub const INSERT_LIMIT: Duration = Duration::from_secs(5);
+    const WRITER_LIFETIME: Duration = Duration::from_secs(3 * 3600);
+
+    /// The SQL that creates the application role and the table (run it on a primary).
+    pub fn setup_sql(password: &str) -> String {
+        format!(
+            "CREATE ROLE {APP_USER} LOGIN PASSWORD '{password}'; {TABLE_SQL} GRANT SELECT, INSERT ON bench_writes TO {APP_USER}; \
+             GRANT USAGE ON SEQUENCE bench_writes_id_seq TO {APP_USER};"
+        )
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    pub struct Ack {
+        pub at: Instant,
+        pub id: i64,
+        pub port: i32,
+    }
+
+    /// Consecutive identical errors, collapsed.
+    #[derive(Debug, Clone)]
+    pub struct ErrRun {
+        pub first: Instant,
+        pub last: Instant,
+        pub what: String,
+        pub count: u32,
+    }
+
+    #[derive(Debug, Default)]
+    struct Log {
+        acks: Vec<Ack>,
+        errors: Vec<ErrRun>,
+        connects: u64,
+    }
+
+    impl Log {
+        fn error(&mut self, what: String) {
+            let now = Instant::now();
+            match self.errors.last_mut() {
+                Some(e) if e.what == what => {
+                    e.last = now;
+                    e.count += 1;
+                }
+                _ => self.errors.push(ErrRun { first: now, last: now, what, count: 1 }),
+            }
+        }
+    }
+
+    /// The running load.
+    #[derive(Debug)]
+    pub struct Writer {
+        log: Arc<Mutex<Log>>,
+        stop: Arc<AtomicBool>,
+        paused: Arc<AtomicBool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Writer {
+        /// Starts writing (or waits, `paused`) on the current tokio runtime.
+        pub fn start(cfg: tokio_postgres::Config, paused: bool) -> Writer {
+            let log = Arc::new(Mutex::new(Log::default()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let paused = Arc::new(AtomicBool::new(paused));
+            let task = tokio::spawn(writer_loop(cfg, log.clone(), stop.clone(), paused.clone()));
+            Writer { log, stop, paused, task }
+        }
+
+        pub fn set_paused(&self, p: bool) {
+            self.paused.store(p, Ordering::SeqCst);
+        }
+
+        pub fn acks(&self) -> Vec<Ack> {
+            self.log.lock().expect("not poisoned").acks.clone()
+        }
+
+        /// The error runs that overlap `[a, b]`.
+        pub fn errors_between(&self, a: Instant, b: Instant) -> Vec<ErrRun> {
+            self.log.lock().expect("not poisoned").errors.iter().filter(|e| e.last >= a && e.first <= b).cloned().collect()
+        }
+
+        /// The first acknowledgement after `t` that `accept` takes, waiting up to `limit`.
+        pub async fn ack_after_where(&self, t: Instant, limit: Duration, accept: impl Fn(&Ack) -> bool) -> Option<Ack> {
+            let deadline = Instant::now() + limit;
+            loop {
+                {
+                    let log = self.log.lock().expect("not poisoned");
+                    let start = log.acks.partition_point(|a| a.at <= t);
+                    if let Some(a) = log.acks[start..].iter().find(|a| accept(a)) {
+                        return Some(*a);
+                    }
+                }
+                if Instant::now() > deadline || self.task.is_finished() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+
+        /// When the first error after `t` happened, waiting up to `limit` for one.
+        pub async fn first_error_after(&self, t: Instant, limit: Duration) -> Option<Instant> {
+            let deadline = Instant::now() + limit;
+            loop {
+                if let Some(e) = self.log.lock().expect("not poisoned").errors.iter().find(|e| e.first > t) {
+                    return Some(e.first);
+                }
+                if Instant::now() > deadline || self.task.is_finished() {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+
+        /// The first acknowledgement after `t`, waiting up to `limit` for it.
+        pub async fn ack_after(&self, t: Instant, limit: Duration) -> Option<Ack> {
+            self.ack_after_where(t, limit, |_| true).await
+        }
+
+        pub fn stats(&self) -> String {
+            let l = self.log.lock().expect("not poisoned");
+            format!(
+                "{} acknowledged commits, {} connections, {} errors",
+                l.acks.len(),
+                l.connects,
+                l.errors.iter().map(|e| e.count as u64).sum::<u64>()
+            )
+        }
+
+        /// Stops the load (bounded): every acknowledgement it recorded.
+        pub async fn stop(self) -> Vec<Ack> {
+            self.stop.store(true, Ordering::SeqCst);
+            let log = self.log.clone();
+            let _ = tokio::time::timeout(INSERT_LIMIT + CONNECT_LIMIT, self.task).await;
+            log.lock().expect("not poisoned").acks.clone()
+        }
+    }
+
+    async fn writer_loop(cfg: tokio_postgres::Config, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>, paused: Arc<AtomicBool>) {
+        let end = Instant::now() + WRITER_LIFETIME;
+        let mut conn: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
+        while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+            if paused.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let (client, stmt) = match conn.take() {
+                Some(c) => c,
+                None => match tokio::time::timeout(CONNECT_LIMIT, connect(&cfg)).await {
+                    Ok(Ok(c)) => {
+                        log.lock().expect("not poisoned").connects += 1;
+                        c
+                    }
+                    Ok(Err(e)) => {
+                        log.lock().expect("not poisoned").error(format!("connect: {}", pg_err(&e)));
+                        tokio::time::sleep(WRITE_PAUSE).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        log.lock().expect("not poisoned").error("connect: timed out".into());
+                        continue;
+                    }
+                },
+            };
+            match tokio::time::timeout(INSERT_LIMIT, client.query_one(&stmt, &[])).await {
+                Ok(Ok(row)) => {
+                    let at = Instant::now();
+                    let (id, port): (i64, Option<i32>) = (row.get(0), row.get(1));
+                    log.lock().expect("not poisoned").acks.push(Ack { at, id, port: port.unwrap_or(0) });
+                    conn = Some((client, stmt));
+                    tokio::time::sleep(WRITE_PAUSE).await;
+                }
+                // The connection is dropped; the next turn reconnects at once.
+                Ok(Err(e)) => log.lock().expect("not poisoned").error(format!("insert: {}", pg_err(&e))),
+                Err(_) => log.lock().expect("not poisoned").error("insert: timed out".into()),
+            }
+        }
+    }
+
+    /// A new connection with the insert prepared.
+    pub async fn connect(
+        cfg: &tokio_postgres::Config,
+    ) -> Result<(tokio_postgres::Client, tokio_postgres::Statement), tokio_postgres::Error> {
+        let (client, connection) = cfg.connect(tokio_postgres::NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let stmt = client.prepare(INSERT_SQL).await?;
+        Ok((client, stmt))
+    }
+
+    /// An error with its SQLSTATE, or its chain of causes.
+    pub fn pg_err(e: &tokio_postgres::Error) -> String {
+        if let Some(db) = e.as_db_error() {
+            return format!("{} {}", db.code().code(), db.message());
+        }
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(x) = src {
+            s.push_str(": ");
+            s.push_str(&x.to_string());
+            src = x.source();
+        }
+        s
+    }
+
+    /// Error runs as lines, times from `t0`.
+    pub fn error_summary(errs: &[ErrRun], t0: Instant) -> Vec<String> {
+        errs.iter()
+            .map(|e| {
+                format!(
+                    "{:+.3}..{:+.3} s  {} x {}",
+                    super::secs_between(t0, e.first),
+                    super::secs_between(t0, e.last),
+                    e.count,
+                    e.what.chars().take(150).collect::<String>()
+                )
+            })
+            .collect()
+    }
+}
+
+/// The promote floor, by hand: a primary + hot standby pair set up without pgrepl (same
+/// binaries, pgrepl's initdb flags and the settings that matter for promotion: hot standby,
+/// `wal_retrieve_retry_interval = 1s`, checksums). Each [`FloorPair::once`] stops the
+/// primary cleanly, waits until the standby replayed all it received, then times
+/// `pg_ctl promote -w` + a new connection + an INSERT (and, from the same start, the floor
+/// writer's first acknowledged commit through the pair's multi-host read-write string);
+/// the old primary restarts as a standby of the new one, so the pair swaps roles every run.
+pub mod floor {
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use super::writer::{APP_USER, CONNECT_LIMIT, Writer, connect, pg_err, setup_sql};
+    use super::{PgTools, chown_pg, mkdir_pg, path_str as s, secs_between};
+
+    /// Limit of one command (initdb, pg_basebackup, pg_ctl, psql).
+    pub const STEP_LIMIT: Duration = Duration::from_secs(300);
+    const HEALTHY_DEADLINE: Duration = Duration::from_secs(120);
+    const RESUME_DEADLINE: Duration = Duration::from_secs(60);
+
+    #[derive(Debug)]
+    struct FloorNode {
+        name: String,
+        data: PathBuf,
+        port: u16,
+    }
+
+    #[derive(Debug)]
+    pub struct FloorPair {
+        dir: PathBuf,
+        run: PathBuf,
+        nodes: [FloorNode; 2],
+        /// Index of the current primary.
+        primary: usize,
+    }
+
+    #[derive(Debug, Clone)]
+    pub struct FloorRun {
+        pub from: String,
+        pub to: String,
+        /// Clean stop of the primary (not in the floor).
+        pub stop: f64,
+        /// `pg_ctl promote -w` alone.
+        pub promote_w: f64,
+        /// `pg_ctl promote -w`, then a new connection and an INSERT until it commits.
+        pub literal: f64,
+        /// From the promote command to the floor writer's first acknowledged commit.
+        pub first_ack: f64,
+    }
+
+    impl FloorPair {
+        /// The pair's multi-host read-write string (as pgrepl writes them).
+        pub fn url(&self) -> String {
+            format!(
+                "postgresql://127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=5",
+                self.nodes[0].port, self.nodes[1].port
+            )
+        }
+
+        fn log(&self, n: &FloorNode) -> String {
+            s(&self.dir.join(format!("{}.log", n.name)))
+        }
+
+        /// initdb, settings, start, the application's role (`app_password`) and table,
+        /// pg_basebackup, standby, streaming. Servers on 127.0.0.1:`port` and `port + 1`.
+        pub async fn setup(pg: &PgTools, dir: &Path, port: u16, app_password: &str) -> Result<FloorPair, String> {
+            let caps = pg.b.major.caps();
+            if caps.recovery != pgrepl_core::version::RecoveryStyle::StandbySignal {
+                return Err(format!("PostgreSQL {}: the floor is written for 12+ (standby.signal)", pg.b.major));
+            }
+            mkdir_pg(dir)?;
+            let run = dir.join("run");
+            mkdir_pg(&run)?;
+            let nodes = [
+                FloorNode { name: "fa".into(), data: dir.join("fa"), port },
+                FloorNode { name: "fb".into(), data: dir.join("fb"), port: port + 1 },
+            ];
+            let pair = FloorPair { dir: dir.to_path_buf(), run, nodes, primary: 0 };
+            let (a, b) = (&pair.nodes[0], &pair.nodes[1]);
+            let pw = "floor-repl-pw";
+            let mut init: Vec<String> =
+                ["-D", &s(&a.data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"]
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect();
+            if let Some(flag) = caps.initdb_checksums {
+                init.push(flag.into());
+            }
+            pg.run(pg.server("initdb"), init, Vec::new()).await.map_err(|e| format!("initdb: {e}"))?;
+            let common = format!(
+                "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\nmax_wal_senders = 10\n\
+                 max_replication_slots = 10\n{} = '{}'\nwal_log_hints = on\nhot_standby = on\nhot_standby_feedback = on\n\
+                 wal_retrieve_retry_interval = '1s'\n",
+                s(&pair.run),
+                caps.wal_retention.setting(),
+                caps.wal_retention.value_for_mb(512)
+            );
+            let own = |me: &FloorNode, other: &FloorNode| {
+                format!(
+                    "port = {}\nprimary_conninfo = 'host=127.0.0.1 port={} user=replicator password={pw} application_name={}'\n",
+                    me.port, other.port, me.name
+                )
+            };
+            append(&a.data.join("postgresql.conf"), &format!("{common}{}", own(a, b)))?;
+            pair.pg_ctl(pg, a, &["-w", "-t", "120", "start"]).await?;
+            let sql = format!("CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '{pw}'; {}", setup_sql(app_password));
+            pg.psql(&pair.run, a.port, &sql).await?;
+            let bb: Vec<String> =
+                ["-h", "127.0.0.1", "-p", &a.port.to_string(), "-U", "replicator", "-D", &s(&b.data), "-X", "stream", "-c", "fast"]
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect();
+            pg.run(pg.client("pg_basebackup"), bb, vec![("PGPASSWORD".into(), pw.into())])
+                .await
+                .map_err(|e| format!("pg_basebackup: {e}"))?;
+            append(&b.data.join("postgresql.conf"), &own(b, a))?;
+            write_pg(&b.data.join("standby.signal"), "")?;
+            pair.pg_ctl(pg, b, &["-w", "-t", "120", "start"]).await?;
+            pair.wait_streaming(pg).await?;
+            Ok(pair)
+        }
+
+        async fn pg_ctl(&self, pg: &PgTools, n: &FloorNode, args: &[&str]) -> Result<String, String> {
+            let mut a = vec!["-D".to_string(), s(&n.data), "-l".into(), self.log(n)];
+            a.extend(args.iter().map(|x| x.to_string()));
+            pg.run(pg.server("pg_ctl"), a, Vec::new()).await.map_err(|e| format!("pg_ctl {}: {e}", args.join(" ")))
+        }
+
+        /// Until the standby streams from the primary (polled every 10 ms, bounded).
+        async fn wait_streaming(&self, pg: &PgTools) -> Result<(), String> {
+            let (p, st) = (&self.nodes[self.primary], &self.nodes[1 - self.primary]);
+            let sql = format!(
+                "SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'",
+                st.name
+            );
+            let deadline = Instant::now() + HEALTHY_DEADLINE;
+            while Instant::now() < deadline {
+                if pg.psql(&self.run, p.port, &sql).await? == "1" {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(format!("{} did not stream from {} within {HEALTHY_DEADLINE:?}", st.name, p.name))
+        }
+
+        /// One promotion, `w` (a writer on [`FloorPair::url`]) writing meanwhile.
+        pub async fn once(&mut self, pg: &PgTools, w: &Writer, app_password: &str) -> Result<FloorRun, String> {
+            self.wait_streaming(pg).await?;
+            w.set_paused(false);
+            let r = self.promote_once(pg, w, app_password).await;
+            w.set_paused(true);
+            r
+        }
+
+        async fn promote_once(&mut self, pg: &PgTools, w: &Writer, app_password: &str) -> Result<FloorRun, String> {
+            let (pi, si) = (self.primary, 1 - self.primary);
+            w.ack_after(Instant::now(), RESUME_DEADLINE).await.ok_or("the floor writer acknowledged nothing")?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let t = Instant::now();
+            self.pg_ctl(pg, &self.nodes[pi], &["-m", "fast", "-w", "-t", "60", "stop"]).await?;
+            let stop = t.elapsed().as_secs_f64();
+            // Caught up: everything received is replayed (the clean stop sent all of it).
+            let st = &self.nodes[si];
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let v = pg
+                    .psql(&self.run, st.port, "SELECT pg_catalog.pg_last_wal_replay_lsn() >= pg_catalog.pg_last_wal_receive_lsn()")
+                    .await?;
+                if v == "t" {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{} did not replay what it received within 30 s", st.name));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+
+            let t0 = Instant::now();
+            self.pg_ctl(pg, st, &["-w", "-t", "60", "promote"]).await?;
+            let promote_w = t0.elapsed().as_secs_f64();
+            // A new connection straight to it, and an INSERT (retried until it commits, bounded).
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host("127.0.0.1")
+                .port(st.port)
+                .dbname("postgres")
+                .user(APP_USER)
+                .password(app_password)
+                .connect_timeout(Duration::from_secs(5));
+            let mut last_err = String::new();
+            let mut literal = None;
+            for _ in 0..3000 {
+                match tokio::time::timeout(CONNECT_LIMIT, connect(&cfg)).await {
+                    Ok(Ok((client, stmt))) => match client.query_one(&stmt, &[]).await {
+                        Ok(_) => {
+                            literal = Some(t0.elapsed().as_secs_f64());
+                            break;
+                        }
+                        Err(e) => last_err = pg_err(&e),
+                    },
+                    Ok(Err(e)) => last_err = pg_err(&e),
+                    Err(_) => last_err = "connect timed out".into(),
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let literal =
+                literal.ok_or_else(|| format!("no INSERT committed on {} within 30 s after pg_ctl promote: {last_err}", st.name))?;
+            let first = w.ack_after(t0, RESUME_DEADLINE).await.ok_or("the floor writer acknowledged nothing after the promotion")?;
+            let first_ack = secs_between(t0, first.at);
+
+            // The old primary follows the new one (it stopped cleanly before the fork).
+            let old = &self.nodes[pi];
+            write_pg(&old.data.join("standby.signal"), "")?;
+            self.pg_ctl(pg, old, &["-w", "-t", "120", "start"]).await?;
+            let run = FloorRun { from: old.name.clone(), to: st.name.clone(), stop, promote_w, literal, first_ack };
+            self.primary = si;
+            Ok(run)
+        }
+    }
+
+    fn append(path: &Path, text: &str) -> Result<(), String> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
+    }
+
+    fn write_pg(path: &Path, text: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        chown_pg(path)
+    }
+}
