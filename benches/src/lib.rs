@@ -572,7 +572,7 @@ pub mod writer {
 
 /// The promote floor, by hand: a primary + hot standby pair set up without pgrepl (same
 /// binaries, pgrepl's initdb flags and the settings that matter for promotion: hot standby,
-/// `wal_retrieve_retry_interval = 1s`, checksums). Each [`FloorPair::once`] stops the
+/// `wal_retrieve_retry_interval = 1s`, checksums). Each [`floor::FloorPair::once`] stops the
 /// primary cleanly, waits until the standby replayed all it received, then times
 /// `pg_ctl promote -w` + a new connection + an INSERT (and, from the same start, the floor
 /// writer's first acknowledged commit through the pair's multi-host read-write string);
