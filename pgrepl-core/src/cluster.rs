@@ -47,7 +47,7 @@ pub struct Cluster {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ha {
     /// ttl, loop wait, safety margin, maximum lag (the `config` key's first value).
-    pub settings: crate::store::HaSettings,
+    pub settings: crate::ha_settings::HaSettings,
     /// The etcd cluster.
     pub etcd: crate::spec::EtcdSpec,
 }

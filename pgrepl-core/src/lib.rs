@@ -44,6 +44,7 @@ pub mod error;
 pub mod guard;
 #[cfg(feature = "runtime")]
 pub mod ha;
+pub mod ha_settings;
 #[cfg(feature = "runtime")]
 pub mod hosts;
 pub mod layout;

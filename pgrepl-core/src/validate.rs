@@ -597,7 +597,7 @@ fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str))
         }
         (v * 1000.0).round() as u64
     };
-    let settings = crate::store::HaSettings {
+    let settings = crate::ha_settings::HaSettings {
         ttl_ms: ms("ttl", h.ttl),
         loop_wait_ms: ms("loop_wait", h.loop_wait),
         safety_margin_ms: ms("safety_margin", h.safety_margin),
