@@ -43,7 +43,8 @@ pub struct Common {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
     /// Seconds to wait while another operation (up, switchover, failover, rejoin,
-    /// destroy) holds the cluster's lock; then the command is refused (exit 3) naming it.
+    /// destroy, pause, resume) holds the cluster's lock; then the command is refused
+    /// (exit 3) naming it.
     #[arg(long, value_name = "SECONDS", env = "PGREPL_LOCK_WAIT", default_value_t = 30)]
     pub lock_wait: u64,
 }

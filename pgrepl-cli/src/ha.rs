@@ -9,7 +9,7 @@ use anyhow::Context;
 use pgrepl_core::agent::{Agent, GuardControl, StoreRecords};
 use pgrepl_core::deploy::{Deployment, TopologyRecords};
 use pgrepl_core::guard::GuardHandle;
-use pgrepl_core::store::{ConsensusStore, Keys, LeaderRecord, StoreView};
+use pgrepl_core::store::{ConsensusStore, Keys, LeaderRecord, StoreLock, StoreView};
 
 /// How long the key `up` writes for the first primary lives before its agent adopts it.
 const BOOTSTRAP_LEASE: Duration = Duration::from_secs(30);
@@ -186,8 +186,16 @@ pub async fn stop_agents(d: &Deployment, wait: Duration) -> Vec<String> {
     stopped
 }
 
-/// `pause` / `resume`: the agents observe only, or act again.
+/// `pause` / `resume`: the agents observe only, or act again (under the operation lock:
+/// not while an operator acts on the nodes).
 pub async fn set_paused(d: &Deployment, paused: bool) -> anyhow::Result<()> {
+    let lock = d.lock_operation(if paused { "pause" } else { "resume" }, d.lock_wait()).await?;
+    let r = write_paused(d, paused).await;
+    lock.release().await;
+    r
+}
+
+async fn write_paused(d: &Deployment, paused: bool) -> anyhow::Result<()> {
     let store = open_store(d)?;
     let keys = Keys::new(&d.cluster().name);
     for _ in 0..10 {
@@ -228,14 +236,40 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
     };
     let v = StoreView::parse(&keys, &snap);
     let s = v.settings();
+    // The lease left on the store's clock (whole seconds): how long a dead leader would
+    // keep the key.
+    let lease_left = match v.leader.as_ref().and_then(|l| l.lease) {
+        Some(l) => match tokio::time::timeout(Duration::from_secs(3), store.time_to_live(l)).await {
+            Ok(Ok(left)) => left,
+            _ => None,
+        },
+        None => None,
+    };
     let mut lines = vec![format!(
         "ha: leader {}{}; ttl {} ms, loop {} ms{}",
         v.leader_node().unwrap_or("none"),
-        v.leader.as_ref().and_then(|l| l.lease).map(|l| format!(" (lease {l:x})")).unwrap_or_default(),
+        match (&v.leader, lease_left) {
+            (Some(_), Some(left)) => format!(" (lease {}s left)", left.as_secs()),
+            (Some(l), None) if l.lease.is_some() => " (lease running out)".to_string(),
+            _ => String::new(),
+        },
         s.ttl_ms,
         s.loop_wait_ms,
         if s.paused { "; PAUSED (agents observe only)" } else { "" }
     )];
+    let op: Option<pgrepl_core::oplock::LockHolder> =
+        snap.kvs.iter().find(|kv| kv.key == keys.op()).and_then(|kv| serde_json::from_slice(&kv.value).ok());
+    if let Some(h) = &op {
+        lines.push(format!("ha: operation lock held by {h}"));
+    }
+    if let Some(r) = &v.switchover {
+        lines.push(format!(
+            "ha: switchover {} -> {} requested{}",
+            r.value.from,
+            r.value.to,
+            r.value.refused.as_ref().map(|w| format!(", refused: {w}")).unwrap_or_default()
+        ));
+    }
     match &v.sync {
         Some(sync) if sync.value.synchronous() => {
             lines.push(format!("ha: sync set of {}: {} of ({})", sync.value.primary, sync.value.count, sync.value.standbys.join(", ")))
@@ -259,6 +293,8 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
     }
     let json = serde_json::json!({
         "leader": v.leader_node(),
+        "lease_left_seconds": lease_left.map(|d| d.as_secs()),
+        "operation_lock": op,
         "paused": s.paused,
         "ttl_ms": s.ttl_ms,
         "sync": v.sync.as_ref().map(|s| &s.value),
@@ -290,23 +326,44 @@ pub async fn hand_over_leader(d: &Deployment) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The deployment with its topology recorded in the store (`[ha]` clusters).
+/// The deployment with its topology recorded in the store and its operation lock there
+/// (`[ha]` clusters).
 pub fn with_store_records(d: Deployment) -> anyhow::Result<Deployment> {
     if d.cluster().ha.is_none() {
         return Ok(d);
     }
     let store = open_store(&d)?;
     let keys = Keys::new(&d.cluster().name);
-    Ok(d.with_records(Arc::new(StoreRecords::new(store, keys))))
+    let lock = StoreLock::new(store.clone(), keys.clone());
+    Ok(d.with_records(Arc::new(StoreRecords::new(store, keys))).with_shared_lock(Arc::new(lock)))
 }
 
-/// Whether agents run this cluster now (an `[ha]` cluster whose agents are not paused).
+/// Whether agents run this cluster now: an `[ha]` cluster whose agents are not paused
+/// and report to the store.
 pub async fn agents_in_charge(d: &Deployment) -> anyhow::Result<bool> {
     if d.cluster().ha.is_none() {
         return Ok(false);
     }
     let (_, _, view) = read(d).await?;
-    Ok(!view.settings().paused)
+    Ok(!view.settings().paused && !view.members.is_empty())
+}
+
+/// Runs `f` (filing a request with the agents) under the cluster's operation lock, if
+/// the agents still run the cluster once it is held: `Ok(None)` otherwise (they were
+/// paused meanwhile: the caller acts itself, under the lock again). `pause` and `resume`
+/// take the lock too, so a request is never filed with agents that are being paused.
+pub async fn under_lock<T, F>(d: &Deployment, op: &str, f: F) -> anyhow::Result<Option<T>>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let lock = d.lock_operation(op, d.lock_wait()).await?;
+    let result = match agents_in_charge(d).await {
+        Ok(true) => f.await.map(Some),
+        Ok(false) => Ok(None),
+        Err(e) => Err(e),
+    };
+    lock.release().await;
+    result
 }
 
 /// What a switchover through the agents did.
@@ -320,31 +377,47 @@ pub struct AgentSwitchover {
     pub seconds: f64,
 }
 
-/// `switchover --to` on a cluster the agents run: a request in the store that the leader
-/// carries out (clean stop, the key handed over) and the target's agent finishes
-/// (promotion); one request at a time. Waits up to `limit`.
-pub async fn switchover_via_agents(d: &Deployment, to: &str, limit: Duration) -> anyhow::Result<AgentSwitchover> {
-    use pgrepl_core::store::{MemberRole, SwitchoverRequest};
-    let refused = |reason: String| -> anyhow::Error {
-        pgrepl_core::Error::Refused(pgrepl_core::error::Refusal { node: to.to_string(), reason }).into()
-    };
+/// A switchover request filed in the store ([`file_switchover`]).
+#[derive(Debug)]
+pub struct FiledSwitchover {
+    store: Arc<dyn ConsensusStore>,
+    keys: Keys,
+    from: String,
+    to: String,
+    filed: std::time::Instant,
+}
+
+/// `switchover --to` on a cluster the agents run, first half: a request in the store that
+/// the leader carries out (clean stop, the key handed over) and the target's agent
+/// finishes (promotion); one request at a time (refused while another is under way).
+pub async fn file_switchover(d: &Deployment, to: &str) -> anyhow::Result<FiledSwitchover> {
+    use pgrepl_core::store::SwitchoverRequest;
     if d.cluster().node(to).is_none() {
-        return Err(refused(format!("not a node of cluster {}", d.cluster().name)));
+        return Err(refused(to, format!("not a node of cluster {}", d.cluster().name)));
     }
     let (store, keys, view) = read(d).await?;
     let from = view
         .leader_node()
         .map(String::from)
-        .ok_or_else(|| refused("no node holds the leader key now (a failover may be under way)".into()))?;
+        .ok_or_else(|| refused(to, "no node holds the leader key now (a failover may be under way)".into()))?;
     if from == to {
-        return Err(refused(format!("{to} is the primary already")));
+        return Err(refused(to, format!("{to} is the primary already")));
     }
-    let t0 = std::time::Instant::now();
+    let filed = std::time::Instant::now();
     let body = serde_json::to_vec(&SwitchoverRequest { to: to.to_string(), from: from.clone(), refused: None })?;
     if !store.create(&keys.switchover(), &body, None).await? {
         let other = view.switchover.map(|r| format!(" (to {}, asked of {})", r.value.to, r.value.from)).unwrap_or_default();
-        return Err(refused(format!("another switchover is under way{other}: one at a time")));
+        return Err(refused(to, format!("another switchover is under way{other}: one at a time")));
     }
+    Ok(FiledSwitchover { store, keys, from, to: to.to_string(), filed })
+}
+
+/// Second half: waits up to `limit` for the switchover filed, and withdraws the request
+/// when it did not happen in time (a leader that stopped starts again in place).
+pub async fn await_switchover(f: FiledSwitchover, limit: Duration) -> anyhow::Result<AgentSwitchover> {
+    use pgrepl_core::store::MemberRole;
+    let FiledSwitchover { store, keys, from, to, filed: t0 } = f;
+    let to = to.as_str();
     let mut last = String::new();
     while t0.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -353,7 +426,7 @@ pub async fn switchover_via_agents(d: &Deployment, to: &str, limit: Duration) ->
         if let Some(r) = &v.switchover {
             if let Some(reason) = &r.value.refused {
                 let _ = store.delete_if(&keys.switchover(), r.mod_revision).await;
-                return Err(refused(format!("{from} refused the switchover: {reason}")));
+                return Err(refused(to, format!("{from} refused the switchover: {reason}")));
             }
         }
         if v.leader_node() == Some(to) && v.member(to).is_some_and(|m| m.role == MemberRole::Primary) {
@@ -362,6 +435,10 @@ pub async fn switchover_via_agents(d: &Deployment, to: &str, limit: Duration) ->
                 let _ = store.delete_if(&keys.switchover(), r.mod_revision).await;
             }
             return Ok(AgentSwitchover { from, to: to.to_string(), seconds });
+        }
+        if v.settings().paused {
+            last = "the agents were paused".into();
+            break;
         }
         last = format!("leader {}", v.leader_node().unwrap_or("none"));
     }
@@ -372,6 +449,11 @@ pub async fn switchover_via_agents(d: &Deployment, to: &str, limit: Duration) ->
         }
     }
     anyhow::bail!("the switchover to {to} did not finish within {}s ({last}); the request was withdrawn", limit.as_secs())
+}
+
+/// A refusal concerning `node`.
+fn refused(node: &str, reason: String) -> anyhow::Error {
+    pgrepl_core::Error::Refused(pgrepl_core::error::Refusal { node: node.to_string(), reason }).into()
 }
 
 /// Whether agents lead the cluster now: not paused, and a node holds the leader key.
@@ -399,9 +481,6 @@ pub struct AgentOutcome {
 /// their election and says who won. Any number of these at once see the same one leader.
 pub async fn failover_via_agents(d: &Deployment, to: Option<&str>, limit: Duration) -> anyhow::Result<AgentOutcome> {
     use pgrepl_core::store::MemberRole;
-    let refused = |node: &str, reason: String| -> anyhow::Error {
-        pgrepl_core::Error::Refused(pgrepl_core::error::Refusal { node: node.to_string(), reason }).into()
-    };
     let (store, keys, view) = read(d).await?;
     if let Some(l) = view.leader_node() {
         // The store may not know yet that the leader died (its lease runs until the ttl):
@@ -428,6 +507,9 @@ pub async fn failover_via_agents(d: &Deployment, to: Option<&str>, limit: Durati
                 if v.member(l).is_some_and(|m| m.role == MemberRole::Primary) && answers_writable(d, l).await {
                     return Ok(AgentOutcome { leader: l.to_string(), node: l.to_string(), seconds: t0.elapsed().as_secs_f64() });
                 }
+            }
+            if v.settings().paused {
+                anyhow::bail!("the agents were paused while this waited for their election: `pgrepl failover` acts by hand now");
             }
             last = format!("leader {}", v.leader_node().unwrap_or("none"));
         }
@@ -476,6 +558,9 @@ pub async fn rejoin_via_agents(d: &Deployment, node: &str, limit: Duration) -> a
                 if m.role == MemberRole::Standby && m.streaming && m.upstream.as_deref() == Some(l) && !v.topology().is_fenced(node) {
                     return Ok(AgentOutcome { leader: l.to_string(), node: node.to_string(), seconds: t0.elapsed().as_secs_f64() });
                 }
+            }
+            if v.settings().paused {
+                anyhow::bail!("the agents were paused while this waited for {node}: `pgrepl rejoin {node}` acts by hand now");
             }
             last = v.member(node).map(|m| format!("{:?}", m.role)).unwrap_or_else(|| "no report".into());
         }

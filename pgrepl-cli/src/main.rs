@@ -216,8 +216,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Switchover { common, to, dry_run: false } => {
             let (d, _) = open(&common, false).await?;
-            if ha::agents_in_charge(&d).await? {
-                let r = ha::switchover_via_agents(&d, &to, Duration::from_secs(120)).await?;
+            let filed = if ha::agents_in_charge(&d).await? {
+                ha::under_lock(&d, "switchover request", ha::file_switchover(&d, &to)).await?
+            } else {
+                None
+            };
+            if let Some(filed) = filed {
+                let r = ha::await_switchover(filed, Duration::from_secs(120)).await?;
                 match common.output {
                     OutputFormat::Text => println!("switchover {} -> {} by the agents: {:.3}s", r.from, r.to, r.seconds),
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&r)?),

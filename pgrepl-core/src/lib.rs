@@ -78,6 +78,8 @@ pub mod open;
 #[cfg(feature = "runtime")]
 pub mod oplock;
 #[cfg(feature = "runtime")]
+mod oplock_holder;
+#[cfg(feature = "runtime")]
 mod oplock_options;
 #[cfg(feature = "runtime")]
 pub mod provider;

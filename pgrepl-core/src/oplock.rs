@@ -28,22 +28,27 @@
 //! reached count as not taken: a failover whose dead primary's host is unreachable on a
 //! 3-node cluster still takes 2 of 3.
 //!
+//! A cluster that keeps its truth in a consensus store (`[ha]`) takes a third kind
+//! instead of the host locks: a [`SharedLock`], the store's `/pgrepl/<cluster>/op` key
+//! bound to a lease ([`crate::store::StoreLock`]). etcd decides who holds it, for every
+//! admin machine alike, whatever the hosts' state.
+//!
 //! The lock is released by [`OperationLock::release`]; a guard dropped without it
 //! releases the flock at once and the host locks from a spawned task (a program about to
 //! exit awaits those with [`finish_releases`]); a holder that dies leaves the host locks
 //! to expire.
 
-use std::fmt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use serde::{Deserialize, Serialize};
 
 use crate::deploy::Deployment;
 use crate::error::Error;
+pub use crate::oplock_holder::{HeldSharedLock, LockHolder, SharedLock, fmt_utc};
+use crate::oplock_holder::{admin_host_name, unix_now};
 pub use crate::oplock_options::{DEFAULT_LEASE, DEFAULT_LOCK_WAIT, DEFAULT_MAX_HOLD, DEFAULT_RENEW_EVERY, HOST_LOCK_DIR, LockOptions};
 use crate::transport::{Command, Transport, TransportError, TransportExt};
 
@@ -57,50 +62,6 @@ const LOCAL_POLL: Duration = Duration::from_millis(100);
 /// `date +%s` have a resolution of one second).
 const VALIDITY_MARGIN: Duration = Duration::from_secs(2);
 
-/// Who holds the lock: written into the lock file and into each host's lock directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockHolder {
-    /// The operation (`failover`, `switchover`, `rejoin`, `up`, `destroy`, ...).
-    pub operation: String,
-    /// The admin machine's host name.
-    pub admin_host: String,
-    /// The OS user pgrepl runs as there.
-    pub user: String,
-    /// Its process id there.
-    pub pid: u32,
-    /// When it took the lock (Unix seconds, the admin machine's clock).
-    pub since: u64,
-    /// The host lease in seconds; `None` for the local lock alone (held while the process lives).
-    pub lease_secs: Option<u64>,
-    /// Unique per acquisition: only its holder renews or releases a host lock.
-    pub token: String,
-}
-
-impl LockHolder {
-    /// A record for `operation` by this process, with a fresh token.
-    pub fn this_process(operation: &str, lease_secs: Option<u64>) -> Self {
-        LockHolder {
-            operation: operation.to_string(),
-            admin_host: admin_host_name(),
-            user: crate::machine::current_user().to_string(),
-            pid: std::process::id(),
-            since: unix_now(),
-            lease_secs,
-            token: new_token(),
-        }
-    }
-
-    fn who(&self) -> String {
-        format!("{} ({}@{}, pid {}) since {}", self.operation, self.user, self.admin_host, self.pid, fmt_utc(self.since))
-    }
-}
-
-impl fmt::Display for LockHolder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.who())
-    }
-}
-
 /// The operation lock of a cluster, held until [`release`](Self::release) or drop.
 #[derive(Debug)]
 pub struct OperationLock {
@@ -108,6 +69,7 @@ pub struct OperationLock {
     holder: LockHolder,
     local: Option<LocalLock>,
     hosts: Option<HostLock>,
+    shared: Option<Box<dyn HeldSharedLock>>,
 }
 
 impl OperationLock {
@@ -126,6 +88,9 @@ impl OperationLock {
     /// an irrevocable step: after a partition longer than the lease another admin machine
     /// may have taken the lock.
     pub fn check(&self) -> Result<(), Error> {
+        if let Some(s) = &self.shared {
+            s.check(&self.cluster)?;
+        }
         match &self.hosts {
             Some(h) => h.check(&self.cluster),
             None => Ok(()),
@@ -138,6 +103,9 @@ impl OperationLock {
     pub async fn release(mut self) {
         if let Some(h) = self.hosts.take() {
             h.release().await;
+        }
+        if let Some(s) = self.shared.take() {
+            s.release().await;
         }
         self.local.take();
     }
@@ -155,22 +123,32 @@ impl OperationLock {
 
 impl Drop for OperationLock {
     fn drop(&mut self) {
-        let Some(h) = self.hosts.take() else { return };
-        h.stop_renewing();
+        let (hosts, shared) = (self.hosts.take(), self.shared.take());
+        if hosts.is_none() && shared.is_none() {
+            return;
+        }
+        if let Some(h) = &hosts {
+            h.stop_renewing();
+        }
         let local = self.local.take();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
-                // The local flock is kept until the host locks are released (or the task is
+                // The local flock is kept until the other locks are released (or the task is
                 // dropped with its runtime).
                 let task = rt.spawn(async move {
-                    h.release().await;
+                    if let Some(h) = hosts {
+                        h.release().await;
+                    }
+                    if let Some(s) = shared {
+                        s.release().await;
+                    }
                     drop(local);
                 });
                 let mut pending = PENDING.lock().unwrap_or_else(|p| p.into_inner());
                 pending.retain(|t| !t.is_finished());
                 pending.push(task);
             }
-            Err(_) => tracing::warn!("operation lock dropped outside a runtime: its host locks expire after their lease"),
+            Err(_) => tracing::warn!("operation lock dropped outside a runtime: its host or store locks expire after their lease"),
         }
     }
 }
@@ -196,10 +174,19 @@ impl Deployment {
         let started = Instant::now();
         let deadline = started.checked_add(wait).unwrap_or(started + Duration::from_secs(365 * 24 * 3600));
         let opts = &self.lock_options;
-        let on_hosts = !self.hosts_on_this_machine();
-        let holder = LockHolder::this_process(op, on_hosts.then(|| opts.lease_secs()));
+        let on_hosts = !self.hosts_on_this_machine() && self.shared_lock.is_none();
+        let lease = if self.shared_lock.is_some() {
+            Some(crate::store::StoreLock::DEFAULT_TTL.as_secs())
+        } else {
+            on_hosts.then(|| opts.lease_secs())
+        };
+        let holder = LockHolder::this_process(op, lease);
         let cluster = self.cluster().name.clone();
         let local = LocalLock::acquire(self.state_dir(), &cluster, &holder, started, deadline).await?;
+        let shared = match &self.shared_lock {
+            Some(s) => Some(s.acquire(&cluster, &holder, started, deadline).await?),
+            None => None,
+        };
         let hosts = if on_hosts {
             let hosts = self.lock_hosts().await?;
             if hosts.is_empty() {
@@ -211,8 +198,8 @@ impl Deployment {
         } else {
             None
         };
-        tracing::info!(cluster = %cluster, operation = op, hosts = ?hosts.as_ref().map(|h| h.taken_nodes()), "operation lock taken");
-        Ok(OperationLock { cluster, holder, local: Some(local), hosts })
+        tracing::info!(cluster = %cluster, operation = op, hosts = ?hosts.as_ref().map(|h| h.taken_nodes()), store = shared.is_some(), "operation lock taken");
+        Ok(OperationLock { cluster, holder, local: Some(local), hosts, shared })
     }
 
     /// The lock settings.
@@ -234,6 +221,13 @@ impl Deployment {
     /// Sets every lock setting.
     pub fn with_lock_options(mut self, opts: LockOptions) -> Self {
         self.lock_options = opts;
+        self
+    }
+
+    /// Takes the operation lock in `lock` (the consensus store's key of an `[ha]` cluster)
+    /// instead of on the hosts; the lock on this machine is still taken first.
+    pub fn with_shared_lock(mut self, lock: Arc<dyn SharedLock>) -> Self {
+        self.shared_lock = Some(lock);
         self
     }
 
@@ -697,47 +691,11 @@ async fn release_slots(slots: &[Slot], token: &str, lease: u64) {
 // ---------------------------------------------------------------------------------------
 // Helpers
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn new_token() -> String {
-    let mut b = [0u8; 12];
-    getrandom::fill(&mut b).expect("the OS random source works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// `d` plus up to half of it, at random (two waiters do not retry in step).
 fn jitter(d: Duration) -> Duration {
     let mut b = [0u8; 2];
     let r = if getrandom::fill(&mut b).is_ok() { u16::from_le_bytes(b) } else { 0 };
     d + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
-}
-
-fn admin_host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown-host".into())
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn fmt_utc(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 #[cfg(test)]

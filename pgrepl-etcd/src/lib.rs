@@ -281,6 +281,17 @@ impl ConsensusStore for EtcdStore {
         Ok((ttl > 0).then(|| Duration::from_secs(ttl.unsigned_abs())))
     }
 
+    async fn time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        let v = match self.gw.call("/v3/lease/timetolive", &json!({ "ID": lease.to_string() }), Kind::Retry).await {
+            Ok(v) => v,
+            Err(Fail::Etcd { code: 5, .. }) => return Ok(None),
+            Err(f) => return Err(rejected(f)),
+        };
+        // An unknown or expired lease: TTL -1 (etcd answers so rather than with NotFound).
+        let ttl = int(&v, "TTL")?;
+        Ok((ttl >= 0).then(|| Duration::from_secs(ttl.unsigned_abs())))
+    }
+
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
         match self.gw.call("/v3/lease/revoke", &json!({ "ID": lease.to_string() }), Kind::Retry).await {
             Ok(_) => Ok(()),

@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::ha::{Ack, Load};
+use pgrepl_core::oplock::{LockHolder, SharedLock};
+use pgrepl_core::store::{ConsensusStore, Keys, StoreLock};
+use pgrepl_etcd::{EtcdOptions, EtcdStore};
 
 const NODES: [&str; 3] = ["db1", "db2", "db3"];
 /// The etcd every test of this binary shares (started once, left running for the next).
@@ -42,6 +45,8 @@ fn etcd_endpoints() -> String {
 
 struct AutoLab {
     wd: WorkDir,
+    cluster: String,
+    endpoints: String,
     spec: PathBuf,
     port: u16,
     bin: PathBuf,
@@ -75,7 +80,16 @@ impl AutoLab {
         let s = spec.to_str().unwrap();
         let (code, out, err) = pgrepl_ok(&["up", "-f", s, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()]);
         assert_eq!(code, 0, "up: {out}\n{err}");
-        let lab = AutoLab { wd, spec, port, bin, client, extra_agents: Vec::new() };
+        let lab = AutoLab {
+            wd,
+            cluster: name.to_string(),
+            endpoints: endpoints.iter().map(|e| e.trim_matches('"')).collect::<Vec<_>>().join(","),
+            spec,
+            port,
+            bin,
+            client,
+            extra_agents: Vec::new(),
+        };
         lab.wait_leader(&["db1"], 3, Duration::from_secs(30));
         create_app_role(&lab.client, &lab.wd.path, "db1", port);
         lab.sql("db1", "CREATE TABLE load (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())");
@@ -487,6 +501,25 @@ async fn auto_switchover_pause_and_resume_pg15() {
     let (code, out, err) = lab.cli(&["failover"]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(err.contains("pgrepl pause"), "{err}");
+
+    // `status` says how long the leader's lease has left (of the 3 s ttl).
+    let st = lab.status();
+    let left = st["ha"]["lease_left_seconds"].as_u64();
+    assert!(left.is_some_and(|s| s as f64 <= TTL_SECONDS), "lease left: {}", st["ha"]);
+
+    // The operation lock lives in etcd: while another admin holds it (the test, through
+    // the library), `status` names it and `pause` waits for it, then says who holds it.
+    let store: Arc<dyn ConsensusStore> = Arc::new(EtcdStore::new(&EtcdOptions::new(lab.endpoints.split(','))).unwrap());
+    let lock = StoreLock::new(store, Keys::new(&lab.cluster));
+    let t = std::time::Instant::now();
+    let held = lock.acquire(&lab.cluster, &LockHolder::this_process("test-holder", Some(15)), t, t).await.unwrap();
+    assert_eq!(lab.status()["ha"]["operation_lock"]["operation"].as_str(), Some("test-holder"));
+    let (code, out, err) = lab.cli(&["pause", "--lock-wait", "1"]);
+    assert_eq!(code, 3, "pause while the lock is held: {out}{err}");
+    assert!(err.contains("test-holder") && err.contains("consensus store"), "{err}");
+    assert!(lab.status()["ha"]["paused"].as_bool() != Some(true), "not paused while the lock was held");
+    held.release().await;
+    assert!(lab.status()["ha"]["operation_lock"].is_null(), "released");
 
     // Paused: a crashed primary is not restarted, the key stays.
     let (code, out, err) = lab.cli(&["pause"]);

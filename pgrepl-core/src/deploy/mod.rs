@@ -69,6 +69,7 @@ pub struct Deployment {
     pub(crate) local_ports: bool,
     pub(crate) lock_options: crate::oplock_options::LockOptions,
     records: Option<Arc<dyn TopologyRecords>>,
+    pub(crate) shared_lock: Option<Arc<dyn crate::oplock_holder::SharedLock>>,
 }
 
 /// Where the topology is recorded: a file in the state directory by default; keys in the
@@ -94,6 +95,7 @@ impl Deployment {
             local_ports: false,
             lock_options: Default::default(),
             records: None,
+            shared_lock: None,
         }
     }
 

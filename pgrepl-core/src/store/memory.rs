@@ -239,6 +239,11 @@ impl ConsensusStore for MemoryStore {
         }))
     }
 
+    async fn time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError> {
+        let g = self.ready()?;
+        Ok(g.leases.get(&lease).map(|l| l.deadline.saturating_sub(g.now)))
+    }
+
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
         self.ready()?.end_lease(lease);
         Ok(())

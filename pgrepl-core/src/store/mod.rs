@@ -20,6 +20,8 @@
 pub mod keys;
 #[cfg(feature = "runtime")]
 pub mod memory;
+#[cfg(feature = "runtime")]
+mod op_lock;
 pub mod view;
 
 use std::fmt;
@@ -27,6 +29,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use keys::{HaSettings, Keys, LeaderRecord, MemberRecord, MemberRole, PositionRecord, SwitchoverRequest};
+#[cfg(feature = "runtime")]
+pub use op_lock::{ACTS_ON_NODES, StoreLock};
 pub use view::StoreView;
 
 /// A revision of the store (etcd's `header.revision`).
@@ -103,6 +107,9 @@ pub trait ConsensusStore: Send + Sync + fmt::Debug {
     async fn grant(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
     /// Refreshes `lease` to its full ttl: the ttl left, or `None` when it no longer exists.
     async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError>;
+    /// The time `lease` has left without a renewal (whole seconds on etcd), or `None`
+    /// when it no longer exists. Reads only: the lease is not renewed.
+    async fn time_to_live(&self, lease: LeaseId) -> Result<Option<Duration>, StoreError>;
     /// Revokes `lease` (its keys disappear).
     async fn revoke(&self, lease: LeaseId) -> Result<(), StoreError>;
     /// Creates `key` only if it is absent: `true` when this call created it.

@@ -106,6 +106,7 @@ pub async fn lease_expiry_is_watched(store: &dyn ConsensusStore, prefix: &str, c
         snap.revision
     );
     assert_eq!(s.call(store.keep_alive(lease), "keep_alive of an expired lease").await, None, "{store:?}: expired lease");
+    assert_eq!(s.call(store.time_to_live(lease), "time_to_live of an expired lease").await, None, "{store:?}: expired lease");
     s.call(store.revoke(lease), "revoke an expired lease").await;
 }
 
@@ -347,6 +348,11 @@ impl Suite<'_> {
     async fn unknown_leases(&self) {
         let st = self.store;
         assert_eq!(self.call(st.keep_alive(UNKNOWN_LEASE), "keep_alive unknown").await, None, "{st:?}: keep_alive of an unknown lease");
+        assert_eq!(
+            self.call(st.time_to_live(UNKNOWN_LEASE), "time_to_live unknown").await,
+            None,
+            "{st:?}: time_to_live of an unknown lease"
+        );
         let k = self.key("unknown-lease");
         let r = st.put(&k, b"v", Some(UNKNOWN_LEASE)).await;
         assert!(matches!(r, Err(StoreError::Rejected(_))), "{st:?}: put with an unknown lease: {r:?}");
@@ -396,11 +402,17 @@ impl Suite<'_> {
         let k = self.key("kept");
         let lease = self.call(st.grant(ttl), "grant").await;
         self.call(st.put(&k, b"v", Some(lease)), "put").await;
+        let fresh = self.call(st.time_to_live(lease), "time_to_live").await;
+        assert!(fresh.is_some_and(|d| d <= ttl), "{st:?}: time_to_live of a fresh lease of {ttl:?}: {fresh:?}");
         for i in 0..3 {
             self.clock.pass(ttl / 2).await;
             let left = self.call(st.keep_alive(lease), "keep_alive").await;
             assert!(left.is_some_and(|d| !d.is_zero() && d <= Duration::from_secs(60)), "{st:?}: keep_alive {i} of a live lease: {left:?}");
         }
+        // Read, not renewed: the ttl left does not grow between two reads.
+        let a = self.call(st.time_to_live(lease), "time_to_live").await;
+        let b = self.call(st.time_to_live(lease), "time_to_live").await;
+        assert!(a.is_some() && b.is_some() && b <= a && a <= Some(ttl), "{st:?}: time_to_live of a live lease: {a:?} then {b:?}");
         assert!(self.value(&k).await.is_some(), "{st:?}: a lease kept alive past its ttl lost its key");
         self.call(st.revoke(lease), "revoke").await;
         assert_eq!(self.value(&k).await, None, "{st:?}: revoke left the key");
