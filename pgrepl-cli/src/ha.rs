@@ -277,6 +277,21 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
         Some(sync) => lines.push(format!("ha: {} replicates asynchronously", sync.value.primary)),
         None => {}
     }
+    let topo = v.topology();
+    if let Some(last) = topo.history.last() {
+        use pgrepl_core::topology::PromotionKind;
+        lines.push(format!(
+            "ha: promotions recorded: {} failovers, {} switchovers; last: {} -> {} ({:?}, timeline {}, {:.2}s, at {})",
+            topo.promotions(PromotionKind::Failover),
+            topo.promotions(PromotionKind::Switchover),
+            last.from,
+            last.node,
+            last.kind,
+            last.timeline.map(|t| t.to_string()).unwrap_or("-".into()),
+            last.millis as f64 / 1000.0,
+            pgrepl_core::oplock::fmt_utc(last.at)
+        ));
+    }
     for n in &d.cluster().nodes {
         let agent = if agent_pid(d, &n.name).is_some() { "agent runs here" } else { "no agent here" };
         match v.member(&n.name) {
@@ -299,6 +314,7 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
         "ttl_ms": s.ttl_ms,
         "sync": v.sync.as_ref().map(|s| &s.value),
         "members": v.members.values().map(|m| &m.value).collect::<Vec<_>>(),
+        "history": topo.history,
     });
     (lines, json)
 }

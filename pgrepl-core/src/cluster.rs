@@ -50,6 +50,12 @@ pub struct Ha {
     pub settings: crate::ha_settings::HaSettings,
     /// The etcd cluster.
     pub etcd: crate::spec::EtcdSpec,
+    /// The agents' HTTP port (see [`Cluster::agent_api`]).
+    pub api_port: u16,
+    /// The address the agents' HTTP endpoint listens on, when not the node's own.
+    pub api_listen: Option<String>,
+    /// `/replica`'s default lag limit in bytes.
+    pub replica_max_lag: u64,
 }
 
 /// Replication settings with defaults resolved.
@@ -117,6 +123,28 @@ impl Node {
 }
 
 impl Cluster {
+    /// Where `node`'s agent serves HTTP: the address it listens on and the port (`None`
+    /// without `[ha]`, for an unknown node, or before the node has an address). Nodes that
+    /// share an address (a local cluster) get consecutive ports from `api_port`, in spec
+    /// order.
+    pub fn agent_api(&self, node: &str) -> Option<(String, u16)> {
+        let ha = self.ha.as_ref()?;
+        let i = self.nodes.iter().position(|n| n.name == node)?;
+        let n = &self.nodes[i];
+        let address = n.address.clone()?;
+        let shared = self.nodes.iter().filter(|o| o.address.as_deref() == Some(address.as_str())).count() > 1;
+        let port = if shared { ha.api_port.checked_add(u16::try_from(i).ok()?)? } else { ha.api_port };
+        Some((ha.api_listen.clone().unwrap_or(address), port))
+    }
+
+    /// Where others reach `node`'s agent over HTTP (`address:port`; its own address even
+    /// when it listens on every interface).
+    pub fn agent_url_base(&self, node: &str) -> Option<String> {
+        let (_, port) = self.agent_api(node)?;
+        let address = self.node(node)?.address.clone()?;
+        Some(if address.contains(':') { format!("http://[{address}]:{port}") } else { format!("http://{address}:{port}") })
+    }
+
     /// The primary.
     pub fn primary(&self) -> &Node {
         self.nodes.iter().find(|n| n.role == Role::Primary).expect("a validated cluster has a primary")

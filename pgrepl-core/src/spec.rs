@@ -88,6 +88,9 @@ pub struct ClusterSpec {
 /// loop_wait = 1                # seconds between two loops of an agent
 /// safety_margin = 1            # seconds: a primary stops writes this long before its lease can end
 /// maximum_lag_on_failover = 1048576   # bytes: a standby further behind may not take over
+/// api_port = 8008              # each agent's HTTP endpoint (local clusters: 8008, 8009, ... per node)
+/// # api_listen = "0.0.0.0"     # default: the node's own address, never every interface
+/// replica_max_lag = 16777216   # bytes: /replica answers 503 further behind (`?lag=` overrides)
 ///
 /// [ha.etcd]
 /// endpoints = ["http://127.0.0.1:2379", "http://127.0.0.1:2380"]
@@ -111,6 +114,19 @@ pub struct HaSpec {
     /// (default 1 MiB).
     #[serde(default = "HaSpec::default_max_lag")]
     pub maximum_lag_on_failover: u64,
+    /// The port of each agent's HTTP endpoint (health checks, `/metrics`; default 8008).
+    /// On a local cluster, whose nodes share an address, node `i` (in spec order) uses
+    /// `api_port + i`.
+    #[serde(default = "HaSpec::default_api_port")]
+    pub api_port: u16,
+    /// The address the agents' HTTP endpoint listens on (default: the node's own address;
+    /// `0.0.0.0` only when asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_listen: Option<String>,
+    /// Bytes: a standby further behind its primary answers 503 on `/replica` (default 16 MiB;
+    /// `?lag=` overrides per check).
+    #[serde(default = "HaSpec::default_replica_max_lag")]
+    pub replica_max_lag: u64,
     /// The etcd cluster.
     pub etcd: EtcdSpec,
 }
@@ -128,6 +144,12 @@ impl HaSpec {
     fn default_max_lag() -> u64 {
         1 << 20
     }
+    fn default_api_port() -> u16 {
+        8008
+    }
+    fn default_replica_max_lag() -> u64 {
+        16 << 20
+    }
 
     /// An `[ha]` section with the defaults, for these etcd endpoints.
     pub fn with_endpoints(endpoints: impl IntoIterator<Item = impl Into<String>>) -> HaSpec {
@@ -136,6 +158,9 @@ impl HaSpec {
             loop_wait: Self::default_loop_wait(),
             safety_margin: Self::default_safety_margin(),
             maximum_lag_on_failover: Self::default_max_lag(),
+            api_port: Self::default_api_port(),
+            api_listen: None,
+            replica_max_lag: Self::default_replica_max_lag(),
             etcd: EtcdSpec { endpoints: endpoints.into_iter().map(Into::into).collect(), ..EtcdSpec::default() },
         }
     }

@@ -26,6 +26,44 @@ pub struct Topology {
     /// recorded (clusters deployed before pgrepl recorded it): the spec's set applies.
     #[serde(default)]
     pub sync: Option<SyncRecord>,
+    /// The promotions pgrepl carried out, oldest first (the last [`HISTORY_LEN`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Promotion>,
+}
+
+/// How many promotions the topology keeps.
+pub const HISTORY_LEN: usize = 50;
+
+/// Why a standby was promoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotionKind {
+    /// The primary was gone (or fenced).
+    Failover,
+    /// A planned move: the primary stopped cleanly first.
+    Switchover,
+}
+
+/// One promotion, as recorded once the new primary accepted writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Promotion {
+    /// The node promoted.
+    pub node: String,
+    /// The primary before it.
+    pub from: String,
+    /// Failover or switchover.
+    pub kind: PromotionKind,
+    /// The new primary's timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// Where that timeline starts (the switch point in its history file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// When (Unix seconds, the clock of the machine that carried it out).
+    pub at: u64,
+    /// From the start of the operation (or of the agent's plan) until the promotion was
+    /// confirmed, in milliseconds.
+    pub millis: u64,
 }
 
 /// The synchronous replication a primary was configured with (its
@@ -78,6 +116,22 @@ impl Topology {
     /// The recorded last position of the primary.
     pub fn last_primary_lsn(&self) -> Option<Lsn> {
         self.last_primary_lsn.as_deref().and_then(|l| l.parse().ok())
+    }
+
+    /// Appends `p` to the history (kept to the last [`HISTORY_LEN`]; the same promotion
+    /// recorded twice is kept once).
+    pub fn record_promotion(&mut self, p: Promotion) {
+        if !self.history.iter().any(|h| h.node == p.node && h.timeline == p.timeline && h.at == p.at) {
+            self.history.push(p);
+        }
+        self.history.sort_by_key(|h| h.at);
+        let extra = self.history.len().saturating_sub(HISTORY_LEN);
+        self.history.drain(..extra);
+    }
+
+    /// How many failovers and switchovers the history holds.
+    pub fn promotions(&self, kind: PromotionKind) -> usize {
+        self.history.iter().filter(|h| h.kind == kind).count()
     }
 
     /// Whether `node` is recorded as fenced.

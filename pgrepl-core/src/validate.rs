@@ -638,7 +638,25 @@ fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str))
             }
         }
     }
-    crate::cluster::Ha { settings, etcd: e.clone() }
+    if h.api_port == 0 {
+        err("ha.api_port".into(), "0".into(), "a TCP port, 1-65535 (default 8008)");
+    }
+    if let Some(a) = &h.api_listen {
+        if a.parse::<std::net::IpAddr>().is_err() {
+            err(
+                "ha.api_listen".into(),
+                format!("\"{a}\" is not an IP address"),
+                "an IP address of the hosts (0.0.0.0 or :: for every interface)",
+            );
+        }
+    }
+    crate::cluster::Ha {
+        settings,
+        etcd: e.clone(),
+        api_port: h.api_port,
+        api_listen: h.api_listen.clone(),
+        replica_max_lag: h.replica_max_lag,
+    }
 }
 
 fn check_name(s: &str) -> Result<(), String> {

@@ -328,9 +328,9 @@ fn plain_layout_needs_binaries() {
     let ssh = |extra: &str| {
         format!(
             "{}\n[provider]\nkind = \"ssh\"\n{extra}\n",
-            BASE.replace("role = \"primary\"", "role = \"primary\"\naddress = \"10.0.0.1\"")
-                .replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\naddress = \"10.0.0.2\"")
-                .replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\naddress = \"10.0.0.3\"")
+            BASE.replace("role = \"primary\"", "role = \"primary\"\naddress = \"127.0.0.11\"")
+                .replace("name = \"db2\"\nrole = \"standby\"", "name = \"db2\"\nrole = \"standby\"\naddress = \"127.0.0.12\"")
+                .replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\naddress = \"127.0.0.13\"")
         )
     };
     let e = errors(&ssh("layout = \"plain\""));
@@ -393,4 +393,47 @@ fn ha_section_is_checked() {
     let ha = c.ha.unwrap();
     assert_eq!((ha.settings.ttl_ms, ha.settings.loop_wait_ms, ha.settings.safety_margin_ms), (3000, 1000, 1000));
     assert_eq!(ha.settings.maximum_lag_on_failover, 1 << 20);
+    assert_eq!((ha.api_port, ha.api_listen, ha.replica_max_lag), (8008, None, 16 << 20));
+    // The agents' HTTP endpoint: a port, an IP address.
+    let e = errors(&with(
+        "16",
+        "[ha]
+api_port = 0
+api_listen = \"any\"
+[ha.etcd]
+endpoints = [\"http://127.0.0.1:2379\"]
+",
+    ));
+    assert_field(&e, "ha.api_port", &["TCP port"]);
+    assert_field(&e, "ha.api_listen", &["not an IP address", "0.0.0.0"]);
+}
+
+#[test]
+fn agent_api_address_per_node() {
+    // Nodes on one address (a local cluster): consecutive ports; on hosts of their own: one port.
+    let local = BASE
+        .replace("role = \"primary\"", "role = \"primary\"\naddress = \"127.0.0.1\"")
+        .replace("role = \"standby\"", "role = \"standby\"\naddress = \"127.0.0.1\"");
+    let c = ClusterSpec::from_toml(
+        &local
+            .replace("postgres = \"16\"", "postgres = \"16\"\n[ha]\napi_port = 9000\n[ha.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n"),
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(c.agent_api("db1"), Some(("127.0.0.1".to_string(), 9000)));
+    assert_eq!(c.agent_api("db3"), Some(("127.0.0.1".to_string(), 9002)));
+    assert_eq!(c.agent_url_base("db2").as_deref(), Some("http://127.0.0.1:9001"));
+    let hosts = BASE
+        .replacen("role = \"primary\"", "role = \"primary\"\naddress = \"127.0.0.11\"", 1)
+        .replacen("role = \"standby\"", "role = \"standby\"\naddress = \"127.0.0.12\"", 1)
+        .replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\naddress = \"127.0.0.13\"");
+    let c = ClusterSpec::from_toml(
+        &hosts.replace("postgres = \"16\"", "postgres = \"16\"\n[ha]\n[ha.etcd]\nendpoints = [\"http://10.0.0.9:2379\"]\n"),
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(c.agent_api("db3"), Some(("127.0.0.13".to_string(), 8008)));
+    assert_eq!(c.agent_api("nope"), None);
 }

@@ -379,10 +379,19 @@ async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
     assert!(first_after.is_some(), "writes resumed");
 
     let leader = lab.wait_leader(&NODES, if matches!(fault, Fault::WholeNode) { 2 } else { 3 }, Duration::from_secs(30));
+    let history = lab.status()["ha"]["history"].clone();
     if matches!(fault, Fault::Postmaster) {
         assert_eq!(leader, "db1", "the crashed postmaster is restarted in place");
+        assert!(history.as_array().is_none_or(|h| h.is_empty()), "no promotion recorded: {history}");
     } else {
         assert_ne!(leader, "db1");
+        // The promotion is in the topology's history.
+        let last = &history[history.as_array().map_or(0, |h| h.len().saturating_sub(1))];
+        assert_eq!(
+            (last["node"].as_str(), last["from"].as_str(), last["kind"].as_str()),
+            (Some(leader.as_str()), Some("db1"), Some("failover")),
+            "{history}"
+        );
     }
     // Nothing acknowledged is lost in synchronous mode (and, restarted in place, ever).
     let present: std::collections::BTreeSet<i64> =
@@ -488,6 +497,9 @@ async fn auto_switchover_pause_and_resume_pg15() {
     let (winner, loser) = if codes.0 == Some(0) { ("db2", &b) } else { ("db3", &a) };
     assert!(text(loser).contains("another switchover is under way"), "{}", text(loser));
     assert_eq!(lab.wait_leader(&[winner], 3, Duration::from_secs(30)), winner);
+    let history = lab.status()["ha"]["history"].clone();
+    assert_eq!(history.as_array().map(|h| h.len()), Some(1), "{history}");
+    assert_eq!((history[0]["node"].as_str(), history[0]["kind"].as_str()), (Some(winner), Some("switchover")), "{history}");
     for n in NODES.iter().filter(|n| **n != winner) {
         lab.wait_standby_of(n, winner, Duration::from_secs(60));
     }

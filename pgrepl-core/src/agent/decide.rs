@@ -513,7 +513,12 @@ fn promotion(i: &AgentInput<'_>, view: &StoreView) -> Result<(Plan, ObservedClus
         return Ok((p, obs));
     }
     let (cluster, obs) = as_observed(i, view, &old)?;
-    let plan = plan::failover(&cluster, &obs, &FailoverRequest { to: Some(i.me.to_string()), force: true }).map_err(|r| r.to_string())?;
+    let mut plan =
+        plan::failover(&cluster, &obs, &FailoverRequest { to: Some(i.me.to_string()), force: true }).map_err(|r| r.to_string())?;
+    // The key handed over by a leader that stopped cleanly: the promotion ends a switchover.
+    if view.switchover.as_ref().is_some_and(|r| r.value.to == i.me && r.value.from == old && r.value.refused.is_none()) {
+        plan.operation = Operation::Switchover { to: i.me.to_string() };
+    }
     Ok((only_mine(plan, i.me, &i.cluster.name), obs))
 }
 

@@ -46,6 +46,9 @@ pub(crate) fn merge(base: &Topology, mine: &Topology, theirs: &Topology) -> Topo
     if mine.sync != base.sync {
         out.sync = mine.sync.clone();
     }
+    for p in mine.history.iter().filter(|p| !base.history.contains(p)) {
+        out.record_promotion(p.clone());
+    }
     out
 }
 
@@ -122,5 +125,37 @@ mod tests {
         let m = merge(&base, &mine, &theirs);
         assert!(m.fenced.is_empty());
         assert_eq!(m.primary.as_deref(), Some("db3"));
+    }
+
+    #[test]
+    fn promotions_from_both_writers_are_kept_once_in_order() {
+        use crate::topology::{HISTORY_LEN, Promotion, PromotionKind};
+        let p = |node: &str, tl: u32, at: u64, kind| Promotion {
+            node: node.into(),
+            from: "db1".into(),
+            kind,
+            timeline: Some(tl),
+            lsn: None,
+            at,
+            millis: 300,
+        };
+        let base = Topology { history: vec![p("db2", 2, 10, PromotionKind::Failover)], ..Topology::default() };
+        let mut theirs = base.clone();
+        theirs.record_promotion(p("db3", 3, 30, PromotionKind::Switchover));
+        let mut mine = base.clone();
+        mine.record_promotion(p("db1", 3, 20, PromotionKind::Failover));
+        // Recorded twice: kept once.
+        mine.record_promotion(p("db1", 3, 20, PromotionKind::Failover));
+        let m = merge(&base, &mine, &theirs);
+        let order: Vec<(&str, u64)> = m.history.iter().map(|h| (h.node.as_str(), h.at)).collect();
+        assert_eq!(order, vec![("db2", 10), ("db1", 20), ("db3", 30)]);
+        assert_eq!((m.promotions(PromotionKind::Failover), m.promotions(PromotionKind::Switchover)), (2, 1));
+        // Bounded.
+        let mut t = Topology::default();
+        for i in 0..(HISTORY_LEN as u64 + 7) {
+            t.record_promotion(p("db2", i as u32, i, PromotionKind::Failover));
+        }
+        assert_eq!(t.history.len(), HISTORY_LEN);
+        assert_eq!(t.history[0].at, 7, "the oldest go first");
     }
 }

@@ -379,6 +379,7 @@ impl<'a> Exec<'a> {
             st.report.new_timeline = tli;
             st.new_timeline_start = start;
         }
+        let promoted_at = self.st().promoted_at;
         let mut topo = self.topo.lock().await;
         if tli.is_some() {
             topo.timeline = tli;
@@ -386,6 +387,18 @@ impl<'a> Exec<'a> {
         if let Some(l) = lsn.or(start) {
             topo.last_primary_lsn = Some(l.to_string());
         }
+        topo.record_promotion(crate::topology::Promotion {
+            node: primary.name.clone(),
+            from: self.plan.primary.clone(),
+            kind: match self.plan.operation {
+                plan::Operation::Switchover { .. } => crate::topology::PromotionKind::Switchover,
+                _ => crate::topology::PromotionKind::Failover,
+            },
+            timeline: tli,
+            lsn: start.map(|s| s.to_string()),
+            at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            millis: promoted_at.map(|p| p.saturating_duration_since(self.t0).as_millis() as u64).unwrap_or(0),
+        });
         let _ = self.op.save(&topo).await;
     }
 }

@@ -281,7 +281,14 @@ fn marks_for_status() {
         problems: vec![],
         connections: ConnectionStrings { read_write: String::new(), read_only: String::new() },
     };
-    let topo = Topology { primary: Some("db2".into()), timeline: Some(2), fenced: vec!["db1".into()], last_primary_lsn: None, sync: None };
+    let topo = Topology {
+        primary: Some("db2".into()),
+        timeline: Some(2),
+        fenced: vec!["db1".into()],
+        last_primary_lsn: None,
+        sync: None,
+        history: Vec::new(),
+    };
     let m = mark_nodes(&status, &topo);
     assert_eq!(m.len(), 2);
     assert!(m[0].fenced && m[0].diverged, "{m:?}");
