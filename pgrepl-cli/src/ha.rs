@@ -72,7 +72,15 @@ pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
     cmd.args(["agent", "--guard", "--data-dir"]).arg(&data_dir);
     let guard = GuardHandle::spawn(cmd).context("could not start the guard process")?;
     tracing::info!(node, guard = guard.id(), "agent starting");
-    let agent = Agent::new(d, node, store)?.with_guard(Box::new(Guard(guard)));
+    let api = d.cluster().agent_api(node);
+    let url = d.cluster().agent_url_base(node);
+    let replica_max_lag = d.cluster().ha.as_ref().map(|h| h.replica_max_lag).unwrap_or(16 << 20);
+    let mut agent = Agent::new(d, node, store)?.with_guard(Box::new(Guard(guard)));
+    if let Some(u) = url {
+        agent = agent.with_address(u.trim_start_matches("http://"));
+    }
+    // The HTTP endpoint (health checks, /metrics), on the node's own address.
+    let http = api.map(|(listen, port)| tokio::spawn(serve_http(listen, port, agent.status(), replica_max_lag)));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
         tokio::select! {
@@ -80,8 +88,40 @@ pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    agent.run(shutdown).await?;
+    let r = agent.run(shutdown).await;
+    if let Some(h) = http {
+        h.abort();
+    }
+    r?;
     Ok(0)
+}
+
+/// Serves the agent's HTTP endpoint on `listen:port`; while the port cannot be bound (in
+/// use), says so and tries again every 5 s: the agent keeps running without it.
+async fn serve_http(
+    listen: String,
+    port: u16,
+    status: tokio::sync::watch::Receiver<Arc<pgrepl_core::agent::AgentStatus>>,
+    replica_max_lag: u64,
+) {
+    let opts = pgrepl_http::HttpOptions { replica_max_lag };
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind((listen.as_str(), port)).await {
+            Ok(l) => {
+                tracing::info!(address = %listen, port, "HTTP endpoint listening (/primary, /replica, /health, /cluster, /metrics)");
+                if let Err(e) = pgrepl_http::serve(l, status.clone(), opts, std::future::pending()).await {
+                    tracing::warn!(address = %listen, port, error = %e, "HTTP endpoint failed");
+                }
+            }
+            Err(e) if !warned => {
+                tracing::warn!(address = %listen, port, error = %e, "the HTTP endpoint cannot listen; trying again every 5 s");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// `pgrepl agent --guard --data-dir D`: the guard (stdin: the agent's instructions).

@@ -22,7 +22,7 @@ use pgrepl_core::oplock::{LockHolder, SharedLock};
 use pgrepl_core::store::{ConsensusStore, Keys, StoreLock};
 use pgrepl_etcd::{EtcdOptions, EtcdStore};
 
-const NODES: [&str; 3] = ["db1", "db2", "db3"];
+pub(crate) const NODES: [&str; 3] = ["db1", "db2", "db3"];
 /// The etcd every test of this binary shares (started once, left running for the next).
 const ETCD_BASE: u16 = 23990;
 const TTL_SECONDS: f64 = 3.0;
@@ -43,24 +43,26 @@ fn etcd_endpoints() -> String {
     e
 }
 
-struct AutoLab {
-    wd: WorkDir,
-    cluster: String,
-    endpoints: String,
-    spec: PathBuf,
-    port: u16,
-    bin: PathBuf,
-    client: PathBuf,
-    extra_agents: Vec<Child>,
+pub(crate) struct AutoLab {
+    pub(crate) wd: WorkDir,
+    /// The first agent's HTTP port (db1; db2 and db3 the next ones).
+    pub(crate) api_port: u16,
+    pub(crate) cluster: String,
+    pub(crate) endpoints: String,
+    pub(crate) spec: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) bin: PathBuf,
+    pub(crate) client: PathBuf,
+    pub(crate) extra_agents: Vec<Child>,
 }
 
 impl AutoLab {
-    fn up(name: &str, major: &str, sync: Option<&str>) -> AutoLab {
+    pub(crate) fn up(name: &str, major: &str, sync: Option<&str>) -> AutoLab {
         AutoLab::up_on(name, major, sync, &etcd_endpoints())
     }
 
     /// On the etcd cluster of `endpoints` (comma-separated client URLs).
-    fn up_on(name: &str, major: &str, sync: Option<&str>, endpoints: &str) -> AutoLab {
+    pub(crate) fn up_on(name: &str, major: &str, sync: Option<&str>, endpoints: &str) -> AutoLab {
         let (bin, client) = bins(major);
         let wd = WorkDir::new(name).with_bin(&bin);
         // A name of its own per run: the keys of a run that died without destroying its
@@ -68,8 +70,12 @@ impl AutoLab {
         let name = &format!("{name}-{}", std::process::id() % 100_000);
         let port = free_ports(3);
         let endpoints: Vec<String> = endpoints.split(',').map(|e| format!("\"{e}\"")).collect();
-        let mut extra =
-            format!("[ha]\nttl = {TTL_SECONDS}\nloop_wait = 0.5\nsafety_margin = 1\n[ha.etcd]\nendpoints = [{}]\n", endpoints.join(", "));
+        // The agents' HTTP ports: free ones (tests run side by side).
+        let api_port = free_ports(3);
+        let mut extra = format!(
+            "[ha]\nttl = {TTL_SECONDS}\nloop_wait = 0.5\nsafety_margin = 1\napi_port = {api_port}\n[ha.etcd]\nendpoints = [{}]\n",
+            endpoints.join(", ")
+        );
         if let Some(s) = sync {
             extra = format!("[replication]\nsync = {s}\n{extra}");
         }
@@ -81,6 +87,7 @@ impl AutoLab {
         let (code, out, err) = pgrepl_ok(&["up", "-f", s, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()]);
         assert_eq!(code, 0, "up: {out}\n{err}");
         let lab = AutoLab {
+            api_port,
             wd,
             cluster: name.to_string(),
             endpoints: endpoints.iter().map(|e| e.trim_matches('"')).collect::<Vec<_>>().join(","),
@@ -96,15 +103,15 @@ impl AutoLab {
         lab
     }
 
-    fn port_of(&self, node: &str) -> u16 {
+    pub(crate) fn port_of(&self, node: &str) -> u16 {
         self.port + NODES.iter().position(|n| *n == node).unwrap() as u16
     }
 
-    fn sql(&self, node: &str, q: &str) -> String {
+    pub(crate) fn sql(&self, node: &str, q: &str) -> String {
         psql(&self.client, &self.wd.path, node, self.port_of(node), q)
     }
 
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+    pub(crate) fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let mut a: Vec<&str> = args.to_vec();
         a.extend([
             "-f",
@@ -117,13 +124,13 @@ impl AutoLab {
         pgrepl_ok(&a)
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let (_, out, err) = self.cli(&["status", "--output", "json"]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("status json: {e}: {out}\n{err}"))
     }
 
     /// Waits until the leader key names one of `expect` and `members` members report.
-    fn wait_leader(&self, expect: &[&str], members: usize, limit: Duration) -> String {
+    pub(crate) fn wait_leader(&self, expect: &[&str], members: usize, limit: Duration) -> String {
         let t = Instant::now();
         let mut last = serde_json::Value::Null;
         while t.elapsed() < limit {
@@ -138,23 +145,23 @@ impl AutoLab {
         panic!("no leader among {expect:?} within {limit:?}: {last:#}");
     }
 
-    fn agents_dir(&self) -> PathBuf {
+    pub(crate) fn agents_dir(&self) -> PathBuf {
         // The state directory of a local cluster: `secrets` under its work directory.
         let cands = [self.wd.path.join("secrets").join("agents"), self.wd.path.join("agents")];
         cands.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| panic!("no agents directory under {}", self.wd.path.display()))
     }
 
-    fn agent_pid(&self, node: &str) -> i32 {
+    pub(crate) fn agent_pid(&self, node: &str) -> i32 {
         std::fs::read_to_string(self.agents_dir().join(format!("{node}.pid"))).unwrap().trim().parse().unwrap()
     }
 
-    fn postmaster_pid(&self, node: &str) -> i32 {
+    pub(crate) fn postmaster_pid(&self, node: &str) -> i32 {
         let f = std::fs::read_to_string(self.wd.path.join(node).join("data").join("postmaster.pid")).unwrap();
         f.lines().next().unwrap().trim().parse().unwrap()
     }
 
     /// The agent's guard: its child `pgrepl agent --guard`.
-    fn guard_pid(&self, agent: i32) -> Option<i32> {
+    pub(crate) fn guard_pid(&self, agent: i32) -> Option<i32> {
         for e in std::fs::read_dir("/proc").ok()?.flatten() {
             let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
@@ -168,7 +175,7 @@ impl AutoLab {
     }
 
     /// Starts `node`'s agent, reaching etcd through `endpoints` when given.
-    fn start_agent_with(&mut self, node: &str, endpoints: Option<&str>) {
+    pub(crate) fn start_agent_with(&mut self, node: &str, endpoints: Option<&str>) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgrepl"));
         if let Some(e) = endpoints {
             cmd.env("PGREPL_ETCD_ENDPOINTS", e);
@@ -184,7 +191,7 @@ impl AutoLab {
         self.extra_agents.push(c);
     }
 
-    fn in_recovery(&self, node: &str) -> Option<bool> {
+    pub(crate) fn in_recovery(&self, node: &str) -> Option<bool> {
         let o = Command::new("runuser")
             .args(["-u", "postgres", "--"])
             .arg(self.client.join("psql"))
@@ -196,7 +203,7 @@ impl AutoLab {
         o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim() == "t")
     }
 
-    fn wait_standby_of(&self, node: &str, primary: &str, limit: Duration) {
+    pub(crate) fn wait_standby_of(&self, node: &str, primary: &str, limit: Duration) {
         let t = Instant::now();
         while t.elapsed() < limit {
             let out = self.sql(primary, "SELECT application_name FROM pg_stat_replication WHERE state = 'streaming'");
@@ -208,7 +215,7 @@ impl AutoLab {
         panic!("{node} does not stream from {primary} within {limit:?}; agent logs in {}", self.wd.path.display());
     }
 
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         // Drop stops the agents and destroys the cluster.
     }
 }
@@ -302,7 +309,7 @@ impl WritableProbe {
     }
 }
 
-fn kill(signal: &str, pid: i32) {
+pub(crate) fn kill(signal: &str, pid: i32) {
     let st = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().unwrap();
     assert!(st.success(), "kill -{signal} {pid}");
 }
@@ -461,7 +468,7 @@ async fn auto_failover_whole_node_async_pg11() {
 }
 
 /// The rows acknowledged that `node` lacks.
-fn missing_on(lab: &AutoLab, node: &str, acks: &[Ack]) -> Vec<i64> {
+pub(crate) fn missing_on(lab: &AutoLab, node: &str, acks: &[Ack]) -> Vec<i64> {
     let present: std::collections::BTreeSet<i64> =
         lab.sql(node, "SELECT id FROM load").lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect();
     acks.iter().filter(|a| !present.contains(&a.id)).map(|a| a.id).collect()

@@ -32,6 +32,7 @@ mod local;
 mod records;
 #[cfg(feature = "runtime")]
 mod run;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
@@ -40,3 +41,4 @@ pub use decide::{AgentInput, AgentMemory, Decision, GuardMode, LeaseClock, MAX_S
 pub use records::StoreRecords;
 #[cfg(feature = "runtime")]
 pub use run::{Agent, GuardControl};
+pub use status::{AgentStatus, LoopFacts, StandbyStat, parse_size};

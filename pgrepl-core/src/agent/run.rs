@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::decide::{AgentInput, AgentMemory, GuardMode, LeaseClock, StoreOp, decide};
 use super::local::LocalDb;
 use super::records::StoreRecords;
+use super::status::{AgentStatus, LoopFacts};
 use crate::deploy::{Deployment, NoProgress};
 use crate::error::Error;
 use crate::observe::{Observed, ObservedCluster};
@@ -41,6 +42,7 @@ pub struct Agent {
     keys: Keys,
     guard: Arc<Mutex<Option<Box<dyn GuardControl>>>>,
     address: Option<String>,
+    status: tokio::sync::watch::Sender<Arc<AgentStatus>>,
 }
 
 #[derive(Debug, Default)]
@@ -62,8 +64,15 @@ impl Agent {
             return Err(Error::Discovery(format!("cluster {} has no [ha] section: agents need the store it names", c.name)));
         }
         let keys = Keys::new(&c.name);
+        let (status, _) =
+            tokio::sync::watch::channel(Arc::new(AgentStatus { cluster: c.name.clone(), node: me.to_string(), ..AgentStatus::default() }));
         let d = d.with_records(Arc::new(StoreRecords::new(store.clone(), keys.clone())));
-        Ok(Agent { d, me: me.to_string(), store, keys, guard: Arc::new(Mutex::new(None)), address: None })
+        Ok(Agent { d, me: me.to_string(), store, keys, guard: Arc::new(Mutex::new(None)), address: None, status })
+    }
+
+    /// Its status, updated after every loop (what its HTTP endpoint serves).
+    pub fn status(&self) -> tokio::sync::watch::Receiver<Arc<AgentStatus>> {
+        self.status.subscribe()
     }
 
     /// Enforces the write deadline through `guard` too (a process of its own, or a watchdog).
@@ -112,6 +121,7 @@ impl Agent {
         let mut published: Option<(MemberRecord, LeaseId)> = None;
         let mut last_why = String::new();
         let mut burst = 0u32;
+        let mut loops = 0u64;
         tokio::pin!(shutdown);
         loop {
             let local = db.observe().await;
@@ -181,6 +191,21 @@ impl Agent {
                     let _ = tokio::time::timeout(STORE_TIMEOUT, self.store.put(&self.keys.position(), &body, None)).await;
                 }
             }
+            loops += 1;
+            let write_time_left = clock.id.and(clock.since_renewal).map(|s| deadline.saturating_sub(s));
+            let mut st = AgentStatus::of(
+                &LoopFacts {
+                    cluster: &cluster.name,
+                    me: &self.me,
+                    local: &local,
+                    store: view.as_ref().map_err(String::as_str),
+                    write_time_left,
+                    why: &d.why,
+                },
+                loops,
+            );
+            st.upstream = d.member.upstream.clone();
+            self.status.send_replace(Arc::new(st));
             if changed && burst < MAX_BURST {
                 burst += 1;
                 continue;

@@ -59,6 +59,10 @@ pub struct Sender {
     pub sync_state: String,
     /// `replay_lag` in seconds (10+).
     pub replay_lag_seconds: Option<f64>,
+    /// The bytes of WAL the standby has still to replay (the primary's current position
+    /// minus its `replay_lsn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lag_bytes: Option<u64>,
 }
 
 /// A physical replication slot on a node.
@@ -68,6 +72,10 @@ pub struct Slot {
     pub name: String,
     /// A walsender uses it now.
     pub active: bool,
+    /// The WAL it keeps from being removed, in bytes (from its `restart_lsn` to the
+    /// node's current position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_bytes: Option<u64>,
 }
 
 /// One node as observed.
@@ -240,8 +248,13 @@ pub fn apply_probe_rows(o: &mut Observed, rows: &[Vec<Option<String>>]) {
                 state: f(2).unwrap_or_default(),
                 sync_state: f(3).unwrap_or_default(),
                 replay_lag_seconds: f(4).and_then(|s| s.parse().ok()),
+                replay_lag_bytes: f(5).and_then(|s| s.parse().ok()),
             }),
-            Some("s") => o.slots.push(Slot { name: f(1).unwrap_or_default(), active: f(2).as_deref() == Some("t") }),
+            Some("s") => o.slots.push(Slot {
+                name: f(1).unwrap_or_default(),
+                active: f(2).as_deref() == Some("t"),
+                retained_bytes: f(3).and_then(|s| s.parse().ok()),
+            }),
             _ => {}
         }
     }
@@ -273,7 +286,7 @@ mod tests {
         assert_eq!(p.lsn, Some(Lsn(0x3000060)));
         assert!(p.streams_to("db2") && !p.streams_to("db3"));
         assert_eq!(p.synchronous_standby_names.as_deref(), Some("FIRST 1 (db2, db3)"));
-        assert_eq!(p.slots, vec![Slot { name: "db2".into(), active: true }]);
+        assert_eq!(p.slots, vec![Slot { name: "db2".into(), active: true, retained_bytes: None }]);
 
         let mut s = Observed::unknown("db2");
         apply_probe_rows(

@@ -40,8 +40,17 @@ pub fn probe_sql(caps: &Capabilities) -> String {
     let tli = format!("coalesce({received}, {segments}, {restartpoint})");
     let status = if caps.wal_receiver_view { "(SELECT status FROM pg_catalog.pg_stat_wal_receiver)" } else { "NULL" };
     let lag = if caps.lag_columns { "extract(epoch FROM replay_lag)" } else { "NULL" };
-    let slots =
-        if caps.slots { "SELECT 's', slot_name, active FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical';\n" } else { "" };
+    // The node's own position: the current one on a primary, the replayed one on a standby.
+    let here = format!("CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.{}() ELSE pg_catalog.{}() END", l.last_replay, l.current);
+    let slots = if caps.slots {
+        format!(
+            "SELECT 's', slot_name, active, pg_catalog.{diff}({here}, restart_lsn)::bigint FROM pg_catalog.pg_replication_slots WHERE slot_type = 'physical';\n",
+            diff = l.diff
+        )
+    } else {
+        String::new()
+    };
+    let behind = format!("pg_catalog.{}({here}, replay{})::bigint", l.diff, l.stat_column_suffix);
     format!(
         "SELECT 'n', pg_catalog.pg_is_in_recovery(), \
            CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.{replay}()::text ELSE pg_catalog.{current}()::text END, \
@@ -50,7 +59,7 @@ pub fn probe_sql(caps: &Capabilities) -> String {
            {status}, \
            extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()), \
            pg_catalog.current_setting('synchronous_standby_names');\n\
-         SELECT 'r', application_name, state, sync_state, {lag} FROM pg_catalog.pg_stat_replication;\n{slots}",
+         SELECT 'r', application_name, state, sync_state, {lag}, {behind} FROM pg_catalog.pg_stat_replication;\n{slots}",
         replay = l.last_replay,
         current = l.current,
         receive = l.last_receive,

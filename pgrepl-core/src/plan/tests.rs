@@ -203,7 +203,13 @@ fn sync_guarantee_holds_when_the_synchronous_standby_is_reachable() {
 fn streaming_cluster() -> ObservedCluster {
     let mut p = primary("db1", 100);
     for s in ["db2", "db3"] {
-        p.senders.push(Sender { name: s.into(), state: "streaming".into(), sync_state: "async".into(), replay_lag_seconds: None });
+        p.senders.push(Sender {
+            name: s.into(),
+            state: "streaming".into(),
+            sync_state: "async".into(),
+            replay_lag_seconds: None,
+            replay_lag_bytes: None,
+        });
     }
     obs(vec![p, standby("db2", 100), standby("db3", 100)])
 }
