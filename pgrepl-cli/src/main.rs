@@ -29,6 +29,19 @@ use output::Spinners;
 /// The built-in default cluster's name.
 const DEFAULT_CLUSTER: &str = "pgrepl-local";
 
+/// A mistake in how pgrepl was called, found by the CLI itself (exit 2): a cluster file
+/// that does not exist, options that do not go together.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = match cli.verbose {
@@ -102,6 +115,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(_) => 4,
         None if e.downcast_ref::<pgrepl_core::SpecErrors>().is_some() => 2,
         None if e.downcast_ref::<clap::Error>().is_some() => 2,
+        None if e.downcast_ref::<UsageError>().is_some() => 2,
         None => 4,
     }
 }
@@ -376,7 +390,18 @@ fn confirm(prompt: &str) -> anyhow::Result<bool> {
 }
 
 fn read_spec(path: &Path) -> anyhow::Result<ClusterSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("could not read cluster file {}", path.display()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // A path that names no file is a mistake in the command line, not a failure of
+        // this machine.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(UsageError(format!("could not read cluster file {}: it does not exist", path.display())).into());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+            return Err(UsageError(format!("could not read cluster file {}: it is a directory", path.display())).into());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("could not read cluster file {}", path.display()))),
+    };
     ClusterSpec::from_toml(&text).map_err(|e| Error::Spec(e).into())
 }
 
@@ -428,7 +453,11 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
                     .with_context(|| format!("could not write {}", path.display()))?;
                 (spec, path)
             } else {
-                anyhow::bail!("no cluster file given (-f) and no default cluster at {} (run `pgrepl up` to create it)", path.display());
+                return Err(UsageError(format!(
+                    "no cluster file given (-f) and no default cluster at {} (run `pgrepl up` to create it)",
+                    path.display()
+                ))
+                .into());
             }
         }
     };
@@ -462,7 +491,7 @@ fn backends() -> Vec<Box<dyn Backend>> {
 }
 
 fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
-    let file = common.file.as_ref().context("render needs a cluster file: pgrepl render -f pgrepl.toml")?;
+    let file = common.file.as_ref().ok_or_else(|| UsageError("render needs a cluster file: pgrepl render -f pgrepl.toml".into()))?;
     let spec = read_spec(file)?;
     let unversioned = spec.validate()?;
     let major = match (common.pg_version, unversioned.major) {

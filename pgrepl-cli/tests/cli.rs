@@ -98,7 +98,7 @@ fn bad_spec_exits_2_and_names_fields() {
 fn missing_file_and_unknown_node() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = pgrepl(dir.path(), &["render", "-f", "/nonexistent/pgrepl.toml"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("could not read cluster file /nonexistent/pgrepl.toml"), "{err}");
     let ex = example("three-node.toml");
     let (code, _, err) = pgrepl(dir.path(), &["render", "-f", ex.to_str().unwrap(), "--pg-version", "16", "--node", "db9"]);
@@ -120,7 +120,7 @@ fn missing_binaries_is_a_clear_error() {
 fn status_without_a_cluster_says_how_to_create_one() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = pgrepl(dir.path(), &["status"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "a usage error: {err}");
     assert!(err.contains("no cluster file given (-f) and no default cluster at"), "{err}");
     assert!(err.contains("run `pgrepl up`"), "{err}");
 }
@@ -162,4 +162,34 @@ fn status_with_a_major_that_has_no_binaries_is_an_error_not_a_panic() {
         assert_eq!(code, 4, "{out}\n{err}");
         assert!(err.contains("no PostgreSQL 9.6 server binaries found") && !err.contains("panicked"), "{err}");
     }
+}
+
+/// A cluster file that does not exist is a usage error (exit 2) naming the path, for every
+/// command that reads one, given with -f or PGREPL_FILE; a directory is one too.
+#[test]
+fn missing_cluster_file_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let m = missing.to_str().unwrap();
+    let said = format!("could not read cluster file {m}: it does not exist");
+    for args in [
+        &["status", "-f", m][..],
+        &["up", "-f", m],
+        &["render", "-f", m],
+        &["connstr", "-f", m],
+        &["switchover", "--to", "db2", "-f", m],
+        &["destroy", "--yes", "-f", m],
+    ] {
+        let (code, out, err) = pgrepl(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(&said), "{args:?}: {err}");
+    }
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_pgrepl")).args(["status"]).current_dir(dir.path()).env("PGREPL_FILE", &missing).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&said));
+    let (code, _, err) = pgrepl(dir.path(), &["status", "-f", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("it is a directory"), "{err}");
+    assert!(!dir.path().join("work").exists(), "nothing created");
 }
