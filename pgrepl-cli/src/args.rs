@@ -65,13 +65,21 @@ pub enum OutputFormat {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Show every file, SQL statement and command each node gets (a dry run; touches nothing).
+    /// Show every file, SQL statement and command each node gets (a dry run; touches
+    /// nothing), or with --haproxy an HAProxy configuration for the cluster.
     Render {
         #[command(flatten)]
         common: Common,
         /// Only this node.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "haproxy")]
         node: Option<String>,
+        /// Instead of the nodes' files: an HAProxy 2.6 configuration for an `[ha]`
+        /// cluster. A read-write port goes to the node whose agent answers 200 on /primary,
+        /// a read-only port is balanced over the nodes whose agent answers 200 on /replica.
+        #[arg(long)]
+        haproxy: bool,
+        #[command(flatten)]
+        haproxy_args: HaproxyArgs,
     },
     /// Deploy the cluster, or converge it to the spec (safe to run again).
     Up {
@@ -180,4 +188,26 @@ pub enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+}
+
+/// `render --haproxy`'s options.
+#[derive(Debug, Args)]
+pub struct HaproxyArgs {
+    /// The read-write port (with --haproxy).
+    #[arg(long, value_name = "PORT", default_value_t = 5000, requires = "haproxy", value_parser = clap::value_parser!(u16).range(1..))]
+    pub rw_port: u16,
+    /// The read-only port (with --haproxy).
+    #[arg(long, value_name = "PORT", default_value_t = 5001, requires = "haproxy", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ro_port: u16,
+    /// The IP address HAProxy listens on (with --haproxy; 0.0.0.0: every interface, only
+    /// when asked).
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1", requires = "haproxy")]
+    pub bind: String,
+    /// Also serve HAProxy's stats page (read-only) on this port (with --haproxy; default: none).
+    #[arg(long, value_name = "PORT", requires = "haproxy", value_parser = clap::value_parser!(u16).range(1..))]
+    pub stats_port: Option<u16>,
+    /// Write the configuration to FILE instead of stdout (with --haproxy; replaced in one
+    /// rename, so a reading HAProxy never sees half of it).
+    #[arg(short = 'o', long = "out-file", value_name = "FILE", requires = "haproxy")]
+    pub out_file: Option<PathBuf>,
 }

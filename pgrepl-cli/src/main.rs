@@ -23,7 +23,7 @@ use pgrepl_core::render::render_node;
 use pgrepl_core::spec::{ClusterSpec, LocalProviderSpec, NodeSpec, ProviderSpec, VersionChoice};
 use pgrepl_core::{Error, PgMajor};
 
-use args::{Cli, Cmd, Common, OutputFormat};
+use args::{Cli, Cmd, Common, HaproxyArgs, OutputFormat};
 use output::Spinners;
 
 /// The built-in default cluster's name.
@@ -116,13 +116,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         None if e.downcast_ref::<pgrepl_core::SpecErrors>().is_some() => 2,
         None if e.downcast_ref::<clap::Error>().is_some() => 2,
         None if e.downcast_ref::<UsageError>().is_some() => 2,
+        None if e.downcast_ref::<pgrepl_core::render::HaproxyError>().is_some() => 2,
         None => 4,
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Cmd::Render { common, node } => render(&common, node.as_deref()),
+        Cmd::Render { common, haproxy: true, haproxy_args, .. } => render_haproxy(&common, &haproxy_args),
+        Cmd::Render { common, node, .. } => render(&common, node.as_deref()),
         Cmd::Up { common, dry_run: true } => {
             let (d, _) = open(&common, false).await?;
             print_plan(&common, &d.plan_up().await?)
@@ -367,6 +369,37 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// `render --haproxy`: the HAProxy configuration of an `[ha]` cluster, on stdout or in a
+/// file. Needs no PostgreSQL binaries: nothing in it depends on the version.
+fn render_haproxy(common: &Common, a: &HaproxyArgs) -> anyhow::Result<u8> {
+    if common.output == OutputFormat::Json {
+        return Err(UsageError("render --haproxy writes HAProxy's own format: --output json does not apply".into()).into());
+    }
+    let file = common.file.as_ref().ok_or_else(|| UsageError("render needs a cluster file: pgrepl render -f pgrepl.toml".into()))?;
+    let cluster = read_spec(file)?.validate()?;
+    let opts =
+        pgrepl_core::render::HaproxyOptions { bind: a.bind.clone(), rw_port: a.rw_port, ro_port: a.ro_port, stats_port: a.stats_port };
+    let cfg = pgrepl_core::render::haproxy_config(&cluster, &opts)?;
+    match &a.out_file {
+        None => print!("{cfg}"),
+        Some(path) => {
+            // Written beside the target, then renamed over it.
+            let name = path.file_name().with_context(|| format!("-o {}: not a file name", path.display()))?;
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(".tmp-{}", std::process::id()));
+            let tmp = path.with_file_name(tmp_name);
+            std::fs::write(&tmp, &cfg).with_context(|| format!("could not write {}", tmp.display()))?;
+            if let Err(e) = std::fs::rename(&tmp, path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(anyhow::Error::new(e).context(format!("could not write {}", path.display())));
+            }
+            eprintln!("wrote {} (check it with `haproxy -c -f {}`)", path.display(), path.display());
+        }
+    }
+    Ok(0)
 }
 
 fn print_report<R: std::fmt::Display + serde::Serialize>(common: &Common, report: &R) -> anyhow::Result<()> {

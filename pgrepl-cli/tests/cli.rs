@@ -176,6 +176,7 @@ fn missing_cluster_file_is_a_usage_error_naming_it() {
         &["status", "-f", m][..],
         &["up", "-f", m],
         &["render", "-f", m],
+        &["render", "--haproxy", "-f", m],
         &["connstr", "-f", m],
         &["switchover", "--to", "db2", "-f", m],
         &["destroy", "--yes", "-f", m],
@@ -192,4 +193,63 @@ fn missing_cluster_file_is_a_usage_error_naming_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("it is a directory"), "{err}");
     assert!(!dir.path().join("work").exists(), "nothing created");
+}
+
+#[test]
+fn render_haproxy_of_an_ha_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = example("ha-local.toml");
+    let ex = ex.to_str().unwrap();
+    let (code, out, err) = pgrepl(dir.path(), &["render", "--haproxy", "-f", ex]);
+    assert_eq!(code, 0, "{err}");
+    for k in [
+        "listen ha-demo-rw\n    bind 127.0.0.1:5000\n",
+        "listen ha-demo-ro\n    bind 127.0.0.1:5001\n    balance roundrobin\n",
+        "http-check send meth GET uri /primary\n",
+        "http-check send meth GET uri /replica\n",
+        "server db1 127.0.0.1:6532 check port 8008\n",
+        "server db3 127.0.0.1:6534 check port 8010\n",
+    ] {
+        assert!(out.contains(k), "no {k:?} in\n{out}");
+    }
+    assert!(!out.contains("stats enable"), "no stats page unless asked");
+    // -o writes the same text to the file, nothing on stdout.
+    let cfg = dir.path().join("haproxy.cfg");
+    let (code, out2, err) = pgrepl(dir.path(), &["render", "--haproxy", "-f", ex, "-o", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out2.is_empty());
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), out);
+    // Options.
+    let (code, out, err) = pgrepl(
+        dir.path(),
+        &["render", "--haproxy", "-f", ex, "--bind", "::1", "--rw-port", "6000", "--ro-port", "6001", "--stats-port", "7000"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bind [::1]:6000") && out.contains("bind [::1]:6001") && out.contains("bind [::1]:7000\n"), "{out}");
+    assert!(out.contains("stats enable"), "{out}");
+}
+
+#[test]
+fn render_haproxy_refusals_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = example("three-node.toml");
+    let ha = example("ha-local.toml");
+    let (plain, ha) = (plain.to_str().unwrap(), ha.to_str().unwrap());
+    for (args, said) in [
+        (&["render", "--haproxy", "-f", plain][..], "HAProxy routing needs the agents' health endpoints"),
+        (&["render", "--haproxy", "-f", ha, "--bind", "localhost"], "\"localhost\" is not an IP address"),
+        (&["render", "--haproxy", "-f", ha, "--ro-port", "5000"], "ports are both 5000"),
+        (&["render", "--haproxy", "-f", ha, "--output", "json"], "--output json does not apply"),
+        (&["render", "--haproxy"], "render needs a cluster file"),
+        (&["render", "-f", ha, "--rw-port", "6000"], "--haproxy"),
+        (&["render", "-f", ha, "-o", "x.cfg"], "--haproxy"),
+        (&["render", "--haproxy", "-f", ha, "--node", "db1"], "cannot be used with"),
+        (&["render", "--haproxy", "-f", ha, "--rw-port", "0"], "0"),
+    ] {
+        let (code, out, err) = pgrepl(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
+    assert!(!dir.path().join("x.cfg").exists());
 }

@@ -13,5 +13,6 @@ mod ha;
 mod local_e2e;
 mod oplock;
 mod pg_accepts;
+mod routing;
 mod ssh_e2e;
 mod transports;
