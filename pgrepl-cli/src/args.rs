@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive only; behaviour lives in main.rs and pgrepl-core).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgrepl_core::PgMajor;
@@ -53,6 +54,17 @@ fn parse_major(s: &str) -> Result<PgMajor, String> {
     s.parse().map_err(|e: pgrepl_core::version::VersionError| e.to_string())
 }
 
+/// The shortest `status --watch` interval: a refresh is a round of queries to every node.
+const MIN_WATCH: Duration = Duration::from_millis(100);
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("\"{s}\" is not a number of seconds"))?;
+    if !secs.is_finite() || secs < MIN_WATCH.as_secs_f64() || secs > 3600.0 {
+        return Err(format!("{s}: expected seconds between {} and 3600", MIN_WATCH.as_secs_f64()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -93,6 +105,22 @@ pub enum Cmd {
     Status {
         #[command(flatten)]
         common: Common,
+        /// Refresh every SECONDS (default 2) until Ctrl-C, until --count refreshes, or for
+        /// 24 hours at most. Text is redrawn in place on a terminal (a separator line between
+        /// refreshes otherwise); --output json prints one compact object per line per
+        /// refresh. Exit status: that of the last refresh.
+        #[arg(
+            short = 'W',
+            long,
+            value_name = "SECONDS",
+            num_args = 0..=1,
+            default_missing_value = "2",
+            value_parser = parse_interval
+        )]
+        watch: Option<Duration>,
+        /// With --watch: stop after N refreshes.
+        #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
     },
     /// Write a canary row on the primary; it must reach every standby, and every standby
     /// must refuse writes.

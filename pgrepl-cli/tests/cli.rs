@@ -174,6 +174,7 @@ fn missing_cluster_file_is_a_usage_error_naming_it() {
     let said = format!("could not read cluster file {m}: it does not exist");
     for args in [
         &["status", "-f", m][..],
+        &["status", "-f", m, "--watch", "1"],
         &["up", "-f", m],
         &["render", "-f", m],
         &["render", "--haproxy", "-f", m],
@@ -252,4 +253,22 @@ fn render_haproxy_refusals_exit_2() {
         assert!(out.is_empty(), "{args:?}: {out}");
     }
     assert!(!dir.path().join("x.cfg").exists());
+}
+
+#[test]
+fn status_watch_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = example("three-node.toml");
+    let ex = ex.to_str().unwrap();
+    for args in [
+        &["status", "-f", ex, "--count", "2"][..],
+        &["status", "-f", ex, "--watch", "0"],
+        &["status", "-f", ex, "--watch", "soon"],
+        &["status", "-f", ex, "--watch", "1", "--count", "0"],
+    ] {
+        let (code, _, err) = pgrepl(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    let (_, out, _) = pgrepl(dir.path(), &["status", "--help"]);
+    assert!(out.contains("24 hours"), "the help says the watch's limit:\n{out}");
 }

@@ -1,10 +1,12 @@
-//! Where applications connect, with real parts:
+//! Where applications connect and what operators watch, with real parts:
 //! - HAProxy 2.6 (Debian's, installed by `scripts/lab/install.sh`) accepts what `pgrepl
 //!   render --haproxy` writes, with no warning, and routes by the agents' answers: writes
 //!   to the node answering 200 on `/primary`, reads over those answering 200 on `/replica`,
 //!   sessions on a node marked down closed. The agents here are stand-ins that answer as
 //!   told, and so are the "servers" (they say their name): this checks the configuration,
 //!   not the agents' endpoints themselves.
+//! - `status --watch` on a real cluster: one JSON object per refresh, text with a
+//!   separator when stdout is not a terminal, `[ha]` lines, Ctrl-C.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -320,4 +322,135 @@ fn haproxy_routes_by_the_agents_answers() {
         let r = routed(front + 1).0;
         assert!(matches!(r.as_deref(), Some("db1" | "db3")), "a read reached {r:?}");
     }
+}
+
+/// A two-node cluster of PostgreSQL 16 for `status --watch`: (work dir, spec, bin flags).
+fn watch_cluster() -> (WorkDir, PathBuf, Vec<String>) {
+    let (bin, client) = bins("16");
+    let wd = WorkDir::new("watch").with_bin(&bin);
+    let port = free_ports(2);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"watch\"\npostgres = \"16\"\n[provider]\nkind = \"local\"\nbase_port = {port}\nwork_dir = \"{}\"\n\
+             [[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n",
+            wd.str()
+        ),
+    )
+    .unwrap();
+    let flags =
+        vec!["--pg-bin".into(), bin.to_string_lossy().into_owned(), "--pg-client-bin".into(), client.to_string_lossy().into_owned()];
+    (wd, spec, flags)
+}
+
+fn run_with(spec: &Path, flags: &[String], args: &[&str]) -> (i32, String, String) {
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["-f", spec.to_str().unwrap()]);
+    a.extend(flags.iter().map(String::as_str));
+    pgrepl_ok(&a)
+}
+
+#[test]
+fn status_watch_refreshes_a_real_cluster() {
+    let (_wd, spec, flags) = watch_cluster();
+    let (code, out, err) = run_with(&spec, &flags, &["up"]);
+    assert_eq!(code, 0, "up: {out}{err}");
+
+    // JSON: one compact object per line per refresh, numbered.
+    let (code, out, err) = run_with(&spec, &flags, &["status", "--watch", "0.2", "--count", "2", "--output", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (i, l) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("line {i}: {e}: {l}"));
+        assert_eq!(v["refresh"], i as u64 + 1, "{l}");
+        assert!(v["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{l}");
+        let nodes = v["nodes"].as_array().unwrap();
+        assert_eq!(nodes[0]["role"], "primary", "{l}");
+        assert_eq!(nodes[1]["role"], "standby", "{l}");
+        assert!(nodes[1]["lag_bytes"].as_u64().is_some(), "{l}");
+    }
+
+    // Text to a pipe: no screen clearing, a separator line between two refreshes.
+    let (code, out, err) = run_with(&spec, &flags, &["status", "-W", "0.2", "--count", "2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains('\x1b'), "escape codes written to a pipe: {out:?}");
+    assert_eq!(out.lines().filter(|l| l.chars().all(|c| c == '-') && l.len() > 10).count(), 1, "{out}");
+    let sep = "-".repeat(72);
+    let refreshes: Vec<&str> = out.split(&sep).collect();
+    assert_eq!(refreshes.len(), 2, "{out}");
+    for (i, r) in refreshes.iter().enumerate() {
+        assert!(r.contains(&format!("refresh {},", i + 1)), "{r}");
+        assert!(r.contains("db1") && r.contains("db2") && r.contains("primary") && r.contains("standby"), "{r}");
+    }
+
+    // -W alone: every 2 s.
+    let (code, out, _) = run_with(&spec, &flags, &["status", "-W", "--count", "1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("every 2s, refresh 1,"), "{out}");
+
+    // Ctrl-C ends it: the exit status is the last refresh's, not a signal's.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgrepl"))
+        .args(["status", "--watch", "0.2", "--output", "json", "-f", spec.to_str().unwrap()])
+        .args(&flags)
+        .env_remove("PGREPL_FILE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.contains("\"refresh\":1"), "{first}");
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("status --watch did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+
+    let (code, _, err) = run_with(&spec, &flags, &["destroy", "--yes"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// `[ha]` lines in every refresh: here the store cannot be reached (nothing listens on
+/// its endpoint), which `status` says on its `ha:` line and in `ha` of the JSON.
+#[test]
+fn status_watch_shows_the_ha_lines() {
+    let (bin, client) = bins("16");
+    let wd = WorkDir::new("watch-ha").with_bin(&bin);
+    let port = free_ports(2);
+    let etcd = free_ports(1);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "name = \"watch-ha\"\npostgres = \"16\"\n[ha.etcd]\nendpoints = [\"http://127.0.0.1:{etcd}\"]\n\
+             [provider]\nkind = \"local\"\nbase_port = {port}\nwork_dir = \"{}\"\n\
+             [[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n",
+            wd.str()
+        ),
+    )
+    .unwrap();
+    let flags =
+        vec!["--pg-bin".into(), bin.to_string_lossy().into_owned(), "--pg-client-bin".into(), client.to_string_lossy().into_owned()];
+    // Nothing runs: every refresh finds a problem (exit 1) and says why the store is silent.
+    let (code, out, err) = run_with(&spec, &flags, &["status", "-W", "0.2", "--count", "2"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ha: ")).count(), 2, "{out}");
+    let (code, out, err) = run_with(&spec, &flags, &["status", "-W", "0.2", "--count", "2", "--output", "json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    for l in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["ha"]["error"].as_str().is_some(), "{l}");
+    }
+    assert_eq!(out.lines().count(), 2, "{out}");
 }
