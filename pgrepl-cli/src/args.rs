@@ -216,6 +216,13 @@ pub enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Print the completion script of a shell, e.g. `pgrepl completions bash >
+    /// /etc/bash_completion.d/pgrepl`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
 }
 
 /// `render --haproxy`'s options.
@@ -238,4 +245,25 @@ pub struct HaproxyArgs {
     /// rename, so a reading HAProxy never sees half of it).
     #[arg(short = 'o', long = "out-file", value_name = "FILE", requires = "haproxy")]
     pub out_file: Option<PathBuf>,
+}
+
+/// Shells `pgrepl completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(s: CompletionShell) -> Self {
+        match s {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }

@@ -129,6 +129,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Cmd::Render { common, haproxy: true, haproxy_args, .. } => render_haproxy(&common, &haproxy_args),
         Cmd::Render { common, node, .. } => render(&common, node.as_deref()),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(clap_complete::Shell::from(shell), &mut cmd, "pgrepl", &mut std::io::stdout());
+            Ok(0)
+        }
         Cmd::Up { common, dry_run: true } => {
             let (d, _) = open(&common, false).await?;
             print_plan(&common, &d.plan_up().await?)

@@ -197,6 +197,27 @@ fn missing_cluster_file_is_a_usage_error_naming_it() {
 }
 
 #[test]
+fn completions_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [("bash", "complete -F _pgrepl"), ("zsh", "#compdef pgrepl"), ("fish", "complete -c pgrepl")] {
+        let (code, out, err) = pgrepl(dir.path(), &["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: no {marker:?} in\n{out}");
+        for word in ["switchover", "failover", "--haproxy", "--watch"] {
+            assert!(out.contains(word), "{shell}: {word} missing");
+        }
+        if shell == "bash" {
+            let f = dir.path().join("pgrepl.bash");
+            std::fs::write(&f, &out).unwrap();
+            let o = Command::new("bash").arg("-n").arg(&f).output().unwrap();
+            assert!(o.status.success(), "bash -n: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    let (code, _, err) = pgrepl(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
 fn render_haproxy_of_an_ha_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let ex = example("ha-local.toml");
