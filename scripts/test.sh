@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test of pgrepl: installs what the tests need (PostgreSQL 10-18 builds, sshd,
-# moto, etcd: scripts/lab/install.sh, idempotent and cached), checks the code's habits
+# moto, etcd, HAProxy: scripts/lab/install.sh, idempotent and cached), checks the code's habits
 # (rustfmt, clippy with warnings denied, rustdoc with warnings denied, the pure core
 # without its runtime), then runs the whole workspace's tests. Run as root on Debian 12
 # (the tests run servers as the `postgres` OS user and build network namespaces).

@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive only; behaviour lives in main.rs and pgrepl-core).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use pgrepl_core::PgMajor;
@@ -53,6 +54,17 @@ fn parse_major(s: &str) -> Result<PgMajor, String> {
     s.parse().map_err(|e: pgrepl_core::version::VersionError| e.to_string())
 }
 
+/// The shortest `status --watch` interval: a refresh is a round of queries to every node.
+const MIN_WATCH: Duration = Duration::from_millis(100);
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("\"{s}\" is not a number of seconds"))?;
+    if !secs.is_finite() || secs < MIN_WATCH.as_secs_f64() || secs > 3600.0 {
+        return Err(format!("{s}: expected seconds between {} and 3600", MIN_WATCH.as_secs_f64()));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -65,13 +77,21 @@ pub enum OutputFormat {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Show every file, SQL statement and command each node gets (a dry run; touches nothing).
+    /// Show every file, SQL statement and command each node gets (a dry run; touches
+    /// nothing), or with --haproxy an HAProxy configuration for the cluster.
     Render {
         #[command(flatten)]
         common: Common,
         /// Only this node.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "haproxy")]
         node: Option<String>,
+        /// Instead of the nodes' files: an HAProxy 2.6 configuration for an `[ha]`
+        /// cluster. A read-write port goes to the node whose agent answers 200 on /primary,
+        /// a read-only port is balanced over the nodes whose agent answers 200 on /replica.
+        #[arg(long)]
+        haproxy: bool,
+        #[command(flatten)]
+        haproxy_args: HaproxyArgs,
     },
     /// Deploy the cluster, or converge it to the spec (safe to run again).
     Up {
@@ -85,6 +105,22 @@ pub enum Cmd {
     Status {
         #[command(flatten)]
         common: Common,
+        /// Refresh every SECONDS (default 2) until Ctrl-C, until --count refreshes, or for
+        /// 24 hours at most. Text is redrawn in place on a terminal (a separator line between
+        /// refreshes otherwise); --output json prints one compact object per line per
+        /// refresh. Exit status: that of the last refresh.
+        #[arg(
+            short = 'W',
+            long,
+            value_name = "SECONDS",
+            num_args = 0..=1,
+            default_missing_value = "2",
+            value_parser = parse_interval
+        )]
+        watch: Option<Duration>,
+        /// With --watch: stop after N refreshes.
+        #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
     },
     /// Write a canary row on the primary; it must reach every standby, and every standby
     /// must refuse writes.
@@ -180,4 +216,54 @@ pub enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Print the completion script of a shell, e.g. `pgrepl completions bash >
+    /// /etc/bash_completion.d/pgrepl`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+}
+
+/// `render --haproxy`'s options.
+#[derive(Debug, Args)]
+pub struct HaproxyArgs {
+    /// The read-write port (with --haproxy).
+    #[arg(long, value_name = "PORT", default_value_t = 5000, requires = "haproxy", value_parser = clap::value_parser!(u16).range(1..))]
+    pub rw_port: u16,
+    /// The read-only port (with --haproxy).
+    #[arg(long, value_name = "PORT", default_value_t = 5001, requires = "haproxy", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ro_port: u16,
+    /// The IP address HAProxy listens on (with --haproxy; 0.0.0.0: every interface, only
+    /// when asked).
+    #[arg(long, value_name = "ADDRESS", default_value = "127.0.0.1", requires = "haproxy")]
+    pub bind: String,
+    /// Also serve HAProxy's stats page (read-only) on this port (with --haproxy; default: none).
+    #[arg(long, value_name = "PORT", requires = "haproxy", value_parser = clap::value_parser!(u16).range(1..))]
+    pub stats_port: Option<u16>,
+    /// Write the configuration to FILE instead of stdout (with --haproxy; replaced in one
+    /// rename, so a reading HAProxy never sees half of it).
+    #[arg(short = 'o', long = "out-file", value_name = "FILE", requires = "haproxy")]
+    pub out_file: Option<PathBuf>,
+}
+
+/// Shells `pgrepl completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// Bash.
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(s: CompletionShell) -> Self {
+        match s {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
 }

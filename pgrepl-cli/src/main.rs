@@ -23,11 +23,28 @@ use pgrepl_core::render::render_node;
 use pgrepl_core::spec::{ClusterSpec, LocalProviderSpec, NodeSpec, ProviderSpec, VersionChoice};
 use pgrepl_core::{Error, PgMajor};
 
-use args::{Cli, Cmd, Common, OutputFormat};
+use args::{Cli, Cmd, Common, HaproxyArgs, OutputFormat};
 use output::Spinners;
 
 /// The built-in default cluster's name.
 const DEFAULT_CLUSTER: &str = "pgrepl-local";
+
+/// How long `status --watch` runs at most: a forgotten watch does not query the cluster
+/// forever.
+const WATCH_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A mistake in how pgrepl was called, found by the CLI itself (exit 2): a cluster file
+/// that does not exist, options that do not go together.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -102,13 +119,21 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(_) => 4,
         None if e.downcast_ref::<pgrepl_core::SpecErrors>().is_some() => 2,
         None if e.downcast_ref::<clap::Error>().is_some() => 2,
+        None if e.downcast_ref::<UsageError>().is_some() => 2,
+        None if e.downcast_ref::<pgrepl_core::render::HaproxyError>().is_some() => 2,
         None => 4,
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Cmd::Render { common, node } => render(&common, node.as_deref()),
+        Cmd::Render { common, haproxy: true, haproxy_args, .. } => render_haproxy(&common, &haproxy_args),
+        Cmd::Render { common, node, .. } => render(&common, node.as_deref()),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(clap_complete::Shell::from(shell), &mut cmd, "pgrepl", &mut std::io::stdout());
+            Ok(0)
+        }
         Cmd::Up { common, dry_run: true } => {
             let (d, _) = open(&common, false).await?;
             print_plan(&common, &d.plan_up().await?)
@@ -174,33 +199,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if status.healthy() && verify.ok() { 0 } else { 1 })
         }
-        Cmd::Status { common } => {
+        Cmd::Status { common, watch: None, .. } => {
             let (d, _) = open(&common, false).await?;
-            let status = d.status().await;
-            let marks: Vec<_> =
-                d.ha_marks(&status).await.unwrap_or_default().into_iter().filter(|m| m.fenced || m.diverged || m.old_timeline).collect();
-            let (ha_lines, ha_json) =
-                if d.cluster().ha.is_some() { ha::status_lines(&d).await } else { (Vec::new(), serde_json::Value::Null) };
+            let view = status_once(&d).await?;
             match common.output {
-                OutputFormat::Text => {
-                    print!("{status}");
-                    for m in &marks {
-                        println!("mark: {}: {}", m.node, m.note);
-                    }
-                    for l in &ha_lines {
-                        println!("{l}");
-                    }
-                }
-                OutputFormat::Json => {
-                    let mut v = serde_json::to_value(&status)?;
-                    v["marks"] = serde_json::to_value(&marks)?;
-                    if d.cluster().ha.is_some() {
-                        v["ha"] = ha_json;
-                    }
-                    println!("{}", serde_json::to_string_pretty(&v)?)
-                }
+                OutputFormat::Text => print!("{}", view.text),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&view.json)?),
             }
-            Ok(if status.healthy() && marks.iter().all(|m| !m.diverged) { 0 } else { 1 })
+            Ok(view.code)
+        }
+        Cmd::Status { common, watch: Some(every), count } => {
+            let (d, spec_path) = open(&common, false).await?;
+            status_watch(&d, &spec_path, common.output, every, count).await
         }
         Cmd::Switchover { common, to, dry_run: true } => {
             let (d, _) = open(&common, false).await?;
@@ -355,6 +365,131 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// One look at the cluster as `status` shows it: the report, the marks worth showing
+/// (fenced, diverged, old timeline), and with `[ha]` what the store says.
+struct StatusView {
+    /// For humans.
+    text: String,
+    /// For programs.
+    json: serde_json::Value,
+    /// The exit status: 0 healthy, 1 a problem (or a diverged node).
+    code: u8,
+}
+
+async fn status_once(d: &Deployment) -> anyhow::Result<StatusView> {
+    use std::fmt::Write as _;
+    let status = d.status().await;
+    let marks: Vec<_> =
+        d.ha_marks(&status).await.unwrap_or_default().into_iter().filter(|m| m.fenced || m.diverged || m.old_timeline).collect();
+    let (ha_lines, ha_json) = if d.cluster().ha.is_some() { ha::status_lines(d).await } else { (Vec::new(), serde_json::Value::Null) };
+    let mut text = status.to_string();
+    for m in &marks {
+        let _ = writeln!(text, "mark: {}: {}", m.node, m.note);
+    }
+    for l in &ha_lines {
+        let _ = writeln!(text, "{l}");
+    }
+    let mut json = serde_json::to_value(&status)?;
+    json["marks"] = serde_json::to_value(&marks)?;
+    if d.cluster().ha.is_some() {
+        json["ha"] = ha_json;
+    }
+    let code = if status.healthy() && marks.iter().all(|m| !m.diverged) { 0 } else { 1 };
+    Ok(StatusView { text, json, code })
+}
+
+/// `status --watch`: [`status_once`] every `every` (the next refresh starts `every` after
+/// the last one started, or at once when it took longer), until Ctrl-C, `count` refreshes
+/// or [`WATCH_LIMIT`]. Text is redrawn in place on a terminal and separated by a line
+/// otherwise; JSON is one compact object per line, with the refresh's number and time.
+/// Returns the last refresh's exit status.
+async fn status_watch(d: &Deployment, spec_path: &Path, output: OutputFormat, every: Duration, count: Option<u64>) -> anyhow::Result<u8> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let started = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut code = 0;
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            r = &mut ctrl_c => { r.context("could not listen for Ctrl-C")?; break; }
+            _ = ticks.tick() => {}
+        }
+        if started.elapsed() >= WATCH_LIMIT {
+            eprintln!("status --watch: stopped after 24 hours (its limit); run it again to go on watching");
+            break;
+        }
+        // A refresh waiting on an unreachable node is not waited for after Ctrl-C.
+        let view = tokio::select! {
+            r = &mut ctrl_c => { r.context("could not listen for Ctrl-C")?; break; }
+            v = status_once(d) => v?,
+        };
+        n += 1;
+        code = view.code;
+        let now = pgrepl_core::oplock::fmt_utc(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs());
+        let mut out = std::io::stdout().lock();
+        match output {
+            OutputFormat::Json => {
+                let mut v = view.json;
+                v["refresh"] = n.into();
+                v["time"] = now.into();
+                writeln!(out, "{}", serde_json::to_string(&v)?)?;
+            }
+            OutputFormat::Text => {
+                let header = format!("{} every {}s, refresh {n}, {now} (Ctrl-C to stop)", spec_path.display(), every.as_secs_f64());
+                if tty {
+                    // Home and clear the screen, then draw the whole refresh at once.
+                    write!(out, "\x1b[H\x1b[2J{header}\n\n{}", view.text)?;
+                } else {
+                    if n > 1 {
+                        writeln!(out, "{}", "-".repeat(72))?;
+                    }
+                    write!(out, "{header}\n{}", view.text)?;
+                }
+            }
+        }
+        out.flush()?;
+        if count.is_some_and(|c| n >= c) {
+            break;
+        }
+    }
+    Ok(code)
+}
+
+/// `render --haproxy`: the HAProxy configuration of an `[ha]` cluster, on stdout or in a
+/// file. Needs no PostgreSQL binaries: nothing in it depends on the version.
+fn render_haproxy(common: &Common, a: &HaproxyArgs) -> anyhow::Result<u8> {
+    if common.output == OutputFormat::Json {
+        return Err(UsageError("render --haproxy writes HAProxy's own format: --output json does not apply".into()).into());
+    }
+    let file = common.file.as_ref().ok_or_else(|| UsageError("render needs a cluster file: pgrepl render -f pgrepl.toml".into()))?;
+    let cluster = read_spec(file)?.validate()?;
+    let opts =
+        pgrepl_core::render::HaproxyOptions { bind: a.bind.clone(), rw_port: a.rw_port, ro_port: a.ro_port, stats_port: a.stats_port };
+    let cfg = pgrepl_core::render::haproxy_config(&cluster, &opts)?;
+    match &a.out_file {
+        None => print!("{cfg}"),
+        Some(path) => {
+            // Written beside the target, then renamed over it.
+            let name = path.file_name().with_context(|| format!("-o {}: not a file name", path.display()))?;
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(name);
+            tmp_name.push(format!(".tmp-{}", std::process::id()));
+            let tmp = path.with_file_name(tmp_name);
+            std::fs::write(&tmp, &cfg).with_context(|| format!("could not write {}", tmp.display()))?;
+            if let Err(e) = std::fs::rename(&tmp, path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(anyhow::Error::new(e).context(format!("could not write {}", path.display())));
+            }
+            eprintln!("wrote {} (check it with `haproxy -c -f {}`)", path.display(), path.display());
+        }
+    }
+    Ok(0)
+}
+
 fn print_report<R: std::fmt::Display + serde::Serialize>(common: &Common, report: &R) -> anyhow::Result<()> {
     match common.output {
         OutputFormat::Text => print!("{report}"),
@@ -376,7 +511,18 @@ fn confirm(prompt: &str) -> anyhow::Result<bool> {
 }
 
 fn read_spec(path: &Path) -> anyhow::Result<ClusterSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("could not read cluster file {}", path.display()))?;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // A path that names no file is a mistake in the command line, not a failure of
+        // this machine.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(UsageError(format!("could not read cluster file {}: it does not exist", path.display())).into());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => {
+            return Err(UsageError(format!("could not read cluster file {}: it is a directory", path.display())).into());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("could not read cluster file {}", path.display()))),
+    };
     ClusterSpec::from_toml(&text).map_err(|e| Error::Spec(e).into())
 }
 
@@ -428,7 +574,11 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
                     .with_context(|| format!("could not write {}", path.display()))?;
                 (spec, path)
             } else {
-                anyhow::bail!("no cluster file given (-f) and no default cluster at {} (run `pgrepl up` to create it)", path.display());
+                return Err(UsageError(format!(
+                    "no cluster file given (-f) and no default cluster at {} (run `pgrepl up` to create it)",
+                    path.display()
+                ))
+                .into());
             }
         }
     };
@@ -462,7 +612,7 @@ fn backends() -> Vec<Box<dyn Backend>> {
 }
 
 fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
-    let file = common.file.as_ref().context("render needs a cluster file: pgrepl render -f pgrepl.toml")?;
+    let file = common.file.as_ref().ok_or_else(|| UsageError("render needs a cluster file: pgrepl render -f pgrepl.toml".into()))?;
     let spec = read_spec(file)?;
     let unversioned = spec.validate()?;
     let major = match (common.pg_version, unversioned.major) {

@@ -98,7 +98,7 @@ fn bad_spec_exits_2_and_names_fields() {
 fn missing_file_and_unknown_node() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = pgrepl(dir.path(), &["render", "-f", "/nonexistent/pgrepl.toml"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "{err}");
     assert!(err.contains("could not read cluster file /nonexistent/pgrepl.toml"), "{err}");
     let ex = example("three-node.toml");
     let (code, _, err) = pgrepl(dir.path(), &["render", "-f", ex.to_str().unwrap(), "--pg-version", "16", "--node", "db9"]);
@@ -120,7 +120,7 @@ fn missing_binaries_is_a_clear_error() {
 fn status_without_a_cluster_says_how_to_create_one() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = pgrepl(dir.path(), &["status"]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 2, "a usage error: {err}");
     assert!(err.contains("no cluster file given (-f) and no default cluster at"), "{err}");
     assert!(err.contains("run `pgrepl up`"), "{err}");
 }
@@ -162,4 +162,134 @@ fn status_with_a_major_that_has_no_binaries_is_an_error_not_a_panic() {
         assert_eq!(code, 4, "{out}\n{err}");
         assert!(err.contains("no PostgreSQL 9.6 server binaries found") && !err.contains("panicked"), "{err}");
     }
+}
+
+/// A cluster file that does not exist is a usage error (exit 2) naming the path, for every
+/// command that reads one, given with -f or PGREPL_FILE; a directory is one too.
+#[test]
+fn missing_cluster_file_is_a_usage_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let m = missing.to_str().unwrap();
+    let said = format!("could not read cluster file {m}: it does not exist");
+    for args in [
+        &["status", "-f", m][..],
+        &["status", "-f", m, "--watch", "1"],
+        &["up", "-f", m],
+        &["render", "-f", m],
+        &["render", "--haproxy", "-f", m],
+        &["connstr", "-f", m],
+        &["switchover", "--to", "db2", "-f", m],
+        &["destroy", "--yes", "-f", m],
+    ] {
+        let (code, out, err) = pgrepl(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(&said), "{args:?}: {err}");
+    }
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_pgrepl")).args(["status"]).current_dir(dir.path()).env("PGREPL_FILE", &missing).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&said));
+    let (code, _, err) = pgrepl(dir.path(), &["status", "-f", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("it is a directory"), "{err}");
+    assert!(!dir.path().join("work").exists(), "nothing created");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().unwrap();
+    for (shell, marker) in [("bash", "complete -F _pgrepl"), ("zsh", "#compdef pgrepl"), ("fish", "complete -c pgrepl")] {
+        let (code, out, err) = pgrepl(dir.path(), &["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: no {marker:?} in\n{out}");
+        for word in ["switchover", "failover", "--haproxy", "--watch"] {
+            assert!(out.contains(word), "{shell}: {word} missing");
+        }
+        if shell == "bash" {
+            let f = dir.path().join("pgrepl.bash");
+            std::fs::write(&f, &out).unwrap();
+            let o = Command::new("bash").arg("-n").arg(&f).output().unwrap();
+            assert!(o.status.success(), "bash -n: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+    let (code, _, err) = pgrepl(dir.path(), &["completions", "tcsh"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn render_haproxy_of_an_ha_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = example("ha-local.toml");
+    let ex = ex.to_str().unwrap();
+    let (code, out, err) = pgrepl(dir.path(), &["render", "--haproxy", "-f", ex]);
+    assert_eq!(code, 0, "{err}");
+    for k in [
+        "listen ha-demo-rw\n    bind 127.0.0.1:5000\n",
+        "listen ha-demo-ro\n    bind 127.0.0.1:5001\n    balance roundrobin\n",
+        "http-check send meth GET uri /primary\n",
+        "http-check send meth GET uri /replica\n",
+        "server db1 127.0.0.1:6532 check port 8008\n",
+        "server db3 127.0.0.1:6534 check port 8010\n",
+    ] {
+        assert!(out.contains(k), "no {k:?} in\n{out}");
+    }
+    assert!(!out.contains("stats enable"), "no stats page unless asked");
+    // -o writes the same text to the file, nothing on stdout.
+    let cfg = dir.path().join("haproxy.cfg");
+    let (code, out2, err) = pgrepl(dir.path(), &["render", "--haproxy", "-f", ex, "-o", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out2.is_empty());
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), out);
+    // Options.
+    let (code, out, err) = pgrepl(
+        dir.path(),
+        &["render", "--haproxy", "-f", ex, "--bind", "::1", "--rw-port", "6000", "--ro-port", "6001", "--stats-port", "7000"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("bind [::1]:6000") && out.contains("bind [::1]:6001") && out.contains("bind [::1]:7000\n"), "{out}");
+    assert!(out.contains("stats enable"), "{out}");
+}
+
+#[test]
+fn render_haproxy_refusals_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = example("three-node.toml");
+    let ha = example("ha-local.toml");
+    let (plain, ha) = (plain.to_str().unwrap(), ha.to_str().unwrap());
+    for (args, said) in [
+        (&["render", "--haproxy", "-f", plain][..], "HAProxy routing needs the agents' health endpoints"),
+        (&["render", "--haproxy", "-f", ha, "--bind", "localhost"], "\"localhost\" is not an IP address"),
+        (&["render", "--haproxy", "-f", ha, "--ro-port", "5000"], "ports are both 5000"),
+        (&["render", "--haproxy", "-f", ha, "--output", "json"], "--output json does not apply"),
+        (&["render", "--haproxy"], "render needs a cluster file"),
+        (&["render", "-f", ha, "--rw-port", "6000"], "--haproxy"),
+        (&["render", "-f", ha, "-o", "x.cfg"], "--haproxy"),
+        (&["render", "--haproxy", "-f", ha, "--node", "db1"], "cannot be used with"),
+        (&["render", "--haproxy", "-f", ha, "--rw-port", "0"], "0"),
+    ] {
+        let (code, out, err) = pgrepl(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {out}{err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+    }
+    assert!(!dir.path().join("x.cfg").exists());
+}
+
+#[test]
+fn status_watch_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ex = example("three-node.toml");
+    let ex = ex.to_str().unwrap();
+    for args in [
+        &["status", "-f", ex, "--count", "2"][..],
+        &["status", "-f", ex, "--watch", "0"],
+        &["status", "-f", ex, "--watch", "soon"],
+        &["status", "-f", ex, "--watch", "1", "--count", "0"],
+    ] {
+        let (code, _, err) = pgrepl(dir.path(), args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+    let (_, out, _) = pgrepl(dir.path(), &["status", "--help"]);
+    assert!(out.contains("24 hours"), "the help says the watch's limit:\n{out}");
 }

