@@ -158,6 +158,17 @@ impl Agent {
                 changed = self.store_op(op, view, id, &local).await;
             }
             if let Some(plan) = d.plan.as_ref().filter(|p| self.still_current(p, &lease, deadline)) {
+                // A plan that stops this node's server: it no longer answers as the primary
+                // from now on (health checks move clients away while it stops), not only
+                // once the plan is done.
+                if plan.steps.iter().any(|s| s.node == self.me && matches!(s.action, Action::Stop | Action::StopClean | Action::Fence)) {
+                    self.status.send_modify(|st| {
+                        let mut next = (**st).clone();
+                        next.holds_lease = false;
+                        next.why = format!("stopping: {}", d.why);
+                        *st = Arc::new(next);
+                    });
+                }
                 let obs = d.observed.clone().unwrap_or_else(|| ObservedCluster {
                     nodes: vec![local.clone()],
                     topology: view.as_ref().map(|v| v.topology()).unwrap_or_default(),

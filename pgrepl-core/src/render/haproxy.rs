@@ -160,8 +160,9 @@ global
 defaults
     mode tcp
     log global
-    # A connection to PostgreSQL is made quickly or not at all.
-    timeout connect 3s
+    # A connection to PostgreSQL is made quickly or not at all; HAProxy waits this long
+    # (at most 1 s) before it retries a refused one (a primary that has just stopped).
+    timeout connect 1s
     # Database sessions wait between queries, and pools keep them open for long: only a
     # session silent in both directions for 30 minutes is closed.
     timeout client 30m
@@ -180,13 +181,15 @@ listen {name}-rw
     option httpchk
     http-check send meth GET uri /primary
     http-check expect status 200
-    # A check every second (the agents' default loop_wait). rise 1: a new primary gets
-    # connections after one check that passes (only the lease holder answers 200).
-    # fall 2: a node is dropped after two that fail, within about 2 s, and one slow answer
-    # does not cut the primary's sessions. on-marked-down shutdown-sessions: a dropped
-    # node's sessions are closed, so clients reconnect to the new primary instead of
-    # hanging on the old one.
-    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions
+    # The primary is checked every 500 ms; the nodes that are down (the standbys,
+    # answering 503) every 200 ms (downinter), so a new primary gets connections within
+    # 200 ms of its agent answering 200 (rise 1: only the lease holder does). A node that
+    # fails a check is checked again every 100 ms (fastinter) and dropped after two
+    # failures (fall 2), within 0.7 s of its agent answering 503 (an agent stepping down
+    # says so before it stops its server): one slow answer does not cut the primary's
+    # sessions. on-marked-down shutdown-sessions: a dropped node's sessions
+    # are closed, so clients reconnect to the new primary instead of hanging on the old.
+    default-server inter 500ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}
 listen {name}-ro
     bind {ro}
@@ -195,8 +198,9 @@ listen {name}-ro
     http-check send meth GET uri /replica
     http-check expect status 200
     # As above: a standby that falls too far behind, stops streaming or is promoted is
-    # dropped within about 2 s and its read sessions closed, so none reads from the primary.
-    default-server inter 1s fall 2 rise 1 on-marked-down shutdown-sessions
+    # dropped within about 0.7 s (a check every 500 ms, then two failures 100 ms apart)
+    # and its read sessions closed, so none reads from the primary after that.
+    default-server inter 500ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}",
         blank = "",
         w = rw.len().max(ro.len()),
