@@ -217,11 +217,17 @@ fn first_ack_on(acks: &[crate::ha::Ack], port: u16, after: Instant) -> Option<In
     acks.iter().find(|a| a.at > after && a.port == port).map(|a| a.at)
 }
 
-/// The longest time without an acknowledged write from `from` until the first write on
-/// `port` after it.
+/// The write gap: the longest time without an acknowledged write between `from` and the
+/// first write on `port` after it (writes may go on on the old primary for a while).
 fn gap_until(acks: &[crate::ha::Ack], from: Instant, port: u16) -> Duration {
-    let last_before = acks.iter().rev().find(|a| a.at <= from).map_or(from, |a| a.at);
-    first_ack_on(acks, port, from).map_or(Duration::MAX, |t| t - last_before)
+    let Some(end) = first_ack_on(acks, port, from) else { return Duration::MAX };
+    let mut gap = Duration::ZERO;
+    let mut last = acks.iter().rev().find(|a| a.at <= from).map_or(from, |a| a.at);
+    for a in acks.iter().filter(|a| a.at > from && a.at <= end) {
+        gap = gap.max(a.at - last);
+        last = a.at;
+    }
+    gap
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -231,16 +231,10 @@ mod tests {
         if let Some(l) = leader {
             kvs.push(kv(keys.leader(), serde_json::to_vec(&LeaderRecord { node: l.into(), timeline: Some(1) }).unwrap()));
             let m = MemberRecord {
-                node: l.into(),
-                role: MemberRole::Primary,
                 timeline: Some(1),
                 lsn: Some(Lsn(leader_lsn)),
-                replay_lsn: None,
-                upstream: None,
-                streaming: false,
                 leader_seen: Some(l.into()),
-                agent: None,
-                note: None,
+                ..MemberRecord::new(l, MemberRole::Primary)
             };
             kvs.push(kv(keys.member(l), serde_json::to_vec(&m).unwrap()));
         }

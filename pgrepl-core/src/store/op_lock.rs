@@ -294,18 +294,7 @@ mod tests {
         let keys = Keys::new("c");
         let settings = HaSettings { paused, ..HaSettings::default() };
         store.put(&keys.config(), &serde_json::to_vec(&settings).unwrap(), None).await.unwrap();
-        let m = MemberRecord {
-            node: "n2".into(),
-            role: MemberRole::Standby,
-            timeline: None,
-            lsn: None,
-            replay_lsn: None,
-            upstream: None,
-            streaming: false,
-            leader_seen: None,
-            agent: None,
-            note: None,
-        };
+        let m = MemberRecord::new("n2", MemberRole::Standby);
         store.put(&keys.member("n2"), &serde_json::to_vec(&m).unwrap(), None).await.unwrap();
     }
 
