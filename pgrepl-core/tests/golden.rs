@@ -210,7 +210,7 @@ fn hba_allows_replication_only_from_cluster_addresses() {
 /// three local nodes with the default options (loopback, 5000/5001, agents on 8008-8010),
 /// and three hosts with every option set (every interface, other ports, the stats page).
 /// Each was read by hand against HAProxy 2.6's configuration manual when written; the lab
-/// test `routing::haproxy_accepts_the_rendered_config` has HAProxy itself check them.
+/// test `haproxy::haproxy_accepts_the_rendered_config` has HAProxy itself check them.
 #[test]
 fn haproxy_golden_files_match() {
     use pgrepl_core::render::{HaproxyOptions, haproxy_config};
