@@ -401,7 +401,7 @@ pub async fn agents_in_charge(d: &Deployment) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let (_, _, view) = read(d).await?;
-    Ok(!view.settings().paused && !view.members.is_empty())
+    Ok(view.agents_in_charge())
 }
 
 /// Runs `f` (filing a request with the agents) under the cluster's operation lock, if

@@ -58,7 +58,7 @@ impl StoreLock {
     /// paused, or none reports to the store).
     pub async fn agents_in_charge(&self) -> Result<Option<String>, StoreError> {
         let view = super::StoreView::parse(&self.keys, &self.store.get_prefix(self.keys.prefix()).await?);
-        if view.settings().paused || view.members.is_empty() {
+        if !view.agents_in_charge() {
             return Ok(None);
         }
         let members: Vec<&str> = view.members.keys().map(String::as_str).collect();

@@ -65,6 +65,12 @@ impl StoreView {
         v
     }
 
+    /// Whether agents run the cluster now: they report to the store and are not paused
+    /// (people then file requests with them instead of acting on the nodes).
+    pub fn agents_in_charge(&self) -> bool {
+        !self.settings().paused && !self.members.is_empty()
+    }
+
     /// The node holding the leader key.
     pub fn leader_node(&self) -> Option<&str> {
         self.leader.as_ref().map(|l| l.value.node.as_str())
