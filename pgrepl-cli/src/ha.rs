@@ -31,7 +31,7 @@ pub fn open_store(d: &Deployment) -> anyhow::Result<Arc<dyn ConsensusStore>> {
     // process: an agent reaching etcd through another path (a proxy, another network).
     let endpoints = match std::env::var("PGREPL_ETCD_ENDPOINTS") {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
-        _ => e.endpoints.clone(),
+        _ => pgrepl_core::render::etcd_endpoints(d.cluster()),
     };
     let mut opts = pgrepl_etcd::EtcdOptions::new(endpoints);
     opts.ca_file = e.ca_file.clone();

@@ -32,6 +32,10 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Automatic failover (`[ha]`), checked.
     pub ha: Option<Ha>,
+    /// Hosts with an etcd member and an agent but no PostgreSQL (`role = "witness"`);
+    /// not in [`nodes`](Self::nodes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub witnesses: Vec<crate::locations::Witness>,
     /// Where the hosts come from and how pgrepl reaches them (the spec's `[provider]`,
     /// checked by validation); read through [`provider`](Self::provider).
     #[serde(skip)]
@@ -50,6 +54,9 @@ pub struct Ha {
     pub settings: crate::ha_settings::HaSettings,
     /// The etcd cluster.
     pub etcd: crate::spec::EtcdSpec,
+    /// With `etcd.deploy`: the nodes (witnesses too) that hold a member, in spec order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub etcd_members: Vec<String>,
     /// The agents' HTTP port (see [`Cluster::agent_api`]).
     pub api_port: u16,
     /// The address the agents' HTTP endpoint listens on, when not the node's own.
@@ -111,6 +118,8 @@ pub struct Node {
     pub slot: Option<String>,
     /// SSH host when it differs from the address.
     pub ssh_host: Option<String>,
+    /// Where it runs (see [`NodeSpec::location`](crate::spec::NodeSpec::location)).
+    pub location: Option<String>,
     /// This node's extra settings, in name order.
     pub settings: Vec<(String, SettingValue)>,
 }

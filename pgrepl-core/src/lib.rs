@@ -48,6 +48,7 @@ pub mod ha_settings;
 #[cfg(feature = "runtime")]
 pub mod hosts;
 pub mod layout;
+pub mod locations;
 pub mod lsn;
 pub mod observe;
 pub mod pgcontrol;

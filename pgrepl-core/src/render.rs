@@ -26,7 +26,9 @@ use crate::secret::Secrets;
 use crate::spec::{ArchiveSpec, Role, SettingValue, SyncMode};
 use crate::version::{Capabilities, PgMajor, PromoteMethod, RecoveryStyle, SyncSyntax};
 
+mod etcd;
 mod haproxy;
+pub use etcd::{EtcdFiles, EtcdMember, etcd_endpoints, etcd_member_config, etcd_members, host_dir};
 pub use haproxy::{HaproxyError, HaproxyOptions, haproxy_config};
 
 /// The marker lines around pgrepl's block in pg_hba.conf.
@@ -386,7 +388,7 @@ pub fn render_node(
         },
         clone: match node.role {
             Role::Standby => Some(basebackup_command(cluster, node, layout, &caps)),
-            Role::Primary => None,
+            Role::Primary | Role::Witness => None,
         },
         start: service_command(layout, "start"),
         stop: service_command(layout, "stop"),

@@ -167,11 +167,27 @@ impl HaSpec {
 }
 
 /// `[ha.etcd]`: how the agents and the CLI reach etcd.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdSpec {
-    /// Client URLs of every member (`http://host:port` or `https://host:port`).
+    /// Client URLs of every member (`http://host:port` or `https://host:port`); empty
+    /// when pgrepl deploys etcd itself (`deploy = true`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
+    /// pgrepl deploys the etcd cluster on the cluster's hosts (SSH and EC2), with peer and
+    /// client TLS from a CA it generates and client certificates for the agents.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deploy: bool,
+    /// With `deploy`: the nodes (witnesses included) that hold a member; default every
+    /// node when their number is odd, else every node but the last data node. 3 or 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<String>>,
+    /// With `deploy`: the client port of every member (default 2379).
+    #[serde(default = "EtcdSpec::default_client_port")]
+    pub client_port: u16,
+    /// With `deploy`: the peer port of every member (default 2380).
+    #[serde(default = "EtcdSpec::default_peer_port")]
+    pub peer_port: u16,
     /// The CA certificate that signed etcd's (https).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
@@ -187,6 +203,32 @@ pub struct EtcdSpec {
     /// The file holding that user's password (never written in the spec itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+}
+
+impl EtcdSpec {
+    fn default_client_port() -> u16 {
+        2379
+    }
+    fn default_peer_port() -> u16 {
+        2380
+    }
+}
+
+impl Default for EtcdSpec {
+    fn default() -> Self {
+        EtcdSpec {
+            endpoints: Vec::new(),
+            deploy: false,
+            members: None,
+            client_port: Self::default_client_port(),
+            peer_port: Self::default_peer_port(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password_file: None,
+        }
+    }
 }
 
 /// `postgres = "16"` or `postgres = "detect"`.
@@ -234,6 +276,9 @@ pub enum Role {
     Primary,
     /// A hot standby.
     Standby,
+    /// A host with no PostgreSQL that holds an etcd member and an agent (`[ha]` only), so
+    /// that a majority survives the loss of a whole location.
+    Witness,
 }
 
 impl fmt::Display for Role {
@@ -241,6 +286,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Primary => "primary",
             Role::Standby => "standby",
+            Role::Witness => "witness",
         })
     }
 }
@@ -272,6 +318,10 @@ pub struct NodeSpec {
     /// SSH only: the host to connect to when it differs from `address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_host: Option<String>,
+    /// Where the node runs (a data centre, an availability zone): failover prefers a
+    /// standby in the old primary's location; etcd members are spread over locations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Extra settings for this node; they win over the cluster's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, SettingValue>,
@@ -289,6 +339,7 @@ impl NodeSpec {
             priority: None,
             slot_name: None,
             ssh_host: None,
+            location: None,
             settings: BTreeMap::new(),
         }
     }

@@ -65,7 +65,51 @@ impl ClusterSpecBuilder {
     }
 }
 
+/// Witnesses are checked apart ([`crate::locations::check`]); the data nodes go through
+/// the rules below, their fields renamed back to their index among all nodes.
 fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, SpecErrors> {
+    let index: Vec<usize> = spec.nodes.iter().enumerate().filter(|(_, n)| n.role != Role::Witness).map(|(i, _)| i).collect();
+    let data = ClusterSpec { nodes: index.iter().map(|&i| spec.nodes[i].clone()).collect(), ..spec.clone() };
+    let placed = crate::locations::check(spec);
+    match (validate_data(&data, detected), placed) {
+        (Ok(mut c), Ok(placed)) => {
+            c.witnesses = placed.witnesses;
+            if let Some(h) = c.ha.as_mut() {
+                h.etcd_members = placed.etcd_members;
+            }
+            Ok(c)
+        }
+        (r, placed) => {
+            let mut errs: Vec<SpecError> = r.err().map(|e| e.0).unwrap_or_default();
+            for e in &mut errs {
+                e.field = renumber(&e.field, &index);
+                e.problem = renumber(&e.problem, &index);
+            }
+            errs.extend(placed.err().unwrap_or_default());
+            Err(SpecErrors(errs))
+        }
+    }
+}
+
+/// `nodes[k]` in `text` as `nodes[index[k]]`.
+fn renumber(text: &str, index: &[usize]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("nodes[") {
+        let (head, tail) = rest.split_at(at + "nodes[".len());
+        out.push_str(head);
+        let digits = tail.chars().take_while(char::is_ascii_digit).count();
+        match (tail[..digits].parse::<usize>().ok().and_then(|k| index.get(k)), tail[digits..].starts_with(']')) {
+            (Some(i), true) => out.push_str(&i.to_string()),
+            _ => out.push_str(&tail[..digits]),
+        }
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn validate_data(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, SpecErrors> {
     let mut errs: Vec<SpecError> = Vec::new();
     let mut err = |field: String, problem: String, expected: &str| errs.push(SpecError::new(field, problem, expected));
 
@@ -189,7 +233,8 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
                 err(format!("nodes[{i}].upstream"), format!("the primary cannot stream from \"{u}\""), "no upstream on the primary");
                 None
             }
-            (Role::Primary, None) => None,
+            // Witnesses are checked apart and never reach here.
+            (Role::Primary | Role::Witness, None) | (Role::Witness, Some(_)) => None,
             (Role::Standby, Some(u)) if u == &n.name => {
                 err(format!("nodes[{i}].upstream"), format!("\"{u}\" streams from itself"), "another node's name");
                 None
@@ -284,8 +329,8 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
     let mut seen_slots: HashMap<String, usize> = HashMap::new();
     for (i, n) in spec.nodes.iter().enumerate() {
         let slot = match (&n.slot_name, n.role) {
-            (Some(s), Role::Primary) => {
-                err(format!("nodes[{i}].slot_name"), format!("\"{s}\" set on the primary"), "slot_name only on standbys");
+            (Some(s), Role::Primary | Role::Witness) => {
+                err(format!("nodes[{i}].slot_name"), format!("\"{s}\" set on the {}", n.role), "slot_name only on standbys");
                 None
             }
             (Some(s), Role::Standby) => {
@@ -561,6 +606,7 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
             priority: n.priority.unwrap_or(100),
             slot: node_slots[i].clone(),
             ssh_host: n.ssh_host.clone(),
+            location: n.location.clone(),
             settings: n.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })
         .collect();
@@ -579,6 +625,7 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
         settings: spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         nodes,
         ha,
+        witnesses: Vec::new(),
         provider: spec.provider.clone(),
         sync_asked: s.clone(),
     })
@@ -611,7 +658,7 @@ fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str))
         }
     }
     let e = &h.etcd;
-    if e.endpoints.is_empty() {
+    if e.endpoints.is_empty() && !e.deploy {
         err("ha.etcd.endpoints".into(), "empty".into(), "the client URLs of every etcd member, e.g. [\"http://10.0.0.5:2379\"]");
     }
     for (i, url) in e.endpoints.iter().enumerate() {
@@ -653,6 +700,7 @@ fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str))
     crate::cluster::Ha {
         settings,
         etcd: e.clone(),
+        etcd_members: Vec::new(),
         api_port: h.api_port,
         api_listen: h.api_listen.clone(),
         replica_max_lag: h.replica_max_lag,

@@ -215,7 +215,7 @@ fn unknown_fields_name_the_key_and_line() {
 #[test]
 fn bad_role_and_types() {
     let e = errors(&BASE.replace("role = \"primary\"", "role = \"leader\""));
-    assert!(e.to_string().contains("unknown variant `leader`, expected `primary` or `standby`"), "{e}");
+    assert!(e.to_string().contains("unknown variant `leader`, expected one of `primary`, `standby`, `witness`"), "{e}");
     let e = errors(&BASE.replace("name = \"db3\"\nrole = \"standby\"", "name = \"db3\"\nrole = \"standby\"\nport = 70000"));
     assert!(e.to_string().contains("line "), "{e}");
 }
@@ -436,4 +436,58 @@ fn agent_api_address_per_node() {
     .unwrap();
     assert_eq!(c.agent_api("db3"), Some(("127.0.0.13".to_string(), 8008)));
     assert_eq!(c.agent_api("nope"), None);
+}
+
+/// Witnesses: checked apart from the data nodes, and every field still named by its
+/// index among all `[[nodes]]` (a witness listed first shifts nothing).
+const GEO: &str = r#"
+name = "geo"
+postgres = "15"
+[provider]
+kind = "ssh"
+user = "root"
+[ha.etcd]
+deploy = true
+[[nodes]]
+name = "w"
+role = "witness"
+address = "10.0.0.5"
+location = "third"
+[[nodes]]
+name = "d"
+role = "primary"
+address = "10.0.0.1"
+location = "east"
+[[nodes]]
+name = "e"
+role = "standby"
+address = "10.0.0.2"
+location = "east"
+[[nodes]]
+name = "f"
+role = "standby"
+address = "10.0.0.3"
+location = "west"
+[[nodes]]
+name = "g"
+role = "standby"
+address = "10.0.0.4"
+location = "west"
+"#;
+
+#[test]
+fn witnesses_and_locations_validate_into_the_cluster() {
+    let c = ClusterSpec::from_toml(GEO).unwrap().validate().unwrap();
+    assert_eq!(c.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["d", "e", "f", "g"]);
+    assert_eq!(c.witnesses.len(), 1);
+    assert_eq!(c.nodes[2].location.as_deref(), Some("west"));
+    assert_eq!(c.ha.as_ref().unwrap().etcd_members, ["w", "d", "e", "f", "g"]);
+}
+
+#[test]
+fn data_node_errors_keep_their_index_among_witnesses() {
+    let errs = errors(&GEO.replace("name = \"e\"\nrole = \"standby\"", "name = \"e\"\nrole = \"standby\"\nupstream = \"zz\""));
+    assert_field(&errs, "nodes[2].upstream", &["unknown node \"zz\""]);
+    let errs = errors(&GEO.replace("name = \"w\"\nrole = \"witness\"\naddress = \"10.0.0.5\"\n", "name = \"w\"\nrole = \"witness\"\n"));
+    assert_field(&errs, "nodes[0].address", &["missing", "witness"]);
 }

@@ -130,3 +130,60 @@ async fn https_with_a_ca_and_a_client_certificate() {
     let bad_key = EtcdStore::new(&options(&url, Some(p("good-ca.pem")), Some((p("good-client.pem"), p("good-client.pem")))));
     assert!(bad_key.is_err());
 }
+
+/// The certificates pgrepl makes itself (`pgrepl_etcd::pki`) for the etcd it deploys: a
+/// member with peer and client TLS and client-cert-auth accepts the admin's and an
+/// agent's certificates, including ones signed after the CA was read back from its files,
+/// and refuses a client of another cluster's CA.
+#[tokio::test]
+async fn pgrepls_own_ca_and_certificates_work_with_etcd() {
+    use pgrepl_etcd::pki::AdminPki;
+    let state = tempfile::tempdir().expect("tempdir");
+    let admin = AdminPki::in_state_dir(state.path());
+    admin.load_or_create("geo", true).expect("the CA");
+    // Read back from the files, as a later `pgrepl up` does.
+    let ca = admin.load_or_create("geo", false).expect("the CA again");
+    let member = ca.issue_member("solo", &["127.0.0.1".into()]).expect("member certificate");
+    let agent = ca.issue_client("pgrepl geo agent d").expect("client certificate");
+    let other = AdminPki::in_state_dir(&state.path().join("other")).load_or_create("other", true).expect("another CA");
+    let stranger = other.issue_client("stranger").expect("client certificate");
+    let d = state.path();
+    let write = |name: &str, text: &str| {
+        std::fs::write(d.join(name), text).expect("write");
+        d.join(name)
+    };
+    let mcert = write("member.crt", &member.cert_pem);
+    let mkey = write("member.key", member.key_pem.expose());
+    let acert = write("agent.crt", &agent.cert_pem);
+    let akey = write("agent.key", agent.key_pem.expose());
+    let scert = write("stranger.crt", &stranger.cert_pem);
+    let skey = write("stranger.key", stranger.key_pem.expose());
+    let s = |p: &PathBuf| p.display().to_string();
+    let tls = [
+        "--cert-file".to_string(),
+        s(&mcert),
+        "--key-file".into(),
+        s(&mkey),
+        "--trusted-ca-file".into(),
+        s(&admin.ca_cert()),
+        "--client-cert-auth".into(),
+    ];
+    let m = Member::start(23971, 23981, "https", &tls);
+    let url = m.client_url.clone();
+    let by_admin = EtcdStore::new(&options(&url, Some(admin.ca_cert()), Some((admin.admin_cert(), admin.admin_key())))).expect("options");
+    let start = Instant::now();
+    loop {
+        match by_admin.put("/own/k", b"v", None).await {
+            Ok(_) => break,
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(15), "no answer over https: {e}\n{}", m.log()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let by_agent = EtcdStore::new(&options(&url, Some(admin.ca_cert()), Some((acert, akey)))).expect("options");
+    assert_eq!(by_agent.get_prefix("/own/").await.expect("the agent's certificate is accepted").kvs.len(), 1);
+    let by_stranger = EtcdStore::new(&options(&url, Some(admin.ca_cert()), Some((scert, skey)))).expect("options");
+    assert!(by_stranger.get_prefix("/own/").await.is_err(), "a certificate of another CA is refused");
+    // Without the cluster's CA, no https client at all (pgrepl never falls back to the
+    // system's roots nor skips the check).
+    assert!(EtcdStore::new(&options(&url, None, Some((admin.admin_cert(), admin.admin_key())))).is_err());
+}

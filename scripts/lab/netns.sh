@@ -6,6 +6,16 @@
 #   scripts/lab/netns.sh status          # exit 0: up, 1: partly up, 3: down
 #   scripts/lab/netns.sh down [--purge]  # --purge also deletes keys and per-host data
 #
+# PGREPL_NETNS_SET=ha selects a second, separate lab for automatic failover across
+# locations: five hosts pgl-d/e (location "east"), pgl-f/g ("west") and pgl-w (the witness,
+# "third") on bridge pglbr1, 10.213.8.21-25, state in $LAB/netns-ha; the two labs can run
+# at the same time. It also has:
+#
+#   scripts/lab/netns.sh cut HOST...      # moves the hosts' links onto a bridge of their own
+#                                         # (pglbr1x): they reach each other, nothing else
+#   scripts/lab/netns.sh heal             # every host back on the lab's bridge
+#   scripts/lab/netns.sh link HOST up|down  # a host's own link (eth0 in its namespace)
+#
 # Layout (LAB=${PGREPL_LAB:-/opt/pgrepl-lab}, N=$LAB/netns):
 #   bridge pglbr0 10.213.7.1/24 in the root namespace; namespaces pgl-a/b/c with eth0 =
 #   10.213.7.11/12/13 (veth-a/b/c on the bridge), lo up, NO default route; ip_forward is not
@@ -30,17 +40,34 @@ umask 022
 export LC_ALL=C
 
 LAB=${PGREPL_LAB:-/opt/pgrepl-lab}
-N=$LAB/netns
-BRIDGE=pglbr0
-BRIDGE_CIDR=10.213.7.1/24
-HOSTS=(a b c)
-declare -A ADDR=([a]=10.213.7.11 [b]=10.213.7.12 [c]=10.213.7.13)
+case ${PGREPL_NETNS_SET:-base} in
+  base)
+    N=$LAB/netns
+    BRIDGE=pglbr0
+    BRIDGE_CIDR=10.213.7.1/24
+    HOSTS=(a b c)
+    declare -A ADDR=([a]=10.213.7.11 [b]=10.213.7.12 [c]=10.213.7.13)
+    ;;
+  ha)
+    N=$LAB/netns-ha
+    BRIDGE=pglbr1
+    BRIDGE_CIDR=10.213.8.1/24
+    HOSTS=(d e f g w)
+    declare -A ADDR=([d]=10.213.8.21 [e]=10.213.8.22 [f]=10.213.8.23 [g]=10.213.8.24 [w]=10.213.8.25)
+    ;;
+  *) echo "netns.sh: PGREPL_NETNS_SET must be base or ha" >&2; exit 2 ;;
+esac
+CUT_BRIDGE=${BRIDGE}x
 ADMIN=pgrepl-admin   # the lab's unprivileged sudoer
 SSHD=/usr/sbin/sshd
 READY_TIMEOUT=${PGREPL_NETNS_READY_TIMEOUT:-20}   # seconds for each sshd to accept connections
 STOP_TIMEOUT=${PGREPL_NETNS_STOP_TIMEOUT:-20}     # seconds for postgres / sshd to exit
 PG_DIRS=(etc-postgresql:/etc/postgresql var-lib-postgresql:/var/lib/postgresql
          run-postgresql:/var/run/postgresql log-postgresql:/var/log/postgresql)
+# What pgrepl installs on a host of its own (agent binary, etcd member, its configuration
+# and logs): per host too, since the hosts share the machine's other directories.
+PGREPL_DIRS=(usr-local-lib-pgrepl:/usr/local/lib/pgrepl etc-pgrepl:/etc/pgrepl
+             var-lib-pgrepl:/var/lib/pgrepl var-log-pgrepl:/var/log/pgrepl)
 
 die() { printf 'netns.sh: ERROR: %s\n' "$*" >&2; exit 2; }
 warn() { printf 'netns.sh: warning: %s\n' "$*" >&2; }
@@ -130,11 +157,15 @@ up_host() {
   ip -n "$ns" link set lo up
   ip -n "$ns" link set eth0 up
   if [[ -n $(ip -n "$ns" route show default) ]]; then
-    die "$ns has a default route; refusing to continue (traffic must stay in 10.213.7.0/24)"
+    die "$ns has a default route; refusing to continue (traffic must stay in $BRIDGE_CIDR)"
   fi
 
   mkdir -p "$R"
   for d in "${PG_DIRS[@]}"; do
+    src=$R/${d%%:*} dst=${d#*:}
+    mkdir -p "$src" "$dst"
+  done
+  for d in "${PGREPL_DIRS[@]}"; do
     src=$R/${d%%:*} dst=${d#*:}
     mkdir -p "$src" "$dst"
   done
@@ -160,6 +191,10 @@ up_host() {
     mount --bind "$2/var-lib-postgresql" /var/lib/postgresql
     mount --bind "$2/run-postgresql" /var/run/postgresql
     mount --bind "$2/log-postgresql" /var/log/postgresql
+    mount --bind "$2/usr-local-lib-pgrepl" /usr/local/lib/pgrepl
+    mount --bind "$2/etc-pgrepl" /etc/pgrepl
+    mount --bind "$2/var-lib-pgrepl" /var/lib/pgrepl
+    mount --bind "$2/var-log-pgrepl" /var/log/pgrepl
     exec "$3" -f "$2/sshd_config" -E "$2/sshd.log"' sh "$ns" "$R" "$SSHD"
 }
 
@@ -207,7 +242,7 @@ cmd_up() {
   } >"$N/known_hosts.tmp"
   mv -f "$N/known_hosts.tmp" "$N/known_hosts"
   for h in "${HOSTS[@]}"; do wait_ready "$h"; done
-  say "lab" "up: ssh -i $N/id_ed25519 -o UserKnownHostsFile=$N/known_hosts -o StrictHostKeyChecking=yes root@${ADDR[a]}"
+  say "lab" "up: ssh -i $N/id_ed25519 -o UserKnownHostsFile=$N/known_hosts -o StrictHostKeyChecking=yes root@${ADDR[${HOSTS[0]}]}"
 }
 
 # Sends $1 to the PIDs that follow (ignoring ones already gone).
@@ -261,6 +296,18 @@ ppid_of() { ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ' || true; }
 down_host() {
   local h=$1 ns=pgl-$1 R=$N/$1 p pg=() masters=() listener sessions=() leftovers=() rc=0
   if ns_exists "$ns"; then
+    # pgrepl's own services started through the lab's sshd (agents, their supervisors,
+    # etcd members): they detach from the session, so they are found by name in the
+    # namespace, which only the lab's sshd populates.
+    local svc=()
+    for p in $(ip netns pids "$ns"); do
+      case $(comm_of "$p") in pgrepl | etcd) svc+=("$p") ;; esac
+    done
+    if ((${#svc[@]})); then
+      say "$ns" "stopping pgrepl services (pids ${svc[*]})"
+      signal TERM "${svc[@]}"
+      reap "pgrepl services in $ns" "${svc[@]}" || rc=1
+    fi
     # PostgreSQL: fast shutdown of each postmaster (a postgres whose parent is not postgres).
     for p in $(ip netns pids "$ns"); do
       if [[ $(comm_of "$p") == postgres ]]; then
@@ -310,8 +357,10 @@ cmd_down() {
   local h rc=0
   for h in "${HOSTS[@]}"; do down_host "$h" || rc=1; done
   if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
+  if ip link show "$CUT_BRIDGE" >/dev/null 2>&1; then ip link del "$CUT_BRIDGE"; fi
   if ((purge)); then
-    rm -rf "${N:?}/a" "${N:?}/b" "${N:?}/c" "$N"/id_ed25519* "$N/known_hosts" "$N/authorized_keys"
+    for h in "${HOSTS[@]}"; do rm -rf "${N:?}/$h"; done
+    rm -f "$N"/id_ed25519* "$N/known_hosts" "$N/authorized_keys"
     rm -f /etc/sudoers.d/pgrepl-lab
     if id -u "$ADMIN" >/dev/null 2>&1; then userdel --remove "$ADMIN" 2>/dev/null || true; fi
     say "lab" "down; keys and per-host data deleted"
@@ -353,9 +402,46 @@ cmd_status() {
   fi
 }
 
+is_host() { local h; for h in "${HOSTS[@]}"; do [[ $h == "$1" ]] && return 0; done; return 1; }
+
+# Partitions: the hosts named move onto a bridge of their own (they still reach each
+# other); `heal` puts every host back. Nothing is routed between the two bridges.
+cmd_cut() {
+  preflight
+  lock
+  (($#)) || die "usage: netns.sh cut HOST..."
+  local h
+  for h in "$@"; do is_host "$h" || die "$h: not a host of this lab (${HOSTS[*]})"; done
+  ip link show "$CUT_BRIDGE" >/dev/null 2>&1 || ip link add "$CUT_BRIDGE" type bridge
+  ip link set "$CUT_BRIDGE" up
+  for h in "$@"; do ip link set "veth-$h" master "$CUT_BRIDGE"; say "pgl-$h" "cut off (on $CUT_BRIDGE)"; done
+}
+
+cmd_heal() {
+  preflight
+  lock
+  local h
+  for h in "${HOSTS[@]}"; do
+    ip link show "veth-$h" >/dev/null 2>&1 && ip link set "veth-$h" master "$BRIDGE"
+  done
+  say "lab" "every host on $BRIDGE"
+}
+
+cmd_link() {
+  preflight
+  local h=${1:-} state=${2:-}
+  is_host "$h" || die "usage: netns.sh link HOST up|down (HOST one of ${HOSTS[*]})"
+  [[ $state == up || $state == down ]] || die "usage: netns.sh link HOST up|down"
+  ip -n "pgl-$h" link set eth0 "$state"
+  say "pgl-$h" "eth0 $state"
+}
+
 case ${1:-} in
   up) cmd_up ;;
   down) shift; cmd_down "$@" ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up | down [--purge] | status" >&2; exit 2 ;;
+  cut) shift; cmd_cut "$@" ;;
+  heal) cmd_heal ;;
+  link) shift; cmd_link "$@" ;;
+  *) echo "usage: $0 up | down [--purge] | status | cut HOST... | heal | link HOST up|down" >&2; exit 2 ;;
 esac

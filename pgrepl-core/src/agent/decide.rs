@@ -535,8 +535,8 @@ fn rejoin(i: &AgentInput<'_>, view: &StoreView, leader: &str) -> Result<(Plan, O
 }
 
 /// Whether this standby may race for the leader key: every other standby that reported
-/// since the leader went away is not further ahead (a tie goes to the higher priority,
-/// then the first name); it is within `maximum_lag_on_failover` of the last primary
+/// since the leader went away is not further ahead (a tie goes to one in the old
+/// primary's location, then the higher priority, then the first name); it is within `maximum_lag_on_failover` of the last primary
 /// position known; in synchronous mode it is in the set, and the positions compared
 /// cover every acknowledged commit.
 fn race(i: &AgentInput<'_>, view: &StoreView, settings: &crate::store::HaSettings) -> Result<(), String> {
@@ -549,7 +549,13 @@ fn race(i: &AgentInput<'_>, view: &StoreView, settings: &crate::store::HaSetting
         return Err(format!("{} reports as a writable primary", p.value.node));
     }
     let mine = i.local.position().ok_or("its WAL position is not known")?;
-    let prio = |n: &str| i.cluster.node(n).map(|n| n.priority).unwrap_or(0);
+    // Ties: a standby in the old primary's location first, then the priority.
+    let old = topo.primary.clone().unwrap_or_else(|| i.cluster.primary().name.clone());
+    let old_location = i.cluster.node(&old).and_then(|n| n.location.as_deref());
+    let prio = |n: &str| {
+        let node = i.cluster.node(n);
+        (old_location.is_some() && node.and_then(|n| n.location.as_deref()) == old_location, node.map(|n| n.priority).unwrap_or(0))
+    };
     let mut compared = vec![me.to_string()];
     for (name, m) in &view.members {
         let m = &m.value;

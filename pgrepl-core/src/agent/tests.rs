@@ -125,6 +125,30 @@ fn the_most_advanced_standby_races_and_the_others_yield() {
 }
 
 #[test]
+fn a_tie_goes_to_the_standby_in_the_old_primarys_location() {
+    let spec = crate::ClusterSpec::from_toml(
+        "name = \"t\"\npostgres = \"16\"\n[ha.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+         [[nodes]]\nname = \"db1\"\nrole = \"primary\"\nlocation = \"east\"\n\
+         [[nodes]]\nname = \"db2\"\nrole = \"standby\"\nlocation = \"west\"\npriority = 200\n\
+         [[nodes]]\nname = \"db3\"\nrole = \"standby\"\nlocation = \"east\"\n",
+    )
+    .unwrap();
+    let c = spec.validate().unwrap();
+    let vw = view(None, vec![member("db2", MemberRole::Standby, 300, None), member("db3", MemberRole::Standby, 300, None)]);
+    let d2 = run(&c, "db2", &standby("db2", 300), Ok(&vw), fresh());
+    let d3 = run(&c, "db3", &standby("db3", 300), Ok(&vw), fresh());
+    assert_eq!(d3.store, Some(StoreOp::TakeLeader), "{d3:?}");
+    assert_eq!(d2.store, None, "{d2:?}");
+    assert!(d2.why.contains("db3"), "{}", d2.why);
+    // Further ahead in the other location: that one, whatever the location.
+    let vw = view(None, vec![member("db2", MemberRole::Standby, 301, None), member("db3", MemberRole::Standby, 300, None)]);
+    let d2 = run(&c, "db2", &standby("db2", 301), Ok(&vw), fresh());
+    let d3 = run(&c, "db3", &standby("db3", 300), Ok(&vw), fresh());
+    assert_eq!(d2.store, Some(StoreOp::TakeLeader), "{d2:?}");
+    assert_eq!(d3.store, None, "{d3:?}");
+}
+
+#[test]
 fn a_standby_too_far_behind_does_not_race() {
     let c = cluster("{ mode = \"off\" }");
     let mut vw = view(None, vec![member("db2", MemberRole::Standby, 300, None)]);

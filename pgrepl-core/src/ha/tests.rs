@@ -19,6 +19,7 @@ fn view(name: &str, recv: Option<u64>, replay: Option<u64>, prio: u32) -> Candid
     CandidateView {
         node: name.into(),
         priority: prio,
+        same_location: false,
         answered: true,
         in_recovery: true,
         fenced: false,
@@ -42,6 +43,21 @@ fn the_most_wal_wins_then_replay_then_priority_then_name() {
     let i = choose_candidate(&mut v, Some(1), None, false).unwrap();
     assert_eq!(v[i].node, "db3");
     let mut v = vec![view("db3", Some(100), Some(90), 100), view("db2", Some(100), Some(90), 100)];
+    let i = choose_candidate(&mut v, Some(1), None, false).unwrap();
+    assert_eq!(v[i].node, "db2");
+}
+
+#[test]
+fn the_old_primarys_location_wins_a_tie_of_wal_never_more() {
+    // Same WAL received: the standby in the old primary's location, over more replayed
+    // and a higher priority.
+    let mut v = vec![view("db2", Some(100), Some(100), 200), view("db3", Some(100), Some(50), 50)];
+    v[1].same_location = true;
+    let i = choose_candidate(&mut v, Some(1), None, false).unwrap();
+    assert_eq!(v[i].node, "db3");
+    // More WAL elsewhere: that one (promoting the near one would discard it).
+    let mut v = vec![view("db2", Some(101), Some(100), 100), view("db3", Some(100), Some(100), 100)];
+    v[1].same_location = true;
     let i = choose_candidate(&mut v, Some(1), None, false).unwrap();
     assert_eq!(v[i].node, "db2");
 }

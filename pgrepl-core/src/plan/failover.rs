@@ -28,6 +28,8 @@ pub struct Candidate {
     pub node: String,
     /// Its priority (higher wins a tie).
     pub priority: u32,
+    /// It runs in the old primary's location (wins a tie before the priority).
+    pub same_location: bool,
     /// It answered.
     pub answered: bool,
     /// It is in recovery (a standby).
@@ -52,10 +54,11 @@ impl Candidate {
         self.receive_lsn.max(self.replay_lsn)
     }
 
-    fn of(n: &crate::cluster::Node, o: &Observed) -> Candidate {
+    fn of(n: &crate::cluster::Node, o: &Observed, old_location: Option<&str>) -> Candidate {
         Candidate {
             node: n.name.clone(),
             priority: n.priority,
+            same_location: old_location.is_some() && n.location.as_deref() == old_location,
             answered: o.answered(),
             in_recovery: o.in_recovery == Some(true),
             fenced: o.fenced,
@@ -143,7 +146,9 @@ pub struct FailoverDecision {
 }
 
 /// Marks each standby eligible or not, and chooses the one to promote: the most WAL
-/// (received, then replayed), then the highest priority, then the first name. With
+/// (received), then one in the old primary's location, then the most replayed, then the
+/// highest priority, then the first name. The location never outranks WAL: promoting a
+/// standby with less would discard what the other has. With
 /// `requested`, that node, refused (unless `force`) when another eligible standby has more
 /// WAL: promoting it would discard WAL that standby has. Returns the index in `views`.
 pub fn choose_candidate(views: &mut [Candidate], timeline: Option<u32>, requested: Option<&str>, force: bool) -> Result<usize, Refusal> {
@@ -165,7 +170,12 @@ pub fn choose_candidate(views: &mut [Candidate], timeline: Option<u32>, requeste
         v.eligible = v.note.is_none();
     }
     let order = |a: &Candidate, b: &Candidate| {
-        a.position().cmp(&b.position()).then(a.replay_lsn.cmp(&b.replay_lsn)).then(a.priority.cmp(&b.priority)).then(b.node.cmp(&a.node))
+        a.position()
+            .cmp(&b.position())
+            .then(a.same_location.cmp(&b.same_location))
+            .then(a.replay_lsn.cmp(&b.replay_lsn))
+            .then(a.priority.cmp(&b.priority))
+            .then(b.node.cmp(&a.node))
     };
     let best = views.iter().enumerate().filter(|(_, v)| v.eligible).max_by(|a, b| order(a.1, b.1)).map(|(i, _)| i);
     match requested {
@@ -285,7 +295,9 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
         .into_iter()
         .flatten()
         .max();
-    let mut views: Vec<Candidate> = cluster.nodes.iter().filter(|n| n.name != old).map(|n| Candidate::of(n, obs.get(&n.name))).collect();
+    let old_location = cluster.node(&old).and_then(|n| n.location.as_deref());
+    let mut views: Vec<Candidate> =
+        cluster.nodes.iter().filter(|n| n.name != old).map(|n| Candidate::of(n, obs.get(&n.name), old_location)).collect();
 
     // Synchronous mode: only members of the set the old primary ran with may be promoted,
     // and only when the reachable ones cover every acknowledged commit.
@@ -322,7 +334,13 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
                     .iter()
                     .enumerate()
                     .filter(|(_, v)| v.eligible && in_force.standbys.contains(&v.node))
-                    .max_by(|a, b| a.1.position().cmp(&b.1.position()).then(a.1.priority.cmp(&b.1.priority)).then(b.1.node.cmp(&a.1.node)))
+                    .max_by(|a, b| {
+                        a.1.position()
+                            .cmp(&b.1.position())
+                            .then(a.1.same_location.cmp(&b.1.same_location))
+                            .then(a.1.priority.cmp(&b.1.priority))
+                            .then(b.1.node.cmp(&a.1.node))
+                    })
                     .map(|(i, _)| i);
                 match best_member {
                     Some(i) => chosen = i,
