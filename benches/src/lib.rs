@@ -6,6 +6,8 @@
 
 #![allow(missing_docs)]
 
+pub mod ha;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

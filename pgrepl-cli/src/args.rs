@@ -200,6 +200,20 @@ pub enum Cmd {
         #[arg(long, hide = true)]
         data_dir: Option<PathBuf>,
     },
+    /// Keep a program running on a host without systemd (how pgrepl runs its agents and
+    /// etcd members there): restarted when it exits, stopped with the supervisor (SIGTERM).
+    #[command(hide = true)]
+    Supervise {
+        /// The pid file, locked while the supervisor runs.
+        #[arg(long)]
+        pid_file: PathBuf,
+        /// Where the program's output and the supervisor's notes go.
+        #[arg(long)]
+        log: PathBuf,
+        /// The program and its arguments.
+        #[arg(last = true, required = true, num_args = 1..)]
+        program: Vec<String>,
+    },
     /// Agents observe and report only: no promotion, no restart (for maintenance, or to
     /// run switchover/failover/rejoin by hand).
     Pause {

@@ -7,6 +7,7 @@
 mod args;
 mod ha;
 mod output;
+mod supervise;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -341,6 +342,10 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             ha::agent(d, &node).await
         }
         Cmd::Agent { .. } => anyhow::bail!("agent: --node NAME is required"),
+        Cmd::Supervise { pid_file, log, program } => {
+            let (bin, args) = program.split_first().context("supervise: a program to run after --")?;
+            supervise::supervise(&pid_file, &log, Path::new(bin), args).await
+        }
         Cmd::Pause { common } => {
             let (d, _) = open(&common, false).await?;
             ha::set_paused(&d, true).await?;

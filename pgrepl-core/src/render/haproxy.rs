@@ -160,8 +160,7 @@ global
 defaults
     mode tcp
     log global
-    # A connection to PostgreSQL is made quickly or not at all; HAProxy waits this long
-    # (at most 1 s) before it retries a refused one (a primary that has just stopped).
+    # A connection to PostgreSQL is made quickly or not at all.
     timeout connect 1s
     # Database sessions wait between queries, and pools keep them open for long: only a
     # session silent in both directions for 30 minutes is closed.
@@ -169,10 +168,12 @@ defaults
     timeout server 30m
     # An agent that does not answer within a second has failed the check.
     timeout check 1s
-    # A refused connection (a primary that has just stopped) is tried again, the last
-    # time on another server that passes its check.
-    retries 2
-    option redispatch
+    # A refused connection (a primary that has just stopped, not yet marked down) is
+    # tried again at once through the balancer (redispatch on every retry): a retry on
+    # the same server would first wait a turn-around of up to 1 s, which is what made
+    # switchovers through HAProxy half a second slower than through libpq.
+    retries 3
+    option redispatch 1
     # Per listener; each PostgreSQL refuses what exceeds its own max_connections.
     maxconn 500
 
@@ -181,15 +182,15 @@ listen {name}-rw
     option httpchk
     http-check send meth GET uri /primary
     http-check expect status 200
-    # The primary is checked every 500 ms; the nodes that are down (the standbys,
-    # answering 503) every 200 ms (downinter), so a new primary gets connections within
-    # 200 ms of its agent answering 200 (rise 1: only the lease holder does). A node that
-    # fails a check is checked again every 100 ms (fastinter) and dropped after two
-    # failures (fall 2), within 0.7 s of its agent answering 503 (an agent stepping down
-    # says so before it stops its server): one slow answer does not cut the primary's
-    # sessions. on-marked-down shutdown-sessions: a dropped node's sessions
-    # are closed, so clients reconnect to the new primary instead of hanging on the old.
-    default-server inter 500ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions
+    # Every node is checked every 200 ms (an agent answers from memory), so a new primary
+    # gets connections within 200 ms of its agent answering 200 (rise 1: only the lease
+    # holder does). A node that fails a check is checked again after 100 ms (fastinter)
+    # and dropped after two failures (fall 2), within 0.3 s of its agent answering 503
+    # (an agent stepping down says so before it stops its server): one slow answer does
+    # not cut the primary's sessions. on-marked-down shutdown-sessions: a dropped node's
+    # sessions are closed, so clients reconnect to the new primary instead of hanging on
+    # the old.
+    default-server inter 200ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}
 listen {name}-ro
     bind {ro}
@@ -198,9 +199,9 @@ listen {name}-ro
     http-check send meth GET uri /replica
     http-check expect status 200
     # As above: a standby that falls too far behind, stops streaming or is promoted is
-    # dropped within about 0.7 s (a check every 500 ms, then two failures 100 ms apart)
+    # dropped within about 0.3 s (a check every 200 ms, then two failures 100 ms apart)
     # and its read sessions closed, so none reads from the primary after that.
-    default-server inter 500ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions
+    default-server inter 200ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions
 {servers}",
         blank = "",
         w = rw.len().max(ro.len()),
