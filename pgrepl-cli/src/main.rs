@@ -5,6 +5,7 @@
 //! 4 infrastructure error (a command, host or server failed).
 
 mod args;
+mod backup;
 mod ha;
 mod output;
 
@@ -282,7 +283,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print_report(&common, &report)?;
             Ok(0)
         }
-        Cmd::Verify { common, timeout } => {
+        Cmd::Verify { common, backup: true, scratch, scratch_port, .. } => {
+            backup::verify_backup(&common, scratch.as_deref(), scratch_port).await
+        }
+        Cmd::Backup { common, from, apply_retention } => backup::backup(&common, from.as_deref(), apply_retention).await,
+        Cmd::Backups { common } => backup::backups(&common).await,
+        Cmd::Restore { common, to_time, to_lsn, latest: _, into, name, base_port, backup_id, no_standbys } => {
+            let target = backup::target(to_time.as_deref(), to_lsn.as_deref())?;
+            backup::restore(&common, target, &into, name.as_deref(), base_port, backup_id, no_standbys).await
+        }
+        Cmd::Verify { common, timeout, .. } => {
             let (d, _) = open(&common, false).await?;
             let report = d.verify(Duration::from_secs(timeout)).await?;
             match common.output {

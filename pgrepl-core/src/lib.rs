@@ -38,6 +38,7 @@
 pub mod agent;
 #[cfg(feature = "runtime")]
 mod backend;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "runtime")]
