@@ -670,6 +670,13 @@ fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
                 }
                 print!("{r}");
             }
+            // `[backup] schedule`: the line that runs it (cron on the admin machine).
+            if let Some(line) = cluster.backup.as_ref().and_then(|b| {
+                let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+                pgrepl_core::render::backup_tool::schedule_line(b, &path.to_string_lossy())
+            }) {
+                println!("\n=== backup schedule (/etc/cron.d/pgrepl-{}) ===\n{line}", cluster.name);
+            }
         }
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),
     }

@@ -311,3 +311,174 @@ async fn backup_pitr_11() {
 async fn backup_pitr_18() {
     pitr("18").await;
 }
+
+/// A cluster with `[backup]` on moto, for the tests below; the moto server, credentials
+/// and work directory live as long as it.
+struct Lab {
+    wd: WorkDir,
+    moto: Moto,
+    creds: PathBuf,
+    bucket: String,
+    file: PathBuf,
+    work: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    client: PathBuf,
+}
+
+impl Lab {
+    fn new(tag: &str, major: &str, extra: &str, create_bucket: bool) -> Lab {
+        let (bin, client) = bins(major);
+        let wd = WorkDir::new(tag).with_bin(&bin);
+        let moto = Moto::start(&wd.path);
+        let creds = credentials(&wd.path);
+        let bucket = format!("pgrepl-{tag}");
+        if create_bucket {
+            moto.create_bucket(&creds, &bucket);
+        }
+        let work = wd.path.join("src");
+        let port = free_ports(3);
+        let spec =
+            local_spec(tag, major, port, &work.to_string_lossy(), &format!("{extra}\n{}", backup_section(&moto, &bucket, &creds, "")));
+        let file = wd.path.join("src.toml");
+        std::fs::write(&file, spec).unwrap();
+        Lab { wd, moto, creds, bucket, file, work, port, bin, client }
+    }
+
+    fn run(&self, file: &Path, cmd: &[&str]) -> (i32, String, String) {
+        let (f, b, c) = (file.to_string_lossy(), self.bin.to_string_lossy(), self.client.to_string_lossy());
+        pgrepl_ok(&[cmd, &["-f", &f, "--pg-bin", &b, "--pg-client-bin", &c][..]].concat())
+    }
+
+    fn with(&self, cmd: &[&str]) -> (i32, String, String) {
+        self.run(&self.file, cmd)
+    }
+
+    fn destroy_on_drop(&self, more: &[&Path]) -> Destroy {
+        let mut v = vec![(self.file.clone(), self.bin.clone(), self.client.clone())];
+        v.extend(more.iter().map(|p| (p.to_path_buf(), self.bin.clone(), self.client.clone())));
+        Destroy(v)
+    }
+
+    /// The node that accepts writes now, and its port.
+    fn primary(&self) -> (String, u16) {
+        for (i, n) in ["db1", "db2", "db3"].iter().enumerate() {
+            let port = self.port + i as u16;
+            let o = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.client.join("psql"))
+                .args(["-X", "-A", "-t", "-h"])
+                .arg(self.work.join(n).join("run"))
+                .args(["-p", &port.to_string(), "-d", "postgres", "-c", "SELECT pg_is_in_recovery()"])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&o.stdout).trim() == "f" {
+                return (n.to_string(), port);
+            }
+        }
+        panic!("no node accepts writes");
+    }
+
+    fn kill9(&self, node: &str) {
+        let pidfile = std::fs::read_to_string(self.work.join(node).join("data/postmaster.pid")).unwrap();
+        let pid: u32 = pidfile.lines().next().unwrap().trim().parse().unwrap();
+        assert!(Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap().success());
+    }
+}
+
+/// Fail over under load (synchronous `ANY 1`), write more on the new primary, restore
+/// `--latest` into a new cluster: every row acknowledged on both timelines is there, and
+/// the restored primary runs on a timeline after the failover's.
+async fn failover_then_latest(major: &str) {
+    let tag = format!("bkfo{major}");
+    let lab = Lab::new(&tag, major, "[replication.sync]\nmode = \"any\"\ncount = 1\n", true);
+    let new_file = lab.wd.path.join("restored.toml");
+    let _destroy = lab.destroy_on_drop(&[&new_file]);
+    let (code, out, err) = lab.with(&["up"]);
+    assert_eq!(code, 0, "up: {out}\n{err}");
+    create_app_role(&lab.client, &lab.work, "db1", lab.port);
+    let (code, out, err) = lab.with(&["backup"]);
+    assert_eq!(code, 0, "backup: {out}\n{err}");
+    let w = Writer::start(lab.port, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab.kill9("db1");
+    let first = w.finish().await;
+    let (code, out, err) = lab.with(&["failover"]);
+    assert_eq!(code, 0, "failover: {out}\n{err}");
+    let (node, port) = lab.primary();
+    assert_ne!(node, "db1");
+    let w = Writer::start(port, 1_000_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = w.finish().await;
+    switch_and_wait_archived(&lab.client, &lab.work, &node, port);
+    assert!(first.len() > 20 && second.len() > 20, "too few rows: {} then {}", first.len(), second.len());
+
+    let new_port = free_ports(3);
+    let (code, out, err) = lab.with(&[
+        "restore",
+        "--latest",
+        "--into",
+        &new_file.to_string_lossy(),
+        "--name",
+        &format!("{tag}-r"),
+        "--base-port",
+        &new_port.to_string(),
+    ]);
+    assert_eq!(code, 0, "restore --latest: {out}\n{err}");
+    let tl: u32 = out.split("timeline ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).expect(&out);
+    assert!(tl >= 3, "the restore promotes after the failover's timeline 2: {out}");
+    let got = ids_in(&lab.client, &lab.wd.path.join(format!("{tag}-r")), "db1", new_port);
+    for r in first.iter().chain(&second) {
+        assert!(got.contains(&r.id), "row {} (acknowledged) is missing from the restore", r.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_failover_latest_15() {
+    failover_then_latest("15").await;
+}
+
+/// A missing bucket, an unreachable endpoint, no credentials: each a named error (exit 4),
+/// the cluster untouched; archiving fails while the bucket is missing, WAL stays in
+/// pg_wal, and once the bucket exists everything is archived and a backup works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_tool_failures_15() {
+    let lab = Lab::new("bkfail15", "15", "", false);
+    let _destroy = lab.destroy_on_drop(&[]);
+    let (code, out, err) = lab.with(&["up"]);
+    assert_eq!(code, 0, "up: {out}\n{err}");
+
+    let (code, out, err) = lab.with(&["backup"]);
+    assert_eq!(code, 4, "backup to a missing bucket: {out}\n{err}");
+    assert!(err.contains("the bucket does not exist (backup.bucket)"), "{err}");
+    // Archiving fails meanwhile, and the WAL waits in pg_wal.
+    let closed = psql(&lab.client, &lab.work, "db1", lab.port, "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql(&lab.client, &lab.work, "db1", lab.port, "SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "archiving to a missing bucket never failed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ready = lab.work.join("db1/data/pg_wal/archive_status").join(format!("{closed}.ready"));
+    assert!(ready.exists(), "{} should wait in pg_wal", closed);
+
+    let text = std::fs::read_to_string(&lab.file).unwrap();
+    let dead = lab.wd.path.join("dead.toml");
+    std::fs::write(&dead, text.replace(&lab.moto.endpoint(), &format!("http://127.0.0.1:{}", free_ports(1)))).unwrap();
+    let (code, out, err) = lab.run(&dead, &["backups"]);
+    assert_eq!(code, 4, "unreachable endpoint: {out}\n{err}");
+    assert!(err.contains("cannot be reached (backup.endpoint"), "{err}");
+    let nocreds = lab.wd.path.join("nocreds.toml");
+    std::fs::write(&nocreds, text.replace(&lab.creds.to_string_lossy().into_owned(), "/nonexistent/credentials")).unwrap();
+    let (code, out, err) = lab.run(&nocreds, &["backups"]);
+    assert_eq!(code, 4, "no credentials: {out}\n{err}");
+    assert!(err.contains("refused the credentials"), "{err}");
+
+    // Fixed: the bucket exists. The archiver catches up by itself, nothing was lost.
+    lab.moto.create_bucket(&lab.creds, &lab.bucket);
+    switch_and_wait_archived(&lab.client, &lab.work, "db1", lab.port);
+    assert!(!ready.exists(), "{closed} is still waiting in pg_wal");
+    let (code, out, err) = lab.with(&["backup"]);
+    assert_eq!(code, 0, "backup once fixed: {out}\n{err}");
+    let (code, out, err) = lab.with(&["status"]);
+    assert_eq!(code, 0, "status: {out}\n{err}");
+}
