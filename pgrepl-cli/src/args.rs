@@ -141,14 +141,14 @@ pub enum Cmd {
         #[arg(long, requires = "backup", value_name = "PORT")]
         scratch_port: Option<u16>,
     },
-    /// Take a full base backup now ([backup] in the spec), from the primary or --from NODE.
+    /// Take a full base backup now (`[backup]` in the spec), from the primary or --from NODE.
     Backup {
         #[command(flatten)]
         common: Common,
         /// The node to back up (default: the primary).
         #[arg(long, value_name = "NODE")]
         from: Option<String>,
-        /// Then apply [backup] retention (older backups and the WAL only they need removed).
+        /// Then apply `[backup]` retention (older backups and the WAL only they need removed).
         #[arg(long)]
         apply_retention: bool,
     },
@@ -177,7 +177,7 @@ pub enum Cmd {
         /// derived from this one with --name and --base-port).
         #[arg(long, value_name = "FILE")]
         into: PathBuf,
-        /// The new cluster's name when --into is written (default: <name>-restored).
+        /// The new cluster's name when --into is written (default: `<name>-restored`).
         #[arg(long)]
         name: Option<String>,
         /// The new local cluster's first port when --into is written (default: a free run).

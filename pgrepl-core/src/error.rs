@@ -95,7 +95,7 @@ pub enum Error {
         /// What pgrepl was doing.
         action: String,
         /// The cause, named.
-        cause: crate::backup::ToolFailure,
+        cause: crate::tool_failure::ToolFailure,
         /// The tool's last lines.
         detail: String,
     },

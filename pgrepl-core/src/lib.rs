@@ -59,6 +59,7 @@ pub mod secret;
 pub mod spec;
 mod spec_error;
 pub mod store;
+pub mod tool_failure;
 pub mod topology;
 mod validate;
 pub mod version;

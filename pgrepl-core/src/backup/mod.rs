@@ -10,16 +10,16 @@
 
 pub mod catalog;
 pub mod decide;
-pub mod failure;
 pub mod recovery;
 #[cfg(feature = "runtime")]
 mod run;
 
+pub use crate::tool_failure::{ToolFailure, classify_failure};
 pub use catalog::{BackupInfo, parse_barman_list};
 pub use decide::{RestoreRefusal, Target, check_in_place, choose_backup};
-pub use failure::{ToolFailure, classify_failure};
 #[cfg(feature = "runtime")]
 pub(crate) use run::ensure_tool;
+#[cfg(feature = "runtime")]
 pub use run::{RestoreOptions, RestoreReport, VerifyBackupReport};
 
 use time::OffsetDateTime;

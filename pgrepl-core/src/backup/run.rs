@@ -7,7 +7,6 @@ use serde::Serialize;
 
 use super::catalog::{BackupInfo, parse_barman_list};
 use super::decide::{RestoreRefusal, Target, choose_backup};
-use super::failure::classify_failure;
 use super::recovery::recovery_files;
 use crate::deploy::{CLONE_TIMEOUT, DataDir, Deployment, NoProgress, Run, SQL_TIMEOUT, is_running, tr};
 use crate::error::{Error, Refusal};
@@ -16,6 +15,7 @@ use crate::render::backup_tool as tool;
 use crate::render::{CommandLine, render_node, server_env, shell_quote};
 use crate::spec::{BackupSpec, BackupTool};
 use crate::sql;
+use crate::tool_failure::classify_failure;
 use crate::transport::{Command, Transport, TransportExt};
 
 /// How long a restored server may take to replay the archive and promote.

@@ -1,4 +1,4 @@
-//! What a failed tool run means, named: the tools print Python tracebacks and S3 error
+//! What a failed backup tool run means, named (below `error` and `backup`, which both use it): the tools print Python tracebacks and S3 error
 //! codes; pgrepl says which of the usual causes it was.
 
 use std::fmt;
