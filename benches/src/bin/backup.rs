@@ -119,14 +119,22 @@ async fn bench(a: &Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let bucket = "pgrepl-bench";
-    python("import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket=sys.argv[2])", &[&endpoint, bucket], &creds)?;
+    python(
+        "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').create_bucket(Bucket=sys.argv[2])",
+        &[&endpoint, bucket],
+        &creds,
+    )?;
     let port = free_ports(24100, 1).ok_or("no free port")?;
     let work = scratch.path.join("src");
     let d = open(&spec("bench-src", &work, port, &endpoint, bucket, &creds), &pg).await?;
     d.up(&NoProgress).await.map_err(|e| e.to_string())?;
     let socket = work.join("db1/run");
-    pg.psql(&socket, port, &format!("CREATE TABLE fill AS SELECT g AS id, repeat(md5(g::text), 8) AS pad FROM generate_series(1, {}) g", a.mb as u64 * 3000))
-        .await?;
+    pg.psql(
+        &socket,
+        port,
+        &format!("CREATE TABLE fill AS SELECT g AS id, repeat(md5(g::text), 8) AS pad FROM generate_series(1, {}) g", a.mb as u64 * 3000),
+    )
+    .await?;
     pg.psql(&socket, port, "CHECKPOINT").await?;
 
     let (mut ours, mut floor, mut restore, mut restore_floor) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -142,7 +150,21 @@ async fn bench(a: &Args) -> Result<(), String> {
         let t = Instant::now();
         run_pg(
             &pg.client("pg_basebackup"),
-            &["-h", &path_str(&socket), "-p", &port.to_string(), "-U", "postgres", "-D", &path_str(&tar_dir), "-Ft", "-X", "fetch", "-c", "fast"],
+            &[
+                "-h",
+                &path_str(&socket),
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                &path_str(&tar_dir),
+                "-Ft",
+                "-X",
+                "fetch",
+                "-c",
+                "fast",
+            ],
             &env,
             Duration::from_secs(1800),
         )?;
@@ -170,7 +192,8 @@ async fn bench(a: &Args) -> Result<(), String> {
         pg.psql(&socket, port, "SELECT pg_switch_wal()").await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let rport = free_ports(24200 + run * 10, 1).ok_or("no free port")?;
-        let nd = open(&spec(&format!("bench-r{run}"), &scratch.path.join(format!("r{run}")), rport, &endpoint, bucket, &creds), &pg).await?;
+        let nd =
+            open(&spec(&format!("bench-r{run}"), &scratch.path.join(format!("r{run}")), rport, &endpoint, bucket, &creds), &pg).await?;
         let t = Instant::now();
         let r = d.restore_into(Target::Time(target), &nd, &RestoreOptions::default()).await.map_err(|e| e.to_string())?;
         let restore_s = secs(t);
@@ -182,10 +205,18 @@ async fn bench(a: &Args) -> Result<(), String> {
         let t = Instant::now();
         run_pg(Path::new("/bin/tar"), &["-xf", &path_str(&tar), "-C", &path_str(&fdir)], &[], Duration::from_secs(1800))?;
         let _ = std::fs::remove_file(fdir.join("pgrepl.conf"));
-        std::fs::write(fdir.join("pgrepl.conf"), format!("port = {fport}\nlisten_addresses = ''\nunix_socket_directories = '{}'\n", path_str(&fdir)))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            fdir.join("pgrepl.conf"),
+            format!("port = {fport}\nlisten_addresses = ''\nunix_socket_directories = '{}'\n", path_str(&fdir)),
+        )
+        .map_err(|e| e.to_string())?;
         chown_pg(&fdir.join("pgrepl.conf"))?;
-        run_pg(&pg.server("pg_ctl"), &["-D", &path_str(&fdir), "-l", &path_str(&fdir.join("log")), "-w", "-t", "600", "start"], &env, Duration::from_secs(660))?;
+        run_pg(
+            &pg.server("pg_ctl"),
+            &["-D", &path_str(&fdir), "-l", &path_str(&fdir.join("log")), "-w", "-t", "600", "start"],
+            &env,
+            Duration::from_secs(660),
+        )?;
         pg.psql(&fdir, fport, "SELECT 1").await?;
         let restore_floor_s = secs(t);
         run_pg(&pg.server("pg_ctl"), &["-D", &path_str(&fdir), "-m", "immediate", "-w", "stop"], &env, Duration::from_secs(60))?;
