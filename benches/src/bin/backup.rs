@@ -189,8 +189,20 @@ async fn bench(a: &Args) -> Result<(), String> {
         // 3. restore to a time after the backup into a new cluster.
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let target = time::OffsetDateTime::now_utc();
-        pg.psql(&socket, port, "SELECT pg_switch_wal()").await?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // A commit after the target (recovery stops there) and its WAL archived.
+        pg.psql(&socket, port, "CREATE TABLE IF NOT EXISTS after_target (i int); INSERT INTO after_target VALUES (1)").await?;
+        let closed = pg.psql(&socket, port, "SELECT pg_walfile_name(pg_switch_wal())").await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let last = pg.psql(&socket, port, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").await?;
+            if last.len() == 24 && last[8..] >= closed[8..] {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{closed} not archived within 120 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let rport = free_ports(24200 + run * 10, 1).ok_or("no free port")?;
         let nd =
             open(&spec(&format!("bench-r{run}"), &scratch.path.join(format!("r{run}")), rport, &endpoint, bucket, &creds), &pg).await?;

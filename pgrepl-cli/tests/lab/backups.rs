@@ -274,6 +274,11 @@ async fn pitr(major: &str) {
     let (code, out, err) = pgrepl_ok(&["status", "-f", &nf, "--pg-bin", &b, "--pg-client-bin", &c]);
     assert_eq!(code, 0, "status of the restored cluster: {out}\n{err}");
     assert_eq!(ids_in(&client, &new_work, "db2", new_port + 1).len(), got.len());
+    // Restoring again into that cluster, now running, is refused: nothing is written over.
+    let (code, out, err) = with(&["restore", "--latest", "--into", &new_file.to_string_lossy()]);
+    assert_eq!(code, 3, "restore into a running cluster: {out}\n{err}");
+    assert!(err.contains("is not empty: a restore never writes over a data directory"), "{err}");
+    assert_eq!(ids_in(&client, &new_work, "db1", new_port), got);
 
     // Retention: a second backup with keep = 1 removes the first; T is then not covered.
     let (code, out, err) = with(&["backup", "--apply-retention"]);

@@ -196,6 +196,14 @@ impl Deployment {
             chosen = asked.clone();
         }
         let running = is_running(h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))?;
+        let has_cluster = h
+            .transport
+            .exists(&format!("{}/PG_VERSION", h.layout.data_dir), None)
+            .await
+            .map_err(|e| tr(&h.name, "inspect the data directory", e))?;
+        if running || has_cluster {
+            return Err(refuse(RestoreRefusal::NotEmpty { node: h.name.clone(), path: h.layout.data_dir.clone() }));
+        }
         let secrets_src = self.state_dir().join("replication");
         let secrets_dst = new.state_dir().join("replication");
         if tokio::fs::symlink_metadata(&secrets_dst).await.is_err() && tokio::fs::symlink_metadata(&secrets_src).await.is_ok() {
@@ -384,8 +392,20 @@ async fn wait_promoted(h: &NodeHandle, port: u16, deadline: Duration) -> Result<
                     return Ok(row.get(1).cloned().flatten().and_then(|t| t.parse().ok()));
                 }
             }
-            Err(e) if t0.elapsed() > Duration::from_secs(5) && !is_running(h).await.unwrap_or(true) => {
-                return Err(Error::node(&h.name, format!("the restored server stopped during recovery: {e:?}")));
+            Err(_) if t0.elapsed() > Duration::from_secs(5) && !is_running(h).await.unwrap_or(true) => {
+                let log = match &h.layout.log_file {
+                    Some(l) => h.transport.read_file(l).await.ok().flatten().map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    None => None,
+                };
+                let tail: Vec<&str> = log.as_deref().unwrap_or("").lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Error::node(
+                    &h.name,
+                    format!(
+                        "the restored server stopped during recovery (a target after the last archived commit is never reached: use --latest, or archive WAL past it)\n{}",
+                        tail.join("\n")
+                    ),
+                ));
             }
             Err(_) => {}
         }
