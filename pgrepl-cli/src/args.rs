@@ -123,13 +123,72 @@ pub enum Cmd {
         count: Option<u64>,
     },
     /// Write a canary row on the primary; it must reach every standby, and every standby
-    /// must refuse writes.
+    /// must refuse writes. With --backup: restore the latest backup into a scratch
+    /// directory and check that it reaches consistency and starts.
     Verify {
         #[command(flatten)]
         common: Common,
         /// Seconds each standby has to show the canary.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Verify the latest base backup and the archive instead of replication.
+        #[arg(long)]
+        backup: bool,
+        /// With --backup: the scratch directory (must not exist; removed afterwards).
+        #[arg(long, requires = "backup", value_name = "DIR")]
+        scratch: Option<PathBuf>,
+        /// With --backup: the port the restored server uses (local socket only; default: a free one).
+        #[arg(long, requires = "backup", value_name = "PORT")]
+        scratch_port: Option<u16>,
+    },
+    /// Take a full base backup now (`[backup]` in the spec), from the primary or --from NODE.
+    Backup {
+        #[command(flatten)]
+        common: Common,
+        /// The node to back up (default: the primary).
+        #[arg(long, value_name = "NODE")]
+        from: Option<String>,
+        /// Then apply `[backup]` retention (older backups and the WAL only they need removed).
+        #[arg(long)]
+        apply_retention: bool,
+    },
+    /// List the base backups in the archive: size, begin/end LSN and time, timeline.
+    Backups {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Restore the archive to a point in time into a NEW cluster (nothing of this one is
+    /// touched): the new cluster's file is written (or read, when --into names an existing
+    /// file), its primary restored and promoted at the target, its standbys cloned.
+    #[command(group(clap::ArgGroup::new("target").required(true)))]
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        /// Stop at this time (RFC 3339 with its offset: 2026-12-01T05:30:00Z).
+        #[arg(long, value_name = "TIME", group = "target")]
+        to_time: Option<String>,
+        /// Stop at this WAL position (0/5000000).
+        #[arg(long, value_name = "LSN", group = "target")]
+        to_lsn: Option<String>,
+        /// Replay everything archived, on the latest timeline.
+        #[arg(long, group = "target")]
+        latest: bool,
+        /// The new cluster's file: read when it exists, else written (local clusters:
+        /// derived from this one with --name and --base-port).
+        #[arg(long, value_name = "FILE")]
+        into: PathBuf,
+        /// The new cluster's name when --into is written (default: `<name>-restored`).
+        #[arg(long)]
+        name: Option<String>,
+        /// The new local cluster's first port when --into is written (default: a free run).
+        #[arg(long)]
+        base_port: Option<u16>,
+        /// Restore this backup (by id) instead of the newest one that covers the target.
+        #[arg(long, value_name = "ID")]
+        backup_id: Option<String>,
+        /// Only restore the primary; do not run `up` to clone the standbys.
+        #[arg(long)]
+        no_standbys: bool,
     },
     /// Stop every node (primary first, so standbys receive its last WAL).
     Down {

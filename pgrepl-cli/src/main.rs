@@ -5,6 +5,7 @@
 //! 4 infrastructure error (a command, host or server failed).
 
 mod args;
+mod backup;
 mod ha;
 mod output;
 mod supervise;
@@ -283,7 +284,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print_report(&common, &report)?;
             Ok(0)
         }
-        Cmd::Verify { common, timeout } => {
+        Cmd::Verify { common, backup: true, scratch, scratch_port, .. } => {
+            backup::verify_backup(&common, scratch.as_deref(), scratch_port).await
+        }
+        Cmd::Backup { common, from, apply_retention } => backup::backup(&common, from.as_deref(), apply_retention).await,
+        Cmd::Backups { common } => backup::backups(&common).await,
+        Cmd::Restore { common, to_time, to_lsn, latest: _, into, name, base_port, backup_id, no_standbys } => {
+            let target = backup::target(to_time.as_deref(), to_lsn.as_deref())?;
+            backup::restore(&common, target, &into, name.as_deref(), base_port, backup_id, no_standbys).await
+        }
+        Cmd::Verify { common, timeout, .. } => {
             let (d, _) = open(&common, false).await?;
             let report = d.verify(Duration::from_secs(timeout)).await?;
             match common.output {
@@ -664,6 +674,13 @@ fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
                     println!();
                 }
                 print!("{r}");
+            }
+            // `[backup] schedule`: the line that runs it (cron on the admin machine).
+            if let Some(line) = cluster.backup.as_ref().and_then(|b| {
+                let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+                pgrepl_core::render::backup_tool::schedule_line(b, &path.to_string_lossy())
+            }) {
+                println!("\n=== backup schedule (/etc/cron.d/pgrepl-{}) ===\n{line}", cluster.name);
             }
         }
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),

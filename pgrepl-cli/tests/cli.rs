@@ -293,3 +293,43 @@ fn status_watch_options_are_checked() {
     let (_, out, _) = pgrepl(dir.path(), &["status", "--help"]);
     assert!(out.contains("24 hours"), "the help says the watch's limit:\n{out}");
 }
+
+#[test]
+fn render_backup_section_per_version_and_its_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bk.toml");
+    std::fs::write(
+        &f,
+        "name = \"bk\"\npostgres = \"15\"\n[backup]\ntool = \"barman-cloud\"\nbucket = \"acme-pg\"\nprefix = \"prod\"\n\
+         schedule = \"0 3 * * *\"\nretention = { keep = 2 }\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n",
+    )
+    .unwrap();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = pgrepl(dir.path(), &["render", "-f", f]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("archive_mode = always"), "{out}");
+    assert!(
+        out.contains("/opt/pgrepl/barman/bin/barman-cloud-wal-archive --cloud-provider aws-s3 --gzip s3://acme-pg/prod bk %p"),
+        "{out}"
+    );
+    assert!(out.contains("barman-cloud-wal-restore --cloud-provider aws-s3 s3://acme-pg/prod bk %f %p"), "{out}");
+    assert!(out.contains("=== backup schedule (/etc/cron.d/pgrepl-bk) ===\n0 3 * * * root pgrepl backup -f "), "{out}");
+    let (code, out, _) = pgrepl(dir.path(), &["render", "-f", f, "--pg-version", "11", "--node", "db2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("recovery.conf") && out.contains("restore_command = '/opt/pgrepl/barman/bin/barman-cloud-wal-restore"), "{out}");
+    assert!(out.contains("archive_mode = always"), "{out}");
+    // Bad input names the field; a restore needs a target.
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "name = \"bk\"\n[backup]\ntool = \"barman-cloud\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = pgrepl(dir.path(), &["render", "-f", dir.path().join("bad.toml").to_str().unwrap(), "--pg-version", "15"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("backup.bucket"), "{err}");
+    let (code, _, err) = pgrepl(dir.path(), &["restore", "-f", f, "--into", "x.toml"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = pgrepl(dir.path(), &["restore", "-f", f, "--into", "x.toml", "--to-time", "yesterday"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--to-time"), "{err}");
+}

@@ -26,6 +26,9 @@ pub struct Cluster {
     pub replication: Replication,
     /// WAL archiving.
     pub archive: ArchiveSpec,
+    /// Base backups and the WAL archive (`[backup]`), checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup: Option<crate::spec::BackupSpec>,
     /// Extra settings for every node, in name order.
     pub settings: Vec<(String, SettingValue)>,
     /// The nodes in spec order.

@@ -87,6 +87,18 @@ pub enum Error {
         /// What it was waiting for.
         waiting_for: String,
     },
+    /// A backup tool failed, with its cause named.
+    #[error("{node}: {action}: {cause}\n{detail}")]
+    Backup {
+        /// The node whose host ran it.
+        node: String,
+        /// What pgrepl was doing.
+        action: String,
+        /// The cause, named.
+        cause: crate::tool_failure::ToolFailure,
+        /// The tool's last lines.
+        detail: String,
+    },
     /// A node is in a state pgrepl cannot work with (the message says what to do).
     #[error("{node}: {problem}")]
     Node {

@@ -38,6 +38,7 @@
 pub mod agent;
 #[cfg(feature = "runtime")]
 mod backend;
+pub mod backup;
 pub mod cluster;
 pub mod error;
 #[cfg(feature = "runtime")]
@@ -58,6 +59,7 @@ pub mod secret;
 pub mod spec;
 mod spec_error;
 pub mod store;
+pub mod tool_failure;
 pub mod topology;
 mod validate;
 pub mod version;

@@ -26,6 +26,7 @@ use crate::secret::Secrets;
 use crate::spec::{ArchiveSpec, Role, SettingValue, SyncMode};
 use crate::version::{Capabilities, PgMajor, PromoteMethod, RecoveryStyle, SyncSyntax};
 
+pub mod backup_tool;
 mod etcd;
 mod haproxy;
 pub use etcd::{EtcdFiles, EtcdMember, etcd_endpoints, etcd_member_config, etcd_members, host_dir};
@@ -448,6 +449,14 @@ pub fn conf_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
             set("archive_command", guc_quote(archive_command));
         }
     }
+    if let Some(b) = &cluster.backup {
+        // Every node archives: the one promoted after a switchover or a failover carries
+        // on, and with `always` (9.5+) a standby also archives what it received, so the
+        // segments a dying primary had not archived yet and the new timeline's history
+        // file reach the archive from the others (the same bytes, uploaded again).
+        set("archive_mode", if caps.archive_mode_always { "always" } else { "on" }.into());
+        set("archive_command", guc_quote(&backup_tool::archive_command(b, &cluster.name)));
+    }
     let sync = &cluster.replication.sync;
     if node.role == Role::Primary && sync.mode != SyncMode::Off {
         if let Some(names) = sync_standby_names(caps.sync_syntax, sync.mode, sync.count, &sync.standbys) {
@@ -488,6 +497,10 @@ fn recovery_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
             s.push(("restore_command", guc_quote(&format!("cp {}/%f %p", archive_dir_word(&path.to_string_lossy())))))
         }
         ArchiveSpec::Command { restore_command, .. } => s.push(("restore_command", guc_quote(restore_command))),
+    }
+    if let Some(b) = &cluster.backup {
+        // A standby that fell behind what its upstream keeps catches up from the archive.
+        s.push(("restore_command", guc_quote(&backup_tool::restore_command(b, &cluster.name))));
     }
     s
 }

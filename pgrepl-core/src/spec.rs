@@ -43,6 +43,9 @@ use serde::{Deserialize, Serialize};
 use crate::spec_error::{SpecError, SpecErrors};
 use crate::version::PgMajor;
 
+mod backup;
+pub use backup::{BackupSpec, BackupTool, Compression, RetentionSpec, Sse, parse_window};
+
 /// The whole cluster file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +80,9 @@ pub struct ClusterSpec {
     /// Automatic failover: a `pgrepl agent` per node, the cluster's truth in etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaSpec>,
+    /// Base backups and the WAL archive for point-in-time recovery (`[backup]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 /// `[ha]`: automatic failover. Each node runs `pgrepl agent`; the leader key in etcd,
@@ -755,6 +761,7 @@ impl ClusterSpec {
                 provider: ProviderSpec::default(),
                 nodes: Vec::new(),
                 ha: None,
+                backup: None,
             },
         }
     }
@@ -796,6 +803,11 @@ impl ClusterSpecBuilder {
     /// WAL archiving.
     pub fn archive(mut self, archive: ArchiveSpec) -> Self {
         self.spec.archive = archive;
+        self
+    }
+    /// Base backups and the WAL archive (`[backup]`).
+    pub fn backup(mut self, backup: BackupSpec) -> Self {
+        self.spec.backup = Some(backup);
         self
     }
     /// A setting for every node.

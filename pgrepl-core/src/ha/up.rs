@@ -57,6 +57,10 @@ impl Deployment {
         for i in installs {
             actions.extend(i?);
         }
+        // The backup tool on every host that lacks it (Barman's cloud scripts in a venv).
+        for h in &handles {
+            actions.extend(crate::backup::ensure_tool(&cluster, h, progress).await?);
+        }
         // Preflight: a node that is not running must find its port free, before anything changes.
         if self.local_ports {
             for h in &handles {

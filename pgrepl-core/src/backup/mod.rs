@@ -1,0 +1,60 @@
+//! Base backups, the WAL archive and point-in-time recovery (`[backup]`).
+//!
+//! Split as everywhere in pgrepl: [`catalog`] reads what the tool holds (its own JSON
+//! listing: pgrepl talks to no S3 API), [`decide`] chooses (which backup covers a
+//! target, refusals with their reason, pure), [`recovery`] renders the recovery settings
+//! of a restore per version (pure), and `run` acts through the nodes' transports
+//! (`Deployment::take_backup`, `backups`, `apply_retention`, `restore_into`,
+//! `verify_backup`). The tools' command lines are rendered in
+//! [`render::backup_tool`](crate::render::backup_tool).
+
+pub mod catalog;
+pub mod decide;
+pub mod recovery;
+#[cfg(feature = "runtime")]
+mod run;
+
+pub use crate::tool_failure::{ToolFailure, classify_failure};
+pub use catalog::{BackupInfo, parse_barman_list};
+pub use decide::{RestoreRefusal, Target, check_in_place, choose_backup};
+#[cfg(feature = "runtime")]
+pub(crate) use run::ensure_tool;
+#[cfg(feature = "runtime")]
+pub use run::{RestoreOptions, RestoreReport, VerifyBackupReport};
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// `2026-12-01 05:26:40.297147+00`: how pgrepl prints times and writes `recovery_target_time`.
+pub fn format_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]+00");
+    t.format(&f).unwrap_or_else(|_| t.to_string())
+}
+
+/// A target time as given on the command line: RFC 3339 (`2026-12-01T05:30:00Z`,
+/// `2026-12-01 05:30:00.123+01:00`); a time without an offset is refused (ambiguous).
+pub fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+    let t = s.trim();
+    let normalized = if t.len() > 10 && t.as_bytes()[10] == b' ' { format!("{}T{}", &t[..10], &t[11..]) } else { t.to_string() };
+    let normalized = match normalized.strip_suffix("+00") {
+        Some(head) if !head.ends_with(':') => format!("{head}+00:00"),
+        _ => normalized,
+    };
+    OffsetDateTime::parse(&normalized, &Rfc3339)
+        .map_err(|_| format!("\"{s}\" is not a time with its offset, such as 2026-12-01T05:30:00Z or \"2026-12-01 05:30:00+01:00\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_round_trip() {
+        let t = parse_time("2026-12-01 05:26:40.297147+00").unwrap();
+        assert_eq!(format_time(t), "2026-12-01 05:26:40.297147+00");
+        assert_eq!(format_time(parse_time("2026-12-01T06:26:40+01:00").unwrap()), "2026-12-01 05:26:40.000000+00");
+        assert!(parse_time("2026-12-01 05:26:40").is_err());
+        assert!(parse_time("yesterday").is_err());
+    }
+}

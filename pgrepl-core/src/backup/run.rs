@@ -1,0 +1,446 @@
+//! The acting part of backups: commands run on the nodes' hosts through their
+//! transports, after the pure decisions of [`decide`](super::decide).
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::catalog::{BackupInfo, parse_barman_list};
+use super::decide::{RestoreRefusal, Target, choose_backup};
+use super::recovery::recovery_files;
+use crate::deploy::{CLONE_TIMEOUT, DataDir, Deployment, NoProgress, Run, SQL_TIMEOUT, is_running, tr};
+use crate::error::{Error, Refusal};
+use crate::provider::NodeHandle;
+use crate::render::backup_tool as tool;
+use crate::render::{CommandLine, render_node, server_env, shell_quote};
+use crate::spec::{BackupSpec, BackupTool};
+use crate::sql;
+use crate::tool_failure::classify_failure;
+use crate::transport::{Command, Transport, TransportExt};
+
+/// How long a restored server may take to replay the archive and promote.
+pub const RECOVERY_DEADLINE: Duration = Duration::from_secs(1800);
+/// Time limit of listing or deleting backups.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Options of a restore into a new cluster.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The backup to use instead of the one [`choose_backup`] picks (must cover the target).
+    pub backup_id: Option<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The cluster restored into.
+    pub cluster: String,
+    /// Its primary.
+    pub primary: String,
+    /// The backup restored.
+    pub backup: BackupInfo,
+    /// The target.
+    pub target: Target,
+    /// The timeline the restored primary runs on.
+    pub timeline: Option<u32>,
+    /// Seconds: download of the base backup.
+    pub download_seconds: f64,
+    /// Seconds: replay and promotion.
+    pub recovery_seconds: f64,
+}
+
+/// What `verify --backup` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyBackupReport {
+    /// The backup restored.
+    pub backup: BackupInfo,
+    /// The scratch directory used (removed afterwards).
+    pub scratch: String,
+    /// Whether the server reached consistency, started and answered.
+    pub ok: bool,
+    /// Seconds from the start of the download to an answer.
+    pub seconds: f64,
+    /// What went wrong, if anything.
+    pub problem: Option<String>,
+}
+
+impl Deployment {
+    /// The spec's `[backup]`, or an error naming the missing section.
+    pub fn backup_spec(&self) -> Result<&BackupSpec, Error> {
+        self.cluster.backup.as_ref().ok_or_else(|| Error::node(&self.cluster.name, "the spec has no [backup] section"))
+    }
+
+    fn barman_only(&self, what: &str) -> Result<&BackupSpec, Error> {
+        let b = self.backup_spec()?;
+        if b.tool != BackupTool::BarmanCloud {
+            return Err(Error::node(
+                &self.cluster.name,
+                format!(
+                    "{what} with backup.tool = \"{}\" is not implemented yet (archiving is: archive_command and restore_command are rendered); use tool = \"barman-cloud\"",
+                    b.tool.as_str()
+                ),
+            ));
+        }
+        Ok(b)
+    }
+
+    /// Runs one of the tool's command lines on `h`; a failure is named
+    /// ([`ToolFailure`](super::ToolFailure)).
+    async fn run_tool(&self, h: &NodeHandle, line: &CommandLine, timeout: Duration, action: &str) -> Result<String, Error> {
+        let out = h.transport.exec(&Command::from_line(line).timeout(timeout)).await.map_err(|e| tr(&h.name, action, e))?;
+        if out.success() {
+            return Ok(out.stdout);
+        }
+        let all = format!("{}\n{}", out.stdout, out.stderr);
+        Err(Error::Backup { node: h.name.clone(), action: action.into(), cause: classify_failure(out.status, &all), detail: out.tail() })
+    }
+
+    /// The current primary's handle (the recorded topology applied), or `from`'s.
+    async fn node_handle(&self, from: Option<&str>) -> Result<(crate::cluster::Cluster, NodeHandle), Error> {
+        let (cluster, handles) = self.connect(false).await?;
+        let name = from.map(str::to_string).unwrap_or_else(|| cluster.primary().name.clone());
+        let h = handles.into_iter().find(|h| h.name == name).ok_or_else(|| Error::node(&name, "no such node in the cluster"))?;
+        Ok((cluster, h))
+    }
+
+    /// The backups in the archive, oldest first (the tool's own listing, run on the primary's host).
+    pub async fn backups(&self) -> Result<Vec<BackupInfo>, Error> {
+        let b = self.barman_only("listing backups")?;
+        let (_, h) = self.node_handle(None).await?;
+        self.list_on(b, &self.cluster.name, &h).await
+    }
+
+    async fn list_on(&self, b: &BackupSpec, server: &str, h: &NodeHandle) -> Result<Vec<BackupInfo>, Error> {
+        let out = self.run_tool(h, &tool::barman_list(b, server, &h.layout.os_user), TOOL_TIMEOUT, "list the backups").await?;
+        parse_barman_list(&out).map_err(|e| Error::node(&h.name, e.to_string()))
+    }
+
+    /// A full base backup now, from the primary or from `from`; returns it as listed.
+    pub async fn take_backup(&self, from: Option<&str>) -> Result<BackupInfo, Error> {
+        let b = self.barman_only("a base backup")?;
+        let (cluster, h) = self.node_handle(from).await?;
+        let node = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
+        if !is_running(&h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))? {
+            return Err(Refusal {
+                node: h.name.clone(),
+                reason: "its server does not run: a base backup is taken from a running server".into(),
+            }
+            .into());
+        }
+        let before: Vec<String> = self.list_on(b, &cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
+        let line = tool::barman_backup(b, &cluster.name, &h.layout.socket_dir, node.port, &h.layout.superuser);
+        let mut line = line;
+        line.user = h.layout.os_user.clone();
+        line.env.extend(server_env(&h.layout).into_iter().filter(|(k, _)| k == "LD_LIBRARY_PATH"));
+        self.run_tool(&h, &line, CLONE_TIMEOUT, "take a base backup").await?;
+        let after = self.list_on(b, &cluster.name, &h).await?;
+        after
+            .into_iter()
+            .rev()
+            .find(|x| !before.contains(&x.id))
+            .ok_or_else(|| Error::node(&h.name, "barman-cloud-backup succeeded but no new backup is listed"))
+    }
+
+    /// Applies `[backup] retention` (barman-cloud-backup-delete: backups and the WAL only
+    /// they need); returns the ids removed.
+    pub async fn apply_retention(&self) -> Result<Vec<String>, Error> {
+        let b = self.barman_only("retention")?;
+        let Some(policy) = b.retention.as_ref().and_then(tool::barman_retention_policy) else {
+            return Ok(Vec::new());
+        };
+        let (_, h) = self.node_handle(None).await?;
+        let before = self.list_on(b, &self.cluster.name, &h).await?;
+        self.run_tool(
+            &h,
+            &tool::barman_delete(b, &self.cluster.name, &policy, &h.layout.os_user),
+            TOOL_TIMEOUT,
+            "apply the retention policy",
+        )
+        .await?;
+        let after: Vec<String> = self.list_on(b, &self.cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
+        Ok(before.into_iter().map(|x| x.id).filter(|id| !after.contains(id)).collect())
+    }
+
+    /// The retention policy in words, for refusals.
+    fn retention_words(&self) -> Option<String> {
+        let r = self.cluster.backup.as_ref()?.retention.as_ref()?;
+        r.keep.map(|k| format!("keep = {k}")).or_else(|| r.window.as_ref().map(|w| format!("window = \"{w}\"")))
+    }
+
+    /// Restores this cluster's archive to `target` into `new`, a cluster that does not
+    /// exist yet (its primary's data directory must be empty): the base backup that
+    /// covers the target, the archive replayed up to it, promoted there. Nothing of this
+    /// cluster is touched. `new`'s standbys are cloned by `new.up()` afterwards.
+    pub async fn restore_into(&self, target: Target, new: &Deployment, opts: &RestoreOptions) -> Result<RestoreReport, Error> {
+        let b = self.barman_only("a restore")?.clone();
+        let source = self.cluster.name.clone();
+        let (cluster, handles) = new.connect(true).await?;
+        let primary = cluster.primary().clone();
+        let h = handles.iter().find(|x| x.name == primary.name).ok_or_else(|| Error::node(&primary.name, "no host"))?;
+        // Decide first: which backup, and whether the place is free.
+        let catalog = self.list_on(&b, &source, h).await?;
+        let now = time::OffsetDateTime::now_utc();
+        let refuse = |r: RestoreRefusal| -> Error { Refusal { node: source.clone(), reason: r.to_string() }.into() };
+        let mut chosen = choose_backup(&catalog, &target, now, self.retention_words().as_deref()).map_err(refuse)?.clone();
+        if let Some(id) = &opts.backup_id {
+            let asked =
+                catalog.iter().find(|x| &x.id == id).ok_or_else(|| Error::node(&source, format!("no backup {id} in the archive")))?;
+            if asked.end_time > chosen.end_time {
+                return Err(refuse(RestoreRefusal::NotCovered {
+                    target: target.to_string(),
+                    oldest_id: id.clone(),
+                    oldest_end: super::format_time(asked.end_time),
+                    retention: String::new(),
+                }));
+            }
+            chosen = asked.clone();
+        }
+        let running = is_running(h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))?;
+        let has_cluster = h
+            .transport
+            .exists(&format!("{}/PG_VERSION", h.layout.data_dir), None)
+            .await
+            .map_err(|e| tr(&h.name, "inspect the data directory", e))?;
+        if running || has_cluster {
+            return Err(refuse(RestoreRefusal::NotEmpty { node: h.name.clone(), path: h.layout.data_dir.clone() }));
+        }
+        let secrets_src = self.state_dir().join("replication");
+        let secrets_dst = new.state_dir().join("replication");
+        if tokio::fs::symlink_metadata(&secrets_dst).await.is_err() && tokio::fs::symlink_metadata(&secrets_src).await.is_ok() {
+            // The restored primary knows the source's replication password (its role is in
+            // the backup): the new cluster keeps it.
+            let bytes = tokio::fs::read(&secrets_src).await.map_err(|e| Error::Io {
+                path: secrets_src.display().to_string(),
+                action: "read the replication password".into(),
+                source: e,
+            })?;
+            crate::machine::LocalTransport
+                .mkdir(&new.state_dir().to_string_lossy(), 0o700, None)
+                .await
+                .map_err(|e| tr("localhost", "create the state directory", e))?;
+            crate::machine::LocalTransport
+                .write_file(&secrets_dst.to_string_lossy(), &bytes, 0o600, None)
+                .await
+                .map_err(|e| tr("localhost", "write the replication password", e))?;
+        }
+        let secrets = new.secrets(true).await?;
+        let run = Run { cluster: &cluster, handles: &handles, secrets: &secrets, progress: &NoProgress, local_ports: new.local_ports };
+        run.prepare_dirs(h).await?;
+        if running || run.data_dir(h).await? != DataDir::Missing {
+            return Err(refuse(RestoreRefusal::NotEmpty { node: h.name.clone(), path: h.layout.data_dir.clone() }));
+        }
+        // Act.
+        let t0 = Instant::now();
+        let l = &h.layout;
+        h.transport.mkdir(&l.data_dir, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&h.name, "create the data directory", e))?;
+        self.run_tool(
+            h,
+            &tool::barman_restore(&b, &source, &chosen.id, &l.data_dir, &l.os_user),
+            CLONE_TIMEOUT,
+            "download the base backup",
+        )
+        .await?;
+        let download_seconds = t0.elapsed().as_secs_f64();
+        let caps = cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
+        let r = render_node(&cluster, &primary.name, l, Some(&secrets))?;
+        run.write_files(h, &r, false).await?;
+        let rec = recovery_files(&caps, &tool::restore_command(&b, &source), &target);
+        let write = |path: String, text: String| async move {
+            h.transport
+                .write_file(&path, text.as_bytes(), 0o600, Some(&l.os_user))
+                .await
+                .map_err(|e| tr(&h.name, &format!("write {path}"), e))
+        };
+        for (name, text) in &rec.files {
+            write(format!("{}/{name}", l.data_dir), text.clone()).await?;
+        }
+        if let Some(extra) = &rec.auto_conf {
+            let path = format!("{}/postgresql.auto.conf", l.data_dir);
+            let cur = h.transport.read_file_as(&path, &l.os_user).await.map_err(|e| tr(&h.name, "read postgresql.auto.conf", e))?;
+            let mut text = cur.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(extra);
+            write(path, text).await?;
+        }
+        let t1 = Instant::now();
+        if let Err(e) = run.start(&primary, h, &r).await {
+            return Err(Error::node(&primary.name, format!("the restored server did not reach the target: {}", crate::error::chain(&e))));
+        }
+        let timeline = wait_promoted(h, primary.port, RECOVERY_DEADLINE).await?;
+        for name in &rec.reset_after {
+            run.sql(h, primary.port, &format!("ALTER SYSTEM RESET {name};"), "remove the recovery settings").await?;
+        }
+        if !rec.reset_after.is_empty() {
+            run.sql(h, primary.port, "SELECT pg_catalog.pg_reload_conf();", "reload").await?;
+        }
+        Ok(RestoreReport {
+            cluster: cluster.name.clone(),
+            primary: primary.name.clone(),
+            backup: chosen,
+            target,
+            timeline,
+            download_seconds,
+            recovery_seconds: t1.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Restores the latest backup into `scratch` (on the primary's host; it must not
+    /// exist; default: `verify-backup-<pid>` beside the primary's node directory), starts it on `port` (local socket only, archiving off), checks that it
+    /// reaches consistency, promotes and answers, then stops it and removes `scratch`.
+    pub async fn verify_backup(&self, scratch: Option<&str>, port: u16) -> Result<VerifyBackupReport, Error> {
+        let b = self.barman_only("verify --backup")?;
+        let (_, h) = self.node_handle(None).await?;
+        let default_scratch = {
+            let d = h.layout.data_dir.trim_end_matches('/');
+            let node_dir = d.rsplit_once('/').map(|(p, _)| p).unwrap_or(d);
+            let base = node_dir.rsplit_once('/').map(|(p, _)| p).unwrap_or(node_dir);
+            format!("{base}/verify-backup-{}", std::process::id())
+        };
+        let scratch = scratch.unwrap_or(&default_scratch);
+        let catalog = self.list_on(b, &self.cluster.name, &h).await?;
+        let now = time::OffsetDateTime::now_utc();
+        let backup = choose_backup(&catalog, &Target::Latest, now, None)
+            .map_err(|r| Error::from(Refusal { node: self.cluster.name.clone(), reason: r.to_string() }))?
+            .clone();
+        let l = &h.layout;
+        let t = &*h.transport;
+        if t.exists(scratch, None).await.map_err(|e| tr(&h.name, "look at the scratch directory", e))? {
+            return Err(Refusal {
+                node: h.name.clone(),
+                reason: format!("{scratch} exists: verify --backup restores into a directory of its own"),
+            }
+            .into());
+        }
+        let t0 = Instant::now();
+        let data = format!("{scratch}/data");
+        t.mkdir(scratch, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&h.name, "create the scratch directory", e))?;
+        t.mkdir(&data, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&h.name, "create the scratch directory", e))?;
+        let result = async {
+            self.run_tool(
+                &h,
+                &tool::barman_restore(b, &self.cluster.name, &backup.id, &data, &l.os_user),
+                CLONE_TIMEOUT,
+                "download the base backup",
+            )
+            .await?;
+            let caps = self.cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
+            let rec = recovery_files(&caps, &tool::restore_command(b, &self.cluster.name), &Target::Latest);
+            for (name, text) in &rec.files {
+                t.write_file(&format!("{data}/{name}"), text.as_bytes(), 0o600, Some(&l.os_user))
+                    .await
+                    .map_err(|e| tr(&h.name, "write the recovery settings", e))?;
+            }
+            if let Some(extra) = &rec.auto_conf {
+                let path = format!("{data}/postgresql.auto.conf");
+                let cur = t.read_file_as(&path, &l.os_user).await.map_err(|e| tr(&h.name, "read postgresql.auto.conf", e))?;
+                let text = format!("{}\n{extra}", cur.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default());
+                t.write_file(&path, text.as_bytes(), 0o600, Some(&l.os_user))
+                    .await
+                    .map_err(|e| tr(&h.name, "write the recovery settings", e))?;
+            }
+            // Settings on the command line win over the restored files: another port, the
+            // socket in the scratch directory, no TCP, no archiving into the real archive.
+            let opts = format!(
+                "-c port={port} -c listen_addresses='' -c unix_socket_directories={} -c archive_mode=off -c hot_standby=on",
+                shell_quote(scratch)
+            );
+            let start = Command::new(l.server_tool("pg_ctl"))
+                .args(["-D", data.as_str(), "-l", &format!("{scratch}/server.log"), "-o", opts.as_str(), "-w", "-t", "600", "start"])
+                .user(l.os_user.clone())
+                .timeout(Duration::from_secs(660));
+            let start = server_env(l).into_iter().fold(start, |c, (k, v)| c.env(k, v));
+            let out = t.exec(&start).await.map_err(|e| tr(&h.name, "start the restored server", e))?;
+            if !out.success() {
+                let log =
+                    t.read_file(&format!("{scratch}/server.log")).await.ok().flatten().map(|b| String::from_utf8_lossy(&b).into_owned());
+                let tail: Vec<&str> = log.as_deref().unwrap_or("").lines().rev().take(6).collect::<Vec<_>>().into_iter().rev().collect();
+                return Err(Error::node(&h.name, format!("the restored backup did not start: {}\n{}", out.tail(), tail.join("\n"))));
+            }
+            let mut scratch_layout = l.clone();
+            scratch_layout.socket_dir = scratch.to_string();
+            let mut sh = h.clone();
+            sh.layout = scratch_layout;
+            wait_promoted(&sh, port, RECOVERY_DEADLINE).await.map(|_| ())
+        }
+        .await;
+        let stop = Command::new(l.server_tool("pg_ctl")).args(["-D", data.as_str(), "-m", "fast", "-w", "stop"]).user(l.os_user.clone());
+        let stop = server_env(l).into_iter().fold(stop, |c, (k, v)| c.env(k, v));
+        let _ = t.exec(&stop).await;
+        let _ = t.remove_tree(scratch).await;
+        let seconds = t0.elapsed().as_secs_f64();
+        match result {
+            Ok(()) => Ok(VerifyBackupReport { backup, scratch: scratch.into(), ok: true, seconds, problem: None }),
+            Err(e @ Error::Backup { .. }) => Err(e),
+            Err(e) => {
+                Ok(VerifyBackupReport { backup, scratch: scratch.into(), ok: false, seconds, problem: Some(crate::error::chain(&e)) })
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until the server at `port` is out of recovery; its timeline then.
+async fn wait_promoted(h: &NodeHandle, port: u16, deadline: Duration) -> Result<Option<u32>, Error> {
+    let t0 = Instant::now();
+    let q = "SELECT pg_catalog.pg_is_in_recovery(), (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint());";
+    loop {
+        match sql::query(&*h.transport, &h.layout, port, q, SQL_TIMEOUT).await {
+            Ok(rows) => {
+                let row = rows.first().cloned().unwrap_or_default();
+                if row.first().cloned().flatten().as_deref() == Some("f") {
+                    return Ok(row.get(1).cloned().flatten().and_then(|t| t.parse().ok()));
+                }
+            }
+            Err(_) if t0.elapsed() > Duration::from_secs(5) && !is_running(h).await.unwrap_or(true) => {
+                let log = match &h.layout.log_file {
+                    Some(l) => h.transport.read_file(l).await.ok().flatten().map(|b| String::from_utf8_lossy(&b).into_owned()),
+                    None => None,
+                };
+                let tail: Vec<&str> = log.as_deref().unwrap_or("").lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(Error::node(
+                    &h.name,
+                    format!(
+                        "the restored server stopped during recovery (a target after the last archived commit is never reached: use --latest, or archive WAL past it)\n{}",
+                        tail.join("\n")
+                    ),
+                ));
+            }
+            Err(_) => {}
+        }
+        if t0.elapsed() > deadline {
+            return Err(Error::Timeout {
+                node: h.name.clone(),
+                waited: deadline,
+                waiting_for: "the restored server to reach its target and promote".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `up`'s step on every host: the backup tool installed when the spec's `[backup]` needs
+/// one that is missing there.
+pub(crate) async fn ensure_tool(
+    cluster: &crate::cluster::Cluster,
+    h: &NodeHandle,
+    progress: &dyn crate::deploy::Progress,
+) -> Result<Option<crate::deploy::Action>, Error> {
+    let Some(b) = &cluster.backup else { return Ok(None) };
+    let Some(script) = tool::install_script(b) else { return Ok(None) };
+    let probe = tool::program(b, "barman-cloud-wal-archive");
+    let t = &*h.transport;
+    if t.exists(&probe, None).await.map_err(|e| tr(&h.name, "look for the backup tool", e))? {
+        return Ok(None);
+    }
+    let t0 = Instant::now();
+    progress.started(&h.name, "install barman-cloud");
+    let r = t
+        .run(&Command::new("sh").args(["-c", script.as_str()]).user("root").timeout(Duration::from_secs(1200)))
+        .await
+        .map_err(|e| tr(&h.name, "install Barman's cloud scripts", e));
+    progress.finished(&h.name, "install barman-cloud", if r.is_ok() { "installed" } else { "failed" });
+    r?;
+    Ok(Some(crate::deploy::Action { node: h.name.clone(), what: "install barman-cloud".into(), seconds: t0.elapsed().as_secs_f64() }))
+}

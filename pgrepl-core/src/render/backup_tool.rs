@@ -1,0 +1,379 @@
+//! The commands of the backup tools, rendered (pure): `archive_command` and
+//! `restore_command` for PostgreSQL, and the command lines pgrepl runs for a base backup,
+//! the list of backups, a restore and retention.
+//!
+//! Credentials never appear: the tools read the AWS configuration chain. The spec's
+//! `credentials_file`, `profile` and `region` are names and paths, passed as
+//! `AWS_SHARED_CREDENTIALS_FILE`, `--profile` and `AWS_DEFAULT_REGION`.
+
+use super::{CommandLine, shell_quote};
+use crate::spec::{BackupSpec, BackupTool, Compression, RetentionSpec};
+
+/// Where Barman's cloud scripts are when the spec does not say (`up` installs them there).
+pub const BARMAN_BIN_DIR: &str = "/opt/pgrepl/barman/bin";
+/// Where pgBackRest's configuration of a cluster goes.
+pub const PGBACKREST_CONF_DIR: &str = "/etc/pgbackrest/conf.d";
+
+/// `s3://bucket/prefix` (barman-cloud's source and destination URL).
+pub fn s3_url(b: &BackupSpec) -> String {
+    let bucket = b.bucket.as_deref().unwrap_or_default();
+    match b.prefix.as_deref() {
+        Some(p) => format!("s3://{bucket}/{p}"),
+        None => format!("s3://{bucket}"),
+    }
+}
+
+/// The directory of the tool's programs.
+pub fn bin_dir(b: &BackupSpec) -> String {
+    match (&b.bin_dir, b.tool) {
+        (Some(d), _) => d.to_string_lossy().trim_end_matches('/').to_string(),
+        (None, BackupTool::BarmanCloud) => BARMAN_BIN_DIR.into(),
+        (None, _) => "/usr/bin".into(),
+    }
+}
+
+/// A program of the tool, by name.
+pub fn program(b: &BackupSpec, name: &str) -> String {
+    format!("{}/{name}", bin_dir(b))
+}
+
+/// The environment the tool runs with: where the AWS configuration is, the region.
+pub fn tool_env(b: &BackupSpec) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if let Some(f) = &b.credentials_file {
+        env.push(("AWS_SHARED_CREDENTIALS_FILE".to_string(), f.to_string_lossy().into_owned()));
+    }
+    if let Some(r) = &b.region {
+        env.push(("AWS_DEFAULT_REGION".to_string(), r.clone()));
+    }
+    env
+}
+
+/// Options every barman-cloud script takes: the endpoint and the profile.
+fn cloud_args(b: &BackupSpec) -> Vec<String> {
+    let mut a = vec!["--cloud-provider".to_string(), "aws-s3".to_string()];
+    if let Some(e) = &b.endpoint {
+        a.extend(["--endpoint-url".into(), e.clone()]);
+    }
+    if let Some(p) = &b.profile {
+        a.extend(["--profile".into(), p.clone()]);
+    }
+    a
+}
+
+fn compression_arg(c: Compression) -> Option<&'static str> {
+    match c {
+        Compression::None => None,
+        Compression::Gzip => Some("--gzip"),
+        Compression::Bzip2 => Some("--bzip2"),
+        Compression::Snappy => Some("--snappy"),
+        Compression::Lz4 => Some("--lz4"),
+    }
+}
+
+fn sse_args(b: &BackupSpec) -> Vec<String> {
+    b.sse.map(|s| vec!["-e".to_string(), s.as_str().to_string()]).unwrap_or_default()
+}
+
+/// A command line as one shell line for PostgreSQL (`archive_command`): environment
+/// first, every word quoted, `%` doubled except in the placeholders given.
+fn shell_line(env: &[(String, String)], program: &str, args: &[String], placeholders: &[&str]) -> String {
+    let mut words: Vec<String> = env.iter().map(|(k, v)| format!("{k}={}", shell_quote(v).replace('%', "%%"))).collect();
+    words.push(shell_quote(program).replace('%', "%%"));
+    for a in args {
+        if placeholders.contains(&a.as_str()) {
+            words.push(a.clone());
+        } else {
+            words.push(shell_quote(a).replace('%', "%%"));
+        }
+    }
+    words.join(" ")
+}
+
+/// The directory tool's WAL directory of a cluster.
+pub fn directory_wal_dir(b: &BackupSpec, server: &str) -> String {
+    format!("{}/{server}/wal", b.path.as_deref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+/// `archive_command` of `[backup]` for cluster `server`.
+pub fn archive_command(b: &BackupSpec, server: &str) -> String {
+    match b.tool {
+        BackupTool::BarmanCloud => {
+            let mut args = cloud_args(b);
+            args.extend(compression_arg(b.compression).map(String::from));
+            args.extend(sse_args(b));
+            args.extend([s3_url(b), server.to_string(), "%p".to_string()]);
+            shell_line(&tool_env(b), &program(b, "barman-cloud-wal-archive"), &args, &["%p"])
+        }
+        BackupTool::Pgbackrest => shell_line(&[], &program(b, "pgbackrest"), &pgbackrest_args(b, server, &["archive-push", "%p"]), &["%p"]),
+        BackupTool::Directory => {
+            let dir = shell_quote(&directory_wal_dir(b, server)).replace('%', "%%");
+            format!("test ! -f {dir}/%f && cp %p {dir}/%f")
+        }
+    }
+}
+
+/// `restore_command` of `[backup]`: WAL of cluster `server` fetched from the archive.
+pub fn restore_command(b: &BackupSpec, server: &str) -> String {
+    match b.tool {
+        BackupTool::BarmanCloud => {
+            let mut args = cloud_args(b);
+            args.extend([s3_url(b), server.to_string(), "%f".to_string(), "%p".to_string()]);
+            shell_line(&tool_env(b), &program(b, "barman-cloud-wal-restore"), &args, &["%f", "%p"])
+        }
+        BackupTool::Pgbackrest => {
+            shell_line(&[], &program(b, "pgbackrest"), &pgbackrest_args(b, server, &["archive-get", "%f", "%p"]), &["%f", "%p"])
+        }
+        BackupTool::Directory => {
+            let dir = shell_quote(&directory_wal_dir(b, server)).replace('%', "%%");
+            format!("cp {dir}/%f %p")
+        }
+    }
+}
+
+/// pgBackRest's options for cluster `server`: its stanza and its own configuration file.
+fn pgbackrest_args(_b: &BackupSpec, server: &str, tail: &[&str]) -> Vec<String> {
+    let mut a = vec![format!("--config={PGBACKREST_CONF_DIR}/{server}.conf"), format!("--stanza={server}")];
+    a.extend(tail.iter().map(|s| s.to_string()));
+    a
+}
+
+/// barman-cloud-backup of the server listening on `socket_dir`:`port`, as `user`.
+pub fn barman_backup(b: &BackupSpec, server: &str, socket_dir: &str, port: u16, user: &str) -> CommandLine {
+    let mut args = cloud_args(b);
+    args.extend(compression_arg(b.compression).map(String::from));
+    args.extend(sse_args(b));
+    args.extend([
+        "--immediate-checkpoint".into(),
+        "-h".into(),
+        socket_dir.into(),
+        "-p".into(),
+        port.to_string(),
+        "-U".into(),
+        user.into(),
+        "-d".into(),
+        "postgres".into(),
+        s3_url(b),
+        server.into(),
+    ]);
+    CommandLine { program: program(b, "barman-cloud-backup"), args, env: tool_env(b), user: user.into() }
+}
+
+/// barman-cloud-backup-list in JSON.
+pub fn barman_list(b: &BackupSpec, server: &str, user: &str) -> CommandLine {
+    let mut args = cloud_args(b);
+    args.extend(["--format".into(), "json".into(), s3_url(b), server.into()]);
+    CommandLine { program: program(b, "barman-cloud-backup-list"), args, env: tool_env(b), user: user.into() }
+}
+
+/// barman-cloud-restore of `backup_id` into `dir`.
+pub fn barman_restore(b: &BackupSpec, server: &str, backup_id: &str, dir: &str, user: &str) -> CommandLine {
+    let mut args = cloud_args(b);
+    args.extend([s3_url(b), server.into(), backup_id.into(), dir.into()]);
+    CommandLine { program: program(b, "barman-cloud-restore"), args, env: tool_env(b), user: user.into() }
+}
+
+/// Barman's retention policy for `r`: `REDUNDANCY n` or `RECOVERY WINDOW OF n DAYS`
+/// (a window in hours or minutes is rounded up to whole days, Barman's smallest unit).
+pub fn barman_retention_policy(r: &RetentionSpec) -> Option<String> {
+    if let Some(k) = r.keep {
+        return Some(format!("REDUNDANCY {k}"));
+    }
+    let secs = r.window_seconds()?.ok()?;
+    Some(format!("RECOVERY WINDOW OF {} DAYS", secs.div_ceil(86_400)))
+}
+
+/// barman-cloud-backup-delete applying the retention policy (backups and the WAL only
+/// they need).
+pub fn barman_delete(b: &BackupSpec, server: &str, policy: &str, user: &str) -> CommandLine {
+    let mut args = cloud_args(b);
+    args.extend(["--retention-policy".into(), policy.into(), s3_url(b), server.into()]);
+    CommandLine { program: program(b, "barman-cloud-backup-delete"), args, env: tool_env(b), user: user.into() }
+}
+
+/// barman-cloud-backup-delete of one backup by id.
+pub fn barman_delete_id(b: &BackupSpec, server: &str, backup_id: &str, user: &str) -> CommandLine {
+    let mut args = cloud_args(b);
+    args.extend(["--backup-id".into(), backup_id.into(), s3_url(b), server.into()]);
+    CommandLine { program: program(b, "barman-cloud-backup-delete"), args, env: tool_env(b), user: user.into() }
+}
+
+/// pgBackRest's configuration of cluster `server` (`/etc/pgbackrest/conf.d/<cluster>.conf`):
+/// the S3 repository and the node's data directory. No key: `repo1-s3-key-type = auto`
+/// (the instance role) unless the credentials come from pgBackRest's environment
+/// (`PGBACKREST_REPO1_S3_KEY`, `PGBACKREST_REPO1_S3_KEY_SECRET`, set for the service).
+pub fn pgbackrest_conf(b: &BackupSpec, server: &str, data_dir: &str, socket_dir: &str, port: u16) -> String {
+    let mut s = String::from("# written by pgrepl ([backup] tool = \"pgbackrest\")\n[global]\nrepo1-type=s3\n");
+    s += &format!("repo1-s3-bucket={}\n", b.bucket.as_deref().unwrap_or_default());
+    s += &format!("repo1-path=/{}\n", b.prefix.as_deref().unwrap_or("pgbackrest"));
+    s += &format!("repo1-s3-region={}\n", b.region.as_deref().unwrap_or("us-east-1"));
+    let endpoint = b.endpoint.as_deref().unwrap_or("s3.amazonaws.com");
+    s += &format!("repo1-s3-endpoint={}\n", endpoint.trim_start_matches("https://"));
+    if b.endpoint.is_some() {
+        s += "repo1-s3-uri-style=path\n";
+    }
+    if b.credentials_file.is_none() && b.profile.is_none() {
+        s += "repo1-s3-key-type=auto\n";
+    }
+    if let Some(sse) = b.sse {
+        s += &format!("repo1-s3-sse-type={}\n", sse.as_str().to_ascii_lowercase());
+    }
+    let compress = match b.compression {
+        Compression::None => "none",
+        Compression::Gzip => "gz",
+        Compression::Bzip2 => "bz2",
+        Compression::Lz4 | Compression::Snappy => "lz4",
+    };
+    s += &format!("compress-type={compress}\n");
+    if let Some(r) = &b.retention {
+        if let Some(k) = r.keep {
+            s += &format!("repo1-retention-full={k}\n");
+        } else if let Some(Ok(secs)) = r.window_seconds() {
+            s += &format!("repo1-retention-full-type=time\nrepo1-retention-full={}\n", secs.div_ceil(86_400));
+        }
+    }
+    s += &format!("\n[{server}]\npg1-path={data_dir}\npg1-socket-path={socket_dir}\npg1-port={port}\n");
+    s
+}
+
+/// The cron line of `[backup] schedule`, running `pgrepl backup` on the admin machine.
+pub fn schedule_line(b: &BackupSpec, spec_path: &str) -> Option<String> {
+    b.schedule.as_ref().map(|s| format!("{s} root pgrepl backup -f {} --apply-retention", shell_quote(spec_path)))
+}
+
+/// The version of Barman `up` installs.
+pub const BARMAN_VERSION: &str = "3.19.1";
+
+/// The root script that installs Barman's cloud scripts into a virtual environment whose
+/// `bin` is `bin_dir` (from PyPI, with boto3 and psycopg2), readable by every user;
+/// `None` when the tool is not barman-cloud.
+pub fn install_script(b: &BackupSpec) -> Option<String> {
+    if b.tool != BackupTool::BarmanCloud {
+        return None;
+    }
+    let bin = bin_dir(b);
+    let venv = bin.strip_suffix("/bin").unwrap_or(&bin).to_string();
+    let v = shell_quote(&venv);
+    Some(format!(
+        "set -eu\numask 022\nif ! python3 -m venv --help >/dev/null 2>&1; then\n  if command -v apt-get >/dev/null; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; else dnf install -y -q python3; fi\nfi\n\
+         test -x {v}/bin/pip || python3 -m venv {v}\n{v}/bin/pip install -q 'barman[cloud]=={BARMAN_VERSION}' psycopg2-binary\nchmod -R go+rX,go-w {v}\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{RetentionSpec, Sse};
+
+    fn moto() -> BackupSpec {
+        let mut b = BackupSpec::barman_cloud("pgrepl-bk");
+        b.prefix = Some("lab/1".into());
+        b.endpoint = Some("http://127.0.0.1:5000".into());
+        b.credentials_file = Some("/srv/aws dir/credentials".into());
+        b.region = Some("us-east-1".into());
+        b.bin_dir = Some("/opt/pgrepl-lab/barman/bin".into());
+        b
+    }
+
+    #[test]
+    fn barman_archive_and_restore_commands() {
+        let b = moto();
+        assert_eq!(
+            archive_command(&b, "c1"),
+            "AWS_SHARED_CREDENTIALS_FILE='/srv/aws dir/credentials' AWS_DEFAULT_REGION=us-east-1 \
+             /opt/pgrepl-lab/barman/bin/barman-cloud-wal-archive --cloud-provider aws-s3 --endpoint-url http://127.0.0.1:5000 \
+             --gzip s3://pgrepl-bk/lab/1 c1 %p"
+        );
+        assert_eq!(
+            restore_command(&b, "c1"),
+            "AWS_SHARED_CREDENTIALS_FILE='/srv/aws dir/credentials' AWS_DEFAULT_REGION=us-east-1 \
+             /opt/pgrepl-lab/barman/bin/barman-cloud-wal-restore --cloud-provider aws-s3 --endpoint-url http://127.0.0.1:5000 \
+             s3://pgrepl-bk/lab/1 c1 %f %p"
+        );
+    }
+
+    #[test]
+    fn percent_in_a_path_is_doubled_and_sse_profile_compression_are_passed() {
+        let mut b = moto();
+        b.credentials_file = Some("/srv/100%/creds".into());
+        b.sse = Some(Sse::AwsKms);
+        b.profile = Some("bk".into());
+        b.compression = Compression::Lz4;
+        let a = archive_command(&b, "c1");
+        assert!(a.starts_with("AWS_SHARED_CREDENTIALS_FILE=/srv/100%%/creds "), "{a}");
+        assert!(a.contains("--profile bk --lz4 -e aws:kms s3://"), "{a}");
+        assert!(a.ends_with(" c1 %p"), "{a}");
+    }
+
+    #[test]
+    fn retention_policies() {
+        let keep = RetentionSpec { keep: Some(3), window: None };
+        assert_eq!(barman_retention_policy(&keep).as_deref(), Some("REDUNDANCY 3"));
+        let w = RetentionSpec { keep: None, window: Some("36h".into()) };
+        assert_eq!(barman_retention_policy(&w).as_deref(), Some("RECOVERY WINDOW OF 2 DAYS"));
+    }
+
+    #[test]
+    fn backup_command_has_no_secret_and_runs_as_the_os_user() {
+        let c = barman_backup(&moto(), "c1", "/w/db1/run", 6001, "postgres");
+        assert_eq!(c.user, "postgres");
+        assert_eq!(c.program, "/opt/pgrepl-lab/barman/bin/barman-cloud-backup");
+        assert!(c.args.ends_with(&["s3://pgrepl-bk/lab/1".to_string(), "c1".to_string()]));
+        assert_eq!(c.env[0], ("AWS_SHARED_CREDENTIALS_FILE".into(), "/srv/aws dir/credentials".into()));
+    }
+
+    #[test]
+    fn directory_and_pgbackrest_commands() {
+        let mut d = BackupSpec::barman_cloud("x");
+        d.tool = BackupTool::Directory;
+        d.bucket = None;
+        d.path = Some("/srv/bk".into());
+        assert_eq!(archive_command(&d, "c1"), "test ! -f /srv/bk/c1/wal/%f && cp %p /srv/bk/c1/wal/%f");
+        assert_eq!(restore_command(&d, "c1"), "cp /srv/bk/c1/wal/%f %p");
+        let mut p = moto();
+        p.tool = BackupTool::Pgbackrest;
+        p.bin_dir = None;
+        assert_eq!(archive_command(&p, "c1"), "/usr/bin/pgbackrest --config=/etc/pgbackrest/conf.d/c1.conf --stanza=c1 archive-push %p");
+        let conf = pgbackrest_conf(&p, "c1", "/d", "/run", 5432);
+        assert!(conf.contains("repo1-s3-uri-style=path\n") && conf.contains("[c1]\npg1-path=/d\n"), "{conf}");
+        assert!(!conf.contains("key="), "{conf}");
+    }
+
+    /// Every node archives (`always` from 9.5, so a promoted standby and the standbys of a
+    /// dying primary carry on), and standbys get the archive's restore_command: in
+    /// recovery.conf on 11, in pgrepl.conf on 15.
+    #[test]
+    fn nodes_get_archive_and_restore_commands_per_version() {
+        use crate::layout::{Binaries, NodeLayout};
+        use crate::render::render_node;
+        use crate::spec::{ClusterSpec, NodeSpec};
+        use crate::version::PgMajor;
+        for major in [PgMajor::V11, PgMajor::V15, PgMajor::V18] {
+            let cluster = ClusterSpec::builder("c1")
+                .node(NodeSpec::primary("db1"))
+                .node(NodeSpec::standby("db2"))
+                .backup(moto())
+                .into_spec()
+                .validate_for(major)
+                .unwrap();
+            let layout = NodeLayout::local("/w", "db2", &Binaries::assumed(major), "postgres");
+            let primary = render_node(&cluster, "db1", &layout, None).unwrap();
+            let standby = render_node(&cluster, "db2", &layout, None).unwrap();
+            let get = |r: &crate::render::RenderedNode, k: &str| r.settings.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            for r in [&primary, &standby] {
+                assert_eq!(get(r, "archive_mode").as_deref(), Some("always"), "{major}");
+                assert!(get(r, "archive_command").unwrap().contains("barman-cloud-wal-archive"), "{major}");
+            }
+            assert_eq!(get(&primary, "restore_command"), None);
+            let restore = "restore_command = 'AWS_SHARED_CREDENTIALS_FILE=''/srv/aws dir/credentials''";
+            let recovery_conf = standby.files.iter().find(|f| f.path.ends_with("/recovery.conf"));
+            match major {
+                PgMajor::V11 => assert!(recovery_conf.unwrap().contents.text.contains(restore), "{major}"),
+                _ => {
+                    assert!(recovery_conf.is_none());
+                    assert!(get(&standby, "restore_command").unwrap().contains("barman-cloud-wal-restore"), "{major}");
+                }
+            }
+        }
+    }
+}
