@@ -45,6 +45,10 @@ const SHARED_POLL: Duration = Duration::from_millis(3);
 /// default (`MaxSessions`).
 pub(crate) const MAX_SHELLS: usize = 4;
 
+/// How long a command waits for a busy shell to come free before it opens another: most
+/// commands take a few ms, a new shell (a channel and a session on the server) hundreds.
+const SHELL_PATIENCE: Duration = Duration::from_millis(100);
+
 /// An idle shell unused for this long is pinged before a command is sent to it, so that a
 /// connection that died while idle is found before anything of the command leaves.
 const PING_AFTER: Duration = Duration::from_secs(1);
@@ -424,8 +428,9 @@ impl Conn {
         self.io.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs one command line on one of this connection's shells (opened on first need, at
-    /// most [`MAX_SHELLS`] at once; a caller beyond that waits for a free one).
+    /// Runs one command line on one of this connection's shells: an idle one, else a busy
+    /// one that comes free within [`SHELL_PATIENCE`], else a new one (at most
+    /// [`MAX_SHELLS`]; beyond that it waits for a free one).
     pub(crate) fn run(&self, req: &Request<'_>, open_timeout: Duration) -> Result<RawOutput, ExecError> {
         self.active.fetch_add(1, Ordering::SeqCst);
         let _active = Active(&self.active);
@@ -452,6 +457,7 @@ impl Conn {
     /// An idle shell that is alive (a ping first when it has been idle for [`PING_AFTER`]),
     /// or a new one.
     fn take_shell(&self, open_timeout: Duration, deadline: Instant) -> Result<Shell, ExecError> {
+        let patience = Instant::now() + SHELL_PATIENCE;
         let mut io = self.lock();
         // Each turn closes an idle shell, opens one, or waits (bounded by the deadline).
         loop {
@@ -484,16 +490,18 @@ impl Conn {
                 }
                 return Ok(sh);
             }
-            if io.shells < MAX_SHELLS {
+            let now = Instant::now();
+            if io.shells == 0 || (io.shells < MAX_SHELLS && now >= patience) {
                 let sh = open_shell(&io.sess, open_timeout)?;
                 io.shells += 1;
                 return Ok(sh);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Err(ExecError::Deadline);
             }
-            io = self.freed.wait_timeout(io, left.min(Duration::from_secs(1))).unwrap_or_else(|p| p.into_inner()).0;
+            let wait = if io.shells < MAX_SHELLS { patience.saturating_duration_since(now) } else { Duration::from_secs(1) };
+            io = self.freed.wait_timeout(io, left.min(wait).max(Duration::from_millis(1))).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 
