@@ -615,8 +615,8 @@ impl Suite<'_> {
 /// Starts a command that records that it ran in `scratch_dir` and then waits; once it
 /// runs, calls `cut`, which must end the transport's connection to the host (for example:
 /// kill the server's processes of that connection). The command must come back within
-/// 20 s with a retryable error, must have run exactly once, and the next command must go
-/// through (the transport reconnects). `t` must serve a second command while the first
+/// 20 s with a retryable error, must have run exactly once and be stopped within 15 s (not
+/// run on unseen), and the next command must go through (the transport reconnects). `t` must serve a second command while the first
 /// runs (it checks that the first one started through `t`).
 pub async fn dropped_connection_mid_command<F, Fut>(t: &dyn Transport, scratch_dir: &str, cut: F)
 where
@@ -631,7 +631,9 @@ where
         std::process::id(),
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
     );
-    let long = Command::new("sh").args(["-c", "echo run >> \"$1\"; sleep 60", "sh", marker.as_str()]).timeout(Duration::from_secs(90));
+    let long = Command::new("sh")
+        .args(["-c", "echo $$ > \"$1.pid\"; echo run >> \"$1\"; sleep 60", "sh", marker.as_str()])
+        .timeout(Duration::from_secs(90));
     let running = t.exec(&long);
     let cut_when_started = async {
         let started = Instant::now();
@@ -654,7 +656,13 @@ where
     let o = t.exec(&Command::new("cat").args([marker.as_str()])).await;
     let o = o.unwrap_or_else(|e| panic!("{host}: {what}: the command after the cut failed: {e}"));
     assert_eq!((o.status, o.stdout.as_str()), (0, "run\n"), "{host}: {what}: the cut command ran exactly once: {o:?}");
+    // And it does not run on unseen: it is stopped within KILL_BOUND.
+    let pid = t.exec(&Command::new("cat").args([format!("{marker}.pid")])).await.map(|o| o.stdout.trim().to_string()).unwrap_or_default();
+    assert!(!pid.is_empty(), "{host}: {what}: the command wrote no pid");
+    let s = Suite { t, host: &host };
+    s.assert_gone(&[pid], what).await;
     let _ = t.remove_file(&marker).await;
+    let _ = t.remove_file(&format!("{marker}.pid")).await;
 }
 
 /// The CRC that POSIX `cksum` prints (polynomial 0x04C11DB7, the length appended).

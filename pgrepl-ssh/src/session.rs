@@ -621,22 +621,20 @@ fn open_shell(sess: &Session, open_timeout: Duration) -> Result<Shell, ExecError
     result
 }
 
-/// Looks at an idle shell without blocking: nothing to read and not at its end.
+/// Looks at an idle shell without blocking: nothing to read on either stream and not at
+/// its end.
 fn health(sh: &mut Shell) -> Health {
     let mut b = [0u8; 1];
-    match sh.ch.read(&mut b) {
-        Ok(0) if sh.ch.eof() => Health::ShellGone,
-        Ok(0) => Health::Alive,
-        Ok(_) => Health::ShellGone,
-        Err(e) if is_would_block(&e) => {
-            if sh.ch.eof() {
-                Health::ShellGone
-            } else {
-                Health::Alive
-            }
+    for stream in [0, 1] {
+        match sh.ch.stream(stream).read(&mut b) {
+            Ok(0) => {}
+            // Something wrote after its command ended.
+            Ok(_) => return Health::ShellGone,
+            Err(e) if is_would_block(&e) => {}
+            Err(e) => return Health::ConnGone(format!("the connection failed while idle: {e}")),
         }
-        Err(e) => Health::ConnGone(format!("the connection failed while idle: {e}")),
     }
+    if sh.ch.eof() { Health::ShellGone } else { Health::Alive }
 }
 
 /// Reads what is available without blocking (bounded by the channel window) into `to`;

@@ -26,19 +26,29 @@
 use pgrepl_core::render::shell_quote;
 
 /// The remote loop. `read` takes the header a byte at a time (shells never read ahead on
-/// a pipe), `head -c` the exact lengths (GNU head reads no further than asked).
+/// a pipe), `head -c` the exact lengths (GNU head reads no further than asked). A command
+/// without stdin runs beside a watcher reading the channel (nothing arrives on it while a
+/// command runs): at its end of file (the connection dropped) the watcher sends SIGTERM
+/// to the command (`runuser`, `sudo` and `timeout` pass it on to the program), so a
+/// command cut off by a lost connection stops instead of running on unseen.
 pub(crate) const LOOP: &str = r#"cd / || exit 1
+exec 3<&0
 while IFS=' ' read -r k n a b; do
   case $k in
     P) printf 'P %s\n' "$n" ;;
     C)
       l=$(head -c "$a"; echo x); l=${l%x}
       if [ "$b" = - ]; then
-        (eval "$l") </dev/null
+        (eval "$l") </dev/null &
+        c=$!
+        (IFS= read -r _ <&3; kill -TERM "$c" 2>/dev/null) &
+        w=$!
+        wait "$c"; s=$?
+        kill "$w" 2>/dev/null; wait "$w" 2>/dev/null
       else
         head -c "$b" | { (eval "$l"); s=$?; cat >/dev/null; exit "$s"; }
+        s=$?
       fi
-      s=$?
       printf '%s %s\n' "$n" "$s"
       printf '%s\n' "$n" >&2 ;;
     *) echo "pgrepl: unexpected frame" >&2; exit 2 ;;
