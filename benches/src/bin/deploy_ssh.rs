@@ -189,7 +189,7 @@ impl Masters {
     /// Runs `script` on `addr` through its master (opened on first use), with `stdin`.
     fn ssh(&self, addr: &str, script: &str, stdin: Option<&str>) -> Result<(i32, String), String> {
         let mut c = Proc::new("ssh");
-        c.args(self.base(addr)).arg(script).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        c.args(self.base(addr)).arg(format!("cd / && {script}")).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().map_err(|e| format!("ssh: {e}"))?;
         if let (Some(s), Some(mut w)) = (stdin, child.stdin.take()) {
@@ -363,7 +363,7 @@ fn floor_steps(m: &Masters) -> Result<(), String> {
             "runuser -u postgres -- psql -X -A -t -d postgres -c \"SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'\"",
             None,
         )?;
-        if out.trim() == "2" {
+        if out.lines().any(|l| l.trim() == "2") {
             for a in [s1, s2] {
                 let _ = m.ssh(a, "rm -f /var/lib/postgresql/.pgpass", None);
             }
