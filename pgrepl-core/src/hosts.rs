@@ -6,7 +6,7 @@
 //!
 //! | OS family | binaries | data | config | control |
 //! |---|---|---|---|---|
-//! | Debian/Ubuntu | `/usr/lib/postgresql/<v>/bin` | `/var/lib/postgresql/<v>/main` | `/etc/postgresql/<v>/main` | `systemctl … postgresql@<v>-main` with systemd, else `pg_ctlcluster <v> main` |
+//! | Debian/Ubuntu | `/usr/lib/postgresql/<v>/bin` | `/var/lib/postgresql/<v>/main` | `/etc/postgresql/<v>/main` | `systemctl … postgresql@<v>-main` with systemd, else `pg_ctl -D <data> -o '-c config_file=/etc/…'` (the cluster stays `pg_ctlcluster`'s too) |
 //! | RHEL-like (PGDG) | `/usr/pgsql-<v>/bin` | `/var/lib/pgsql/<v>/data` | the data directory | `systemctl … postgresql-<v>` with systemd, else `pg_ctl` |
 //!
 //! pgrepl starts the nodes itself: `up` turns off the OS's start at boot (Debian's `start.conf`

@@ -15,7 +15,10 @@ use crate::version::PgMajor;
 pub enum ServiceControl {
     /// `pg_ctl -D <data_dir>` (local provider, plain installs).
     PgCtl,
-    /// Debian's `pg_ctlcluster <version> <cluster>`.
+    /// A cluster of Debian's postgresql-common (`pg_lsclusters` lists it, `pg_ctlcluster
+    /// <version> <cluster>` controls it too), which pgrepl drives with `pg_ctl` directly:
+    /// the data directory and `-c config_file=/etc/postgresql/<version>/<cluster>/postgresql.conf`,
+    /// logging where `pg_ctlcluster` does.
     PgCtlCluster {
         /// The version directory name, such as `15`.
         version: String,

@@ -730,18 +730,7 @@ fn service_command(layout: &NodeLayout, verb: &str) -> CommandLine {
             }
             CommandLine { program: layout.server_tool("pg_ctl"), args, env: server_env(layout), user: layout.os_user.clone() }
         }
-        ServiceControl::PgCtlCluster { version, cluster } => CommandLine {
-            program: "/usr/bin/pg_ctlcluster".into(),
-            args: {
-                let mut a = vec![version.clone(), cluster.clone(), verb.to_string()];
-                if verb == "stop" {
-                    a.extend(["-m".into(), "fast".into()]);
-                }
-                a
-            },
-            env: Vec::new(),
-            user: layout.os_user.clone(),
-        },
+        ServiceControl::PgCtlCluster { version, cluster } => debian_pg_ctl(layout, version, cluster, verb),
         ServiceControl::Systemd { unit } => CommandLine {
             program: "/usr/bin/systemctl".into(),
             args: vec![verb.to_string(), unit.clone()],
@@ -750,6 +739,50 @@ fn service_command(layout: &NodeLayout, verb: &str) -> CommandLine {
         },
     }
 }
+
+/// Debian's cluster driven by `pg_ctl` directly, as Patroni does (`pg_ctlcluster` is a
+/// Perl wrapper that costs seconds per start): the data directory with the cluster's
+/// configuration file from `/etc/postgresql/<v>/<c>`, the log where `pg_ctlcluster` puts
+/// it, so `pg_lsclusters` and `pg_ctlcluster` keep seeing and controlling the cluster as
+/// theirs. Before a start, the `stats_temp_directory` the configuration names (up to 14,
+/// under `/var/run/postgresql`, gone after a reboot) is created, as `pg_ctlcluster` does.
+fn debian_pg_ctl(layout: &NodeLayout, version: &str, cluster: &str, verb: &str) -> CommandLine {
+    let pg_ctl = layout.server_tool("pg_ctl");
+    let conf = format!("{}/postgresql.conf", layout.config_dir);
+    let mut args = vec!["-D".to_string(), layout.data_dir.clone()];
+    match verb {
+        "start" => {
+            let log = layout.log_file.clone().unwrap_or_else(|| format!("/var/log/postgresql/postgresql-{version}-{cluster}.log"));
+            args.extend([
+                "-o".to_string(),
+                format!("-c config_file={}", shell_quote(&conf)),
+                "-l".into(),
+                log,
+                "-w".into(),
+                "-t".into(),
+                "300".into(),
+                "start".into(),
+            ]);
+            let mut line = vec!["-c".to_string(), DEBIAN_START_SCRIPT.to_string(), "pgrepl-start".into(), conf, pg_ctl];
+            line.extend(args);
+            CommandLine { program: "/bin/sh".into(), args: line, env: server_env(layout), user: layout.os_user.clone() }
+        }
+        _ => {
+            if verb == "stop" {
+                args.extend(["-m".into(), "fast".into(), "-w".into(), "-t".into(), "300".into()]);
+            }
+            args.push(verb.to_string());
+            CommandLine { program: pg_ctl, args, env: server_env(layout), user: layout.os_user.clone() }
+        }
+    }
+}
+
+/// Creates the `stats_temp_directory` the configuration file (`$1`) names, if any, then
+/// runs the rest of the arguments (`pg_ctl … start`).
+const DEBIAN_START_SCRIPT: &str = r#"conf=$1; shift
+d=$(sed -n "s/^[[:space:]]*stats_temp_directory[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" "$conf" 2>/dev/null | tail -n 1)
+if [ -n "$d" ] && [ ! -d "$d" ]; then mkdir -p -m 0700 -- "$d"; fi
+exec "$@""#;
 
 /// What starts the node's server at boot on its layout: Debian's `start.conf` (read by the
 /// init script and by systemd's postgresql generator) and, where systemd runs, the unit.
@@ -900,6 +933,37 @@ impl fmt::Display for RenderedNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debian_clusters_are_driven_by_pg_ctl_with_their_configuration_file() {
+        let l = NodeLayout::debian(PgMajor::V15, "/var/lib/postgresql/pgrepl-x");
+        let start = service_command(&l, "start");
+        assert_eq!((start.program.as_str(), start.user.as_str()), ("/bin/sh", "postgres"));
+        assert_eq!(start.args[..2], ["-c".to_string(), DEBIAN_START_SCRIPT.to_string()]);
+        assert_eq!(
+            start.args[2..],
+            [
+                "pgrepl-start",
+                "/etc/postgresql/15/main/postgresql.conf",
+                "/usr/lib/postgresql/15/bin/pg_ctl",
+                "-D",
+                "/var/lib/postgresql/15/main",
+                "-o",
+                "-c config_file=/etc/postgresql/15/main/postgresql.conf",
+                "-l",
+                "/var/log/postgresql/postgresql-15-main.log",
+                "-w",
+                "-t",
+                "300",
+                "start"
+            ]
+            .map(String::from)
+        );
+        let stop = service_command(&l, "stop");
+        assert_eq!(stop.program, "/usr/lib/postgresql/15/bin/pg_ctl");
+        assert_eq!(stop.args.join(" "), "-D /var/lib/postgresql/15/main -m fast -w -t 300 stop");
+        assert_eq!(service_command(&l, "reload").args.join(" "), "-D /var/lib/postgresql/15/main reload");
+    }
 
     #[test]
     fn guc_quoting() {

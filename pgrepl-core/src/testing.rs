@@ -197,6 +197,19 @@ impl Suite<'_> {
         // A command that does not read its stdin still finishes.
         let o = self.ok(&Command::new("true").stdin(vec![b'x'; BIG]), what).await;
         assert!(o.stdout.is_empty(), "{}: {what}: unread stdin", self.host);
+        // What a command left unread never reaches the next one (a transport that keeps
+        // one stream open for many commands must drain it), nor does a part left over.
+        let o = self.ok(&Command::new("cat").stdin(b"next".to_vec()), what).await;
+        assert_eq!(o.stdout, "next", "{}: {what}: the command after an unread stdin", self.host);
+        let o = self.ok(&Command::new("head").args(["-c", "10"]).stdin(big.clone()), what).await;
+        assert_eq!(o.stdout.as_bytes(), &big[..10], "{}: {what}: a command reading part of its stdin", self.host);
+        let o = self.ok(&Command::new("cat"), what).await;
+        assert_eq!(o.stdout, "", "{}: {what}: no stdin after a partly read one", self.host);
+        // Output without a final newline, and text that looks like a frame, come back as printed.
+        let o = self.ok(&Command::new("printf").args(["%s", "no newline 0\nC x 1 -\n"]), what).await;
+        assert_eq!(o.stdout, "no newline 0\nC x 1 -\n", "{}: {what}: output kept as printed", self.host);
+        let o = self.ok(&Command::new("sh").args(["-c", "printf 'a\\nb'; printf 'c' >&2"]), what).await;
+        assert_eq!((o.stdout.as_str(), o.stderr.as_str()), ("a\nb", "c"), "{}: {what}: no newline at the end", self.host);
     }
 
     async fn env_is_passed(&self, other_user: &str) {
@@ -594,6 +607,62 @@ impl Suite<'_> {
         let o = self.ok(&Command::new("echo").args(["after"]), what).await;
         assert_eq!(o.stdout, "after\n", "{}: {what}", self.host);
     }
+}
+
+/// A connection cut for real in the middle of a command, for transports that hold one
+/// (run it on a real host; the suite above covers the same through [`FlakyTransport`]).
+///
+/// Starts a command that records that it ran in `scratch_dir` and then waits; once it
+/// runs, calls `cut`, which must end the transport's connection to the host (for example:
+/// kill the server's processes of that connection). The command must come back within
+/// 20 s with a retryable error, must have run exactly once and be stopped within 15 s (not
+/// run on unseen), and the next command must go through (the transport reconnects). `t` must serve a second command while the first
+/// runs (it checks that the first one started through `t`).
+pub async fn dropped_connection_mid_command<F, Fut>(t: &dyn Transport, scratch_dir: &str, cut: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let host = t.host().to_string();
+    let what = "a connection cut mid-command";
+    let marker = format!(
+        "{}/pgrepl-suite-cut-{}-{}",
+        scratch_dir.trim_end_matches('/'),
+        std::process::id(),
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    );
+    let long = Command::new("sh")
+        .args(["-c", "echo $$ > \"$1.pid\"; echo run >> \"$1\"; sleep 60", "sh", marker.as_str()])
+        .timeout(Duration::from_secs(90));
+    let running = t.exec(&long);
+    let cut_when_started = async {
+        let started = Instant::now();
+        // Bounded: 10 s for the command to start.
+        while !t.exists(&marker, None).await.unwrap_or(false) {
+            assert!(started.elapsed() < Duration::from_secs(10), "{host}: {what}: the command did not start within 10 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cut().await;
+        Instant::now()
+    };
+    let (r, cut_at) = tokio::join!(async { tokio::time::timeout(Duration::from_secs(40), running).await }, cut_when_started);
+    let r = r.unwrap_or_else(|_| panic!("{host}: {what}: the command did not come back within 40 s of the cut"));
+    assert!(cut_at.elapsed() < Duration::from_secs(20), "{host}: {what}: the failure took {:?} after the cut", cut_at.elapsed());
+    match &r {
+        Err(e) if e.is_retryable() => {}
+        other => panic!("{host}: {what}: expected a retryable error, got {other:?}"),
+    }
+    // The next command reconnects, and the first one ran exactly once.
+    let o = t.exec(&Command::new("cat").args([marker.as_str()])).await;
+    let o = o.unwrap_or_else(|e| panic!("{host}: {what}: the command after the cut failed: {e}"));
+    assert_eq!((o.status, o.stdout.as_str()), (0, "run\n"), "{host}: {what}: the cut command ran exactly once: {o:?}");
+    // And it does not run on unseen: it is stopped within KILL_BOUND.
+    let pid = t.exec(&Command::new("cat").args([format!("{marker}.pid")])).await.map(|o| o.stdout.trim().to_string()).unwrap_or_default();
+    assert!(!pid.is_empty(), "{host}: {what}: the command wrote no pid");
+    let s = Suite { t, host: &host };
+    s.assert_gone(&[pid], what).await;
+    let _ = t.remove_file(&marker).await;
+    let _ = t.remove_file(&format!("{marker}.pid")).await;
 }
 
 /// The CRC that POSIX `cksum` prints (polynomial 0x04C11DB7, the length appended).

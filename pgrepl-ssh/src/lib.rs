@@ -31,8 +31,9 @@
 //!   locally), and a command that may have started is never run a second time.
 //!
 //! Modules: `config` ([`SshConfig`], [`SshAuth`], [`HostKeyPolicy`]), `transport`
-//! ([`SshTransport`]); internally `command` (the remote command line), `session` (the
-//! blocking libssh2 side) and `known_hosts`.
+//! ([`SshTransport`]); internally `command` (the remote command line), `shell` (the framed
+//! remote shell every command runs in), `session` (the blocking libssh2 side) and
+//! `known_hosts`.
 
 #![warn(missing_docs)]
 
@@ -41,6 +42,7 @@ mod config;
 mod connector;
 mod known_hosts;
 mod session;
+mod shell;
 mod transport;
 
 pub use config::{ConfigError, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, HostKeyPolicy, SshAuth, SshConfig, SshConfigBuilder};

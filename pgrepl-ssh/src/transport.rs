@@ -90,9 +90,14 @@ exec cat -- "$1""#;
 ///   else `sudo -n [-u U] --`. Stdin is written then closed; stdout and stderr are read
 ///   separately. The remote `timeout` enforces [`Command::timeout`]; a local deadline
 ///   (limit + 5 s + `connect_timeout`) covers a dead connection.
-/// - **One session**, used by one call at a time (calls queue without blocking the
-///   runtime; every libssh2 call runs in `spawn_blocking`). After a connection failure
-///   the next call reconnects once. A command that may have started is never run again.
+/// - **One session, long-lived shells.** Commands run in framed remote shells kept open on
+///   the session's channels (see the `shell` module): after the first command a command
+///   is one exchange on an open channel (a few ms on a LAN), not a new channel and a new
+///   login session on the server. Concurrent calls run at once on up to 4 shells of the
+///   one session (every libssh2 call runs in `spawn_blocking`). An idle shell is checked
+///   (and pinged after a second of idleness) before a command goes to it; a connection
+///   found dead then is replaced once, transparently. A command that may have started is
+///   never run again: its caller gets a retryable error.
 /// - `write_file` and `read_file` work with root privileges when a file's owner is another
 ///   user (and `read_file` always), through the same `become` rules.
 ///
@@ -116,13 +121,15 @@ exec cat -- "$1""#;
 /// ```
 pub struct SshTransport {
     config: Arc<SshConfig>,
-    conn: Arc<Mutex<Option<Conn>>>,
+    /// The live connection; the lock is held only to find or replace it (and while
+    /// connecting, so that callers arriving together share one login).
+    conn: Mutex<Option<Arc<Conn>>>,
 }
 
 impl SshTransport {
     /// A transport for `config`; it connects on first use.
     pub fn new(config: SshConfig) -> Self {
-        SshTransport { config: Arc::new(config), conn: Arc::new(Mutex::new(None)) }
+        SshTransport { config: Arc::new(config), conn: Mutex::new(None) }
     }
 
     /// A transport for `config`, connected now: the host is reachable, its key verified and
@@ -140,72 +147,89 @@ impl SshTransport {
 
     /// Opens the session if there is none.
     pub async fn ensure_connected(&self) -> Result<(), TransportError> {
-        let mut slot = self.conn.clone().lock_owned().await;
-        let config = self.config.clone();
-        blocking(move || {
-            if slot.is_none() {
-                *slot = Some(session::connect(&config)?);
-            }
-            Ok(())
-        })
-        .await
+        self.live().await.map(|_| ())
     }
 
     /// Closes the session (politely, within `connect_timeout`); the next call reconnects.
     pub async fn disconnect(&self) {
-        let mut slot = self.conn.clone().lock_owned().await;
+        let Some(conn) = self.conn.lock().await.take() else {
+            return;
+        };
         let timeout = self.config.connect_timeout();
-        let _ = blocking(move || {
-            if let Some(c) = slot.take() {
-                c.disconnect(timeout);
-            }
-            Ok(())
+        let _ = tokio::task::spawn_blocking(move || conn.disconnect(timeout)).await;
+    }
+
+    /// The live connection (and whether it was already open), connecting when there is none.
+    async fn live(&self) -> Result<(Arc<Conn>, bool), TransportError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_broken()) {
+            return Ok((c.clone(), true));
+        }
+        if let Some(old) = slot.take() {
+            old.abandon();
+        }
+        let config = self.config.clone();
+        let fresh = tokio::task::spawn_blocking(move || session::connect(&config))
+            .await
+            .unwrap_or_else(|e| Err(TransportError::Other(format!("the SSH worker task failed: {e}"))))?;
+        let fresh = Arc::new(fresh);
+        *slot = Some(fresh.clone());
+        Ok((fresh, false))
+    }
+
+    /// Gives `conn` up (and forgets it, unless another call already replaced it).
+    async fn forget(&self, conn: &Arc<Conn>) {
+        conn.abandon();
+        let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *slot = None;
+        }
+    }
+
+    /// Runs a prepared command line on `conn`; a failure that poisons the session drops it.
+    async fn attempt(
+        &self,
+        conn: Arc<Conn>,
+        line: Arc<String>,
+        stdin: Arc<Option<Vec<u8>>>,
+        limit: Duration,
+    ) -> Result<RawOutput, RunError> {
+        let open_timeout = self.config.connect_timeout();
+        let c = conn.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let req = Request { line: &line, stdin: stdin.as_deref(), local_limit: limit + KILL_AFTER + open_timeout };
+            c.run(&req, open_timeout)
         })
         .await;
+        let result = match joined {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(RunError::Transport(TransportError::Other(format!(
+                    "{}: the SSH worker task failed: {e}",
+                    self.config.endpoint()
+                ))));
+            }
+        };
+        if let Err(e) = &result {
+            if e.poisons_session() {
+                self.forget(&conn).await;
+            }
+        }
+        result.map_err(RunError::Exec)
     }
 
     /// Runs a prepared command line, reconnecting once if the session turns out to be dead
-    /// before the command started.
-    async fn run_line(&self, line: String, stdin: Vec<u8>, limit: Duration) -> Result<RawOutput, RunError> {
-        let mut slot = self.conn.clone().lock_owned().await;
-        let config = self.config.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            let open_timeout = config.connect_timeout();
-            let req = Request { line: &line, stdin: &stdin, local_limit: limit + KILL_AFTER + open_timeout };
-            let reused = slot.is_some();
-            if slot.is_none() {
-                *slot = Some(session::connect(&config).map_err(RunError::Transport)?);
+    /// before anything of the command was sent.
+    async fn run_line(&self, line: String, stdin: Option<Vec<u8>>, limit: Duration) -> Result<RawOutput, RunError> {
+        let (line, stdin) = (Arc::new(line), Arc::new(stdin));
+        let (conn, reused) = self.live().await.map_err(RunError::Transport)?;
+        match self.attempt(conn, line.clone(), stdin.clone(), limit).await {
+            Err(RunError::Exec(ExecError::NotStarted(e))) if reused => {
+                tracing::debug!(endpoint = %self.config.endpoint(), error = %e, "ssh session is gone; reconnecting");
+                let (fresh, _) = self.live().await.map_err(RunError::Transport)?;
+                self.attempt(fresh, line, stdin, limit).await
             }
-            let Some(conn) = slot.as_ref() else {
-                return Err(RunError::Transport(TransportError::Other("no session".into())));
-            };
-            let first = conn.run(&req, open_timeout);
-            let result = match first {
-                Err(ExecError::NotStarted(e)) if reused => {
-                    tracing::debug!(endpoint = %config.endpoint(), error = %e, "ssh session is gone; reconnecting");
-                    if let Some(old) = slot.take() {
-                        old.abandon();
-                    }
-                    let fresh = slot.insert(session::connect(&config).map_err(RunError::Transport)?);
-                    fresh.run(&req, open_timeout)
-                }
-                other => other,
-            };
-            if let Err(e) = &result {
-                if e.poisons_session() {
-                    if let Some(old) = slot.take() {
-                        old.abandon();
-                    }
-                }
-            }
-            result.map_err(RunError::Exec)
-        })
-        .await;
-        match joined {
-            Ok(r) => r,
-            Err(e) => {
-                Err(RunError::Transport(TransportError::Other(format!("{}: the SSH worker task failed: {e}", self.config.endpoint()))))
-            }
+            other => other,
         }
     }
 
@@ -214,16 +238,15 @@ impl SshTransport {
         let endpoint = self.config.endpoint();
         let line = command::command_line(self.config.user(), cmd)
             .map_err(|p| TransportError::Other(format!("{endpoint}: cannot run `{}`: {p}", cmd.program)))?;
-        let stdin = cmd.stdin.clone().unwrap_or_default();
         let program = program_name(&cmd.program);
         tracing::debug!(endpoint = %endpoint, program, user = ?cmd.user, "ssh exec");
-        let out = match self.run_line(line, stdin, cmd.timeout).await {
+        let out = match self.run_line(line, cmd.stdin.clone(), cmd.timeout).await {
             Ok(out) => out,
             Err(RunError::Transport(e)) => return Err(e),
             Err(RunError::Exec(e)) => return Err(self.exec_error(e, &program, cmd.timeout)),
         };
-        let timed_out = (TIMEOUT_STATUSES.contains(&out.status) || out.signal.is_some()) && out.elapsed >= cmd.timeout;
-        tracing::debug!(endpoint = %endpoint, program, status = out.status, signal = ?out.signal, elapsed_ms = out.elapsed.as_millis() as u64, "ssh exec done");
+        let timed_out = TIMEOUT_STATUSES.contains(&out.status) && out.elapsed >= cmd.timeout;
+        tracing::debug!(endpoint = %endpoint, program, status = out.status, elapsed_ms = out.elapsed.as_millis() as u64, "ssh exec done");
         if timed_out {
             return Err(TransportError::Timeout { program, after: cmd.timeout });
         }
@@ -236,13 +259,16 @@ impl SshTransport {
             ExecError::Deadline => TransportError::Timeout { program: program.to_string(), after: limit },
             ExecError::NotStarted(e) => TransportError::Io(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
-                format!("{endpoint}: cannot open an SSH channel to run `{program}`: {}", e.message()),
+                format!("{endpoint}: cannot reach a shell to run `{program}`: {e}"),
             )),
             ExecError::Refused(e) => TransportError::Other(format!("{endpoint}: the server refused to run `{program}`: {}", e.message())),
             ExecError::Broken(e) => TransportError::Io(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!("{endpoint}: connection lost while running `{program}` (it may or may not have run): {e}"),
             )),
+            ExecError::Protocol(e) => {
+                TransportError::Other(format!("{endpoint}: the remote shell's answer to `{program}` cannot be read: {e}"))
+            }
             ExecError::TooMuchOutput(stream) => TransportError::Other(format!(
                 "{endpoint}: `{program}` printed more than {} MiB on {stream}; it was stopped",
                 session::MAX_OUTPUT / (1024 * 1024)
@@ -254,14 +280,6 @@ impl SshTransport {
 enum RunError {
     Transport(TransportError),
     Exec(ExecError),
-}
-
-/// Runs blocking session code off the async runtime.
-async fn blocking<F>(f: F) -> Result<(), TransportError>
-where
-    F: FnOnce() -> Result<(), TransportError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(TransportError::Other(format!("the SSH worker task failed: {e}"))))
 }
 
 fn program_name(program: &str) -> String {

@@ -290,3 +290,30 @@ async fn concurrent_calls_share_the_session() {
     }
     assert_eq!(sshd.log().matches("Accepted publickey for root").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_a_connection_cut_mid_command_fails_it_and_the_next_reconnects() {
+    let sshd = Sshd::start();
+    let t = SshTransport::connect(sshd.config("root").build().unwrap()).await.unwrap();
+    pgrepl_core::testing::dropped_connection_mid_command(&t, "/tmp", || async { assert!(sshd.kill_sessions() > 0, "a session to cut") })
+        .await;
+    assert_eq!(sshd.log().matches("Accepted publickey for root").count(), 2, "{}", sshd.log());
+}
+
+#[tokio::test]
+async fn output_of_a_background_process_after_its_command_never_reaches_the_next_command() {
+    let sshd = Sshd::start();
+    let t = SshTransport::connect(sshd.config("root").build().unwrap()).await.unwrap();
+    // The command ends at once; a child it left writes on its stdout, or its stderr, later.
+    for late in ["echo late", "echo late >&2"] {
+        let script = format!("(sleep 0.3; {late}) & echo now");
+        let o = t.exec(&Command::new("sh").args(["-c", script.as_str()])).await.unwrap();
+        assert_eq!((o.status, o.stdout.as_str()), (0, "now\n"));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for i in 0..3 {
+            let o = t.exec(&Command::new("echo").args([i.to_string()])).await.unwrap();
+            assert_eq!((o.stdout, o.stderr), (format!("{i}\n"), String::new()), "after `{late}`");
+        }
+    }
+    assert_eq!(sshd.log().matches("Accepted publickey for root").count(), 1, "the connection itself is kept");
+}

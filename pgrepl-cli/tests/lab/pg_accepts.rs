@@ -232,6 +232,7 @@ fn check_major(major: PgMajor, bin: &Path, client: &Path, label: &str) {
                         assert!(r.settings.iter().any(|(k, _)| k == name), "{ctx}: {name} missing from pgrepl.conf of a 12+ standby");
                     }
                 }
+                // A witness runs no PostgreSQL; nothing of recovery to check.
                 (Role::Primary | Role::Witness, _) => {}
             }
         }

@@ -13,6 +13,7 @@
 //! a host); `conf_edits` (pgrepl's edits to files it shares with the distribution);
 //! `report` (progress and what `up` did).
 
+pub mod clone_size;
 mod conf_edits;
 mod created;
 mod destroy;

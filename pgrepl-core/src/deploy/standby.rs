@@ -1,9 +1,10 @@
 //! The standby's steps of `up` and of the HA executor: clone or settings, the guarded
-//! removal of an unfinished clone, the clone itself with its progress, the wait for
-//! streaming.
+//! removal of an unfinished clone, the clone itself with its progress (measured by
+//! `clone_size`), the wait for streaming.
 
 use std::time::{Duration, Instant};
 
+use super::clone_size::{CLONE_SIZE_SCRIPT, clone_progress, parse_dir_size};
 use super::{Action, CLONE_PROGRESS_INTERVAL, CLONE_TIMEOUT, DataDir, POLL_INTERVAL, Run, STREAMING_DEADLINE, tr};
 use crate::cluster::Node;
 use crate::error::{Error, Refusal};
@@ -180,15 +181,16 @@ impl Run<'_> {
         // clone that fails midway is still known as pgrepl's).
         self.record_created(h, |c| c.data_dir = Some(l.data_dir.clone())).await?;
         let clone = r.commands.clone.as_ref().expect("standbys have a clone command");
-        // The source's size, to report the clone's progress against (best effort).
-        let total = match (self.handle(upstream), self.cluster.node(upstream)) {
-            (Ok(uh), Some(un)) => self
-                .sql(uh, un.port, "SELECT sum(pg_catalog.pg_database_size(oid))::bigint FROM pg_catalog.pg_database;", "measure the source")
-                .await
-                .ok()
-                .and_then(|rows| rows.first().and_then(|r| r.first().cloned().flatten()))
-                .and_then(|v| v.parse::<u64>().ok()),
-            _ => None,
+        // What pg_basebackup will copy of the source (WAL apart), to report the clone's
+        // progress against (best effort).
+        let wal_dir = self.cluster.caps().map(|c| c.wal_dir).unwrap_or("pg_wal");
+        let size_of = |h: &NodeHandle| Command {
+            user: h.transport.admin_user().map(str::to_string),
+            ..Command::new("sh").args(["-c", CLONE_SIZE_SCRIPT, "pgrepl-clone-size", h.layout.data_dir.as_str(), wal_dir])
+        };
+        let total = match self.handle(upstream) {
+            Ok(uh) => uh.transport.exec(&size_of(uh)).await.ok().and_then(|o| parse_dir_size(&o.stdout)).map(|s| s.data),
+            Err(_) => None,
         };
         let step = format!("clone from {upstream} (pg_basebackup)");
         self.step(&n.name, &step, actions, async {
@@ -205,10 +207,9 @@ impl Run<'_> {
                         return Ok(());
                     }
                     _ = tick.tick() => {
-                        let du = Command { user: t.admin_user().map(str::to_string), ..Command::new("du").args(["-s", "-B1", l.data_dir.as_str()]) };
-                        if let Ok(out) = t.exec(&du).await {
-                            if let Some(done) = out.stdout.split_whitespace().next().and_then(|b| b.parse::<u64>().ok()) {
-                                self.progress.update(&n.name, &step, &clone_progress(done, total));
+                        if let Ok(out) = t.exec(&size_of(h)).await {
+                            if let Some(copied) = parse_dir_size(&out.stdout) {
+                                self.progress.update(&n.name, &step, &clone_progress(copied, total));
                             }
                         }
                     }
@@ -248,28 +249,5 @@ impl Run<'_> {
             waited: start.elapsed(),
             waiting_for: format!("streaming from {upstream} (see the standby's server log)"),
         })
-    }
-}
-
-/// "1.2 GB of 3.4 GB (35%)", or only the bytes when the total is unknown.
-fn clone_progress(done: u64, total: Option<u64>) -> String {
-    let gb = |b: u64| {
-        if b >= 1 << 30 { format!("{:.1} GB", b as f64 / (1u64 << 30) as f64) } else { format!("{:.0} MB", b as f64 / (1u64 << 20) as f64) }
-    };
-    match total {
-        Some(t) if t > 0 => format!("{} of {} ({}%)", gb(done), gb(t), (done.saturating_mul(100) / t).min(100)),
-        _ => gb(done),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clone_progress_reads_well() {
-        assert_eq!(clone_progress(300 << 20, Some(600 << 20)), "300 MB of 600 MB (50%)");
-        assert_eq!(clone_progress(3 << 30, Some(2 << 30)), "3.0 GB of 2.0 GB (100%)");
-        assert_eq!(clone_progress(5 << 20, None), "5 MB");
     }
 }
