@@ -30,6 +30,34 @@ pub struct Ctx {
     pub scratch: Scratch,
 }
 
+/// Runs a bench's future on a multi-threaded runtime; Ctrl-C drops it (its guards stop
+/// the agents and clusters). Prints `name: error` and fails on an error.
+pub fn run_bench<F>(name: &str, bench: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        tokio::select! {
+            r = bench => r,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        }
+    });
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// The `pgrepl` binary: `explicit`, or `pgrepl` beside the running program.
 pub fn pgrepl_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
     let p = match explicit {

@@ -84,27 +84,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("autofailover: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Ctrl-C drops the bench's future: its guards stop the agents and clusters.
-    let r = rt.block_on(async {
-        tokio::select! {
-            r = bench(&cli) => r,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
-        }
-    });
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("autofailover: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    pgrepl_benches::ha::run_bench("autofailover", bench(&cli))
 }
 
 async fn bench(cli: &Cli) -> Result<(), String> {

@@ -72,26 +72,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("routing: tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async {
-        tokio::select! {
-            r = bench(&cli) => r,
-            _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
-        }
-    });
-    match r {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("routing: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    pgrepl_benches::ha::run_bench("routing", bench(&cli))
 }
 
 async fn bench(cli: &Cli) -> Result<(), String> {
