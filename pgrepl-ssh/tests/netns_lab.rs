@@ -58,7 +58,10 @@ impl Lab {
         assert_eq!(status.status.code(), Some(3), "status after down: {}", describe(&status));
         let ns = Process::new("ip").args(["netns", "list"]).output().unwrap();
         let ns = String::from_utf8_lossy(&ns.stdout);
-        assert!(!ns.contains("pgl-"), "namespaces left: {ns}");
+        // This lab's namespaces only (the second lab, PGREPL_NETNS_SET=ha, may be up).
+        let left: Vec<&str> =
+            ns.lines().filter(|l| ["pgl-a ", "pgl-b ", "pgl-c "].iter().any(|p| l.starts_with(p) || l.trim() == p.trim())).collect();
+        assert!(left.is_empty(), "namespaces left: {left:?}");
         let br = Process::new("ip").args(["link", "show", "pglbr0"]).output().unwrap();
         assert!(!br.status.success(), "the bridge is left");
         let lab = lab_dir().join("netns");
