@@ -58,6 +58,34 @@ where
     }
 }
 
+impl Ctx {
+    /// The lab's etcd on `etcd_base`, PostgreSQL's tools, the `pgrepl` binary and a
+    /// scratch directory named after the bench: what every cluster of a run shares.
+    pub fn start(
+        bench: &str,
+        common: &crate::BenchArgs,
+        pgrepl: Option<&Path>,
+        etcd_base: u16,
+        (ttl, loop_wait, sync): (f64, f64, &str),
+    ) -> Result<(Ctx, Etcd), String> {
+        let pg = PgTools::discover(&common.pg_bin_or_lab("15"), common.pg_client_bin.as_deref())?;
+        let pgrepl = pgrepl_binary(pgrepl)?;
+        let etcd = Etcd::start(etcd_base)?;
+        let scratch = Scratch::new(&format!("pgrepl-bench-{bench}"), Path::new(&pg.b.bin_dir), &pg.env_ref())?;
+        let ctx = Ctx {
+            pg,
+            pgrepl,
+            endpoints: etcd.endpoints.clone(),
+            ttl,
+            loop_wait,
+            sync: sync.to_string(),
+            app_password: format!("bench-app-{}", std::process::id()),
+            scratch,
+        };
+        Ok((ctx, etcd))
+    }
+}
+
 /// The `pgrepl` binary: `explicit`, or `pgrepl` beside the running program.
 pub fn pgrepl_binary(explicit: Option<&Path>) -> Result<PathBuf, String> {
     let p = match explicit {

@@ -38,15 +38,15 @@
 //! as root (PostgreSQL runs as `postgres`). Every wait is bounded; every process stopped
 //! is one this program started, by PID.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use pgrepl_benches::floor::{FloorPair, FloorRun};
-use pgrepl_benches::ha::{Ctx, Etcd, HaCluster, guard_pid, kill9, pgrepl_binary};
+use pgrepl_benches::ha::{Ctx, HaCluster, guard_pid, kill9};
 use pgrepl_benches::writer::{APP_USER, Ack, Writer, error_summary, setup_sql};
-use pgrepl_benches::{PgTools, Scratch, free_ports, max, median, min, pg_user, secs_between};
+use pgrepl_benches::{free_ports, max, median, min, pg_user, secs_between};
 
 const SYNC: &str = r#"{ mode = "any", count = 1 }"#;
 /// Limits: a cluster getting ready, writes resuming after a fault, the killed node
@@ -88,20 +88,7 @@ fn main() -> ExitCode {
 }
 
 async fn bench(cli: &Cli) -> Result<(), String> {
-    let pg = PgTools::discover(&cli.common.pg_bin_or_lab("15"), cli.common.pg_client_bin.as_deref())?;
-    let pgrepl = pgrepl_binary(cli.pgrepl.as_deref())?;
-    let etcd = Etcd::start(cli.etcd_base)?;
-    let scratch = Scratch::new("pgrepl-bench-autofailover", Path::new(&pg.b.bin_dir), &pg.env_ref())?;
-    let ctx = Ctx {
-        pg,
-        pgrepl,
-        endpoints: etcd.endpoints.clone(),
-        ttl: cli.ttl,
-        loop_wait: cli.loop_wait,
-        sync: SYNC.to_string(),
-        app_password: format!("bench-app-{}", std::process::id()),
-        scratch,
-    };
+    let (ctx, etcd) = Ctx::start("autofailover", &cli.common, cli.pgrepl.as_deref(), cli.etcd_base, (cli.ttl, cli.loop_wait, SYNC))?;
     println!("autofailover: write downtime of pgrepl's automatic failover vs the promote floor, same binaries, same run");
     pgrepl_benches::print_environment(&ctx.pg.b);
     println!("pgrepl:   {}", ctx.pgrepl.display());

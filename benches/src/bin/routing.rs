@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pgrepl_benches::ha::{Ctx, Etcd, HaCluster, NODES, guard_pid, kill9, pgrepl_binary};
+use pgrepl_benches::ha::{Ctx, HaCluster, NODES, guard_pid, kill9};
 use pgrepl_benches::writer::{APP_USER, Ack, Writer, error_summary, setup_sql};
-use pgrepl_benches::{PgTools, Scratch, free_ports, max, median, min, pg_user, secs_between};
+use pgrepl_benches::{free_ports, max, median, min, pg_user, secs_between};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SYNC: &str = r#"{ mode = "any", count = 1 }"#;
@@ -79,20 +79,7 @@ async fn bench(cli: &Cli) -> Result<(), String> {
     if !cli.haproxy.is_file() {
         return Err(format!("{}: no such file: run scripts/lab/install.sh, or pass --haproxy", cli.haproxy.display()));
     }
-    let pg = PgTools::discover(&cli.common.pg_bin_or_lab("15"), cli.common.pg_client_bin.as_deref())?;
-    let pgrepl = pgrepl_binary(cli.pgrepl.as_deref())?;
-    let etcd = Etcd::start(cli.etcd_base)?;
-    let scratch = Scratch::new("pgrepl-bench-routing", Path::new(&pg.b.bin_dir), &pg.env_ref())?;
-    let ctx = Ctx {
-        pg,
-        pgrepl,
-        endpoints: etcd.endpoints.clone(),
-        ttl: cli.ttl,
-        loop_wait: cli.loop_wait,
-        sync: SYNC.to_string(),
-        app_password: format!("bench-app-{}", std::process::id()),
-        scratch,
-    };
+    let (ctx, etcd) = Ctx::start("routing", &cli.common, cli.pgrepl.as_deref(), cli.etcd_base, (cli.ttl, cli.loop_wait, SYNC))?;
     println!("routing: write gaps through HAProxy next to the multi-host libpq string, same cluster, same faults, same run");
     pgrepl_benches::print_environment(&ctx.pg.b);
     println!("pgrepl:   {}", ctx.pgrepl.display());
