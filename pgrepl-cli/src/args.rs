@@ -252,6 +252,10 @@ pub enum Cmd {
         /// The node.
         #[arg(long, required_unless_present = "guard")]
         node: Option<String>,
+        /// The agent runs on its node's own host (SSH and EC2 clusters: how `up` starts it
+        /// there): it reaches its own node through this machine and no other.
+        #[arg(long)]
+        on_host: bool,
         /// Run as the agent's guard (internal: started by the agent itself).
         #[arg(long, hide = true, requires = "data_dir")]
         guard: bool,

@@ -14,7 +14,17 @@ use pgrepl_core::store::{ConsensusStore, Keys, LeaderRecord, StoreLock, StoreVie
 /// How long the key `up` writes for the first primary lives before its agent adopts it.
 const BOOTSTRAP_LEASE: Duration = Duration::from_secs(30);
 
-/// The store the cluster's `[ha.etcd]` names.
+/// Set by an agent: `true` on its node's own host (the etcd client certificate is the
+/// one `up` put there, not the admin's).
+static AGENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// This process is an agent (`on_host`: on its node's own host).
+pub fn set_agent(on_host: bool) {
+    let _ = AGENT.set(on_host);
+}
+
+/// The store the cluster's `[ha.etcd]` names (an etcd pgrepl deployed: with the
+/// cluster's CA and the admin's client certificate, or on a host the agent's).
 pub fn open_store(d: &Deployment) -> anyhow::Result<Arc<dyn ConsensusStore>> {
     let ha = d.cluster().ha.as_ref().context("the cluster has no [ha] section")?;
     let e = &ha.etcd;
@@ -37,6 +47,25 @@ pub fn open_store(d: &Deployment) -> anyhow::Result<Arc<dyn ConsensusStore>> {
     opts.ca_file = e.ca_file.clone();
     opts.cert_file = e.cert_file.clone();
     opts.key_file = e.key_file.clone();
+    if AGENT.get().is_none() {
+        // A command, not an agent's loop: a member that hangs may take longer.
+        opts.request_timeout = opts.request_timeout.max(Duration::from_secs(2));
+    }
+    if e.deploy {
+        if AGENT.get() == Some(&true) {
+            let f = pgrepl_core::render::EtcdFiles::of(&d.cluster().name);
+            opts.ca_file = Some(f.ca.into());
+            opts.cert_file = Some(f.client_cert.into());
+            opts.key_file = Some(f.client_key.into());
+        } else {
+            // The cluster's CA is made on first use (`up` deploys etcd with it).
+            let pki = pgrepl_etcd::pki::AdminPki::in_state_dir(d.state_dir());
+            pki.load_or_create(&d.cluster().name, true).with_context(|| format!("the cluster's etcd CA in {}", pki.dir.display()))?;
+            opts.ca_file = Some(pki.ca_cert());
+            opts.cert_file = Some(pki.admin_cert());
+            opts.key_file = Some(pki.admin_key());
+        }
+    }
     opts.user = e.user.clone();
     opts.password = password.map(pgrepl_core::secret::Secret::new);
     Ok(Arc::new(pgrepl_etcd::EtcdStore::new(&opts)?))
@@ -65,6 +94,7 @@ impl GuardControl for Guard {
 
 /// `pgrepl agent --node NODE`: runs until SIGTERM or SIGINT.
 pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
+    set_agent(false);
     let store = open_store(&d)?;
     let data_dir = agent_data_dir(&d, node).await?;
     let exe = std::env::current_exe().context("where this program is")?;
@@ -332,8 +362,15 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
             pgrepl_core::oplock::fmt_utc(last.at)
         ));
     }
+    let local = matches!(d.cluster().provider(), pgrepl_core::spec::ProviderSpec::Local(_));
     for n in &d.cluster().nodes {
-        let agent = if agent_pid(d, &n.name).is_some() { "agent runs here" } else { "no agent here" };
+        // Local clusters: whether this machine runs the node's agent; hosts: its endpoint.
+        let agent = match (local, v.member(&n.name).and_then(|m| m.agent.clone())) {
+            (true, _) if agent_pid(d, &n.name).is_some() => "agent runs here".to_string(),
+            (true, _) => "no agent here".to_string(),
+            (false, Some(a)) => format!("agent at {a}"),
+            (false, None) => "agent on its host".to_string(),
+        };
         match v.member(&n.name) {
             Some(m) => lines.push(format!(
                 "ha: member {}: {:?}, timeline {}, lsn {}{} ({agent})",

@@ -7,6 +7,7 @@
 mod args;
 mod backup;
 mod ha;
+mod hosts_ha;
 mod output;
 mod supervise;
 
@@ -146,13 +147,31 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             if common.output == OutputFormat::Text {
                 eprintln!("cluster file: {}", spec_path.display());
             }
+            // The etcd cluster pgrepl deploys on the hosts comes first: everything after
+            // reads or writes the store.
+            let etcd_done = hosts_ha::ensure_etcd(&d).await?;
+            if common.output == OutputFormat::Text {
+                for a in etcd_done.iter().filter(|a| !a.actions.is_empty()) {
+                    eprintln!("{}: {}", a.host, a.actions.join(", "));
+                }
+            }
             // Agents running the cluster own its servers: `up` then only starts the agents
             // that do not run (a node brought back); `pause` first to converge the nodes.
-            if ha::agents_lead(&d).await? {
+            let agents_own = if hosts_ha::on_hosts(&d) { ha::agents_in_charge(&d).await? } else { ha::agents_lead(&d).await? };
+            if agents_own {
                 let started = if matches!(d.cluster().provider(), ProviderSpec::Local(_)) {
                     ha::start_agents(&d, &spec_path, &agent_args(&common))?
                 } else {
-                    Vec::new()
+                    let (done, unreachable) = hosts_ha::ensure_agents(&d, &read_spec(&spec_path)?).await?;
+                    if common.output == OutputFormat::Text {
+                        for a in done.iter().filter(|a| !a.actions.is_empty()) {
+                            eprintln!("{}: {}", a.host, a.actions.join(", "));
+                        }
+                    }
+                    for (h, e) in &unreachable {
+                        eprintln!("warning: {h} cannot be reached: {e}");
+                    }
+                    done.into_iter().filter(|a| a.actions.iter().any(|x| x.contains("agent"))).map(|a| a.host).collect()
                 };
                 spinners.clear();
                 let (lines, json) = ha::status_lines(&d).await;
@@ -184,6 +203,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     let started = ha::start_agents(&d, &spec_path, &agent_args(&common))?;
                     if common.output == OutputFormat::Text && !started.is_empty() {
                         eprintln!("agents started: {} (logs in {})", started.join(", "), d.state_dir().join("agents").display());
+                    }
+                } else {
+                    let (done, unreachable) = hosts_ha::ensure_agents(&d, &read_spec(&spec_path)?).await?;
+                    if common.output == OutputFormat::Text {
+                        for a in done.iter().filter(|a| !a.actions.is_empty()) {
+                            eprintln!("{}: {}", a.host, a.actions.join(", "));
+                        }
+                    }
+                    for (h, e) in &unreachable {
+                        eprintln!("warning: {h} cannot be reached: {e}");
                     }
                 }
             }
@@ -304,7 +333,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Down { common } => {
             let (d, _) = open(&common, false).await?;
-            if d.cluster().ha.is_some() {
+            if hosts_ha::on_hosts(&d) {
+                stop_host_services(&d, false).await?;
+            } else if d.cluster().ha.is_some() {
                 ha::stop_agents(&d, Duration::from_secs(60)).await;
             }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
@@ -323,13 +354,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 eprintln!("not destroyed");
                 return Ok(3);
             }
-            if d.cluster().ha.is_some() {
+            if hosts_ha::on_hosts(&d) {
+                stop_host_services(&d, false).await?;
+            } else if d.cluster().ha.is_some() {
                 ha::stop_agents(&d, Duration::from_secs(60)).await;
             }
             let spinners = Spinners::new(common.output == OutputFormat::Text);
             let left = d.destroy(&spinners).await?;
             spinners.clear();
-            if d.cluster().ha.is_some() {
+            if hosts_ha::deploys_etcd(&d) {
+                // The etcd members go with the cluster (their data holds only its keys).
+                stop_host_services(&d, true).await?;
+            } else if d.cluster().ha.is_some() {
                 if let Err(e) = ha::forget(&d).await {
                     eprintln!("warning: the cluster's keys in etcd were not removed: {e}");
                 }
@@ -347,6 +383,15 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
         Cmd::Agent { common: _, guard: true, data_dir: Some(dir), .. } => ha::guard(&dir).await,
+        Cmd::Agent { common, node: Some(node), on_host: true, .. } => {
+            let file = common.file.as_ref().context("agent --on-host needs the cluster file `up` wrote on the host (-f)")?;
+            let spec = read_spec(file)?;
+            let state = common.work_dir.clone().unwrap_or_else(|| PathBuf::from(pgrepl_core::hostsvc::agent_state_dir(&spec.name)));
+            ha::set_agent(true);
+            let d = pgrepl_core::onhost::open_on_host(&spec, &node, state)?;
+            let d = ha::with_store_records(d)?;
+            ha::agent(d, &node).await
+        }
         Cmd::Agent { common, node: Some(node), .. } => {
             let (d, _) = open(&common, false).await?;
             ha::agent(d, &node).await
@@ -564,6 +609,19 @@ async fn default_spec() -> ClusterSpec {
         .node(NodeSpec::standby("db3"))
         .provider(ProviderSpec::Local(LocalProviderSpec { base_port: Some(base), ..Default::default() }))
         .into_spec()
+}
+
+/// Stops the agents on the cluster's hosts (`remove_all`: the etcd members too, and
+/// what pgrepl put there), saying which hosts could not be reached.
+async fn stop_host_services(d: &Deployment, remove_all: bool) -> anyhow::Result<()> {
+    let (stopped, unreachable) = hosts_ha::stop_on_hosts(d, remove_all).await?;
+    for s in &stopped {
+        tracing::info!("stopped {s}");
+    }
+    for (h, e) in &unreachable {
+        eprintln!("warning: {h} cannot be reached, its pgrepl services were left: {e}");
+    }
+    Ok(())
 }
 
 fn discovery_options(common: &Common) -> DiscoveryOptions {

@@ -20,6 +20,8 @@ pub const MAX_RESTARTS: usize = 30;
 pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
 /// How long the program has to exit after SIGTERM.
 pub const STOP_LIMIT: Duration = Duration::from_secs(30);
+/// Attempts at the pid file's lock, 50 ms apart.
+const LOCK_TRIES: u32 = 20;
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 /// Up this long, the next pause starts again at [`FIRST_PAUSE`].
@@ -127,9 +129,16 @@ fn lock_pid_file(path: &Path) -> anyhow::Result<PidLock> {
         .mode(0o644)
         .open(path)
         .with_context(|| format!("cannot open the pid file {}", path.display()))?;
-    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        let other = std::fs::read_to_string(path).unwrap_or_default();
-        bail!("{} is held by a running supervisor (pid {})", path.display(), other.trim());
+    // Tried for a moment: a check that the service runs (`flock -n PIDFILE true`) holds
+    // the lock for an instant; a running supervisor holds it for good.
+    let mut tries = 0;
+    while rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        tries += 1;
+        if tries >= LOCK_TRIES {
+            let other = std::fs::read_to_string(path).unwrap_or_default();
+            bail!("{} is held by a running supervisor (pid {})", path.display(), other.trim());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     f.set_len(0).context("truncate the pid file")?;
     writeln!(f, "{}", std::process::id()).context("write the pid file")?;

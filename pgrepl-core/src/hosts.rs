@@ -53,6 +53,32 @@ pub struct HostFacts {
     pub pg_ctlcluster: bool,
 }
 
+/// Where pgrepl keeps a cluster's own files (passfile, markers) on a host of `family`.
+pub fn pgrepl_dir(cluster: &str, family: &OsFamily) -> String {
+    match family {
+        OsFamily::RedHat => format!("/var/lib/pgsql/pgrepl-{cluster}"),
+        _ => format!("/var/lib/postgresql/pgrepl-{cluster}"),
+    }
+}
+
+/// A node's layout on a host reached over SSH (or by its own agent there): the spec's
+/// plain layout (`layout = "plain"`, `data_root`, the spec's `pg_bin`), else the
+/// distribution's layout the host's facts name.
+pub fn remote_layout(
+    settings: &crate::spec::SshProviderSpec,
+    pg_bin: Option<&str>,
+    cluster: &str,
+    major: PgMajor,
+    facts: &HostFacts,
+) -> Result<NodeLayout, String> {
+    if settings.layout.as_deref() == Some("plain") {
+        let bin = pg_bin.ok_or("layout = \"plain\" needs pg_bin in the spec")?;
+        let root = settings.data_root.as_ref().map(|r| r.to_string_lossy().into_owned()).unwrap_or_else(|| "/var/lib/pgrepl".into());
+        return Ok(NodeLayout::plain(&root, cluster, bin));
+    }
+    facts.layout(major, &pgrepl_dir(cluster, &facts.family))
+}
+
 /// The detection script: prints `KEY=value` lines.
 pub const DETECT_SCRIPT: &str = r#"
 if [ -r /etc/os-release ]; then . /etc/os-release; fi

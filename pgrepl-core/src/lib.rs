@@ -48,10 +48,13 @@ pub mod ha;
 pub mod ha_settings;
 #[cfg(feature = "runtime")]
 pub mod hosts;
+pub mod hostsvc;
 pub mod layout;
 pub mod locations;
 pub mod lsn;
 pub mod observe;
+#[cfg(feature = "runtime")]
+pub mod onhost;
 pub mod pgcontrol;
 pub mod plan;
 pub mod render;

@@ -6,6 +6,7 @@
 //! the EC2 provider does not depend on SSH and either can be swapped.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -50,4 +51,11 @@ pub trait Provider: Send + Sync + fmt::Debug {
 pub trait Connector: Send + Sync + fmt::Debug {
     /// Connects to the host of `node`.
     async fn connect(&self, cluster: &Cluster, node: &Node, host: &Host) -> Result<NodeHandle, Error>;
+
+    /// A transport to a host that runs no PostgreSQL (a witness holding an etcd member),
+    /// named `name` in messages, at `address`. The default: this connector has none.
+    async fn connect_bare(&self, name: &str, address: &str) -> Result<Arc<dyn crate::transport::Transport>, Error> {
+        let _ = address;
+        Err(Error::node(name, "this provider reaches no host without PostgreSQL (witnesses need SSH or EC2)"))
+    }
 }

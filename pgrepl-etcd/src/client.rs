@@ -314,7 +314,19 @@ impl Gateway {
                 let token = self.ensure_token(idx).await?;
                 Ok::<_, (bool, Fail)>((self.exchange(idx, path, body.clone(), token.as_deref()).await, token))
             };
-            let outcome = match tokio::time::timeout_at(deadline, attempt).await {
+            // A read that may go elsewhere gives one endpoint half of what is left, so a
+            // member that hangs (a host cut off: no reset, no answer) does not use up the
+            // whole call; a write keeps all of it (once sent, it may have been applied).
+            let left = deadline.saturating_duration_since(Instant::now());
+            let more = i + 1 < n;
+            let until = if kind == Kind::Retry && more { Instant::now() + left / 2 } else { deadline };
+            let outcome = match tokio::time::timeout_at(until, attempt).await {
+                Err(_) if until < deadline => {
+                    self.preferred.store((idx + 1) % n, Ordering::Relaxed);
+                    failures.push(format!("{url}: no answer within {:?}", left / 2));
+                    i += 1;
+                    continue;
+                }
                 Err(_) => {
                     // The request may have reached etcd: the next call starts elsewhere.
                     self.preferred.store((idx + 1) % n, Ordering::Relaxed);

@@ -179,6 +179,24 @@ impl AdminPki {
     }
 }
 
+impl AdminPki {
+    /// The certificate kept as `<stem>.crt` / `<stem>.key` here, issued by `issue` (and
+    /// kept, 0600) the first time: a host gets the same certificate on every `up`, so
+    /// nothing restarts for a new one.
+    pub fn kept(&self, stem: &str, issue: impl FnOnce() -> Result<Issued, PkiError>) -> Result<Issued, PkiError> {
+        let io = |p: &Path, e: std::io::Error| PkiError::Io { path: p.display().to_string(), source: e };
+        let (crt, key) = (self.dir.join(format!("{stem}.crt")), self.dir.join(format!("{stem}.key")));
+        if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+            return Ok(Issued { cert_pem: c, key_pem: Secret::new(k) });
+        }
+        let i = issue()?;
+        create_private_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
+        write_private(&key, i.key_pem.expose().as_bytes()).map_err(|e| io(&key, e))?;
+        write_private(&crt, i.cert_pem.as_bytes()).map_err(|e| io(&crt, e))?;
+        Ok(i)
+    }
+}
+
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
@@ -216,5 +234,9 @@ mod tests {
         assert!(m.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(m.key_pem.expose().contains("PRIVATE KEY"));
         assert!(!format!("{m:?}").contains("PRIVATE"), "keys stay out of Debug");
+        let kept = pki.kept("member-d", || Ok(m.clone())).unwrap();
+        let again = pki.kept("member-d", || panic!("issued twice")).unwrap();
+        assert_eq!(kept.cert_pem, again.cert_pem);
+        assert_eq!(std::fs::metadata(pki.dir.join("member-d.key")).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

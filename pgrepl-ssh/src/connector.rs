@@ -11,11 +11,11 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use pgrepl_core::cluster::{Cluster, Node};
 use pgrepl_core::deploy::Deployment;
-use pgrepl_core::hosts::{ExistingHosts, HostFacts, OsFamily, choose_major, detect};
-use pgrepl_core::layout::NodeLayout;
+use pgrepl_core::hosts::{ExistingHosts, HostFacts, choose_major, detect};
 use pgrepl_core::open::{Backend, OpenOptions};
 use pgrepl_core::provider::{Connector, Host, NodeHandle, Provider};
 use pgrepl_core::spec::{ClusterSpec, ProviderSpec, SshProviderSpec, VersionChoice};
+use pgrepl_core::transport::Transport;
 use pgrepl_core::{Error, PgMajor, SpecError, SpecErrors};
 
 use crate::{HostKeyPolicy, SshAuth, SshConfig, SshTransport};
@@ -84,14 +84,6 @@ impl SshConnector {
         map.insert(node.to_string(), t.clone());
         Ok(t)
     }
-
-    /// Where pgrepl keeps its files on a host of this family.
-    fn pgrepl_dir(&self, family: &OsFamily) -> String {
-        match family {
-            OsFamily::RedHat => format!("/var/lib/pgsql/pgrepl-{}", self.cluster),
-            _ => format!("/var/lib/postgresql/pgrepl-{}", self.cluster),
-        }
-    }
 }
 
 #[async_trait]
@@ -125,21 +117,13 @@ impl Connector for SshConnector {
                 f
             }
         };
-        if self.settings.layout.as_deref() == Some("plain") {
-            let bin = self.pg_bin.clone().ok_or_else(|| Error::node(&node.name, "layout = \"plain\" needs pg_bin in the spec"))?;
-            return Ok(NodeHandle {
-                name: node.name.clone(),
-                transport: t,
-                layout: NodeLayout::plain(
-                    &self.settings.data_root.as_ref().map(|r| r.to_string_lossy().into_owned()).unwrap_or_else(|| "/var/lib/pgrepl".into()),
-                    &self.cluster,
-                    &bin,
-                ),
-                install_script: None,
-            });
-        }
-        let layout = facts.layout(self.major, &self.pgrepl_dir(&facts.family)).map_err(|p| Error::node(&node.name, p))?;
+        let layout = pgrepl_core::hosts::remote_layout(&self.settings, self.pg_bin.as_deref(), &self.cluster, self.major, &facts)
+            .map_err(|p| Error::node(&node.name, p))?;
         Ok(NodeHandle { name: node.name.clone(), transport: t, layout, install_script: facts.install_script(self.major) })
+    }
+
+    async fn connect_bare(&self, name: &str, address: &str) -> Result<Arc<dyn Transport>, Error> {
+        Ok(self.transport(name, address)?)
     }
 }
 

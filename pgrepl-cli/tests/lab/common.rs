@@ -279,3 +279,101 @@ pub fn ssh_spec(name: &str, major: &str, known_hosts: &Path, policy: &str, extra
     }
     s
 }
+
+/// The 5-host lab for automatic failover across locations (`PGREPL_NETNS_SET=ha
+/// scripts/lab/netns.sh`): pgl-d/e ("east"), pgl-f/g ("west"), pgl-w (the witness,
+/// "third"), 10.213.8.21-25; exclusive to one test at a time on this machine, brought up
+/// fresh and torn down (with its per-host data) on drop.
+pub struct HaLab {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    _lock: std::fs::File,
+}
+
+/// The hosts of [`HaLab`]: node name, address, location, spec role.
+pub const HA_HOSTS: [(&str, &str, &str, &str); 5] = [
+    ("d", "10.213.8.21", "east", "primary"),
+    ("e", "10.213.8.22", "east", "standby"),
+    ("f", "10.213.8.23", "west", "standby"),
+    ("g", "10.213.8.24", "west", "standby"),
+    ("w", "10.213.8.25", "third", "witness"),
+];
+
+fn netns_ha_sh(args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab/netns.sh");
+    Command::new("bash").arg(script).args(args).env("PGREPL_NETNS_SET", "ha").output().expect("netns.sh runs")
+}
+
+impl HaLab {
+    pub fn up() -> HaLab {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = pgrepl_core::testing::lab_lock(&lab_dir(), "netns-ha-tests.lock");
+        let _ = netns_ha_sh(&["down", "--purge"]);
+        Self::ensure_up();
+        HaLab { _guard: guard, _lock: lock }
+    }
+
+    /// `netns.sh up` again: idempotent; restarts a host's sshd that was killed.
+    pub fn ensure_up() {
+        let o = netns_ha_sh(&["up"]);
+        assert!(
+            o.status.success(),
+            "PGREPL_NETNS_SET=ha scripts/lab/netns.sh up failed (run scripts/lab/install.sh first):\n{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// `netns.sh ARGS` on this lab (cut, heal, link).
+    pub fn sh(args: &[&str]) {
+        let o = netns_ha_sh(args);
+        assert!(o.status.success(), "netns.sh {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    }
+
+    pub fn key() -> PathBuf {
+        lab_dir().join("netns-ha/id_ed25519")
+    }
+
+    pub fn known_hosts() -> PathBuf {
+        lab_dir().join("netns-ha/known_hosts")
+    }
+
+    /// Runs a command on a lab host with the OpenSSH client.
+    pub fn ssh(addr: &str, cmd: &str) -> (i32, String) {
+        let o = Command::new("ssh")
+            .args(["-i", Self::key().to_str().unwrap(), "-o", &format!("UserKnownHostsFile={}", Self::known_hosts().display())])
+            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+            .arg(format!("root@{addr}"))
+            .arg(cmd)
+            .output()
+            .expect("ssh runs");
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// Kills every process of a host's namespace (SIGKILL): the host is gone.
+    pub fn kill_host(letter: &str) {
+        let pids = Command::new("ip").args(["netns", "pids", &format!("pgl-{letter}")]).output().unwrap();
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+
+    /// An SSH spec of the five hosts with `[ha]` and etcd deployed by pgrepl.
+    pub fn spec(name: &str, extra: &str) -> String {
+        let mut s = format!(
+            "name = \"{name}\"\npostgres = \"15\"\n{extra}\n[provider]\nkind = \"ssh\"\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\nhost_key_policy = \"strict\"\nconnect_timeout_secs = 3\n\n[ha]\nttl = 10\nloop_wait = 1\n\n[ha.etcd]\ndeploy = true\n",
+            Self::key().display(),
+            Self::known_hosts().display()
+        );
+        for (n, a, l, r) in HA_HOSTS {
+            s.push_str(&format!("\n[[nodes]]\nname = \"{n}\"\naddress = \"{a}\"\nrole = \"{r}\"\nlocation = \"{l}\"\n"));
+        }
+        s
+    }
+}
+
+impl Drop for HaLab {
+    fn drop(&mut self) {
+        let _ = netns_ha_sh(&["down", "--purge"]);
+    }
+}

@@ -11,6 +11,7 @@ mod aws_handoff;
 mod backups;
 mod common;
 mod ha;
+mod ha_hosts;
 mod haproxy;
 mod local_e2e;
 mod oplock;

@@ -338,7 +338,10 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
             let topo = view.topology();
             let recorded = topo.primary.clone().unwrap_or_else(|| i.cluster.primary().name.clone());
             if local.stopped() && local.data_dir == Some(DataDirState::Cluster) && recorded == me && !topo.is_fenced(me) {
-                if let Some(w) = view.members.values().find(|m| m.value.node != me && m.value.timeline > local.timeline) {
+                // A stopped server's timeline is not observed: the recorded primary's is the
+                // one its last promotion recorded.
+                let mine = local.timeline.or_else(|| recorded_timeline(&topo));
+                if let Some(w) = view.members.values().find(|m| m.value.node != me && m.value.timeline > mine) {
                     return Decision::new(format!("no leader; {} is on a newer timeline: waiting", w.value.node), member);
                 }
                 return Decision::new("no leader: the recorded primary takes the key to start again", member).store(StoreOp::TakeLeader);
@@ -534,6 +537,11 @@ fn rejoin(i: &AgentInput<'_>, view: &StoreView, leader: &str) -> Result<(Plan, O
     Ok((only_mine(plan, i.me, &i.cluster.name), obs))
 }
 
+/// The cluster's timeline as its last recorded promotion left it.
+fn recorded_timeline(topo: &crate::topology::Topology) -> Option<u32> {
+    topo.history.iter().rev().find_map(|h| h.timeline)
+}
+
 /// Whether this standby may race for the leader key: every other standby that reported
 /// since the leader went away is not further ahead (a tie goes to one in the old
 /// primary's location, then the higher priority, then the first name); it is within `maximum_lag_on_failover` of the last primary
@@ -549,6 +557,13 @@ fn race(i: &AgentInput<'_>, view: &StoreView, settings: &crate::store::HaSetting
         return Err(format!("{} reports as a writable primary", p.value.node));
     }
     let mine = i.local.position().ok_or("its WAL position is not known")?;
+    // A standby left behind on an older timeline cannot be promoted: racing for the key
+    // would only take it from one that can.
+    if let (Some(t), Some(c)) = (i.local.timeline, recorded_timeline(&topo)) {
+        if t < c {
+            return Err(format!("on timeline {t}, the cluster is on {c}"));
+        }
+    }
     // Ties: a standby in the old primary's location first, then the priority.
     let old = topo.primary.clone().unwrap_or_else(|| i.cluster.primary().name.clone());
     let old_location = i.cluster.node(&old).and_then(|n| n.location.as_deref());

@@ -387,3 +387,52 @@ fn a_switchover_request_stops_the_leader_cleanly_then_hands_the_key_over() {
     let d = run(&c, "db2", &primary("db2", 300), Ok(&vw), fresh());
     assert!(matches!(d.store, Some(StoreOp::ClearSwitchover { .. })), "{d:?}");
 }
+
+/// A view after db1 failed over to db2 (timeline 2), db2 gone again.
+fn after_failover_to_db2(members: Vec<MemberRecord>) -> StoreView {
+    use crate::topology::{Promotion, PromotionKind};
+    let mut vw = view(None, members);
+    let promotion = Promotion {
+        node: "db2".into(),
+        from: "db1".into(),
+        kind: PromotionKind::Failover,
+        timeline: Some(2),
+        lsn: None,
+        at: 0,
+        millis: 300,
+    };
+    vw.topology = Some(v(Topology { primary: Some("db2".into()), history: vec![promotion], ..Topology::default() }, None));
+    vw
+}
+
+#[test]
+fn a_standby_left_on_an_older_timeline_does_not_race_for_a_key_it_cannot_use() {
+    let c = cluster("{ mode = \"off\" }");
+    // db3 still on timeline 1 while the cluster moved to 2: it could never promote, so
+    // it does not take the key (and release it, over and over).
+    let vw = after_failover_to_db2(vec![member("db3", MemberRole::Standby, 300, None)]);
+    let mut me = standby("db3", 300);
+    me.timeline = Some(1);
+    let d = run(&c, "db3", &me, Ok(&vw), fresh());
+    assert!(d.store.is_none(), "{d:?}");
+    assert!(d.why.contains("on timeline 1, the cluster is on 2"), "{}", d.why);
+    me.timeline = Some(2);
+    let d = run(&c, "db3", &me, Ok(&vw), fresh());
+    assert_eq!(d.store, Some(StoreOp::TakeLeader), "on the cluster's timeline it races: {d:?}");
+}
+
+#[test]
+fn the_recorded_primary_stopped_takes_the_key_back_over_standbys_on_an_older_timeline() {
+    let c = cluster("{ mode = \"off\" }");
+    // db2 (the recorded primary, timeline 2) stopped: its timeline is not observed; db3
+    // reports timeline 1. db2 is not behind db3: it takes the key to start again.
+    let vw = after_failover_to_db2(vec![member("db3", MemberRole::Standby, 300, None)]);
+    let d = run(&c, "db2", &stopped("db2", false), Ok(&vw), fresh());
+    assert_eq!(d.store, Some(StoreOp::TakeLeader), "{d:?}");
+    // A member on a newer timeline than the recorded one: db2 waits.
+    let mut newer = member("db3", MemberRole::Standby, 300, None);
+    newer.timeline = Some(3);
+    let vw = after_failover_to_db2(vec![newer]);
+    let d = run(&c, "db2", &stopped("db2", false), Ok(&vw), fresh());
+    assert!(d.store.is_none() && d.why.contains("newer timeline"), "{d:?}");
+}

@@ -248,6 +248,47 @@ impl Deployment {
         Ok((cluster.clone(), results))
     }
 
+    /// A transport to every host of the cluster, data nodes then witnesses, without
+    /// reading the recorded topology (what runs before the store does: the etcd members
+    /// pgrepl deploys). Each is connected on its own: one that cannot be reached is
+    /// returned as a failure.
+    pub async fn host_transports(&self) -> Result<Vec<(String, Result<Arc<dyn Transport>, Error>)>, Error> {
+        let mut cluster = self.cluster.clone();
+        let hosts = self.provider.list_hosts(&cluster).await?;
+        for n in &mut cluster.nodes {
+            if n.address.is_none() {
+                n.address = hosts.iter().find(|h| h.node == n.name).and_then(|h| h.address.clone());
+            }
+        }
+        let cref = &cluster;
+        let nodes = join_all(cluster.nodes.iter().map(|n| {
+            let host = hosts.iter().find(|h| h.node == n.name);
+            async move {
+                let r = match host {
+                    Some(h) => self.connector.connect(cref, n, h).await.map(|h| h.transport),
+                    None => Err(Error::node(&n.name, "the provider lists no host for it")),
+                };
+                (n.name.clone(), r)
+            }
+        }))
+        .await;
+        // Witnesses: at the address the provider lists (EC2), else the spec's.
+        let witnesses = join_all(cluster.witnesses.iter().map(|w| {
+            let listed = hosts.iter().find(|h| h.node == w.name).and_then(|h| h.admin_address.clone().or_else(|| h.address.clone()));
+            async move {
+                let r = match listed.or_else(|| w.ssh_host.clone()).or_else(|| w.address.clone()) {
+                    Some(a) => self.connector.connect_bare(&w.name, &a).await,
+                    None => Err(Error::node(&w.name, "the witness's host has no address yet")),
+                };
+                (w.name.clone(), r)
+            }
+        }))
+        .await;
+        let mut all = nodes;
+        all.extend(witnesses);
+        Ok(all)
+    }
+
     /// Renders every node with its real layout (dry run: without secrets).
     pub async fn render(&self) -> Result<Vec<RenderedNode>, Error> {
         let (cluster, handles) = self.connect(false).await?;

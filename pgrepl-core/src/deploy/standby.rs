@@ -226,14 +226,26 @@ impl Run<'_> {
     /// Waits until `n` streams from its upstream (pg_stat_replication there).
     pub(crate) async fn wait_streaming(&self, n: &Node) -> Result<(), Error> {
         let upstream = n.upstream.as_deref().expect("standby");
-        let uh = self.handle(upstream)?;
-        let up = self.cluster.node(upstream).expect("validated");
-        let q = format!("SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = {};", render::sql_literal(&n.name));
+        // Asked of the upstream; an agent on its own host reaches no other: there the
+        // standby's own WAL receiver answers (9.6+).
+        let own = self.handle(upstream).is_err() && self.cluster.caps().is_some_and(|c| c.wal_receiver_view);
+        let (uh, port, q) = if own {
+            let address = self.cluster.node(upstream).and_then(|u| u.address.clone()).unwrap_or_default();
+            let pattern = render::sql_literal(&format!("%host={address} %"));
+            (self.handle(&n.name)?, n.port, format!("SELECT status FROM pg_catalog.pg_stat_wal_receiver WHERE conninfo LIKE {pattern};"))
+        } else {
+            let up = self.cluster.node(upstream).expect("validated");
+            (
+                self.handle(upstream)?,
+                up.port,
+                format!("SELECT state FROM pg_catalog.pg_stat_replication WHERE application_name = {};", render::sql_literal(&n.name)),
+            )
+        };
         self.progress.started(&n.name, "wait until streaming");
         let start = Instant::now();
         let max_polls = (STREAMING_DEADLINE.as_millis() / POLL_INTERVAL.as_millis()) as usize;
         for _ in 0..max_polls {
-            let rows = self.sql(uh, up.port, &q, "check replication").await?;
+            let rows = self.sql(uh, port, &q, "check replication").await?;
             if rows.iter().any(|r| r.first().cloned().flatten().as_deref() == Some("streaming")) {
                 self.progress.finished(&n.name, "wait until streaming", "streaming");
                 return Ok(());

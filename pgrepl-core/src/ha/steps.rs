@@ -429,10 +429,6 @@ impl Exec<'_> {
             rep.error = Some("its host cannot be reached; `pgrepl up` points it at the new primary once it can".into());
             return skipped(rep);
         };
-        let Some(ph) = op.handle(&primary.name) else {
-            rep.error = Some(format!("{}: its host cannot be reached", primary.name));
-            return skipped(rep);
-        };
         if known_follow {
             // The old primary's stop is still finishing: it ends before it starts again.
             let task = {
@@ -448,6 +444,12 @@ impl Exec<'_> {
         let o = self.obs.get(node);
         let mut running = is_running(h).await.unwrap_or(o.runs());
         if !running && !known_follow {
+            // Whether its WAL fits is read on the primary's host (an agent on its own host
+            // reaches no other: a stopped node is left to its rejoin).
+            let Some(ph) = op.handle(&primary.name) else {
+                rep.error = Some(format!("{}: its host cannot be reached to check {node}'s WAL against its history", primary.name));
+                return skipped(rep);
+            };
             match op.fits_history(h, &primary, ph).await {
                 Ok((Divergence::Follows, _)) => {}
                 Ok((d, _)) => {

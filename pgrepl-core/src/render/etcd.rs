@@ -124,6 +124,8 @@ pub fn etcd_member_config(cluster: &Cluster, name: &str, existing: bool) -> Resu
          # etcd's defaults: a heartbeat every 100 ms, a new etcd leader after 1 s without one.\n\
          heartbeat-interval: 100\n\
          election-timeout: 1000\n\
+         # The JSON gateway pgrepl's client speaks (off by default with a config file).\n\
+         enable-grpc-gateway: true\n\
          # Only the keys pgrepl writes: a small backend, compacted every hour.\n\
          quota-backend-bytes: 1073741824\n\
          auto-compaction-mode: periodic\n\
@@ -166,6 +168,7 @@ mod tests {
         assert!(text.contains("initial-cluster-state: new\n"), "{text}");
         assert_eq!(text.matches("client-cert-auth: true").count(), 2, "{text}");
         assert!(!text.contains("http://"), "{text}");
+        assert!(text.contains("enable-grpc-gateway: true\n"), "{text}");
         assert!(etcd_member_config(&cluster(), "e", true).unwrap().contains("initial-cluster-state: existing\n"));
         assert!(etcd_member_config(&cluster(), "x", false).unwrap_err().contains("x holds no etcd member"));
     }
