@@ -739,10 +739,15 @@ impl AwsProviderSpec {
     /// assert_eq!(aws.zone_of("west"), None);
     /// ```
     pub fn zone_of<'a>(&'a self, location: &'a str) -> Option<&'a str> {
-        match self.locations.get(location) {
-            Some(zone) => Some(zone.as_str()),
-            None => is_availability_zone(location).then_some(location),
-        }
+        zone_of_location(&self.locations, location)
+    }
+}
+
+/// [`AwsProviderSpec::zone_of`] for a map of locations to zones on its own.
+pub fn zone_of_location<'a>(locations: &'a BTreeMap<String, String>, location: &'a str) -> Option<&'a str> {
+    match locations.get(location) {
+        Some(zone) => Some(zone.as_str()),
+        None => is_availability_zone(location).then_some(location),
     }
 }
 
