@@ -578,17 +578,37 @@ pub fn owned_rules_of(permissions: &[IpPermission]) -> Vec<Rule> {
     flatten(permissions, |d| d.is_some_and(|d| d.starts_with(DESCRIPTION_PREFIX)))
 }
 
+/// The description `rule` carries in a group's `permissions`, if any. Revoking with it
+/// matches the rule exactly (EC2 ignores it; moto compares a group source with it).
+pub fn description_of(rule: &Rule, permissions: &[IpPermission]) -> Option<String> {
+    let mut found = None;
+    visit(permissions, |r, d| {
+        if found.is_none() && r == *rule {
+            found = d.map(str::to_string);
+        }
+    });
+    found
+}
+
 fn flatten(permissions: &[IpPermission], keep: impl Fn(Option<&str>) -> bool) -> Vec<Rule> {
     let mut out = Vec::new();
+    visit(permissions, |r, d| {
+        if keep(d) {
+            out.push(r)
+        }
+    });
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Calls `f` with every (rule, description) of `permissions`, one source at a time.
+fn visit(permissions: &[IpPermission], mut f: impl FnMut(Rule, Option<&str>)) {
     for p in permissions {
         let protocol = p.ip_protocol().unwrap_or("-1").to_string();
         let from = p.from_port().unwrap_or(-1);
         let to = p.to_port().unwrap_or(-1);
-        let mut push = |source, description: Option<&str>| {
-            if keep(description) {
-                out.push(Rule { protocol: protocol.clone(), from, to, source })
-            }
-        };
+        let mut push = |source, description: Option<&str>| f(Rule { protocol: protocol.clone(), from, to, source }, description);
         for r in p.ip_ranges() {
             if let Some(c) = r.cidr_ip() {
                 push(Source::Cidr(c.to_string()), r.description());
@@ -610,9 +630,6 @@ fn flatten(permissions: &[IpPermission], keep: impl Fn(Option<&str>) -> bool) ->
             }
         }
     }
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// What to authorize and what to revoke.
@@ -1088,6 +1105,8 @@ mod tests {
             assert_eq!(owned_rules_of(&described), vec![r.clone()], "pgrepl's description marks it as pgrepl's");
             assert!(owned_rules_of(&[permission(&r, Some("added by hand"))]).is_empty());
             assert!(owned_rules_of(&[permission(&r, None)]).is_empty());
+            assert_eq!(description_of(&r, &described).as_deref(), Some(exposure().description(&r)));
+            assert_eq!(description_of(&Rule::tcp(1, Source::Cidr("192.0.2.1/32".into())), &described), None);
         }
     }
 

@@ -925,6 +925,7 @@ impl Ec2Provider {
         let name = mapping::resource_name(&cluster.name);
         let resource = format!("security group {name}");
         let groups = self.find_group(&cluster.name, Some(vpc_id)).await?;
+        let found = groups.first().map(|g| g.ip_permissions().to_vec()).unwrap_or_default();
         let (id, existing, owned) = match groups.first() {
             Some(g) => (
                 g.group_id().unwrap_or_default().to_string(),
@@ -986,7 +987,8 @@ impl Ec2Provider {
             }
         }
         if !diff.remove.is_empty() {
-            let perms = diff.remove.iter().map(|r| mapping::permission(r, None)).collect();
+            // As found, description included: EC2 ignores it, moto compares it.
+            let perms = diff.remove.iter().map(|r| mapping::permission(r, mapping::description_of(r, &found).as_deref())).collect();
             self.client
                 .revoke_security_group_ingress()
                 .group_id(&id)
