@@ -6,10 +6,13 @@
 //!
 //! ```text
 //! security group  pgrepl-<cluster>   22 from admin_cidr; each PostgreSQL port from the group
-//!                                    itself and from app_cidrs (never 0.0.0.0/0 by default)
+//!                                    itself and from app_cidrs; with [ha] the agents' port and
+//!                                    a deployed etcd's ports from the group (client and agent
+//!                                    ports from admin_cidr too); never 0.0.0.0/0 by default
 //! key pair        pgrepl-<cluster>   imported from ssh_public_key_file (not with key_name)
-//! instance        <cluster>-<node>   one per node, tags Name, pgrepl:cluster, pgrepl:node,
-//!                                    pgrepl:role; spread over zones; root volume tagged too
+//! instance        <cluster>-<node>   one per node and per witness, tags Name, pgrepl:cluster,
+//!                                    pgrepl:node, pgrepl:role; in its location's zone, else
+//!                                    spread over zones; root volume tagged too
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -210,8 +213,8 @@ impl Ec2ProviderBuilder {
         self
     }
 
-    /// The `[provider]` section of the spec: region, endpoint, CIDRs, instance type,
-    /// AMI, subnets, key, volume, SSH port.
+    /// The `[provider]` section of the spec: region, endpoint, CIDRs, instance types,
+    /// AMI, subnets, locations, key, volume, SSH port.
     pub fn with_spec(mut self, spec: &AwsProviderSpec) -> Self {
         self.spec = spec.clone();
         self
@@ -501,10 +504,13 @@ impl Ec2ProviderBuilder {
 ///
 /// ```text
 /// security group  pgrepl-<cluster>   22 from admin_cidr; each PostgreSQL port from the group
-///                                    itself and from app_cidrs (never 0.0.0.0/0 by default)
+///                                    itself and from app_cidrs; with [ha] the agents' port and
+///                                    a deployed etcd's ports from the group (client and agent
+///                                    ports from admin_cidr too); never 0.0.0.0/0 by default
 /// key pair        pgrepl-<cluster>   imported from ssh_public_key_file (not with key_name)
-/// instance        <cluster>-<node>   one per node, tags Name, pgrepl:cluster, pgrepl:node,
-///                                    pgrepl:role; spread over zones; root volume tagged too
+/// instance        <cluster>-<node>   one per node and per witness, tags Name, pgrepl:cluster,
+///                                    pgrepl:node, pgrepl:role; in its location's zone, else
+///                                    spread over zones; root volume tagged too
 /// ```
 pub struct Ec2Provider {
     client: Client,
@@ -1173,8 +1179,9 @@ impl Ec2Provider {
         })
     }
 
-    /// Makes sure every node has a running instance and returns the hosts in node order
-    /// (the typed version of [`Provider::ensure_hosts`]).
+    /// Makes sure every node and every witness has a running instance and returns the
+    /// hosts: the nodes in spec order, then the witnesses (the typed version of
+    /// [`Provider::ensure_hosts`]).
     pub async fn ensure(&self, cluster: &Cluster) -> Result<Vec<Host>, ProviderError> {
         let run_id = new_run_id();
         let live = self.live_instances(&cluster.name).await?;
@@ -1371,8 +1378,8 @@ impl Ec2Provider {
         }
     }
 
-    /// The hosts that exist now, in node order (nodes the spec no longer has at the
-    /// end). Nothing is created (the typed version of [`Provider::list_hosts`]).
+    /// The hosts that exist now: nodes, then witnesses, in spec order (nodes the spec no
+    /// longer has at the end). Nothing is created (the typed version of [`Provider::list_hosts`]).
     pub async fn list(&self, cluster: &Cluster) -> Result<Vec<Host>, ProviderError> {
         let live = self.live_instances(&cluster.name).await?;
         let by_node = self.by_node(cluster, &live)?;

@@ -682,7 +682,9 @@ pub struct AwsProviderSpec {
     /// Endpoint override (private endpoints, tests); also `AWS_ENDPOINT_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
-    /// CIDR allowed to reach SSH (22). Required: there is no open default.
+    /// CIDR allowed to reach SSH (22), and with `[ha]` the agents' HTTP port and a
+    /// deployed etcd's client port (the admin's `pgrepl` reads them). Required: there is
+    /// no open default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_cidr: Option<String>,
     /// Extra CIDRs allowed to reach PostgreSQL (applications).

@@ -511,7 +511,9 @@ fn geo_aws(locations: &str) -> String {
 #[test]
 fn aws_locations_map_to_zones_or_are_zones() {
     let ok = geo_aws("[provider.locations]\neast = \"us-east-2a\"\nwest = \"us-east-2b\"\nthird = \"us-east-2c\"\n");
-    let c = ClusterSpec::from_toml(&ok).unwrap().validate().unwrap();
+    let spec = ClusterSpec::from_toml(&ok).unwrap();
+    assert_eq!(ClusterSpec::from_toml(&spec.to_toml()).unwrap(), spec, "[provider.locations] survives a round trip");
+    let c = spec.validate().unwrap();
     let pgrepl_core::spec::ProviderSpec::Aws(aws) = c.provider() else { panic!("aws") };
     assert_eq!(aws.zone_of("east"), Some("us-east-2a"));
     assert_eq!(c.witnesses[0].location.as_deref(), Some("third"));
