@@ -465,11 +465,11 @@ pub struct EtcdPorts {
 /// |---|---|
 /// | SSH | the admin CIDR |
 /// | each PostgreSQL port | the group itself, the application CIDRs |
-/// | each agent HTTP port (`[ha]`) | the group itself, the admin CIDR (`pgrepl status` reads the agents) |
+/// | each agent HTTP port (`[ha]`) | the group itself, the admin CIDR (`pgrepl status` reads the agents), the API CIDRs |
 /// | etcd client port (`deploy = true`) | the group itself, the admin CIDR (`pgrepl` reads and writes the store) |
 /// | etcd peer port (`deploy = true`) | the group itself |
 ///
-/// Never 0.0.0.0/0 unless the spec lists it (as `admin_cidr` or an application CIDR).
+/// Never 0.0.0.0/0 unless the spec lists it (as `admin_cidr`, an application or an API CIDR).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exposure {
     /// SSH's port.
@@ -482,6 +482,8 @@ pub struct Exposure {
     pub app_cidrs: Vec<String>,
     /// The agents' HTTP ports; empty without `[ha]`.
     pub agent_ports: Vec<u16>,
+    /// API CIDRs (`provider.api_cidrs`: the agents' HTTP port only).
+    pub api_cidrs: Vec<String>,
     /// etcd's ports when pgrepl deploys it (`[ha.etcd] deploy = true`).
     pub etcd: Option<EtcdPorts>,
 }
@@ -490,7 +492,7 @@ impl Exposure {
     /// The exposure of `cluster`: its nodes' PostgreSQL ports; with `[ha]` each agent's
     /// port ([`Cluster::agent_api`], `api_port` for a node without an address yet and for
     /// the witnesses, which run an agent too); with `[ha.etcd] deploy` etcd's two ports.
-    pub fn of(cluster: &Cluster, ssh_port: u16, admin_cidr: &str, app_cidrs: &[String]) -> Exposure {
+    pub fn of(cluster: &Cluster, ssh_port: u16, admin_cidr: &str, app_cidrs: &[String], api_cidrs: &[String]) -> Exposure {
         let mut pg_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
         pg_ports.sort_unstable();
         pg_ports.dedup();
@@ -508,7 +510,8 @@ impl Exposure {
                 (ports, etcd)
             }
         };
-        Exposure { ssh_port, admin_cidr: admin_cidr.to_string(), pg_ports, app_cidrs: app_cidrs.to_vec(), agent_ports, etcd }
+        let api_cidrs = if agent_ports.is_empty() { Vec::new() } else { api_cidrs.to_vec() };
+        Exposure { ssh_port, admin_cidr: admin_cidr.to_string(), pg_ports, app_cidrs: app_cidrs.to_vec(), agent_ports, api_cidrs, etcd }
     }
 
     /// The rules the group must have (see the table above), sorted.
@@ -519,6 +522,9 @@ impl Exposure {
         for &p in &self.agent_ports {
             rules.insert(Rule::tcp(p, group()));
             rules.insert(Rule::tcp(p, cidr_source(&self.admin_cidr)));
+            for c in &self.api_cidrs {
+                rules.insert(Rule::tcp(p, cidr_source(c)));
+            }
         }
         if let Some(e) = self.etcd {
             rules.insert(Rule::tcp(e.client, group()));
@@ -556,7 +562,13 @@ impl Exposure {
         } else if self.etcd.is_some_and(|e| on(e.peer)) {
             "pgrepl: etcd peers between the cluster nodes"
         } else if self.agent_ports.iter().any(|&p| on(p)) {
-            if from_group { "pgrepl: agent HTTP between the cluster nodes" } else { "pgrepl: agent HTTP from the admin CIDR" }
+            if from_group {
+                "pgrepl: agent HTTP between the cluster nodes"
+            } else if rule.source == cidr_source(&self.admin_cidr) {
+                "pgrepl: agent HTTP from the admin CIDR"
+            } else {
+                "pgrepl: agent HTTP from an API CIDR"
+            }
         } else {
             "pgrepl: cluster rule"
         }
@@ -1157,6 +1169,7 @@ location = "west"
             pg_ports: vec![5432],
             app_cidrs: vec!["10.1.0.0/16".into()],
             agent_ports: vec![],
+            api_cidrs: vec![],
             etcd: None,
         }
     }
@@ -1164,8 +1177,9 @@ location = "west"
     #[test]
     fn exposure_without_ha_opens_no_agent_or_etcd_port() {
         let c = aws_cluster("");
-        let e = Exposure::of(&c, 22, "203.0.113.7/32", &[]);
+        let e = Exposure::of(&c, 22, "203.0.113.7/32", &[], &["10.2.0.0/16".into()]);
         assert_eq!((e.pg_ports.as_slice(), e.agent_ports.as_slice(), e.etcd), (&[5432][..], &[][..], None));
+        assert!(e.api_cidrs.is_empty(), "no agents: the API CIDRs open nothing");
         assert_eq!(e.rules("sg-1"), desired_rules("sg-1", 22, "203.0.113.7/32", &[5432], &[]));
         assert_eq!(e.managed_ports(), [22, 5432]);
     }
@@ -1173,7 +1187,7 @@ location = "west"
     #[test]
     fn exposure_with_ha_and_deployed_etcd_opens_its_ports_to_the_group_and_the_admin_only() {
         let c = aws_cluster(&format!("[ha]\napi_port = 8100\n[ha.etcd]\ndeploy = true\nclient_port = 12379\npeer_port = 12380\n{WITNESS}"));
-        let e = Exposure::of(&c, 22, "203.0.113.7/32", &["10.1.0.0/16".into()]);
+        let e = Exposure::of(&c, 22, "203.0.113.7/32", &["10.1.0.0/16".into()], &["10.2.0.0/16".into()]);
         assert_eq!(e.agent_ports, [8100], "one instance per node: every agent on api_port, witnesses too");
         assert_eq!(e.etcd, Some(EtcdPorts { client: 12379, peer: 12380 }));
         let rules: BTreeSet<Rule> = e.rules("sg-1").into_iter().collect();
@@ -1185,6 +1199,7 @@ location = "west"
             Rule::tcp(5432, Source::Cidr("10.1.0.0/16".into())),
             Rule::tcp(8100, g()),
             Rule::tcp(8100, admin()),
+            Rule::tcp(8100, Source::Cidr("10.2.0.0/16".into())),
             Rule::tcp(12379, g()),
             Rule::tcp(12379, admin()),
             Rule::tcp(12380, g()),
@@ -1192,8 +1207,9 @@ location = "west"
         .into();
         assert_eq!(rules, expected);
         assert!(rules.iter().all(|r| !r.is_open_to_world()));
-        // Application CIDRs reach PostgreSQL only.
+        // Application CIDRs reach PostgreSQL only, API CIDRs the agents only.
         assert!(rules.iter().filter(|r| r.source == Source::Cidr("10.1.0.0/16".into())).all(|r| r.covers(5432) && r.from == 5432));
+        assert!(rules.iter().filter(|r| r.source == Source::Cidr("10.2.0.0/16".into())).all(|r| r.covers(8100) && r.from == 8100));
         assert_eq!(e.managed_ports(), [22, 5432, 8100, 12379, 12380]);
 
         // Every rule's description says what it is, as pgrepl's, in characters EC2 allows.
@@ -1213,7 +1229,7 @@ location = "west"
     #[test]
     fn exposure_with_ha_and_given_etcd_endpoints_opens_only_the_agents() {
         let c = aws_cluster("[ha]\n[ha.etcd]\nendpoints = [\"https://10.9.0.1:2379\"]\n");
-        let e = Exposure::of(&c, 22, "203.0.113.7/32", &[]);
+        let e = Exposure::of(&c, 22, "203.0.113.7/32", &[], &[]);
         assert_eq!((e.agent_ports.as_slice(), e.etcd), (&[8008][..], None));
         assert!(!e.rules("sg-1").iter().any(|r| r.covers(2379) || r.covers(2380)));
     }

@@ -8,7 +8,8 @@
 //! security group  pgrepl-<cluster>   22 from admin_cidr; each PostgreSQL port from the group
 //!                                    itself and from app_cidrs; with [ha] the agents' port and
 //!                                    a deployed etcd's ports from the group (client and agent
-//!                                    ports from admin_cidr too); never 0.0.0.0/0 by default
+//!                                    ports from admin_cidr too, agents' from api_cidrs); never
+//!                                    0.0.0.0/0 by default
 //! key pair        pgrepl-<cluster>   imported from ssh_public_key_file (not with key_name)
 //! instance        <cluster>-<node>   one per node and per witness, tags Name, pgrepl:cluster,
 //!                                    pgrepl:node, pgrepl:role; in its location's zone, else
@@ -97,6 +98,7 @@ impl fmt::Debug for KeySource {
 struct Settings {
     admin_cidr: String,
     app_cidrs: Vec<String>,
+    api_cidrs: Vec<String>,
     instance_type: String,
     witness_instance_type: String,
     arch: Arch,
@@ -413,6 +415,17 @@ impl Ec2ProviderBuilder {
                 tracing::warn!(cidr = %c, "provider.app_cidrs opens PostgreSQL to the whole internet, as the spec asks");
             }
         }
+        for (i, c) in s.api_cidrs.iter().enumerate() {
+            if !is_cidr(c) {
+                return Err(config(
+                    &format!("provider.api_cidrs[{i}]"),
+                    format!("\"{c}\" is not a CIDR (expected an address/prefix such as \"10.0.0.0/16\")"),
+                ));
+            }
+            if c == "0.0.0.0/0" || c == "::/0" {
+                tracing::warn!(cidr = %c, "provider.api_cidrs opens the agents' HTTP port to the whole internet, as the spec asks");
+            }
+        }
         let instance_type = s.instance_type.clone().unwrap_or_else(|| mapping::DEFAULT_INSTANCE_TYPE.into());
         let arch = mapping::arch_of_instance_type(&instance_type).map_err(|p| config("provider.instance_type", p))?;
         let witness_instance_type = s.witness_instance_type.clone().unwrap_or_else(|| instance_type.clone());
@@ -481,6 +494,7 @@ impl Ec2ProviderBuilder {
         Ok(Settings {
             admin_cidr,
             app_cidrs: s.app_cidrs.clone(),
+            api_cidrs: s.api_cidrs.clone(),
             instance_type,
             witness_instance_type,
             arch,
@@ -506,7 +520,8 @@ impl Ec2ProviderBuilder {
 /// security group  pgrepl-<cluster>   22 from admin_cidr; each PostgreSQL port from the group
 ///                                    itself and from app_cidrs; with [ha] the agents' port and
 ///                                    a deployed etcd's ports from the group (client and agent
-///                                    ports from admin_cidr too); never 0.0.0.0/0 by default
+///                                    ports from admin_cidr too, agents' from api_cidrs); never
+///                                    0.0.0.0/0 by default
 /// key pair        pgrepl-<cluster>   imported from ssh_public_key_file (not with key_name)
 /// instance        <cluster>-<node>   one per node and per witness, tags Name, pgrepl:cluster,
 ///                                    pgrepl:node, pgrepl:role; in its location's zone, else
@@ -976,7 +991,8 @@ impl Ec2Provider {
                 }
             }
         };
-        let exposure = mapping::Exposure::of(cluster, self.settings.ssh_port, &self.settings.admin_cidr, &self.settings.app_cidrs);
+        let st = &self.settings;
+        let exposure = mapping::Exposure::of(cluster, st.ssh_port, &st.admin_cidr, &st.app_cidrs, &st.api_cidrs);
         let desired = exposure.rules(&id);
         let diff = mapping::reconcile_rules(&desired, &existing, &owned, &exposure.managed_ports());
         if !diff.add.is_empty() {
@@ -1616,6 +1632,8 @@ mod tests {
         assert_eq!(f, "provider.admin_cidr");
         let (f, _) = config_error(AwsProviderSpec { app_cidrs: vec!["10.0.0.0/8".into(), "x".into()], ..spec() });
         assert_eq!(f, "provider.app_cidrs[1]");
+        let (f, _) = config_error(AwsProviderSpec { api_cidrs: vec!["10.0.0.0/8".into(), "y".into()], ..spec() });
+        assert_eq!(f, "provider.api_cidrs[1]");
         let (f, p) = config_error(AwsProviderSpec { instance_type: Some("t4g".into()), ..spec() });
         assert_eq!(f, "provider.instance_type");
         assert!(p.contains("not an instance type"));

@@ -764,6 +764,16 @@ async fn ha_rules_are_repaired_and_revoked_with_the_ha_section() {
     want.insert(theirs.clone());
     assert_eq!(rules.iter().cloned().collect::<BTreeSet<_>>(), want, "0.0.0.0/0 on 2379 revoked, the peer rule back, theirs kept");
 
+    // API CIDRs reach the agents' port (HAProxy, Prometheus), and go again when removed.
+    let api = Rule::tcp(8008, Source::Cidr("10.30.0.0/16".into()));
+    let with_api = AwsProviderSpec { api_cidrs: vec!["10.30.0.0/16".into()], ..aws.clone() };
+    provider(&with_api).await.ensure_hosts(&with_ha).await.unwrap();
+    let (_, rules, _) = group_rules(&ec2, &name).await;
+    assert!(rules.contains(&api), "{rules:?}");
+    assert!(!rules.iter().any(|r| r.source == api.source && r.from != 8008), "the API CIDR reaches the agents only: {rules:?}");
+    p.ensure_hosts(&with_ha).await.unwrap();
+    assert!(!group_rules(&ec2, &name).await.1.contains(&api));
+
     // Without [ha]: pgrepl's etcd and agent rules go; PostgreSQL, SSH and theirs stay.
     let without = cluster(&name, &aws);
     p.ensure_hosts(&without).await.unwrap();

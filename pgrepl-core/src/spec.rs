@@ -690,6 +690,10 @@ pub struct AwsProviderSpec {
     /// Extra CIDRs allowed to reach PostgreSQL (applications).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_cidrs: Vec<String>,
+    /// With `[ha]`: extra CIDRs allowed to reach the agents' HTTP port (`[ha] api_port`:
+    /// HAProxy's checks, a Prometheus scrape); default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_cidrs: Vec<String>,
     /// Instance type; default `t4g.small`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,

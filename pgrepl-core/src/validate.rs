@@ -641,6 +641,11 @@ fn validate_data(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluste
                 err(format!("provider.app_cidrs[{k}]"), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"10.0.0.0/16\"");
             }
         }
+        for (k, c) in a.api_cidrs.iter().enumerate() {
+            if !is_cidr(c) {
+                err(format!("provider.api_cidrs[{k}]"), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"10.0.0.0/16\"");
+            }
+        }
     }
 
     if !errs.is_empty() {

@@ -555,3 +555,12 @@ fn availability_zone_names() {
     assert_eq!(region_of_zone("us-gov-west-1a"), Some("us-gov-west-1"));
     assert_eq!(region_of_zone("east"), None);
 }
+
+#[test]
+fn aws_api_cidrs_are_cidrs() {
+    let errs = errors(&geo_aws(
+        "api_cidrs = [\"10.0.0.0/8\", \"haproxy\"]\n[provider.locations]\neast = \"us-east-2a\"\nwest = \"us-east-2b\"\nthird = \"us-east-2c\"\n",
+    ));
+    assert_field(&errs, "provider.api_cidrs[1]", &["\"haproxy\" is not a CIDR"]);
+    assert_eq!(errs.iter().count(), 1, "{errs}");
+}
