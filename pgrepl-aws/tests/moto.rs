@@ -669,6 +669,12 @@ async fn ha_cluster_lands_in_its_zones_with_a_witness_and_etcd_and_agents_open_o
     assert_eq!(c.witnesses.len(), 1);
     let p = provider(&aws).await;
 
+    // The dry run already places every host, the witness too, in its zone.
+    let pre = p.preflight(&c).await.unwrap();
+    let planned: Vec<(&str, &str)> = pre.placement.iter().map(|(n, _, z)| (n.as_str(), z.as_str())).collect();
+    assert_eq!(planned, [("db1", "us-east-2a"), ("db2", "us-east-2a"), ("db3", "us-east-2b"), ("db4", "us-east-2b"), ("w1", "us-east-2c")]);
+    assert!(live_by_node(&ec2, &name).await.is_empty(), "preflight creates nothing");
+
     let hosts = p.ensure_hosts(&c).await.unwrap();
     assert_eq!(hosts.iter().map(|h| h.node.as_str()).collect::<Vec<_>>(), ["db1", "db2", "db3", "db4", "w1"], "nodes, then the witness");
     assert!(hosts.iter().all(|h| h.state == "running" && h.address.is_some()), "{hosts:?}");
