@@ -1,7 +1,8 @@
 //! # pgrepl-aws
 //!
 //! An EC2 [`Provider`](pgrepl_core::provider::Provider) for pgrepl over aws-sdk-ec2:
-//! it provisions one instance per node (plus the cluster's security group and key pair),
+//! it provisions one instance per node and per witness, in the availability zone of its
+//! location when it has one (plus the cluster's security group and key pair),
 //! finds them again by their tags, waits until they run and answer on SSH, and removes
 //! exactly what it created. Deploying PostgreSQL onto the hosts is the SSH transport's
 //! job; this crate only hands over [`Host`](pgrepl_core::provider::Host)s:

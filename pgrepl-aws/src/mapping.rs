@@ -1,6 +1,7 @@
-//! Pure mapping between pgrepl and EC2: names and tags, security group rules, AMI
-//! choice, spreading nodes over availability zones, client tokens, instance → host, and
-//! SDK errors → [`ProviderError`].
+//! Pure mapping between pgrepl and EC2: names and tags, security group rules (with
+//! `[ha]`: the agents' and etcd's ports, see [`Exposure`]), AMI choice, placing nodes and
+//! witnesses in availability zones (by location, or spread), client tokens,
+//! instance → host, and SDK errors → [`ProviderError`].
 //!
 //! Nothing here talks to AWS, sleeps or reads files, so every rule is unit-tested below;
 //! `provider.rs` sends what this module builds.
@@ -11,7 +12,9 @@ use std::fmt;
 
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, Image, Instance, IpPermission, IpRange, Ipv6Range, PrefixListId, Tag, UserIdGroupPair};
+use pgrepl_core::cluster::Cluster;
 use pgrepl_core::provider::Host;
+use pgrepl_core::spec::Role;
 
 use crate::error::{AwsError, BoxError, ProviderError};
 
@@ -271,6 +274,96 @@ pub fn subnet_for(index: usize, order: &[SubnetChoice]) -> Option<&SubnetChoice>
     if order.is_empty() { None } else { order.get(index % order.len()) }
 }
 
+/// One host of the cluster as the provider sees it: a data node or a witness, each with
+/// an instance of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// The node's name (the `pgrepl:node` tag).
+    pub name: String,
+    /// `primary`, `standby` or `witness` (the `pgrepl:role` tag).
+    pub role: String,
+    /// The node's `location`, if any.
+    pub location: Option<String>,
+    /// A witness: an etcd member and an agent, no PostgreSQL.
+    pub witness: bool,
+}
+
+/// The hosts of a cluster: its data nodes in spec order, then its witnesses in spec order.
+pub fn machines(cluster: &Cluster) -> Vec<Machine> {
+    let nodes = cluster.nodes.iter().map(|n| Machine {
+        name: n.name.clone(),
+        role: n.role.to_string(),
+        location: n.location.clone(),
+        witness: false,
+    });
+    let witnesses = cluster.witnesses.iter().map(|w| Machine {
+        name: w.name.clone(),
+        role: Role::Witness.to_string(),
+        location: w.location.clone(),
+        witness: true,
+    });
+    nodes.chain(witnesses).collect()
+}
+
+/// Why a host has no subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementError {
+    /// There is no subnet at all.
+    NoSubnet,
+    /// No subnet is in the zone the host's location asks for.
+    NoSubnetInZone {
+        /// The host.
+        node: String,
+        /// Its zone.
+        zone: String,
+        /// The zones there are subnets in.
+        zones: Vec<String>,
+    },
+}
+
+impl fmt::Display for PlacementError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlacementError::NoSubnet => f.write_str("no subnet to launch into"),
+            PlacementError::NoSubnetInZone { node, zone, zones } => write!(
+                f,
+                "node {node} goes to availability zone {zone} (its location), but no subnet pgrepl may use is there (subnets are in: {}); add a subnet of {zone} to provider.subnet_ids, or map the location to one of those zones",
+                if zones.is_empty() { "none".to_string() } else { zones.join(", ") }
+            ),
+        }
+    }
+}
+
+/// The subnet of each host, in the order given: a host with a zone (from its location)
+/// goes to a subnet of that zone (hosts sharing a zone take its subnets in turn); a host
+/// without goes to `order[i % len]` as [`subnet_for`] says, `i` its index in `hosts`.
+pub fn place(hosts: &[(&str, Option<&str>)], order: &[SubnetChoice]) -> Result<Vec<SubnetChoice>, PlacementError> {
+    if order.is_empty() {
+        return Err(PlacementError::NoSubnet);
+    }
+    let mut out = Vec::with_capacity(hosts.len());
+    for (i, (node, zone)) in hosts.iter().enumerate() {
+        let chosen = match zone {
+            None => subnet_for(i, order).cloned().ok_or(PlacementError::NoSubnet)?,
+            Some(zone) => {
+                let in_zone: Vec<&SubnetChoice> = order.iter().filter(|s| s.az == *zone).collect();
+                if in_zone.is_empty() {
+                    let zones: BTreeSet<String> = order.iter().map(|s| s.az.clone()).collect();
+                    return Err(PlacementError::NoSubnetInZone {
+                        node: node.to_string(),
+                        zone: zone.to_string(),
+                        zones: zones.into_iter().collect(),
+                    });
+                }
+                let before = hosts[..i].iter().filter(|(_, z)| z == &Some(*zone)).count();
+                in_zone[before % in_zone.len()].clone()
+            }
+        };
+        out.push(chosen);
+    }
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------
 // Security group rules
 
@@ -357,38 +450,198 @@ pub fn desired_rules(group_id: &str, ssh_port: u16, admin_cidr: &str, pg_ports: 
     rules.into_iter().collect()
 }
 
+/// etcd's ports, when pgrepl deploys etcd on the cluster's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdPorts {
+    /// Clients (agents, the admin's `pgrepl`): `[ha.etcd] client_port`.
+    pub client: u16,
+    /// Members among themselves: `[ha.etcd] peer_port`.
+    pub peer: u16,
+}
+
+/// What a cluster's security group lets in, and from where.
+///
+/// | port | from |
+/// |---|---|
+/// | SSH | the admin CIDR |
+/// | each PostgreSQL port | the group itself, the application CIDRs |
+/// | each agent HTTP port (`[ha]`) | the group itself, the admin CIDR (`pgrepl status` reads the agents), the API CIDRs |
+/// | etcd client port (`deploy = true`) | the group itself, the admin CIDR (`pgrepl` reads and writes the store) |
+/// | etcd peer port (`deploy = true`) | the group itself |
+///
+/// Never 0.0.0.0/0 unless the spec lists it (as `admin_cidr`, an application or an API CIDR).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposure {
+    /// SSH's port.
+    pub ssh_port: u16,
+    /// Where the admin works from.
+    pub admin_cidr: String,
+    /// The nodes' PostgreSQL ports.
+    pub pg_ports: Vec<u16>,
+    /// Application CIDRs (PostgreSQL only).
+    pub app_cidrs: Vec<String>,
+    /// The agents' HTTP ports; empty without `[ha]`.
+    pub agent_ports: Vec<u16>,
+    /// API CIDRs (`provider.api_cidrs`: the agents' HTTP port only).
+    pub api_cidrs: Vec<String>,
+    /// etcd's ports when pgrepl deploys it (`[ha.etcd] deploy = true`).
+    pub etcd: Option<EtcdPorts>,
+}
+
+impl Exposure {
+    /// The exposure of `cluster`: its nodes' PostgreSQL ports; with `[ha]` each agent's
+    /// port ([`Cluster::agent_api`], `api_port` for a node without an address yet and for
+    /// the witnesses, which run an agent too); with `[ha.etcd] deploy` etcd's two ports.
+    pub fn of(cluster: &Cluster, ssh_port: u16, admin_cidr: &str, app_cidrs: &[String], api_cidrs: &[String]) -> Exposure {
+        let mut pg_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+        pg_ports.sort_unstable();
+        pg_ports.dedup();
+        let (agent_ports, etcd) = match &cluster.ha {
+            None => (Vec::new(), None),
+            Some(ha) => {
+                let mut ports: Vec<u16> =
+                    cluster.nodes.iter().map(|n| cluster.agent_api(&n.name).map_or(ha.api_port, |(_, p)| p)).collect();
+                if !cluster.witnesses.is_empty() {
+                    ports.push(ha.api_port);
+                }
+                ports.sort_unstable();
+                ports.dedup();
+                let etcd = ha.etcd.deploy.then_some(EtcdPorts { client: ha.etcd.client_port, peer: ha.etcd.peer_port });
+                (ports, etcd)
+            }
+        };
+        let api_cidrs = if agent_ports.is_empty() { Vec::new() } else { api_cidrs.to_vec() };
+        Exposure { ssh_port, admin_cidr: admin_cidr.to_string(), pg_ports, app_cidrs: app_cidrs.to_vec(), agent_ports, api_cidrs, etcd }
+    }
+
+    /// The rules the group must have (see the table above), sorted.
+    pub fn rules(&self, group_id: &str) -> Vec<Rule> {
+        let mut rules: BTreeSet<Rule> =
+            desired_rules(group_id, self.ssh_port, &self.admin_cidr, &self.pg_ports, &self.app_cidrs).into_iter().collect();
+        let group = || Source::Group(group_id.to_string());
+        for &p in &self.agent_ports {
+            rules.insert(Rule::tcp(p, group()));
+            rules.insert(Rule::tcp(p, cidr_source(&self.admin_cidr)));
+            for c in &self.api_cidrs {
+                rules.insert(Rule::tcp(p, cidr_source(c)));
+            }
+        }
+        if let Some(e) = self.etcd {
+            rules.insert(Rule::tcp(e.client, group()));
+            rules.insert(Rule::tcp(e.client, cidr_source(&self.admin_cidr)));
+            rules.insert(Rule::tcp(e.peer, group()));
+        }
+        rules.into_iter().collect()
+    }
+
+    /// The ports on which any rule the spec does not ask for is revoked (a hand-added
+    /// 0.0.0.0/0 among them), sorted.
+    pub fn managed_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = self.pg_ports.iter().chain(&self.agent_ports).copied().collect();
+        ports.push(self.ssh_port);
+        if let Some(e) = self.etcd {
+            ports.extend([e.client, e.peer]);
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+
+    /// The description pgrepl puts on `rule` when it adds it: what the port is for and
+    /// who may use it. Always starts with [`DESCRIPTION_PREFIX`], which marks the rule as
+    /// pgrepl's (see [`owned_rules_of`]); only characters EC2 allows in descriptions.
+    pub fn description(&self, rule: &Rule) -> &'static str {
+        let on = |p: u16| rule.from == i32::from(p) && rule.to == i32::from(p);
+        let from_group = matches!(rule.source, Source::Group(_));
+        if on(self.ssh_port) {
+            "pgrepl: SSH from the admin CIDR"
+        } else if self.pg_ports.iter().any(|&p| on(p)) {
+            if from_group { "pgrepl: PostgreSQL between the cluster nodes" } else { "pgrepl: PostgreSQL from an application CIDR" }
+        } else if self.etcd.is_some_and(|e| on(e.client)) {
+            if from_group { "pgrepl: etcd clients on the cluster nodes" } else { "pgrepl: etcd clients from the admin CIDR" }
+        } else if self.etcd.is_some_and(|e| on(e.peer)) {
+            "pgrepl: etcd peers between the cluster nodes"
+        } else if self.agent_ports.iter().any(|&p| on(p)) {
+            if from_group {
+                "pgrepl: agent HTTP between the cluster nodes"
+            } else if rule.source == cidr_source(&self.admin_cidr) {
+                "pgrepl: agent HTTP from the admin CIDR"
+            } else {
+                "pgrepl: agent HTTP from an API CIDR"
+            }
+        } else {
+            "pgrepl: cluster rule"
+        }
+    }
+}
+
+/// How every rule description pgrepl writes begins: a rule whose description begins so
+/// is pgrepl's to revoke when the spec no longer asks for it.
+pub const DESCRIPTION_PREFIX: &str = "pgrepl:";
+
 /// The ingress rules of a group, flattened to one source each.
 pub fn rules_of(permissions: &[IpPermission]) -> Vec<Rule> {
+    flatten(permissions, |_| true)
+}
+
+/// The ingress rules pgrepl added to a group: those whose description starts with
+/// [`DESCRIPTION_PREFIX`].
+pub fn owned_rules_of(permissions: &[IpPermission]) -> Vec<Rule> {
+    flatten(permissions, |d| d.is_some_and(|d| d.starts_with(DESCRIPTION_PREFIX)))
+}
+
+/// The description `rule` carries in a group's `permissions`, if any. Revoking with it
+/// matches the rule exactly (EC2 ignores it; moto compares a group source with it).
+pub fn description_of(rule: &Rule, permissions: &[IpPermission]) -> Option<String> {
+    let mut found = None;
+    visit(permissions, |r, d| {
+        if found.is_none() && r == *rule {
+            found = d.map(str::to_string);
+        }
+    });
+    found
+}
+
+fn flatten(permissions: &[IpPermission], keep: impl Fn(Option<&str>) -> bool) -> Vec<Rule> {
     let mut out = Vec::new();
+    visit(permissions, |r, d| {
+        if keep(d) {
+            out.push(r)
+        }
+    });
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Calls `f` with every (rule, description) of `permissions`, one source at a time.
+fn visit(permissions: &[IpPermission], mut f: impl FnMut(Rule, Option<&str>)) {
     for p in permissions {
         let protocol = p.ip_protocol().unwrap_or("-1").to_string();
         let from = p.from_port().unwrap_or(-1);
         let to = p.to_port().unwrap_or(-1);
-        let mut push = |source| out.push(Rule { protocol: protocol.clone(), from, to, source });
+        let mut push = |source, description: Option<&str>| f(Rule { protocol: protocol.clone(), from, to, source }, description);
         for r in p.ip_ranges() {
             if let Some(c) = r.cidr_ip() {
-                push(Source::Cidr(c.to_string()));
+                push(Source::Cidr(c.to_string()), r.description());
             }
         }
         for r in p.ipv6_ranges() {
             if let Some(c) = r.cidr_ipv6() {
-                push(Source::Cidr6(c.to_string()));
+                push(Source::Cidr6(c.to_string()), r.description());
             }
         }
         for g in p.user_id_group_pairs() {
             if let Some(id) = g.group_id() {
-                push(Source::Group(id.to_string()));
+                push(Source::Group(id.to_string()), g.description());
             }
         }
         for l in p.prefix_list_ids() {
             if let Some(id) = l.prefix_list_id() {
-                push(Source::PrefixList(id.to_string()));
+                push(Source::PrefixList(id.to_string()), l.description());
             }
         }
     }
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// What to authorize and what to revoke.
@@ -415,6 +668,21 @@ pub fn diff_rules(desired: &[Rule], existing: &[Rule], managed_ports: &[u16]) ->
     RuleDiff { add, remove }
 }
 
+/// What brings a group in line with the spec: [`diff_rules`] on `managed_ports`, plus
+/// revoking the rules pgrepl added (`owned`, see [`owned_rules_of`]) that the spec no
+/// longer asks for on any port (an etcd port after `[ha]` is gone, an old PostgreSQL
+/// port). Rules someone else added on other ports are left alone.
+pub fn reconcile_rules(desired: &[Rule], existing: &[Rule], owned: &[Rule], managed_ports: &[u16]) -> RuleDiff {
+    let mut d = diff_rules(desired, existing, managed_ports);
+    for o in owned {
+        if existing.contains(o) && !desired.contains(o) && !d.remove.contains(o) {
+            d.remove.push(o.clone());
+        }
+    }
+    d.remove.sort();
+    d
+}
+
 /// A rule as an EC2 permission (with a description when adding).
 pub fn permission(rule: &Rule, description: Option<&str>) -> IpPermission {
     let b = IpPermission::builder().ip_protocol(&rule.protocol).from_port(rule.from).to_port(rule.to);
@@ -429,17 +697,6 @@ pub fn permission(rule: &Rule, description: Option<&str>) -> IpPermission {
         }
     }
     .build()
-}
-
-/// The description pgrepl puts on a rule it adds.
-pub fn rule_description(rule: &Rule, ssh_port: u16) -> &'static str {
-    if rule.from == i32::from(ssh_port) && rule.to == i32::from(ssh_port) {
-        "pgrepl: SSH from the admin CIDR"
-    } else if matches!(rule.source, Source::Group(_)) {
-        "pgrepl: PostgreSQL between the cluster's nodes"
-    } else {
-        "pgrepl: PostgreSQL from an application CIDR"
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -855,8 +1112,186 @@ mod tests {
             Rule::tcp(5432, Source::Group("sg-9".into())),
             Rule::tcp(5432, Source::PrefixList("pl-1".into())),
         ] {
-            assert_eq!(rules_of(&[permission(&r, Some(rule_description(&r, 22)))]), vec![r]);
+            let described = [permission(&r, Some(exposure().description(&r)))];
+            assert_eq!(rules_of(&described), vec![r.clone()]);
+            assert_eq!(owned_rules_of(&described), vec![r.clone()], "pgrepl's description marks it as pgrepl's");
+            assert!(owned_rules_of(&[permission(&r, Some("added by hand"))]).is_empty());
+            assert!(owned_rules_of(&[permission(&r, None)]).is_empty());
+            assert_eq!(description_of(&r, &described).as_deref(), Some(exposure().description(&r)));
+            assert_eq!(description_of(&Rule::tcp(1, Source::Cidr("192.0.2.1/32".into())), &described), None);
         }
+    }
+
+    /// A 3-node EC2 cluster with `extra` appended (an `[ha]` section, a witness).
+    fn aws_cluster(extra: &str) -> Cluster {
+        let text = format!(
+            r#"
+name = "geo"
+postgres = "16"
+[provider]
+kind = "aws"
+region = "us-east-2"
+admin_cidr = "203.0.113.7/32"
+key_name = "k"
+[provider.locations]
+east = "us-east-2a"
+west = "us-east-2b"
+third = "us-east-2c"
+[[nodes]]
+name = "db1"
+role = "primary"
+location = "east"
+[[nodes]]
+name = "db2"
+role = "standby"
+location = "east"
+[[nodes]]
+name = "db3"
+role = "standby"
+location = "west"
+[[nodes]]
+name = "db4"
+role = "standby"
+location = "west"
+{extra}
+"#
+        );
+        pgrepl_core::ClusterSpec::from_toml(&text).unwrap().validate().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const WITNESS: &str = "[[nodes]]\nname = \"w1\"\nrole = \"witness\"\nlocation = \"third\"\n";
+
+    /// The exposure of a plain 3-node cluster (no `[ha]`).
+    fn exposure() -> Exposure {
+        Exposure {
+            ssh_port: 22,
+            admin_cidr: "203.0.113.7/32".into(),
+            pg_ports: vec![5432],
+            app_cidrs: vec!["10.1.0.0/16".into()],
+            agent_ports: vec![],
+            api_cidrs: vec![],
+            etcd: None,
+        }
+    }
+
+    #[test]
+    fn exposure_without_ha_opens_no_agent_or_etcd_port() {
+        let c = aws_cluster("");
+        let e = Exposure::of(&c, 22, "203.0.113.7/32", &[], &["10.2.0.0/16".into()]);
+        assert_eq!((e.pg_ports.as_slice(), e.agent_ports.as_slice(), e.etcd), (&[5432][..], &[][..], None));
+        assert!(e.api_cidrs.is_empty(), "no agents: the API CIDRs open nothing");
+        assert_eq!(e.rules("sg-1"), desired_rules("sg-1", 22, "203.0.113.7/32", &[5432], &[]));
+        assert_eq!(e.managed_ports(), [22, 5432]);
+    }
+
+    #[test]
+    fn exposure_with_ha_and_deployed_etcd_opens_its_ports_to_the_group_and_the_admin_only() {
+        let c = aws_cluster(&format!("[ha]\napi_port = 8100\n[ha.etcd]\ndeploy = true\nclient_port = 12379\npeer_port = 12380\n{WITNESS}"));
+        let e = Exposure::of(&c, 22, "203.0.113.7/32", &["10.1.0.0/16".into()], &["10.2.0.0/16".into()]);
+        assert_eq!(e.agent_ports, [8100], "one instance per node: every agent on api_port, witnesses too");
+        assert_eq!(e.etcd, Some(EtcdPorts { client: 12379, peer: 12380 }));
+        let rules: BTreeSet<Rule> = e.rules("sg-1").into_iter().collect();
+        let g = || Source::Group("sg-1".into());
+        let admin = || Source::Cidr("203.0.113.7/32".into());
+        let expected: BTreeSet<Rule> = [
+            Rule::tcp(22, admin()),
+            Rule::tcp(5432, g()),
+            Rule::tcp(5432, Source::Cidr("10.1.0.0/16".into())),
+            Rule::tcp(8100, g()),
+            Rule::tcp(8100, admin()),
+            Rule::tcp(8100, Source::Cidr("10.2.0.0/16".into())),
+            Rule::tcp(12379, g()),
+            Rule::tcp(12379, admin()),
+            Rule::tcp(12380, g()),
+        ]
+        .into();
+        assert_eq!(rules, expected);
+        assert!(rules.iter().all(|r| !r.is_open_to_world()));
+        // Application CIDRs reach PostgreSQL only, API CIDRs the agents only.
+        assert!(rules.iter().filter(|r| r.source == Source::Cidr("10.1.0.0/16".into())).all(|r| r.covers(5432) && r.from == 5432));
+        assert!(rules.iter().filter(|r| r.source == Source::Cidr("10.2.0.0/16".into())).all(|r| r.covers(8100) && r.from == 8100));
+        assert_eq!(e.managed_ports(), [22, 5432, 8100, 12379, 12380]);
+
+        // Every rule's description says what it is, as pgrepl's, in characters EC2 allows.
+        let allowed = |c: char| c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c);
+        let mut seen = BTreeSet::new();
+        for r in &rules {
+            let d = e.description(r);
+            assert!(d.starts_with(DESCRIPTION_PREFIX) && d.chars().all(allowed) && d.len() <= 255, "{d:?}");
+            assert!(d != "pgrepl: cluster rule", "{r}: {d}");
+            seen.insert(d);
+        }
+        assert_eq!(seen.len(), rules.len(), "one description per kind of rule: {seen:?}");
+        assert!(e.description(&Rule::tcp(12380, g())).contains("etcd peers"));
+        assert!(e.description(&Rule::tcp(8100, admin())).contains("agent HTTP from the admin CIDR"));
+    }
+
+    #[test]
+    fn exposure_with_ha_and_given_etcd_endpoints_opens_only_the_agents() {
+        let c = aws_cluster("[ha]\n[ha.etcd]\nendpoints = [\"https://10.9.0.1:2379\"]\n");
+        let e = Exposure::of(&c, 22, "203.0.113.7/32", &[], &[]);
+        assert_eq!((e.agent_ports.as_slice(), e.etcd), (&[8008][..], None));
+        assert!(!e.rules("sg-1").iter().any(|r| r.covers(2379) || r.covers(2380)));
+    }
+
+    #[test]
+    fn reconcile_revokes_what_pgrepl_added_and_no_longer_wants_on_any_port() {
+        let g = || Source::Group("sg-1".into());
+        let desired = exposure().rules("sg-1");
+        // The group as [ha] left it, plus a rule of the user's on 9100 and one by hand on 5432.
+        let mut existing: Vec<Rule> = desired.clone();
+        let old_etcd = [Rule::tcp(2379, g()), Rule::tcp(2379, Source::Cidr("203.0.113.7/32".into())), Rule::tcp(2380, g())];
+        existing.extend(old_etcd.iter().cloned());
+        existing.push(Rule::tcp(9100, Source::Cidr("10.0.0.0/8".into())));
+        existing.push(Rule::tcp(5432, Source::Cidr("0.0.0.0/0".into())));
+        let owned: Vec<Rule> = desired.iter().chain(&old_etcd).cloned().collect();
+        let d = reconcile_rules(&desired, &existing, &owned, &exposure().managed_ports());
+        assert!(d.add.is_empty(), "{d:?}");
+        let mut want: Vec<Rule> = old_etcd.to_vec();
+        want.push(Rule::tcp(5432, Source::Cidr("0.0.0.0/0".into())));
+        want.sort();
+        assert_eq!(d.remove, want, "pgrepl's old etcd rules and the hand-added 0.0.0.0/0; the user's 9100 stays");
+        // An owned rule that is already gone is not revoked twice; in sync: nothing.
+        assert!(reconcile_rules(&desired, &desired, &owned, &exposure().managed_ports()).is_empty());
+    }
+
+    #[test]
+    fn machines_are_the_nodes_then_the_witnesses() {
+        let c = aws_cluster(&format!("[ha]\n[ha.etcd]\ndeploy = true\n{WITNESS}"));
+        let m = machines(&c);
+        let names: Vec<(&str, &str, Option<&str>, bool)> =
+            m.iter().map(|m| (m.name.as_str(), m.role.as_str(), m.location.as_deref(), m.witness)).collect();
+        assert_eq!(
+            names,
+            [
+                ("db1", "primary", Some("east"), false),
+                ("db2", "standby", Some("east"), false),
+                ("db3", "standby", Some("west"), false),
+                ("db4", "standby", Some("west"), false),
+                ("w1", "witness", Some("third"), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn hosts_go_to_their_zone_and_share_its_subnets_in_turn() {
+        let order = spread_order(&[sn("s-a1", "za"), sn("s-a2", "za"), sn("s-b1", "zb"), sn("s-c1", "zc")]);
+        let hosts = [("db1", Some("za")), ("db2", Some("za")), ("db3", Some("zb")), ("db4", Some("za")), ("w", Some("zc"))];
+        let placed: Vec<String> = place(&hosts, &order).unwrap().into_iter().map(|s| s.id).collect();
+        assert_eq!(placed, ["s-a1", "s-a2", "s-b1", "s-a1", "s-c1"]);
+        // Without locations: spread as before, by index.
+        let free = [("db1", None), ("db2", None), ("db3", None), ("w", None)];
+        let placed: Vec<String> = place(&free, &order).unwrap().into_iter().map(|s| s.az).collect();
+        assert_eq!(placed, ["za", "zb", "zc", "za"]);
+        // A zone with no subnet: named, with the zones there are.
+        let e = place(&[("db1", Some("za")), ("w", Some("zd"))], &order).unwrap_err();
+        assert_eq!(
+            e,
+            PlacementError::NoSubnetInZone { node: "w".into(), zone: "zd".into(), zones: vec!["za".into(), "zb".into(), "zc".into()] }
+        );
+        let text = e.to_string();
+        assert!(text.contains("node w") && text.contains("zone zd") && text.contains("za, zb, zc"), "{text}");
+        assert_eq!(place(&free, &[]).unwrap_err(), PlacementError::NoSubnet);
     }
 
     #[test]

@@ -6,13 +6,17 @@
 //!
 //! ```text
 //! security group  pgrepl-<cluster>   22 from admin_cidr; each PostgreSQL port from the group
-//!                                    itself and from app_cidrs (never 0.0.0.0/0 by default)
+//!                                    itself and from app_cidrs; with [ha] the agents' port and
+//!                                    a deployed etcd's ports from the group (client and agent
+//!                                    ports from admin_cidr too, agents' from api_cidrs); never
+//!                                    0.0.0.0/0 by default
 //! key pair        pgrepl-<cluster>   imported from ssh_public_key_file (not with key_name)
-//! instance        <cluster>-<node>   one per node, tags Name, pgrepl:cluster, pgrepl:node,
-//!                                    pgrepl:role; spread over zones; root volume tagged too
+//! instance        <cluster>-<node>   one per node and per witness, tags Name, pgrepl:cluster,
+//!                                    pgrepl:node, pgrepl:role; in its location's zone, else
+//!                                    spread over zones; root volume tagged too
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -33,11 +37,11 @@ use aws_sdk_ec2::types::{
 use pgrepl_core::cluster::Cluster;
 use pgrepl_core::deploy::Progress;
 use pgrepl_core::provider::{Host, Provider};
-use pgrepl_core::spec::AwsProviderSpec;
+use pgrepl_core::spec::{AwsProviderSpec, is_availability_zone, zone_of_location};
 use tokio::task::JoinSet;
 
 use crate::error::ProviderError;
-use crate::mapping::{self, AmiQuery, Arch, SubnetChoice};
+use crate::mapping::{self, AmiQuery, Arch, Machine, PlacementError, SubnetChoice};
 use crate::wait::Backoff;
 
 /// How long `ensure` waits for instances to run and answer on SSH, by default.
@@ -94,11 +98,14 @@ impl fmt::Debug for KeySource {
 struct Settings {
     admin_cidr: String,
     app_cidrs: Vec<String>,
+    api_cidrs: Vec<String>,
     instance_type: String,
+    witness_instance_type: String,
     arch: Arch,
     ami: Option<String>,
     ami_query: AmiQuery,
     subnet_ids: Vec<String>,
+    locations: BTreeMap<String, String>,
     key: KeySource,
     volume_gb: u32,
     volume_type: String,
@@ -208,8 +215,8 @@ impl Ec2ProviderBuilder {
         self
     }
 
-    /// The `[provider]` section of the spec: region, endpoint, CIDRs, instance type,
-    /// AMI, subnets, key, volume, SSH port.
+    /// The `[provider]` section of the spec: region, endpoint, CIDRs, instance types,
+    /// AMI, subnets, locations, key, volume, SSH port.
     pub fn with_spec(mut self, spec: &AwsProviderSpec) -> Self {
         self.spec = spec.clone();
         self
@@ -408,8 +415,38 @@ impl Ec2ProviderBuilder {
                 tracing::warn!(cidr = %c, "provider.app_cidrs opens PostgreSQL to the whole internet, as the spec asks");
             }
         }
+        for (i, c) in s.api_cidrs.iter().enumerate() {
+            if !is_cidr(c) {
+                return Err(config(
+                    &format!("provider.api_cidrs[{i}]"),
+                    format!("\"{c}\" is not a CIDR (expected an address/prefix such as \"10.0.0.0/16\")"),
+                ));
+            }
+            if c == "0.0.0.0/0" || c == "::/0" {
+                tracing::warn!(cidr = %c, "provider.api_cidrs opens the agents' HTTP port to the whole internet, as the spec asks");
+            }
+        }
         let instance_type = s.instance_type.clone().unwrap_or_else(|| mapping::DEFAULT_INSTANCE_TYPE.into());
         let arch = mapping::arch_of_instance_type(&instance_type).map_err(|p| config("provider.instance_type", p))?;
+        let witness_instance_type = s.witness_instance_type.clone().unwrap_or_else(|| instance_type.clone());
+        let witness_arch =
+            mapping::arch_of_instance_type(&witness_instance_type).map_err(|p| config("provider.witness_instance_type", p))?;
+        if witness_arch != arch {
+            return Err(config(
+                "provider.witness_instance_type",
+                format!(
+                    "{witness_instance_type} is {witness_arch} but instance_type {instance_type} is {arch}: every instance boots the same AMI (expected an {arch} instance type)"
+                ),
+            ));
+        }
+        for (location, zone) in &s.locations {
+            if !is_availability_zone(zone) {
+                return Err(config(
+                    &format!("provider.locations.{location}"),
+                    format!("\"{zone}\" is not an availability zone name (expected a zone such as \"us-east-2a\")"),
+                ));
+            }
+        }
         let volume_gb = s.volume_gb.unwrap_or(mapping::DEFAULT_VOLUME_GB);
         if !(1..=65536).contains(&volume_gb) {
             return Err(config("provider.volume_gb", format!("{volume_gb} GiB (expected 1 to 65536)")));
@@ -457,11 +494,14 @@ impl Ec2ProviderBuilder {
         Ok(Settings {
             admin_cidr,
             app_cidrs: s.app_cidrs.clone(),
+            api_cidrs: s.api_cidrs.clone(),
             instance_type,
+            witness_instance_type,
             arch,
             ami: s.ami.clone(),
             ami_query: self.ami_query.clone().unwrap_or_default(),
             subnet_ids: s.subnet_ids.clone(),
+            locations: s.locations.clone(),
             key,
             volume_gb,
             volume_type,
@@ -478,10 +518,14 @@ impl Ec2ProviderBuilder {
 ///
 /// ```text
 /// security group  pgrepl-<cluster>   22 from admin_cidr; each PostgreSQL port from the group
-///                                    itself and from app_cidrs (never 0.0.0.0/0 by default)
+///                                    itself and from app_cidrs; with [ha] the agents' port and
+///                                    a deployed etcd's ports from the group (client and agent
+///                                    ports from admin_cidr too, agents' from api_cidrs); never
+///                                    0.0.0.0/0 by default
 /// key pair        pgrepl-<cluster>   imported from ssh_public_key_file (not with key_name)
-/// instance        <cluster>-<node>   one per node, tags Name, pgrepl:cluster, pgrepl:node,
-///                                    pgrepl:role; spread over zones; root volume tagged too
+/// instance        <cluster>-<node>   one per node and per witness, tags Name, pgrepl:cluster,
+///                                    pgrepl:node, pgrepl:role; in its location's zone, else
+///                                    spread over zones; root volume tagged too
 /// ```
 pub struct Ec2Provider {
     client: Client,
@@ -550,6 +594,7 @@ pub struct Preflight {
 struct Launch<'a> {
     node: &'a str,
     role: String,
+    instance_type: &'a str,
     subnet: &'a SubnetChoice,
     token: String,
 }
@@ -787,6 +832,39 @@ impl Ec2Provider {
         Ok(Network { vpc_id, order: mapping::spread_order(&choices) })
     }
 
+    /// Each host of the cluster (data nodes, then witnesses) with its subnet: in the
+    /// availability zone of its location when it has one, else spread over the zones.
+    fn placement(&self, cluster: &Cluster, net: &Network) -> Result<Vec<(Machine, SubnetChoice)>, ProviderError> {
+        let machines = mapping::machines(cluster);
+        let mut zones: Vec<Option<&str>> = Vec::with_capacity(machines.len());
+        for m in &machines {
+            zones.push(match &m.location {
+                None => None,
+                Some(l) => Some(zone_of_location(&self.settings.locations, l).ok_or_else(|| ProviderError::Config {
+                    field: format!("provider.locations.{l}"),
+                    problem: format!(
+                        "node {} is in location \"{l}\", which is neither listed in [provider.locations] nor an availability zone name (expected {l} = \"<zone>\")",
+                        m.name
+                    ),
+                })?),
+            });
+        }
+        let hosts: Vec<(&str, Option<&str>)> = machines.iter().zip(&zones).map(|(m, z)| (m.name.as_str(), *z)).collect();
+        let subnets = mapping::place(&hosts, &net.order).map_err(|e| ProviderError::Invalid {
+            resource: match &e {
+                PlacementError::NoSubnetInZone { node, .. } => format!("node {node} of cluster {}", cluster.name),
+                PlacementError::NoSubnet => format!("VPC {}", net.vpc_id),
+            },
+            problem: e.to_string(),
+        })?;
+        Ok(machines.into_iter().zip(subnets).collect())
+    }
+
+    /// The instance type of a host: the witnesses' type for a witness.
+    fn instance_type_of(&self, m: &Machine) -> &str {
+        if m.witness { &self.settings.witness_instance_type } else { &self.settings.instance_type }
+    }
+
     async fn image(&self) -> Result<ChosenImage, ProviderError> {
         let s = &self.settings;
         let image: Image = match &s.ami {
@@ -868,8 +946,13 @@ impl Ec2Provider {
         let name = mapping::resource_name(&cluster.name);
         let resource = format!("security group {name}");
         let groups = self.find_group(&cluster.name, Some(vpc_id)).await?;
-        let (id, existing) = match groups.first() {
-            Some(g) => (g.group_id().unwrap_or_default().to_string(), mapping::rules_of(g.ip_permissions())),
+        let found = groups.first().map(|g| g.ip_permissions().to_vec()).unwrap_or_default();
+        let (id, existing, owned) = match groups.first() {
+            Some(g) => (
+                g.group_id().unwrap_or_default().to_string(),
+                mapping::rules_of(g.ip_permissions()),
+                mapping::owned_rules_of(g.ip_permissions()),
+            ),
             None => {
                 self.started("cluster", "create security group");
                 let created = self
@@ -890,7 +973,7 @@ impl Ec2Provider {
                     Ok(out) => {
                         let id = out.group_id().unwrap_or_default().to_string();
                         self.finished("cluster", "create security group", &id);
-                        (id, Vec::new())
+                        (id, Vec::new(), Vec::new())
                     }
                     Err(e) => {
                         return Err(match self.err("create", &resource)(e) {
@@ -908,16 +991,12 @@ impl Ec2Provider {
                 }
             }
         };
-        let mut pg_ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-        pg_ports.sort_unstable();
-        pg_ports.dedup();
-        let ssh = self.settings.ssh_port;
-        let desired = mapping::desired_rules(&id, ssh, &self.settings.admin_cidr, &pg_ports, &self.settings.app_cidrs);
-        let mut managed = pg_ports.clone();
-        managed.push(ssh);
-        let diff = mapping::diff_rules(&desired, &existing, &managed);
+        let st = &self.settings;
+        let exposure = mapping::Exposure::of(cluster, st.ssh_port, &st.admin_cidr, &st.app_cidrs, &st.api_cidrs);
+        let desired = exposure.rules(&id);
+        let diff = mapping::reconcile_rules(&desired, &existing, &owned, &exposure.managed_ports());
         if !diff.add.is_empty() {
-            let perms = diff.add.iter().map(|r| mapping::permission(r, Some(mapping::rule_description(r, ssh)))).collect();
+            let perms = diff.add.iter().map(|r| mapping::permission(r, Some(exposure.description(r)))).collect();
             self.client
                 .authorize_security_group_ingress()
                 .group_id(&id)
@@ -930,7 +1009,8 @@ impl Ec2Provider {
             }
         }
         if !diff.remove.is_empty() {
-            let perms = diff.remove.iter().map(|r| mapping::permission(r, None)).collect();
+            // As found, description included: EC2 ignores it, moto compares it.
+            let perms = diff.remove.iter().map(|r| mapping::permission(r, mapping::description_of(r, &found).as_deref())).collect();
             self.client
                 .revoke_security_group_ingress()
                 .group_id(&id)
@@ -1012,7 +1092,7 @@ impl Ec2Provider {
         let resource = format!(
             "instance {} ({} from {} in {})",
             mapping::instance_name(cluster, launch.node),
-            s.instance_type,
+            launch.instance_type,
             image.id,
             launch.subnet.az
         );
@@ -1024,7 +1104,7 @@ impl Ec2Provider {
                 .client
                 .run_instances()
                 .image_id(&image.id)
-                .instance_type(InstanceType::from(s.instance_type.as_str()))
+                .instance_type(InstanceType::from(launch.instance_type))
                 .min_count(1)
                 .max_count(1)
                 .subnet_id(&launch.subnet.id)
@@ -1083,19 +1163,14 @@ impl Ec2Provider {
         let (key_name, key_exists) = self.key_pair(&cluster.name, false).await?;
         let groups = self.find_group(&cluster.name, Some(&net.vpc_id)).await?;
         let group = groups.first().and_then(|g| g.group_id()).map(str::to_string);
-        let mut placement = Vec::new();
-        for (i, n) in cluster.nodes.iter().enumerate() {
-            let s = mapping::subnet_for(i, &net.order).ok_or_else(|| ProviderError::Invalid {
-                resource: format!("VPC {}", net.vpc_id),
-                problem: "no subnet to launch into".into(),
-            })?;
-            placement.push((n.name.clone(), s.id.clone(), s.az.clone()));
-        }
-        if let Some(first) = cluster.nodes.first() {
+        let placed = self.placement(cluster, &net)?;
+        let placement = placed.iter().map(|(m, s)| (m.name.clone(), s.id.clone(), s.az.clone())).collect();
+        if let Some((first, subnet)) = placed.first() {
             let launch = Launch {
                 node: &first.name,
-                role: first.role.to_string(),
-                subnet: mapping::subnet_for(0, &net.order).expect("checked above"),
+                role: first.role.clone(),
+                instance_type: self.instance_type_of(first),
+                subnet,
                 token: mapping::client_token(&cluster.name, &first.name, new_run_id()),
             };
             match self.run_instance(&cluster.name, &launch, &image, group.as_deref(), key_exists.then_some(key_name.as_str()), true).await {
@@ -1120,15 +1195,18 @@ impl Ec2Provider {
         })
     }
 
-    /// Makes sure every node has a running instance and returns the hosts in node order
-    /// (the typed version of [`Provider::ensure_hosts`]).
+    /// Makes sure every node and every witness has a running instance and returns the
+    /// hosts: the nodes in spec order, then the witnesses (the typed version of
+    /// [`Provider::ensure_hosts`]).
     pub async fn ensure(&self, cluster: &Cluster) -> Result<Vec<Host>, ProviderError> {
         let run_id = new_run_id();
         let live = self.live_instances(&cluster.name).await?;
         let have = self.by_node(cluster, &live)?;
         let net = self.network().await?;
-        let missing: Vec<(usize, &pgrepl_core::cluster::Node)> =
-            cluster.nodes.iter().enumerate().filter(|(_, n)| !have.iter().any(|(name, _)| *name == n.name)).collect();
+        // Every host's subnet is known before anything is created: a location without a
+        // subnet in its zone leaves nothing behind.
+        let placed = self.placement(cluster, &net)?;
+        let missing: Vec<&(Machine, SubnetChoice)> = placed.iter().filter(|(m, _)| !have.iter().any(|(name, _)| *name == m.name)).collect();
         // What can be checked without creating anything comes first, so an unknown AMI
         // or key pair leaves nothing behind.
         let prepared = if missing.is_empty() {
@@ -1164,13 +1242,23 @@ impl Ec2Provider {
                 }
                 _ => {}
             }
-            if let Some(n) = cluster.node(node) {
-                let role = n.role.to_string();
+            if let Some((m, subnet)) = placed.iter().find(|(m, _)| m.name == *node) {
+                let zone = inst.placement().and_then(|p| p.availability_zone()).unwrap_or("?");
+                if m.location.is_some() && zone != subnet.az {
+                    tracing::warn!(
+                        node = %node,
+                        instance = %id,
+                        zone,
+                        wanted = %subnet.az,
+                        "the instance is in another availability zone than its location asks; pgrepl does not move it (terminate it and run again to replace it)"
+                    );
+                }
+                let role = &m.role;
                 if mapping::tag_value(inst.tags(), mapping::TAG_ROLE) != Some(role.as_str()) {
                     self.client
                         .create_tags()
                         .resources(&id)
-                        .tags(aws_sdk_ec2::types::Tag::builder().key(mapping::TAG_ROLE).value(&role).build())
+                        .tags(aws_sdk_ec2::types::Tag::builder().key(mapping::TAG_ROLE).value(role).build())
                         .send()
                         .await
                         .map_err(self.err("tag", &format!("instance {id} of node {node}")))?;
@@ -1181,14 +1269,11 @@ impl Ec2Provider {
 
         if let Some((image, key_name)) = prepared {
             tracing::info!(image = %image.id, name = %image.name, "AMI");
-            for (i, node) in missing {
-                let subnet = mapping::subnet_for(i, &net.order).ok_or_else(|| ProviderError::Invalid {
-                    resource: format!("VPC {}", net.vpc_id),
-                    problem: "no subnet to launch into".into(),
-                })?;
+            for (node, subnet) in missing {
                 let launch = Launch {
                     node: &node.name,
-                    role: node.role.to_string(),
+                    role: node.role.clone(),
+                    instance_type: self.instance_type_of(node),
                     subnet,
                     token: mapping::client_token(&cluster.name, &node.name, run_id),
                 };
@@ -1204,7 +1289,7 @@ impl Ec2Provider {
         let waiting_since = tokio::time::Instant::now();
         let running = self.wait_running(&ids).await?;
         let mut hosts = Vec::new();
-        for n in &cluster.nodes {
+        for (n, _) in &placed {
             if let Some(i) = running.iter().find(|i| mapping::tag_value(i.tags(), mapping::TAG_NODE) == Some(n.name.as_str())) {
                 if let Some(h) = mapping::host_of(i) {
                     hosts.push(self.map(h));
@@ -1309,19 +1394,20 @@ impl Ec2Provider {
         }
     }
 
-    /// The hosts that exist now, in node order (nodes the spec no longer has at the
-    /// end). Nothing is created (the typed version of [`Provider::list_hosts`]).
+    /// The hosts that exist now: nodes, then witnesses, in spec order (nodes the spec no
+    /// longer has at the end). Nothing is created (the typed version of [`Provider::list_hosts`]).
     pub async fn list(&self, cluster: &Cluster) -> Result<Vec<Host>, ProviderError> {
         let live = self.live_instances(&cluster.name).await?;
         let by_node = self.by_node(cluster, &live)?;
+        let machines = mapping::machines(cluster);
         let mut hosts: Vec<Host> = Vec::new();
-        for n in &cluster.nodes {
+        for n in &machines {
             if let Some((_, i)) = by_node.iter().find(|(name, _)| *name == n.name) {
                 hosts.extend(mapping::host_of(i));
             }
         }
         let mut extra: Vec<Host> =
-            by_node.iter().filter(|(name, _)| cluster.node(name).is_none()).filter_map(|(_, i)| mapping::host_of(i)).collect();
+            by_node.iter().filter(|(name, _)| !machines.iter().any(|m| m.name == *name)).filter_map(|(_, i)| mapping::host_of(i)).collect();
         extra.sort_by(|a, b| a.node.cmp(&b.node));
         hosts.extend(extra);
         Ok(hosts.into_iter().map(|h| self.map(h)).collect())
@@ -1532,6 +1618,9 @@ mod tests {
         assert_eq!(s.ssh_port, 22);
         assert_eq!(s.ami_query, AmiQuery::default());
         assert!(matches!(s.key, KeySource::Existing(ref k) if k == "mine"));
+        assert_eq!(s.witness_instance_type, "t4g.small", "witnesses default to the nodes' type");
+        let s = Ec2Provider::builder().with_spec(&AwsProviderSpec { witness_instance_type: Some("t4g.micro".into()), ..spec() }).settings();
+        assert_eq!(s.unwrap().witness_instance_type, "t4g.micro");
     }
 
     #[test]
@@ -1543,6 +1632,8 @@ mod tests {
         assert_eq!(f, "provider.admin_cidr");
         let (f, _) = config_error(AwsProviderSpec { app_cidrs: vec!["10.0.0.0/8".into(), "x".into()], ..spec() });
         assert_eq!(f, "provider.app_cidrs[1]");
+        let (f, _) = config_error(AwsProviderSpec { api_cidrs: vec!["10.0.0.0/8".into(), "y".into()], ..spec() });
+        assert_eq!(f, "provider.api_cidrs[1]");
         let (f, p) = config_error(AwsProviderSpec { instance_type: Some("t4g".into()), ..spec() });
         assert_eq!(f, "provider.instance_type");
         assert!(p.contains("not an instance type"));
@@ -1558,6 +1649,14 @@ mod tests {
         assert_eq!(f, "provider.ami");
         let (f, _) = config_error(AwsProviderSpec { subnet_ids: vec!["sn-1".into()], ..spec() });
         assert_eq!(f, "provider.subnet_ids[0]");
+        let (f, p) = config_error(AwsProviderSpec { witness_instance_type: Some("t3.micro".into()), ..spec() });
+        assert_eq!(f, "provider.witness_instance_type");
+        assert!(p.contains("t3.micro is x86_64") && p.contains("same AMI"), "{p}");
+        let (f, _) = config_error(AwsProviderSpec { witness_instance_type: Some("micro".into()), ..spec() });
+        assert_eq!(f, "provider.witness_instance_type");
+        let (f, p) = config_error(AwsProviderSpec { locations: [("east".to_string(), "dc1".to_string())].into(), ..spec() });
+        assert_eq!(f, "provider.locations.east");
+        assert!(p.contains("\"dc1\" is not an availability zone"), "{p}");
     }
 
     #[test]

@@ -576,6 +576,263 @@ async fn given_subnets_ami_type_and_volume_are_used() {
 }
 
 // ---------------------------------------------------------------------------------------
+// [ha]: etcd and agent ports, locations as availability zones, witnesses
+
+/// The spec of an `[ha]` cluster with a deployed etcd: db1/db2 in "east", db3/db4 in
+/// "west" (mapped by `[provider.locations]`), witness w1 in "us-east-2c" (a zone name
+/// as its location): five etcd members over three zones.
+fn geo_spec(name: &str, aws: &AwsProviderSpec) -> ClusterSpec {
+    let mut spec = ClusterSpec::from_toml(&format!(
+        r#"
+name = "{name}"
+postgres = "16"
+
+[provider]
+kind = "aws"
+admin_cidr = "{ADMIN_CIDR}"
+
+[ha.etcd]
+deploy = true
+
+[[nodes]]
+name = "db1"
+role = "primary"
+location = "east"
+
+[[nodes]]
+name = "db2"
+role = "standby"
+location = "east"
+
+[[nodes]]
+name = "db3"
+role = "standby"
+location = "west"
+
+[[nodes]]
+name = "db4"
+role = "standby"
+location = "west"
+
+[[nodes]]
+name = "w1"
+role = "witness"
+location = "us-east-2c"
+"#
+    ))
+    .unwrap();
+    spec.provider = ProviderSpec::Aws(aws.clone());
+    spec
+}
+
+/// [`aws_spec`] with east → us-east-2a, west → us-east-2b, and smaller witnesses.
+fn geo_aws(moto: &Moto) -> AwsProviderSpec {
+    AwsProviderSpec {
+        locations: [("east".to_string(), "us-east-2a".to_string()), ("west".to_string(), "us-east-2b".to_string())].into(),
+        witness_instance_type: Some("t4g.micro".into()),
+        ..aws_spec(moto)
+    }
+}
+
+/// The rules of the cluster's only group, and its id.
+async fn group_rules(ec2: &Client, cluster: &str) -> (String, Vec<Rule>, Vec<Rule>) {
+    let sgs = cluster_groups(ec2, cluster).await;
+    assert_eq!(sgs.len(), 1, "one security group per cluster");
+    let sg = &sgs[0];
+    (sg.group_id().unwrap().to_string(), mapping::rules_of(sg.ip_permissions()), mapping::owned_rules_of(sg.ip_permissions()))
+}
+
+/// What an `[ha]` cluster with a deployed etcd must have, and nothing else.
+fn ha_rules(sg: &str) -> BTreeSet<Rule> {
+    let g = || Source::Group(sg.to_string());
+    let admin = || Source::Cidr(ADMIN_CIDR.into());
+    [
+        Rule::tcp(22, admin()),
+        Rule::tcp(5432, g()),
+        Rule::tcp(5432, Source::Cidr(APP_CIDR.into())),
+        Rule::tcp(8008, g()),
+        Rule::tcp(8008, admin()),
+        Rule::tcp(2379, g()),
+        Rule::tcp(2379, admin()),
+        Rule::tcp(2380, g()),
+    ]
+    .into()
+}
+
+#[tokio::test]
+async fn ha_cluster_lands_in_its_zones_with_a_witness_and_etcd_and_agents_open_only_to_the_group_and_admin() {
+    let moto = Moto::start(Amis::Ubuntu);
+    let ec2 = moto.client();
+    let name = unique("geo");
+    let aws = geo_aws(&moto);
+    let c = geo_spec(&name, &aws).validate().unwrap();
+    assert_eq!(c.witnesses.len(), 1);
+    let p = provider(&aws).await;
+
+    // The dry run already places every host, the witness too, in its zone.
+    let pre = p.preflight(&c).await.unwrap();
+    let planned: Vec<(&str, &str)> = pre.placement.iter().map(|(n, _, z)| (n.as_str(), z.as_str())).collect();
+    assert_eq!(planned, [("db1", "us-east-2a"), ("db2", "us-east-2a"), ("db3", "us-east-2b"), ("db4", "us-east-2b"), ("w1", "us-east-2c")]);
+    assert!(live_by_node(&ec2, &name).await.is_empty(), "preflight creates nothing");
+
+    let hosts = p.ensure_hosts(&c).await.unwrap();
+    assert_eq!(hosts.iter().map(|h| h.node.as_str()).collect::<Vec<_>>(), ["db1", "db2", "db3", "db4", "w1"], "nodes, then the witness");
+    assert!(hosts.iter().all(|h| h.state == "running" && h.address.is_some()), "{hosts:?}");
+
+    // Each instance in its location's zone; the witness smaller, tagged as a witness.
+    let live = live_by_node(&ec2, &name).await;
+    assert_eq!(live.keys().collect::<Vec<_>>(), ["db1", "db2", "db3", "db4", "w1"]);
+    let zone = |n: &str| live[n].placement().unwrap().availability_zone().unwrap().to_string();
+    let zones: Vec<String> = ["db1", "db2", "db3", "db4", "w1"].iter().map(|n| zone(n)).collect();
+    assert_eq!(zones, ["us-east-2a", "us-east-2a", "us-east-2b", "us-east-2b", "us-east-2c"]);
+    for (node, i) in &live {
+        let subnet = ec2.describe_subnets().subnet_ids(i.subnet_id().unwrap()).send().await.unwrap();
+        assert_eq!(subnet.subnets()[0].availability_zone(), Some(zone(node).as_str()), "{node}'s subnet is in its zone");
+        let (ty, role) = match node.as_str() {
+            "w1" => ("t4g.micro", "witness"),
+            "db1" => ("t4g.small", "primary"),
+            _ => ("t4g.small", "standby"),
+        };
+        assert_eq!(i.instance_type().map(|t| t.as_str()), Some(ty), "{node}");
+        assert_eq!(mapping::tag_value(i.tags(), mapping::TAG_ROLE), Some(role), "{node}");
+        let h = hosts.iter().find(|h| &h.node == node).unwrap();
+        assert_eq!((h.id.as_deref(), h.address.as_deref()), (i.instance_id(), i.private_ip_address()));
+    }
+
+    // The group: etcd's client and peer ports and the agents' port from the group itself,
+    // the client and agent ports from the admin CIDR too; nothing from 0.0.0.0/0.
+    let (sg, rules, owned) = group_rules(&ec2, &name).await;
+    assert!(live.values().all(|i| i.security_groups().iter().any(|g| g.group_id() == Some(sg.as_str()))));
+    assert_eq!(rules.iter().cloned().collect::<BTreeSet<_>>(), ha_rules(&sg));
+    assert!(!rules.iter().any(Rule::is_open_to_world), "{rules:?}");
+    assert_eq!(owned, rules, "every rule carries pgrepl's description");
+
+    // Again, with a new provider (a second `pgrepl up`): nothing changes.
+    let n_instances = all_instances(&ec2).await.len();
+    let again = provider(&aws).await.ensure_hosts(&c).await.unwrap();
+    assert_eq!(again, hosts);
+    assert_eq!(all_instances(&ec2).await.len(), n_instances, "no new instance");
+    assert_eq!(group_rules(&ec2, &name).await.1, rules, "rules unchanged");
+    assert_eq!(p.list_hosts(&c).await.unwrap(), hosts);
+
+    // Destroy: every instance (the witness too), the group and its rules, the key pair.
+    p.destroy_hosts(&c).await.unwrap();
+    assert!(live_by_node(&ec2, &name).await.is_empty());
+    let ids: BTreeSet<&str> = hosts.iter().filter_map(|h| h.id.as_deref()).collect();
+    let states: Vec<(String, String)> = all_instances(&ec2)
+        .await
+        .iter()
+        .filter(|i| ids.contains(i.instance_id().unwrap()))
+        .map(|i| (i.instance_id().unwrap().to_string(), mapping::instance_state(i).to_string()))
+        .collect();
+    assert_eq!(states.len(), 5, "{states:?}");
+    assert!(states.iter().all(|(_, s)| s == "terminated"), "{states:?}");
+    assert!(cluster_groups(&ec2, &name).await.is_empty());
+    assert!(!key_names(&ec2).await.contains(&format!("pgrepl-{name}")));
+    assert!(p.list_hosts(&c).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ha_rules_are_repaired_and_revoked_with_the_ha_section() {
+    let moto = Moto::start(Amis::Ubuntu);
+    let ec2 = moto.client();
+    let name = unique("harules");
+    let aws = aws_spec(&moto);
+    let mut spec = cluster_spec(&name, &aws);
+    spec.ha = Some(pgrepl_core::spec::HaSpec {
+        etcd: pgrepl_core::spec::EtcdSpec { deploy: true, ..Default::default() },
+        ..pgrepl_core::spec::HaSpec::with_endpoints(Vec::<String>::new())
+    });
+    let with_ha = spec.validate().unwrap();
+    let p = provider(&aws).await;
+    p.ensure_hosts(&with_ha).await.unwrap();
+    let (sg, rules, _) = group_rules(&ec2, &name).await;
+    assert_eq!(rules.iter().cloned().collect::<BTreeSet<_>>(), ha_rules(&sg));
+
+    // Someone opens etcd's client port to the world and adds a rule of their own on 9100;
+    // a pgrepl rule on the peer port goes missing.
+    let world = Rule::tcp(2379, Source::Cidr("0.0.0.0/0".into()));
+    let theirs = Rule::tcp(9100, Source::Cidr("10.0.0.0/8".into()));
+    let peer = Rule::tcp(2380, Source::Group(sg.clone()));
+    ec2.authorize_security_group_ingress()
+        .group_id(&sg)
+        .ip_permissions(mapping::permission(&world, None))
+        .ip_permissions(mapping::permission(&theirs, Some("node exporter, by hand")))
+        .send()
+        .await
+        .unwrap();
+    let perms = cluster_groups(&ec2, &name).await[0].ip_permissions().to_vec();
+    let as_found = mapping::permission(&peer, mapping::description_of(&peer, &perms).as_deref());
+    ec2.revoke_security_group_ingress().group_id(&sg).ip_permissions(as_found).send().await.unwrap();
+    p.ensure_hosts(&with_ha).await.unwrap();
+    let (_, rules, _) = group_rules(&ec2, &name).await;
+    let mut want = ha_rules(&sg);
+    want.insert(theirs.clone());
+    assert_eq!(rules.iter().cloned().collect::<BTreeSet<_>>(), want, "0.0.0.0/0 on 2379 revoked, the peer rule back, theirs kept");
+
+    // API CIDRs reach the agents' port (HAProxy, Prometheus), and go again when removed.
+    let api = Rule::tcp(8008, Source::Cidr("10.30.0.0/16".into()));
+    let with_api = AwsProviderSpec { api_cidrs: vec!["10.30.0.0/16".into()], ..aws.clone() };
+    provider(&with_api).await.ensure_hosts(&with_ha).await.unwrap();
+    let (_, rules, _) = group_rules(&ec2, &name).await;
+    assert!(rules.contains(&api), "{rules:?}");
+    assert!(!rules.iter().any(|r| r.source == api.source && r.from != 8008), "the API CIDR reaches the agents only: {rules:?}");
+    p.ensure_hosts(&with_ha).await.unwrap();
+    assert!(!group_rules(&ec2, &name).await.1.contains(&api));
+
+    // Without [ha]: pgrepl's etcd and agent rules go; PostgreSQL, SSH and theirs stay.
+    let without = cluster(&name, &aws);
+    p.ensure_hosts(&without).await.unwrap();
+    let (_, rules, _) = group_rules(&ec2, &name).await;
+    let want: BTreeSet<Rule> = [
+        Rule::tcp(22, Source::Cidr(ADMIN_CIDR.into())),
+        Rule::tcp(5432, Source::Group(sg.clone())),
+        Rule::tcp(5432, Source::Cidr(APP_CIDR.into())),
+        theirs,
+    ]
+    .into();
+    assert_eq!(rules.iter().cloned().collect::<BTreeSet<_>>(), want);
+    p.destroy_hosts(&without).await.unwrap();
+    assert!(cluster_groups(&ec2, &name).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_location_whose_zone_has_no_subnet_is_refused_before_anything_is_created() {
+    let moto = Moto::start(Amis::Ubuntu);
+    let ec2 = moto.client();
+    let subnets = ec2.describe_subnets().filters(f("default-for-az", "true")).send().await.unwrap();
+    let in_zone =
+        |z: &str| subnets.subnets().iter().find(|s| s.availability_zone() == Some(z)).and_then(|s| s.subnet_id()).unwrap().to_string();
+    // Only subnets of us-east-2a and us-east-2b may be used; the witness asks for us-east-2c.
+    let aws = AwsProviderSpec { subnet_ids: vec![in_zone("us-east-2a"), in_zone("us-east-2b")], ..geo_aws(&moto) };
+    let name = unique("nozone");
+    let c = geo_spec(&name, &aws).validate().unwrap();
+    let (n_instances, n_groups, keys) = (all_instances(&ec2).await.len(), groups(&ec2).await.len(), key_names(&ec2).await);
+    let e = provider(&aws).await.ensure(&c).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Invalid { .. }), "{e:?}");
+    let text = chain(&e);
+    for w in ["node w1", "us-east-2c", "us-east-2a, us-east-2b", "provider.subnet_ids"] {
+        assert!(text.contains(w), "{text:?} lacks {w:?}");
+    }
+    assert_eq!(all_instances(&ec2).await.len(), n_instances, "no instance");
+    assert_eq!(groups(&ec2).await.len(), n_groups, "no group");
+    assert_eq!(key_names(&ec2).await, keys, "no key pair");
+
+    // A location the provider cannot map (a spec built without validation) names the
+    // field to fix.
+    let mut unmapped = c.clone();
+    unmapped.nodes[0].location = Some("north".into());
+    let e = provider(&aws).await.ensure(&unmapped).await.unwrap_err();
+    match &e {
+        ProviderError::Config { field, problem } => {
+            assert_eq!(field, "provider.locations.north");
+            assert!(problem.contains("node db1"), "{problem}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // errors moto can produce
 
 #[tokio::test]

@@ -682,12 +682,18 @@ pub struct AwsProviderSpec {
     /// Endpoint override (private endpoints, tests); also `AWS_ENDPOINT_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_url: Option<String>,
-    /// CIDR allowed to reach SSH (22). Required: there is no open default.
+    /// CIDR allowed to reach SSH (22), and with `[ha]` the agents' HTTP port and a
+    /// deployed etcd's client port (the admin's `pgrepl` reads them). Required: there is
+    /// no open default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_cidr: Option<String>,
     /// Extra CIDRs allowed to reach PostgreSQL (applications).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_cidrs: Vec<String>,
+    /// With `[ha]`: extra CIDRs allowed to reach the agents' HTTP port (`[ha] api_port`:
+    /// HAProxy's checks, a Prometheus scrape); default none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_cidrs: Vec<String>,
     /// Instance type; default `t4g.small`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
@@ -709,9 +715,87 @@ pub struct AwsProviderSpec {
     /// Root volume type; default `gp3`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_type: Option<String>,
+    /// Instance type of the witnesses (`role = "witness"`: an etcd member and an agent,
+    /// no PostgreSQL); default `instance_type`. Same architecture as `instance_type`, since
+    /// every instance boots the same AMI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness_instance_type: Option<String>,
+    /// The availability zone of each node `location` (`[provider.locations]
+    /// east = "us-east-2a"`). A location not listed here must itself be an availability
+    /// zone name (`location = "us-east-2a"`); see [`AwsProviderSpec::zone_of`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locations: BTreeMap<String, String>,
     /// How pgrepl logs in once the instances run.
     #[serde(default)]
     pub ssh: SshProviderSpec,
+}
+
+impl AwsProviderSpec {
+    /// The availability zone a node with `location` goes to: the zone
+    /// `[provider.locations]` maps it to, else the location itself when it is shaped like
+    /// an availability zone name (see [`is_availability_zone`]), else `None` (validation
+    /// refuses such a location on the AWS provider).
+    ///
+    /// ```
+    /// use pgrepl_core::spec::AwsProviderSpec;
+    /// let mut aws = AwsProviderSpec::default();
+    /// aws.locations.insert("east".into(), "us-east-2a".into());
+    /// assert_eq!(aws.zone_of("east"), Some("us-east-2a"));
+    /// assert_eq!(aws.zone_of("us-east-2c"), Some("us-east-2c"));
+    /// assert_eq!(aws.zone_of("west"), None);
+    /// ```
+    pub fn zone_of<'a>(&'a self, location: &'a str) -> Option<&'a str> {
+        zone_of_location(&self.locations, location)
+    }
+}
+
+/// [`AwsProviderSpec::zone_of`] for a map of locations to zones on its own.
+pub fn zone_of_location<'a>(locations: &'a BTreeMap<String, String>, location: &'a str) -> Option<&'a str> {
+    match locations.get(location) {
+        Some(zone) => Some(zone.as_str()),
+        None => is_availability_zone(location).then_some(location),
+    }
+}
+
+/// Whether `s` is shaped like an EC2 availability zone name: a region name
+/// (`us-east-2`, `ap-southeast-1`, `us-gov-west-1`) followed by a zone letter
+/// (`us-east-2a`), or a Local Zone (`us-west-2-lax-1a`). Whether the zone exists is for
+/// EC2 to say.
+///
+/// ```
+/// use pgrepl_core::spec::is_availability_zone;
+/// assert!(is_availability_zone("us-east-2a"));
+/// assert!(is_availability_zone("us-west-2-lax-1a"));
+/// assert!(!is_availability_zone("us-east-2"));
+/// assert!(!is_availability_zone("east"));
+/// ```
+pub fn is_availability_zone(s: &str) -> bool {
+    let Some(rest) = s.strip_suffix(|c: char| c.is_ascii_lowercase()) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    let alpha = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase());
+    let digits = |p: &str| !p.is_empty() && p.len() <= 2 && p.chars().all(|c| c.is_ascii_digit());
+    // <geo>-<direction...>-<n>, then optionally -<city>-<n> (a Local Zone).
+    let Some(first_digit) = parts.iter().position(|p| digits(p)) else {
+        return false;
+    };
+    let region_ok = first_digit >= 2 && parts[0].len() == 2 && parts[..first_digit].iter().all(|p| alpha(p));
+    let tail = &parts[first_digit + 1..];
+    region_ok && (tail.is_empty() || (tail.len() == 2 && alpha(tail[0]) && digits(tail[1])))
+}
+
+/// The region of an availability zone name (`us-east-2a` → `us-east-2`,
+/// `us-west-2-lax-1a` → `us-west-2`), when it is one.
+pub fn region_of_zone(zone: &str) -> Option<&str> {
+    if !is_availability_zone(zone) {
+        return None;
+    }
+    let bytes = zone.as_bytes();
+    // The region ends at the first run of digits.
+    let start = bytes.iter().position(u8::is_ascii_digit)?;
+    let end = bytes[start..].iter().position(|b| !b.is_ascii_digit()).map_or(zone.len(), |k| start + k);
+    Some(&zone[..end])
 }
 
 impl ClusterSpec {

@@ -73,8 +73,9 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
     let index: Vec<usize> = spec.nodes.iter().enumerate().filter(|(_, n)| n.role != Role::Witness).map(|(i, _)| i).collect();
     let data = ClusterSpec { nodes: index.iter().map(|&i| spec.nodes[i].clone()).collect(), ..spec.clone() };
     let placed = crate::locations::check(spec);
+    let zones = aws_zones(spec);
     match (validate_data(&data, detected), placed) {
-        (Ok(mut c), Ok(placed)) => {
+        (Ok(mut c), Ok(placed)) if zones.is_empty() => {
             c.witnesses = placed.witnesses;
             if let Some(h) = c.ha.as_mut() {
                 h.etcd_members = placed.etcd_members;
@@ -88,9 +89,55 @@ fn validate(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluster, Sp
                 e.problem = renumber(&e.problem, &index);
             }
             errs.extend(placed.err().unwrap_or_default());
+            errs.extend(zones);
             Err(SpecErrors(errs))
         }
     }
+}
+
+/// On the AWS provider: every node's `location` (witnesses too) has an availability zone
+/// (`[provider.locations]`, or the location is itself a zone name), and every zone is
+/// shaped like one and in the spec's region when it names one.
+fn aws_zones(spec: &ClusterSpec) -> Vec<SpecError> {
+    let ProviderSpec::Aws(a) = &spec.provider else {
+        return Vec::new();
+    };
+    let mut errs = Vec::new();
+    let region = a.region.as_deref();
+    let in_region = |zone: &str| match (region, crate::spec::region_of_zone(zone)) {
+        (Some(r), Some(zr)) => r == zr,
+        _ => true,
+    };
+    for (location, zone) in &a.locations {
+        let field = format!("provider.locations.{location}");
+        if !crate::spec::is_availability_zone(zone) {
+            errs.push(SpecError::new(field, format!("\"{zone}\" is not an availability zone name"), "a zone such as \"us-east-2a\""));
+        } else if !in_region(zone) {
+            errs.push(SpecError::new(
+                field,
+                format!("zone \"{zone}\" is not in region {}", region.unwrap_or_default()),
+                format!("a zone of {} (such as \"{}a\")", region.unwrap_or_default(), region.unwrap_or_default()),
+            ));
+        }
+    }
+    for (i, n) in spec.nodes.iter().enumerate() {
+        let Some(location) = &n.location else { continue };
+        let field = format!("nodes[{i}].location");
+        match a.zone_of(location) {
+            None => errs.push(SpecError::new(
+                field,
+                format!("\"{location}\" of \"{}\" is neither in [provider.locations] nor an availability zone name", n.name),
+                format!("[provider.locations] {location} = \"<zone>\", or an availability zone as the location (such as \"us-east-2a\")"),
+            )),
+            Some(zone) if !a.locations.contains_key(location) && !in_region(zone) => errs.push(SpecError::new(
+                field,
+                format!("zone \"{zone}\" of \"{}\" is not in region {}", n.name, region.unwrap_or_default()),
+                format!("a zone of {}", region.unwrap_or_default()),
+            )),
+            Some(_) => {}
+        }
+    }
+    errs
 }
 
 /// `nodes[k]` in `text` as `nodes[index[k]]`.
@@ -592,6 +639,11 @@ fn validate_data(spec: &ClusterSpec, detected: Option<PgMajor>) -> Result<Cluste
         for (k, c) in a.app_cidrs.iter().enumerate() {
             if !is_cidr(c) {
                 err(format!("provider.app_cidrs[{k}]"), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"10.0.0.0/16\"");
+            }
+        }
+        for (k, c) in a.api_cidrs.iter().enumerate() {
+            if !is_cidr(c) {
+                err(format!("provider.api_cidrs[{k}]"), format!("\"{c}\" is not a CIDR"), "an address/prefix such as \"10.0.0.0/16\"");
             }
         }
     }

@@ -491,3 +491,76 @@ fn data_node_errors_keep_their_index_among_witnesses() {
     let errs = errors(&GEO.replace("name = \"w\"\nrole = \"witness\"\naddress = \"10.0.0.5\"\n", "name = \"w\"\nrole = \"witness\"\n"));
     assert_field(&errs, "nodes[0].address", &["missing", "witness"]);
 }
+
+/// [`GEO`] on EC2: locations map to availability zones through `[provider.locations]`
+/// or are zone names themselves.
+fn geo_aws(locations: &str) -> String {
+    GEO.replace("address = \"10.0.0.5\"\n", "")
+        .replace("address = \"10.0.0.1\"\n", "")
+        .replace("address = \"10.0.0.2\"\n", "")
+        .replace("address = \"10.0.0.3\"\n", "")
+        .replace("address = \"10.0.0.4\"\n", "")
+        .replace(
+            "[provider]\nkind = \"ssh\"\nuser = \"root\"\n",
+            &format!(
+                "[provider]\nkind = \"aws\"\nregion = \"us-east-2\"\nadmin_cidr = \"203.0.113.7/32\"\nkey_name = \"k\"\n{locations}\n"
+            ),
+        )
+}
+
+#[test]
+fn aws_locations_map_to_zones_or_are_zones() {
+    let ok = geo_aws("[provider.locations]\neast = \"us-east-2a\"\nwest = \"us-east-2b\"\nthird = \"us-east-2c\"\n");
+    let spec = ClusterSpec::from_toml(&ok).unwrap();
+    assert_eq!(ClusterSpec::from_toml(&spec.to_toml()).unwrap(), spec, "[provider.locations] survives a round trip");
+    let c = spec.validate().unwrap();
+    let pgrepl_core::spec::ProviderSpec::Aws(aws) = c.provider() else { panic!("aws") };
+    assert_eq!(aws.zone_of("east"), Some("us-east-2a"));
+    assert_eq!(c.witnesses[0].location.as_deref(), Some("third"));
+    // A location that is a zone name needs no map entry.
+    let zones = geo_aws("[provider.locations]\neast = \"us-east-2a\"\nwest = \"us-east-2b\"\n").replace("\"third\"", "\"us-east-2c\"");
+    ClusterSpec::from_toml(&zones).unwrap().validate().unwrap();
+    // Without locations at all: as before.
+    let none = geo_aws("").replace("location = \"east\"\n", "").replace("location = \"west\"\n", "").replace("location = \"third\"\n", "");
+    ClusterSpec::from_toml(&none).unwrap().validate().unwrap();
+}
+
+#[test]
+fn aws_locations_without_a_zone_are_refused_naming_the_field() {
+    // "third" (the witness, nodes[0]) has no zone: neither mapped nor a zone name.
+    let errs = errors(&geo_aws("[provider.locations]\neast = \"us-east-2a\"\nwest = \"us-east-2b\"\n"));
+    assert_field(&errs, "nodes[0].location", &["\"third\"", "neither in [provider.locations] nor an availability zone", "third = "]);
+    assert!(errs.get("nodes[1].location").is_none(), "{errs}");
+    // A map entry that is not a zone, and one in another region.
+    let errs = errors(&geo_aws("[provider.locations]\neast = \"dc1\"\nwest = \"eu-west-1a\"\nthird = \"us-east-2c\"\n"));
+    assert_field(&errs, "provider.locations.east", &["\"dc1\" is not an availability zone name", "us-east-2a"]);
+    assert_field(&errs, "provider.locations.west", &["\"eu-west-1a\" is not in region us-east-2"]);
+    // A zone name as a location, in another region.
+    let errs =
+        errors(&geo_aws("[provider.locations]\neast = \"us-east-2a\"\nwest = \"us-east-2b\"\n").replace("\"third\"", "\"us-west-1a\""));
+    assert_field(&errs, "nodes[0].location", &["zone \"us-west-1a\" of \"w\" is not in region us-east-2"]);
+}
+
+#[test]
+fn availability_zone_names() {
+    use pgrepl_core::spec::{is_availability_zone, region_of_zone};
+    for z in ["us-east-2a", "eu-central-1b", "ap-southeast-2c", "us-gov-west-1a", "us-west-2-lax-1a", "cn-north-1a"] {
+        assert!(is_availability_zone(z), "{z}");
+    }
+    for z in ["us-east-2", "east", "dc1", "us-east-2A", "useast-2a", "us-2a", "", "a", "us-east-2-lax-1", "us-east-2ab-"] {
+        assert!(!is_availability_zone(z), "{z}");
+    }
+    assert_eq!(region_of_zone("us-east-2a"), Some("us-east-2"));
+    assert_eq!(region_of_zone("us-west-2-lax-1a"), Some("us-west-2"));
+    assert_eq!(region_of_zone("us-gov-west-1a"), Some("us-gov-west-1"));
+    assert_eq!(region_of_zone("east"), None);
+}
+
+#[test]
+fn aws_api_cidrs_are_cidrs() {
+    let errs = errors(&geo_aws(
+        "api_cidrs = [\"10.0.0.0/8\", \"haproxy\"]\n[provider.locations]\neast = \"us-east-2a\"\nwest = \"us-east-2b\"\nthird = \"us-east-2c\"\n",
+    ));
+    assert_field(&errs, "provider.api_cidrs[1]", &["\"haproxy\" is not a CIDR"]);
+    assert_eq!(errs.iter().count(), 1, "{errs}");
+}
