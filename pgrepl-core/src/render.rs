@@ -619,26 +619,38 @@ pub fn passfile_text(user: &str, password: &str) -> String {
 fn role_sql(cluster: &Cluster, secrets: Option<&Secrets>) -> Vec<Sql> {
     let user = &cluster.replication.user;
     let verifier = secrets.map(|s| s.replication_verifier.expose()).unwrap_or(REDACTED);
-    vec![
-        Sql {
-            purpose: format!("replication role {user}"),
+    let mut sql = vec![Sql {
+        purpose: format!("replication role {user}"),
+        text: format!(
+            "SET synchronous_commit = local; DO $pgrepl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {ident} WITH REPLICATION LOGIN; END IF; END $pgrepl$;",
+            lit = sql_literal(user),
+            ident = sql_ident(user)
+        ),
+        secret: false,
+    }];
+    // 11+: pg_rewind's functions, so that any node can later rewind from whichever primary
+    // with this role (an agent on its own host reaches the primary only over the network).
+    let grants = cluster.caps().and_then(|c| c.rewind).map(|r| r.source_grants).unwrap_or(&[]);
+    if !grants.is_empty() {
+        sql.push(Sql {
+            purpose: format!("pg_rewind's functions for {user}"),
             text: format!(
-                "SET synchronous_commit = local; DO $pgrepl$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {lit}) THEN CREATE ROLE {ident} WITH REPLICATION LOGIN; END IF; END $pgrepl$;",
-                lit = sql_literal(user),
-                ident = sql_ident(user)
+                "SET synchronous_commit = local; {}",
+                grants.iter().map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO {};", sql_ident(user))).collect::<Vec<_>>().join(" ")
             ),
             secret: false,
-        },
-        Sql {
-            purpose: format!("password of {user} (a hash; the password itself never reaches the server)"),
-            text: format!(
-                "SET synchronous_commit = local; ALTER ROLE {} WITH REPLICATION LOGIN PASSWORD {};",
-                sql_ident(user),
-                sql_literal(verifier)
-            ),
-            secret: secrets.is_some(),
-        },
-    ]
+        });
+    }
+    sql.push(Sql {
+        purpose: format!("password of {user} (a hash; the password itself never reaches the server)"),
+        text: format!(
+            "SET synchronous_commit = local; ALTER ROLE {} WITH REPLICATION LOGIN PASSWORD {};",
+            sql_ident(user),
+            sql_literal(verifier)
+        ),
+        secret: secrets.is_some(),
+    });
+    sql
 }
 
 /// Creates a physical slot unless it exists.

@@ -354,7 +354,7 @@ impl HaLab {
     pub fn kill_host(letter: &str) {
         let pids = Command::new("ip").args(["netns", "pids", &format!("pgl-{letter}")]).output().unwrap();
         for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
+            let _ = Command::new("kill").args(["-KILL", pid]).output();
         }
     }
 
@@ -375,5 +375,22 @@ impl HaLab {
 impl Drop for HaLab {
     fn drop(&mut self) {
         let _ = netns_ha_sh(&["down", "--purge"]);
+    }
+}
+
+impl HaLab {
+    /// Runs `cmd` (sh) inside a host's mount and network namespaces, from this machine
+    /// (through its sshd's namespaces): works while the host's link is down.
+    pub fn inside(letter: &str, cmd: &str) -> (i32, String) {
+        let pid = std::fs::read_to_string(lab_dir().join(format!("netns-ha/{letter}/sshd.pid"))).expect("the host's sshd pid file");
+        let o = Command::new("nsenter").args(["-t", pid.trim(), "-m", "-n", "--", "sh", "-c", cmd]).output().expect("nsenter runs");
+        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// Whether a host's server accepts writes now (asked over its own socket).
+    pub fn writable(letter: &str) -> Option<bool> {
+        let (code, out) =
+            Self::inside(letter, "timeout 2 runuser -u postgres -- psql -X -A -t -c 'SELECT NOT pg_is_in_recovery()' 2>/dev/null");
+        (code == 0).then(|| out == "t")
     }
 }

@@ -100,7 +100,7 @@ impl Deployment {
         n: &Node,
         h: &NodeHandle,
         primary: &Node,
-        ph: &NodeHandle,
+        ph: Option<&NodeHandle>,
         r: &RenderedNode,
         tool: &str,
         report: &mut Rewound,
@@ -126,26 +126,30 @@ impl Deployment {
             act(&mut report.actions, &n.name, "replay its own WAL in recovery, shut down cleanly", t);
         }
         // ≤15: a freshly promoted source's pg_control names its new timeline only after a checkpoint.
-        if rc.checkpoint_source_first {
+        // From a node's own host (no handle on the primary): the promotion's own checkpoint
+        // (its last step) and the grants made with the replication role stand in.
+        if let (true, Some(ph)) = (rc.checkpoint_source_first, ph) {
             let t = Instant::now();
             run.sql(ph, primary.port, "CHECKPOINT;", "checkpoint on the rewind source").await?;
             act(&mut report.actions, &primary.name, "CHECKPOINT (pg_rewind source)", t);
         }
         let source = if !rc.source_grants.is_empty() {
             let user = &target.replication.user;
-            let grants: String = rc
-                .source_grants
-                .iter()
-                .map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO {};", sql_ident(user)))
-                .collect::<Vec<_>>()
-                .join(" ");
-            run.sql(
-                ph,
-                primary.port,
-                &format!("SET synchronous_commit = local; {grants}"),
-                "grant pg_rewind's functions to the replication role",
-            )
-            .await?;
+            if let Some(ph) = ph {
+                let grants: String = rc
+                    .source_grants
+                    .iter()
+                    .map(|f| format!("GRANT EXECUTE ON FUNCTION {f} TO {};", sql_ident(user)))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                run.sql(
+                    ph,
+                    primary.port,
+                    &format!("SET synchronous_commit = local; {grants}"),
+                    "grant pg_rewind's functions to the replication role",
+                )
+                .await?;
+            }
             format!(
                 "host={} port={} user={} dbname=postgres passfile={} connect_timeout=10",
                 conninfo_quote(&primary.address_or_placeholder()),
@@ -153,7 +157,7 @@ impl Deployment {
                 conninfo_quote(user),
                 conninfo_quote(&h.layout.passfile())
             )
-        } else if op.d.hosts_on_this_machine() {
+        } else if let (true, Some(ph)) = (op.d.hosts_on_this_machine(), ph) {
             // ≤10: a superuser source; on one machine, over the primary's Unix socket.
             format!(
                 "host={} port={} user={} dbname=postgres",
@@ -185,7 +189,7 @@ impl Deployment {
         if !out.success() {
             return Err(Error::node(&n.name, format!("pg_rewind exited with status {}: {}", out.status, out.tail())));
         }
-        if format!("{}{}", out.stdout, out.stderr).contains("no rewind required") {
+        if ph.is_some() && format!("{}{}", out.stdout, out.stderr).contains("no rewind required") {
             // pgrepl found a divergence that pg_rewind does not see: nothing was rewound.
             return Err(Error::node(&n.name, "pg_rewind found no divergence although its WAL diverged"));
         }
@@ -215,7 +219,8 @@ impl Exec<'_> {
         let n = target.node(node).ok_or_else(|| Error::node(node, "not a node of the cluster"))?.clone();
         let primary = target.primary().clone();
         let h = op.handle(node).ok_or_else(|| Error::node(node, "its host cannot be reached"))?;
-        let ph = op.handle(&primary.name).ok_or_else(|| Error::node(&primary.name, "its host cannot be reached"))?;
+        // `None`: an agent on its own host, which reaches the primary over the network only.
+        let ph = op.handle(&primary.name);
         let upstream = n.upstream.clone().unwrap_or_else(|| primary.name.clone());
         let run = op.run(target);
         let r = op.render(target, node)?;
@@ -240,7 +245,16 @@ impl Exec<'_> {
                         ),
                     )));
                 }
+                DataDir::Cluster { .. } if ph.is_none() => {
+                    let (m, why) = from_own_host(h, &primary, &caps, &target.replication.user).await;
+                    reason = why;
+                    match m {
+                        Some(m) => m,
+                        None => return Err(execute::Fail::Abandon(refused(node, reason))),
+                    }
+                }
                 DataDir::Cluster { .. } => {
+                    let ph = ph.expect("the arm above");
                     let pc = read_control(ph, &caps).await;
                     let nc = read_control(h, &caps).await;
                     match (pc, nc) {
@@ -360,6 +374,73 @@ impl Exec<'_> {
             rd.streaming = streaming;
         }
         Ok(None)
+    }
+}
+
+/// How a node comes back when only its own host is at hand (an agent there): the
+/// primary's system and timeline over a replication connection from the node's host
+/// (`IDENTIFY_SYSTEM`), against its own pg_control. `None`: refused, with the reason.
+async fn from_own_host(h: &NodeHandle, primary: &Node, caps: &Capabilities, user: &str) -> (Option<RejoinMethod>, String) {
+    let control = match read_control(h, caps).await {
+        Ok(c) => c,
+        Err(e) => return (Some(RejoinMethod::Recloned), format!("its pg_control could not be read ({e})")),
+    };
+    let conninfo = format!(
+        "host={} port={} user={} dbname=replication replication=true passfile={} connect_timeout=5",
+        conninfo_quote(&primary.address_or_placeholder()),
+        primary.port,
+        conninfo_quote(user),
+        conninfo_quote(&h.layout.passfile())
+    );
+    let mut cmd = Command::new(h.layout.client_tool("psql"))
+        .args([conninfo.as_str(), "-X", "-A", "-t", "-c", "IDENTIFY_SYSTEM"])
+        .user(h.layout.os_user.clone())
+        .timeout(Duration::from_secs(15));
+    for (k, v) in render::server_env(&h.layout) {
+        cmd = cmd.env(k, v);
+    }
+    let out = match h.transport.exec(&cmd).await {
+        Ok(o) if o.success() => o,
+        Ok(o) => return (None, format!("the primary {} did not answer IDENTIFY_SYSTEM: {}", primary.name, o.tail())),
+        Err(e) => return (None, format!("the primary {} could not be asked: {e}", primary.name)),
+    };
+    let (system, timeline) = match parse_identify_system(&out.stdout) {
+        Some(x) => x,
+        None => return (None, format!("IDENTIFY_SYSTEM of {} answered {:?}", primary.name, out.stdout.trim())),
+    };
+    own_host_method(control.system_identifier, control.timeline, system, timeline)
+}
+
+/// `IDENTIFY_SYSTEM` through `psql -A -t`: the system identifier and the timeline.
+pub(super) fn parse_identify_system(out: &str) -> Option<(u64, u32)> {
+    let mut f = out.lines().find(|l| !l.trim().is_empty())?.split('|');
+    Some((f.next()?.trim().parse().ok()?, f.next()?.trim().parse().ok()?))
+}
+
+/// The rule for [`from_own_host`] (pure): another system is cloned afresh; a timeline
+/// behind the primary's is rewound (pg_rewind finds the fork in the histories); on the
+/// primary's own timeline it wrote WAL of its own as a primary, which pg_rewind cannot
+/// see and nothing from its host can compare: cloned afresh; ahead of the primary: refused.
+pub(super) fn own_host_method(system: u64, tli: u32, primary_system: u64, primary_tli: u32) -> (Option<RejoinMethod>, String) {
+    if system != primary_system {
+        return (
+            Some(RejoinMethod::Recloned),
+            format!("it is another database system (identifier {system} vs the primary's {primary_system})"),
+        );
+    }
+    match tli.cmp(&primary_tli) {
+        std::cmp::Ordering::Less => (
+            Some(RejoinMethod::Rewound),
+            format!("its timeline {tli} is behind the primary's {primary_tli}: pg_rewind finds where they forked"),
+        ),
+        std::cmp::Ordering::Equal => (
+            Some(RejoinMethod::Recloned),
+            format!("it is on the primary's timeline {tli} with WAL of its own, which cannot be compared from its host: a fresh clone"),
+        ),
+        std::cmp::Ordering::Greater => (
+            None,
+            format!("its timeline {tli} is ahead of the primary's {primary_tli}: it must not follow it (check which holds the newer data)"),
+        ),
     }
 }
 

@@ -310,3 +310,17 @@ fn marks_for_status() {
     assert!(m[0].fenced && m[0].diverged, "{m:?}");
     assert!(m[1].old_timeline && m[1].diverged, "{m:?}");
 }
+
+#[test]
+fn from_its_own_host_a_node_is_rewound_only_across_timelines() {
+    use super::rejoin::{own_host_method, parse_identify_system};
+    assert_eq!(parse_identify_system("7324198453212345678|2|0/5044B38|\n"), Some((7324198453212345678, 2)));
+    assert_eq!(parse_identify_system("garbage"), None);
+    assert_eq!(own_host_method(1, 1, 1, 2).0, Some(RejoinMethod::Rewound));
+    // Its own WAL on the primary's timeline: invisible to pg_rewind, so never rewound.
+    let (m, why) = own_host_method(1, 2, 1, 2);
+    assert_eq!(m, Some(RejoinMethod::Recloned), "{why}");
+    assert_eq!(own_host_method(1, 1, 9, 2).0, Some(RejoinMethod::Recloned), "another system");
+    let (m, why) = own_host_method(1, 3, 1, 2);
+    assert!(m.is_none() && why.contains("ahead"), "{why}");
+}
