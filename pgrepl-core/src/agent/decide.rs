@@ -52,6 +52,8 @@ pub struct AgentMemory {
     pub pointed_at: Option<String>,
     /// Starts as the leader that failed in a row.
     pub start_failures: u32,
+    /// Attempts in a row to follow the leader that did not end streaming.
+    pub repoint_failures: u32,
 }
 
 /// A change to the store the agent makes before its plan.
@@ -283,6 +285,27 @@ pub fn decide(i: &AgentInput<'_>) -> Decision {
                             format!("{leader} holds the leader key; waiting for it to accept writes before following it"),
                             member,
                         );
+                    }
+                    // Pointed at the leader before and it did not stream, on an older
+                    // timeline: its WAL goes past where the leader's timeline forked (it
+                    // received more of the old primary's than the leader did). Following
+                    // cannot work: back through a rejoin (pg_rewind, or a fresh clone).
+                    let behind = matches!(
+                        (local.timeline, view.member(&leader).and_then(|m| m.timeline)),
+                        (Some(t), Some(lt)) if t < lt
+                    );
+                    // Known at once when its WAL goes past the fork point the promotion
+                    // recorded; else once following did not stream.
+                    let past_fork = behind && past_the_fork(i, view, &leader);
+                    if (past_fork || i.memory.repoint_failures > 0) && behind && local.standby() {
+                        return match rejoin(i, view, &leader) {
+                            Ok(p) => Decision::new(
+                                format!("{leader} leads; following it did not stream from an older timeline: rejoin (pg_rewind or a fresh clone)"),
+                                member,
+                            )
+                            .seen(p),
+                            Err(why) => Decision::new(format!("{leader} leads; cannot rejoin yet ({why})"), member),
+                        };
                     }
                     let up = upstream_of(i.cluster, me, &leader);
                     let mut p =
@@ -535,6 +558,16 @@ fn rejoin(i: &AgentInput<'_>, view: &StoreView, leader: &str) -> Result<(Plan, O
     let (cluster, obs) = as_observed(i, view, leader)?;
     let plan = plan::rejoin(&cluster, &obs, &RejoinRequest { node: i.me.to_string() }, None).map_err(|r| r.to_string())?;
     Ok((only_mine(plan, i.me, &i.cluster.name), obs))
+}
+
+/// Whether this node's WAL goes past the point where `leader`'s promotion forked its
+/// timeline (recorded with the promotion): it cannot follow `leader` as it is.
+fn past_the_fork(i: &AgentInput<'_>, view: &StoreView, leader: &str) -> bool {
+    let topo = view.topology();
+    let Some(fork) = topo.history.iter().rev().find(|p| p.node == leader).and_then(|p| p.lsn.as_deref()?.parse::<Lsn>().ok()) else {
+        return false;
+    };
+    i.local.position().is_some_and(|mine| mine > fork)
 }
 
 /// The cluster's timeline as its last recorded promotion left it.

@@ -356,6 +356,12 @@ fn remember(memory: &mut AgentMemory, plan: &crate::plan::Plan, result: &Result<
         _ => None,
     });
     let starts = plan.steps.iter().any(|s| s.action == Action::Start);
+    let follows = plan.steps.iter().any(|s| matches!(s.action, Action::Repoint { .. } | Action::Rejoin { .. }));
+    match (result, follows) {
+        (Ok(_), true) => memory.repoint_failures = 0,
+        (Err(_), true) => memory.repoint_failures += 1,
+        _ => {}
+    }
     match result {
         Ok(_) => {
             if upstream.is_some() {

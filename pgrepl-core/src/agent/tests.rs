@@ -397,7 +397,7 @@ fn after_failover_to_db2(members: Vec<MemberRecord>) -> StoreView {
         from: "db1".into(),
         kind: PromotionKind::Failover,
         timeline: Some(2),
-        lsn: None,
+        lsn: Some("0/12C".into()),
         at: 0,
         millis: 300,
     };
@@ -435,4 +435,29 @@ fn the_recorded_primary_stopped_takes_the_key_back_over_standbys_on_an_older_tim
     let vw = after_failover_to_db2(vec![newer]);
     let d = run(&c, "db2", &stopped("db2", false), Ok(&vw), fresh());
     assert!(d.store.is_none() && d.why.contains("newer timeline"), "{d:?}");
+}
+
+#[test]
+fn a_standby_past_the_fork_of_the_new_leaders_timeline_rejoins_instead_of_following() {
+    let c = cluster("{ mode = \"off\" }");
+    let mut leader = member("db2", MemberRole::Primary, 500, Some("db2"));
+    leader.timeline = Some(2);
+    let mut vw = after_failover_to_db2(vec![leader]);
+    vw.leader = Some(v(LeaderRecord { node: "db2".into(), timeline: Some(2) }, Some(9)));
+    // db3 received WAL of the old primary past 0/12C (300), where db2's timeline forked.
+    let mut me = standby("db3", 400);
+    me.timeline = Some(1);
+    let d = run(&c, "db3", &me, Ok(&vw), fresh());
+    let p = d.plan.as_ref().expect("a plan");
+    assert!(p.steps.iter().any(|s| matches!(s.action, Action::Rejoin { .. })), "{d:?}");
+    assert!(p.steps.iter().all(|s| s.node == "db3" || s.node == "t"), "its own steps only: {p}");
+    // At the fork point it simply follows.
+    let me = {
+        let mut m = standby("db3", 300);
+        m.timeline = Some(1);
+        m
+    };
+    let d = run(&c, "db3", &me, Ok(&vw), fresh());
+    let p = d.plan.as_ref().expect("a plan");
+    assert!(p.steps.iter().any(|s| matches!(s.action, Action::Repoint { .. })), "{d:?}");
 }
