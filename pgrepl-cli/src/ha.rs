@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pgrepl_core::agent::{Agent, GuardControl, StoreRecords};
-use pgrepl_core::deploy::{Deployment, TopologyRecords};
+use pgrepl_core::deploy::Deployment;
 use pgrepl_core::guard::GuardHandle;
-use pgrepl_core::store::{ConsensusStore, Keys, LeaderRecord, StoreLock, StoreView};
+use pgrepl_core::store::{ConsensusStore, Keys, StoreLock, StoreView};
 
 /// How long the key `up` writes for the first primary lives before its agent adopts it.
 const BOOTSTRAP_LEASE: Duration = Duration::from_secs(30);
@@ -26,6 +26,11 @@ pub fn set_agent(on_host: bool) {
 /// The store the cluster's `[ha.etcd]` names (an etcd pgrepl deployed: with the
 /// cluster's CA and the admin's client certificate, or on a host the agent's).
 pub fn open_store(d: &Deployment) -> anyhow::Result<Arc<dyn ConsensusStore>> {
+    Ok(Arc::new(pgrepl_etcd::EtcdStore::new(&store_options(d)?)?))
+}
+
+/// How this process reaches the cluster's etcd (see [`open_store`]).
+fn store_options(d: &Deployment) -> anyhow::Result<pgrepl_etcd::EtcdOptions> {
     let ha = d.cluster().ha.as_ref().context("the cluster has no [ha] section")?;
     let e = &ha.etcd;
     let password = match &e.password_file {
@@ -68,7 +73,32 @@ pub fn open_store(d: &Deployment) -> anyhow::Result<Arc<dyn ConsensusStore>> {
     }
     opts.user = e.user.clone();
     opts.password = password.map(pgrepl_core::secret::Secret::new);
-    Ok(Arc::new(pgrepl_etcd::EtcdStore::new(&opts)?))
+    Ok(opts)
+}
+
+/// Each member of an etcd pgrepl deployed, asked on its own (1 s): which answer, and why
+/// the others do not (a host cut off, a member stopped).
+async fn member_health(d: &Deployment) -> Vec<(String, Result<(), String>)> {
+    let Ok(base) = store_options(d) else { return Vec::new() };
+    let Ok(members) = pgrepl_core::render::etcd_members(d.cluster()) else { return Vec::new() };
+    let endpoints = pgrepl_core::render::etcd_endpoints(d.cluster());
+    let asks = members.into_iter().zip(endpoints).map(|(m, ep)| {
+        let mut o = base.clone();
+        o.endpoints = vec![ep];
+        o.request_timeout = Duration::from_secs(1);
+        async move {
+            let r = match pgrepl_etcd::EtcdStore::new(&o) {
+                Ok(s) => match tokio::time::timeout(Duration::from_secs(2), s.get_prefix("/pgrepl-ready-probe/")).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer in 2 s".to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            (m.name, r)
+        }
+    });
+    futures_util::future::join_all(asks).await
 }
 
 /// The cluster's store, its keys, and one read of them.
@@ -172,29 +202,7 @@ async fn agent_data_dir(d: &Deployment, node: &str) -> anyhow::Result<String> {
 /// After `up`: the HA settings, the topology and (when nobody leads yet) the leader key
 /// for the primary `up` deployed, bound to a short lease its agent adopts.
 pub async fn publish(d: &Deployment, store: &Arc<dyn ConsensusStore>) -> anyhow::Result<()> {
-    let c = d.cluster();
-    let keys = Keys::new(&c.name);
-    let settings = c.ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default();
-    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
-    let mut next = settings.clone();
-    if let Some(cur) = &view.config {
-        next.paused = cur.value.paused;
-    }
-    if view.config.as_ref().map(|c| &c.value) != Some(&next) {
-        store.put(&keys.config(), &serde_json::to_vec(&next)?, None).await?;
-    }
-    if view.topology.is_none() {
-        let topo = d.topology().await?;
-        StoreRecords::new(store.clone(), keys.clone()).save(&topo).await?;
-    }
-    if view.leader.is_none() {
-        let current = d.current_cluster().await?;
-        let primary = current.primary().name.clone();
-        let lease = store.grant(BOOTSTRAP_LEASE).await?;
-        let body = serde_json::to_vec(&LeaderRecord { node: primary, timeline: None })?;
-        store.create(&keys.leader(), &body, Some(lease)).await?;
-    }
-    Ok(())
+    Ok(pgrepl_core::agent::publish(d, store.clone(), BOOTSTRAP_LEASE).await?)
 }
 
 /// Where the agents' pid files and logs are.
@@ -327,6 +335,16 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
         s.loop_wait_ms,
         if s.paused { "; PAUSED (agents observe only)" } else { "" }
     )];
+    let health = if d.cluster().ha.as_ref().is_some_and(|h| h.etcd.deploy) { member_health(d).await } else { Vec::new() };
+    if !health.is_empty() {
+        let down: Vec<String> = health.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("{n} ({e})"))).collect();
+        lines.push(format!(
+            "ha: etcd members answering: {} of {}{}",
+            health.len() - down.len(),
+            health.len(),
+            if down.is_empty() { String::new() } else { format!("; cannot reach {}", down.join(", ")) }
+        ));
+    }
     let op: Option<pgrepl_core::oplock::LockHolder> =
         snap.kvs.iter().find(|kv| kv.key == keys.op()).and_then(|kv| serde_json::from_slice(&kv.value).ok());
     if let Some(h) = &op {
@@ -392,6 +410,7 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
         "sync": v.sync.as_ref().map(|s| &s.value),
         "members": v.members.values().map(|m| &m.value).collect::<Vec<_>>(),
         "history": topo.history,
+        "etcd_members": health.iter().map(|(n, r)| serde_json::json!({ "member": n, "answers": r.is_ok(), "error": r.as_ref().err() })).collect::<Vec<_>>(),
     });
     (lines, json)
 }

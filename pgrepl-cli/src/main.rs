@@ -148,7 +148,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 eprintln!("cluster file: {}", spec_path.display());
             }
             // The etcd cluster pgrepl deploys on the hosts comes first: everything after
-            // reads or writes the store.
+            // reads or writes the store. Its members are rendered with the hosts'
+            // addresses: EC2's instances are made first for that.
+            let d = if hosts_ha::deploys_etcd(&d) { ha::with_store_records(d.with_host_addresses(true).await?)? } else { d };
             let etcd_done = hosts_ha::ensure_etcd(&d).await?;
             if common.output == OutputFormat::Text {
                 for a in etcd_done.iter().filter(|a| !a.actions.is_empty()) {
@@ -666,7 +668,16 @@ async fn open(common: &Common, create_default: bool) -> anyhow::Result<(Deployme
     };
     let backends = backends();
     let d = Deployment::open(&spec, &opts, &backends.iter().map(|b| &**b).collect::<Vec<_>>()).await?;
-    let d = ha::with_store_records(d)?;
+    // A deployed etcd is reached at its hosts' addresses (EC2: known once they exist).
+    let d = if pgrepl_etcd::hosts::deploys_etcd(&d) && d.cluster().nodes.iter().any(|n| n.address.is_none()) {
+        d.with_host_addresses(false).await?
+    } else {
+        d
+    };
+    // Before the hosts exist, a deployed etcd has no address yet: `up` makes them, then
+    // records in the store.
+    let unplaced = d.cluster().nodes.iter().any(|n| n.address.is_none());
+    let d = if pgrepl_etcd::hosts::deploys_etcd(&d) && unplaced { d } else { ha::with_store_records(d)? };
     Ok((d.with_lock_wait(Duration::from_secs(common.lock_wait)), path))
 }
 

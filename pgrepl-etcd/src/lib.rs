@@ -58,6 +58,7 @@ use pgrepl_core::store::{ConsensusStore, KeyValue, LeaseId, Revision, Snapshot, 
 use serde_json::{Value, json};
 
 mod client;
+pub mod hosts;
 pub mod pki;
 
 use client::{Fail, Gateway, Kind, WatchStream, watch_error};

@@ -54,6 +54,8 @@ pub struct AgentMemory {
     pub start_failures: u32,
     /// Attempts in a row to follow the leader that did not end streaming.
     pub repoint_failures: u32,
+    /// A leader key was seen since this agent started.
+    pub saw_leader: bool,
 }
 
 /// A change to the store the agent makes before its plan.
@@ -588,6 +590,12 @@ fn race(i: &AgentInput<'_>, view: &StoreView, settings: &crate::store::HaSetting
     }
     if let Some(p) = view.members.values().find(|m| m.value.node != me && m.value.role == MemberRole::Primary) {
         return Err(format!("{} reports as a writable primary", p.value.node));
+    }
+    // An agent that has seen no leader yet (the cluster's agents starting) while its
+    // standby streams from a live primary leaves the key to that primary's agent: racing
+    // would promote a second primary beside one that still accepts writes.
+    if !i.memory.saw_leader && i.local.receiver.as_deref() == Some("streaming") {
+        return Err("it streams from a live primary and no leader was seen yet: that primary's agent takes the key".into());
     }
     let mine = i.local.position().ok_or("its WAL position is not known")?;
     // A standby left behind on an older timeline cannot be promoted: racing for the key

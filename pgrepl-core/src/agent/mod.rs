@@ -38,7 +38,7 @@ mod tests;
 
 pub use decide::{AgentInput, AgentMemory, Decision, GuardMode, LeaseClock, MAX_START_FAILURES, StoreOp, decide};
 #[cfg(feature = "runtime")]
-pub use records::StoreRecords;
+pub use records::{StoreRecords, publish};
 #[cfg(feature = "runtime")]
 pub use run::{Agent, GuardControl};
 pub use status::{AgentStatus, LoopFacts, StandbyStat, parse_size};

@@ -132,6 +132,9 @@ impl Agent {
                 Err(_) => Err("the store did not answer in time".into()),
             };
             let settings = view.as_ref().map(|v| v.settings()).unwrap_or_else(|_| settings0.clone());
+            if view.as_ref().is_ok_and(|v| v.leader.is_some()) {
+                memory.saw_leader = true;
+            }
             let clock = {
                 let l = lease.lock().unwrap_or_else(|p| p.into_inner());
                 LeaseClock { id: l.id, since_renewal: l.sent.map(|s| s.elapsed()) }

@@ -67,8 +67,9 @@ fn member(node: &str, role: MemberRole, lsn: u64, leader_seen: Option<&str>) -> 
     m
 }
 
+/// One decision of an agent that has seen a leader since it started (the usual case).
 fn run(c: &Cluster, me: &str, local: &Observed, store: Result<&StoreView, &str>, lease: LeaseClock) -> Decision {
-    decide(&AgentInput { me, cluster: c, local, store, lease, memory: &AgentMemory::default() })
+    decide(&AgentInput { me, cluster: c, local, store, lease, memory: &AgentMemory { saw_leader: true, ..AgentMemory::default() } })
 }
 
 fn fences(d: &Decision, me: &str) -> bool {
@@ -460,4 +461,24 @@ fn a_standby_past_the_fork_of_the_new_leaders_timeline_rejoins_instead_of_follow
     let d = run(&c, "db3", &me, Ok(&vw), fresh());
     let p = d.plan.as_ref().expect("a plan");
     assert!(p.steps.iter().any(|s| matches!(s.action, Action::Repoint { .. })), "{d:?}");
+}
+
+#[test]
+fn a_fresh_agent_of_a_streaming_standby_leaves_the_key_to_the_live_primary() {
+    let c = cluster("{ mode = \"off\" }");
+    // The agents all starting, no leader key, the primary's agent not reported yet.
+    let vw = view(None, vec![member("db3", MemberRole::Standby, 300, None)]);
+    let mut me = standby("db3", 300);
+    me.receiver = Some("streaming".into());
+    let fresh = AgentMemory::default();
+    let d = decide(&AgentInput { me: "db3", cluster: &c, local: &me, store: Ok(&vw), lease: fresh_clock(), memory: &fresh });
+    assert!(d.store.is_none(), "{d:?}");
+    assert!(d.why.contains("streams from a live primary"), "{}", d.why);
+    // Once it has seen a leader, a vanished key is a failover: it races.
+    let d = run(&c, "db3", &me, Ok(&vw), fresh_clock());
+    assert_eq!(d.store, Some(StoreOp::TakeLeader), "{d:?}");
+}
+
+fn fresh_clock() -> LeaseClock {
+    fresh()
 }

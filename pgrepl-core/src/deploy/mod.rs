@@ -248,6 +248,25 @@ impl Deployment {
         Ok((cluster.clone(), results))
     }
 
+    /// The deployment with the addresses of the hosts that exist now filled in where the
+    /// spec names none (EC2: the instances' private addresses; witnesses too), without
+    /// reading the recorded topology: what renders etcd's member list and endpoints.
+    pub async fn with_host_addresses(mut self, create: bool) -> Result<Deployment, Error> {
+        let hosts = if create { self.provider.ensure_hosts(&self.cluster).await? } else { self.provider.list_hosts(&self.cluster).await? };
+        let address = |name: &str| hosts.iter().find(|h| h.node == name).and_then(|h| h.address.clone());
+        for n in &mut self.cluster.nodes {
+            if n.address.is_none() {
+                n.address = address(&n.name);
+            }
+        }
+        for w in &mut self.cluster.witnesses {
+            if w.address.is_none() {
+                w.address = address(&w.name);
+            }
+        }
+        Ok(self)
+    }
+
     /// A transport to every host of the cluster, data nodes then witnesses, without
     /// reading the recorded topology (what runs before the store does: the etcd members
     /// pgrepl deploys). Each is connected on its own: one that cannot be reached is
