@@ -66,6 +66,20 @@ pub struct Ha {
     pub api_listen: Option<String>,
     /// `/replica`'s default lag limit in bytes.
     pub replica_max_lag: u64,
+    /// Where the agents' binary comes from on remote hosts.
+    pub agent_binary: AgentBinary,
+}
+
+/// Where the agents' pgrepl binary comes from on SSH and EC2 hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub enum AgentBinary {
+    /// Uploaded from the admin machine (the host's architecture must match).
+    #[default]
+    Upload,
+    /// Already on every host at this path.
+    OnHost(String),
+    /// Downloaded by each host from this URL, with this SHA-256.
+    Url { url: String, sha256: String },
 }
 
 /// Replication settings with defaults resolved.

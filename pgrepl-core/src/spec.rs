@@ -133,6 +133,18 @@ pub struct HaSpec {
     /// `?lag=` overrides per check).
     #[serde(default = "HaSpec::default_replica_max_lag")]
     pub replica_max_lag: u64,
+    /// SSH and EC2 hosts: a pgrepl binary already on every host (an absolute path), run
+    /// as the agent instead of the one pgrepl uploads (which it does only when the host's
+    /// architecture is this machine's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_binary: Option<String>,
+    /// SSH and EC2 hosts: where each host downloads the agent's pgrepl binary (https),
+    /// checked against `agent_binary_sha256` before it is installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_binary_url: Option<String>,
+    /// The SHA-256 (64 hex digits) of the binary at `agent_binary_url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_binary_sha256: Option<String>,
     /// The etcd cluster.
     pub etcd: EtcdSpec,
 }
@@ -167,6 +179,9 @@ impl HaSpec {
             api_port: Self::default_api_port(),
             api_listen: None,
             replica_max_lag: Self::default_replica_max_lag(),
+            agent_binary: None,
+            agent_binary_url: None,
+            agent_binary_sha256: None,
             etcd: EtcdSpec { endpoints: endpoints.into_iter().map(Into::into).collect(), ..EtcdSpec::default() },
         }
     }

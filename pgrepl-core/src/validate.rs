@@ -757,6 +757,34 @@ fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str))
             );
         }
     }
+    if let Some(u) = h.agent_binary_url.as_ref().filter(|u| !u.starts_with("https://")) {
+        err("ha.agent_binary_url".into(), format!("\"{u}\""), "an https:// URL");
+    }
+    if let Some(sum) = h.agent_binary_sha256.as_ref().filter(|s| s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit())) {
+        err("ha.agent_binary_sha256".into(), format!("\"{sum}\""), "the binary's SHA-256: 64 hex digits");
+    }
+    let agent_binary = match (&h.agent_binary, &h.agent_binary_url, &h.agent_binary_sha256) {
+        (Some(p), None, None) => {
+            if !p.starts_with('/') {
+                err("ha.agent_binary".into(), format!("\"{p}\" is relative"), "an absolute path on the hosts");
+            }
+            crate::cluster::AgentBinary::OnHost(p.clone())
+        }
+        (None, Some(u), Some(sum)) => crate::cluster::AgentBinary::Url { url: u.clone(), sha256: sum.to_ascii_lowercase() },
+        (None, None, None) => crate::cluster::AgentBinary::Upload,
+        (Some(_), Some(_), _) => {
+            err("ha.agent_binary_url".into(), "set together with agent_binary".into(), "one of agent_binary or agent_binary_url");
+            crate::cluster::AgentBinary::Upload
+        }
+        (_, Some(_), None) => {
+            err("ha.agent_binary_sha256".into(), "missing".into(), "the SHA-256 of the binary at agent_binary_url");
+            crate::cluster::AgentBinary::Upload
+        }
+        (_, None, Some(_)) => {
+            err("ha.agent_binary_sha256".into(), "set without agent_binary_url".into(), "agent_binary_url with it");
+            crate::cluster::AgentBinary::Upload
+        }
+    };
     crate::cluster::Ha {
         settings,
         etcd: e.clone(),
@@ -764,6 +792,7 @@ fn check_ha(h: &crate::spec::HaSpec, err: &mut impl FnMut(String, String, &str))
         api_port: h.api_port,
         api_listen: h.api_listen.clone(),
         replica_max_lag: h.replica_max_lag,
+        agent_binary,
     }
 }
 

@@ -564,3 +564,28 @@ fn aws_api_cidrs_are_cidrs() {
     assert_field(&errs, "provider.api_cidrs[1]", &["\"haproxy\" is not a CIDR"]);
     assert_eq!(errs.iter().count(), 1, "{errs}");
 }
+
+#[test]
+fn where_the_agent_binary_comes_from_is_checked_by_field() {
+    let ha = |lines: &str| with("16", &format!("[ha]\n{lines}[ha.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n"));
+    let e = errors(&ha("agent_binary = \"bin/pgrepl\"\n"));
+    assert_field(&e, "ha.agent_binary", &["relative", "absolute path"]);
+    let e = errors(&ha("agent_binary_url = \"http://example.invalid/pgrepl\"\n"));
+    assert_field(&e, "ha.agent_binary_url", &["https://"]);
+    assert_field(&e, "ha.agent_binary_sha256", &["missing"]);
+    let e = errors(&ha("agent_binary_url = \"https://example.invalid/pgrepl\"\nagent_binary_sha256 = \"abc\"\n"));
+    assert_field(&e, "ha.agent_binary_sha256", &["64 hex digits"]);
+    let e = errors(&ha("agent_binary = \"/opt/pgrepl\"\nagent_binary_url = \"https://example.invalid/pgrepl\"\n"));
+    assert_field(&e, "ha.agent_binary_url", &["one of agent_binary or agent_binary_url"]);
+    let ok = ClusterSpec::from_toml(&ha(&format!(
+        "agent_binary_url = \"https://example.invalid/p\"\nagent_binary_sha256 = \"{}\"\n",
+        "AB".repeat(32)
+    )))
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        ok.ha.unwrap().agent_binary,
+        pgrepl_core::cluster::AgentBinary::Url { url: "https://example.invalid/p".into(), sha256: "ab".repeat(32) }
+    );
+}

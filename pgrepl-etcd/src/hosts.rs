@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
+use pgrepl_core::cluster::AgentBinary;
 use pgrepl_core::deploy::Deployment;
-use pgrepl_core::hostsvc::apply::{Applied, Binary, apply, install_binary, remove};
+use pgrepl_core::hostsvc::apply::{Applied, Binary, apply, ensure_binary, remote_sha256, remove};
 use pgrepl_core::hostsvc::{AgentInputs, HostCerts, HostPlan, host_plan};
 use pgrepl_core::secret::Secret;
 use pgrepl_core::spec::{ClusterSpec, ProviderSpec, SshProviderSpec, VersionChoice};
@@ -131,12 +132,13 @@ pub async fn ensure_etcd(d: &Deployment, bin: Binary<'_>) -> Result<(Vec<Applied
     let (reachable, unreachable) = hosts(d).await?;
     let jobs = reachable.iter().filter(|(n, _)| members.contains(n)).map(|(name, t)| {
         let plan = certs(d, &pki, &ca, name, false).and_then(|c| host_plan(d.cluster(), name, &c, None).map_err(HostsError::Refused));
+        let source = source(d);
         async move {
             let plan = plan?;
-            let uploaded = install_binary(&**t, name, bin).await?;
+            let (uploaded, _) = ensure_binary(&**t, name, &source, bin).await?;
             let mut a = apply(&**t, &plan).await?;
             if uploaded {
-                a.actions.insert(0, uploaded_note(bin));
+                a.actions.insert(0, uploaded_note(&source, bin));
             }
             Ok::<_, HostsError>(a)
         }
@@ -204,8 +206,15 @@ pub fn host_spec(spec: &ClusterSpec, d: &Deployment) -> String {
     format!("# The cluster file of pgrepl's agent on this host, written by `pgrepl up`.\n{}", s.to_toml())
 }
 
-fn uploaded_note(bin: Binary<'_>) -> String {
-    format!("uploaded pgrepl ({} MB, sha256 {}…, checked on the host)", bin.bytes.len() >> 20, &bin.sha256[..12])
+fn uploaded_note(source: &AgentBinary, bin: Binary<'_>) -> String {
+    match source {
+        AgentBinary::Url { url, sha256 } => format!("downloaded pgrepl from {url} (sha256 {}…, checked on the host)", &sha256[..12]),
+        _ => format!(
+            "uploaded pgrepl ({} MB, sha256 {}…, checked on the host)",
+            bin.bytes.len() >> 20,
+            &bin.sha256[..12.min(bin.sha256.len())]
+        ),
+    }
 }
 
 /// The plan of every reachable host (agents on data nodes, etcd members where placed).
@@ -213,7 +222,7 @@ fn plans(
     d: &Deployment,
     spec: &ClusterSpec,
     hosts: &[(String, Arc<dyn Transport>)],
-    binary_sha256: &str,
+    binary_sha256: &[String],
     log_filter: &str,
 ) -> Result<Vec<HostPlan>, HostsError> {
     let (pki, ca) = pki(d)?;
@@ -221,16 +230,44 @@ fn plans(
         spec_toml: host_spec(spec, d),
         replication_password: d_password(d)?,
         log_filter: log_filter.to_string(),
-        binary_sha256: binary_sha256.to_string(),
+        binary_sha256: String::new(),
     };
     hosts
         .iter()
-        .map(|(name, _)| {
+        .zip(binary_sha256)
+        .map(|((name, _), sha)| {
             let agent = d.cluster().node(name).is_some();
             let c = certs(d, &pki, &ca, name, agent)?;
+            let inputs = AgentInputs { binary_sha256: sha.clone(), ..inputs.clone() };
             host_plan(d.cluster(), name, &c, agent.then_some(&inputs)).map_err(HostsError::Refused)
         })
         .collect()
+}
+
+/// Where the agents' binary comes from (`[ha] agent_binary`, `agent_binary_url`).
+fn source(d: &Deployment) -> AgentBinary {
+    d.cluster().ha.as_ref().map(|h| h.agent_binary.clone()).unwrap_or_default()
+}
+
+/// The SHA-256 of the binary each host's agent will run: the upload's, the URL's, or the
+/// one already at the spec's path on that host.
+async fn expected_sha256(d: &Deployment, hosts: &[(String, Arc<dyn Transport>)], upload: &str) -> Result<Vec<String>, HostsError> {
+    let src = source(d);
+    let each = hosts.iter().map(|(name, t)| {
+        let src = src.clone();
+        async move {
+            match src {
+                AgentBinary::Upload => Ok(upload.to_string()),
+                AgentBinary::Url { sha256, .. } => Ok(sha256),
+                AgentBinary::OnHost(path) => match remote_sha256(&**t, &path).await {
+                    Ok(Some(sum)) => Ok(sum),
+                    Ok(None) => Err(HostsError::Refused(format!("{name}: [ha] agent_binary {path}: no such file on the host"))),
+                    Err(e) => Err(HostsError::Refused(format!("{name}: checksum {path}: {e}"))),
+                },
+            }
+        }
+    });
+    join_all(each).await.into_iter().collect()
 }
 
 fn d_password(d: &Deployment) -> Result<Secret, HostsError> {
@@ -253,25 +290,27 @@ pub struct AgentRollout {
     plans: Vec<HostPlan>,
     pub unreachable: Vec<(String, String)>,
     pub restarting: Vec<String>,
+    source: AgentBinary,
 }
 
 /// Prepares the agents' rollout for a binary of SHA-256 `binary_sha256`; `log_filter`
 /// is the agents' `PGREPL_LOG`.
 pub async fn prepare_agents(d: &Deployment, spec: &ClusterSpec, binary_sha256: &str, log_filter: &str) -> Result<AgentRollout, HostsError> {
     let (hosts, unreachable) = hosts(d).await?;
-    let plans = plans(d, spec, &hosts, binary_sha256, log_filter)?;
+    let sums = expected_sha256(d, &hosts, binary_sha256).await?;
+    let plans = plans(d, spec, &hosts, &sums, log_filter)?;
     let restarting = stale_agents(&hosts, &plans).await;
-    Ok(AgentRollout { hosts, plans, unreachable, restarting })
+    Ok(AgentRollout { hosts, plans, unreachable, restarting, source: source(d) })
 }
 
 impl AgentRollout {
     /// Carries the rollout out on every reachable host, in parallel.
     pub async fn apply(&self, bin: Binary<'_>) -> Result<Vec<Applied>, HostsError> {
         let jobs = self.hosts.iter().zip(&self.plans).map(|((name, t), plan)| async move {
-            let uploaded = install_binary(&**t, name, bin).await?;
+            let (uploaded, _) = ensure_binary(&**t, name, &self.source, bin).await?;
             let mut a = apply(&**t, plan).await?;
             if uploaded {
-                a.actions.insert(0, uploaded_note(bin));
+                a.actions.insert(0, uploaded_note(&self.source, bin));
             }
             Ok::<_, pgrepl_core::Error>(a)
         });

@@ -359,9 +359,10 @@ impl HaLab {
     }
 
     /// An SSH spec of the five hosts with `[ha]` and etcd deployed by pgrepl.
-    pub fn spec(name: &str, extra: &str) -> String {
+    /// `extra`: top-level TOML (before `[provider]`); `ha_extra`: lines of `[ha]`.
+    pub fn spec(name: &str, extra: &str, ha_extra: &str) -> String {
         let mut s = format!(
-            "name = \"{name}\"\npostgres = \"15\"\n{extra}\n[provider]\nkind = \"ssh\"\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\nhost_key_policy = \"strict\"\nconnect_timeout_secs = 3\n\n[ha]\nttl = 10\nloop_wait = 1\n\n[ha.etcd]\ndeploy = true\n",
+            "name = \"{name}\"\npostgres = \"15\"\n{extra}\n[provider]\nkind = \"ssh\"\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\nhost_key_policy = \"strict\"\nconnect_timeout_secs = 3\n\n[ha]\nttl = 10\nloop_wait = 1\n{ha_extra}\n[ha.etcd]\ndeploy = true\n",
             Self::key().display(),
             Self::known_hosts().display()
         );

@@ -68,7 +68,7 @@ fn ha_on_ssh_hosts_deploys_etcd_and_agents_and_fails_over_within_the_location() 
     let _lab = HaLab::up();
     let wd = WorkDir::new("ha-hosts");
     let f = wd.path.join("geo.toml");
-    std::fs::write(&f, HaLab::spec("geo", "[replication.sync]\nmode = \"any\"\ncount = 1\n")).unwrap();
+    std::fs::write(&f, HaLab::spec("geo", "[replication.sync]\nmode = \"any\"\ncount = 1\n", "")).unwrap();
     let f = f.to_str().unwrap();
 
     let (code, out, err) = run(f, &wd, &["up"]);
@@ -289,9 +289,9 @@ fn prepare_writes() {
     assert_eq!(code, 0, "{out}");
 }
 
-fn deploy(wd: &WorkDir, name: &str, extra: &str) -> String {
+fn deploy(wd: &WorkDir, name: &str, extra: &str, ha_extra: &str) -> String {
     let f = wd.path.join(format!("{name}.toml"));
-    std::fs::write(&f, HaLab::spec(name, extra)).unwrap();
+    std::fs::write(&f, HaLab::spec(name, extra, ha_extra)).unwrap();
     let f = f.to_str().unwrap().to_string();
     let (code, out, err) = run(&f, wd, &["up"]);
     assert_eq!(code, 0, "up: {out}\n{err}");
@@ -309,7 +309,7 @@ fn deploy(wd: &WorkDir, name: &str, extra: &str) -> String {
 fn ha_link_drop_under_load_fences_the_primary_loses_nothing_and_it_rejoins() {
     let _lab = HaLab::up();
     let wd = WorkDir::new("ha-link");
-    let f = deploy(&wd, "lnk", "[replication.sync]\nmode = \"any\"\ncount = 1\n");
+    let f = deploy(&wd, "lnk", "[replication.sync]\nmode = \"any\"\ncount = 1\n", "");
     prepare_writes();
     let t0 = Instant::now();
     let prober = Prober::start(t0);
@@ -354,7 +354,11 @@ fn ha_location_cut_the_majority_side_carries_on_and_the_cut_side_promotes_nothin
     // Asynchronous: with the east standby cut off too, west could not prove it holds
     // every commit a synchronous set of (e, f, g) acknowledged, and rightly would not
     // promote.
-    let f = deploy(&wd, "cut", "");
+    // The agents run a pgrepl already on the hosts (`[ha] agent_binary`): nothing uploaded.
+    let f = deploy(&wd, "cut", "", &format!("agent_binary = \"{}\"\n", env!("CARGO_BIN_EXE_pgrepl")));
+    let (_, uploaded) =
+        HaLab::ssh("10.213.8.23", "ls /usr/local/lib/pgrepl/pgrepl 2>/dev/null | wc -l; cat /var/lib/pgrepl/cut/run/agent.binary");
+    assert!(uploaded.starts_with("0\n"), "nothing uploaded: {uploaded}");
     let t0 = Instant::now();
     let prober = Prober::start(t0);
     HaLab::sh(&["cut", "d", "e"]);

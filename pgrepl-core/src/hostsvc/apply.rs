@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use super::{BINARY, ETCD_BINARY, HostPlan, Service, shell_word};
+use crate::cluster::AgentBinary;
 use crate::error::Error;
 use crate::transport::{Command, Transport, TransportError, TransportExt};
 
@@ -75,6 +76,71 @@ pub async fn install_binary(t: &dyn Transport, host: &str, bin: Binary<'_>) -> R
         .await
         .map_err(tr(host, "move the binary into place"))?;
     Ok(true)
+}
+
+/// The architecture `uname -m` names, as Rust names it (`arm64` is `aarch64`).
+pub fn rust_arch(uname_m: &str) -> &str {
+    match uname_m.trim() {
+        "arm64" => "aarch64",
+        "amd64" => "x86_64",
+        other => other,
+    }
+}
+
+/// Makes sure the host has the pgrepl binary the cluster's `[ha]` names, and returns
+/// whether it was (re)installed now and its SHA-256: `bin` uploaded (only when the host's
+/// architecture is this machine's, [`std::env::consts::ARCH`]), the spec's path checked,
+/// or the spec's URL downloaded by the host and checked before it is installed.
+pub async fn ensure_binary(t: &dyn Transport, host: &str, source: &AgentBinary, bin: Binary<'_>) -> Result<(bool, String), Error> {
+    match source {
+        AgentBinary::Upload => {
+            let out = t.run(&Command::new("uname").args(["-m"])).await.map_err(tr(host, "read the host's architecture"))?;
+            let theirs = rust_arch(&out.stdout).to_string();
+            if theirs != std::env::consts::ARCH {
+                return Err(Error::node(
+                    host,
+                    format!(
+                        "its architecture is {theirs}, this machine's pgrepl is built for {}: set [ha] agent_binary (a pgrepl for {theirs} on the hosts) or agent_binary_url with agent_binary_sha256",
+                        std::env::consts::ARCH
+                    ),
+                ));
+            }
+            Ok((install_binary(t, host, bin).await?, bin.sha256.to_string()))
+        }
+        AgentBinary::OnHost(path) => match remote_sha256(t, path).await.map_err(tr(host, format!("checksum {path}")))? {
+            Some(sum) => Ok((false, sum)),
+            None => Err(Error::node(host, format!("[ha] agent_binary {path}: no such file on the host"))),
+        },
+        AgentBinary::Url { url, sha256 } => {
+            if remote_sha256(t, BINARY).await.map_err(tr(host, "checksum pgrepl's binary"))?.as_deref() == Some(sha256.as_str()) {
+                return Ok((false, sha256.clone()));
+            }
+            let dir = BINARY.rsplit_once('/').map(|(d, _)| d).unwrap_or("/");
+            t.mkdir(dir, 0o755, None).await.map_err(tr(host, format!("create {dir}")))?;
+            let tmp = format!("{BINARY}.new");
+            let script = format!(
+                "set -e\ncurl -fsSL --proto '=https' --max-time 600 -o {tmp} {url}\nchmod 0755 {tmp}\n",
+                tmp = shell_word(&tmp),
+                url = shell_word(url)
+            );
+            t.run(&sh(t, script, Duration::from_secs(660))).await.map_err(tr(host, format!("download {url}")))?;
+            let got = remote_sha256(t, &tmp).await.map_err(tr(host, "checksum the downloaded binary"))?;
+            if got.as_deref() != Some(sha256.as_str()) {
+                let _ = t.remove_file(&tmp).await;
+                return Err(Error::node(
+                    host,
+                    format!(
+                        "{url} has SHA-256 {}, not {sha256} as [ha] agent_binary_sha256 says: removed, not installed",
+                        got.unwrap_or_else(|| "(missing)".into())
+                    ),
+                ));
+            }
+            t.run(&sh(t, format!("mv -f {} {}", shell_word(&tmp), shell_word(BINARY)), Duration::from_secs(30)))
+                .await
+                .map_err(tr(host, "move the binary into place"))?;
+            Ok((true, sha256.clone()))
+        }
+    }
 }
 
 /// Whether systemd runs on the host (it then runs pgrepl's services as units).

@@ -48,12 +48,16 @@ pub struct Service {
     pub log: String,
     /// The files it reads at start: a change restarts it.
     pub reads: Vec<String>,
+    /// The pgrepl binary whose `supervise` keeps it running where systemd does not.
+    pub supervisor: String,
 }
 
 impl Service {
-    fn new(cluster: &str, what: &str, argv: Vec<String>, env: Vec<(String, String)>, reads: Vec<String>) -> Service {
+    fn new(c: &Cluster, what: &str, argv: Vec<String>, env: Vec<(String, String)>, reads: Vec<String>) -> Service {
+        let cluster = c.name.as_str();
         Service {
             reads,
+            supervisor: agent_program(c),
             name: format!("pgrepl-{cluster}-{what}"),
             argv,
             env,
@@ -112,7 +116,7 @@ impl Service {
             pid = shell_word(&self.pid_file),
             logdir = shell_word(&log_dir_of(&self.log)),
             log = shell_word(&self.log),
-            bin = BINARY,
+            bin = shell_word(&self.supervisor),
             argv = self.argv.iter().map(|a| shell_word(a)).collect::<Vec<_>>().join(" "),
             name = self.name,
         )
@@ -156,6 +160,15 @@ impl Service {
 
 fn log_dir_of(log: &str) -> String {
     log.rsplit_once('/').map(|(d, _)| d.to_string()).unwrap_or_else(|| ".".into())
+}
+
+/// The pgrepl binary the hosts run (the agent, `pgrepl supervise`): the spec's
+/// `[ha] agent_binary`, else the one pgrepl installs at [`BINARY`].
+pub fn agent_program(cluster: &Cluster) -> String {
+    match cluster.ha.as_ref().map(|h| &h.agent_binary) {
+        Some(crate::cluster::AgentBinary::OnHost(p)) => p.clone(),
+        _ => BINARY.to_string(),
+    }
 }
 
 /// Where a cluster's pid files are on a host.
@@ -252,7 +265,7 @@ pub fn host_plan(cluster: &Cluster, host: &str, certs: &HostCerts, agent: Option
         plan.files.push(HostFile { path: f.key.clone(), mode: 0o600, contents: key.clone() });
         plan.files.push(HostFile::new(&f.config, 0o600, etcd_member_config(cluster, host, false)?));
         plan.etcd = Some(Service::new(
-            c,
+            cluster,
             "etcd",
             vec![ETCD_BINARY.into(), "--config-file".into(), f.config.clone()],
             Vec::new(),
@@ -276,10 +289,10 @@ pub fn host_plan(cluster: &Cluster, host: &str, certs: &HostCerts, agent: Option
             contents: Secret::new(format!("{}\n", a.replication_password.expose())),
         });
         plan.agent = Some(Service::new(
-            c,
+            cluster,
             "agent",
             vec![
-                BINARY.into(),
+                agent_program(cluster),
                 "agent".into(),
                 "--node".into(),
                 host.to_string(),
@@ -380,6 +393,26 @@ mod tests {
         assert!(u.contains("Environment=PGREPL_LOG=info"));
         assert!(u.contains("ExecStart=/usr/local/lib/pgrepl/pgrepl agent --node d --on-host -f /etc/pgrepl/geo/cluster.toml"), "{u}");
         assert_eq!(a.unit_path(), "/etc/systemd/system/pgrepl-geo-agent.service");
+    }
+
+    #[test]
+    fn hosts_run_the_spec_binary_when_it_names_one() {
+        let mut c = cluster();
+        c.ha.as_mut().unwrap().agent_binary = crate::cluster::AgentBinary::OnHost("/opt/pgrepl/bin/pgrepl".into());
+        let p = host_plan(&c, "d", &certs(), Some(&agent())).unwrap();
+        let a = p.agent.unwrap();
+        assert_eq!(a.argv[0], "/opt/pgrepl/bin/pgrepl");
+        assert!(a.supervised_start_script().contains("setsid -f /opt/pgrepl/bin/pgrepl supervise"));
+        assert!(p.etcd.unwrap().supervised_start_script().contains("setsid -f /opt/pgrepl/bin/pgrepl supervise"));
+    }
+
+    #[cfg(feature = "runtime")]
+    #[test]
+    fn uname_architectures_are_named_as_rust_names_them() {
+        use super::apply::rust_arch;
+        assert_eq!(rust_arch("x86_64\n"), "x86_64");
+        assert_eq!(rust_arch("arm64"), "aarch64");
+        assert_eq!(rust_arch("aarch64"), "aarch64");
     }
 
     #[test]
