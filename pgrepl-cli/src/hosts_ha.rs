@@ -61,3 +61,23 @@ pub async fn ensure_agents(d: &Deployment, spec: &ClusterSpec) -> anyhow::Result
 pub async fn stop_on_hosts(d: &Deployment, remove_all: bool) -> anyhow::Result<(Vec<String>, Vec<(String, String)>)> {
     Ok(pgrepl_etcd::hosts::stop_on_hosts(d, remove_all).await?)
 }
+
+/// What was done on each host, one line per host that changed (text output, on stderr).
+pub fn say(done: &[Applied], text: bool) {
+    if text {
+        for a in done.iter().filter(|a| !a.actions.is_empty()) {
+            eprintln!("{}: {}", a.host, a.actions.join(", "));
+        }
+    }
+}
+
+/// [`ensure_agents`], saying what was done and which hosts could not be reached; the
+/// hosts whose agent was started or restarted.
+pub async fn ensure_agents_saying(d: &Deployment, spec: &ClusterSpec, text: bool) -> anyhow::Result<Vec<String>> {
+    let (done, unreachable) = ensure_agents(d, spec).await?;
+    say(&done, text);
+    for (h, e) in &unreachable {
+        eprintln!("warning: {h} cannot be reached: {e}");
+    }
+    Ok(done.into_iter().filter(|a| a.actions.iter().any(|x| x.contains("agent"))).map(|a| a.host).collect())
+}

@@ -152,11 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             // addresses: EC2's instances are made first for that.
             let d = if hosts_ha::deploys_etcd(&d) { ha::with_store_records(d.with_host_addresses(true).await?)? } else { d };
             let etcd_done = hosts_ha::ensure_etcd(&d).await?;
-            if common.output == OutputFormat::Text {
-                for a in etcd_done.iter().filter(|a| !a.actions.is_empty()) {
-                    eprintln!("{}: {}", a.host, a.actions.join(", "));
-                }
-            }
+            hosts_ha::say(&etcd_done, common.output == OutputFormat::Text);
             // Agents running the cluster own its servers: `up` then only starts the agents
             // that do not run (a node brought back); `pause` first to converge the nodes.
             let agents_own = if hosts_ha::on_hosts(&d) { ha::agents_in_charge(&d).await? } else { ha::agents_lead(&d).await? };
@@ -164,16 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 let started = if matches!(d.cluster().provider(), ProviderSpec::Local(_)) {
                     ha::start_agents(&d, &spec_path, &agent_args(&common))?
                 } else {
-                    let (done, unreachable) = hosts_ha::ensure_agents(&d, &read_spec(&spec_path)?).await?;
-                    if common.output == OutputFormat::Text {
-                        for a in done.iter().filter(|a| !a.actions.is_empty()) {
-                            eprintln!("{}: {}", a.host, a.actions.join(", "));
-                        }
-                    }
-                    for (h, e) in &unreachable {
-                        eprintln!("warning: {h} cannot be reached: {e}");
-                    }
-                    done.into_iter().filter(|a| a.actions.iter().any(|x| x.contains("agent"))).map(|a| a.host).collect()
+                    hosts_ha::ensure_agents_saying(&d, &read_spec(&spec_path)?, common.output == OutputFormat::Text).await?
                 };
                 spinners.clear();
                 let (lines, json) = ha::status_lines(&d).await;
@@ -207,15 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                         eprintln!("agents started: {} (logs in {})", started.join(", "), d.state_dir().join("agents").display());
                     }
                 } else {
-                    let (done, unreachable) = hosts_ha::ensure_agents(&d, &read_spec(&spec_path)?).await?;
-                    if common.output == OutputFormat::Text {
-                        for a in done.iter().filter(|a| !a.actions.is_empty()) {
-                            eprintln!("{}: {}", a.host, a.actions.join(", "));
-                        }
-                    }
-                    for (h, e) in &unreachable {
-                        eprintln!("warning: {h} cannot be reached: {e}");
-                    }
+                    hosts_ha::ensure_agents_saying(&d, &read_spec(&spec_path)?, common.output == OutputFormat::Text).await?;
                 }
             }
             let status = d.status().await;

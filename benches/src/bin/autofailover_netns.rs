@@ -13,9 +13,10 @@
 //! inserts one row per transaction through the four hosts' multi-host read-write string
 //! and records every acknowledged commit. Then:
 //!
-//! 1. d's link down; **failover**: until the first write acknowledged after that (nothing
-//!    from d can arrive once its link is down); **fenced**: until d itself (asked over its
-//!    own socket, inside its namespaces, every 50 ms) no longer accepts writes;
+//! 1. d's link down (timed from when `ip link set` returned); **failover**: until the
+//!    first write acknowledged after that (nothing from d can arrive once its link is
+//!    down); **fenced**: until d itself (asked over its own socket, inside its
+//!    namespaces, every 50 ms) no longer accepts writes;
 //! 2. d's link up; **rejoin**: until d streams from the new primary, by itself;
 //! 3. every acknowledged row must be on the new primary;
 //! 4. `pgrepl destroy --yes`.
@@ -133,9 +134,15 @@ impl Cluster {
         }
     }
 
+    /// The store's view (`status --output json`, whose exit status says whether the
+    /// cluster is healthy: read either way).
     async fn view(&self) -> serde_json::Value {
-        match self.pgrepl(&["status", "--output", "json"], Duration::from_secs(30)).await {
-            Ok(out) | Err(out) => serde_json::from_str::<serde_json::Value>(&out).map(|v| v["ha"].clone()).unwrap_or_default(),
+        let mut c = Command::new(&self.pgrepl);
+        c.arg("status").arg("-f").arg(&self.spec).arg("--work-dir").arg(&self.work).args(["--output", "json"]);
+        c.stdin(std::process::Stdio::null());
+        match tokio::time::timeout(Duration::from_secs(60), blocking(c)).await {
+            Ok(Ok(o)) => serde_json::from_slice::<serde_json::Value>(&o.stdout).map(|v| v["ha"].clone()).unwrap_or_default(),
+            _ => serde_json::Value::Null,
         }
     }
 
@@ -175,10 +182,11 @@ async fn one_run(cli: &Cli, pgrepl: &Path, i: usize) -> Result<Run, String> {
     std::fs::write(&spec_path, spec).map_err(|e| e.to_string())?;
     let c = Cluster { pgrepl: pgrepl.to_path_buf(), spec: spec_path, work: work.clone() };
     let r = measure(&c).await;
+    // d's link back first (a failed run may have left it down), then the cluster removed.
+    let _ = sh(netns_sh(&["link", "d", "up"]), "link d up").await;
     if let Err(e) = c.pgrepl(&["destroy", "--yes"], UP_LIMIT).await {
         eprintln!("run {i}: destroy: {e}");
     }
-    let _ = sh(netns_sh(&["link", "d", "up"]), "link d up").await;
     let _ = std::fs::remove_dir_all(&work);
     r
 }
@@ -217,8 +225,10 @@ async fn measure(c: &Cluster) -> Result<Run, String> {
         return Err(format!("the writer wrote nothing before the fault ({})", writer.stats()));
     }
 
-    let cut = Instant::now();
     sh(netns_sh(&["link", "d", "down"]), "link d down").await?;
+    // From here on nothing of d's can reach the writer: every acknowledgement is another
+    // host's (one in flight while the command ran may still be d's).
+    let cut = Instant::now();
     // d fenced: polled over its own socket until it no longer accepts writes.
     let fence = tokio::spawn(async move {
         for _ in 0..1200 {
@@ -252,7 +262,7 @@ async fn measure(c: &Cluster) -> Result<Run, String> {
 
 async fn bench(cli: Cli) -> Result<(), String> {
     let pgrepl = pgrepl_binary(cli.pgrepl.as_deref())?;
-    let started_lab = !netns_sh(&["status"]).status().map(|s| s.success()).unwrap_or(false);
+    let started_lab = !netns_sh(&["status"]).output().map(|o| o.status.success()).unwrap_or(false);
     if started_lab {
         sh(netns_sh(&["up"]), "netns.sh up").await?;
     }

@@ -66,26 +66,44 @@ impl Drop for Moto {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aws_provision_then_ssh_deploy_on_lab_hosts() {
-    let _lab = NetnsLab::up();
-    let wd = WorkDir::new("aws-handoff");
-    let moto = Moto::start(&wd.path);
+/// The aws provider's settings for moto, logging in to the lab hosts.
+fn aws_spec(moto: &Moto) -> AwsProviderSpec {
     let key = NetnsLab::key();
-    let aws = AwsProviderSpec {
+    AwsProviderSpec {
         region: Some("us-east-2".into()),
         endpoint_url: Some(format!("http://127.0.0.1:{}", moto.port)),
         admin_cidr: Some("10.213.7.1/32".into()),
         ssh_public_key_file: Some(PathBuf::from(format!("{}.pub", key.display()))),
         ssh: SshProviderSpec {
             user: Some("root".into()),
-            key_file: Some(key.clone()),
+            key_file: Some(key),
             known_hosts: Some(NetnsLab::known_hosts()),
             connect_timeout_secs: Some(5),
             ..Default::default()
         },
         ..Default::default()
-    };
+    }
+}
+
+/// The EC2 provider on moto, whose instances the lab hosts stand in for (moto's
+/// addresses are fake).
+async fn lab_provider(aws: &AwsProviderSpec) -> Ec2Provider {
+    Ec2Provider::builder()
+        .credentials(Credentials::new("testing", "testing", None, None, "pgrepl-tests"))
+        .with_spec(aws)
+        .map_node_addresses(LAB_HOSTS.iter().map(|(n, a, _)| (*n, *a)))
+        .poll_interval(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_provision_then_ssh_deploy_on_lab_hosts() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("aws-handoff");
+    let moto = Moto::start(&wd.path);
+    let aws = aws_spec(&moto);
     let mut spec = ClusterSpec::from_toml(
         "name = \"awslab\"\npostgres = \"15\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n",
     )
@@ -93,15 +111,7 @@ async fn aws_provision_then_ssh_deploy_on_lab_hosts() {
     spec.provider = ProviderSpec::Aws(aws.clone());
     let cluster = spec.validate_for(PgMajor::V15).unwrap();
     let deployment = || async {
-        let provider = Ec2Provider::builder()
-            .credentials(Credentials::new("testing", "testing", None, None, "pgrepl-tests"))
-            .with_spec(&aws)
-            // The lab hosts stand in for the instances (moto's addresses are fake).
-            .map_node_addresses(LAB_HOSTS.iter().map(|(n, a, _)| (*n, *a)))
-            .poll_interval(Duration::from_millis(100))
-            .build()
-            .await
-            .unwrap();
+        let provider = lab_provider(&aws).await;
         Deployment::new(
             cluster.clone(),
             Arc::new(provider),
@@ -147,35 +157,14 @@ async fn aws_provision_then_ha_with_etcd_and_agents_on_lab_hosts() {
     let _lab = NetnsLab::up();
     let wd = WorkDir::new("aws-ha");
     let moto = Moto::start(&wd.path);
-    let key = NetnsLab::key();
-    let aws = AwsProviderSpec {
-        region: Some("us-east-2".into()),
-        endpoint_url: Some(format!("http://127.0.0.1:{}", moto.port)),
-        admin_cidr: Some("10.213.7.1/32".into()),
-        ssh_public_key_file: Some(PathBuf::from(format!("{}.pub", key.display()))),
-        ssh: SshProviderSpec {
-            user: Some("root".into()),
-            key_file: Some(key.clone()),
-            known_hosts: Some(NetnsLab::known_hosts()),
-            connect_timeout_secs: Some(5),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let aws = aws_spec(&moto);
     let mut spec = ClusterSpec::from_toml(
         "name = \"awsha\"\npostgres = \"15\"\n[ha]\nttl = 10\n[ha.etcd]\ndeploy = true\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n",
     )
     .unwrap();
     spec.provider = ProviderSpec::Aws(aws.clone());
     let cluster = spec.validate_for(PgMajor::V15).unwrap();
-    let provider = Ec2Provider::builder()
-        .credentials(Credentials::new("testing", "testing", None, None, "pgrepl-tests"))
-        .with_spec(&aws)
-        .map_node_addresses(LAB_HOSTS.iter().map(|(n, a, _)| (*n, *a)))
-        .poll_interval(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
+    let provider = lab_provider(&aws).await;
     let d = Deployment::new(
         cluster.clone(),
         Arc::new(provider),

@@ -242,14 +242,7 @@ impl NetnsLab {
     /// Runs a command on a lab host with the OpenSSH client (the test's own path,
     /// independent of pgrepl's transport).
     pub fn ssh(addr: &str, cmd: &str) -> (i32, String) {
-        let o = Command::new("ssh")
-            .args(["-i", Self::key().to_str().unwrap(), "-o", &format!("UserKnownHostsFile={}", Self::known_hosts().display())])
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
-            .arg(format!("root@{addr}"))
-            .arg(cmd)
-            .output()
-            .expect("ssh runs");
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
+        openssh(&Self::key(), &Self::known_hosts(), addr, cmd)
     }
 
     /// SQL on a lab host through psql as postgres over its socket.
@@ -264,6 +257,19 @@ impl Drop for NetnsLab {
     fn drop(&mut self) {
         let _ = netns_sh(&["down", "--purge"]);
     }
+}
+
+/// Runs `cmd` as root on a lab host with the OpenSSH client (the tests' own path,
+/// independent of pgrepl's transport): the exit code and trimmed stdout.
+fn openssh(key: &Path, known_hosts: &Path, addr: &str, cmd: &str) -> (i32, String) {
+    let o = Command::new("ssh")
+        .args(["-i", key.to_str().unwrap(), "-o", &format!("UserKnownHostsFile={}", known_hosts.display())])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
+        .arg(format!("root@{addr}"))
+        .arg(cmd)
+        .output()
+        .expect("ssh runs");
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 /// An SSH spec for the lab hosts.
@@ -340,14 +346,7 @@ impl HaLab {
 
     /// Runs a command on a lab host with the OpenSSH client.
     pub fn ssh(addr: &str, cmd: &str) -> (i32, String) {
-        let o = Command::new("ssh")
-            .args(["-i", Self::key().to_str().unwrap(), "-o", &format!("UserKnownHostsFile={}", Self::known_hosts().display())])
-            .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5"])
-            .arg(format!("root@{addr}"))
-            .arg(cmd)
-            .output()
-            .expect("ssh runs");
-        (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
+        openssh(&Self::key(), &Self::known_hosts(), addr, cmd)
     }
 
     /// Kills every process of a host's namespace (SIGKILL): the host is gone.
