@@ -27,6 +27,7 @@ use crate::spec::{ArchiveSpec, Role, SettingValue, SyncMode};
 use crate::version::{Capabilities, PgMajor, PromoteMethod, RecoveryStyle, SyncSyntax};
 
 pub mod backup_tool;
+pub mod pgbackrest;
 mod etcd;
 mod haproxy;
 pub use etcd::{EtcdFiles, EtcdMember, etcd_endpoints, etcd_member_config, etcd_members, host_dir};
@@ -455,7 +456,7 @@ pub fn conf_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
         // segments a dying primary had not archived yet and the new timeline's history
         // file reach the archive from the others (the same bytes, uploaded again).
         set("archive_mode", if caps.archive_mode_always { "always" } else { "on" }.into());
-        set("archive_command", guc_quote(&backup_tool::archive_command(b, &cluster.name)));
+        set("archive_command", guc_quote(&backup_tool::archive_command(b, &cluster.name, &layout.pgrepl_dir)));
     }
     let sync = &cluster.replication.sync;
     if node.role == Role::Primary && sync.mode != SyncMode::Off {
@@ -500,7 +501,7 @@ fn recovery_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
     }
     if let Some(b) = &cluster.backup {
         // A standby that fell behind what its upstream keeps catches up from the archive.
-        s.push(("restore_command", guc_quote(&backup_tool::restore_command(b, &cluster.name))));
+        s.push(("restore_command", guc_quote(&backup_tool::restore_command(b, &cluster.name, &layout.pgrepl_dir))));
     }
     s
 }

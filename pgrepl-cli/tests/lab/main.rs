@@ -14,6 +14,7 @@ mod ha;
 mod haproxy;
 mod local_e2e;
 mod oplock;
+mod pgbackrest;
 mod pg_accepts;
 mod routing;
 mod ssh_e2e;
