@@ -455,7 +455,11 @@ pub fn conf_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
         // on, and with `always` (9.5+) a standby also archives what it received, so the
         // segments a dying primary had not archived yet and the new timeline's history
         // file reach the archive from the others (the same bytes, uploaded again).
-        set("archive_mode", if caps.archive_mode_always { "always" } else { "on" }.into());
+        // pgBackRest refuses backups with `always` (its `archive-mode-check`): a segment
+        // pushed from a standby may differ in checksum from the primary's copy. With it
+        // only the node that is primary archives (a promoted standby starts at once).
+        let always = caps.archive_mode_always && b.tool != crate::spec::BackupTool::Pgbackrest;
+        set("archive_mode", if always { "always" } else { "on" }.into());
         set("archive_command", guc_quote(&backup_tool::archive_command(b, &cluster.name, &layout.pgrepl_dir)));
     }
     let sync = &cluster.replication.sync;

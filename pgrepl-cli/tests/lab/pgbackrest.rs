@@ -171,7 +171,7 @@ async fn pgbackrest_pitr_15() {
     assert!(out.contains("pgBackRest stanza ready"), "{out}");
     let (client, work, port) = (&lab.client, &lab.work, lab.port);
     let settings = psql(client, work, "db1", port, "SELECT current_setting('archive_mode') || ' ' || current_setting('archive_command')");
-    assert!(settings.starts_with("always /usr/bin/pgbackrest --config-path=") && settings.ends_with("archive-push %p"), "{settings}");
+    assert!(settings.starts_with("on /usr/bin/pgbackrest --config-path=") && settings.ends_with("archive-push %p"), "{settings}");
     keys_only_in_private_files(&lab, "brpitr15");
     create_app_role(client, work, "db1", port);
 

@@ -150,7 +150,9 @@ impl Deployment {
         }
         if b.tool == BackupTool::Pgbackrest {
             pgbackrest::check_version(b, self.major()?, &h).await?;
-            self.stanza_create(b, &h).await?;
+            // Created through the primary (pgBackRest refuses on a standby alone).
+            let ph = if cluster.primary().name == h.name { h.clone() } else { self.node_handle(None).await?.1 };
+            self.stanza_create(b, &ph).await?;
         }
         let before: Vec<String> = self.list_on(b, &cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
         let line = match b.tool {

@@ -332,4 +332,39 @@ mod tests {
             }
         }
     }
+
+    /// pgBackRest refuses backups with `archive_mode = always`: its nodes archive with `on`,
+    /// through their own configuration directory, and standbys fetch with archive-get.
+    #[test]
+    fn pgbackrest_nodes_archive_with_on() {
+        use crate::layout::{Binaries, NodeLayout};
+        use crate::render::render_node;
+        use crate::spec::{ClusterSpec, NodeSpec};
+        use crate::version::PgMajor;
+        let mut b = moto();
+        b.tool = BackupTool::Pgbackrest;
+        b.endpoint = Some("https://127.0.0.1:8443".into());
+        b.bin_dir = None;
+        let cluster = ClusterSpec::builder("c1")
+            .node(NodeSpec::primary("db1"))
+            .node(NodeSpec::standby("db2"))
+            .backup(b)
+            .into_spec()
+            .validate_for(PgMajor::V15)
+            .unwrap();
+        let get = |r: &crate::render::RenderedNode, k: &str| r.settings.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let l1 = NodeLayout::local("/w", "db1", &Binaries::assumed(PgMajor::V15), "postgres");
+        let l2 = NodeLayout::local("/w", "db2", &Binaries::assumed(PgMajor::V15), "postgres");
+        let primary = render_node(&cluster, "db1", &l1, None).unwrap();
+        let standby = render_node(&cluster, "db2", &l2, None).unwrap();
+        assert_eq!(get(&primary, "archive_mode").as_deref(), Some("on"));
+        assert_eq!(
+            get(&primary, "archive_command").as_deref(),
+            Some("'/usr/bin/pgbackrest --config-path=/w/db1/pgrepl/pgbackrest/c1 --stanza=c1 archive-push %p'")
+        );
+        assert_eq!(
+            get(&standby, "restore_command").as_deref(),
+            Some("'/usr/bin/pgbackrest --config-path=/w/db2/pgrepl/pgbackrest/c1 --stanza=c1 archive-get %f \"%p\"'")
+        );
+    }
 }

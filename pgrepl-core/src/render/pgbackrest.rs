@@ -174,6 +174,9 @@ pub fn config(b: &BackupSpec, stanza: &str, config_path: &str, node: &Pgbackrest
     // the spool per node, so nodes sharing a host do not share them.
     s += &format!("lock-path={config_path}/lock\nspool-path={config_path}/spool\n");
     s += "log-level-file=off\nlog-level-console=warn\nlog-level-stderr=error\nstart-fast=y\n";
+    // Retention applies when asked (`pgrepl backup --apply-retention`, the schedule's
+    // line), as with barman-cloud, not after every backup.
+    s += "expire-auto=n\n";
     match b.credentials_file {
         None => s += "repo1-s3-key-type=auto\n",
         Some(_) => {
@@ -269,6 +272,7 @@ mod tests {
             "repo1-s3-ca-file=/srv/ca.pem\n",
             "repo1-path=/lab\n",
             "repo1-retention-full=2\n",
+            "expire-auto=n\n",
             "repo1-s3-key=********\n",
             "[c1]\npg1-path=/w/db1/data\npg1-socket-path=/w/db1/run\npg1-port=6001\npg1-user=postgres\n",
         ] {
