@@ -164,7 +164,23 @@ impl Deployment {
                 line
             }
         };
-        self.run_tool(&h, &line, CLONE_TIMEOUT, "take a base backup").await?;
+        let primary = cluster.primary().clone();
+        if b.tool == BackupTool::BarmanCloud && primary.name != h.name {
+            // From a standby, the backup's end waits until the WAL segment holding it is
+            // archived, and a standby cannot switch segments: the primary does, while the
+            // tool waits (pgBackRest stops its backups on the primary, which switches).
+            let (_, ph) = self.node_handle(None).await?;
+            let tool_run = self.run_tool(&h, &line, CLONE_TIMEOUT, "take a base backup");
+            let switch = cluster.caps().map(|c| c.lsn.switch).unwrap_or("pg_switch_wal");
+            let nudge = nudge_wal_switch(&h, node.port, &ph, primary.port, switch);
+            tokio::pin!(tool_run, nudge);
+            tokio::select! {
+                r = &mut tool_run => { r?; }
+                () = &mut nudge => { tool_run.await?; }
+            }
+        } else {
+            self.run_tool(&h, &line, CLONE_TIMEOUT, "take a base backup").await?;
+        }
         let after = self.list_on(b, &cluster.name, &h).await?;
         after
             .into_iter()
@@ -517,6 +533,29 @@ impl Deployment {
             Err(e) => {
                 Ok(VerifyBackupReport { backup, scratch: scratch.into(), ok: false, seconds, problem: Some(crate::error::chain(&e)) })
             }
+        }
+    }
+}
+
+/// While a backup from the standby `sh` waits for its last WAL segment to be archived
+/// (`pg_backup_stop`/`pg_stop_backup` still running there), switches the primary `ph`'s
+/// WAL segment, at most every 5 s. Ends by itself after [`CLONE_TIMEOUT`] (the backup's
+/// own limit); the caller drops it when the backup ends.
+async fn nudge_wal_switch(sh: &NodeHandle, sport: u16, ph: &NodeHandle, pport: u16, switch: &str) {
+    let waiting = "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_catalog.pg_backend_pid() \
+                   AND state = 'active' AND (query ILIKE '%pg_backup_stop%' OR query ILIKE '%pg_stop_backup%');";
+    let t0 = Instant::now();
+    let mut last_switch: Option<Instant> = None;
+    while t0.elapsed() < CLONE_TIMEOUT {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopping = sql::query(&*sh.transport, &sh.layout, sport, waiting, SQL_TIMEOUT)
+            .await
+            .ok()
+            .and_then(|rows| rows.first().and_then(|r| r.first().cloned().flatten()))
+            .is_some_and(|n| n != "0");
+        if stopping && last_switch.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            let _ = sql::query(&*ph.transport, &ph.layout, pport, &format!("SELECT pg_catalog.{switch}();"), SQL_TIMEOUT).await;
+            last_switch = Some(Instant::now());
         }
     }
 }

@@ -89,6 +89,8 @@ pub struct LsnNames {
     pub diff: &'static str,
     /// WAL file name of a position (primary only).
     pub walfile_name: &'static str,
+    /// Ends the current WAL segment (primary only).
+    pub switch: &'static str,
     /// Suffix of the position columns of `pg_stat_replication` (`_location` or `_lsn`).
     pub stat_column_suffix: &'static str,
 }
@@ -250,6 +252,7 @@ const LSN_XLOG: LsnNames = LsnNames {
     last_replay: "pg_last_xlog_replay_location",
     diff: "pg_xlog_location_diff",
     walfile_name: "pg_xlogfile_name",
+    switch: "pg_switch_xlog",
     stat_column_suffix: "_location",
 };
 
@@ -259,6 +262,7 @@ const LSN_WAL: LsnNames = LsnNames {
     last_replay: "pg_last_wal_replay_lsn",
     diff: "pg_wal_lsn_diff",
     walfile_name: "pg_walfile_name",
+    switch: "pg_switch_wal",
     stat_column_suffix: "_lsn",
 };
 
