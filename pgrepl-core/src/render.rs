@@ -27,9 +27,9 @@ use crate::spec::{ArchiveSpec, Role, SettingValue, SyncMode};
 use crate::version::{Capabilities, PgMajor, PromoteMethod, RecoveryStyle, SyncSyntax};
 
 pub mod backup_tool;
-pub mod pgbackrest;
 mod etcd;
 mod haproxy;
+pub mod pgbackrest;
 pub use etcd::{EtcdFiles, EtcdMember, etcd_endpoints, etcd_member_config, etcd_members, host_dir};
 pub use haproxy::{HaproxyError, HaproxyOptions, haproxy_config};
 

@@ -10,9 +10,9 @@
 
 pub mod catalog;
 pub mod decide;
-pub mod recovery;
 #[cfg(feature = "runtime")]
 mod pgbackrest;
+pub mod recovery;
 #[cfg(feature = "runtime")]
 mod run;
 
@@ -20,9 +20,9 @@ pub use crate::tool_failure::{ToolFailure, classify_failure};
 pub use catalog::{BackupInfo, parse_barman_list, parse_pgbackrest_info};
 pub use decide::{RestoreRefusal, Target, check_in_place, check_pgbackrest, choose_backup};
 #[cfg(feature = "runtime")]
-pub(crate) use run::{after_up, ensure_tool};
-#[cfg(feature = "runtime")]
 pub use run::{RestoreOptions, RestoreReport, VerifyBackupReport};
+#[cfg(feature = "runtime")]
+pub(crate) use run::{after_up, ensure_tool};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -41,17 +41,15 @@ pub(crate) async fn check_version(b: &BackupSpec, major: PgMajor, h: &NodeHandle
 async fn read_keys(b: &BackupSpec, h: &NodeHandle) -> Result<Option<S3Keys>, Error> {
     let Some(path) = &b.credentials_file else { return Ok(None) };
     let path = path.to_string_lossy();
-    let bytes = h
-        .transport
-        .read_file_as(&path, &h.layout.os_user)
-        .await
-        .map_err(|e| tr(&h.name, "read backup.credentials_file", e))?
-        .ok_or_else(|| Error::Backup {
-            node: h.name.clone(),
-            action: "read the S3 keys".into(),
-            cause: ToolFailure::BadCredentials,
-            detail: format!("{path} (backup.credentials_file) does not exist or {} cannot read it", h.layout.os_user),
-        })?;
+    let bytes =
+        h.transport.read_file_as(&path, &h.layout.os_user).await.map_err(|e| tr(&h.name, "read backup.credentials_file", e))?.ok_or_else(
+            || Error::Backup {
+                node: h.name.clone(),
+                action: "read the S3 keys".into(),
+                cause: ToolFailure::BadCredentials,
+                detail: format!("{path} (backup.credentials_file) does not exist or {} cannot read it", h.layout.os_user),
+            },
+        )?;
     let text = String::from_utf8_lossy(&bytes);
     pgbr::parse_aws_credentials(&text, b.profile.as_deref()).map(Some).ok_or_else(|| Error::Backup {
         node: h.name.clone(),

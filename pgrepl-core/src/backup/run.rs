@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::catalog::{BackupInfo, parse_barman_list, parse_pgbackrest_info};
-use super::pgbackrest;
 use super::decide::{RestoreRefusal, Target, check_in_place, choose_backup};
+use super::pgbackrest;
 use super::recovery::recovery_files;
 use crate::deploy::{CLONE_TIMEOUT, DataDir, Deployment, NoProgress, Run, SQL_TIMEOUT, is_running, tr};
 use crate::error::{Error, Refusal};
@@ -72,7 +72,7 @@ impl Deployment {
         self.cluster.backup.as_ref().ok_or_else(|| Error::node(&self.cluster.name, "the spec has no [backup] section"))
     }
 
-/// The spec's `[backup]` when its tool stores in S3 (barman-cloud, pgbackrest).
+    /// The spec's `[backup]` when its tool stores in S3 (barman-cloud, pgbackrest).
     fn s3_tool(&self, what: &str) -> Result<&BackupSpec, Error> {
         let b = self.backup_spec()?;
         if b.tool == BackupTool::Directory {
@@ -266,7 +266,12 @@ impl Deployment {
         let (cluster, handles) = new.connect(true).await?;
         let primary = cluster.primary().clone();
         let h = handles.iter().find(|x| x.name == primary.name).ok_or_else(|| Error::node(&primary.name, "no host"))?;
-        let new_node = PgbackrestNode { data_dir: &h.layout.data_dir, socket_dir: &h.layout.socket_dir, port: primary.port, user: &h.layout.superuser };
+        let new_node = PgbackrestNode {
+            data_dir: &h.layout.data_dir,
+            socket_dir: &h.layout.socket_dir,
+            port: primary.port,
+            user: &h.layout.superuser,
+        };
         // Decide first: which backup, and whether the place is free. pgBackRest lists
         // through the source's primary, whose configuration `up` wrote.
         let catalog = match b.tool {
@@ -611,7 +616,11 @@ async fn wait_promoted(h: &NodeHandle, port: u16, deadline: Duration) -> Result<
 /// `up`'s step on every host: the backup tool installed when the spec's `[backup]` needs
 /// one that is missing there; for pgBackRest, its version checked against the major
 /// (refused before anything changes) and the node's configuration written.
-pub(crate) async fn ensure_tool(run: &Run<'_>, h: &NodeHandle, progress: &dyn crate::deploy::Progress) -> Result<Option<crate::deploy::Action>, Error> {
+pub(crate) async fn ensure_tool(
+    run: &Run<'_>,
+    h: &NodeHandle,
+    progress: &dyn crate::deploy::Progress,
+) -> Result<Option<crate::deploy::Action>, Error> {
     let cluster = run.cluster;
     let Some(b) = &cluster.backup else { return Ok(None) };
     if b.tool == BackupTool::Pgbackrest {

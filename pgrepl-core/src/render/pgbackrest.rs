@@ -189,7 +189,10 @@ pub fn config(b: &BackupSpec, stanza: &str, config_path: &str, node: &Pgbackrest
             }
         }
     }
-    s += &format!("\n[{stanza}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n", node.data_dir, node.socket_dir, node.port, node.user);
+    s += &format!(
+        "\n[{stanza}]\npg1-path={}\npg1-socket-path={}\npg1-port={}\npg1-user={}\n",
+        node.data_dir, node.socket_dir, node.port, node.user
+    );
     s
 }
 
@@ -278,8 +281,9 @@ mod tests {
         ] {
             assert!(shown.contains(line), "{line:?} missing from\n{shown}");
         }
-        let keys = parse_aws_credentials("[other]\naws_access_key_id = X\n[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n", None)
-            .unwrap();
+        let keys =
+            parse_aws_credentials("[other]\naws_access_key_id = X\n[default]\naws_access_key_id = AK\naws_secret_access_key = SK\n", None)
+                .unwrap();
         let real = config(&b, "c1", "/w/db1/pgrepl/pgbackrest/c1", &node, Some(&keys));
         assert!(real.contains("repo1-s3-key=AK\nrepo1-s3-key-secret=SK\n"), "{real}");
         let mut role = spec();
@@ -290,7 +294,8 @@ mod tests {
 
     #[test]
     fn credentials_by_profile() {
-        let text = "# x\n[default]\naws_access_key_id=A\n[profile bk]\naws_access_key_id = B\naws_secret_access_key = C\naws_session_token = T\n";
+        let text =
+            "# x\n[default]\naws_access_key_id=A\n[profile bk]\naws_access_key_id = B\naws_secret_access_key = C\naws_session_token = T\n";
         let k = parse_aws_credentials(text, Some("bk")).unwrap();
         assert_eq!((k.key.expose(), k.secret.expose(), k.token.as_ref().map(|t| t.expose())), ("B", "C", Some("T")));
         assert!(parse_aws_credentials(text, None).is_none(), "default has no secret");
