@@ -219,16 +219,10 @@ pub fn parse_version(output: &str) -> Option<PgbackrestVersion> {
     Some(PgbackrestVersion(major, minor, patch))
 }
 
-/// The oldest pgBackRest that supports `major`, `None` for majors every 2.x supports.
-/// From pgBackRest's release notes: 16 came in 2.46, 17 in 2.54 (2.53.1 supported its
-/// beta), 18 in 2.56. Checked here: Debian 12's 2.45 refuses 16.
+/// The oldest pgBackRest that supports `major` (the version table's
+/// `pgbackrest_min`), `None` for majors every 2.x supports.
 pub fn minimum_for(major: PgMajor) -> Option<PgbackrestVersion> {
-    match major {
-        PgMajor::V16 => Some(PgbackrestVersion(2, 46, 0)),
-        PgMajor::V17 => Some(PgbackrestVersion(2, 54, 0)),
-        PgMajor::V18 => Some(PgbackrestVersion(2, 56, 0)),
-        _ => None,
-    }
+    major.caps().pgbackrest_min.map(|(a, b, c)| PgbackrestVersion(a, b, c))
 }
 
 #[cfg(test)]
@@ -309,9 +303,7 @@ mod tests {
         assert_eq!(parse_version("pgBackRest 2.56.0dev"), Some(PgbackrestVersion(2, 56, 0)));
         assert_eq!(parse_version("command not found"), None);
         assert_eq!(PgbackrestVersion(2, 45, 0).to_string(), "2.45");
-        let v245 = PgbackrestVersion(2, 45, 0);
-        assert!(minimum_for(PgMajor::V15).is_none());
-        assert!(minimum_for(PgMajor::V16).unwrap() > v245);
-        assert!(minimum_for(PgMajor::V17).unwrap() > PgbackrestVersion(2, 53, 1));
+        assert!(PgbackrestVersion(2, 53, 1) > PgbackrestVersion(2, 45, 0));
+        assert!(PgbackrestVersion(2, 46, 0) < PgbackrestVersion(2, 53, 1));
     }
 }
