@@ -366,5 +366,18 @@ mod tests {
             get(&standby, "restore_command").as_deref(),
             Some("'/usr/bin/pgbackrest --config-path=/w/db2/pgrepl/pgbackrest/c1 --stanza=c1 archive-get %f \"%p\"'")
         );
+        // Up to 11 in recovery.conf.
+        let c11 = ClusterSpec::builder("c1")
+            .node(NodeSpec::primary("db1"))
+            .node(NodeSpec::standby("db2"))
+            .backup(cluster.backup.clone().unwrap())
+            .into_spec()
+            .validate_for(PgMajor::V11)
+            .unwrap();
+        let l2 = NodeLayout::local("/w", "db2", &Binaries::assumed(PgMajor::V11), "postgres");
+        let s11 = render_node(&c11, "db2", &l2, None).unwrap();
+        let rc = s11.files.iter().find(|f| f.path.ends_with("/recovery.conf")).unwrap();
+        assert!(rc.contents.text.contains("--stanza=c1 archive-get %f \"%p\"'"), "{}", rc.contents.text);
+        assert_eq!(get(&s11, "archive_mode").as_deref(), Some("on"));
     }
 }
