@@ -88,6 +88,8 @@ struct BrLab {
     wd: WorkDir,
     _moto: Moto,
     _proxy: TlsProxy,
+    creds: PathBuf,
+    bucket: String,
     file: PathBuf,
     work: PathBuf,
     port: u16,
@@ -97,25 +99,37 @@ struct BrLab {
 
 impl BrLab {
     fn new(tag: &str, major: &str, retention: &str) -> BrLab {
+        let lab = BrLab::new_without_bucket(tag, major).with_retention(retention);
+        lab._moto.create_bucket(&lab.creds, &lab.bucket);
+        lab
+    }
+
+    /// The spec's `[backup]` gets `line` too.
+    fn with_retention(self, line: &str) -> BrLab {
+        let text = std::fs::read_to_string(&self.file).unwrap();
+        std::fs::write(&self.file, text.replacen("[backup]\n", &format!("[backup]\n{line}\n"), 1)).unwrap();
+        self
+    }
+
+    fn new_without_bucket(tag: &str, major: &str) -> BrLab {
         let (bin, client) = bins(major);
         let wd = WorkDir::new(tag).with_bin(&bin);
         let moto = Moto::start(&wd.path);
         let proxy = TlsProxy::start(&wd.path, moto.port);
         let creds = lab_credentials(&wd.path);
         let bucket = format!("pgrepl-{tag}");
-        moto.create_bucket(&creds, &bucket);
         let work = wd.path.join("src");
         let port = free_ports(3);
         let backup = format!(
             "[backup]\ntool = \"pgbackrest\"\nbucket = \"{bucket}\"\nprefix = \"lab\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
-             ca_file = \"{}\"\ncredentials_file = \"{}\"\n{retention}\n",
+             ca_file = \"{}\"\ncredentials_file = \"{}\"\n",
             proxy.endpoint(),
             proxy.ca.display(),
             creds.display()
         );
         let file = wd.path.join("src.toml");
         std::fs::write(&file, local_spec(tag, major, port, &work.to_string_lossy(), &backup)).unwrap();
-        BrLab { wd, _moto: moto, _proxy: proxy, file, work, port, bin, client }
+        BrLab { wd, _moto: moto, _proxy: proxy, creds, bucket, file, work, port, bin, client }
     }
 
     /// Runs pgrepl on `file`; its output must never hold the keys.
@@ -347,4 +361,54 @@ async fn pgbackrest_restore_in_place_15() {
     assert_eq!(code, 0, "status after the in-place restore: {out}\n{err}");
     // The restored primary archives again (a new timeline), into the same stanza.
     switch_and_wait_archived(client, work, "db1", port);
+}
+
+/// A missing bucket, an unreachable endpoint, a CA that does not sign the endpoint's
+/// certificate: each a named error (exit 4) naming the spec's field; archiving fails
+/// meanwhile and the WAL waits in pg_wal; once the bucket exists, `up` creates the stanza.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbackrest_failures_named_15() {
+    let lab = BrLab::new_without_bucket("brfail15", "15");
+    let _destroy = lab.destroy_on_drop(&[]);
+    let (code, out, err) = lab.with(&["up"]);
+    assert_eq!(code, 0, "up with a missing bucket: {out}\n{err}");
+    assert!(out.contains("pgBackRest stanza not created yet"), "{out}");
+    let (client, work, port) = (&lab.client, &lab.work, lab.port);
+
+    let (code, out, err) = lab.with(&["backup"]);
+    assert_eq!(code, 4, "backup to a missing bucket: {out}\n{err}");
+    assert!(err.contains("the bucket does not exist (backup.bucket)"), "{err}");
+    let closed = psql(client, work, "db1", port, "SELECT pg_walfile_name(pg_switch_wal())");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql(client, work, "db1", port, "SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(Instant::now() < deadline, "archiving to a missing bucket never failed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ready = work.join("db1/data/pg_wal/archive_status").join(format!("{closed}.ready"));
+    assert!(ready.exists(), "{closed} should wait in pg_wal");
+
+    let text = std::fs::read_to_string(&lab.file).unwrap();
+    let endpoint = lab._proxy.endpoint();
+    let dead = lab.wd.path.join("dead.toml");
+    std::fs::write(&dead, text.replace(&endpoint, &format!("https://127.0.0.1:{}", free_ports(1)))).unwrap();
+    let (code, out, err) = lab.run(&dead, &["backups"]);
+    assert_eq!(code, 4, "unreachable endpoint: {out}\n{err}");
+    assert!(err.contains("cannot be reached (backup.endpoint"), "{err}");
+    let untrusted = lab.wd.path.join("untrusted.toml");
+    std::fs::write(&untrusted, text.replace(&lab._proxy.ca.to_string_lossy().into_owned(), "/etc/ssl/certs/ca-certificates.crt")).unwrap();
+    let (code, out, err) = lab.run(&untrusted, &["backups"]);
+    assert_eq!(code, 4, "a CA that does not sign the endpoint's certificate: {out}\n{err}");
+    assert!(err.contains("TLS certificate is not trusted (backup.ca_file"), "{err}");
+
+    // Fixed: the bucket exists; `up` writes the spec's configuration again (the runs
+    // above wrote theirs) and creates the stanza. (That the waiting WAL is then archived
+    // is not checked here yet: in this lab PostgreSQL's archiver did not retry within
+    // 150 s after its failures; to be investigated.)
+    lab._moto.create_bucket(&lab.creds, &lab.bucket);
+    let (code, out, err) = lab.with(&["up"]);
+    assert_eq!(code, 0, "up once fixed: {out}\n{err}");
+    assert!(out.contains("pgBackRest stanza ready"), "{out}");
+    let (code, out, err) = lab.with(&["backups"]);
+    assert_eq!(code, 0, "backups once fixed: {out}\n{err}");
+    assert!(out.contains("(no backups)"), "{out}");
 }

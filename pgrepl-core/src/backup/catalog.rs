@@ -103,6 +103,20 @@ struct PgbrStanza {
     backup: Vec<PgbrBackup>,
     #[serde(default)]
     db: Vec<PgbrDb>,
+    status: Option<PgbrStatus>,
+    #[serde(default)]
+    repo: Vec<PgbrRepo>,
+}
+
+#[derive(Deserialize)]
+struct PgbrStatus {
+    code: i32,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct PgbrRepo {
+    status: Option<PgbrStatus>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +161,14 @@ struct PgbrDatabase {
 pub fn parse_pgbackrest_info(json: &str, stanza: &str) -> Result<Vec<BackupInfo>, CatalogError> {
     let list: Vec<PgbrStanza> = serde_json::from_str(json).map_err(|e| CatalogError(format!("pgbackrest info: {e}")))?;
     let Some(st) = list.into_iter().find(|s| s.name == stanza) else { return Ok(Vec::new()) };
+    // `info` exits 0 when the repository cannot be read and says why in its status: 0 ok,
+    // 1 no stanza yet, 2 no backup yet (both: an empty list); anything else is an error.
+    if let Some(status) = st.status.as_ref().filter(|s| !matches!(s.code, 0..=2)) {
+        let repo: Vec<&str> =
+            st.repo.iter().filter_map(|r| r.status.as_ref()).filter(|s| s.code != 0).map(|s| s.message.as_str()).collect();
+        let why = if repo.is_empty() { status.message.clone() } else { repo.join("\n") };
+        return Err(CatalogError(format!("pgbackrest info: {why}")));
+    }
     let mut out = Vec::new();
     for b in st.backup {
         let time = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).ok();
@@ -223,5 +245,10 @@ mod tests {
         assert!(parse_pgbackrest_info(PGBR, "other").unwrap().is_empty());
         assert!(parse_pgbackrest_info(r#"[{"name":"x","backup":[],"db":[]}]"#, "x").unwrap().is_empty());
         assert!(parse_pgbackrest_info("ERROR: [037]", "x").is_err());
+        let refused = r#"[{"archive":[],"backup":[],"cipher":"none","db":[],"name":"x","repo":[{"cipher":"none","key":1,"status":{"code":99,"message":"[HostConnectError] unable to connect to '127.0.0.1:1': [111] Connection refused"}}],"status":{"code":99,"lock":{"backup":{"held":false}},"message":"other"}}]"#;
+        let e = parse_pgbackrest_info(refused, "x").unwrap_err();
+        assert!(e.0.contains("Connection refused"), "{e}");
+        let missing = r#"[{"archive":[],"backup":[],"cipher":"none","db":[],"name":"x","repo":[{"cipher":"none","key":1,"status":{"code":1,"message":"missing stanza path"}}],"status":{"code":1,"lock":{"backup":{"held":false}},"message":"missing stanza path"}}]"#;
+        assert!(parse_pgbackrest_info(missing, "x").unwrap().is_empty());
     }
 }

@@ -112,8 +112,22 @@ impl Deployment {
     /// The backups in the archive, oldest first (the tool's own listing, run on the primary's host).
     pub async fn backups(&self) -> Result<Vec<BackupInfo>, Error> {
         let b = self.s3_tool("listing backups")?;
-        let (_, h) = self.node_handle(None).await?;
+        let (cluster, h) = self.node_handle(None).await?;
+        self.pgbackrest_ready(b, &cluster, &h).await?;
         self.list_on(b, &self.cluster.name, &h).await
+    }
+
+    /// For pgBackRest: the installed version checked, and `h`'s configuration of this
+    /// cluster written again from the spec as it is now (its endpoint, keys, retention).
+    async fn pgbackrest_ready(&self, b: &BackupSpec, cluster: &crate::cluster::Cluster, h: &NodeHandle) -> Result<(), Error> {
+        if b.tool != BackupTool::Pgbackrest {
+            return Ok(());
+        }
+        pgbackrest::check_version(b, self.major()?, h).await?;
+        let n = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
+        let l = &h.layout;
+        let node = PgbackrestNode { data_dir: &l.data_dir, socket_dir: &l.socket_dir, port: n.port, user: &l.superuser };
+        pgbackrest::write_config(b, &cluster.name, &l.pgrepl_dir, &node, h).await
     }
 
     /// The backups of cluster `server` (pgBackRest: its stanza, configured in `h`'s pgrepl directory).
@@ -122,7 +136,16 @@ impl Deployment {
         if b.tool == BackupTool::Pgbackrest {
             let line = pgbr::command(b, &l.pgrepl_dir, server, &l.os_user, &["info", "--output=json"]);
             let out = self.run_tool(h, &line, TOOL_TIMEOUT, "list the backups").await?;
-            return parse_pgbackrest_info(&out, server).map_err(|e| Error::node(&h.name, e.to_string()));
+            return parse_pgbackrest_info(&out, server).map_err(|e| Error::Backup {
+                node: h.name.clone(),
+                action: "list the backups".into(),
+                cause: classify_failure(1, &e.0),
+                // The first line says what failed, the last the store's answer (S3's XML).
+                detail: match (e.0.lines().next(), e.0.lines().last()) {
+                    (Some(f), Some(l)) if f != l => format!("{f}\n{l}"),
+                    _ => e.0.clone(),
+                },
+            });
         }
         let out = self.run_tool(h, &tool::barman_list(b, server, &l.os_user), TOOL_TIMEOUT, "list the backups").await?;
         parse_barman_list(&out).map_err(|e| Error::node(&h.name, e.to_string()))
@@ -149,9 +172,10 @@ impl Deployment {
             .into());
         }
         if b.tool == BackupTool::Pgbackrest {
-            pgbackrest::check_version(b, self.major()?, &h).await?;
+            self.pgbackrest_ready(b, &cluster, &h).await?;
             // Created through the primary (pgBackRest refuses on a standby alone).
             let ph = if cluster.primary().name == h.name { h.clone() } else { self.node_handle(None).await?.1 };
+            self.pgbackrest_ready(b, &cluster, &ph).await?;
             self.stanza_create(b, &ph).await?;
         }
         let before: Vec<String> = self.list_on(b, &cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
@@ -237,7 +261,8 @@ impl Deployment {
         let Some(policy) = b.retention.as_ref().and_then(tool::barman_retention_policy) else {
             return Ok(Vec::new());
         };
-        let (_, h) = self.node_handle(None).await?;
+        let (cluster, h) = self.node_handle(None).await?;
+        self.pgbackrest_ready(b, &cluster, &h).await?;
         let before = self.list_on(b, &self.cluster.name, &h).await?;
         let l = &h.layout;
         let line = match b.tool {
@@ -277,7 +302,8 @@ impl Deployment {
         let catalog = match b.tool {
             BackupTool::Pgbackrest => {
                 pgbackrest::check_version(&b, new.major()?, h).await?;
-                let (_, sh) = self.node_handle(None).await?;
+                let (source_cluster, sh) = self.node_handle(None).await?;
+                self.pgbackrest_ready(&b, &source_cluster, &sh).await?;
                 self.list_on(&b, &source, &sh).await?
             }
             _ => self.list_on(&b, &source, h).await?,
@@ -426,6 +452,7 @@ impl Deployment {
             .into());
         }
         // Decide before changing anything: a target no backup covers is refused here.
+        self.pgbackrest_ready(&b, &cluster, ph).await?;
         let catalog = self.list_on(&b, &cluster.name, ph).await?;
         let now = time::OffsetDateTime::now_utc();
         choose_backup(&catalog, &target, now, self.retention_words().as_deref())
@@ -449,7 +476,8 @@ impl Deployment {
     /// reaches consistency, promotes and answers, then stops it and removes `scratch`.
     pub async fn verify_backup(&self, scratch: Option<&str>, port: u16) -> Result<VerifyBackupReport, Error> {
         let b = self.s3_tool("verify --backup")?;
-        let (_, h) = self.node_handle(None).await?;
+        let (cluster, h) = self.node_handle(None).await?;
+        self.pgbackrest_ready(b, &cluster, &h).await?;
         let default_scratch = {
             let d = h.layout.data_dir.trim_end_matches('/');
             let node_dir = d.rsplit_once('/').map(|(p, _)| p).unwrap_or(d);
