@@ -159,7 +159,8 @@ pub enum Cmd {
     },
     /// Restore the archive to a point in time into a NEW cluster (nothing of this one is
     /// touched): the new cluster's file is written (or read, when --into names an existing
-    /// file), its primary restored and promoted at the target, its standbys cloned.
+    /// file), its primary restored and promoted at the target, its standbys cloned. With
+    /// --in-place --yes, into this cluster once it is down.
     #[command(group(clap::ArgGroup::new("target").required(true)))]
     Restore {
         #[command(flatten)]
@@ -175,8 +176,17 @@ pub enum Cmd {
         latest: bool,
         /// The new cluster's file: read when it exists, else written (local clusters:
         /// derived from this one with --name and --base-port).
-        #[arg(long, value_name = "FILE")]
-        into: PathBuf,
+        #[arg(long, value_name = "FILE", required_unless_present = "in_place", conflicts_with = "in_place")]
+        into: Option<PathBuf>,
+        /// Restore THIS cluster instead, after `pgrepl down` (refused while any of its
+        /// servers runs): the primary's data directory is moved aside to
+        /// `<data>.pre-restore`, the standbys' are removed, the primary is restored, then
+        /// `up` clones the standbys. Needs --yes.
+        #[arg(long, conflicts_with_all = ["name", "base_port"])]
+        in_place: bool,
+        /// Confirm --in-place.
+        #[arg(long, requires = "in_place")]
+        yes: bool,
         /// The new cluster's name when --into is written (default: `<name>-restored`).
         #[arg(long)]
         name: Option<String>,

@@ -219,3 +219,38 @@ pub async fn restore(
     }
     Ok(if verify.as_ref().is_none_or(|v| v.ok()) { 0 } else { 1 })
 }
+
+/// `pgrepl restore --in-place --yes`.
+pub async fn restore_in_place(common: &Common, target: Target, backup_id: Option<String>, no_standbys: bool) -> anyhow::Result<u8> {
+    let (d, path) = open(common, false).await?;
+    let (report, aside) = d.restore_in_place(target, &RestoreOptions { backup_id }).await?;
+    let up = if no_standbys { None } else { Some(d.up(&pgrepl_core::deploy::NoProgress).await?) };
+    let verify = if no_standbys { None } else { Some(d.verify(Duration::from_secs(60)).await?) };
+    match common.output {
+        OutputFormat::Text => {
+            println!(
+                "restored cluster {} ({}) in place: backup {} to {}, timeline {} (download {:.1} s, recovery {:.1} s); \
+                 the former data directory of {} is kept in {aside}",
+                report.cluster,
+                path.display(),
+                report.backup.id,
+                report.target,
+                report.timeline.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+                report.download_seconds,
+                report.recovery_seconds,
+                report.primary,
+            );
+            if let Some(u) = &up {
+                print!("{u}");
+            }
+            if let Some(v) = &verify {
+                print!("{v}");
+            }
+        }
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"restore": report, "kept": aside, "up": up, "verify": verify}))?
+        ),
+    }
+    Ok(if verify.as_ref().is_none_or(|v| v.ok()) { 0 } else { 1 })
+}

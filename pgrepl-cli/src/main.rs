@@ -299,9 +299,16 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Backup { common, from, apply_retention } => backup::backup(&common, from.as_deref(), apply_retention).await,
         Cmd::Backups { common } => backup::backups(&common).await,
-        Cmd::Restore { common, to_time, to_lsn, latest: _, into, name, base_port, backup_id, no_standbys } => {
+        Cmd::Restore { common, to_time, to_lsn, latest: _, into, in_place: _, yes, name, base_port, backup_id, no_standbys } => {
             let target = backup::target(to_time.as_deref(), to_lsn.as_deref())?;
-            backup::restore(&common, target, &into, name.as_deref(), base_port, backup_id, no_standbys).await
+            match into {
+                Some(into) => backup::restore(&common, target, &into, name.as_deref(), base_port, backup_id, no_standbys).await,
+                None if !yes => Err(UsageError(
+                    "--in-place replaces this cluster's data with the backup's (the primary's data directory is moved aside, the standbys' removed): add --yes".into(),
+                )
+                .into()),
+                None => backup::restore_in_place(&common, target, backup_id, no_standbys).await,
+            }
         }
         Cmd::Verify { common, timeout, .. } => {
             let (d, _) = open(&common, false).await?;

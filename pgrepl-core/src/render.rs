@@ -29,6 +29,7 @@ use crate::version::{Capabilities, PgMajor, PromoteMethod, RecoveryStyle, SyncSy
 pub mod backup_tool;
 mod etcd;
 mod haproxy;
+pub mod pgbackrest;
 pub use etcd::{EtcdFiles, EtcdMember, etcd_endpoints, etcd_member_config, etcd_members, host_dir};
 pub use haproxy::{HaproxyError, HaproxyOptions, haproxy_config};
 
@@ -454,8 +455,12 @@ pub fn conf_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
         // on, and with `always` (9.5+) a standby also archives what it received, so the
         // segments a dying primary had not archived yet and the new timeline's history
         // file reach the archive from the others (the same bytes, uploaded again).
-        set("archive_mode", if caps.archive_mode_always { "always" } else { "on" }.into());
-        set("archive_command", guc_quote(&backup_tool::archive_command(b, &cluster.name)));
+        // pgBackRest refuses backups with `always` (its `archive-mode-check`): a segment
+        // pushed from a standby may differ in checksum from the primary's copy. With it
+        // only the node that is primary archives (a promoted standby starts at once).
+        let always = caps.archive_mode_always && b.tool != crate::spec::BackupTool::Pgbackrest;
+        set("archive_mode", if always { "always" } else { "on" }.into());
+        set("archive_command", guc_quote(&backup_tool::archive_command(b, &cluster.name, &layout.pgrepl_dir)));
     }
     let sync = &cluster.replication.sync;
     if node.role == Role::Primary && sync.mode != SyncMode::Off {
@@ -500,7 +505,7 @@ fn recovery_settings(cluster: &Cluster, node: &Node, layout: &NodeLayout, caps: 
     }
     if let Some(b) = &cluster.backup {
         // A standby that fell behind what its upstream keeps catches up from the archive.
-        s.push(("restore_command", guc_quote(&backup_tool::restore_command(b, &cluster.name))));
+        s.push(("restore_command", guc_quote(&backup_tool::restore_command(b, &cluster.name, &layout.pgrepl_dir))));
     }
     s
 }

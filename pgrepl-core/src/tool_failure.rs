@@ -15,6 +15,8 @@ pub enum ToolFailure {
     NoBucket,
     /// The endpoint could not be reached.
     Unreachable,
+    /// The endpoint's TLS certificate is not trusted (pgBackRest verifies it).
+    TlsNotTrusted,
     /// The tool is not installed where the spec says.
     NotInstalled,
     /// Anything else (the tool's own words follow).
@@ -29,6 +31,7 @@ impl fmt::Display for ToolFailure {
             }
             ToolFailure::NoBucket => "the bucket does not exist (backup.bucket)",
             ToolFailure::Unreachable => "the object store cannot be reached (backup.endpoint, backup.region, the network)",
+            ToolFailure::TlsNotTrusted => "the object store's TLS certificate is not trusted (backup.ca_file, backup.endpoint)",
             ToolFailure::NotInstalled => "the backup tool is not installed (backup.bin_dir; `pgrepl up` installs it)",
             ToolFailure::Other => "the backup tool failed",
         })
@@ -51,6 +54,8 @@ pub fn classify_failure(status: i32, output: &str) -> ToolFailure {
         "ExpiredToken",
     ]) {
         ToolFailure::BadCredentials
+    } else if any(&["unable to verify certificate", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed"]) {
+        ToolFailure::TlsNotTrusted
     } else if any(&["NoSuchBucket", "does not exist", "Bucket not found"]) {
         ToolFailure::NoBucket
     } else if any(&[
@@ -80,5 +85,15 @@ mod tests {
         assert_eq!(classify_failure(2, "Could not connect to the endpoint URL: \"http://127.0.0.1:1/b\""), ToolFailure::Unreachable);
         assert_eq!(classify_failure(127, "sh: 1: /x/barman-cloud-wal-archive: not found"), ToolFailure::NotInstalled);
         assert_eq!(classify_failure(1, "something else"), ToolFailure::Other);
+        // pgBackRest 2.45's words (its `info` status messages against moto behind HAProxy).
+        assert_eq!(classify_failure(1, "<Error><Code>NoSuchBucket</Code><Message>The specified bucket"), ToolFailure::NoBucket);
+        assert_eq!(
+            classify_failure(1, "[HostConnectError] unable to connect to '127.0.0.1:1': [111] Connection refused"),
+            ToolFailure::Unreachable
+        );
+        assert_eq!(
+            classify_failure(1, "[CryptoError] unable to verify certificate presented by '127.0.0.1:18443': [18] self-signed certificate"),
+            ToolFailure::TlsNotTrusted
+        );
     }
 }

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::common::*;
 
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Moto {
-    fn start(dir: &Path) -> Moto {
+    pub(crate) fn start(dir: &Path) -> Moto {
         let exe = lab_dir().join("venv/bin/moto_server");
         assert!(exe.exists(), "{} is missing: run scripts/lab/install.sh", exe.display());
         let port = free_ports(1);
@@ -36,12 +36,12 @@ impl Moto {
         Moto { child, port }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Creates a bucket with boto3 (moto's own venv has it), with the test's credentials.
-    fn create_bucket(&self, creds: &Path, bucket: &str) {
+    pub(crate) fn create_bucket(&self, creds: &Path, bucket: &str) {
         let o = Command::new(lab_dir().join("venv/bin/python"))
             .args([
                 "-c",
@@ -63,7 +63,7 @@ impl Drop for Moto {
 }
 
 /// `pgrepl destroy --yes` of every cluster file given, when the test ends (passes or not).
-struct Destroy(Vec<(PathBuf, PathBuf, PathBuf)>);
+pub(crate) struct Destroy(pub(crate) Vec<(PathBuf, PathBuf, PathBuf)>);
 
 impl Drop for Destroy {
     fn drop(&mut self) {
@@ -92,7 +92,7 @@ fn barman_bin() -> PathBuf {
 }
 
 /// A credentials file of the AWS configuration (moto accepts any key), 0600, the server's.
-fn credentials(dir: &Path) -> PathBuf {
+pub(crate) fn credentials(dir: &Path) -> PathBuf {
     let p = dir.join("aws-credentials");
     std::fs::write(&p, "[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -114,21 +114,21 @@ fn backup_section(moto: &Moto, bucket: &str, creds: &Path, retention: &str) -> S
 
 /// One acknowledged row: its id, when it was sent, when its commit was acknowledged.
 #[derive(Clone, Copy, Debug)]
-struct Row {
-    id: i64,
-    sent: SystemTime,
-    acked: SystemTime,
+pub(crate) struct Row {
+    pub(crate) id: i64,
+    pub(crate) sent: SystemTime,
+    pub(crate) acked: SystemTime,
 }
 
 /// Writes rows one after the other into `t` until stopped; every acknowledged one recorded.
-struct Writer {
+pub(crate) struct Writer {
     stop: Arc<std::sync::atomic::AtomicBool>,
     rows: Arc<Mutex<Vec<Row>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
-    async fn start(port: u16, first_id: i64) -> Writer {
+    pub(crate) async fn start(port: u16, first_id: i64) -> Writer {
         let client = connect(port).await;
         client
             .batch_execute("CREATE TABLE IF NOT EXISTS t (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
@@ -153,14 +153,14 @@ impl Writer {
         Writer { stop, rows, task }
     }
 
-    async fn finish(self) -> Vec<Row> {
+    pub(crate) async fn finish(self) -> Vec<Row> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.await.unwrap();
         self.rows.lock().unwrap().clone()
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
     let dt = time::OffsetDateTime::from_unix_timestamp_nanos(d.as_nanos() as i128).unwrap();
     dt.format(&time::format_description::well_known::Rfc3339).unwrap()
@@ -168,7 +168,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// `pg_switch_wal()` as a statement of its own, then waits (bounded) until the archiver
 /// has archived the segment it closed.
-fn switch_and_wait_archived(client_bin: &Path, work: &Path, node: &str, port: u16) {
+pub(crate) fn switch_and_wait_archived(client_bin: &Path, work: &Path, node: &str, port: u16) {
     let closed = psql(client_bin, work, node, port, "SELECT pg_walfile_name(pg_switch_wal())");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -181,7 +181,7 @@ fn switch_and_wait_archived(client_bin: &Path, work: &Path, node: &str, port: u1
     }
 }
 
-fn ids_in(client_bin: &Path, work: &Path, node: &str, port: u16) -> Vec<i64> {
+pub(crate) fn ids_in(client_bin: &Path, work: &Path, node: &str, port: u16) -> Vec<i64> {
     let out = psql(client_bin, work, node, port, "SELECT id FROM t ORDER BY id");
     out.lines().filter(|l| !l.is_empty()).map(|l| l.parse().unwrap()).collect()
 }
@@ -486,4 +486,51 @@ async fn backup_tool_failures_15() {
     assert_eq!(code, 0, "backup once fixed: {out}\n{err}");
     let (code, out, err) = lab.with(&["status"]);
     assert_eq!(code, 0, "status: {out}\n{err}");
+}
+
+/// `backup --from db2` (a standby) under load, then `restore --to-lsn L` into a new
+/// cluster, L noted between two batches of rows: every row of the first batch and none of
+/// the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_from_standby_to_lsn_15() {
+    let lab = Lab::new("bklsn15", "15", "", true);
+    let new_file = lab.wd.path.join("restored.toml");
+    let _destroy = lab.destroy_on_drop(&[&new_file]);
+    let (code, out, err) = lab.with(&["up"]);
+    assert_eq!(code, 0, "up: {out}\n{err}");
+    create_app_role(&lab.client, &lab.work, "db1", lab.port);
+    let w = Writer::start(lab.port, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, out, err) = lab.with(&["backup", "--from", "db2"]);
+    assert_eq!(code, 0, "backup --from db2: {out}\n{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let first = w.finish().await;
+    let lsn = psql(&lab.client, &lab.work, "db1", lab.port, "SELECT pg_current_wal_lsn()");
+    let w = Writer::start(lab.port, 1_000_000).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = w.finish().await;
+    switch_and_wait_archived(&lab.client, &lab.work, "db1", lab.port);
+    assert!(first.len() > 20 && second.len() > 20, "too few rows: {} then {}", first.len(), second.len());
+
+    let new_port = free_ports(3);
+    let (code, out, err) = lab.with(&[
+        "restore",
+        "--to-lsn",
+        &lsn,
+        "--into",
+        &new_file.to_string_lossy(),
+        "--name",
+        "bklsn15-r",
+        "--base-port",
+        &new_port.to_string(),
+    ]);
+    assert_eq!(code, 0, "restore --to-lsn {lsn}: {out}\n{err}");
+    assert!(out.contains(&format!("to LSN {lsn}")), "{out}");
+    let got = ids_in(&lab.client, &lab.wd.path.join("bklsn15-r"), "db1", new_port);
+    for r in &first {
+        assert!(got.contains(&r.id), "row {} (before {lsn}) is missing from the restore", r.id);
+    }
+    for r in &second {
+        assert!(!got.contains(&r.id), "row {} (after {lsn}) is in the restore", r.id);
+    }
 }

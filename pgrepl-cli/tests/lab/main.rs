@@ -16,6 +16,7 @@ mod haproxy;
 mod local_e2e;
 mod oplock;
 mod pg_accepts;
+mod pgbackrest;
 mod routing;
 mod ssh_e2e;
 mod transports;

@@ -8,6 +8,8 @@ use time::OffsetDateTime;
 
 use super::catalog::BackupInfo;
 use crate::lsn::Lsn;
+use crate::render::pgbackrest::{PgbackrestVersion, minimum_for, parse_version};
+use crate::version::PgMajor;
 
 /// Where recovery stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -119,10 +121,38 @@ pub fn check_in_place(running: &[String]) -> Result<(), RestoreRefusal> {
     }
 }
 
+/// Whether the installed pgBackRest (what `pgbackrest version` printed, at `program`)
+/// supports PostgreSQL `major`; the refusal names the spec's field and the installed
+/// version.
+pub fn check_pgbackrest(version_output: &str, program: &str, major: PgMajor) -> Result<PgbackrestVersion, String> {
+    let Some(v) = parse_version(version_output) else {
+        let first = version_output.lines().next().unwrap_or_default();
+        return Err(format!("backup.tool = \"pgbackrest\": `{program} version` printed \"{first}\", not a pgBackRest version"));
+    };
+    match minimum_for(major) {
+        Some(min) if v < min => Err(format!(
+            "backup.tool = \"pgbackrest\": the installed pgBackRest {v} ({program}) does not support PostgreSQL {major} \
+             (it needs pgBackRest {min} or later); install a newer pgBackRest, or use tool = \"barman-cloud\""
+        )),
+        _ => Ok(v),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn pgbackrest_245_stops_at_15() {
+        assert!(check_pgbackrest("pgBackRest 2.45\n", "/usr/bin/pgbackrest", PgMajor::V15).is_ok());
+        assert!(check_pgbackrest("pgBackRest 2.45\n", "/usr/bin/pgbackrest", PgMajor::V11).is_ok());
+        let e = check_pgbackrest("pgBackRest 2.45\n", "/usr/bin/pgbackrest", PgMajor::V16).unwrap_err();
+        assert!(e.contains("backup.tool") && e.contains("pgBackRest 2.45 (/usr/bin/pgbackrest)") && e.contains("PostgreSQL 16"), "{e}");
+        assert!(check_pgbackrest("pgBackRest 2.46", "p", PgMajor::V16).is_ok());
+        assert!(check_pgbackrest("pgBackRest 2.53.1", "p", PgMajor::V17).is_err());
+        assert!(check_pgbackrest("sh: 1: pgbackrest: not found", "p", PgMajor::V15).unwrap_err().contains("not a pgBackRest version"));
+    }
 
     fn b(id: &str, end: OffsetDateTime, end_lsn: &str, status: &str) -> BackupInfo {
         BackupInfo {

@@ -10,17 +10,19 @@
 
 pub mod catalog;
 pub mod decide;
+#[cfg(feature = "runtime")]
+mod pgbackrest;
 pub mod recovery;
 #[cfg(feature = "runtime")]
 mod run;
 
 pub use crate::tool_failure::{ToolFailure, classify_failure};
-pub use catalog::{BackupInfo, parse_barman_list};
-pub use decide::{RestoreRefusal, Target, check_in_place, choose_backup};
-#[cfg(feature = "runtime")]
-pub(crate) use run::ensure_tool;
+pub use catalog::{BackupInfo, parse_barman_list, parse_pgbackrest_info};
+pub use decide::{RestoreRefusal, Target, check_in_place, check_pgbackrest, choose_backup};
 #[cfg(feature = "runtime")]
 pub use run::{RestoreOptions, RestoreReport, VerifyBackupReport};
+#[cfg(feature = "runtime")]
+pub(crate) use run::{after_up, ensure_tool};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -5,13 +5,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::catalog::{BackupInfo, parse_barman_list};
-use super::decide::{RestoreRefusal, Target, choose_backup};
+use super::catalog::{BackupInfo, parse_barman_list, parse_pgbackrest_info};
+use super::decide::{RestoreRefusal, Target, check_in_place, choose_backup};
+use super::pgbackrest;
 use super::recovery::recovery_files;
 use crate::deploy::{CLONE_TIMEOUT, DataDir, Deployment, NoProgress, Run, SQL_TIMEOUT, is_running, tr};
 use crate::error::{Error, Refusal};
 use crate::provider::NodeHandle;
 use crate::render::backup_tool as tool;
+use crate::render::pgbackrest::{self as pgbr, PgbackrestNode};
 use crate::render::{CommandLine, render_node, server_env, shell_quote};
 use crate::spec::{BackupSpec, BackupTool};
 use crate::sql;
@@ -70,18 +72,22 @@ impl Deployment {
         self.cluster.backup.as_ref().ok_or_else(|| Error::node(&self.cluster.name, "the spec has no [backup] section"))
     }
 
-    fn barman_only(&self, what: &str) -> Result<&BackupSpec, Error> {
+    /// The spec's `[backup]` when its tool stores in S3 (barman-cloud, pgbackrest).
+    fn s3_tool(&self, what: &str) -> Result<&BackupSpec, Error> {
         let b = self.backup_spec()?;
-        if b.tool != BackupTool::BarmanCloud {
+        if b.tool == BackupTool::Directory {
             return Err(Error::node(
                 &self.cluster.name,
                 format!(
-                    "{what} with backup.tool = \"{}\" is not implemented yet (archiving is: archive_command and restore_command are rendered); use tool = \"barman-cloud\"",
-                    b.tool.as_str()
+                    "{what} with backup.tool = \"directory\" is not implemented yet (archiving is: archive_command and restore_command are rendered); use tool = \"barman-cloud\" or \"pgbackrest\""
                 ),
             ));
         }
         Ok(b)
+    }
+
+    fn major(&self) -> Result<crate::version::PgMajor, Error> {
+        self.cluster.major.ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))
     }
 
     /// Runs one of the tool's command lines on `h`; a failure is named
@@ -105,19 +111,57 @@ impl Deployment {
 
     /// The backups in the archive, oldest first (the tool's own listing, run on the primary's host).
     pub async fn backups(&self) -> Result<Vec<BackupInfo>, Error> {
-        let b = self.barman_only("listing backups")?;
-        let (_, h) = self.node_handle(None).await?;
+        let b = self.s3_tool("listing backups")?;
+        let (cluster, h) = self.node_handle(None).await?;
+        self.pgbackrest_ready(b, &cluster, &h).await?;
         self.list_on(b, &self.cluster.name, &h).await
     }
 
+    /// For pgBackRest: the installed version checked, and `h`'s configuration of this
+    /// cluster written again from the spec as it is now (its endpoint, keys, retention).
+    async fn pgbackrest_ready(&self, b: &BackupSpec, cluster: &crate::cluster::Cluster, h: &NodeHandle) -> Result<(), Error> {
+        if b.tool != BackupTool::Pgbackrest {
+            return Ok(());
+        }
+        pgbackrest::check_version(b, self.major()?, h).await?;
+        let n = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
+        let l = &h.layout;
+        let node = PgbackrestNode { data_dir: &l.data_dir, socket_dir: &l.socket_dir, port: n.port, user: &l.superuser };
+        pgbackrest::write_config(b, &cluster.name, &l.pgrepl_dir, &node, h).await
+    }
+
+    /// The backups of cluster `server` (pgBackRest: its stanza, configured in `h`'s pgrepl directory).
     async fn list_on(&self, b: &BackupSpec, server: &str, h: &NodeHandle) -> Result<Vec<BackupInfo>, Error> {
-        let out = self.run_tool(h, &tool::barman_list(b, server, &h.layout.os_user), TOOL_TIMEOUT, "list the backups").await?;
+        let l = &h.layout;
+        if b.tool == BackupTool::Pgbackrest {
+            let line = pgbr::command(b, &l.pgrepl_dir, server, &l.os_user, &["info", "--output=json"]);
+            let out = self.run_tool(h, &line, TOOL_TIMEOUT, "list the backups").await?;
+            return parse_pgbackrest_info(&out, server).map_err(|e| Error::Backup {
+                node: h.name.clone(),
+                action: "list the backups".into(),
+                cause: classify_failure(1, &e.0),
+                // The first line says what failed, the last the store's answer (S3's XML).
+                detail: match (e.0.lines().next(), e.0.lines().last()) {
+                    (Some(f), Some(l)) if f != l => format!("{f}\n{l}"),
+                    _ => e.0.clone(),
+                },
+            });
+        }
+        let out = self.run_tool(h, &tool::barman_list(b, server, &l.os_user), TOOL_TIMEOUT, "list the backups").await?;
         parse_barman_list(&out).map_err(|e| Error::node(&h.name, e.to_string()))
+    }
+
+    /// pgBackRest's `stanza-create` of this cluster on `h` (it does nothing when the
+    /// stanza exists for this system).
+    async fn stanza_create(&self, b: &BackupSpec, h: &NodeHandle) -> Result<(), Error> {
+        let l = &h.layout;
+        let line = pgbr::command(b, &l.pgrepl_dir, &self.cluster.name, &l.os_user, &["stanza-create"]);
+        self.run_tool(h, &line, TOOL_TIMEOUT, "create pgBackRest's stanza").await.map(|_| ())
     }
 
     /// A full base backup now, from the primary or from `from`; returns it as listed.
     pub async fn take_backup(&self, from: Option<&str>) -> Result<BackupInfo, Error> {
-        let b = self.barman_only("a base backup")?;
+        let b = self.s3_tool("a base backup")?;
         let (cluster, h) = self.node_handle(from).await?;
         let node = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
         if !is_running(&h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))? {
@@ -127,36 +171,106 @@ impl Deployment {
             }
             .into());
         }
+        if b.tool == BackupTool::Pgbackrest {
+            self.pgbackrest_ready(b, &cluster, &h).await?;
+            // Created through the primary (pgBackRest refuses on a standby alone).
+            let ph = if cluster.primary().name == h.name { h.clone() } else { self.node_handle(None).await?.1 };
+            self.pgbackrest_ready(b, &cluster, &ph).await?;
+            self.stanza_create(b, &ph).await?;
+        }
         let before: Vec<String> = self.list_on(b, &cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
-        let line = tool::barman_backup(b, &cluster.name, &h.layout.socket_dir, node.port, &h.layout.superuser);
-        let mut line = line;
-        line.user = h.layout.os_user.clone();
-        line.env.extend(server_env(&h.layout).into_iter().filter(|(k, _)| k == "LD_LIBRARY_PATH"));
-        self.run_tool(&h, &line, CLONE_TIMEOUT, "take a base backup").await?;
+        let line = match b.tool {
+            BackupTool::Pgbackrest => self.pgbackrest_backup_line(b, &cluster, &h).await?,
+            _ => {
+                let mut line = tool::barman_backup(b, &cluster.name, &h.layout.socket_dir, node.port, &h.layout.superuser);
+                line.user = h.layout.os_user.clone();
+                line.env.extend(server_env(&h.layout).into_iter().filter(|(k, _)| k == "LD_LIBRARY_PATH"));
+                line
+            }
+        };
+        let primary = cluster.primary().clone();
+        if b.tool == BackupTool::BarmanCloud && primary.name != h.name {
+            // From a standby, the backup's end waits until the WAL segment holding it is
+            // archived, and a standby cannot switch segments: the primary does, while the
+            // tool waits (pgBackRest stops its backups on the primary, which switches).
+            let (_, ph) = self.node_handle(None).await?;
+            let tool_run = self.run_tool(&h, &line, CLONE_TIMEOUT, "take a base backup");
+            let switch = cluster.caps().map(|c| c.lsn.switch).unwrap_or("pg_switch_wal");
+            let nudge = nudge_wal_switch(&h, node.port, &ph, primary.port, switch);
+            tokio::pin!(tool_run, nudge);
+            tokio::select! {
+                r = &mut tool_run => { r?; }
+                () = &mut nudge => { tool_run.await?; }
+            }
+        } else {
+            self.run_tool(&h, &line, CLONE_TIMEOUT, "take a base backup").await?;
+        }
         let after = self.list_on(b, &cluster.name, &h).await?;
         after
             .into_iter()
             .rev()
             .find(|x| !before.contains(&x.id))
-            .ok_or_else(|| Error::node(&h.name, "barman-cloud-backup succeeded but no new backup is listed"))
+            .ok_or_else(|| Error::node(&h.name, "the backup tool succeeded but no new backup is listed"))
+    }
+
+    /// pgBackRest's full backup on `h`. From a standby pgBackRest also needs the primary
+    /// (`--backup-standby`, the primary as `pg2`): pgrepl gives it when the primary is on
+    /// the same host; otherwise it would need a pgBackRest repository host over SSH.
+    async fn pgbackrest_backup_line(
+        &self,
+        b: &BackupSpec,
+        cluster: &crate::cluster::Cluster,
+        h: &NodeHandle,
+    ) -> Result<CommandLine, Error> {
+        let l = &h.layout;
+        let primary = cluster.primary();
+        let mut tail = vec!["--type=full".to_string()];
+        if primary.name != h.name {
+            let node = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
+            let (_, handles) = self.connect(false).await?;
+            let ph = handles.iter().find(|x| x.name == primary.name).ok_or_else(|| Error::node(&primary.name, "no host"))?;
+            if node.address != primary.address || !self.local_ports {
+                return Err(Refusal {
+                    node: h.name.clone(),
+                    reason: format!(
+                        "with backup.tool = \"pgbackrest\" a backup from a standby also connects to the primary ({}), which is on another host: \
+                         that needs a pgBackRest repository host over SSH, which pgrepl does not set up; take the backup from the primary",
+                        primary.name
+                    ),
+                }
+                .into());
+            }
+            let pl = &ph.layout;
+            tail.extend([
+                "--backup-standby".to_string(),
+                format!("--pg2-path={}", pl.data_dir),
+                format!("--pg2-socket-path={}", pl.socket_dir),
+                format!("--pg2-port={}", primary.port),
+                format!("--pg2-user={}", pl.superuser),
+            ]);
+        }
+        tail.push("backup".into());
+        let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+        Ok(pgbr::command(b, &l.pgrepl_dir, &cluster.name, &l.os_user, &tail))
     }
 
     /// Applies `[backup] retention` (barman-cloud-backup-delete: backups and the WAL only
     /// they need); returns the ids removed.
     pub async fn apply_retention(&self) -> Result<Vec<String>, Error> {
-        let b = self.barman_only("retention")?;
+        let b = self.s3_tool("retention")?;
         let Some(policy) = b.retention.as_ref().and_then(tool::barman_retention_policy) else {
             return Ok(Vec::new());
         };
-        let (_, h) = self.node_handle(None).await?;
+        let (cluster, h) = self.node_handle(None).await?;
+        self.pgbackrest_ready(b, &cluster, &h).await?;
         let before = self.list_on(b, &self.cluster.name, &h).await?;
-        self.run_tool(
-            &h,
-            &tool::barman_delete(b, &self.cluster.name, &policy, &h.layout.os_user),
-            TOOL_TIMEOUT,
-            "apply the retention policy",
-        )
-        .await?;
+        let l = &h.layout;
+        let line = match b.tool {
+            // The policy is in the node's configuration (repo1-retention-full).
+            BackupTool::Pgbackrest => pgbr::command(b, &l.pgrepl_dir, &self.cluster.name, &l.os_user, &["expire"]),
+            _ => tool::barman_delete(b, &self.cluster.name, &policy, &l.os_user),
+        };
+        self.run_tool(&h, &line, TOOL_TIMEOUT, "apply the retention policy").await?;
         let after: Vec<String> = self.list_on(b, &self.cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
         Ok(before.into_iter().map(|x| x.id).filter(|id| !after.contains(id)).collect())
     }
@@ -172,13 +286,28 @@ impl Deployment {
     /// covers the target, the archive replayed up to it, promoted there. Nothing of this
     /// cluster is touched. `new`'s standbys are cloned by `new.up()` afterwards.
     pub async fn restore_into(&self, target: Target, new: &Deployment, opts: &RestoreOptions) -> Result<RestoreReport, Error> {
-        let b = self.barman_only("a restore")?.clone();
+        let b = self.s3_tool("a restore")?.clone();
         let source = self.cluster.name.clone();
         let (cluster, handles) = new.connect(true).await?;
         let primary = cluster.primary().clone();
         let h = handles.iter().find(|x| x.name == primary.name).ok_or_else(|| Error::node(&primary.name, "no host"))?;
-        // Decide first: which backup, and whether the place is free.
-        let catalog = self.list_on(&b, &source, h).await?;
+        let new_node = PgbackrestNode {
+            data_dir: &h.layout.data_dir,
+            socket_dir: &h.layout.socket_dir,
+            port: primary.port,
+            user: &h.layout.superuser,
+        };
+        // Decide first: which backup, and whether the place is free. pgBackRest lists
+        // through the source's primary, whose configuration `up` wrote.
+        let catalog = match b.tool {
+            BackupTool::Pgbackrest => {
+                pgbackrest::check_version(&b, new.major()?, h).await?;
+                let (source_cluster, sh) = self.node_handle(None).await?;
+                self.pgbackrest_ready(&b, &source_cluster, &sh).await?;
+                self.list_on(&b, &source, &sh).await?
+            }
+            _ => self.list_on(&b, &source, h).await?,
+        };
         let now = time::OffsetDateTime::now_utc();
         let refuse = |r: RestoreRefusal| -> Error { Refusal { node: source.clone(), reason: r.to_string() }.into() };
         let mut chosen = choose_backup(&catalog, &target, now, self.retention_words().as_deref()).map_err(refuse)?.clone();
@@ -233,18 +362,25 @@ impl Deployment {
         let t0 = Instant::now();
         let l = &h.layout;
         h.transport.mkdir(&l.data_dir, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&h.name, "create the data directory", e))?;
-        self.run_tool(
-            h,
-            &tool::barman_restore(&b, &source, &chosen.id, &l.data_dir, &l.os_user),
-            CLONE_TIMEOUT,
-            "download the base backup",
-        )
-        .await?;
+        let download = match b.tool {
+            BackupTool::Pgbackrest => {
+                // The source's stanza, configured on the new primary's host, restored into its data directory.
+                pgbackrest::write_config(&b, &source, &l.pgrepl_dir, &new_node, h).await?;
+                let set = format!("--set={}", chosen.id);
+                pgbr::command(&b, &l.pgrepl_dir, &source, &l.os_user, &[set.as_str(), "--type=none", "restore"])
+            }
+            _ => tool::barman_restore(&b, &source, &chosen.id, &l.data_dir, &l.os_user),
+        };
+        self.run_tool(h, &download, CLONE_TIMEOUT, "download the base backup").await?;
+        if let Some(nb) = cluster.backup.as_ref().filter(|nb| nb.tool == BackupTool::Pgbackrest) {
+            // The restored server archives into its own cluster's stanza from the start.
+            pgbackrest::write_config(nb, &cluster.name, &l.pgrepl_dir, &new_node, h).await?;
+        }
         let download_seconds = t0.elapsed().as_secs_f64();
         let caps = cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
         let r = render_node(&cluster, &primary.name, l, Some(&secrets))?;
         run.write_files(h, &r, false).await?;
-        let rec = recovery_files(&caps, &tool::restore_command(&b, &source), &target);
+        let rec = recovery_files(&caps, &tool::restore_command(&b, &source, &l.pgrepl_dir), &target);
         let write = |path: String, text: String| async move {
             h.transport
                 .write_file(&path, text.as_bytes(), 0o600, Some(&l.os_user))
@@ -286,12 +422,62 @@ impl Deployment {
         })
     }
 
+    /// Restores this cluster's archive to `target` in place, after `pgrepl down`: refused
+    /// while any node's server runs (naming it). The primary's data directory is moved
+    /// aside (`<data>.pre-restore`, which must not exist yet: nothing is ever removed
+    /// that could be the only copy), the standbys' data directories are removed (copies
+    /// of the primary: `up` clones them again), then the primary is restored as by
+    /// [`restore_into`](Self::restore_into) and promoted at the target. Returns the report
+    /// and the directory moved aside.
+    pub async fn restore_in_place(&self, target: Target, opts: &RestoreOptions) -> Result<(RestoreReport, String), Error> {
+        let b = self.s3_tool("a restore")?.clone();
+        let _lock = self.lock_operation("restore", self.lock_wait()).await?;
+        let (cluster, handles) = self.connect(false).await?;
+        let primary = cluster.primary().name.clone();
+        // Guard: every server down, checked on every node before anything changes.
+        let mut running = Vec::new();
+        for h in &handles {
+            if is_running(h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))? {
+                running.push(h.name.clone());
+            }
+        }
+        check_in_place(&running).map_err(|r| Error::from(Refusal { node: r_node(&r), reason: r.to_string() }))?;
+        let ph = handles.iter().find(|h| h.name == primary).ok_or_else(|| Error::node(&primary, "no host"))?;
+        let aside = format!("{}.pre-restore", ph.layout.data_dir.trim_end_matches('/'));
+        if ph.transport.exists(&aside, None).await.map_err(|e| tr(&primary, "look for an earlier pre-restore copy", e))? {
+            return Err(Refusal {
+                node: primary.clone(),
+                reason: format!("{aside} exists (kept by an earlier in-place restore): remove it or move it away first"),
+            }
+            .into());
+        }
+        // Decide before changing anything: a target no backup covers is refused here.
+        self.pgbackrest_ready(&b, &cluster, ph).await?;
+        let catalog = self.list_on(&b, &cluster.name, ph).await?;
+        let now = time::OffsetDateTime::now_utc();
+        choose_backup(&catalog, &target, now, self.retention_words().as_deref())
+            .map_err(|r| Error::from(Refusal { node: cluster.name.clone(), reason: r.to_string() }))?;
+        // Act: the primary's data aside, the standbys' removed.
+        let mv = Command::new("mv").args(["--", ph.layout.data_dir.as_str(), aside.as_str()]).user("root");
+        if ph.transport.exists(&ph.layout.data_dir, None).await.map_err(|e| tr(&primary, "inspect the data directory", e))? {
+            ph.transport.run(&mv).await.map_err(|e| tr(&primary, "move the data directory aside", e))?;
+        }
+        for h in handles.iter().filter(|h| h.name != primary) {
+            if h.transport.exists(&h.layout.data_dir, None).await.map_err(|e| tr(&h.name, "inspect the data directory", e))? {
+                h.transport.remove_tree(&h.layout.data_dir).await.map_err(|e| tr(&h.name, "remove the standby's data directory", e))?;
+            }
+        }
+        let report = self.restore_into(target, self, opts).await?;
+        Ok((report, aside))
+    }
+
     /// Restores the latest backup into `scratch` (on the primary's host; it must not
     /// exist; default: `verify-backup-<pid>` beside the primary's node directory), starts it on `port` (local socket only, archiving off), checks that it
     /// reaches consistency, promotes and answers, then stops it and removes `scratch`.
     pub async fn verify_backup(&self, scratch: Option<&str>, port: u16) -> Result<VerifyBackupReport, Error> {
-        let b = self.barman_only("verify --backup")?;
-        let (_, h) = self.node_handle(None).await?;
+        let b = self.s3_tool("verify --backup")?;
+        let (cluster, h) = self.node_handle(None).await?;
+        self.pgbackrest_ready(b, &cluster, &h).await?;
         let default_scratch = {
             let d = h.layout.data_dir.trim_end_matches('/');
             let node_dir = d.rsplit_once('/').map(|(p, _)| p).unwrap_or(d);
@@ -318,15 +504,19 @@ impl Deployment {
         t.mkdir(scratch, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&h.name, "create the scratch directory", e))?;
         t.mkdir(&data, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&h.name, "create the scratch directory", e))?;
         let result = async {
-            self.run_tool(
-                &h,
-                &tool::barman_restore(b, &self.cluster.name, &backup.id, &data, &l.os_user),
-                CLONE_TIMEOUT,
-                "download the base backup",
-            )
-            .await?;
+            let download = match b.tool {
+                BackupTool::Pgbackrest => {
+                    // A configuration of its own in the scratch directory: pg1 is the scratch data.
+                    let node = PgbackrestNode { data_dir: &data, socket_dir: scratch, port, user: &l.superuser };
+                    pgbackrest::write_config(b, &self.cluster.name, scratch, &node, &h).await?;
+                    let set = format!("--set={}", backup.id);
+                    pgbr::command(b, scratch, &self.cluster.name, &l.os_user, &[set.as_str(), "--type=none", "restore"])
+                }
+                _ => tool::barman_restore(b, &self.cluster.name, &backup.id, &data, &l.os_user),
+            };
+            self.run_tool(&h, &download, CLONE_TIMEOUT, "download the base backup").await?;
             let caps = self.cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
-            let rec = recovery_files(&caps, &tool::restore_command(b, &self.cluster.name), &Target::Latest);
+            let rec = recovery_files(&caps, &tool::restore_command(b, &self.cluster.name, scratch), &Target::Latest);
             for (name, text) in &rec.files {
                 t.write_file(&format!("{data}/{name}"), text.as_bytes(), 0o600, Some(&l.os_user))
                     .await
@@ -380,6 +570,37 @@ impl Deployment {
     }
 }
 
+/// While a backup from the standby `sh` waits for its last WAL segment to be archived
+/// (`pg_backup_stop`/`pg_stop_backup` still running there), switches the primary `ph`'s
+/// WAL segment, at most every 5 s. Ends by itself after [`CLONE_TIMEOUT`] (the backup's
+/// own limit); the caller drops it when the backup ends.
+async fn nudge_wal_switch(sh: &NodeHandle, sport: u16, ph: &NodeHandle, pport: u16, switch: &str) {
+    let waiting = "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid <> pg_catalog.pg_backend_pid() \
+                   AND state = 'active' AND (query ILIKE '%pg_backup_stop%' OR query ILIKE '%pg_stop_backup%');";
+    let t0 = Instant::now();
+    let mut last_switch: Option<Instant> = None;
+    while t0.elapsed() < CLONE_TIMEOUT {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stopping = sql::query(&*sh.transport, &sh.layout, sport, waiting, SQL_TIMEOUT)
+            .await
+            .ok()
+            .and_then(|rows| rows.first().and_then(|r| r.first().cloned().flatten()))
+            .is_some_and(|n| n != "0");
+        if stopping && last_switch.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            let _ = sql::query(&*ph.transport, &ph.layout, pport, &format!("SELECT pg_catalog.{switch}();"), SQL_TIMEOUT).await;
+            last_switch = Some(Instant::now());
+        }
+    }
+}
+
+/// The node a restore refusal names.
+fn r_node(r: &RestoreRefusal) -> String {
+    match r {
+        RestoreRefusal::ServerRunning { node } | RestoreRefusal::NotEmpty { node, .. } => node.clone(),
+        _ => String::new(),
+    }
+}
+
 /// Waits (bounded) until the server at `port` is out of recovery; its timeline then.
 async fn wait_promoted(h: &NodeHandle, port: u16, deadline: Duration) -> Result<Option<u32>, Error> {
     let t0 = Instant::now();
@@ -421,13 +642,25 @@ async fn wait_promoted(h: &NodeHandle, port: u16, deadline: Duration) -> Result<
 }
 
 /// `up`'s step on every host: the backup tool installed when the spec's `[backup]` needs
-/// one that is missing there.
+/// one that is missing there; for pgBackRest, its version checked against the major
+/// (refused before anything changes) and the node's configuration written.
 pub(crate) async fn ensure_tool(
-    cluster: &crate::cluster::Cluster,
+    run: &Run<'_>,
     h: &NodeHandle,
     progress: &dyn crate::deploy::Progress,
 ) -> Result<Option<crate::deploy::Action>, Error> {
+    let cluster = run.cluster;
     let Some(b) = &cluster.backup else { return Ok(None) };
+    if b.tool == BackupTool::Pgbackrest {
+        let major = cluster.major.ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
+        pgbackrest::check_version(b, major, h).await?;
+        let n = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
+        let l = &h.layout;
+        run.prepare_dirs(h).await?;
+        let node = PgbackrestNode { data_dir: &l.data_dir, socket_dir: &l.socket_dir, port: n.port, user: &l.superuser };
+        pgbackrest::write_config(b, &cluster.name, &l.pgrepl_dir, &node, h).await?;
+        return Ok(None);
+    }
     let Some(script) = tool::install_script(b) else { return Ok(None) };
     let probe = tool::program(b, "barman-cloud-wal-archive");
     let t = &*h.transport;
@@ -443,4 +676,18 @@ pub(crate) async fn ensure_tool(
     progress.finished(&h.name, "install barman-cloud", if r.is_ok() { "installed" } else { "failed" });
     r?;
     Ok(Some(crate::deploy::Action { node: h.name.clone(), what: "install barman-cloud".into(), seconds: t0.elapsed().as_secs_f64() }))
+}
+
+/// `up`'s step once the primary runs: pgBackRest's stanza created (so archiving starts
+/// succeeding). A failure (a missing bucket, say) does not fail `up`: the WAL waits in
+/// `pg_wal`, and `pgrepl backup` creates the stanza or names the cause.
+pub(crate) async fn after_up(d: &Deployment, cluster: &crate::cluster::Cluster, handles: &[NodeHandle]) -> Option<crate::deploy::Action> {
+    let b = cluster.backup.as_ref().filter(|b| b.tool == BackupTool::Pgbackrest)?;
+    let h = handles.iter().find(|h| h.name == cluster.primary().name)?;
+    let t0 = Instant::now();
+    let what = match d.stanza_create(b, h).await {
+        Ok(()) => "pgBackRest stanza ready".to_string(),
+        Err(e) => format!("pgBackRest stanza not created yet: {}", crate::error::chain(&e)),
+    };
+    Some(crate::deploy::Action { node: h.name.clone(), what, seconds: t0.elapsed().as_secs_f64() })
 }

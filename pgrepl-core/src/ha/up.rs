@@ -59,7 +59,7 @@ impl Deployment {
         }
         // The backup tool on every host that lacks it (Barman's cloud scripts in a venv).
         for h in &handles {
-            actions.extend(crate::backup::ensure_tool(&cluster, h, progress).await?);
+            actions.extend(crate::backup::ensure_tool(&run, h, progress).await?);
         }
         // Preflight: a node that is not running must find its port free, before anything changes.
         if self.local_ports {
@@ -83,6 +83,8 @@ impl Deployment {
         // Observe, plan, carry the plan out: the same executor as the HA operations.
         let (done, steps) = execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?;
         actions.extend(done);
+        // pgBackRest's stanza, once the primary runs.
+        actions.extend(crate::backup::after_up(self, &cluster, &handles).await);
         // A node fenced by a failover is left alone (stopped, never started as a primary)
         // until `pgrepl rejoin` brings it back; the OS must not start it at boot either.
         let fenced = self.topology().await?.fenced;

@@ -11,8 +11,6 @@ use crate::spec::{BackupSpec, BackupTool, Compression, RetentionSpec};
 
 /// Where Barman's cloud scripts are when the spec does not say (`up` installs them there).
 pub const BARMAN_BIN_DIR: &str = "/opt/pgrepl/barman/bin";
-/// Where pgBackRest's configuration of a cluster goes.
-pub const PGBACKREST_CONF_DIR: &str = "/etc/pgbackrest/conf.d";
 
 /// `s3://bucket/prefix` (barman-cloud's source and destination URL).
 pub fn s3_url(b: &BackupSpec) -> String {
@@ -45,6 +43,9 @@ pub fn tool_env(b: &BackupSpec) -> Vec<(String, String)> {
     }
     if let Some(r) = &b.region {
         env.push(("AWS_DEFAULT_REGION".to_string(), r.clone()));
+    }
+    if let Some(ca) = &b.ca_file {
+        env.push(("AWS_CA_BUNDLE".to_string(), ca.to_string_lossy().into_owned()));
     }
     env
 }
@@ -95,8 +96,9 @@ pub fn directory_wal_dir(b: &BackupSpec, server: &str) -> String {
     format!("{}/{server}/wal", b.path.as_deref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
-/// `archive_command` of `[backup]` for cluster `server`.
-pub fn archive_command(b: &BackupSpec, server: &str) -> String {
+/// `archive_command` of `[backup]` for cluster `server` on a node whose pgrepl directory
+/// is `pgrepl_dir` (pgBackRest's configuration lives there).
+pub fn archive_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String {
     match b.tool {
         BackupTool::BarmanCloud => {
             let mut args = cloud_args(b);
@@ -105,7 +107,7 @@ pub fn archive_command(b: &BackupSpec, server: &str) -> String {
             args.extend([s3_url(b), server.to_string(), "%p".to_string()]);
             shell_line(&tool_env(b), &program(b, "barman-cloud-wal-archive"), &args, &["%p"])
         }
-        BackupTool::Pgbackrest => shell_line(&[], &program(b, "pgbackrest"), &pgbackrest_args(b, server, &["archive-push", "%p"]), &["%p"]),
+        BackupTool::Pgbackrest => super::pgbackrest::archive_command(b, server, pgrepl_dir),
         BackupTool::Directory => {
             let dir = shell_quote(&directory_wal_dir(b, server)).replace('%', "%%");
             format!("test ! -f {dir}/%f && cp %p {dir}/%f")
@@ -113,29 +115,21 @@ pub fn archive_command(b: &BackupSpec, server: &str) -> String {
     }
 }
 
-/// `restore_command` of `[backup]`: WAL of cluster `server` fetched from the archive.
-pub fn restore_command(b: &BackupSpec, server: &str) -> String {
+/// `restore_command` of `[backup]`: WAL of cluster `server` fetched from the archive (by a
+/// node whose pgrepl directory is `pgrepl_dir`).
+pub fn restore_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String {
     match b.tool {
         BackupTool::BarmanCloud => {
             let mut args = cloud_args(b);
             args.extend([s3_url(b), server.to_string(), "%f".to_string(), "%p".to_string()]);
             shell_line(&tool_env(b), &program(b, "barman-cloud-wal-restore"), &args, &["%f", "%p"])
         }
-        BackupTool::Pgbackrest => {
-            shell_line(&[], &program(b, "pgbackrest"), &pgbackrest_args(b, server, &["archive-get", "%f", "%p"]), &["%f", "%p"])
-        }
+        BackupTool::Pgbackrest => super::pgbackrest::restore_command(b, server, pgrepl_dir),
         BackupTool::Directory => {
             let dir = shell_quote(&directory_wal_dir(b, server)).replace('%', "%%");
             format!("cp {dir}/%f %p")
         }
     }
-}
-
-/// pgBackRest's options for cluster `server`: its stanza and its own configuration file.
-fn pgbackrest_args(_b: &BackupSpec, server: &str, tail: &[&str]) -> Vec<String> {
-    let mut a = vec![format!("--config={PGBACKREST_CONF_DIR}/{server}.conf"), format!("--stanza={server}")];
-    a.extend(tail.iter().map(|s| s.to_string()));
-    a
 }
 
 /// barman-cloud-backup of the server listening on `socket_dir`:`port`, as `user`.
@@ -198,44 +192,6 @@ pub fn barman_delete_id(b: &BackupSpec, server: &str, backup_id: &str, user: &st
     CommandLine { program: program(b, "barman-cloud-backup-delete"), args, env: tool_env(b), user: user.into() }
 }
 
-/// pgBackRest's configuration of cluster `server` (`/etc/pgbackrest/conf.d/<cluster>.conf`):
-/// the S3 repository and the node's data directory. No key: `repo1-s3-key-type = auto`
-/// (the instance role) unless the credentials come from pgBackRest's environment
-/// (`PGBACKREST_REPO1_S3_KEY`, `PGBACKREST_REPO1_S3_KEY_SECRET`, set for the service).
-pub fn pgbackrest_conf(b: &BackupSpec, server: &str, data_dir: &str, socket_dir: &str, port: u16) -> String {
-    let mut s = String::from("# written by pgrepl ([backup] tool = \"pgbackrest\")\n[global]\nrepo1-type=s3\n");
-    s += &format!("repo1-s3-bucket={}\n", b.bucket.as_deref().unwrap_or_default());
-    s += &format!("repo1-path=/{}\n", b.prefix.as_deref().unwrap_or("pgbackrest"));
-    s += &format!("repo1-s3-region={}\n", b.region.as_deref().unwrap_or("us-east-1"));
-    let endpoint = b.endpoint.as_deref().unwrap_or("s3.amazonaws.com");
-    s += &format!("repo1-s3-endpoint={}\n", endpoint.trim_start_matches("https://"));
-    if b.endpoint.is_some() {
-        s += "repo1-s3-uri-style=path\n";
-    }
-    if b.credentials_file.is_none() && b.profile.is_none() {
-        s += "repo1-s3-key-type=auto\n";
-    }
-    if let Some(sse) = b.sse {
-        s += &format!("repo1-s3-sse-type={}\n", sse.as_str().to_ascii_lowercase());
-    }
-    let compress = match b.compression {
-        Compression::None => "none",
-        Compression::Gzip => "gz",
-        Compression::Bzip2 => "bz2",
-        Compression::Lz4 | Compression::Snappy => "lz4",
-    };
-    s += &format!("compress-type={compress}\n");
-    if let Some(r) = &b.retention {
-        if let Some(k) = r.keep {
-            s += &format!("repo1-retention-full={k}\n");
-        } else if let Some(Ok(secs)) = r.window_seconds() {
-            s += &format!("repo1-retention-full-type=time\nrepo1-retention-full={}\n", secs.div_ceil(86_400));
-        }
-    }
-    s += &format!("\n[{server}]\npg1-path={data_dir}\npg1-socket-path={socket_dir}\npg1-port={port}\n");
-    s
-}
-
 /// The cron line of `[backup] schedule`, running `pgrepl backup` on the admin machine.
 pub fn schedule_line(b: &BackupSpec, spec_path: &str) -> Option<String> {
     b.schedule.as_ref().map(|s| format!("{s} root pgrepl backup -f {} --apply-retention", shell_quote(spec_path)))
@@ -279,13 +235,13 @@ mod tests {
     fn barman_archive_and_restore_commands() {
         let b = moto();
         assert_eq!(
-            archive_command(&b, "c1"),
+            archive_command(&b, "c1", "/w"),
             "AWS_SHARED_CREDENTIALS_FILE='/srv/aws dir/credentials' AWS_DEFAULT_REGION=us-east-1 \
              /opt/pgrepl-lab/barman/bin/barman-cloud-wal-archive --cloud-provider aws-s3 --endpoint-url http://127.0.0.1:5000 \
              --gzip s3://pgrepl-bk/lab/1 c1 %p"
         );
         assert_eq!(
-            restore_command(&b, "c1"),
+            restore_command(&b, "c1", "/w"),
             "AWS_SHARED_CREDENTIALS_FILE='/srv/aws dir/credentials' AWS_DEFAULT_REGION=us-east-1 \
              /opt/pgrepl-lab/barman/bin/barman-cloud-wal-restore --cloud-provider aws-s3 --endpoint-url http://127.0.0.1:5000 \
              s3://pgrepl-bk/lab/1 c1 %f %p"
@@ -299,7 +255,7 @@ mod tests {
         b.sse = Some(Sse::AwsKms);
         b.profile = Some("bk".into());
         b.compression = Compression::Lz4;
-        let a = archive_command(&b, "c1");
+        let a = archive_command(&b, "c1", "/w");
         assert!(a.starts_with("AWS_SHARED_CREDENTIALS_FILE=/srv/100%%/creds "), "{a}");
         assert!(a.contains("--profile bk --lz4 -e aws:kms s3://"), "{a}");
         assert!(a.ends_with(" c1 %p"), "{a}");
@@ -328,15 +284,15 @@ mod tests {
         d.tool = BackupTool::Directory;
         d.bucket = None;
         d.path = Some("/srv/bk".into());
-        assert_eq!(archive_command(&d, "c1"), "test ! -f /srv/bk/c1/wal/%f && cp %p /srv/bk/c1/wal/%f");
-        assert_eq!(restore_command(&d, "c1"), "cp /srv/bk/c1/wal/%f %p");
+        assert_eq!(archive_command(&d, "c1", "/w"), "test ! -f /srv/bk/c1/wal/%f && cp %p /srv/bk/c1/wal/%f");
+        assert_eq!(restore_command(&d, "c1", "/w"), "cp /srv/bk/c1/wal/%f %p");
         let mut p = moto();
         p.tool = BackupTool::Pgbackrest;
         p.bin_dir = None;
-        assert_eq!(archive_command(&p, "c1"), "/usr/bin/pgbackrest --config=/etc/pgbackrest/conf.d/c1.conf --stanza=c1 archive-push %p");
-        let conf = pgbackrest_conf(&p, "c1", "/d", "/run", 5432);
-        assert!(conf.contains("repo1-s3-uri-style=path\n") && conf.contains("[c1]\npg1-path=/d\n"), "{conf}");
-        assert!(!conf.contains("key="), "{conf}");
+        assert_eq!(
+            archive_command(&p, "c1", "/w/db1/pgrepl"),
+            "/usr/bin/pgbackrest --config-path=/w/db1/pgrepl/pgbackrest/c1 --stanza=c1 archive-push %p"
+        );
     }
 
     /// Every node archives (`always` from 9.5, so a promoted standby and the standbys of a
@@ -375,5 +331,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// pgBackRest refuses backups with `archive_mode = always`: its nodes archive with `on`,
+    /// through their own configuration directory, and standbys fetch with archive-get.
+    #[test]
+    fn pgbackrest_nodes_archive_with_on() {
+        use crate::layout::{Binaries, NodeLayout};
+        use crate::render::render_node;
+        use crate::spec::{ClusterSpec, NodeSpec};
+        use crate::version::PgMajor;
+        let mut b = moto();
+        b.tool = BackupTool::Pgbackrest;
+        b.endpoint = Some("https://127.0.0.1:8443".into());
+        b.bin_dir = None;
+        let cluster = ClusterSpec::builder("c1")
+            .node(NodeSpec::primary("db1"))
+            .node(NodeSpec::standby("db2"))
+            .backup(b)
+            .into_spec()
+            .validate_for(PgMajor::V15)
+            .unwrap();
+        let get = |r: &crate::render::RenderedNode, k: &str| r.settings.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let l1 = NodeLayout::local("/w", "db1", &Binaries::assumed(PgMajor::V15), "postgres");
+        let l2 = NodeLayout::local("/w", "db2", &Binaries::assumed(PgMajor::V15), "postgres");
+        let primary = render_node(&cluster, "db1", &l1, None).unwrap();
+        let standby = render_node(&cluster, "db2", &l2, None).unwrap();
+        assert_eq!(get(&primary, "archive_mode").as_deref(), Some("on"));
+        assert_eq!(
+            get(&primary, "archive_command").as_deref(),
+            Some("'/usr/bin/pgbackrest --config-path=/w/db1/pgrepl/pgbackrest/c1 --stanza=c1 archive-push %p'")
+        );
+        assert_eq!(
+            get(&standby, "restore_command").as_deref(),
+            Some("'/usr/bin/pgbackrest --config-path=/w/db2/pgrepl/pgbackrest/c1 --stanza=c1 archive-get %f \"%p\"'")
+        );
+        // Up to 11 in recovery.conf.
+        let c11 = ClusterSpec::builder("c1")
+            .node(NodeSpec::primary("db1"))
+            .node(NodeSpec::standby("db2"))
+            .backup(cluster.backup.clone().unwrap())
+            .into_spec()
+            .validate_for(PgMajor::V11)
+            .unwrap();
+        let l2 = NodeLayout::local("/w", "db2", &Binaries::assumed(PgMajor::V11), "postgres");
+        let s11 = render_node(&c11, "db2", &l2, None).unwrap();
+        let rc = s11.files.iter().find(|f| f.path.ends_with("/recovery.conf")).unwrap();
+        assert!(rc.contents.text.contains("--stanza=c1 archive-get %f \"%p\"'"), "{}", rc.contents.text);
+        assert_eq!(get(&s11, "archive_mode").as_deref(), Some("on"));
     }
 }

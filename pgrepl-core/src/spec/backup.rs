@@ -10,6 +10,7 @@
 //! # endpoint = "http://127.0.0.1:9000"   # an S3-compatible store
 //! # profile = "backups"          # a profile of the AWS configuration
 //! # credentials_file = "/var/lib/postgresql/.aws/credentials"   # 0600, the postgres user's
+//! # ca_file = "/etc/ssl/private-ca.pem"   # the endpoint's CA, if not the system's
 //! sse = "AES256"                 # or "aws:kms"
 //! compression = "gzip"           # none | gzip | bzip2 | snappy | lz4
 //! retention = { keep = 4 }       # full backups kept (or { window = "7d" })
@@ -49,6 +50,11 @@ pub struct BackupSpec {
     /// environment, or the instance role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
+    /// The CA certificate (PEM) that signs the endpoint's TLS certificate, when it is not
+    /// one the system trusts (absolute; pgBackRest's `repo1-s3-ca-file`, barman-cloud's
+    /// `AWS_CA_BUNDLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Server-side encryption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse: Option<Sse>,
@@ -81,6 +87,7 @@ impl BackupSpec {
             endpoint: None,
             profile: None,
             credentials_file: None,
+            ca_file: None,
             sse: None,
             compression: Compression::default(),
             path: None,

@@ -39,6 +39,7 @@ pub(super) fn check_backup(b: &BackupSpec, archive: &ArchiveSpec, err: &mut impl
             ("region", b.region.is_some()),
             ("profile", b.profile.is_some()),
             ("sse", b.sse.is_some()),
+            ("ca_file", b.ca_file.is_some()),
         ] {
             if set {
                 err(
@@ -79,7 +80,7 @@ pub(super) fn check_backup(b: &BackupSpec, archive: &ArchiveSpec, err: &mut impl
             err(f("profile"), format!("\"{p}\" is not a profile name"), "letters, digits, '.', '_' and '-'");
         }
     }
-    for (name, path) in [("credentials_file", &b.credentials_file), ("bin_dir", &b.bin_dir)] {
+    for (name, path) in [("credentials_file", &b.credentials_file), ("ca_file", &b.ca_file), ("bin_dir", &b.bin_dir)] {
         if let Some(p) = path {
             if !p.is_absolute() || p.to_string_lossy().chars().any(|c| c.is_control()) {
                 err(f(name), format!("\"{}\" is not an absolute one-line path", p.display()), "an absolute path");
@@ -156,6 +157,7 @@ mod tests {
             ("[backup]\ntool = \"pgbackrest\"\nbucket = \"ok-b\"\nendpoint = \"http://127.0.0.1:9000\"\n", "backup.endpoint"),
             ("[backup]\ntool = \"pgbackrest\"\nbucket = \"ok-b\"\ncompression = \"snappy\"\n", "backup.compression"),
             ("[backup]\ntool = \"barman-cloud\"\nbucket = \"ok-b\"\ncredentials_file = \"rel/creds\"\n", "backup.credentials_file"),
+            ("[backup]\ntool = \"pgbackrest\"\nbucket = \"ok-b\"\nca_file = \"ca.pem\"\n", "backup.ca_file"),
             ("[backup]\ntool = \"barman-cloud\"\nbucket = \"ok-b\"\nretention = { keep = 0 }\n", "backup.retention.keep"),
             ("[backup]\ntool = \"barman-cloud\"\nbucket = \"ok-b\"\nretention = { window = \"7 days\" }\n", "backup.retention.window"),
             ("[backup]\ntool = \"barman-cloud\"\nbucket = \"ok-b\"\nretention = { keep = 2, window = \"7d\" }\n", "backup.retention"),

@@ -89,6 +89,8 @@ pub struct LsnNames {
     pub diff: &'static str,
     /// WAL file name of a position (primary only).
     pub walfile_name: &'static str,
+    /// Ends the current WAL segment (primary only).
+    pub switch: &'static str,
     /// Suffix of the position columns of `pg_stat_replication` (`_location` or `_lsn`).
     pub stat_column_suffix: &'static str,
 }
@@ -242,6 +244,10 @@ pub struct Capabilities {
     /// WAL records have the 9.5+ format (`XLogRecord` of 24 bytes with a CRC-32C), which
     /// pgrepl reads to find the end of a stopped node's WAL without `pg_waldump`.
     pub wal_end_scan: bool,
+    /// The oldest pgBackRest that supports this major, as (major, minor, patch); `None`
+    /// when every 2.x does. From pgBackRest's release notes: 16 came in 2.46, 17 in 2.54
+    /// (2.53.1 supported its beta), 18 in 2.56; checked here: Debian 12's 2.45 refuses 16.
+    pub pgbackrest_min: Option<(u32, u32, u32)>,
 }
 
 const LSN_XLOG: LsnNames = LsnNames {
@@ -250,6 +256,7 @@ const LSN_XLOG: LsnNames = LsnNames {
     last_replay: "pg_last_xlog_replay_location",
     diff: "pg_xlog_location_diff",
     walfile_name: "pg_xlogfile_name",
+    switch: "pg_switch_xlog",
     stat_column_suffix: "_location",
 };
 
@@ -259,6 +266,7 @@ const LSN_WAL: LsnNames = LsnNames {
     last_replay: "pg_last_wal_replay_lsn",
     diff: "pg_wal_lsn_diff",
     walfile_name: "pg_walfile_name",
+    switch: "pg_switch_wal",
     stat_column_suffix: "_lsn",
 };
 
@@ -344,6 +352,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(903, 48, false),
                 wal_end_scan: false,
+                pgbackrest_min: None,
             },
             // 9.1: pg_basebackup, sync rep (list), pg_ctl promote (§1).
             PgMajor::V9_1 => Capabilities {
@@ -382,6 +391,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(903, 48, false),
                 wal_end_scan: false,
+                pgbackrest_min: None,
             },
             // 9.2: cascading, pg_basebackup -X (§1, §7).
             PgMajor::V9_2 => Capabilities {
@@ -420,6 +430,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(922, 48, false),
                 wal_end_scan: false,
+                pgbackrest_min: None,
             },
             // 9.3: timeline following over streaming, -R, wal_sender_timeout, checksums (§1).
             PgMajor::V9_3 => Capabilities {
@@ -458,6 +469,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(937, 48, false),
                 wal_end_scan: false,
+                pgbackrest_min: None,
             },
             // 9.4: replication slots, wal_log_hints (§1).
             PgMajor::V9_4 => Capabilities {
@@ -496,6 +508,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(942, 48, false),
                 wal_end_scan: false,
+                pgbackrest_min: None,
             },
             // 9.5: pg_rewind, archive_mode=always, cluster_name, pending_restart (§1).
             PgMajor::V9_5 => Capabilities {
@@ -534,6 +547,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(942, 48, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 9.6: wal_level=replica, `N (…)` sync, remote_apply, pg_stat_wal_receiver, -S (§1).
             PgMajor::V9_6 => Capabilities {
@@ -572,6 +586,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(960, 48, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 10: pg_wal, *_lsn, FIRST/ANY, lag columns, scram, passfile (§1, §5).
             PgMajor::V10 => Capabilities {
@@ -610,6 +625,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(1002, 48, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 11: pg_basebackup -C, non-superuser pg_rewind source (§1).
             PgMajor::V11 => Capabilities {
@@ -648,6 +664,7 @@ impl PgMajor {
                 senders_in_max_connections: true,
                 pg_control: control(1100, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 12: recovery.conf gone, standby.signal, promote_trigger_file, pg_promote() (§1, §2).
             PgMajor::V12 => Capabilities {
@@ -686,6 +703,7 @@ impl PgMajor {
                 senders_in_max_connections: false,
                 pg_control: control(1201, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 13: wal_keep_size, primary_conninfo on reload, pg_rewind -R/-c (§1, §2.2).
             PgMajor::V13 => Capabilities {
@@ -724,6 +742,7 @@ impl PgMajor {
                 senders_in_max_connections: false,
                 pg_control: control(1300, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 14: scram by default, standby as pg_rewind source (§1).
             PgMajor::V14 => Capabilities {
@@ -762,6 +781,7 @@ impl PgMajor {
                 senders_in_max_connections: false,
                 pg_control: control(1300, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 15: pg_backup_start, pg_rewind --config-file (§1).
             PgMajor::V15 => Capabilities {
@@ -800,6 +820,7 @@ impl PgMajor {
                 senders_in_max_connections: false,
                 pg_control: control(1300, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: None,
             },
             // 16: promote_trigger_file removed (§1, §4).
             PgMajor::V16 => Capabilities {
@@ -838,6 +859,7 @@ impl PgMajor {
                 senders_in_max_connections: false,
                 pg_control: control(1300, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: Some((2, 46, 0)),
             },
             // 17: failover slots, incremental backup (§1).
             PgMajor::V17 => Capabilities {
@@ -876,6 +898,7 @@ impl PgMajor {
                 senders_in_max_connections: false,
                 pg_control: control(1700, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: Some((2, 54, 0)),
             },
             // 18: checksums on by default, md5 deprecated (§1).
             PgMajor::V18 => Capabilities {
@@ -914,6 +937,7 @@ impl PgMajor {
                 senders_in_max_connections: false,
                 pg_control: control(1800, 40, true),
                 wal_end_scan: true,
+                pgbackrest_min: Some((2, 56, 0)),
             },
         }
     }
