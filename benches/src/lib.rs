@@ -412,10 +412,16 @@ pub mod writer {
     impl Writer {
         /// Starts writing (or waits, `paused`) on the current tokio runtime.
         pub fn start(cfg: tokio_postgres::Config, paused: bool) -> Writer {
+            Self::start_with_limit(cfg, paused, INSERT_LIMIT)
+        }
+
+        /// [`start`](Self::start) with another limit of one INSERT: a client that gives up
+        /// on a server whose link is gone (no reset ever comes) sooner than the default.
+        pub fn start_with_limit(cfg: tokio_postgres::Config, paused: bool, insert_limit: Duration) -> Writer {
             let log = Arc::new(Mutex::new(Log::default()));
             let stop = Arc::new(AtomicBool::new(false));
             let paused = Arc::new(AtomicBool::new(paused));
-            let task = tokio::spawn(writer_loop(cfg, log.clone(), stop.clone(), paused.clone()));
+            let task = tokio::spawn(writer_loop(cfg, log.clone(), stop.clone(), paused.clone(), insert_limit));
             Writer { log, stop, paused, task }
         }
 
@@ -488,7 +494,13 @@ pub mod writer {
         }
     }
 
-    async fn writer_loop(cfg: tokio_postgres::Config, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>, paused: Arc<AtomicBool>) {
+    async fn writer_loop(
+        cfg: tokio_postgres::Config,
+        log: Arc<Mutex<Log>>,
+        stop: Arc<AtomicBool>,
+        paused: Arc<AtomicBool>,
+        insert_limit: Duration,
+    ) {
         let end = Instant::now() + WRITER_LIFETIME;
         let mut conn: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
         while !stop.load(Ordering::SeqCst) && Instant::now() < end {
@@ -514,7 +526,7 @@ pub mod writer {
                     }
                 },
             };
-            match tokio::time::timeout(INSERT_LIMIT, client.query_one(&stmt, &[])).await {
+            match tokio::time::timeout(insert_limit, client.query_one(&stmt, &[])).await {
                 Ok(Ok(row)) => {
                     let at = Instant::now();
                     let (id, port): (i64, Option<i32>) = (row.get(0), row.get(1));

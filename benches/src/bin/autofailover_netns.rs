@@ -17,6 +17,9 @@
 //!    first write acknowledged after that (nothing from d can arrive once its link is
 //!    down); **fenced**: until d itself (asked over its own socket, inside its
 //!    namespaces, every 50 ms) no longer accepts writes;
+//!    **promoted**: until one of e, f, g (asked the same way) accepts writes. The writer
+//!    gives up on an INSERT after 1 s (no reset comes from a host whose link is gone),
+//!    then reconnects through the hosts in order (1 s connect limit);
 //! 2. d's link up; **rejoin**: until d streams from the new primary, by itself;
 //! 3. every acknowledged row must be on the new primary;
 //! 4. `pgrepl destroy --yes`.
@@ -51,6 +54,8 @@ const READY_LIMIT: Duration = Duration::from_secs(90);
 const RESUME_LIMIT: Duration = Duration::from_secs(60);
 const REJOIN_LIMIT: Duration = Duration::from_secs(120);
 const BASELINE: Duration = Duration::from_secs(2);
+/// The writer's limit of one INSERT.
+const WRITE_LIMIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Parser)]
 #[command(about = "Automatic failover on the netns lab: the primary's link dropped, to the first write on the new primary")]
@@ -99,9 +104,9 @@ fn ssh(addr: &str, cmd: &str) -> Command {
     c
 }
 
-/// Whether d accepts writes, asked over its own socket inside its namespaces.
-async fn d_writable() -> Option<bool> {
-    let pid = std::fs::read_to_string(lab().join("netns-ha/d/sshd.pid")).ok()?;
+/// Whether host `h` accepts writes, asked over its own socket inside its namespaces.
+async fn writable(h: &str) -> Option<bool> {
+    let pid = std::fs::read_to_string(lab().join(format!("netns-ha/{h}/sshd.pid"))).ok()?;
     let mut c = Command::new("nsenter");
     c.args(["-t", pid.trim(), "-m", "-n", "--", "sh", "-c"])
         .arg("timeout 2 runuser -u postgres -- psql -X -A -t -c 'SELECT NOT pg_is_in_recovery()' 2>/dev/null");
@@ -111,6 +116,7 @@ async fn d_writable() -> Option<bool> {
 
 struct Run {
     failover: f64,
+    promoted: f64,
     fenced: f64,
     rejoin: f64,
     leader: String,
@@ -219,7 +225,10 @@ async fn measure(c: &Cluster) -> Result<Run, String> {
     }
     cfg.user(APP_USER).password(APP_PASSWORD).dbname("postgres").connect_timeout(Duration::from_secs(1));
     cfg.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
-    let writer = Writer::start(cfg, false);
+    // A client of a server whose link is gone gets no reset: it gives up on an INSERT
+    // after 1 s (and on a connection after 1 s) and moves on, as applications set
+    // statement or TCP timeouts for this.
+    let writer = Writer::start_with_limit(cfg, false, WRITE_LIMIT);
     tokio::time::sleep(BASELINE).await;
     if writer.acks().is_empty() {
         return Err(format!("the writer wrote nothing before the fault ({})", writer.stats()));
@@ -232,8 +241,21 @@ async fn measure(c: &Cluster) -> Result<Run, String> {
     // d fenced: polled over its own socket until it no longer accepts writes.
     let fence = tokio::spawn(async move {
         for _ in 0..1200 {
-            if d_writable().await != Some(true) {
+            if writable("d").await != Some(true) {
                 return Some(cut.elapsed().as_secs_f64());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    });
+    // The new primary accepting writes, as the servers see it (every 50 ms, each of e, f, g
+    // over its own socket): the client's first write comes after it.
+    let promoted = tokio::spawn(async move {
+        for _ in 0..1200 {
+            for h in ["e", "f", "g"] {
+                if writable(h).await == Some(true) {
+                    return Some(cut.elapsed().as_secs_f64());
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -242,6 +264,7 @@ async fn measure(c: &Cluster) -> Result<Run, String> {
     let ack = writer.ack_after(cut, RESUME_LIMIT).await.ok_or_else(|| format!("no write within {RESUME_LIMIT:?} ({})", writer.stats()))?;
     let failover = secs_between(cut, ack.at);
     let fenced = fence.await.ok().flatten().ok_or("d kept accepting writes")?;
+    let promoted = promoted.await.ok().flatten().ok_or("no standby was seen accepting writes")?;
     let v = c.wait(Duration::from_secs(30), "the new leader reports", |v| v["leader"].as_str().is_some_and(|l| l != "d")).await?;
     let leader = v["leader"].as_str().unwrap_or_default().to_string();
 
@@ -257,7 +280,7 @@ async fn measure(c: &Cluster) -> Result<Run, String> {
     let have = sh(ssh(addr, "runuser -u postgres -- psql -X -A -t -c 'SELECT id FROM bench_writes'"), "read the rows back").await?;
     let have: std::collections::HashSet<i64> = have.lines().filter_map(|l| l.trim().parse().ok()).collect();
     let lost = acks.iter().filter(|a| !have.contains(&a.id)).count();
-    Ok(Run { failover, fenced, rejoin, leader, acked: acks.len(), lost })
+    Ok(Run { failover, promoted, fenced, rejoin, leader, acked: acks.len(), lost })
 }
 
 async fn bench(cli: Cli) -> Result<(), String> {
@@ -270,15 +293,18 @@ async fn bench(cli: Cli) -> Result<(), String> {
         "autofailover_netns: {} runs, PostgreSQL 15, 4 data hosts in 2 locations + a witness, sync any 1, ttl {} s, loop_wait {} s",
         cli.runs, cli.ttl, cli.loop_wait
     );
-    println!("{:>4} {:>10} {:>10} {:>10} {:>7} {:>9} {:>6}", "run", "failover", "fenced", "rejoin", "leader", "acked", "lost");
+    println!(
+        "{:>4} {:>10} {:>10} {:>10} {:>10} {:>7} {:>9} {:>6}",
+        "run", "failover", "promoted", "fenced", "rejoin", "leader", "acked", "lost"
+    );
     let mut runs = Vec::new();
     let mut failures = 0;
     for i in 0..cli.runs {
         match one_run(&cli, &pgrepl, i).await {
             Ok(r) => {
                 println!(
-                    "{:>4} {:>9.2}s {:>9.2}s {:>9.2}s {:>7} {:>9} {:>6}",
-                    i, r.failover, r.fenced, r.rejoin, r.leader, r.acked, r.lost
+                    "{:>4} {:>9.2}s {:>9.2}s {:>9.2}s {:>9.2}s {:>7} {:>9} {:>6}",
+                    i, r.failover, r.promoted, r.fenced, r.rejoin, r.leader, r.acked, r.lost
                 );
                 runs.push(r);
             }
@@ -296,6 +322,7 @@ async fn bench(cli: Cli) -> Result<(), String> {
     }
     let f: Vec<f64> = runs.iter().map(|r| r.failover).collect();
     let fe: Vec<f64> = runs.iter().map(|r| r.fenced).collect();
+    let pr: Vec<f64> = runs.iter().map(|r| r.promoted).collect();
     println!(
         "failover (link down -> first write on the new primary): median {:.2}s (min {:.2}, max {:.2}) = {:.2}x the ttl of {} s",
         median(&f),
@@ -305,7 +332,10 @@ async fn bench(cli: Cli) -> Result<(), String> {
         cli.ttl
     );
     println!(
-        "d fenced itself after: median {:.2}s (max {:.2}); lost rows: {}",
+        "a standby accepting writes (the servers' view): median {:.2}s (min {:.2}, max {:.2}); d fenced itself after: median {:.2}s (max {:.2}); lost rows: {}",
+        median(&pr),
+        min(&pr),
+        max(&pr),
         median(&fe),
         max(&fe),
         runs.iter().map(|r| r.lost).sum::<usize>()

@@ -165,9 +165,13 @@ fn ha_on_ssh_hosts_deploys_etcd_and_agents_and_fails_over_within_the_location() 
 /// Every ~200 ms until told to stop: which data hosts accept writes, asked over each
 /// host's own socket (so a host whose link is down is asked too). Returns the rounds in
 /// which more than one did, and for each host the times (since start) it was writable.
+/// The rounds in which more than one host accepted writes, and each (time, host) seen
+/// accepting writes.
+type Probed = (Vec<String>, Vec<(f64, String)>);
+
 struct Prober {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: std::thread::JoinHandle<(Vec<String>, Vec<(f64, String)>)>,
+    handle: std::thread::JoinHandle<Probed>,
 }
 
 impl Prober {
@@ -200,7 +204,7 @@ impl Prober {
         Prober { stop, handle }
     }
 
-    fn finish(self) -> (Vec<String>, Vec<(f64, String)>) {
+    fn finish(self) -> Probed {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.handle.join().unwrap()
     }

@@ -108,6 +108,43 @@ impl TopologyRecords for StoreRecords {
     }
 }
 
+/// Before the agents first run a cluster `up` deployed: the HA settings (the `config`
+/// key; `paused` kept as the store has it), the topology (when none is recorded), and,
+/// when nobody leads yet, the leader key for the primary `up` deployed, bound to a short
+/// lease (`bootstrap_lease`) its agent adopts: no standby's agent races a live primary
+/// whose own agent has not reported yet.
+pub async fn publish(
+    d: &crate::deploy::Deployment,
+    store: Arc<dyn ConsensusStore>,
+    bootstrap_lease: std::time::Duration,
+) -> Result<(), Error> {
+    use crate::store::LeaderRecord;
+    let c = d.cluster();
+    let keys = Keys::new(&c.name);
+    let settings = c.ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default();
+    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await.map_err(unavailable)?);
+    let mut next = settings.clone();
+    if let Some(cur) = &view.config {
+        next.paused = cur.value.paused;
+    }
+    if view.config.as_ref().map(|c| &c.value) != Some(&next) {
+        let body = serde_json::to_vec(&next).expect("settings serialize");
+        store.put(&keys.config(), &body, None).await.map_err(unavailable)?;
+    }
+    if view.topology.is_none() {
+        let topo = d.topology().await?;
+        StoreRecords::new(store.clone(), keys.clone()).save(&topo).await?;
+    }
+    if view.leader.is_none() {
+        let current = d.current_cluster().await?;
+        let primary = current.primary().name.clone();
+        let lease = store.grant(bootstrap_lease).await.map_err(unavailable)?;
+        let body = serde_json::to_vec(&LeaderRecord { node: primary, timeline: None }).expect("a leader record serializes");
+        store.create(&keys.leader(), &body, Some(lease)).await.map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::merge;
@@ -158,41 +195,4 @@ mod tests {
         assert_eq!(t.history.len(), HISTORY_LEN);
         assert_eq!(t.history[0].at, 7, "the oldest go first");
     }
-}
-
-/// Before the agents first run a cluster `up` deployed: the HA settings (the `config`
-/// key; `paused` kept as the store has it), the topology (when none is recorded), and,
-/// when nobody leads yet, the leader key for the primary `up` deployed, bound to a short
-/// lease (`bootstrap_lease`) its agent adopts: no standby's agent races a live primary
-/// whose own agent has not reported yet.
-pub async fn publish(
-    d: &crate::deploy::Deployment,
-    store: Arc<dyn ConsensusStore>,
-    bootstrap_lease: std::time::Duration,
-) -> Result<(), Error> {
-    use crate::store::LeaderRecord;
-    let c = d.cluster();
-    let keys = Keys::new(&c.name);
-    let settings = c.ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default();
-    let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await.map_err(unavailable)?);
-    let mut next = settings.clone();
-    if let Some(cur) = &view.config {
-        next.paused = cur.value.paused;
-    }
-    if view.config.as_ref().map(|c| &c.value) != Some(&next) {
-        let body = serde_json::to_vec(&next).expect("settings serialize");
-        store.put(&keys.config(), &body, None).await.map_err(unavailable)?;
-    }
-    if view.topology.is_none() {
-        let topo = d.topology().await?;
-        StoreRecords::new(store.clone(), keys.clone()).save(&topo).await?;
-    }
-    if view.leader.is_none() {
-        let current = d.current_cluster().await?;
-        let primary = current.primary().name.clone();
-        let lease = store.grant(bootstrap_lease).await.map_err(unavailable)?;
-        let body = serde_json::to_vec(&LeaderRecord { node: primary, timeline: None }).expect("a leader record serializes");
-        store.create(&keys.leader(), &body, Some(lease)).await.map_err(unavailable)?;
-    }
-    Ok(())
 }
