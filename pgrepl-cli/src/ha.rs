@@ -156,6 +156,36 @@ pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `pgrepl agent --node W --on-host` for a witness: reports it as a member and serves
+/// its HTTP endpoint (`/health`: the store answers through it), until SIGTERM or SIGINT.
+pub async fn witness_agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
+    let store = open_store(&d)?;
+    let ha = d.cluster().ha.as_ref().context("the cluster has no [ha] section")?;
+    let address = d.cluster().witnesses.iter().find(|w| w.name == node).and_then(|w| w.address.clone());
+    let mut agent = pgrepl_core::agent::WitnessAgent::new(d.cluster(), node, store)?;
+    let http = match &address {
+        Some(a) => {
+            let listen = ha.api_listen.clone().unwrap_or_else(|| a.clone());
+            agent = agent.with_address(if a.contains(':') { format!("[{a}]:{}", ha.api_port) } else { format!("{a}:{}", ha.api_port) });
+            Some(tokio::spawn(serve_http(listen, ha.api_port, agent.status(), ha.replica_max_lag)))
+        }
+        None => None,
+    };
+    tracing::info!(node, "witness agent starting");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    agent.run(shutdown).await;
+    if let Some(h) = http {
+        h.abort();
+    }
+    Ok(0)
+}
+
 /// Serves the agent's HTTP endpoint on `listen:port`; while the port cannot be bound (in
 /// use), says so and tries again every 5 s: the agent keeps running without it.
 async fn serve_http(
@@ -399,6 +429,16 @@ pub async fn status_lines(d: &Deployment) -> (Vec<String>, serde_json::Value) {
                 m.note.as_ref().map(|n| format!(", {n}")).unwrap_or_default()
             )),
             None => lines.push(format!("ha: member {}: no report (its agent is not running or its lease ran out; {agent})", n.name)),
+        }
+    }
+    for w in &d.cluster().witnesses {
+        match v.member(&w.name) {
+            Some(m) => lines.push(format!(
+                "ha: witness {}: reports{}",
+                w.name,
+                m.agent.as_ref().map(|a| format!(" (agent at {a})")).unwrap_or_default()
+            )),
+            None => lines.push(format!("ha: witness {}: no report (its agent is not running, or its host is cut off)", w.name)),
         }
     }
     let json = serde_json::json!({

@@ -377,6 +377,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let state = common.work_dir.clone().unwrap_or_else(|| PathBuf::from(pgrepl_core::hostsvc::agent_state_dir(&spec.name)));
             ha::set_agent(true);
             let d = pgrepl_core::onhost::open_on_host(&spec, &node, state)?;
+            if d.cluster().witnesses.iter().any(|w| w.name == node) {
+                return ha::witness_agent(d, &node).await;
+            }
             let d = ha::with_store_records(d)?;
             ha::agent(d, &node).await
         }

@@ -72,8 +72,8 @@ pub fn open_on_host(spec: &ClusterSpec, me: &str, state_dir: impl Into<PathBuf>)
         Error::Spec(SpecErrors::one(SpecError::new("postgres", "not set", "the major, as `pgrepl up` writes it on each host")))
     })?;
     let cluster = spec.validate_for(major)?;
-    if cluster.node(me).is_none() {
-        return Err(Error::node(me, format!("not a node of cluster {}", cluster.name)));
+    if cluster.node(me).is_none() && !cluster.witnesses.iter().any(|w| w.name == me) {
+        return Err(Error::node(me, format!("not a node or witness of cluster {}", cluster.name)));
     }
     let connector = OnHostConnector {
         me: me.to_string(),

@@ -236,7 +236,7 @@ fn plans(
         .iter()
         .zip(binary_sha256)
         .map(|((name, _), sha)| {
-            let agent = d.cluster().node(name).is_some();
+            let agent = true; // data nodes and witnesses alike
             let c = certs(d, &pki, &ca, name, agent)?;
             let inputs = AgentInputs { binary_sha256: sha.clone(), ..inputs.clone() };
             host_plan(d.cluster(), name, &c, agent.then_some(&inputs)).map_err(HostsError::Refused)
@@ -355,7 +355,7 @@ pub async fn stop_on_hosts(d: &Deployment, remove_all: bool) -> Result<(Vec<Stri
     let plans = reachable
         .iter()
         .map(|(name, _)| {
-            let agent = d.cluster().node(name).is_some();
+            let agent = true; // data nodes and witnesses alike
             host_plan(d.cluster(), name, &placeholder, agent.then_some(&inputs)).map_err(HostsError::Refused)
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -103,7 +103,12 @@ pub fn encode(st: &AgentStatus) -> String {
     let b = |x: bool| Some(i64::from(x));
     e.gauge("up", "Its PostgreSQL runs and answers (1) or not (0)", b(st.postgres_up));
     let roles = Family::<Role, Gauge>::default();
-    for (name, r) in [("primary", MemberRole::Primary), ("standby", MemberRole::Standby), ("stopped", MemberRole::Stopped)] {
+    for (name, r) in [
+        ("primary", MemberRole::Primary),
+        ("standby", MemberRole::Standby),
+        ("stopped", MemberRole::Stopped),
+        ("witness", MemberRole::Witness),
+    ] {
         if st.role.is_some() {
             roles
                 .get_or_create(&Role { cluster: st.cluster.clone(), node: st.node.clone(), role: name.into() })

@@ -82,7 +82,7 @@ fn ha_on_ssh_hosts_deploys_etcd_and_agents_and_fails_over_within_the_location() 
     // On the hosts: pgrepl's binary as built here, keys and secrets 0600, agents and
     // etcd members running (the witness: a member, no agent, no PostgreSQL).
     let local = sha256_of(std::path::Path::new(env!("CARGO_BIN_EXE_pgrepl")));
-    for (n, addr, _, role) in HA_HOSTS {
+    for (n, addr, _, _) in HA_HOSTS {
         let (_, sum) = HaLab::ssh(addr, "sha256sum /usr/local/lib/pgrepl/pgrepl | cut -d' ' -f1");
         assert_eq!(sum, local, "{n}: the binary uploaded");
         let (_, modes) = HaLab::ssh(addr, "stat -c '%a %n' /etc/pgrepl/geo/etcd/member.key /etc/pgrepl/geo/etcd/etcd.yml");
@@ -90,8 +90,15 @@ fn ha_on_ssh_hosts_deploys_etcd_and_agents_and_fails_over_within_the_location() 
         let (code, _) = HaLab::ssh(addr, "! flock -n /var/lib/pgrepl/geo/run/etcd.pid true");
         assert_eq!(code, 0, "{n}: its etcd member runs");
         let (code, _) = HaLab::ssh(addr, "! flock -n /var/lib/pgrepl/geo/run/agent.pid true");
-        assert_eq!(code, i32::from(role == "witness"), "{n}: an agent runs on every data node, none on the witness");
+        assert_eq!(code, 0, "{n}: an agent runs on every host, the witness's too");
     }
+    // The witness's agent reports; its host holds no replication password.
+    let v = wait_view(f, &wd, Duration::from_secs(30), "the witness reports", |v| member(v, "w").is_some());
+    assert_eq!(member(&v, "w").unwrap()["role"], "witness", "{v:#}");
+    let (code, _) = HaLab::ssh("10.213.8.25", "test -e /var/lib/pgrepl/geo/state/replication");
+    assert_ne!(code, 0, "no replication password on the witness");
+    let (_, health) = HaLab::ssh("10.213.8.25", "curl -s -o /dev/null -w '%{http_code}' http://10.213.8.25:8008/health");
+    assert_eq!(health, "200", "the witness's /health");
     let (_, pw) =
         HaLab::ssh("10.213.8.22", "stat -c %a /var/lib/pgrepl/geo/state/replication; ps -eo args | grep -c '[p]gpass\\|[P]GPASSWORD'");
     assert_eq!(pw, "600\n0", "the agent's copy of the replication password");

@@ -511,6 +511,8 @@ fn observed_of(m: &MemberRecord) -> Observed {
             o.in_recovery = Some(m.role == MemberRole::Standby);
         }
         MemberRole::Stopped => o.server = ServerState::Stopped,
+        // No PostgreSQL: nothing to observe (witnesses are not among the nodes).
+        MemberRole::Witness => {}
     }
     o.timeline = m.timeline;
     o.receive_lsn = if m.role == MemberRole::Standby { m.lsn } else { None };

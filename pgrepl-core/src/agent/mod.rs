@@ -35,6 +35,8 @@ mod run;
 pub mod status;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "runtime")]
+mod witness;
 
 pub use decide::{AgentInput, AgentMemory, Decision, GuardMode, LeaseClock, MAX_START_FAILURES, StoreOp, decide};
 #[cfg(feature = "runtime")]
@@ -42,3 +44,5 @@ pub use records::{StoreRecords, publish};
 #[cfg(feature = "runtime")]
 pub use run::{Agent, GuardControl};
 pub use status::{AgentStatus, LoopFacts, StandbyStat, parse_size};
+#[cfg(feature = "runtime")]
+pub use witness::WitnessAgent;

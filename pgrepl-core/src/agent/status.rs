@@ -194,9 +194,9 @@ impl AgentStatus {
         self.primary_ok() || self.replica_ok(max_lag)
     }
 
-    /// `/health`: its PostgreSQL runs and answers.
+    /// `/health`: its PostgreSQL runs and answers; a witness's: the store answers it.
     pub fn health_ok(&self) -> bool {
-        self.postgres_up
+        self.postgres_up || (self.role == Some(MemberRole::Witness) && self.store_reachable)
     }
 }
 

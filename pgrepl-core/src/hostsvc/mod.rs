@@ -273,8 +273,9 @@ pub fn host_plan(cluster: &Cluster, host: &str, certs: &HostCerts, agent: Option
         ));
     }
     if let Some(a) = agent {
-        if cluster.node(host).is_none() {
-            return Err(format!("{host}: not a PostgreSQL node of the cluster: it runs no agent"));
+        let witness = cluster.witnesses.iter().any(|w| w.name == host);
+        if cluster.node(host).is_none() && !witness {
+            return Err(format!("{host}: not a node or witness of the cluster"));
         }
         let (cert, key) = certs.client.as_ref().ok_or_else(|| format!("{host}: no client certificate was issued"))?;
         plan.dirs.push((agent_state_dir(c), 0o700));
@@ -283,11 +284,14 @@ pub fn host_plan(cluster: &Cluster, host: &str, certs: &HostCerts, agent: Option
         plan.files.push(HostFile::new(agent_spec_path(c), 0o600, &a.spec_toml));
         let stamp = format!("{}/agent.binary", run_dir(c));
         plan.files.push(HostFile::new(&stamp, 0o600, format!("{}\n", a.binary_sha256)));
-        plan.files.push(HostFile {
-            path: format!("{}/replication", agent_state_dir(c)),
-            mode: 0o600,
-            contents: Secret::new(format!("{}\n", a.replication_password.expose())),
-        });
+        // A witness runs no PostgreSQL: no replication password on its host.
+        if !witness {
+            plan.files.push(HostFile {
+                path: format!("{}/replication", agent_state_dir(c)),
+                mode: 0o600,
+                contents: Secret::new(format!("{}\n", a.replication_password.expose())),
+            });
+        }
         plan.agent = Some(Service::new(
             cluster,
             "agent",
@@ -373,14 +377,15 @@ mod tests {
     }
 
     #[test]
-    fn a_host_without_a_member_gets_no_etcd_and_a_witness_no_agent() {
+    fn a_host_without_a_member_gets_no_etcd_and_a_witness_no_secret() {
         let p = host_plan(&cluster(), "f", &certs(), Some(&agent())).unwrap();
         assert!(p.etcd.is_none() && p.agent.is_some());
         assert!(!p.files.iter().any(|f| f.path.ends_with("member.key")));
-        let w = host_plan(&cluster(), "w", &certs(), None).unwrap();
-        assert!(w.etcd.is_some() && w.agent.is_none());
-        let e = host_plan(&cluster(), "w", &certs(), Some(&agent())).unwrap_err();
-        assert!(e.contains("not a PostgreSQL node"), "{e}");
+        let w = host_plan(&cluster(), "w", &certs(), Some(&agent())).unwrap();
+        assert!(w.etcd.is_some() && w.agent.is_some());
+        assert!(!w.files.iter().any(|f| f.path.ends_with("/replication")), "a witness holds no replication password");
+        let e = host_plan(&cluster(), "x", &certs(), Some(&agent())).unwrap_err();
+        assert!(e.contains("not a node or witness"), "{e}");
         let no_cert = HostCerts { member: None, ..certs() };
         assert!(host_plan(&cluster(), "d", &no_cert, None).unwrap_err().contains("no member certificate"));
     }

@@ -122,6 +122,8 @@ pub enum MemberRole {
     Standby,
     /// Its server does not run (or does not answer yet).
     Stopped,
+    /// A witness: an etcd member and an agent, no PostgreSQL.
+    Witness,
 }
 
 impl MemberRole {

@@ -61,7 +61,8 @@ impl StoreLock {
         if !view.agents_in_charge() {
             return Ok(None);
         }
-        let members: Vec<&str> = view.members.keys().map(String::as_str).collect();
+        let members: Vec<&str> =
+            view.members.values().filter(|m| m.value.role != super::MemberRole::Witness).map(|m| m.value.node.as_str()).collect();
         Ok(Some(format!(
             "agents run this cluster ({} report to the store, not paused): an operation on the nodes now would race them; `pgrepl pause` first, or let the agents carry it out",
             members.join(", ")

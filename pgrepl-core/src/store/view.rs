@@ -65,10 +65,11 @@ impl StoreView {
         v
     }
 
-    /// Whether agents run the cluster now: they report to the store and are not paused
-    /// (people then file requests with them instead of acting on the nodes).
+    /// Whether agents run the cluster now: agents of data nodes report to the store and
+    /// are not paused (people then file requests with them instead of acting on the
+    /// nodes). A witness's agent alone acts on nothing.
     pub fn agents_in_charge(&self) -> bool {
-        !self.settings().paused && !self.members.is_empty()
+        !self.settings().paused && self.members.values().any(|m| m.value.role != super::MemberRole::Witness)
     }
 
     /// The node holding the leader key.
