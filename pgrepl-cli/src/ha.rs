@@ -135,12 +135,16 @@ pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
     let api = d.cluster().agent_api(node);
     let url = d.cluster().agent_url_base(node);
     let replica_max_lag = d.cluster().ha.as_ref().map(|h| h.replica_max_lag).unwrap_or(16 << 20);
+    let local_member = local_member_store(&d, node);
+    let witnesses: Vec<String> = d.cluster().witnesses.iter().map(|w| w.name.clone()).collect();
     let mut agent = Agent::new(d, node, store)?.with_guard(Box::new(Guard(guard)));
     if let Some(u) = url {
         agent = agent.with_address(u.trim_start_matches("http://"));
     }
     // The HTTP endpoint (health checks, /metrics), on the node's own address.
     let http = api.map(|(listen, port)| tokio::spawn(serve_http(listen, port, agent.status(), replica_max_lag)));
+    // On its host, with an etcd member there: etcd's leadership kept off it while it leads.
+    let keeper = local_member.map(|store| tokio::spawn(keep_etcd_leader_away(store, witnesses, agent.status())));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler");
         tokio::select! {
@@ -149,11 +153,59 @@ pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
         }
     };
     let r = agent.run(shutdown).await;
-    if let Some(h) = http {
+    for h in [http, keeper].into_iter().flatten() {
         h.abort();
     }
     r?;
     Ok(0)
+}
+
+/// The etcd member on this agent's own host (an agent on its host, etcd deployed by
+/// pgrepl, a member placed here), as a store of that one endpoint.
+fn local_member_store(d: &Deployment, node: &str) -> Option<pgrepl_etcd::EtcdStore> {
+    let ha = d.cluster().ha.as_ref().filter(|h| h.etcd.deploy && h.etcd_members.iter().any(|m| m == node))?;
+    if AGENT.get() != Some(&true) {
+        return None;
+    }
+    let address = d.cluster().node(node)?.address.clone()?;
+    let host = if address.contains(':') { format!("[{address}]") } else { address };
+    let mut o = store_options(d).ok()?;
+    o.endpoints = vec![format!("https://{host}:{}", ha.etcd.client_port)];
+    o.request_timeout = Duration::from_secs(2);
+    pgrepl_etcd::EtcdStore::new(&o).ok()
+}
+
+/// While this node leads, keeps etcd's own leadership off its host's member: etcd 3.4
+/// restarts every lease at its full ttl when its leader changes, so a primary whose host
+/// also held etcd's leader would, by vanishing, delay its successor by etcd's election
+/// plus a whole ttl. The leadership goes to a witness's member when there is one (a
+/// witness never becomes the primary), else to any other. Checked every 5 s.
+async fn keep_etcd_leader_away(
+    local: pgrepl_etcd::EtcdStore,
+    witnesses: Vec<String>,
+    status: tokio::sync::watch::Receiver<Arc<pgrepl_core::agent::AgentStatus>>,
+) {
+    let limit = Duration::from_secs(3);
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if !status.borrow().holds_lease {
+            continue;
+        }
+        let Ok(Ok((me, leader))) = tokio::time::timeout(limit, local.member_and_leader()).await else { continue };
+        if me != leader {
+            continue;
+        }
+        let Ok(Ok(members)) = tokio::time::timeout(limit, local.member_names()).await else { continue };
+        let others: Vec<&(u64, String)> = members.iter().filter(|(id, _)| *id != me).collect();
+        let Some((target, name)) = others.iter().find(|(_, n)| witnesses.contains(n)).or(others.first()).copied() else { continue };
+        match tokio::time::timeout(limit, local.move_leader(*target)).await {
+            Ok(Ok(())) => tracing::info!(
+                "etcd's leadership moved from this host's member to {name}'s: losing this host no longer restarts the leases"
+            ),
+            Ok(Err(e)) => tracing::warn!("moving etcd's leadership to {name}'s member: {e}"),
+            Err(_) => tracing::warn!("moving etcd's leadership to {name}'s member: no answer in 3 s"),
+        }
+    }
 }
 
 /// `pgrepl agent --node W --on-host` for a witness: reports it as a member and serves

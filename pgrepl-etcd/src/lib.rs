@@ -59,6 +59,7 @@ use serde_json::{Value, json};
 
 mod client;
 pub mod hosts;
+mod leadership;
 pub mod pki;
 
 use client::{Fail, Gateway, Kind, WatchStream, watch_error};

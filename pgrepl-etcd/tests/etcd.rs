@@ -215,3 +215,49 @@ async fn a_silent_endpoint_times_out_within_the_request_timeout_and_the_next_cal
     s.delete_prefix(&key).await.expect("cleanup");
     hold.abort();
 }
+
+/// etcd's leadership moved off a member (what a primary's agent does for its own host's
+/// member), on a cluster of its own (base 24400, started and stopped here).
+#[tokio::test]
+async fn the_leadership_moves_to_another_member_when_asked_of_the_leader() {
+    const BASE: u16 = 24400;
+    // Stopped at the end, also when the start fails half-way (members it did start).
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            etcd_sh(&["stop", &BASE.to_string()]);
+        }
+    }
+    let _stop = Stop;
+    etcd_sh(&["start", &BASE.to_string()]);
+    let eps = common::endpoints(BASE);
+    let all = store(&eps, PATIENT);
+    wait_answers(&all, Duration::from_secs(20)).await;
+    // The leader's own endpoint.
+    let mut leader_ep = None;
+    for ep in &eps {
+        let one = store(std::slice::from_ref(ep), PATIENT);
+        let (me, leader) = one.member_and_leader().await.expect("status");
+        if me == leader {
+            leader_ep = Some((ep.clone(), me));
+        }
+    }
+    let (ep, was) = leader_ep.expect("one member leads");
+    let on_leader = store(std::slice::from_ref(&ep), PATIENT);
+    let members = on_leader.member_names().await.expect("member list");
+    assert_eq!(members.len(), 3, "{members:?}");
+    let target = members.iter().map(|(id, _)| *id).find(|id| *id != was).unwrap();
+    on_leader.move_leader(target).await.expect("move the leadership");
+    let t = Instant::now();
+    loop {
+        let (_, leader) = on_leader.member_and_leader().await.expect("status");
+        if leader == target {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "the leadership did not move to {target:x} (leader {leader:x})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Asked of a member that does not lead: refused, nothing moves.
+    let e = on_leader.move_leader(was).await.unwrap_err();
+    assert!(matches!(e, StoreError::Rejected(_) | StoreError::Unavailable(_)), "{e:?}");
+}
