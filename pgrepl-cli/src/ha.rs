@@ -17,6 +17,14 @@ const BOOTSTRAP_LEASE: Duration = Duration::from_secs(30);
 /// Set by an agent: `true` on its node's own host (the etcd client certificate is the
 /// one `up` put there, not the admin's).
 static AGENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+/// An agent on its own host: its node, whose etcd member it asks first.
+static AGENT_NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This process is the agent of `node` on that node's own host.
+pub fn set_agent_on_host(node: &str) {
+    let _ = AGENT_NODE.set(node.to_string());
+    set_agent(true);
+}
 
 /// This process is an agent (`on_host`: on its node's own host).
 pub fn set_agent(on_host: bool) {
@@ -48,6 +56,13 @@ fn store_options(d: &Deployment) -> anyhow::Result<pgrepl_etcd::EtcdOptions> {
         Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
         _ => pgrepl_core::render::etcd_endpoints(d.cluster()),
     };
+    let mut endpoints: Vec<String> = endpoints;
+    // An agent on its host asks its own host's member first: another host's, whose link
+    // may be gone, would hang its calls and its watch (no reset comes) until they time out.
+    if let Some(a) = AGENT_NODE.get().and_then(|n| host_address(d, n)) {
+        let mine = |e: &String| e.contains(&format!("//{a}:")) || e.contains(&format!("//[{a}]:"));
+        endpoints.sort_by_key(|e| !mine(e));
+    }
     let mut opts = pgrepl_etcd::EtcdOptions::new(endpoints);
     opts.ca_file = e.ca_file.clone();
     opts.cert_file = e.cert_file.clone();
@@ -99,6 +114,12 @@ async fn member_health(d: &Deployment) -> Vec<(String, Result<(), String>)> {
         }
     });
     futures_util::future::join_all(asks).await
+}
+
+/// The address of a node's or a witness's host.
+fn host_address(d: &Deployment, name: &str) -> Option<String> {
+    let c = d.cluster();
+    c.node(name).and_then(|n| n.address.clone()).or_else(|| c.witnesses.iter().find(|w| w.name == name).and_then(|w| w.address.clone()))
 }
 
 /// The cluster's store, its keys, and one read of them.

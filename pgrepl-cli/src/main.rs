@@ -375,7 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let file = common.file.as_ref().context("agent --on-host needs the cluster file `up` wrote on the host (-f)")?;
             let spec = read_spec(file)?;
             let state = common.work_dir.clone().unwrap_or_else(|| PathBuf::from(pgrepl_core::hostsvc::agent_state_dir(&spec.name)));
-            ha::set_agent(true);
+            ha::set_agent_on_host(&node);
             let d = pgrepl_core::onhost::open_on_host(&spec, &node, state)?;
             if d.cluster().witnesses.iter().any(|w| w.name == node) {
                 return ha::witness_agent(d, &node).await;
