@@ -394,3 +394,39 @@ fn ha_location_cut_the_majority_side_carries_on_and_the_cut_side_promotes_nothin
     });
     let _ = run(&f, &wd, &["destroy", "--yes"]);
 }
+
+/// A new agent binary rolled out by `up` while the agents run the cluster: they are paused
+/// around their restart, so the primary's server runs on (same postmaster), the leader
+/// stays, and they are resumed after.
+#[test]
+fn ha_agents_restarted_onto_a_new_binary_keep_the_primary_running() {
+    let _lab = HaLab::up();
+    let wd = WorkDir::new("ha-roll");
+    // A pgrepl at a path every host sees (the hosts share this machine's other paths).
+    let bin = wd.path.join("pgrepl");
+    std::fs::copy(env!("CARGO_BIN_EXE_pgrepl"), &bin).unwrap();
+    let f = deploy(&wd, "roll", "", &format!("agent_binary = \"{}\"\n", bin.display()));
+    let pid = |h: &str| HaLab::inside(h, "head -1 /var/lib/postgresql/15/main/postmaster.pid").1;
+    let before = pid("d");
+    assert!(!before.is_empty());
+
+    // Another build of pgrepl (the same program with bytes appended: another checksum).
+    let next = wd.path.join("pgrepl.next");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes.extend_from_slice(b"\npgrepl-test: another build\n");
+    std::fs::write(&next, bytes).unwrap();
+    std::fs::set_permissions(&next, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&next, &bin).unwrap();
+
+    let (code, out, err) = run(&f, &wd, &["up"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(err.matches("restarted pgrepl-roll-agent").count(), 5, "every agent restarted onto the new binary: {err}");
+    let v = wait_view(&f, &wd, Duration::from_secs(30), "every agent back, resumed", |v| {
+        v["paused"] == false && ["d", "e", "f", "g", "w"].iter().all(|n| member(v, n).is_some())
+    });
+    assert_eq!(v["leader"], "d", "no failover: {v:#}");
+    assert_eq!(pid("d"), before, "the primary's server ran on through the agents' restart");
+    let history = v["history"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(history, 0, "no promotion recorded: {v:#}");
+    let _ = run(&f, &wd, &["destroy", "--yes"]);
+}
