@@ -223,7 +223,9 @@ async fn aws_provision_then_ha_with_etcd_and_agents_on_lab_hosts() {
     for (_, addr, _) in LAB_HOSTS {
         let (_, left) = NetnsLab::ssh(
             addr,
-            "ls -d /etc/pgrepl/awsha /var/lib/pgrepl/awsha 2>/dev/null; pgrep -fa '[p]grepl (agent|supervise)|[e]tcd --config-file' || true",
+            // The machine's processes are all visible from a lab host (only the network and
+            // mounts are per host): this cluster's only.
+            "ls -d /etc/pgrepl/awsha /var/lib/pgrepl/awsha 2>/dev/null; pgrep -fa '[p]grepl/awsha/|[e]tcd --config-file /etc/pgrepl/awsha/' || true",
         );
         assert_eq!(left, "", "{addr}: left {left}");
     }
