@@ -225,7 +225,7 @@ async fn aws_provision_then_ha_with_etcd_and_agents_on_lab_hosts() {
             addr,
             // The machine's processes are all visible from a lab host (only the network and
             // mounts are per host): this cluster's only.
-            "ls -d /etc/pgrepl/awsha /var/lib/pgrepl/awsha 2>/dev/null; pgrep -fa '[p]grepl/awsha/|[e]tcd --config-file /etc/pgrepl/awsha/' || true",
+            "ls -d /etc/pgrepl/awsha /var/lib/pgrepl/awsha 2>/dev/null; pgrep -fa '[p]grepl/awsha/|[e]tcd --config-file /etc/[p]grepl/awsha/' || true",
         );
         assert_eq!(left, "", "{addr}: left {left}");
     }

@@ -164,7 +164,7 @@ fn ha_on_ssh_hosts_deploys_etcd_and_agents_and_fails_over_within_the_location() 
         let (_, left) = HaLab::ssh(
             addr,
             // Every process of the machine is visible from a lab host: this cluster's only.
-            "ls -d /etc/pgrepl/geo /var/lib/pgrepl/geo /var/log/pgrepl/geo 2>/dev/null; pgrep -fa '[p]grepl/geo/|[e]tcd --config-file /etc/pgrepl/geo/' || true",
+            "ls -d /etc/pgrepl/geo /var/lib/pgrepl/geo /var/log/pgrepl/geo 2>/dev/null; pgrep -fa '[p]grepl/geo/|[e]tcd --config-file /etc/[p]grepl/geo/' || true",
         );
         assert_eq!(left, "", "{n}: destroy left {left}");
     }
