@@ -14,21 +14,25 @@ use pgrepl_core::store::{ConsensusStore, Keys, StoreLock, StoreView};
 /// How long the key `up` writes for the first primary lives before its agent adopts it.
 const BOOTSTRAP_LEASE: Duration = Duration::from_secs(30);
 
-/// Set by an agent: `true` on its node's own host (the etcd client certificate is the
-/// one `up` put there, not the admin's).
-static AGENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-/// An agent on its own host: its node, whose etcd member it asks first.
-static AGENT_NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// Set by an agent: `Some(node)` on that node's own host (its etcd client certificate is
+/// the one `up` put there, and it asks its own host's member first), `None` for an agent
+/// run from the admin machine (local clusters).
+static AGENT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
 /// This process is the agent of `node` on that node's own host.
 pub fn set_agent_on_host(node: &str) {
-    let _ = AGENT_NODE.set(node.to_string());
-    set_agent(true);
+    let _ = AGENT.set(Some(node.to_string()));
 }
 
-/// This process is an agent (`on_host`: on its node's own host).
-pub fn set_agent(on_host: bool) {
-    let _ = AGENT.set(on_host);
+/// This process is an agent run from the admin machine (no effect after
+/// [`set_agent_on_host`]).
+pub fn set_agent() {
+    let _ = AGENT.set(None);
+}
+
+/// The node whose host this agent runs on.
+fn on_host_node() -> Option<&'static str> {
+    AGENT.get().and_then(|a| a.as_deref())
 }
 
 /// The store the cluster's `[ha.etcd]` names (an etcd pgrepl deployed: with the
@@ -59,7 +63,7 @@ fn store_options(d: &Deployment) -> anyhow::Result<pgrepl_etcd::EtcdOptions> {
     let mut endpoints: Vec<String> = endpoints;
     // An agent on its host asks its own host's member first: another host's, whose link
     // may be gone, would hang its calls and its watch (no reset comes) until they time out.
-    if let Some(a) = AGENT_NODE.get().and_then(|n| host_address(d, n)) {
+    if let Some(a) = on_host_node().and_then(|n| host_address(d, n)) {
         let mine = |e: &String| e.contains(&format!("//{a}:")) || e.contains(&format!("//[{a}]:"));
         endpoints.sort_by_key(|e| !mine(e));
     }
@@ -72,7 +76,7 @@ fn store_options(d: &Deployment) -> anyhow::Result<pgrepl_etcd::EtcdOptions> {
         opts.request_timeout = opts.request_timeout.max(Duration::from_secs(2));
     }
     if e.deploy {
-        if AGENT.get() == Some(&true) {
+        if on_host_node().is_some() {
             let f = pgrepl_core::render::EtcdFiles::of(&d.cluster().name);
             opts.ca_file = Some(f.ca.into());
             opts.cert_file = Some(f.client_cert.into());
@@ -145,7 +149,7 @@ impl GuardControl for Guard {
 
 /// `pgrepl agent --node NODE`: runs until SIGTERM or SIGINT.
 pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
-    set_agent(false);
+    set_agent();
     let store = open_store(&d)?;
     let data_dir = agent_data_dir(&d, node).await?;
     let exe = std::env::current_exe().context("where this program is")?;
@@ -185,9 +189,7 @@ pub async fn agent(d: Deployment, node: &str) -> anyhow::Result<u8> {
 /// pgrepl, a member placed here), as a store of that one endpoint.
 fn local_member_store(d: &Deployment, node: &str) -> Option<pgrepl_etcd::EtcdStore> {
     let ha = d.cluster().ha.as_ref().filter(|h| h.etcd.deploy && h.etcd_members.iter().any(|m| m == node))?;
-    if AGENT.get() != Some(&true) {
-        return None;
-    }
+    on_host_node()?;
     let address = d.cluster().node(node)?.address.clone()?;
     let host = if address.contains(':') { format!("[{address}]") } else { address };
     let mut o = store_options(d).ok()?;
