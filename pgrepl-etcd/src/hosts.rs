@@ -304,10 +304,17 @@ pub async fn prepare_agents(d: &Deployment, spec: &ClusterSpec, binary_sha256: &
 }
 
 impl AgentRollout {
-    /// Carries the rollout out on every reachable host, in parallel.
+    /// Carries the rollout out on every reachable host, in parallel: pgrepl's binary in
+    /// place on every host first (uploaded, or downloaded and checked), and only when
+    /// every host has it the files and services, so that a host whose binary cannot be
+    /// had (a download refused, a checksum that differs) leaves every agent as it ran.
     pub async fn apply(&self, bin: Binary<'_>) -> Result<Vec<Applied>, HostsError> {
-        let jobs = self.hosts.iter().zip(&self.plans).map(|((name, t), plan)| async move {
-            let (uploaded, _) = ensure_binary(&**t, name, &self.source, bin).await?;
+        let staged = self.hosts.iter().map(|(name, t)| ensure_binary(&**t, name, &self.source, bin));
+        let mut uploads = Vec::new();
+        for r in join_all(staged).await {
+            uploads.push(r?.0);
+        }
+        let jobs = self.hosts.iter().zip(&self.plans).zip(uploads).map(|(((_, t), plan), uploaded)| async move {
             let mut a = apply(&**t, plan).await?;
             if uploaded {
                 a.actions.insert(0, uploaded_note(&self.source, bin));

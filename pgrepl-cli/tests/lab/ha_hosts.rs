@@ -398,9 +398,12 @@ fn ha_location_cut_the_majority_side_carries_on_and_the_cut_side_promotes_nothin
 
 /// A new agent binary rolled out by `up` while the agents run the cluster: they are paused
 /// around their restart, so the primary's server runs on (same postmaster), the leader
-/// stays, and they are resumed after.
+/// stays, and they are resumed after. First a new build at `agent_binary`'s path, then one
+/// from `agent_binary_url` over HTTPS: refused while the hosts do not trust its server,
+/// refused when `agent_binary_sha256` is not its checksum (nothing changed either time),
+/// then downloaded, checked and run on every host.
 #[test]
-fn ha_agents_restarted_onto_a_new_binary_keep_the_primary_running() {
+fn ha_agents_rolled_onto_new_binaries_from_a_path_and_a_url_keep_the_primary_running() {
     let _lab = HaLab::up();
     let wd = WorkDir::new("ha-roll");
     // A pgrepl at a path every host sees (the hosts share this machine's other paths).
@@ -429,5 +432,130 @@ fn ha_agents_restarted_onto_a_new_binary_keep_the_primary_running() {
     assert_eq!(pid("d"), before, "the primary's server ran on through the agents' restart");
     let history = v["history"].as_array().map(Vec::len).unwrap_or(0);
     assert_eq!(history, 0, "no promotion recorded: {v:#}");
+
+    // Then from a URL (`agent_binary_url` + `agent_binary_sha256`): an HTTPS server inside
+    // the witness's namespace serves a third build.
+    let third = wd.path.join("www/pgrepl");
+    std::fs::create_dir_all(third.parent().unwrap()).unwrap();
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes.extend_from_slice(b"\npgrepl-test: a build served over https\n");
+    std::fs::write(&third, bytes).unwrap();
+    let sha = sha256_of(&third);
+    let server = HttpsServer::start(&wd, "10.213.8.25", 8443);
+    let url = format!("https://10.213.8.25:8443/pgrepl");
+    let stamp = |h: &str| HaLab::inside(h, "cat /var/lib/pgrepl/roll/run/agent.binary").1;
+    let stamp_before = stamp("e");
+    let up_with = |sum: &str| {
+        std::fs::write(&f, HaLab::spec("roll", "", &format!("agent_binary_url = \"{url}\"\nagent_binary_sha256 = \"{sum}\"\n"))).unwrap();
+        run(&f, &wd, &["up"])
+    };
+    let unchanged = |why: &str| {
+        let v = wait_view(&f, &wd, Duration::from_secs(30), "the agents resumed", |v| v["paused"] == false);
+        assert_eq!(v["leader"], "d", "{why}: {v:#}");
+        assert_eq!(stamp("e"), stamp_before, "{why}: the agents run the binary they ran");
+        assert_eq!(pid("d"), before, "{why}: the primary's server ran on");
+    };
+    // A server the hosts do not trust: curl refuses it, nothing changes.
+    let (code, _, err) = up_with(&sha);
+    assert_ne!(code, 0, "a download from an untrusted server must fail");
+    assert!(err.contains(&format!("download {url}")), "the error names the download: {err}");
+    unchanged("untrusted server");
+    // The hosts trust the test CA (their own trust store, bind-mounted in their mount
+    // namespaces), but the checksum given is not the file's: refused by field, removed.
+    server.trust_on(&["d", "e", "f", "g", "w"]);
+    let (code, _, err) = up_with(&"0".repeat(64));
+    assert_ne!(code, 0);
+    assert!(err.contains("agent_binary_sha256") && err.contains(&sha), "the error names the field and the file's checksum: {err}");
+    let (_, left) = HaLab::inside("e", "ls /usr/local/lib/pgrepl/");
+    assert!(!left.contains("pgrepl.new"), "the refused download was removed: {left}");
+    unchanged("checksum refused");
+    // The right checksum: every host downloads and checks it, every agent restarts onto it.
+    let (code, out, err) = up_with(&sha);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(err.matches("restarted pgrepl-roll-agent").count(), 5, "every agent restarted onto the downloaded binary: {err}");
+    for (h, ..) in HA_HOSTS {
+        let (_, got) = HaLab::inside(h, "sha256sum /usr/local/lib/pgrepl/pgrepl");
+        assert!(got.starts_with(&sha), "{h}: the downloaded binary is in place: {got}");
+        assert!(stamp(h).contains(&sha), "{h}: its agent runs it: {}", stamp(h));
+    }
+    let v = wait_view(&f, &wd, Duration::from_secs(30), "every agent back, resumed", |v| {
+        v["paused"] == false && ["d", "e", "f", "g", "w"].iter().all(|n| member(v, n).is_some())
+    });
+    assert_eq!(v["leader"], "d", "no failover: {v:#}");
+    assert_eq!(pid("d"), before, "the primary's server ran on through the agents' restart");
+    drop(server);
     let _ = run(&f, &wd, &["destroy", "--yes"]);
+}
+
+/// An HTTPS file server (Python's) inside a lab host's namespace, its certificate from a
+/// CA made for the test; stopped by its PID on drop.
+struct HttpsServer {
+    child: std::process::Child,
+    bundle: std::path::PathBuf,
+}
+
+impl HttpsServer {
+    /// Serves `wd/www` on `addr:port` from inside the host that owns `addr` (the witness).
+    fn start(wd: &WorkDir, addr: &str, port: u16) -> HttpsServer {
+        let dir = wd.path.join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("san.ext"), format!("subjectAltName=IP:{addr}\n")).unwrap();
+        let script = "set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=pgrepl-test-ca
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout srv.key -out srv.csr -subj /CN=pgrepl-test-server
+openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt -days 1 -extfile san.ext
+cat /etc/ssl/certs/ca-certificates.crt ca.crt > bundle.crt";
+        let o = std::process::Command::new("sh").args(["-c", script]).current_dir(&dir).output().unwrap();
+        assert!(o.status.success(), "openssl: {}", String::from_utf8_lossy(&o.stderr));
+        let py = format!(
+            "import http.server, ssl, functools\n\
+             h = functools.partial(http.server.SimpleHTTPRequestHandler, directory='{www}')\n\
+             s = http.server.ThreadingHTTPServer(('{addr}', {port}), h)\n\
+             c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+             c.load_cert_chain('{d}/srv.crt', '{d}/srv.key')\n\
+             s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+             s.serve_forever()\n",
+            www = wd.path.join("www").display(),
+            d = dir.display()
+        );
+        let log = std::fs::File::create(dir.join("server.log")).unwrap();
+        let ns = HA_HOSTS.iter().find(|h| h.1 == addr).map(|h| format!("pgl-{}", h.0)).expect("a lab host's address");
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "/usr/bin/python3", "-c", &py])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        loop {
+            let (code, _) = HaLab::inside("w", &format!("curl -s -k -o /dev/null https://{addr}:{port}/"));
+            if code == 0 {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the HTTPS server did not answer: {}",
+                std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        HttpsServer { child, bundle: dir.join("bundle.crt") }
+    }
+
+    /// The hosts trust the test CA: the system's bundle plus it, mounted over theirs in
+    /// their own mount namespaces (gone with the lab).
+    fn trust_on(&self, hosts: &[&str]) {
+        for h in hosts {
+            let (code, out) = HaLab::inside(h, &format!("mount --bind {} /etc/ssl/certs/ca-certificates.crt", self.bundle.display()));
+            assert_eq!(code, 0, "{h}: {out}");
+        }
+    }
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
