@@ -442,7 +442,7 @@ fn ha_agents_rolled_onto_new_binaries_from_a_path_and_a_url_keep_the_primary_run
     std::fs::write(&third, bytes).unwrap();
     let sha = sha256_of(&third);
     let server = HttpsServer::start(&wd, "10.213.8.25", 8443);
-    let url = format!("https://10.213.8.25:8443/pgrepl");
+    let url = "https://10.213.8.25:8443/pgrepl";
     let stamp = |h: &str| HaLab::inside(h, "cat /var/lib/pgrepl/roll/run/agent.binary").1;
     let stamp_before = stamp("e");
     let up_with = |sum: &str| {
