@@ -142,7 +142,32 @@ impl Run<'_> {
         Ok(())
     }
 
-    pub(crate) async fn clone_standby(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
+    /// `up`'s step `PrepareClone`, run while the upstream is still being set up: when the
+    /// standby has no data directory yet (read again now) and no server runs, everything
+    /// its clone needs but the upstream ([`Self::clone_ready`]). Otherwise nothing: the
+    /// clone step decides.
+    pub(crate) async fn standby_prepare_clone(&self, n: &Node) -> Result<Vec<Action>, Error> {
+        let mut actions = Vec::new();
+        let h = self.handle(&n.name)?;
+        self.prepare_dirs(h).await?;
+        let t = &*h.transport;
+        let unfinished = t.exists(&h.layout.clone_marker(), None).await.map_err(|e| tr(&n.name, "look for an unfinished clone", e))?;
+        if !unfinished && self.data_dir(h).await? != DataDir::Missing {
+            return Ok(actions);
+        }
+        if is_running(h).await.map_err(|e| tr(&n.name, "check whether the server runs", e))? {
+            return Ok(actions);
+        }
+        let r = render_node(self.cluster, &n.name, &h.layout, Some(self.secrets))?;
+        self.clone_ready(n, h, &r, &mut actions).await?;
+        Ok(actions)
+    }
+
+    /// Everything a clone needs on the standby's host: the passfile, the clone marker,
+    /// the layout's configuration (Debian: `pg_createcluster`, whose data directory the
+    /// clone replaces), the OS's start at boot off, no data directory. Idempotent: the
+    /// clone runs it again (cheaply) after `PrepareClone` did.
+    async fn clone_ready(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
         let t = &*h.transport;
         let l = &h.layout;
         let marker = l.clone_marker();
@@ -180,6 +205,14 @@ impl Run<'_> {
         // Whatever the clone leaves in the data directory is pgrepl's (recorded first, so a
         // clone that fails midway is still known as pgrepl's).
         self.record_created(h, |c| c.data_dir = Some(l.data_dir.clone())).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn clone_standby(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
+        let t = &*h.transport;
+        let marker = h.layout.clone_marker();
+        let upstream = n.upstream.as_deref().expect("a validated standby has an upstream");
+        self.clone_ready(n, h, r, actions).await?;
         let clone = r.commands.clone.as_ref().expect("standbys have a clone command");
         // What pg_basebackup will copy of the source (WAL apart), to report the clone's
         // progress against (best effort).

@@ -326,6 +326,7 @@ impl Exec<'_> {
             Do::Initdb => self.up_step(node, |run, n| Box::pin(run.primary_initdb(n))).await,
             Do::WriteSettings if node == self.after.primary().name => self.up_step(node, |run, n| Box::pin(run.primary_settings(n))).await,
             Do::WriteSettings | Do::Clone { .. } => self.up_step(node, |run, n| Box::pin(run.standby_clone_or_settings(n))).await,
+            Do::PrepareClone => self.up_step(node, |run, n| Box::pin(run.standby_prepare_clone(n))).await,
             Do::EnsureReplicationRole => self.up_step(node, |run, n| Box::pin(run.replication_role(n))).await,
             Do::WaitStreaming { .. } => {
                 let n = Self::node_of(&self.after, node)?;

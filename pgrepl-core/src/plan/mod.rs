@@ -159,6 +159,10 @@ pub enum Action {
     CheckpointAfterPromotion,
     /// initdb (data checksums on).
     Initdb,
+    /// Ready a standby for its clone while its upstream is still being set up: pgrepl's
+    /// directories, the passfile, the clone marker (the clone counts as started), the
+    /// layout's configuration (Debian: `pg_createcluster`), the OS's start at boot off.
+    PrepareClone,
     /// A base backup from its upstream (pg_basebackup), marked unfinished until done.
     Clone {
         /// The upstream.
@@ -404,6 +408,9 @@ impl fmt::Display for Action {
             Action::DropStaleSlots => f.write_str("drop slots no standby uses any more"),
             Action::CheckpointAfterPromotion => f.write_str("CHECKPOINT once writes flow"),
             Action::Initdb => f.write_str("initdb (data checksums on)"),
+            Action::PrepareClone => {
+                f.write_str("ready it for its clone: directories, passfile, configuration (pg_createcluster on Debian)")
+            }
             Action::Clone { from } => write!(f, "clone from {from} (pg_basebackup)"),
             Action::WriteSettings => {
                 f.write_str("write settings and pg_hba.conf where they differ; reload (restart when a setting needs it)")

@@ -486,10 +486,15 @@ fn up_plans_a_fresh_cluster_and_nothing_for_a_healthy_one() {
     let first_clone = p.steps.iter().position(|s| matches!(s.action, Action::Clone { .. })).unwrap();
     let primary_start = p.steps.iter().position(|s| s.node == "db1" && s.action == Action::Start).unwrap();
     assert!(primary_start < first_clone, "the primary runs before a standby clones from it");
-    // Groups: the primary's steps, then both standbys together, then the waits together.
+    // Groups: the primary's steps with the standbys getting ready for their clone, then
+    // both standbys together, then the waits together.
     let groups = p.groups();
     assert_eq!(groups.len(), 3, "{p}");
-    assert!(p.steps[groups[0].clone()].iter().all(|s| s.node == "db1"), "{p}");
+    assert!(p.steps[groups[0].clone()].iter().all(|s| s.node == "db1" || s.action == Action::PrepareClone), "{p}");
+    for n in ["db2", "db3"] {
+        let prep = p.steps[groups[0].clone()].iter().find(|s| s.node == n && s.action == Action::PrepareClone);
+        assert!(prep.is_some_and(|s| s.guards == [Guard::NotRunning { node: n.into() }]), "{n} gets ready, guarded: {p}");
+    }
     let level: Vec<&str> = p.steps[groups[1].clone()].iter().map(|s| s.node.as_str()).collect();
     assert!(level.contains(&"db2") && level.contains(&"db3") && !level.contains(&"db1"), "{p}");
     assert!(p.steps[groups[2].clone()].iter().all(|s| matches!(s.action, Action::WaitStreaming { .. })), "{p}");
@@ -505,9 +510,12 @@ fn up_plans_a_fresh_cluster_and_nothing_for_a_healthy_one() {
     o.nodes[1].unfinished_clone = false;
     assert!(matches!(super::up(&c, &o), Err(Refusal::ForeignFiles { .. })), "without the marker foreign files are refused");
 
+    assert!(!p.has("db2", |a| *a == Action::PrepareClone), "an interrupted clone is not readied beside the primary: {p}");
+
     let healthy = streaming_cluster();
     let p = super::up(&c, &healthy).unwrap();
     assert!(p.noop, "{p}");
+    assert!(!p.steps.iter().any(|s| s.action == Action::PrepareClone), "{p}");
     assert!(!p.steps.iter().any(|s| matches!(s.action, Action::Clone { .. } | Action::Start | Action::Initdb)), "{p}");
 }
 

@@ -20,6 +20,18 @@ pub fn up(cluster: &Cluster, obs: &ObservedCluster) -> Result<Plan, Refusal> {
     let mut levels: Vec<Vec<&crate::cluster::Node>> = vec![vec![cluster.primary()]];
     levels.extend(cluster.standbys_in_order());
     let mut waits = Vec::new();
+    // Standbys to be cloned into an empty data directory get ready for it (directories,
+    // passfile, the layout's configuration: seconds with Debian's pg_createcluster) while
+    // the primary is set up, in the first group.
+    let mut prepares: Vec<Step> = levels[1..]
+        .iter()
+        .flatten()
+        .filter(|n| {
+            let o = obs.get(&n.name);
+            o.host_reachable && !o.fenced && !o.answered() && !o.unfinished_clone && o.data_dir == Some(DataDirState::Missing)
+        })
+        .map(|n| Step::new(&n.name, Action::PrepareClone).guarded([Guard::NotRunning { node: n.name.clone() }]))
+        .collect();
     for level in levels {
         let mut group = Vec::new();
         for n in level {
@@ -115,6 +127,7 @@ pub fn up(cluster: &Cluster, obs: &ObservedCluster) -> Result<Plan, Refusal> {
                 group.push(Step::new(name, Action::CreateSlots { slots }));
             }
         }
+        group.append(&mut prepares);
         plan.steps.extend(together(group));
     }
     plan.steps.extend(together(waits));
