@@ -17,6 +17,13 @@
 //! 3. **pgrepl local**: `up` of the same three nodes on this machine with the local
 //!    provider and the same PostgreSQL 15 binaries, for the ratio to local.
 //!
+//! After each pgrepl `up` (over SSH and local alike), a **manual failover** under a write
+//! load: a writer on the cluster's read-write string (the shared `pgrepl_benches::writer`,
+//! one row per transaction), the primary's whole server killed (`kill -9` of the
+//! postmaster and its children: nothing can acknowledge after), then
+//! `Deployment::failover` at once (again every 20 ms while refused, bounded); timed from
+//! the call to the first write acknowledged after the kill.
+//!
 //! Then the latency of a trivial command (`true`) once connected: through pgrepl's
 //! `SshTransport` and through the OpenSSH multiplexed connection (`ssh -S`), 50 each.
 //!
@@ -33,8 +40,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use pgrepl_benches::{Scratch, free_ports, max, median, min};
+use pgrepl_benches::writer::{APP_USER, Writer, setup_sql};
+use pgrepl_benches::{PgTools, Scratch, free_ports, max, median, min};
 use pgrepl_core::deploy::{Deployment, NoProgress};
+use pgrepl_core::ha::FailoverOptions;
 use pgrepl_core::local::LocalBackend;
 use pgrepl_core::open::OpenOptions;
 use pgrepl_core::spec::{LocalProviderSpec, ProviderSpec};
@@ -100,18 +109,21 @@ fn bench(runs: usize) -> Result<(), String> {
     println!("load:     {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim());
     println!("runs:     {runs} of each case, in rotating order");
     println!();
+    let tools = PgTools::discover(Path::new(PG_BIN), None)?;
     let (mut ssh_up, mut floor, mut local_up) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ssh_fo, mut local_fo) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let (mut s, mut f, mut l) = (0.0, 0.0, 0.0);
+        let (mut sf, mut lf) = (0.0, 0.0);
         for case in 0..3 {
             match (case + i) % 3 {
-                0 => s = rt.block_on(pgrepl_ssh_once(&masters))?,
+                0 => (s, sf) = rt.block_on(pgrepl_ssh_once(&masters))?,
                 1 => f = floor_once(&masters)?,
-                _ => l = rt.block_on(pgrepl_local_once(&scratch, i, local_port))?,
+                _ => (l, lf) = rt.block_on(pgrepl_local_once(&scratch, &tools, i, local_port))?,
             }
         }
         println!(
-            "run {}: pgrepl over SSH {s:6.3} s   floor {f:6.3} s   ratio {:.2}   pgrepl local {l:6.3} s   ratio {:.2}",
+            "run {}: pgrepl over SSH {s:6.3} s   floor {f:6.3} s   ratio {:.2}   pgrepl local {l:6.3} s   ratio {:.2}   failover over SSH {sf:.3} s, local {lf:.3} s",
             i + 1,
             s / f,
             s / l
@@ -119,6 +131,8 @@ fn bench(runs: usize) -> Result<(), String> {
         ssh_up.push(s);
         floor.push(f);
         local_up.push(l);
+        ssh_fo.push(sf);
+        local_fo.push(lf);
     }
     let pairs = |a: &[f64], b: &[f64]| median(&a.iter().zip(b).map(|(x, y)| x / y).collect::<Vec<f64>>());
     println!();
@@ -137,6 +151,17 @@ fn bench(runs: usize) -> Result<(), String> {
         min(&local_up),
         max(&local_up),
         pairs(&ssh_up, &local_up)
+    );
+    println!();
+    println!("manual failover, command -> first acknowledged write (whole primary server killed, write load)");
+    println!("case                              median      min      max   ratio of pairs");
+    println!("failover over SSH              {:8.3} s {:8.3} {:8.3}", median(&ssh_fo), min(&ssh_fo), max(&ssh_fo));
+    println!(
+        "failover local (same PG 15)    {:8.3} s {:8.3} {:8.3}   {:5.2}   <- target <= 2.00",
+        median(&local_fo),
+        min(&local_fo),
+        max(&local_fo),
+        pairs(&ssh_fo, &local_fo)
     );
 
     let (ours, openssh) = rt.block_on(trivial_latency(&masters))?;
@@ -252,20 +277,106 @@ fn ssh_spec() -> ClusterSpec {
     ClusterSpec::from_toml(&text).expect("the bench's spec parses")
 }
 
-async fn pgrepl_ssh_once(masters: &Masters) -> Result<f64, String> {
+/// `up` over SSH, then a manual failover: the seconds of each.
+async fn pgrepl_ssh_once(masters: &Masters) -> Result<(f64, f64), String> {
     let spec = ssh_spec();
     let opts = OpenOptions { work_dir: Some(masters.dir.join("pgrepl-work")), ..OpenOptions::default() };
     let t0 = Instant::now();
     let d = Deployment::open(&spec, &opts, &[&SshBackend]).await.map_err(|e| format!("pgrepl over SSH: open: {e}"))?;
     let up = d.up(&NoProgress).await;
     let took = t0.elapsed().as_secs_f64();
+    let failover = match up {
+        Ok(_) => ssh_failover(masters, &d).await,
+        Err(_) => Ok(0.0),
+    };
     let destroyed = d.destroy(&NoProgress).await;
     up.map_err(|e| format!("pgrepl over SSH: up: {e}"))?;
+    let failover = failover.map_err(|e| format!("pgrepl over SSH: failover: {e}"))?;
     destroyed.map_err(|e| format!("pgrepl over SSH: destroy: {e}"))?;
-    Ok(took)
+    Ok((took, failover))
 }
 
-async fn pgrepl_local_once(scratch: &Scratch, i: usize, port: u16) -> Result<f64, String> {
+/// The application's password of this run (in no process's arguments: psql reads the
+/// SQL on stdin, the writer gets it in its configuration).
+fn app_password() -> String {
+    format!("bench-app-{}", std::process::id())
+}
+
+/// The writer's configuration: the cluster's read-write string, the application's role.
+async fn writer_config(d: &Deployment) -> Result<tokio_postgres::Config, String> {
+    let url = d.status().await.connections.read_write;
+    let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    cfg.user(APP_USER).password(app_password()).application_name("pgrepl-bench-writer").connect_timeout(Duration::from_secs(2));
+    Ok(cfg)
+}
+
+async fn ssh_failover(m: &Masters, d: &Deployment) -> Result<f64, String> {
+    let p = HOSTS[0].1;
+    m.ok(p, "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -d postgres", Some(&setup_sql(&app_password())))?;
+    // This machine's address on the lab's bridge may connect as the application.
+    for (_, a) in HOSTS {
+        m.ok(
+            a,
+            &format!(
+                "echo 'host all {APP_USER} 10.213.7.1/32 scram-sha-256' >> /etc/postgresql/15/main/pg_hba.conf && runuser -u postgres -- psql -X -q -c 'SELECT pg_reload_conf()' >/dev/null"
+            ),
+            None,
+        )?;
+    }
+    let cfg = writer_config(d).await?;
+    failover_once(d, cfg, || {
+        m.ok(p, "pid=$(head -1 /var/lib/postgresql/15/main/postmaster.pid) && kill -KILL $pid $(pgrep -P $pid)", None).map(|_| ())
+    })
+    .await
+}
+
+/// Manual failover, command → first acknowledged write, under a write load; `kill` kills
+/// the primary's whole server (postmaster and children: nothing acknowledges after it).
+async fn failover_once(d: &Deployment, cfg: tokio_postgres::Config, kill: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
+    const RETRY: Duration = Duration::from_millis(20);
+    const MAX_TRIES: usize = 1500; // 30 s of refusals
+    let w = Writer::start(cfg, false);
+    if w.ack_after(Instant::now(), Duration::from_secs(30)).await.is_none() {
+        let stats = w.stats();
+        w.stop().await;
+        return Err(format!("the writer got no commit before the kill: {stats}"));
+    }
+    if let Err(e) = kill() {
+        w.stop().await;
+        return Err(format!("kill the primary: {e}"));
+    }
+    let t_kill = Instant::now();
+    let t_call = Instant::now();
+    let mut outcome = Err("refused".to_string());
+    for _ in 0..MAX_TRIES {
+        match d.failover(FailoverOptions { to: None, force: false }, &NoProgress).await {
+            Ok(_) => {
+                outcome = Ok(());
+                break;
+            }
+            Err(e) if e.is_refusal() => {
+                outcome = Err(e.to_string());
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(e) => {
+                outcome = Err(e.to_string());
+                break;
+            }
+        }
+    }
+    let ack = match outcome {
+        Ok(()) => w.ack_after(t_kill, Duration::from_secs(30)).await,
+        Err(_) => None,
+    };
+    let stats = w.stats();
+    w.stop().await;
+    outcome?;
+    let ack = ack.ok_or_else(|| format!("no write acknowledged within 30 s of the failover: {stats}"))?;
+    Ok(ack.at.duration_since(t_call).as_secs_f64())
+}
+
+/// `up` on the local provider, then a manual failover: the seconds of each.
+async fn pgrepl_local_once(scratch: &Scratch, tools: &PgTools, i: usize, port: u16) -> Result<(f64, f64), String> {
     let work = scratch.path.join(format!("local-{i}"));
     let spec = ClusterSpec::builder("benchlocal")
         .postgres(pgrepl_core::version::PgMajor::V15)
@@ -279,12 +390,41 @@ async fn pgrepl_local_once(scratch: &Scratch, i: usize, port: u16) -> Result<f64
     let d = Deployment::open(&spec, &OpenOptions::default(), &[&LocalBackend]).await.map_err(|e| format!("pgrepl local: open: {e}"))?;
     let up = d.up(&NoProgress).await;
     let took = t0.elapsed().as_secs_f64();
+    let failover = match up {
+        Ok(_) => local_failover(tools, &d, &work, port).await,
+        Err(_) => Ok(0.0),
+    };
     if d.destroy(&NoProgress).await.is_err() {
         scratch.stop_servers_under(&work);
     }
     let _ = std::fs::remove_dir_all(&work);
     up.map_err(|e| format!("pgrepl local: up: {e}"))?;
-    Ok(took)
+    let failover = failover.map_err(|e| format!("pgrepl local: failover: {e}"))?;
+    Ok((took, failover))
+}
+
+async fn local_failover(tools: &PgTools, d: &Deployment, work: &Path, port: u16) -> Result<f64, String> {
+    tools
+        .psql(&work.join("db1").join("run"), port, &setup_sql(&app_password()))
+        .await
+        .map_err(|e| format!("the application's role: {e}"))?;
+    let cfg = writer_config(d).await?;
+    let data = work.join("db1").join("data");
+    failover_once(d, cfg, || {
+        // The postmaster: the first line of its own postmaster.pid, checked against its
+        // command line before anything is killed; then it and its children.
+        let text = std::fs::read_to_string(data.join("postmaster.pid")).map_err(|e| format!("db1: postmaster.pid: {e}"))?;
+        let pid: u32 = text.lines().next().and_then(|l| l.trim().parse().ok()).ok_or("db1: no PID in postmaster.pid")?;
+        let cmdline =
+            std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+        if !cmdline.contains(&data.display().to_string()) {
+            return Err(format!("PID {pid} is not db1's postmaster ({cmdline:?}); nothing killed"));
+        }
+        let script = format!("kill -KILL {pid} $(pgrep -P {pid})");
+        let o = Proc::new("sh").args(["-c", &script]).output().map_err(|e| format!("kill: {e}"))?;
+        if o.status.success() { Ok(()) } else { Err(format!("{script}: {}", String::from_utf8_lossy(&o.stderr))) }
+    })
+    .await
 }
 
 fn floor_once(masters: &Masters) -> Result<f64, String> {
