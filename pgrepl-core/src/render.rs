@@ -688,6 +688,10 @@ fn createcluster_command(cluster: &Cluster, node: &Node, layout: &NodeLayout, dc
     if let Some(flag) = caps.initdb_checksums {
         args.push(flag.to_string());
     }
+    if node.role == Role::Standby {
+        // Its data directory is removed for the clone: not worth initdb's fsync (-N: 9.3+).
+        args.push("-N".into());
+    }
     let _ = layout;
     CommandLine { program: "/usr/bin/pg_createcluster".into(), args, env: Vec::new(), user: "root".into() }
 }
