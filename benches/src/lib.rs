@@ -349,7 +349,7 @@ pub mod writer {
     pub const APP_USER: &str = "bench_app";
     /// The table and the insert: the id and the port of the server that took it.
     pub const TABLE_SQL: &str = "CREATE TABLE bench_writes (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());";
-    pub const INSERT_SQL: &str = "INSERT INTO bench_writes DEFAULT VALUES RETURNING id, inet_server_port()";
+    pub const INSERT_SQL: &str = "INSERT INTO bench_writes DEFAULT VALUES RETURNING id, inet_server_port(), host(inet_server_addr())";
     /// Pause between commits, limits of one connect and one INSERT, total lifetime.
     pub const WRITE_PAUSE: Duration = Duration::from_millis(1);
     pub const CONNECT_LIMIT: Duration = Duration::from_secs(10);
@@ -369,6 +369,8 @@ pub mod writer {
         pub at: Instant,
         pub id: i64,
         pub port: i32,
+        /// The server's address (`None` over a Unix socket).
+        pub addr: Option<std::net::IpAddr>,
     }
 
     /// Consecutive identical errors, collapsed.
@@ -529,8 +531,9 @@ pub mod writer {
             match tokio::time::timeout(insert_limit, client.query_one(&stmt, &[])).await {
                 Ok(Ok(row)) => {
                     let at = Instant::now();
-                    let (id, port): (i64, Option<i32>) = (row.get(0), row.get(1));
-                    log.lock().expect("not poisoned").acks.push(Ack { at, id, port: port.unwrap_or(0) });
+                    let (id, port, addr): (i64, Option<i32>, Option<String>) = (row.get(0), row.get(1), row.get(2));
+                    let addr = addr.and_then(|a| a.parse().ok());
+                    log.lock().expect("not poisoned").acks.push(Ack { at, id, port: port.unwrap_or(0), addr });
                     conn = Some((client, stmt));
                     tokio::time::sleep(WRITE_PAUSE).await;
                 }

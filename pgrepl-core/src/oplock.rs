@@ -8,8 +8,8 @@
 //!    the process dies, however it dies. The file holds the holder's record (JSON).
 //! 2. **On the hosts**, when the cluster's hosts are not this machine (SSH, EC2, any
 //!    provider but the local one, see [`Deployment::hosts_on_this_machine`]): a lease
-//!    taken on a strict majority of the cluster's hosts, in the order of the node names,
-//!    through each node's [`Transport`] as the admin user. On each host the lock is the
+//!    taken on a strict majority of the cluster's hosts, asked all at once (each take is
+//!    a try, never a wait), through each node's [`Transport`] as the admin user. On each host the lock is the
 //!    directory `/var/lib/pgrepl/.oplock/<cluster>/<node>/oplock` (root's; named after the
 //!    node too, so hosts that share that path still lock apart; it outlives `destroy`)
 //!    holding `holder` (the record), `token` and `lease`. Every step on a host (take,
@@ -531,21 +531,22 @@ impl HostLock {
             let mut taken: Vec<Slot> = Vec::new();
             let mut seen: Option<Seen> = None;
             let mut problems: Vec<String> = Vec::new();
-            for (i, h) in hosts.iter().enumerate() {
+            // Every host at once (each take is a try, never a wait: the order cannot
+            // deadlock two takers; a split is given back and tried again after a jittered
+            // backoff).
+            let asks = hosts.iter().map(|h| async move {
                 let t = match &h.transport {
                     Ok(t) => t.clone(),
-                    Err(why) if why.starts_with(&format!("{}: ", h.node)) => {
-                        problems.push(why.clone());
-                        continue;
-                    }
-                    Err(why) => {
-                        problems.push(format!("{}: {why}", h.node));
-                        continue;
-                    }
+                    Err(why) if why.starts_with(&format!("{}: ", h.node)) => return (h, Err(why.clone())),
+                    Err(why) => return (h, Err(format!("{}: {why}", h.node))),
                 };
                 let sent = Instant::now();
-                match acquire_on_host(&*t, &h.root, holder, lease).await {
-                    Ok(HostAnswer::Taken { broke }) => {
+                let r = acquire_on_host(&*t, &h.root, holder, lease).await.map_err(|e| format!("{}: {e}", h.node));
+                (h, r.map(|a| (a, sent, t)))
+            });
+            for (h, r) in join_all(asks).await {
+                match r {
+                    Ok((HostAnswer::Taken { broke }, sent, t)) => {
                         if broke {
                             tracing::warn!(node = %h.node, "broke an expired operation lock (its holder stopped renewing it)");
                         }
@@ -556,7 +557,7 @@ impl HostLock {
                             valid_until: Some(sent + Duration::from_secs(lease)),
                         });
                     }
-                    Ok(HostAnswer::Held { age, lease: their, holder: other }) => {
+                    Ok((HostAnswer::Held { age, lease: their, holder: other }, ..)) => {
                         let left = their.saturating_sub(age);
                         let s = seen.get_or_insert_with(|| Seen { holder: other.clone(), nodes: Vec::new(), left });
                         if s.holder.is_none() {
@@ -565,11 +566,7 @@ impl HostLock {
                         s.left = s.left.max(left);
                         s.nodes.push(h.node.clone());
                     }
-                    Err(e) => problems.push(format!("{}: {e}", h.node)),
-                }
-                // No majority is possible any more: stop asking.
-                if taken.len() + (total - i - 1) < need {
-                    break;
+                    Err(e) => problems.push(e),
                 }
             }
             if taken.len() >= need {
@@ -959,7 +956,6 @@ mod tests {
             assert_eq!(rec.lease_secs, Some(60));
         }
         let e = locked_text(b.lock_operation("switchover", Duration::from_millis(400)).await);
-        // Asked in node order, it stops once no majority is left to take.
         assert!(e.contains("held by failover") && e.contains("on db1, db2,") && e.contains("until"), "{e}");
 
         let waiter = tokio::spawn(async move { b.lock_operation("switchover", Duration::from_secs(20)).await });

@@ -324,15 +324,24 @@ async fn ssh_failover(m: &Masters, d: &Deployment) -> Result<f64, String> {
         )?;
     }
     let cfg = writer_config(d).await?;
-    failover_once(d, cfg, || {
-        m.ok(p, "pid=$(head -1 /var/lib/postgresql/15/main/postmaster.pid) && kill -KILL $pid $(pgrep -P $pid)", None).map(|_| ())
-    })
+    failover_once(
+        d,
+        cfg,
+        || m.ok(p, "pid=$(head -1 /var/lib/postgresql/15/main/postmaster.pid) && kill -KILL $pid $(pgrep -P $pid)", None).map(|_| ()),
+        |a| a.addr.is_some_and(|x| x.to_string() != p),
+    )
     .await
 }
 
 /// Manual failover, command → first acknowledged write, under a write load; `kill` kills
-/// the primary's whole server (postmaster and children: nothing acknowledges after it).
-async fn failover_once(d: &Deployment, cfg: tokio_postgres::Config, kill: impl FnOnce() -> Result<(), String>) -> Result<f64, String> {
+/// the primary's whole server (postmaster and children); `new` tells a commit of another
+/// server (one the old primary sent just before it died can arrive after the kill).
+async fn failover_once(
+    d: &Deployment,
+    cfg: tokio_postgres::Config,
+    kill: impl FnOnce() -> Result<(), String>,
+    new: impl Fn(&pgrepl_benches::writer::Ack) -> bool,
+) -> Result<f64, String> {
     const RETRY: Duration = Duration::from_millis(20);
     const MAX_TRIES: usize = 1500; // 30 s of refusals
     let w = Writer::start(cfg, false);
@@ -350,7 +359,18 @@ async fn failover_once(d: &Deployment, cfg: tokio_postgres::Config, kill: impl F
     let mut outcome = Err("refused".to_string());
     for _ in 0..MAX_TRIES {
         match d.failover(FailoverOptions { to: None, force: false }, &NoProgress).await {
-            Ok(_) => {
+            Ok(rep) => {
+                let t = &rep.timings;
+                println!(
+                    "    {} failover: call {:.3} s (its total {:.3}), observe {:.3}, fence {:.3}, promote {:.3}, writable at {:.3}",
+                    rep.cluster,
+                    t_call.elapsed().as_secs_f64(),
+                    t.total_seconds,
+                    t.observe_seconds,
+                    t.fence_seconds,
+                    t.promote_seconds,
+                    t.write_available_seconds
+                );
                 outcome = Ok(());
                 break;
             }
@@ -365,7 +385,7 @@ async fn failover_once(d: &Deployment, cfg: tokio_postgres::Config, kill: impl F
         }
     }
     let ack = match outcome {
-        Ok(()) => w.ack_after(t_kill, Duration::from_secs(30)).await,
+        Ok(()) => w.ack_after_where(t_kill, Duration::from_secs(30), new).await,
         Err(_) => None,
     };
     let stats = w.stats();
@@ -410,20 +430,25 @@ async fn local_failover(tools: &PgTools, d: &Deployment, work: &Path, port: u16)
         .map_err(|e| format!("the application's role: {e}"))?;
     let cfg = writer_config(d).await?;
     let data = work.join("db1").join("data");
-    failover_once(d, cfg, || {
-        // The postmaster: the first line of its own postmaster.pid, checked against its
-        // command line before anything is killed; then it and its children.
-        let text = std::fs::read_to_string(data.join("postmaster.pid")).map_err(|e| format!("db1: postmaster.pid: {e}"))?;
-        let pid: u32 = text.lines().next().and_then(|l| l.trim().parse().ok()).ok_or("db1: no PID in postmaster.pid")?;
-        let cmdline =
-            std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
-        if !cmdline.contains(&data.display().to_string()) {
-            return Err(format!("PID {pid} is not db1's postmaster ({cmdline:?}); nothing killed"));
-        }
-        let script = format!("kill -KILL {pid} $(pgrep -P {pid})");
-        let o = Proc::new("sh").args(["-c", &script]).output().map_err(|e| format!("kill: {e}"))?;
-        if o.status.success() { Ok(()) } else { Err(format!("{script}: {}", String::from_utf8_lossy(&o.stderr))) }
-    })
+    failover_once(
+        d,
+        cfg,
+        || {
+            // The postmaster: the first line of its own postmaster.pid, checked against its
+            // command line before anything is killed; then it and its children.
+            let text = std::fs::read_to_string(data.join("postmaster.pid")).map_err(|e| format!("db1: postmaster.pid: {e}"))?;
+            let pid: u32 = text.lines().next().and_then(|l| l.trim().parse().ok()).ok_or("db1: no PID in postmaster.pid")?;
+            let cmdline =
+                std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ")).unwrap_or_default();
+            if !cmdline.contains(&data.display().to_string()) {
+                return Err(format!("PID {pid} is not db1's postmaster ({cmdline:?}); nothing killed"));
+            }
+            let script = format!("kill -KILL {pid} $(pgrep -P {pid})");
+            let o = Proc::new("sh").args(["-c", &script]).output().map_err(|e| format!("kill: {e}"))?;
+            if o.status.success() { Ok(()) } else { Err(format!("{script}: {}", String::from_utf8_lossy(&o.stderr))) }
+        },
+        |a| a.port != i32::from(port),
+    )
     .await
 }
 

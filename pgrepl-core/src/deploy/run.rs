@@ -3,6 +3,7 @@
 //! applying a configuration, the OS's start at boot, slots. The role-specific steps are in
 //! `primary` and `standby`.
 
+use futures_util::future::join_all;
 use std::time::{Duration, Instant};
 
 use super::conf_edits::INCLUDE_COMMENT;
@@ -16,6 +17,15 @@ use crate::render::{self, INCLUDE_LINE, Placement, RenderedNode, render_node};
 use crate::secret::Secrets;
 use crate::sql;
 use crate::transport::{Command, TransportExt};
+
+/// Prints what the data directory `$1` holds: `standby` or `primary` (a cluster, with or
+/// without standby.signal / recovery.conf), `files` (no PG_VERSION), `missing` (absent or
+/// empty).
+const DATA_DIR_SCRIPT: &str = r#"if [ -e "$1/PG_VERSION" ]; then
+  if [ -e "$1/standby.signal" ] || [ -e "$1/recovery.conf" ]; then echo standby; else echo primary; fi
+elif [ -n "$(ls -A -- "$1" 2>/dev/null)" ]; then echo files
+else echo missing
+fi"#;
 
 /// The state of a node's data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,20 +67,23 @@ impl Run<'_> {
         r
     }
 
+    /// What the data directory holds, read again now (one command).
     pub(crate) async fn data_dir(&self, h: &NodeHandle) -> Result<DataDir, Error> {
         let t = &*h.transport;
         let d = &h.layout.data_dir;
-        let map = |e| tr(&h.name, "inspect the data directory", e);
-        if t.exists(&format!("{d}/PG_VERSION"), None).await.map_err(map)? {
-            let standby = t.exists(&format!("{d}/standby.signal"), None).await.map_err(map)?
-                || t.exists(&format!("{d}/recovery.conf"), None).await.map_err(map)?;
-            return Ok(DataDir::Cluster { standby });
-        }
         let out = t
-            .exec(&Command { user: t.admin_user().map(str::to_string), ..Command::new("ls").args(["-A", d.as_str()]) })
+            .run(&Command {
+                user: t.admin_user().map(str::to_string),
+                ..Command::new("sh").args(["-c", DATA_DIR_SCRIPT, "pgrepl-data-dir", d.as_str()])
+            })
             .await
-            .map_err(map)?;
-        Ok(if out.status != 0 || out.stdout.trim().is_empty() { DataDir::Missing } else { DataDir::Unknown })
+            .map_err(|e| tr(&h.name, "inspect the data directory", e))?;
+        Ok(match out.stdout.trim() {
+            "standby" => DataDir::Cluster { standby: true },
+            "primary" => DataDir::Cluster { standby: false },
+            "files" => DataDir::Unknown,
+            _ => DataDir::Missing,
+        })
     }
 
     /// Records on the node's host that pgrepl created something there (see [`Created`]), so
@@ -116,24 +129,29 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Writes every file of `r` that differs from what is on the host; returns whether any changed.
+    /// Writes every file of `r` that differs from what is on the host; returns whether any
+    /// changed. The files are read all at once, then the changed ones written all at once
+    /// (over SSH each is a round trip; a connection runs several commands together).
     pub(crate) async fn write_files(&self, h: &NodeHandle, r: &RenderedNode, include_recovery: bool) -> Result<bool, Error> {
         let t = &*h.transport;
         let owner = Some(h.layout.os_user.as_str());
-        let mut changed = false;
-        for f in &r.files {
-            let is_recovery = f.path.ends_with("/recovery.conf") || f.path.ends_with("/standby.signal");
-            if is_recovery && !include_recovery {
-                continue;
+        let files: Vec<_> = r
+            .files
+            .iter()
+            .filter(|f| include_recovery || !(f.path.ends_with("/recovery.conf") || f.path.ends_with("/standby.signal")))
+            .collect();
+        let map = |path: &str, e| tr(&h.name, &format!("write {path}"), e);
+        // A file whose current text is kept (merged) is read as its owner: read as root, a
+        // symbolic link planted there would copy, say, /etc/shadow into a file they own.
+        let reads = files.iter().map(|f| async move {
+            match f.placement {
+                Placement::Whole => t.read_file(&f.path).await,
+                Placement::HbaBlock | Placement::IncludeLine => t.read_file_as(&f.path, &h.layout.os_user).await,
             }
-            let map = |e| tr(&h.name, &format!("write {}", f.path), e);
-            // A file whose current text is kept (merged) is read as its owner: read as root, a
-            // symbolic link planted there would copy, say, /etc/shadow into a file they own.
-            let current = match f.placement {
-                Placement::Whole => t.read_file(&f.path).await.map_err(map)?,
-                Placement::HbaBlock | Placement::IncludeLine => t.read_file_as(&f.path, &h.layout.os_user).await.map_err(map)?,
-            }
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        });
+        let mut writes = Vec::new();
+        for (f, current) in files.iter().zip(join_all(reads).await) {
+            let current = current.map_err(|e| map(&f.path, e))?.map(|b| String::from_utf8_lossy(&b).into_owned());
             let desired = match f.placement {
                 Placement::Whole => f.contents.text.clone(),
                 Placement::HbaBlock => merge_hba_block(current.as_deref().unwrap_or(""), &f.contents.text),
@@ -148,9 +166,13 @@ impl Run<'_> {
                 }
             };
             if current.as_deref() != Some(desired.as_str()) {
-                t.write_file(&f.path, desired.as_bytes(), f.mode, owner).await.map_err(map)?;
-                changed = true;
+                writes.push((f, desired));
             }
+        }
+        let changed = !writes.is_empty();
+        let done = join_all(writes.iter().map(|(f, desired)| t.write_file(&f.path, desired.as_bytes(), f.mode, owner))).await;
+        for ((f, _), r) in writes.iter().zip(done) {
+            r.map_err(|e| map(&f.path, e))?;
         }
         Ok(changed)
     }
