@@ -136,7 +136,12 @@ fn rewrite_cluster_file(
     from: PgMajor,
 ) -> anyhow::Result<PathBuf> {
     let text = std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
-    let new = with_major(&text, to, spec.pg_bin.is_some().then_some(bin).flatten(), spec.pg_client_bin.is_some().then_some(client.or(bin)).flatten());
+    let new = with_major(
+        &text,
+        to,
+        spec.pg_bin.is_some().then_some(bin).flatten(),
+        spec.pg_client_bin.is_some().then_some(client.or(bin)).flatten(),
+    );
     let check = ClusterSpec::from_toml(&new).map_err(pgrepl_core::Error::Spec).context("the rewritten cluster file does not parse")?;
     anyhow::ensure!(check.postgres == VersionChoice::Major(to), "the rewritten cluster file does not say postgres = \"{to}\"");
     let before = PathBuf::from(format!("{}.before-upgrade-{from}", path.display()));
@@ -193,6 +198,9 @@ mod tests {
             "# my cluster\nname = \"c\"\npostgres = \"16\"\npg_bin = \"/new/bin\"\n\n[settings]\npostgres = \"not me\"\n"
         );
         assert_eq!(with_major("name = \"c\"\n[provider]\n", PgMajor::V18, None, None), "name = \"c\"\npostgres = \"18\"\n[provider]\n");
-        assert_eq!(with_major("name = \"c\"\npg_bin = \"/o\"\n", PgMajor::V18, None, None), "name = \"c\"\npostgres = \"18\"\npg_bin = \"/o\"\n");
+        assert_eq!(
+            with_major("name = \"c\"\npg_bin = \"/o\"\n", PgMajor::V18, None, None),
+            "name = \"c\"\npostgres = \"18\"\npg_bin = \"/o\"\n"
+        );
     }
 }

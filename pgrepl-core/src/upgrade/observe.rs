@@ -71,10 +71,8 @@ impl<'a> Ctx<'a> {
         progress.finished("cluster", "observe every node", "done");
         let secrets = d.secrets(false).await?;
         let new_cluster = new_cluster(spec, opts.to, &cluster, &topology);
-        let new_handles = handles
-            .iter()
-            .map(|h| (h.name.clone(), opts.new_layout(&h.layout).map(|layout| NodeHandle { layout, ..h.clone() })))
-            .collect();
+        let new_handles =
+            handles.iter().map(|h| (h.name.clone(), opts.new_layout(&h.layout).map(|layout| NodeHandle { layout, ..h.clone() }))).collect();
         Ok(Ctx { d, opts, progress, cluster, new_cluster, handles, new_handles, observed, secrets, topology })
     }
 
@@ -121,7 +119,9 @@ impl<'a> Ctx<'a> {
         self.progress.started(&primary, "check slots, extensions, settings");
         self.slots(h, port, &mut facts).await;
         facts.init = init_settings(h, port).await;
-        if let Some(text) = h.transport.read_file_as(&format!("{}/postgresql.auto.conf", h.layout.data_dir), &h.layout.os_user).await.ok().flatten() {
+        if let Some(text) =
+            h.transport.read_file_as(&format!("{}/postgresql.auto.conf", h.layout.data_dir), &h.layout.os_user).await.ok().flatten()
+        {
             facts.auto_conf_settings = tools::auto_conf_names(&String::from_utf8_lossy(&text));
         }
         let new_ok = facts.nodes.iter().any(|f| f.node == primary && f.new_binaries.as_ref().is_ok_and(|m| *m == self.opts.to));
@@ -196,9 +196,15 @@ impl<'a> Ctx<'a> {
             .filter_map(|n| n.slot.clone())
             .chain(self.cluster.nodes.iter().map(|n| crate::default_slot_name(&n.name)))
             .collect();
-        let rows = sql::query(&*h.transport, &h.layout, port, "SELECT slot_name, slot_type FROM pg_catalog.pg_replication_slots ORDER BY 1;", SQL_TIMEOUT)
-            .await
-            .unwrap_or_default();
+        let rows = sql::query(
+            &*h.transport,
+            &h.layout,
+            port,
+            "SELECT slot_name, slot_type FROM pg_catalog.pg_replication_slots ORDER BY 1;",
+            SQL_TIMEOUT,
+        )
+        .await
+        .unwrap_or_default();
         for r in rows {
             let (Some(Some(name)), Some(Some(kind))) = (r.first().cloned(), r.get(1).cloned()) else { continue };
             if kind == "logical" {
@@ -233,7 +239,14 @@ fn new_cluster(spec: &ClusterSpec, to: PgMajor, now: &Cluster, topology: &Topolo
 /// The new binaries' major on the node's host, or what is missing.
 async fn new_binaries(nh: &NodeHandle, primary: bool) -> Result<PgMajor, String> {
     let l = &nh.layout;
-    let mut c = Command::new("sh").args(["-c", BINARIES_SCRIPT, "pgrepl-new-binaries", &l.bin_dir, &l.client_bin_dir, if primary { "primary" } else { "standby" }]);
+    let mut c = Command::new("sh").args([
+        "-c",
+        BINARIES_SCRIPT,
+        "pgrepl-new-binaries",
+        &l.bin_dir,
+        &l.client_bin_dir,
+        if primary { "primary" } else { "standby" },
+    ]);
     c.env = tools::tool_env(l);
     let out = nh.transport.exec(&c).await.map_err(|e| format!("could not check them: {e}"))?;
     let text = out.stdout.trim();
@@ -250,7 +263,10 @@ async fn new_binaries(nh: &NodeHandle, primary: bool) -> Result<PgMajor, String>
 
 /// Bytes used by `dir` (when given) and bytes free on `/`.
 async fn disk(h: &NodeHandle, dir: Option<&str>) -> (Option<u64>, Option<u64>) {
-    let c = Command { user: h.transport.admin_user().map(str::to_string), ..Command::new("sh").args(["-c", DISK_SCRIPT, "pgrepl-disk", dir.unwrap_or(""), "/"]) };
+    let c = Command {
+        user: h.transport.admin_user().map(str::to_string),
+        ..Command::new("sh").args(["-c", DISK_SCRIPT, "pgrepl-disk", dir.unwrap_or(""), "/"])
+    };
     let Ok(out) = h.transport.exec(&c).await else { return (None, None) };
     let mut it = out.stdout.split_whitespace().map(|v| v.parse::<u64>().ok().map(|k| k * 1024));
     (it.next().flatten(), it.next().flatten())
@@ -258,7 +274,10 @@ async fn disk(h: &NodeHandle, dir: Option<&str>) -> (Option<u64>, Option<u64>) {
 
 /// Bytes free on the filesystem of `dir`.
 async fn disk_free(h: &NodeHandle, dir: &str) -> Option<u64> {
-    let c = Command { user: h.transport.admin_user().map(str::to_string), ..Command::new("sh").args(["-c", DISK_SCRIPT, "pgrepl-disk", "", dir]) };
+    let c = Command {
+        user: h.transport.admin_user().map(str::to_string),
+        ..Command::new("sh").args(["-c", DISK_SCRIPT, "pgrepl-disk", "", dir])
+    };
     let out = h.transport.exec(&c).await.ok()?;
     out.stdout.split_whitespace().nth(1)?.parse::<u64>().ok().map(|k| k * 1024)
 }
@@ -276,14 +295,21 @@ async fn init_settings(h: &NodeHandle, port: u16) -> Result<InitSettings, String
 
 /// Extensions of every database the new binaries have no control file for (`name (db)`).
 async fn missing_extensions(h: &NodeHandle, nh: &NodeHandle, port: u16) -> Vec<String> {
-    let dbs = sql::query(&*h.transport, &h.layout, port, "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn ORDER BY 1;", SQL_TIMEOUT)
-        .await
-        .unwrap_or_default();
+    let dbs = sql::query(
+        &*h.transport,
+        &h.layout,
+        port,
+        "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn ORDER BY 1;",
+        SQL_TIMEOUT,
+    )
+    .await
+    .unwrap_or_default();
     let mut installed: Vec<(String, String)> = Vec::new();
     for db in dbs.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
-        let rows = sql::query_in(&*h.transport, &h.layout, port, &db, "SELECT extname FROM pg_catalog.pg_extension ORDER BY 1;", SQL_TIMEOUT)
-            .await
-            .unwrap_or_default();
+        let rows =
+            sql::query_in(&*h.transport, &h.layout, port, &db, "SELECT extname FROM pg_catalog.pg_extension ORDER BY 1;", SQL_TIMEOUT)
+                .await
+                .unwrap_or_default();
         installed.extend(rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).map(|e| (e, db.clone())));
     }
     let mut names: Vec<String> = installed.iter().map(|(e, _)| e.clone()).collect();

@@ -148,7 +148,10 @@ impl<'a> Exec<'a> {
     async fn stop(&self, node: &str) -> Result<(), Error> {
         let h = self.old(node)?;
         let r = render_node(&self.ctx.cluster, node, &h.layout, Some(&self.ctx.secrets))?;
-        h.transport.run(&Command::from_line(&r.commands.stop).timeout(Duration::from_secs(330))).await.map_err(|e| tr(node, "stop the server", e))?;
+        h.transport
+            .run(&Command::from_line(&r.commands.stop).timeout(Duration::from_secs(330)))
+            .await
+            .map_err(|e| tr(node, "stop the server", e))?;
         if runs(h).await? {
             return Err(Error::node(node, "the server still runs after pg_ctl stop"));
         }
@@ -217,7 +220,9 @@ impl<'a> Exec<'a> {
                 let port = self.port(node);
                 nh.transport.run(&tools::analyze(&nh.layout, port)).await.map_err(|e| tr(node, "vacuumdb --analyze-in-stages", e))?;
                 let script = format!("{}/update_extensions.sql", self.work_dir(node)?);
-                if let Some(b) = nh.transport.read_file_as(&script, &nh.layout.os_user).await.map_err(|e| tr(node, "read update_extensions.sql", e))? {
+                if let Some(b) =
+                    nh.transport.read_file_as(&script, &nh.layout.os_user).await.map_err(|e| tr(node, "read update_extensions.sql", e))?
+                {
                     sql::query(&*nh.transport, &nh.layout, port, &String::from_utf8_lossy(&b), Duration::from_secs(600))
                         .await
                         .map_err(|e| crate::deploy::sqlerr(node, "run pg_upgrade's update_extensions.sql", e))?;
@@ -298,11 +303,17 @@ impl<'a> Exec<'a> {
     /// The recorded timeline follows the upgraded primary (pg_upgrade starts the new
     /// cluster on timeline 1; a record from before would mark every node as behind).
     async fn record_new_timeline(&self, nh: &NodeHandle, port: u16) {
-        let tli = sql::query_one(&*nh.transport, &nh.layout, port, "SELECT timeline_id FROM pg_catalog.pg_control_checkpoint();", crate::deploy::SQL_TIMEOUT)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|t| t.parse::<u32>().ok());
+        let tli = sql::query_one(
+            &*nh.transport,
+            &nh.layout,
+            port,
+            "SELECT timeline_id FROM pg_catalog.pg_control_checkpoint();",
+            crate::deploy::SQL_TIMEOUT,
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|t| t.parse::<u32>().ok());
         let mut topo = self.ctx.topology.clone();
         topo.timeline = tli;
         topo.last_primary_lsn = None;
@@ -330,10 +341,21 @@ impl<'a> Exec<'a> {
                 match runs(h).await {
                     Ok(false) => {
                         let work = self.work_dir(node).unwrap_or_default();
-                        let copy = Command { user: t.admin_user().map(str::to_string), ..Command::new("sh").args(["-c", "[ -d \"$1/pg_upgrade_output.d\" ] && cp -a \"$1/pg_upgrade_output.d\" \"$2/\" || true", "pgrepl-keep-logs", data.as_str(), work.as_str()]) };
+                        let copy = Command {
+                            user: t.admin_user().map(str::to_string),
+                            ..Command::new("sh").args([
+                                "-c",
+                                "[ -d \"$1/pg_upgrade_output.d\" ] && cp -a \"$1/pg_upgrade_output.d\" \"$2/\" || true",
+                                "pgrepl-keep-logs",
+                                data.as_str(),
+                                work.as_str(),
+                            ])
+                        };
                         let _ = t.exec(&copy).await;
                         if let Err(e) = t.remove_tree(data).await {
-                            return format!("could not go back: removing the new data directory {data} failed: {e}; the old one is in {kept}");
+                            return format!(
+                                "could not go back: removing the new data directory {data} failed: {e}; the old one is in {kept}"
+                            );
                         }
                     }
                     _ => return format!("could not go back: a server runs on the new data directory {data}; the old one is in {kept}"),

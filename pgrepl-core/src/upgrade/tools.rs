@@ -153,7 +153,13 @@ mod tests {
     }
 
     fn settings(checksums: bool) -> InitSettings {
-        InitSettings { encoding: "UTF8".into(), lc_collate: "C".into(), lc_ctype: "C.UTF-8".into(), checksums, superuser: "postgres".into() }
+        InitSettings {
+            encoding: "UTF8".into(),
+            lc_collate: "C".into(),
+            lc_ctype: "C.UTF-8".into(),
+            checksums,
+            superuser: "postgres".into(),
+        }
     }
 
     #[test]
