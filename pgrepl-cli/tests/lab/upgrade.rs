@@ -260,3 +260,79 @@ fn upgrade_minor_is_not_built_here() {
     let (code, _, err) = run(&["upgrade"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// The new major's binaries as a directory of symbolic links to the lab's, whose
+/// `pg_upgrade` passes `--check` through and fails anything else: a failure injected after
+/// the servers stopped and the old data directory was renamed.
+fn failing_pg_upgrade(dir: &Path, major: &str) -> std::path::PathBuf {
+    let real = lab_dir().join("pg").join(major);
+    let real = std::fs::canonicalize(&real).unwrap();
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    for sub in ["lib", "share"] {
+        std::os::unix::fs::symlink(real.join(sub), dir.join(sub)).unwrap();
+    }
+    for e in std::fs::read_dir(real.join("bin")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "pg_upgrade" {
+            std::os::unix::fs::symlink(e.path(), dir.join("bin").join(e.file_name())).unwrap();
+        }
+    }
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in *\" --check \"*) exec {} \"$@\";; esac\necho 'injected failure: pg_upgrade stops here' >&2\nexit 1\n",
+        real.join("bin/pg_upgrade").display()
+    );
+    let p = dir.join("bin/pg_upgrade");
+    std::fs::write(&p, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.join("bin")
+}
+
+/// pg_upgrade fails after the stop (injected: the checks pass, the real run fails): the
+/// upgrade goes back by itself: the new data directory removed, the old one renamed back,
+/// every node started on the old major and streaming, every row there, the cluster file
+/// unchanged; the error says at which step and what was done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_after_the_stop_goes_back_to_the_old_major() {
+    let (bin, client) = bins("14");
+    let wd = WorkDir::new("upgrade-back").with_bin(&bin);
+    let nbin = failing_pg_upgrade(&wd.path.join("pg16"), "16");
+    let port = free_ports(3);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(&spec, local_spec("upgback", "14", port, &wd.str(), "")).unwrap();
+    let f = spec.to_str().unwrap();
+    let old = ["-f", f, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
+    let with = |cmd: &[&str]| {
+        let mut a: Vec<&str> = cmd.to_vec();
+        a.extend(old);
+        run(&a)
+    };
+    let (code, out, err) = with(&["up"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    psql(&client, &wd.path, "db1", port, "CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 100);");
+    let spec_before = std::fs::read_to_string(&spec).unwrap();
+
+    let (code, out, err) = with(&["upgrade", "--to", "16", "--yes", "--new-pg-bin", nbin.to_str().unwrap()]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(err.contains("failed at step 7 (db1: pg_upgrade"), "{err}");
+    assert!(err.contains("injected failure"), "pg_upgrade's own words: {err}");
+    assert!(err.contains("went back to PostgreSQL 14"), "{err}");
+    for n in ["db1", "db2", "db3"] {
+        assert!(err.contains(&format!("{n} started on PostgreSQL 14")), "{err}");
+        assert_eq!(std::fs::read_to_string(wd.path.join(n).join("data/PG_VERSION")).unwrap().trim(), "14", "{n}");
+        assert!(!wd.path.join(n).join("data-14.old").exists(), "{n}: renamed back");
+    }
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), spec_before, "the cluster file is unchanged");
+    let (code, out, err) = with(&["status", "--output", "json"]);
+    assert_eq!(code, 0, "status after going back: {out}\n{err}");
+    psql(&client, &wd.path, "db1", port, "INSERT INTO t VALUES (101);");
+    let (code, out, err) = with(&["verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for (i, n) in ["db1", "db2", "db3"].iter().enumerate() {
+        assert_eq!(wait_for(&client, &wd.path, n, port + i as u16, "SELECT count(*) FROM t;", "101"), "101", "{n}");
+        let num: u32 = psql(&client, &wd.path, n, port + i as u16, "SHOW server_version_num;").parse().unwrap();
+        assert_eq!(num / 10000, 14, "{n}");
+    }
+    let (code, _, err) = with(&["down"]);
+    assert_eq!(code, 0, "{err}");
+}
