@@ -336,3 +336,58 @@ async fn failure_after_the_stop_goes_back_to_the_old_major() {
     let (code, _, err) = with(&["down"]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// SQL on a netns lab host's plain-layout node, through its own socket.
+fn host_psql(addr: &str, cluster: &str, sql: &str) -> String {
+    let (code, out) = NetnsLab::ssh(
+        addr,
+        &format!(
+            "runuser -u postgres -- /opt/pgrepl-lab/pg/15/bin/psql -X -A -t -h /var/lib/postgresql/plainroot/{cluster}/run -p 5432 -d postgres -c \"{sql}\""
+        ),
+    );
+    assert_eq!(code, 0, "psql on {addr}: {out}");
+    out.trim().to_string()
+}
+
+/// Over SSH, on the three netns hosts, with the plain layout (pg_ctl with the lab's builds):
+/// 14 -> 15 through the same transport as every other command; rows on every host, the
+/// standbys streaming from the upgraded primary, the kept directories on each host.
+#[test]
+fn ssh_plain_layout_major_upgrade_14_to_15() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("ssh-upgrade");
+    let text = ssh_spec("sshupg", "14", &NetnsLab::known_hosts(), "strict", "")
+        .replace("postgres = \"14\"", "postgres = \"14\"\npg_bin = \"/opt/pgrepl-lab/pg/14/bin\"")
+        .replace("connect_timeout_secs = 3", "connect_timeout_secs = 3\nlayout = \"plain\"\ndata_root = \"/var/lib/postgresql/plainroot\"");
+    let spec = wd.path.join("sshupg.toml");
+    std::fs::write(&spec, text).unwrap();
+    let f = spec.to_str().unwrap();
+    let w = wd.path.to_str().unwrap();
+    let (code, out, err) = run(&["up", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    host_psql("10.213.7.11", "sshupg", "CREATE TABLE t AS SELECT generate_series(1, 1234) AS i;");
+
+    let (code, out, err) = run(&["upgrade", "--to", "15", "--yes", "--new-pg-bin", "/opt/pgrepl-lab/pg/15/bin", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "upgrade over SSH: {out}\n{err}");
+    assert!(out.contains("PostgreSQL 14 -> 15"), "{out}");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains("postgres = \"15\"") && text.contains("pg_bin = \"/opt/pgrepl-lab/pg/15/bin\""), "{text}");
+    assert_eq!(
+        host_psql("10.213.7.11", "sshupg", "SELECT string_agg(application_name || ':' || state, ',' ORDER BY 1) FROM pg_stat_replication;"),
+        "db2:streaming,db3:streaming"
+    );
+    for (_, addr, _) in LAB_HOSTS {
+        assert_eq!(host_psql(addr, "sshupg", "SHOW server_version_num;").parse::<u32>().unwrap() / 10000, 15, "{addr}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while host_psql(addr, "sshupg", "SELECT count(*) FROM t;") != "1234" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(host_psql(addr, "sshupg", "SELECT count(*) FROM t;"), "1234", "{addr}");
+        let (_, v) = NetnsLab::ssh(addr, "cat /var/lib/postgresql/plainroot/sshupg/data-14.old/PG_VERSION");
+        assert_eq!(v.trim(), "14", "{addr}: the old data directory is kept");
+    }
+    let (code, out, err) = run(&["status", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "status over SSH after the upgrade: {out}\n{err}");
+    let (code, _, err) = run(&["destroy", "--yes", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{err}");
+}

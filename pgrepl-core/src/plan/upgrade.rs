@@ -804,7 +804,8 @@ mod tests {
 
     #[test]
     fn refusals_one_by_one() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut UpgradeFacts)>, UpgradeRequest, &str)> = vec![
+        type Change = Box<dyn Fn(&mut UpgradeFacts)>;
+        let cases: Vec<(&str, Change, UpgradeRequest, &str)> = vec![
             ("same major", Box::new(|_| {}), UpgradeRequest { to: PgMajor::V14, link: false }, "not_a_later_major"),
             ("older", Box::new(|_| {}), UpgradeRequest { to: PgMajor::V13, link: false }, "not_a_later_major"),
             ("ha", Box::new(|f| f.ha = true), COPY, "agents_run_it"),
