@@ -255,8 +255,8 @@ pub enum Cmd {
     },
     /// Upgrade the cluster's PostgreSQL: `--to N` a major upgrade with pg_upgrade (checks
     /// first, every problem named; then a clean stop, pg_upgrade on the primary, the
-    /// standbys cloned again from it; the old data directories kept); `--minor` new
-    /// binaries of the same major (not built on this branch).
+    /// standbys cloned again from it; the old data directories kept, `--finish` removes
+    /// them); `--minor` new binaries of the same major (not built on this branch).
     #[command(group(clap::ArgGroup::new("upgrade_kind").required(true)))]
     Upgrade {
         #[command(flatten)]
@@ -267,6 +267,10 @@ pub enum Cmd {
         /// A minor upgrade onto new binaries of the same major (a rolling restart).
         #[arg(long, group = "upgrade_kind")]
         minor: bool,
+        /// After a major upgrade: remove the old data directories it kept, on every node
+        /// that runs the new major (refused while a server runs on one).
+        #[arg(long, group = "upgrade_kind")]
+        finish: bool,
         /// pg_upgrade --link: hard links instead of a copy (fast, little disk; the old
         /// cluster must never be started again).
         #[arg(long, requires = "to")]

@@ -393,8 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let (bin, args) = program.split_first().context("supervise: a program to run after --")?;
             supervise::supervise(&pid_file, &log, Path::new(bin), args).await
         }
-        Cmd::Upgrade { common, to, minor, link, new_pg_bin, new_pg_client_bin, dry_run, yes } => {
-            upgrade::upgrade(&common, upgrade::UpgradeArgs { to, minor, link, new_pg_bin, new_pg_client_bin, dry_run, yes }).await
+        Cmd::Upgrade { common, to, minor, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes } => {
+            upgrade::upgrade(&common, upgrade::UpgradeArgs { to, minor, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes }).await
         }
         Cmd::Pause { common } => {
             let (d, _) = open(&common, false).await?;

@@ -19,6 +19,7 @@ use crate::{UsageError, open, read_spec};
 pub(crate) struct UpgradeArgs {
     pub(crate) to: Option<PgMajor>,
     pub(crate) minor: bool,
+    pub(crate) finish: bool,
     pub(crate) link: bool,
     pub(crate) new_pg_bin: Option<PathBuf>,
     pub(crate) new_pg_client_bin: Option<PathBuf>,
@@ -27,6 +28,9 @@ pub(crate) struct UpgradeArgs {
 }
 
 pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u8> {
+    if a.finish {
+        return finish(common, a.dry_run, a.yes).await;
+    }
     let Some(to) = a.to.filter(|_| !a.minor) else {
         return Err(UsageError(
             "upgrade --minor is not built on this branch (a rolling restart onto new binaries of the same major comes with `pgrepl restart --rolling`); use --to MAJOR for a major upgrade".into(),
@@ -97,6 +101,32 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
         ),
     }
     Ok(if report.failed.is_some() { 4 } else { 0 })
+}
+
+/// `upgrade --finish`: the kept old data directories removed (or listed, with --dry-run).
+async fn finish(common: &Common, dry_run: bool, yes: bool) -> anyhow::Result<u8> {
+    let (d, _) = open(common, false).await?;
+    if !dry_run && !yes && !confirm(&format!("Remove the old data directories the upgrade of {} kept? [y/N] ", d.cluster().name))? {
+        eprintln!("nothing removed");
+        return Ok(3);
+    }
+    let removed = d.finish_upgrade(dry_run).await?;
+    match common.output {
+        OutputFormat::Text if removed.is_empty() => println!("no old data directory kept by an upgrade was found"),
+        OutputFormat::Text => {
+            for k in &removed {
+                println!(
+                    "{}: {} {} (PostgreSQL {})",
+                    k.node,
+                    if dry_run { "would remove" } else { "removed" },
+                    k.path,
+                    k.major.map(|m| m.to_string()).unwrap_or_else(|| "?".into())
+                );
+            }
+        }
+        OutputFormat::Json => println!("{}", serde_json::json!({ "dry_run": dry_run, "removed": removed })),
+    }
+    Ok(0)
 }
 
 /// The deployment opened again on the new binaries (status after the upgrade).

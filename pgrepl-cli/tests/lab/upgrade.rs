@@ -178,6 +178,28 @@ async fn major_upgrade(from: &str, to: &str, link: bool) {
     let (code, out, err) = with(&["up"], &new);
     assert_eq!(code, 0, "up after the upgrade: {out}\n{err}");
     assert!(out.contains("nothing to do"), "up after the upgrade changed things: {out}");
+
+    // --finish: the kept directories listed, then removed; the cluster runs on.
+    let (code, out, err) = with(&["upgrade", "--finish", "--dry-run"], &new);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("would remove").count(), 3, "{out}");
+    assert!(wd.path.join(format!("db2/data-{from}.old")).exists(), "the dry run removed nothing");
+    let (code, out, err) = with(&["upgrade", "--finish", "--yes"], &new);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("db1: removed {}/db1/data-{from}.old (PostgreSQL {from})", wd.str())), "{out}");
+    for n in ["db1", "db2", "db3"] {
+        assert!(!wd.path.join(n).join(format!("data-{from}.old")).exists(), "{n}: removed");
+    }
+    let (code, out, err) = with(&["status"], &new);
+    assert_eq!(code, 0, "status after --finish: {out}\n{err}");
+
+    // A switchover on the new major: db2 takes over, db1 follows it.
+    let (code, out, err) = with(&["switchover", "--to", "db2"], &new);
+    assert_eq!(code, 0, "switchover after the upgrade: {out}\n{err}");
+    assert_eq!(psql(&nclient, &wd.path, "db2", port + 1, "SELECT pg_is_in_recovery();"), "f");
+    assert_eq!(psql(&nclient, &wd.path, "db1", port, "SELECT pg_is_in_recovery();"), "t");
+    let (code, out, err) = with(&["status"], &new);
+    assert_eq!(code, 0, "status after the switchover: {out}\n{err}");
     let (code, _, err) = with(&["down"], &new);
     assert_eq!(code, 0, "{err}");
 }

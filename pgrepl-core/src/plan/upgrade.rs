@@ -225,6 +225,13 @@ pub enum UpgradeProblem {
         /// Bytes free.
         free_bytes: u64,
     },
+    /// `upgrade --finish` cannot remove a kept directory.
+    Finish {
+        /// The node.
+        node: String,
+        /// Why.
+        why: String,
+    },
     /// The old cluster's encoding, locale or checksums could not be read.
     InitSettings {
         /// Why.
@@ -247,7 +254,7 @@ impl fmt::Display for UpgradeProblem {
             UpgradeProblem::NotRunning { node } => write!(f, "{node}: its server does not run (`pgrepl up` first: the upgrade starts from a healthy cluster)"),
             UpgradeProblem::PrimaryInRecovery { node } => write!(f, "{node}: the primary is in recovery, not accepting writes"),
             UpgradeProblem::NotStreaming { node } => write!(f, "{node}: not a streaming standby (see `pgrepl status`)"),
-            UpgradeProblem::Layout { node, why } => write!(f, "{node}: {why}"),
+            UpgradeProblem::Layout { node, why } | UpgradeProblem::Finish { node, why } => write!(f, "{node}: {why}"),
             UpgradeProblem::NewBinaries { node, why } => write!(f, "{node}: new binaries: {why}"),
             UpgradeProblem::KeptDirectoryExists { node, path } => {
                 write!(f, "{node}: {path} exists (an earlier upgrade's old data directory?): the old data directory is kept under that name; remove or move it first")
@@ -637,6 +644,59 @@ impl fmt::Display for UpgradePlan {
     }
 }
 
+/// An old data directory an upgrade kept, as found on its node's host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptDir {
+    /// The node.
+    pub node: String,
+    /// Its path (`<data_dir>-<major>.old`).
+    pub path: String,
+    /// The major its `PG_VERSION` says.
+    pub major: Option<PgMajor>,
+    /// A live postmaster runs on it (its `postmaster.pid` names a running process).
+    pub running: bool,
+}
+
+/// What `upgrade --finish` removes: every kept directory, once the node's own data
+/// directory runs `current` (the upgrade is complete there). Refused, naming each, when
+/// a server runs on a kept directory or a node is not on `current` yet; nothing is
+/// removed then.
+pub fn finish(current: PgMajor, nodes_on: &[(String, Option<PgMajor>)], kept: &[KeptDir]) -> Result<Vec<KeptDir>, Refusal> {
+    let mut problems = Vec::new();
+    for k in kept {
+        if k.running {
+            problems.push(UpgradeProblem::Finish {
+                node: k.node.clone(),
+                why: format!("a server runs on the kept directory {}: stop it first", k.path),
+            });
+        }
+        if k.major == Some(current) {
+            problems.push(UpgradeProblem::Finish {
+                node: k.node.clone(),
+                why: format!(
+                    "{} holds PostgreSQL {current}, the cluster's own major: not an old major's directory; remove it by hand if you must",
+                    k.path
+                ),
+            });
+        }
+    }
+    for (node, on) in nodes_on {
+        if *on != Some(current) && kept.iter().any(|k| k.node == *node) {
+            problems.push(UpgradeProblem::Finish {
+                node: node.clone(),
+                why: format!(
+                    "its data directory is not on PostgreSQL {current} ({}): the upgrade is not complete there; its kept directory is the way back",
+                    on.map(|m| m.to_string()).unwrap_or_else(|| "none found".into())
+                ),
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Refusal::UpgradeChecks { to: format!("{current} (--finish)"), problems });
+    }
+    Ok(kept.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -861,5 +921,27 @@ mod tests {
         let p = upgrade(&cluster(), &f, &COPY).unwrap();
         assert!(p.warnings.iter().any(|w| w.contains("backup_slot")), "{:?}", p.warnings);
         assert!(p.warnings.iter().any(|w| w.contains("work_mem")), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn finish_removes_only_old_majors_directories_of_upgraded_nodes() {
+        let k = |node: &str, major: PgMajor, running: bool| KeptDir {
+            node: node.into(),
+            path: format!("/w/{node}/data-{major}.old"),
+            major: Some(major),
+            running,
+        };
+        let on16 = vec![("db1".to_string(), Some(PgMajor::V16)), ("db2".to_string(), Some(PgMajor::V16))];
+        let kept = vec![k("db1", PgMajor::V14, false), k("db2", PgMajor::V14, false)];
+        assert_eq!(finish(PgMajor::V16, &on16, &kept).unwrap(), kept);
+        assert_eq!(finish(PgMajor::V16, &on16, &[]).unwrap(), []);
+        let running = vec![k("db1", PgMajor::V14, true)];
+        let e = finish(PgMajor::V16, &on16, &running).unwrap_err().to_string();
+        assert!(e.contains("a server runs on the kept directory /w/db1/data-14.old"), "{e}");
+        let not_done = vec![("db1".to_string(), Some(PgMajor::V14))];
+        let e = finish(PgMajor::V16, &not_done, &[k("db1", PgMajor::V14, false)]).unwrap_err().to_string();
+        assert!(e.contains("db1: its data directory is not on PostgreSQL 16 (14)"), "{e}");
+        let e = finish(PgMajor::V16, &on16, &[k("db2", PgMajor::V16, false)]).unwrap_err().to_string();
+        assert!(e.contains("the cluster's own major"), "{e}");
     }
 }

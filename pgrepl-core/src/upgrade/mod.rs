@@ -29,6 +29,7 @@
 //! pgrepl is given); a distribution's service (Debian's clusters, systemd units) is
 //! refused by the checks, naming the node. Agents (`[ha]`) are refused too.
 
+mod finish;
 mod observe;
 mod run;
 pub mod tools;
