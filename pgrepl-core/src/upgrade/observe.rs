@@ -90,7 +90,7 @@ impl<'a> Ctx<'a> {
         let from = self.cluster.major;
         self.progress.started("cluster", "check the new binaries, disk and data directories");
         let primary_size = match self.handle(&primary) {
-            Some(h) => disk(h, Some(&h.layout.data_dir)).await.0,
+            Some(h) => dir_size(h, &h.layout.data_dir).await,
             None => None,
         };
         let nodes = join_all(self.cluster.nodes.iter().map(|n| self.node_facts(&n.name, &primary, from, primary_size))).await;
@@ -261,15 +261,14 @@ async fn new_binaries(nh: &NodeHandle, primary: bool) -> Result<PgMajor, String>
     version.parse::<PgMajor>().map_err(|_| format!("{}/postgres says \"{text}\", not a PostgreSQL version pgrepl knows", l.bin_dir))
 }
 
-/// Bytes used by `dir` (when given) and bytes free on `/`.
-async fn disk(h: &NodeHandle, dir: Option<&str>) -> (Option<u64>, Option<u64>) {
+/// Bytes used by `dir` (a copy of the primary's data needs about as much).
+async fn dir_size(h: &NodeHandle, dir: &str) -> Option<u64> {
     let c = Command {
         user: h.transport.admin_user().map(str::to_string),
-        ..Command::new("sh").args(["-c", DISK_SCRIPT, "pgrepl-disk", dir.unwrap_or(""), "/"])
+        ..Command::new("sh").args(["-c", DISK_SCRIPT, "pgrepl-disk", dir, dir])
     };
-    let Ok(out) = h.transport.exec(&c).await else { return (None, None) };
-    let mut it = out.stdout.split_whitespace().map(|v| v.parse::<u64>().ok().map(|k| k * 1024));
-    (it.next().flatten(), it.next().flatten())
+    let out = h.transport.exec(&c).await.ok()?;
+    out.stdout.split_whitespace().next()?.parse::<u64>().ok().map(|k| k * 1024)
 }
 
 /// Bytes free on the filesystem of `dir`.
