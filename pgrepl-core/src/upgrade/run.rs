@@ -220,12 +220,16 @@ impl<'a> Exec<'a> {
                 let port = self.port(node);
                 nh.transport.run(&tools::analyze(&nh.layout, port)).await.map_err(|e| tr(node, "vacuumdb --analyze-in-stages", e))?;
                 let script = format!("{}/update_extensions.sql", self.work_dir(node)?);
-                if let Some(b) =
-                    nh.transport.read_file_as(&script, &nh.layout.os_user).await.map_err(|e| tr(node, "read update_extensions.sql", e))?
+                if nh
+                    .transport
+                    .exists(&script, Some(&nh.layout.os_user))
+                    .await
+                    .map_err(|e| tr(node, "look for update_extensions.sql", e))?
                 {
-                    sql::query(&*nh.transport, &nh.layout, port, &String::from_utf8_lossy(&b), Duration::from_secs(600))
+                    nh.transport
+                        .run(&tools::psql_file(&nh.layout, port, &script))
                         .await
-                        .map_err(|e| crate::deploy::sqlerr(node, "run pg_upgrade's update_extensions.sql", e))?;
+                        .map_err(|e| tr(node, "run pg_upgrade's update_extensions.sql", e))?;
                     return Ok(Some("statistics rebuilt; update_extensions.sql run".into()));
                 }
                 Ok(Some("statistics rebuilt".into()))

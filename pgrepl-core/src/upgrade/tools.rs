@@ -93,13 +93,45 @@ pub fn pg_upgrade(a: &PgUpgradeArgs<'_>) -> Command {
     c
 }
 
-/// `vacuumdb --all --analyze-in-stages` on the node's socket.
+/// Sessions of the steps that write on the new primary before its standbys are back:
+/// their commits do not wait for synchronous standbys that are not there yet.
+const LOCAL_COMMIT: (&str, &str) = ("PGOPTIONS", "-c synchronous_commit=local");
+
+/// `vacuumdb --all --analyze-in-stages` on the node's socket (commits local).
 pub fn analyze(layout: &NodeLayout, port: u16) -> Command {
     let mut c = Command::new(layout.client_tool("vacuumdb"))
         .args(["--all", "--analyze-in-stages", "-h", &layout.socket_dir, "-p", &port.to_string(), "-U", &layout.superuser])
         .user(layout.os_user.clone())
         .timeout(PG_UPGRADE_TIMEOUT);
     c.env = tool_env(layout);
+    c.env.push((LOCAL_COMMIT.0.into(), LOCAL_COMMIT.1.into()));
+    c
+}
+
+/// `psql -f <script>` (pg_upgrade's `update_extensions.sql`: it connects to each database
+/// itself) on the node's socket (commits local).
+pub fn psql_file(layout: &NodeLayout, port: u16, script: &str) -> Command {
+    let mut c = Command::new(layout.client_tool("psql"))
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &layout.socket_dir,
+            "-p",
+            &port.to_string(),
+            "-U",
+            &layout.superuser,
+            "-d",
+            "postgres",
+            "-f",
+            script,
+        ])
+        .user(layout.os_user.clone())
+        .timeout(PG_UPGRADE_TIMEOUT);
+    c.env = tool_env(layout);
+    c.env.push((LOCAL_COMMIT.0.into(), LOCAL_COMMIT.1.into()));
     c
 }
 
