@@ -285,10 +285,10 @@ fn upgrade_minor_is_not_built_here() {
     assert_eq!(code, 2, "{err}");
 }
 
-/// The new major's binaries as a directory of symbolic links to the lab's, whose
-/// `pg_upgrade` passes `--check` through and fails anything else: a failure injected after
-/// the servers stopped and the old data directory was renamed.
-fn failing_pg_upgrade(dir: &Path, major: &str) -> std::path::PathBuf {
+/// The new major's binaries as a directory of symbolic links to the lab's, whose `tool`
+/// passes `--check` and `--version` through and fails anything else: a failure injected
+/// after the servers stopped.
+fn failing_tool(dir: &Path, major: &str, tool: &str) -> std::path::PathBuf {
     let real = lab_dir().join("pg").join(major);
     let real = std::fs::canonicalize(&real).unwrap();
     std::fs::create_dir_all(dir.join("bin")).unwrap();
@@ -297,15 +297,15 @@ fn failing_pg_upgrade(dir: &Path, major: &str) -> std::path::PathBuf {
     }
     for e in std::fs::read_dir(real.join("bin")).unwrap() {
         let e = e.unwrap();
-        if e.file_name() != "pg_upgrade" {
+        if e.file_name() != tool {
             std::os::unix::fs::symlink(e.path(), dir.join("bin").join(e.file_name())).unwrap();
         }
     }
     let script = format!(
-        "#!/bin/sh\ncase \" $* \" in *\" --check \"*) exec {} \"$@\";; esac\necho 'injected failure: pg_upgrade stops here' >&2\nexit 1\n",
-        real.join("bin/pg_upgrade").display()
+        "#!/bin/sh\ncase \" $* \" in *\" --check \"*|*\" --version \"*) exec {} \"$@\";; esac\necho 'injected failure: {tool} stops here' >&2\nexit 1\n",
+        real.join("bin").join(tool).display()
     );
-    let p = dir.join("bin/pg_upgrade");
+    let p = dir.join("bin").join(tool);
     std::fs::write(&p, script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -320,7 +320,7 @@ fn failing_pg_upgrade(dir: &Path, major: &str) -> std::path::PathBuf {
 async fn failure_after_the_stop_goes_back_to_the_old_major() {
     let (bin, client) = bins("14");
     let wd = WorkDir::new("upgrade-back").with_bin(&bin);
-    let nbin = failing_pg_upgrade(&wd.path.join("pg16"), "16");
+    let nbin = failing_tool(&wd.path.join("pg16"), "16", "pg_upgrade");
     let port = free_ports(3);
     let spec = wd.path.join("pgrepl.toml");
     std::fs::write(&spec, local_spec("upgback", "14", port, &wd.str(), "")).unwrap();
@@ -338,7 +338,7 @@ async fn failure_after_the_stop_goes_back_to_the_old_major() {
 
     let (code, out, err) = with(&["upgrade", "--to", "16", "--yes", "--new-pg-bin", nbin.to_str().unwrap()]);
     assert_eq!(code, 4, "{out}\n{err}");
-    assert!(err.contains("failed at step 7 (db1: pg_upgrade"), "{err}");
+    assert!(err.contains("failed at step 9 (db1: pg_upgrade"), "{err}");
     assert!(err.contains("injected failure"), "pg_upgrade's own words: {err}");
     assert!(err.contains("went back to PostgreSQL 14"), "{err}");
     for n in ["db1", "db2", "db3"] {
@@ -397,7 +397,11 @@ fn ssh_plain_layout_major_upgrade_14_to_15() {
     let text = std::fs::read_to_string(&spec).unwrap();
     assert!(text.contains("postgres = \"15\"") && text.contains("pg_bin = \"/opt/pgrepl-lab/pg/15/bin\""), "{text}");
     assert_eq!(
-        host_psql("10.213.7.11", "sshupg", "SELECT string_agg(application_name || ':' || state, ',' ORDER BY 1) FROM pg_stat_replication;"),
+        host_psql(
+            "10.213.7.11",
+            "sshupg",
+            "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) FROM pg_stat_replication;"
+        ),
         "db2:streaming,db3:streaming"
     );
     for (_, addr, _) in LAB_HOSTS {
@@ -413,5 +417,73 @@ fn ssh_plain_layout_major_upgrade_14_to_15() {
     let (code, out, err) = run(&["status", "-f", f, "--work-dir", w]);
     assert_eq!(code, 0, "status over SSH after the upgrade: {out}\n{err}");
     let (code, _, err) = run(&["destroy", "--yes", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A standby's clone fails after the upgraded primary started (pg_basebackup injected to
+/// fail): the primary runs the new major and the cluster file says so, the report says
+/// what failed and to run `up`, every old data directory is kept; `up` with the new
+/// binaries then clones the standbys and the cluster is whole, every row there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_after_the_point_of_no_return_is_finished_by_up() {
+    let (bin, client) = bins("14");
+    let (nbin, nclient) = bins("16");
+    let mut wd = WorkDir::new("upgrade-forward").with_bin(&bin);
+    let broken_client = failing_tool(&wd.path.join("pg16"), "16", "pg_basebackup");
+    let port = free_ports(3);
+    let spec = wd.path.join("pgrepl.toml");
+    std::fs::write(&spec, local_spec("upgfwd", "14", port, &wd.str(), "")).unwrap();
+    let f = spec.to_str().unwrap();
+    let (code, out, err) = run(&["up", "-f", f, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    psql(&client, &wd.path, "db1", port, "CREATE TABLE t AS SELECT generate_series(1, 300) AS i;");
+
+    let (code, out, err) = run(&[
+        "upgrade",
+        "--to",
+        "16",
+        "--yes",
+        "-f",
+        f,
+        "--pg-bin",
+        bin.to_str().unwrap(),
+        "--pg-client-bin",
+        client.to_str().unwrap(),
+        "--new-pg-bin",
+        nbin.to_str().unwrap(),
+        "--new-pg-client-bin",
+        broken_client.to_str().unwrap(),
+    ]);
+    wd.bin = Some(nbin.clone());
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(out.contains("FAILED: step 13 (db2: clone from db1"), "{out}");
+    assert!(out.contains("injected failure: pg_basebackup"), "{out}");
+    assert!(out.contains("runs PostgreSQL 16 (upgraded)") && out.contains("`pgrepl up`"), "{out}");
+    assert!(std::fs::read_to_string(&spec).unwrap().contains("postgres = \"16\""), "the cluster file says the new major");
+    assert_eq!(psql(&nclient, &wd.path, "db1", port, "SHOW server_version_num;").parse::<u32>().unwrap() / 10000, 16);
+    for n in ["db1", "db2", "db3"] {
+        assert_eq!(std::fs::read_to_string(wd.path.join(n).join("data-14.old/PG_VERSION")).unwrap().trim(), "14", "{n}: kept");
+    }
+    assert!(!wd.path.join("db3/data/PG_VERSION").exists(), "db3 holds no old major's files where `up` looks");
+
+    let newf = ["-f", f, "--pg-bin", nbin.to_str().unwrap(), "--pg-client-bin", nclient.to_str().unwrap()];
+    let (code, out, err) = run(&[&["up"][..], &newf].concat());
+    assert_eq!(code, 0, "up finishes the upgrade: {out}\n{err}");
+    assert_eq!(
+        psql(
+            &nclient,
+            &wd.path,
+            "db1",
+            port,
+            "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) FROM pg_stat_replication;"
+        ),
+        "db2:streaming,db3:streaming"
+    );
+    for (i, n) in ["db2", "db3"].iter().enumerate() {
+        let p = port + 1 + i as u16;
+        assert_eq!(psql(&nclient, &wd.path, n, p, "SHOW server_version_num;").parse::<u32>().unwrap() / 10000, 16, "{n}");
+        assert_eq!(wait_for(&nclient, &wd.path, n, p, "SELECT count(*) FROM t;", "300"), "300", "{n}");
+    }
+    let (code, _, err) = run(&[&["down"][..], &newf].concat());
     assert_eq!(code, 0, "{err}");
 }

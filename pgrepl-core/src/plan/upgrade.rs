@@ -9,16 +9,17 @@
 //!
 //! 1. P stopped cleanly (its shutdown checkpoint written: nothing writes after it), then
 //!    every S stopped;
-//! 2. P's data directory kept under a new name (`data` → `data-14.old`), a new one made
-//!    with the new major's `initdb` and the old cluster's encoding, locale, data checksums
-//!    and bootstrap superuser, pgrepl's settings for the new major written into it;
+//! 2. every node's data directory kept under a new name (`data` → `data-14.old`); on P a
+//!    new one made with the new major's `initdb` and the old cluster's encoding, locale,
+//!    data checksums and bootstrap superuser, pgrepl's settings for the new major written
+//!    into it;
 //! 3. `pg_upgrade` (a copy, or hard links with `--link`), then P started on the new major:
 //!    this is the point of no return (before it, the executor goes back: the new directory
-//!    removed, the old one renamed back, every node started again);
+//!    removed, the old ones renamed back, every node started again);
 //! 4. statistics rebuilt (`vacuumdb --all --analyze-in-stages`), the replication role and
 //!    the standbys' slots ensured (physical slots are not carried by `pg_upgrade`);
-//! 5. each S: its data directory kept under the new name, cloned from P with
-//!    `pg_basebackup` of the new major, started, and streaming checked (upstreams first).
+//! 5. each S: cloned from P with `pg_basebackup` of the new major, started, and streaming
+//!    checked (upstreams first).
 //!
 //! The old data directories are left for the operator to remove.
 
@@ -522,8 +523,13 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     for s in &standbys {
         steps.push(UpgradeStep::StopStandby { node: s.clone() });
     }
-    let (pdata, pkept) = kept_as(primary).expect("observed");
-    steps.push(UpgradeStep::KeepOldData { node: primary.to_string(), from: pdata, to: pkept });
+    // Every old data directory is kept under its new name before anything new is made:
+    // going back renames them all back; past the point of no return, a standby whose
+    // clone failed has no data directory, which `up` clones (never an old major's files).
+    for n in std::iter::once(primary.to_string()).chain(standbys.iter().cloned()) {
+        let (data, kept) = kept_as(&n).expect("observed");
+        steps.push(UpgradeStep::KeepOldData { node: n, from: data, to: kept });
+    }
     steps.push(UpgradeStep::Initdb { node: primary.to_string(), settings: init });
     steps.push(UpgradeStep::WriteSettings { node: primary.to_string() });
     steps.push(UpgradeStep::PgUpgrade { node: primary.to_string(), link: req.link });
@@ -534,8 +540,6 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     steps.push(UpgradeStep::ReplicationRoleAndSlots { node: primary.to_string(), slots });
     for s in &standbys {
         let upstream = cluster.node(s).and_then(|n| n.upstream.clone()).unwrap_or_else(|| primary.to_string());
-        let (data, kept) = kept_as(s).expect("observed");
-        steps.push(UpgradeStep::KeepOldData { node: s.clone(), from: data, to: kept });
         steps.push(UpgradeStep::Clone { node: s.clone(), from: upstream.clone() });
         let slots: Vec<String> = cluster.downstream(s).filter_map(|d| d.slot.clone()).collect();
         if !slots.is_empty() {
@@ -630,7 +634,7 @@ impl fmt::Display for UpgradePlan {
         }
         writeln!(
             f,
-            "  a failure before step {} goes back: the new data directory removed, the old one renamed back, every node started on {}",
+            "  a failure before step {} goes back: the new data directory removed, the old ones renamed back, every node started on {}",
             self.point_of_no_return + 1,
             self.from
         )?;
@@ -772,16 +776,16 @@ mod tests {
                 "db2 \"stop_standby\"",
                 "db3 \"stop_standby\"",
                 "db1 \"keep_old_data\"",
+                "db2 \"keep_old_data\"",
+                "db3 \"keep_old_data\"",
                 "db1 \"initdb\"",
                 "db1 \"write_settings\"",
                 "db1 \"pg_upgrade\"",
                 "db1 \"start_primary\"",
                 "db1 \"analyze\"",
                 "db1 \"replication_role_and_slots\"",
-                "db2 \"keep_old_data\"",
                 "db2 \"clone\"",
                 "db2 \"start_standby\"",
-                "db3 \"keep_old_data\"",
                 "db3 \"clone\"",
                 "db3 \"start_standby\"",
             ]
@@ -816,8 +820,8 @@ mod tests {
         let text = upgrade(&cluster(), &facts(), &COPY).unwrap().to_string();
         assert!(text.starts_with("plan for cluster c: upgrade PostgreSQL 14 -> 16 (pg_upgrade, copying), primary db1\n"), "{text}");
         assert!(text.contains(" 1. db1        stop cleanly"), "{text}");
-        assert!(text.contains(" 8. db1        start on the new major  [point of no return]"), "{text}");
-        assert!(text.contains("a failure before step 8 goes back"), "{text}");
+        assert!(text.contains("10. db1        start on the new major  [point of no return]"), "{text}");
+        assert!(text.contains("a failure before step 10 goes back"), "{text}");
         assert!(text.contains("kept: db2's old data directory in /w/db2/data-14.old"), "{text}");
         assert!(
             text.contains("initdb (new major): encoding UTF8, LC_COLLATE C, LC_CTYPE C, data checksums on, superuser postgres"),

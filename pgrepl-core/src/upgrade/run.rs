@@ -24,8 +24,8 @@ use crate::transport::{Command, TransportExt};
 struct Undo {
     /// Nodes stopped, in order.
     stopped: Vec<String>,
-    /// The primary's data directory was renamed: (node, data dir, kept as).
-    renamed: Option<(String, String, String)>,
+    /// Data directories renamed, in order: (node, data dir, kept as).
+    renamed: Vec<(String, String, String)>,
     /// The new data directory was created on this node.
     created_new: Option<String>,
 }
@@ -180,9 +180,7 @@ impl<'a> Exec<'a> {
             }
             UpgradeStep::KeepOldData { node, from, to } => {
                 self.rename(self.old(node)?, from, to).await?;
-                if *node == self.plan.primary {
-                    undo.renamed = Some((node.clone(), from.clone(), to.clone()));
-                }
+                undo.renamed.push((node.clone(), from.clone(), to.clone()));
                 Ok(Some(format!("kept in {to}")))
             }
             UpgradeStep::Initdb { node, settings } => {
@@ -332,10 +330,12 @@ impl<'a> Exec<'a> {
     async fn go_back(&self, undo: &Undo) -> String {
         let mut said = Vec::new();
         let p = self.plan;
-        if let Some((node, data, kept)) = &undo.renamed {
-            let Ok(h) = self.old(node) else { return "could not go back: the primary's host cannot be reached".into() };
+        for (node, data, kept) in undo.renamed.iter().rev() {
+            let Ok(h) = self.old(node) else {
+                return format!("could not go back: {node}'s host cannot be reached; its old data directory is in {kept}");
+            };
             let t = &*h.transport;
-            if p.link && t.exists(&format!("{kept}/global/pg_control.old"), None).await.unwrap_or(true) {
+            if *node == p.primary && p.link && t.exists(&format!("{kept}/global/pg_control.old"), None).await.unwrap_or(true) {
                 return format!(
                     "NOT gone back: pg_upgrade --link had begun linking ({kept}/global/pg_control.old exists): the old cluster in {kept} must not be started. Finish by hand (see pg_upgrade's logs in {}) or restore a backup",
                     self.work_dir(node).unwrap_or_default()
