@@ -38,7 +38,9 @@ fn wait_for(client: &Path, wd: &Path, node: &str, port: u16, sql: &str, want: &s
     }
 }
 
-async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
+/// With `switch_first`, a switchover to db2 before the upgrade: the upgrade starts from the
+/// recorded primary (db2, on timeline 2) and the new cluster's timeline (1) is recorded.
+async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str, switch_first: bool) {
     let (bin, client) = bins(from);
     let (nbin, nclient) = bins(to);
     let mut wd = WorkDir::new(&format!("upgrade-{from}-{to}")).with_bin(&bin);
@@ -83,6 +85,16 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
     appdb(&client, "db1", port, "CREATE TABLE orders (id bigint PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 777);");
     let sum_before = psql(&client, &wd.path, "db1", port, "SELECT sum(i)::text || md5(string_agg(note, ',' ORDER BY i)) FROM upg;");
 
+    let (primary, others) = if switch_first {
+        let (code, out, err) = with(&["switchover", "--to", "db2"], &old);
+        assert_eq!(code, 0, "switchover before the upgrade: {out}\n{err}");
+        ("db2", ["db1", "db3"])
+    } else {
+        ("db1", ["db2", "db3"])
+    };
+    let port_of = |n: &str| port + n[2..].parse::<u16>().unwrap() - 1;
+    let pport = port_of(primary);
+
     // The dry run: checks, then the plan; nothing stops.
     let pids_before = pids(&wd.path);
     let mut dry =
@@ -96,7 +108,8 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
     assert!(out.contains("[point of no return]"), "{out}");
     assert!(out.contains(if link { "pg_upgrade --link" } else { "pg_upgrade (a copy" }), "{out}");
     assert_eq!(pids(&wd.path), pids_before, "the dry run restarted nothing");
-    assert!(!wd.path.join(format!("db1/data-{from}.old")).exists(), "the dry run renamed nothing");
+    assert!(out.contains(&format!("primary {primary}")), "{out}");
+    assert!(!wd.path.join(format!("{primary}/data-{from}.old")).exists(), "the dry run renamed nothing");
 
     let mut up = vec![
         "upgrade",
@@ -131,11 +144,11 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
     let senders = psql(
         &nclient,
         &wd.path,
-        "db1",
-        port,
+        primary,
+        pport,
         "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) FROM pg_stat_replication;",
     );
-    assert_eq!(senders, "db2:streaming,db3:streaming");
+    assert_eq!(senders, format!("{}:streaming,{}:streaming", others[0], others[1]));
     // Every row written before, on every node, in both databases.
     for (i, n) in ["db1", "db2", "db3"].iter().enumerate() {
         let p = port + i as u16;
@@ -148,9 +161,9 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
         assert_eq!(appdb(&nclient, n, p, "SELECT count(*) FROM orders;"), "777", "{n}");
     }
     // A write after the upgrade reaches the standbys.
-    psql(&nclient, &wd.path, "db1", port, "INSERT INTO upg VALUES (0, 'after');");
-    for (i, n) in ["db2", "db3"].iter().enumerate() {
-        let got = wait_for(&nclient, &wd.path, n, port + 1 + i as u16, "SELECT count(*) FROM upg;", &(ROWS + 1).to_string());
+    psql(&nclient, &wd.path, primary, pport, "INSERT INTO upg VALUES (0, 'after');");
+    for n in others {
+        let got = wait_for(&nclient, &wd.path, n, port_of(n), "SELECT count(*) FROM upg;", &(ROWS + 1).to_string());
         assert_eq!(got, (ROWS + 1).to_string(), "{n} did not replay the write made after the upgrade");
     }
     // The old data directories are kept, with the old major's files.
@@ -159,6 +172,14 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
         assert_eq!(std::fs::read_to_string(kept.join("PG_VERSION")).unwrap().trim(), from, "{}", kept.display());
         assert_eq!(std::fs::read_to_string(wd.path.join(n).join("data/PG_VERSION")).unwrap().trim(), to);
     }
+    // The recorded state follows: the primary as it was, the new cluster's timeline (1:
+    // pg_upgrade starts it there), where a switchover before had recorded 2.
+    let topo: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(wd.path.join("secrets/topology.json")).unwrap_or_default()).unwrap_or_default();
+    if switch_first {
+        assert_eq!(topo["primary"], primary, "{topo}");
+    }
+    assert_eq!(topo["timeline"], 1, "the recorded timeline is the new cluster's: {topo}");
     // The cluster file says the new major; the old one is kept beside it.
     let text = std::fs::read_to_string(&spec).unwrap();
     assert!(text.contains(&format!("postgres = \"{to}\"")), "{text}");
@@ -168,10 +189,16 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
     let (code, out, err) = with(&["status", "--output", "json"], &new);
     assert_eq!(code, 0, "status after the upgrade: {out}\n{err}");
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(s["nodes"][0]["role"], "primary");
-    for n in &s["nodes"].as_array().unwrap()[1..] {
-        assert_eq!(n["streaming"], true, "{out}");
-        assert_eq!(n["slot_active"], true, "{out}");
+    assert!(s["problems"].as_array().unwrap().is_empty(), "{out}");
+    for n in s["nodes"].as_array().unwrap() {
+        if n["name"] == primary {
+            assert_eq!(n["role"], "primary", "{out}");
+            assert_eq!(n["timeline"], 1, "the new cluster's timeline: {out}");
+        } else {
+            assert_eq!(n["role"], "standby", "{out}");
+            assert_eq!(n["streaming"], true, "{out}");
+            assert_eq!(n["slot_active"], true, "{out}");
+        }
     }
     let (code, out, err) = with(&["verify"], &new);
     assert_eq!(code, 0, "verify after the upgrade: {out}\n{err}");
@@ -186,18 +213,19 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
     assert!(wd.path.join(format!("db2/data-{from}.old")).exists(), "the dry run removed nothing");
     let (code, out, err) = with(&["upgrade", "--finish", "--yes"], &new);
     assert_eq!(code, 0, "{out}\n{err}");
-    assert!(out.contains(&format!("db1: removed {}/db1/data-{from}.old (PostgreSQL {from})", wd.str())), "{out}");
+    assert!(out.contains(&format!("{primary}: removed {}/{primary}/data-{from}.old (PostgreSQL {from})", wd.str())), "{out}");
     for n in ["db1", "db2", "db3"] {
         assert!(!wd.path.join(n).join(format!("data-{from}.old")).exists(), "{n}: removed");
     }
     let (code, out, err) = with(&["status"], &new);
     assert_eq!(code, 0, "status after --finish: {out}\n{err}");
 
-    // A switchover on the new major: db2 takes over, db1 follows it.
-    let (code, out, err) = with(&["switchover", "--to", "db2"], &new);
+    // A switchover on the new major: a standby takes over, the primary follows it.
+    let next = others[0];
+    let (code, out, err) = with(&["switchover", "--to", next], &new);
     assert_eq!(code, 0, "switchover after the upgrade: {out}\n{err}");
-    assert_eq!(psql(&nclient, &wd.path, "db2", port + 1, "SELECT pg_is_in_recovery();"), "f");
-    assert_eq!(psql(&nclient, &wd.path, "db1", port, "SELECT pg_is_in_recovery();"), "t");
+    assert_eq!(psql(&nclient, &wd.path, next, port_of(next), "SELECT pg_is_in_recovery();"), "f");
+    assert_eq!(psql(&nclient, &wd.path, primary, pport, "SELECT pg_is_in_recovery();"), "t");
     let (code, out, err) = with(&["status"], &new);
     assert_eq!(code, 0, "status after the switchover: {out}\n{err}");
     let (code, _, err) = with(&["down"], &new);
@@ -206,14 +234,20 @@ async fn major_upgrade(from: &str, to: &str, link: bool, extra: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn major_upgrade_14_to_16_copy() {
-    major_upgrade("14", "16", false, "").await;
+    major_upgrade("14", "16", false, "", false).await;
+}
+
+/// From a cluster whose primary moved (db2, timeline 2) before the upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn major_upgrade_14_to_16_after_a_switchover() {
+    major_upgrade("14", "16", false, "", true).await;
 }
 
 /// With synchronous replication: the new primary's own writes before its standbys are
 /// back (statistics) commit locally instead of waiting for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn major_upgrade_16_to_18_link_sync() {
-    major_upgrade("16", "18", true, "[replication]\nsync = { mode = \"any\", count = 1 }\n").await;
+    major_upgrade("16", "18", true, "[replication]\nsync = { mode = \"any\", count = 1 }\n", false).await;
 }
 
 /// adminpack is in 16's contrib and gone from 17 on: a 16 cluster using it cannot be
