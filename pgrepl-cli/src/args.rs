@@ -253,6 +253,42 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Upgrade the cluster's PostgreSQL: `--to N` a major upgrade with pg_upgrade (checks
+    /// first, every problem named; then a clean stop, pg_upgrade on the primary, the
+    /// standbys cloned again from it; the old data directories kept, `--finish` removes
+    /// them); `--minor` new binaries of the same major (not built on this branch).
+    #[command(group(clap::ArgGroup::new("upgrade_kind").required(true)))]
+    Upgrade {
+        #[command(flatten)]
+        common: Common,
+        /// The new major (e.g. 16).
+        #[arg(long, value_name = "MAJOR", value_parser = parse_major, group = "upgrade_kind")]
+        to: Option<PgMajor>,
+        /// A minor upgrade onto new binaries of the same major (a rolling restart).
+        #[arg(long, group = "upgrade_kind")]
+        minor: bool,
+        /// After a major upgrade: remove the old data directories it kept, on every node
+        /// that runs the new major (refused while a server runs on one).
+        #[arg(long, group = "upgrade_kind")]
+        finish: bool,
+        /// pg_upgrade --link: hard links instead of a copy (fast, little disk; the old
+        /// cluster must never be started again).
+        #[arg(long, requires = "to")]
+        link: bool,
+        /// The new major's server binaries (on every host; local: default found like
+        /// --pg-bin, among the installed majors).
+        #[arg(long, value_name = "DIR", requires = "to")]
+        new_pg_bin: Option<PathBuf>,
+        /// The new major's client tools, when not beside its server binaries.
+        #[arg(long, value_name = "DIR", requires = "to")]
+        new_pg_client_bin: Option<PathBuf>,
+        /// Run the checks and print the plan; touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Run the agent of one node of an `[ha]` cluster (long-running; `up` starts them in
     /// the background on local clusters): it owns its PostgreSQL, holds or races for the
     /// leader key in etcd, and fails over by itself.

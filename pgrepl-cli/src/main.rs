@@ -10,6 +10,7 @@ mod ha;
 mod hosts_ha;
 mod output;
 mod supervise;
+mod upgrade;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -391,6 +392,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Supervise { pid_file, log, program } => {
             let (bin, args) = program.split_first().context("supervise: a program to run after --")?;
             supervise::supervise(&pid_file, &log, Path::new(bin), args).await
+        }
+        Cmd::Upgrade { common, to, minor, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes } => {
+            upgrade::upgrade(&common, upgrade::UpgradeArgs { to, minor, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes }).await
         }
         Cmd::Pause { common } => {
             let (d, _) = open(&common, false).await?;

@@ -97,6 +97,8 @@ pub mod status;
 pub mod testing;
 #[cfg(feature = "runtime")]
 pub mod transport;
+#[cfg(feature = "runtime")]
+pub mod upgrade;
 
 pub use cluster::{Cluster, Node, default_slot_name};
 pub use error::{Error, Refusal, SpecError, SpecErrors};

@@ -41,6 +41,18 @@ pub type Row = Vec<Option<String>>;
 /// Runs `sql` (one or more statements, sent on stdin) on the node at `port` and returns
 /// the rows of the last statement that returned any.
 pub async fn query(t: &dyn Transport, layout: &NodeLayout, port: u16, sql: &str, timeout: Duration) -> Result<Vec<Row>, QueryError> {
+    query_in(t, layout, port, "postgres", sql, timeout).await
+}
+
+/// Like [`query`], in database `db`.
+pub async fn query_in(
+    t: &dyn Transport,
+    layout: &NodeLayout,
+    port: u16,
+    db: &str,
+    sql: &str,
+    timeout: Duration,
+) -> Result<Vec<Row>, QueryError> {
     let cmd = Command::new(layout.client_tool("psql"))
         .args([
             "-X".to_string(),
@@ -62,7 +74,7 @@ pub async fn query(t: &dyn Transport, layout: &NodeLayout, port: u16, sql: &str,
             "-U".into(),
             layout.superuser.clone(),
             "-d".into(),
-            "postgres".into(),
+            db.to_string(),
             "-f".into(),
             "-".into(),
         ])

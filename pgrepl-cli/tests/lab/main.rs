@@ -20,3 +20,4 @@ mod pgbackrest;
 mod routing;
 mod ssh_e2e;
 mod transports;
+mod upgrade;

@@ -1,6 +1,6 @@
 //! Decisions as data: what to do to a cluster, as a pure function of what was observed.
 //!
-//! Each planner ([`up()`], [`failover()`], [`switchover()`], [`rejoin()`]) takes the validated
+//! Each planner ([`up()`], [`failover()`], [`switchover()`], [`rejoin()`], [`upgrade()`]) takes the validated
 //! [`Cluster`], an [`ObservedCluster`](crate::observe::ObservedCluster)
 //! and a request, and returns a [`Plan`] or a typed [`Refusal`]. A plan is an ordered list
 //! of [`Step`]s; each step names the guards the executor re-checks right before it runs
@@ -20,6 +20,7 @@ pub mod switchover;
 #[cfg(test)]
 mod tests;
 pub mod up;
+pub mod upgrade;
 
 use std::fmt;
 
@@ -31,6 +32,7 @@ pub use refusal::Refusal;
 pub use rejoin::{RejoinFacts, RejoinRequest, rejoin};
 pub use switchover::{SWITCHOVER_MAX_LAG_BYTES, SwitchoverRequest, switchover};
 pub use up::up;
+pub use upgrade::{UpgradeFacts, UpgradePlan, UpgradeProblem, UpgradeRequest, UpgradeStep, upgrade};
 
 use crate::cluster::Cluster;
 use crate::lsn::Lsn;

@@ -223,6 +223,15 @@ pub enum Refusal {
         /// The data directory.
         path: String,
     },
+    /// A major upgrade's checks failed: every problem found, each with its reason.
+    /// Nothing was changed.
+    #[error("the upgrade to PostgreSQL {to} is refused; nothing was changed:{}", problems.iter().map(|p| format!("\n  - {p}")).collect::<String>())]
+    UpgradeChecks {
+        /// The major asked for.
+        to: String,
+        /// What the checks found.
+        problems: Vec<super::upgrade::UpgradeProblem>,
+    },
 }
 
 impl Refusal {
@@ -252,7 +261,7 @@ impl Refusal {
             Refusal::SyncNotCovered { primary, .. } | Refusal::NoRunningPrimary { primary, .. } => primary,
             Refusal::OtherAlsoWritable { other } => other,
             Refusal::SplitBrain { nodes } => nodes.first()?,
-            Refusal::MajorUnknown | Refusal::NoCandidate { .. } => return None,
+            Refusal::MajorUnknown | Refusal::NoCandidate { .. } | Refusal::UpgradeChecks { .. } => return None,
         })
     }
 }

@@ -7,12 +7,14 @@
 
 mod caps;
 mod settings;
+mod upgrade;
 
 pub use caps::{
     BasebackupSlot, Capabilities, ChangeContext, LsnNames, PasswordAuth, PromoteMethod, RecoveryStyle, RewindCaps, Support, SyncSyntax,
     WalRetention,
 };
 pub use settings::{SettingRule, setting_rule};
+pub use upgrade::UpgradeCaps;
 
 use std::fmt;
 use std::str::FromStr;

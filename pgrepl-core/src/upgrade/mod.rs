@@ -1,0 +1,216 @@
+//! Major upgrades with `pg_upgrade`: [`Deployment::plan_upgrade`] (the checks and the
+//! plan, touching nothing) and [`Deployment::upgrade`] (the same, then carried out).
+//!
+//! Observe, decide, act, as for the other operations: `observe` gathers the facts through
+//! each node's [`Transport`](crate::transport::Transport) (the new binaries on every host,
+//! `pg_upgrade --check` against the running primary with a scratch new cluster, the
+//! extensions of every database against the new binaries' control files, slots, free disk,
+//! the servers' states, the old cluster's encoding, locale, checksums and bootstrap
+//! superuser); [`crate::plan::upgrade()`] decides (pure: every problem at once, or the
+//! steps); `run` carries the steps out and, when a step fails before the upgraded primary
+//! starts, goes back to the old major (new data directory removed, old one renamed back,
+//! every node started again). `tools` holds the command lines.
+//!
+//! ```no_run
+//! use pgrepl_core::deploy::{Deployment, NoProgress};
+//! use pgrepl_core::upgrade::UpgradeOptions;
+//! use pgrepl_core::PgMajor;
+//!
+//! # async fn demo(d: Deployment, spec: pgrepl_core::ClusterSpec) -> Result<(), pgrepl_core::Error> {
+//! let opts = UpgradeOptions::new(PgMajor::V16).with_bin_dir("/usr/lib/postgresql/16/bin");
+//! println!("{}", d.plan_upgrade(&spec, &opts, &NoProgress).await?);   // a refusal lists every problem
+//! let report = d.upgrade(&spec, &opts, &NoProgress).await?;
+//! println!("{report}");
+//! // The caller's spec now says `postgres = "16"` (the CLI rewrites the cluster file).
+//! # Ok(()) }
+//! ```
+//!
+//! Layouts: the local provider's and the plain layout over SSH (`pg_ctl` with binaries
+//! pgrepl is given); a distribution's service (Debian's clusters, systemd units) is
+//! refused by the checks, naming the node. Agents (`[ha]`) are refused too.
+
+mod finish;
+mod observe;
+mod run;
+pub mod tools;
+
+use std::fmt;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::deploy::{Deployment, Progress};
+use crate::error::Error;
+use crate::layout::{Binaries, NodeLayout};
+use crate::plan::upgrade::UpgradePlan;
+use crate::spec::ClusterSpec;
+use crate::version::PgMajor;
+
+/// What to upgrade to, and with which binaries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeOptions {
+    /// The new major.
+    pub to: PgMajor,
+    /// `pg_upgrade --link`.
+    pub link: bool,
+    /// The new major's server binaries (`postgres`, `initdb`, `pg_ctl`, `pg_upgrade`) on
+    /// every host.
+    pub bin_dir: Option<String>,
+    /// Its client tools (`psql`, `pg_basebackup`, `vacuumdb`), when not in `bin_dir`.
+    pub client_bin_dir: Option<String>,
+    /// A library directory for `LD_LIBRARY_PATH` (relocatable builds).
+    pub lib_dir: Option<String>,
+}
+
+impl UpgradeOptions {
+    /// To `to`, copying, binaries still to be given.
+    pub fn new(to: PgMajor) -> Self {
+        UpgradeOptions { to, link: false, bin_dir: None, client_bin_dir: None, lib_dir: None }
+    }
+
+    /// `pg_upgrade --link`.
+    pub fn link(mut self, link: bool) -> Self {
+        self.link = link;
+        self
+    }
+
+    /// The new major's binaries on every host.
+    pub fn with_bin_dir(mut self, dir: impl Into<String>) -> Self {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// The binaries found on this machine (local clusters).
+    pub fn with_binaries(mut self, b: &Binaries) -> Self {
+        self.bin_dir = Some(b.bin_dir.clone());
+        self.client_bin_dir = Some(b.client_bin_dir.clone());
+        self.lib_dir = b.lib_dir.clone();
+        self
+    }
+
+    /// A node's layout on the new major: the same paths, the new binaries. `Err` names why
+    /// pgrepl cannot upgrade that layout.
+    pub fn new_layout(&self, old: &NodeLayout) -> Result<NodeLayout, String> {
+        if old.debian_cluster.is_some() || !matches!(old.service, crate::layout::ServiceControl::PgCtl) {
+            return Err(
+                "its PostgreSQL is a distribution's service (a Debian cluster or a systemd unit): pgrepl upgrades only layouts it drives with pg_ctl (the local provider, layout = \"plain\"); use pg_upgradecluster or your distribution's procedure"
+                    .into(),
+            );
+        }
+        let Some(bin) = &self.bin_dir else {
+            return Err(format!("no directory given for PostgreSQL {}'s binaries (--new-pg-bin DIR)", self.to));
+        };
+        Ok(NodeLayout {
+            bin_dir: bin.clone(),
+            client_bin_dir: self.client_bin_dir.clone().unwrap_or_else(|| bin.clone()),
+            lib_dir: self.lib_dir.clone(),
+            ..old.clone()
+        })
+    }
+}
+
+/// What became of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeStepRecord {
+    /// The node.
+    pub node: String,
+    /// What it did.
+    pub step: String,
+    /// `done`, `failed`, `warning` (a step whose failure does not stop the upgrade).
+    pub outcome: String,
+    /// What it found or why it failed.
+    pub detail: Option<String>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// What an upgrade did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UpgradeReport {
+    /// The cluster.
+    pub cluster: String,
+    /// The old major.
+    pub from: PgMajor,
+    /// The new major.
+    pub to: PgMajor,
+    /// `--link` was used.
+    pub link: bool,
+    /// The primary.
+    pub primary: String,
+    /// The primary runs the new major: the cluster's spec must say so from now on.
+    pub primary_upgraded: bool,
+    /// The steps as they ran.
+    pub steps: Vec<UpgradeStepRecord>,
+    /// Where each node's old data directory is kept: `(node, path)`.
+    pub kept: Vec<(String, String)>,
+    /// Things to know.
+    pub warnings: Vec<String>,
+    /// Set when a step after the point of no return failed: what failed and what to do.
+    pub failed: Option<String>,
+    /// Seconds in all.
+    pub total_seconds: f64,
+}
+
+impl fmt::Display for UpgradeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "cluster {}: PostgreSQL {} -> {} ({})", self.cluster, self.from, self.to, if self.link { "--link" } else { "copy" })?;
+        for s in &self.steps {
+            writeln!(
+                f,
+                "  {:<10} {:<7} {:>7.2}s  {}{}",
+                s.node,
+                s.outcome,
+                s.seconds,
+                s.step,
+                s.detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default()
+            )?;
+        }
+        for (n, k) in &self.kept {
+            writeln!(f, "kept: {n}'s old data directory (PostgreSQL {}) in {k}: remove it yourself once satisfied", self.from)?;
+        }
+        if self.link {
+            writeln!(f, "--link: the old cluster in the kept directory must never be started again (its files are the new cluster's)")?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        if let Some(e) = &self.failed {
+            writeln!(f, "FAILED: {e}")?;
+        }
+        writeln!(f, "total {:.2}s", self.total_seconds)
+    }
+}
+
+impl Deployment {
+    /// The checks and the plan of an upgrade of this cluster (whose spec is `spec`) to
+    /// `opts.to`; touches nothing but a scratch directory of `pg_upgrade --check` in
+    /// pgrepl's own directory on the primary's host, removed afterwards. Every problem the
+    /// checks find is returned at once as [`crate::plan::Refusal::UpgradeChecks`].
+    pub async fn plan_upgrade(&self, spec: &ClusterSpec, opts: &UpgradeOptions, progress: &dyn Progress) -> Result<UpgradePlan, Error> {
+        let ctx = observe::Ctx::open(self, spec, opts, progress).await?;
+        let facts = ctx.facts().await;
+        Ok(crate::plan::upgrade(&ctx.cluster, &facts, &crate::plan::UpgradeRequest { to: opts.to, link: opts.link })?)
+    }
+
+    /// Upgrades the cluster to `opts.to` under the operation lock: the checks, then the
+    /// plan carried out. A refusal changes nothing. A failure before the upgraded primary
+    /// starts goes back to the old major (and is returned as the error, saying so); a
+    /// failure after it is in the report's `failed`, with what to do. The caller's spec
+    /// must say `postgres = "<to>"` once the report says `primary_upgraded`.
+    pub async fn upgrade(&self, spec: &ClusterSpec, opts: &UpgradeOptions, progress: &dyn Progress) -> Result<UpgradeReport, Error> {
+        let lock = self.lock_operation("upgrade", self.lock_wait()).await?;
+        let t0 = Instant::now();
+        let result = async {
+            let ctx = observe::Ctx::open(self, spec, opts, progress).await?;
+            let facts = ctx.facts().await;
+            let plan = crate::plan::upgrade(&ctx.cluster, &facts, &crate::plan::UpgradeRequest { to: opts.to, link: opts.link })?;
+            lock.check()?;
+            let mut report = run::Exec::new(&ctx, &plan).run().await?;
+            report.total_seconds = t0.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        .await;
+        lock.release().await;
+        result
+    }
+}
