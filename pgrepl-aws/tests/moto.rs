@@ -11,7 +11,7 @@
 //! * state persists until reset: one server per test, unique cluster names;
 //! * it lets a security group in use be deleted (real EC2 answers DependencyViolation):
 //!   the provider terminates and waits first anyway, so nothing depends on it;
-//! * it accepts any credentials: the AuthFailure mapping is unit-tested in `mapping.rs`.
+//! * it accepts any credentials: the AuthFailure mapping is unit-tested in `mapping/sdk_error.rs`.
 //!
 //! A missing moto fails the tests with a message naming scripts/lab/install.sh.
 

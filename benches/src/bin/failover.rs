@@ -37,16 +37,21 @@
 //! /opt/pgrepl-lab), the major the peers were measured on. Run as root (PostgreSQL then
 //! runs as `postgres`). Everything lives in one scratch directory under $TMPDIR (mode
 //! 0755); every server started is stopped and the directory removed, also on failure.
+//!
+//! Shared with the other benches: the writer (`pgrepl_benches::writer`), the floor pair
+//! (`pgrepl_benches::floor`) and what the killed postmaster leaves behind
+//! (`pgrepl_benches::diagnose`); this file is the bench's own flow and its output.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use pgrepl_benches::{Scratch, chown_pg, free_ports, median, mkdir_pg, pg_user, run_pg};
+use pgrepl_benches::diagnose::{Linger, children_of, control_summary, proc_stat, status_probe, waldump_after, watch_linger};
+use pgrepl_benches::floor::{FloorPair, FloorRun};
+use pgrepl_benches::writer::{APP_USER, Ack, CONNECT_LIMIT, WRITE_PAUSE, Writer, error_summary, setup_sql};
+use pgrepl_benches::{PgTools, Scratch, free_ports, max, median, min, path_str as s, pg_user, secs_between};
 use pgrepl_core::deploy::{Deployment, NoProgress, Progress};
-use pgrepl_core::discovery::{DiscoveryOptions, discover};
 use pgrepl_core::ha::FailoverOptions;
 use pgrepl_core::layout::Binaries;
 use pgrepl_core::local::LocalBackend;
@@ -56,10 +61,6 @@ use pgrepl_core::version::RecoveryStyle;
 use pgrepl_core::{ClusterSpec, NodeSpec};
 use tokio_postgres::NoTls;
 
-/// The application role the writers use (password authentication over TCP).
-const APP_USER: &str = "bench_app";
-/// Limit of one command (initdb, pg_basebackup, pg_ctl, psql).
-const STEP_LIMIT: Duration = Duration::from_secs(300);
 /// How long the cluster may take to be healthy again (every standby streaming).
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(120);
 /// How long writes may take to resume after an operation.
@@ -70,14 +71,6 @@ const REFUSAL_DEADLINE: Duration = Duration::from_secs(60);
 const RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// Quiet time before each operation (its longest gap is the noise level).
 const BASELINE: Duration = Duration::from_secs(1);
-/// Writer: pause between commits, limits of one connect and one INSERT, total lifetime.
-const WRITE_PAUSE: Duration = Duration::from_millis(1);
-const CONNECT_LIMIT: Duration = Duration::from_secs(10);
-const INSERT_LIMIT: Duration = Duration::from_secs(5);
-const WRITER_LIFETIME: Duration = Duration::from_secs(3 * 3600);
-/// The insert: one row per transaction; the id and the port of the server that took it.
-const INSERT_SQL: &str = "INSERT INTO bench_writes DEFAULT VALUES RETURNING id, inet_server_port()";
-const TABLE_SQL: &str = "CREATE TABLE bench_writes (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp());";
 /// Peers' switchover write gap on 3 local PG15 nodes (the issue): Patroni, repmgr,
 /// pg_auto_failover alike.
 const PEERS_SWITCHOVER_GAP: (f64, f64) = (1.34, 1.46);
@@ -116,61 +109,24 @@ fn main() -> ExitCode {
 
 /// Everything the binaries and scratch directory give the parts of the bench.
 struct Ctx {
-    b: Binaries,
-    env: Vec<(String, String)>,
+    pg: PgTools,
     scratch: Scratch,
     app_password: String,
 }
 
-impl Ctx {
-    fn server(&self, tool: &str) -> PathBuf {
-        Path::new(&self.b.bin_dir).join(tool)
-    }
-    fn client(&self, tool: &str) -> PathBuf {
-        Path::new(&self.b.client_bin_dir).join(tool)
-    }
-
-    /// Runs a server or client tool as the server's OS user, off the async threads.
-    async fn run(&self, program: PathBuf, args: Vec<String>, extra_env: Vec<(String, String)>) -> Result<String, String> {
-        let mut env = self.env.clone();
-        env.extend(extra_env);
-        tokio::task::spawn_blocking(move || {
-            let a: Vec<&str> = args.iter().map(String::as_str).collect();
-            let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            run_pg(&program, &a, &e, STEP_LIMIT).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        })
-        .await
-        .map_err(|e| format!("task: {e}"))?
-    }
-
-    /// `sql` through psql over the Unix socket in `socket_dir` as the superuser.
-    async fn psql(&self, socket_dir: &Path, port: u16, sql: &str) -> Result<String, String> {
-        let args = ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", &s(socket_dir), "-p", &port.to_string(), "-U", "postgres"];
-        let mut a: Vec<String> = args.iter().map(|x| x.to_string()).collect();
-        a.extend(["-d".into(), "postgres".into(), "-c".into(), sql.to_string()]);
-        self.run(self.client("psql"), a, Vec::new()).await
-    }
-}
-
-fn s(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
 fn bench(args: &Args) -> Result<(), String> {
-    let b = discover(&DiscoveryOptions { pg_bin: Some(args.pg_bin.clone()), pg_client_bin: args.pg_client_bin.clone(), major: None })
-        .map_err(|e| format!("{e} (install the test lab with scripts/lab/install.sh, or pass --pg-bin)"))?;
+    let pg = PgTools::discover(&args.pg_bin, args.pg_client_bin.as_deref())?;
+    let b = &pg.b;
     if b.major.caps().recovery != RecoveryStyle::StandbySignal {
         return Err(format!("PostgreSQL {} : the floor of this bench is written for 12+ (standby.signal)", b.major));
     }
-    let env: Vec<(String, String)> = b.lib_dir.iter().map(|l| ("LD_LIBRARY_PATH".to_string(), l.clone())).collect();
-    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let scratch = Scratch::new("pgrepl-bench-failover", Path::new(&b.bin_dir), &env_ref)?;
+    let scratch = Scratch::new("pgrepl-bench-failover", Path::new(&b.bin_dir), &pg.env_ref())?;
     let start = 21000 + (std::process::id() % 900) as u16 * 10;
     let pg_port = free_ports(start, 3).ok_or("no 3 free ports on 127.0.0.1")?;
     let floor_port = free_ports(pg_port + 4, 2).ok_or("no 2 free ports on 127.0.0.1")?;
-    let ctx = Ctx { b, env, scratch, app_password: format!("bench-app-{}", std::process::id()) };
+    let ctx = Ctx { pg, scratch, app_password: format!("bench-app-{}", std::process::id()) };
 
-    print_header(&ctx.b, args.runs);
+    print_header(&ctx.pg.b, args.runs);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
     let results = rt.block_on(run_all(&ctx, args.runs, pg_port, floor_port));
     drop(rt);
@@ -191,15 +147,15 @@ struct Results {
 async fn run_all(ctx: &Ctx, runs: usize, pg_port: u16, floor_port: u16) -> Result<Results, String> {
     let work = ctx.scratch.path.join("cluster");
     let mut spec = ClusterSpec::builder("bench")
-        .postgres(ctx.b.major)
-        .pg_bin(&ctx.b.bin_dir)
+        .postgres(ctx.pg.b.major)
+        .pg_bin(&ctx.pg.b.bin_dir)
         .provider(ProviderSpec::Local(LocalProviderSpec { work_dir: Some(work.clone()), os_user: None, base_port: Some(pg_port) }))
         .node(NodeSpec::primary("db1"))
         .node(NodeSpec::standby("db2"))
         .node(NodeSpec::standby("db3"))
         .into_spec();
-    spec.pg_client_bin = Some(PathBuf::from(&ctx.b.client_bin_dir));
-    let opts = OpenOptions::default().with_pg_bin(&ctx.b.bin_dir).with_pg_client_bin(&ctx.b.client_bin_dir).with_work_dir(&work);
+    spec.pg_client_bin = Some(PathBuf::from(&ctx.pg.b.client_bin_dir));
+    let opts = OpenOptions::default().with_pg_bin(&ctx.pg.b.bin_dir).with_pg_client_bin(&ctx.pg.b.client_bin_dir).with_work_dir(&work);
     let d = Deployment::open(&spec, &opts, &[&LocalBackend]).await.map_err(|e| format!("open: {e}"))?;
     let t = Instant::now();
     let up = d.up(&NoProgress).await;
@@ -229,24 +185,20 @@ async fn measure(ctx: &Ctx, d: &Deployment, work: &Path, runs: usize, floor_dir:
     // The application's role and table, on the primary (they replicate).
     let c = d.current_cluster().await.map_err(|e| e.to_string())?;
     let p = c.primary();
-    let sql = format!(
-        "CREATE ROLE {APP_USER} LOGIN PASSWORD '{}'; {TABLE_SQL} GRANT SELECT, INSERT ON bench_writes TO {APP_USER}; \
-         GRANT USAGE ON SEQUENCE bench_writes_id_seq TO {APP_USER};",
-        ctx.app_password
-    );
-    ctx.psql(&work.join(&p.name).join("run"), p.port, &sql).await.map_err(|e| format!("create the application role: {e}"))?;
+    let sql = setup_sql(&ctx.app_password);
+    ctx.pg.psql(&work.join(&p.name).join("run"), p.port, &sql).await.map_err(|e| format!("create the application role: {e}"))?;
     let url = d.status().await.connections.read_write;
     let mut cfg: tokio_postgres::Config = url.parse().map_err(|e| format!("{url}: {e}"))?;
     cfg.user(APP_USER).password(ctx.app_password.as_str()).application_name("pgrepl-bench-writer");
     println!("writer:   {url} (user {APP_USER}, password auth), one row per transaction, {} ms pause", WRITE_PAUSE.as_millis());
 
-    let floor = FloorPair::setup(ctx, floor_dir, floor_port).await.map_err(|e| format!("floor pair: {e}"))?;
+    let floor = FloorPair::setup(&ctx.pg, floor_dir, floor_port, &ctx.app_password).await.map_err(|e| format!("floor pair: {e}"))?;
     let mut fcfg: tokio_postgres::Config = floor.url().parse().map_err(|e| format!("floor url: {e}"))?;
     fcfg.user(APP_USER).password(ctx.app_password.as_str()).application_name("pgrepl-bench-floor-writer");
     println!(
         "floor:    by hand, {} (primary) and {} (standby) on ports {floor_port}-{}, writer on {}",
-        floor.nodes[0].name,
-        floor.nodes[1].name,
+        floor.node_names()[0],
+        floor.node_names()[1],
         floor_port + 1,
         floor.url()
     );
@@ -267,8 +219,8 @@ async fn measure(ctx: &Ctx, d: &Deployment, work: &Path, runs: usize, floor_dir:
             out.failovers.push(fo);
             // The cluster idles while the floor is measured.
             writer.set_paused(true);
-            let fl = floor.once(ctx, &fwriter).await.map_err(|e| format!("run {}: floor: {e}", i + 1))?;
-            fl.print(i);
+            let fl = floor.once(&ctx.pg, &fwriter, &ctx.app_password).await.map_err(|e| format!("run {}: floor: {e}", i + 1))?;
+            print_floor(&fl, i);
             out.floors.push(fl);
             println!();
         }
@@ -290,167 +242,7 @@ async fn measure(ctx: &Ctx, d: &Deployment, work: &Path, runs: usize, floor_dir:
 }
 
 // =======================================================================================
-// The writer
-
-#[derive(Debug, Clone, Copy)]
-struct Ack {
-    at: Instant,
-    id: i64,
-    port: i32,
-}
-
-/// Consecutive identical errors, collapsed.
-#[derive(Debug, Clone)]
-struct ErrRun {
-    first: Instant,
-    last: Instant,
-    what: String,
-    count: u32,
-}
-
-#[derive(Default)]
-struct Log {
-    acks: Vec<Ack>,
-    errors: Vec<ErrRun>,
-    connects: u64,
-}
-
-impl Log {
-    fn error(&mut self, what: String) {
-        let now = Instant::now();
-        match self.errors.last_mut() {
-            Some(e) if e.what == what => {
-                e.last = now;
-                e.count += 1;
-            }
-            _ => self.errors.push(ErrRun { first: now, last: now, what, count: 1 }),
-        }
-    }
-}
-
-/// Inserts continuously through a multi-host read-write connection string; records the
-/// acknowledgement time of every commit; reconnects at once after any error.
-struct Writer {
-    log: Arc<Mutex<Log>>,
-    stop: Arc<AtomicBool>,
-    paused: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(cfg: tokio_postgres::Config, paused: bool) -> Writer {
-        let log = Arc::new(Mutex::new(Log::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let paused = Arc::new(AtomicBool::new(paused));
-        let task = tokio::spawn(writer_loop(cfg, log.clone(), stop.clone(), paused.clone()));
-        Writer { log, stop, paused, task }
-    }
-
-    fn set_paused(&self, p: bool) {
-        self.paused.store(p, Ordering::SeqCst);
-    }
-
-    fn acks(&self) -> Vec<Ack> {
-        self.log.lock().expect("not poisoned").acks.clone()
-    }
-
-    fn errors_between(&self, a: Instant, b: Instant) -> Vec<ErrRun> {
-        self.log.lock().expect("not poisoned").errors.iter().filter(|e| e.last >= a && e.first <= b).cloned().collect()
-    }
-
-    /// The first acknowledgement after `t`, waiting up to `limit` for it.
-    async fn ack_after(&self, t: Instant, limit: Duration) -> Option<Ack> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(a) = self.log.lock().expect("not poisoned").acks.iter().rev().take_while(|a| a.at > t).last().copied() {
-                return Some(a);
-            }
-            if Instant::now() > deadline || self.task.is_finished() {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    fn stats(&self) -> String {
-        let l = self.log.lock().expect("not poisoned");
-        format!(
-            "{} acknowledged commits, {} connections, {} errors",
-            l.acks.len(),
-            l.connects,
-            l.errors.iter().map(|e| e.count as u64).sum::<u64>()
-        )
-    }
-
-    async fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = tokio::time::timeout(INSERT_LIMIT + CONNECT_LIMIT, self.task).await;
-    }
-}
-
-async fn writer_loop(cfg: tokio_postgres::Config, log: Arc<Mutex<Log>>, stop: Arc<AtomicBool>, paused: Arc<AtomicBool>) {
-    let end = Instant::now() + WRITER_LIFETIME;
-    let mut conn: Option<(tokio_postgres::Client, tokio_postgres::Statement)> = None;
-    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-        if paused.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
-        let (client, stmt) = match conn.take() {
-            Some(c) => c,
-            None => match tokio::time::timeout(CONNECT_LIMIT, connect(&cfg)).await {
-                Ok(Ok(c)) => {
-                    log.lock().expect("not poisoned").connects += 1;
-                    c
-                }
-                Ok(Err(e)) => {
-                    log.lock().expect("not poisoned").error(format!("connect: {}", pg_err(&e)));
-                    tokio::time::sleep(WRITE_PAUSE).await;
-                    continue;
-                }
-                Err(_) => {
-                    log.lock().expect("not poisoned").error("connect: timed out".into());
-                    continue;
-                }
-            },
-        };
-        match tokio::time::timeout(INSERT_LIMIT, client.query_one(&stmt, &[])).await {
-            Ok(Ok(row)) => {
-                let at = Instant::now();
-                let (id, port): (i64, Option<i32>) = (row.get(0), row.get(1));
-                log.lock().expect("not poisoned").acks.push(Ack { at, id, port: port.unwrap_or(0) });
-                conn = Some((client, stmt));
-                tokio::time::sleep(WRITE_PAUSE).await;
-            }
-            // The connection is dropped; the next turn reconnects at once.
-            Ok(Err(e)) => log.lock().expect("not poisoned").error(format!("insert: {}", pg_err(&e))),
-            Err(_) => log.lock().expect("not poisoned").error("insert: timed out".into()),
-        }
-    }
-}
-
-async fn connect(cfg: &tokio_postgres::Config) -> Result<(tokio_postgres::Client, tokio_postgres::Statement), tokio_postgres::Error> {
-    let (client, connection) = cfg.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let stmt = client.prepare(INSERT_SQL).await?;
-    Ok((client, stmt))
-}
-
-fn pg_err(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} {}", db.code().code(), db.message());
-    }
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+// Write gaps
 
 /// The longest interval between consecutive acknowledgements from the last one at or
 /// before `from` to the first one at or after `to`: (seconds, its start, its end).
@@ -464,25 +256,6 @@ fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> Option<(f64, Instant
 fn quiet_gap(acks: &[Ack], from: Instant, to: Instant) -> f64 {
     let xs: Vec<Instant> = acks.iter().filter(|a| a.at >= from && a.at <= to).map(|a| a.at).collect();
     xs.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64()).fold(0.0, f64::max)
-}
-
-fn error_summary(errs: &[ErrRun], t0: Instant) -> Vec<String> {
-    errs.iter()
-        .map(|e| {
-            format!(
-                "{:+.3}..{:+.3} s  {} x {}",
-                secs_between(t0, e.first),
-                secs_between(t0, e.last),
-                e.count,
-                e.what.chars().take(150).collect::<String>()
-            )
-        })
-        .collect()
-}
-
-/// `b - a` in seconds, negative when `b` is earlier.
-fn secs_between(a: Instant, b: Instant) -> f64 {
-    if b >= a { b.duration_since(a).as_secs_f64() } else { -a.duration_since(b).as_secs_f64() }
 }
 
 // =======================================================================================
@@ -625,21 +398,6 @@ async fn switchover_once(d: &Deployment, w: &Writer) -> Result<SwRun, String> {
 
 // =======================================================================================
 // Failover
-
-/// What the killed postmaster left behind, from the kill.
-#[derive(Default)]
-struct Linger {
-    /// The postmaster's parent before the kill (who reaps it): "PID (name)".
-    parent: String,
-    children: usize,
-    /// Until no child of the killed postmaster ran any more.
-    children_gone: Option<f64>,
-    /// Until its own PID was gone (reaped).
-    postmaster_gone: Option<f64>,
-    postmaster_zombie: bool,
-    /// Until its TCP port refused connections.
-    port_closed: Option<f64>,
-}
 
 struct FoRun {
     old: String,
@@ -804,7 +562,7 @@ async fn failover_once(
                 let kind = if e.is_refusal() { "" } else { "(not a refusal) " };
                 refusals.push((secs_between(t_kill, t_call), secs_between(t_kill, t_ret), format!("{kind}{e}")));
                 if probe.is_none() {
-                    probe = Some(status_probe(ctx, &data, pid, t_kill).await);
+                    probe = Some(status_probe(&ctx.pg, &data, pid, t_kill).await);
                 }
                 if t_kill.elapsed() > REFUSAL_DEADLINE || refusals.len() >= 2000 {
                     let _ = watch.join();
@@ -857,7 +615,7 @@ async fn failover_once(
     });
     // The old primary's own WAL past the new timeline's start, read independently of pgrepl.
     let waldump = match (rep.loss().and_then(|l| l.new_timeline_start), rep.old_timeline) {
-        (Some(start), Some(tli)) => Some(waldump_after(ctx, &data, tli, &start.to_string()).await),
+        (Some(start), Some(tli)) => Some(waldump_after(&ctx.pg, &data, tli, &start.to_string()).await),
         _ => None,
     };
 
@@ -867,9 +625,9 @@ async fn failover_once(
     let control = format!(
         "{} (old primary, the rewind target): {}; {} (new primary, the source): {}",
         old,
-        control_summary(ctx, &data).await,
+        control_summary(&ctx.pg, &data).await,
         rep.to,
-        control_summary(ctx, &work.join(&rep.to).join("data")).await
+        control_summary(&ctx.pg, &work.join(&rep.to).join("data")).await
     );
     // The old primary back as a standby, for the next run (timed on its own).
     let t = Instant::now();
@@ -903,356 +661,20 @@ async fn failover_once(
     })
 }
 
-/// What the killed postmaster's PID is now, and what `pg_ctl status` (which pgrepl asks)
-/// says about its data directory.
-async fn status_probe(ctx: &Ctx, data: &Path, pid: u32, t_kill: Instant) -> String {
-    let at = t_kill.elapsed().as_secs_f64();
-    let state = match proc_stat(pid) {
-        Some(('Z', _)) => "a zombie (dead, not yet reaped)".to_string(),
-        Some((st, _)) => format!("in state {st}"),
-        None => "gone".to_string(),
-    };
-    let said = match ctx.run(ctx.server("pg_ctl"), vec!["status".into(), "-D".into(), s(data)], Vec::new()).await {
-        Ok(out) => format!("exit 0, {:?}", out.lines().next().unwrap_or("")),
-        Err(e) => format!("{:?}", e.lines().nth(1).unwrap_or(e.as_str())),
-    };
-    format!("+{at:.3} s after the kill: PID {pid} is {state}; pg_ctl status: {said}")
-}
-
-/// The cluster state and the timelines pg_rewind looks at, from `pg_controldata`.
-async fn control_summary(ctx: &Ctx, data: &Path) -> String {
-    match ctx.run(ctx.server("pg_controldata"), vec!["-D".into(), s(data)], Vec::new()).await {
-        Ok(out) => {
-            let get = |k: &str| {
-                out.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_once(':')).map(|x| x.1.trim().to_string()).unwrap_or_default()
-            };
-            format!(
-                "state \"{}\", latest checkpoint {} on timeline {}, min recovery end {} on timeline {}",
-                get("Database cluster state"),
-                get("Latest checkpoint location"),
-                get("Latest checkpoint's TimeLineID"),
-                get("Minimum recovery ending location"),
-                get("Min recovery ending loc's timeline")
-            )
-        }
-        Err(e) => format!("pg_controldata failed: {}", e.lines().next().unwrap_or("")),
-    }
-}
-
-/// `pg_waldump` of the WAL in `data` on timeline `tli` from `start`: how many records and
-/// commits, and how it ended.
-async fn waldump_after(ctx: &Ctx, data: &Path, tli: u32, start: &str) -> String {
-    let prog = ctx.server("pg_waldump");
-    let args = vec!["-p".to_string(), s(&data.join("pg_wal")), "-t".into(), tli.to_string(), "-s".into(), start.to_string()];
-    let env = ctx.env.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut c = std::process::Command::new("timeout");
-        c.args(["60", "runuser", "-u", "postgres", "--"]).arg(&prog).args(&args).envs(env).current_dir("/");
-        if !pgrepl_benches::is_root() {
-            c = std::process::Command::new("timeout");
-            c.arg("60").arg(&prog).args(&args).current_dir("/");
-        }
-        c.output()
-    })
-    .await;
-    match out {
-        Ok(Ok(o)) => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let records = text.lines().filter(|l| l.starts_with("rmgr:")).count();
-            let commits: Vec<&str> = text.lines().filter(|l| l.contains("desc: COMMIT")).collect();
-            let err = String::from_utf8_lossy(&o.stderr);
-            format!(
-                "{records} record(s), {} commit(s){}; pg_waldump: {}",
-                commits.len(),
-                commits.last().map(|c| format!(" (last: {})", c.split("desc: ").nth(1).unwrap_or("").trim())).unwrap_or_default(),
-                err.lines().last().unwrap_or("").trim()
-            )
-        }
-        Ok(Err(e)) => format!("could not run pg_waldump: {e}"),
-        Err(e) => format!("task: {e}"),
-    }
-}
-
-/// The PIDs whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-            if proc_stat(child).is_some_and(|(_, ppid)| ppid == pid) {
-                out.push(child);
-            }
-        }
-    }
-    out
-}
-
-/// (state, parent PID) of a process, from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &st[st.rfind(')')? + 2..];
-    let mut f = rest.split_whitespace();
-    let state = f.next()?.chars().next()?;
-    let ppid = f.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Watches what the killed postmaster left: its children, its own PID, its port (every
-/// 2 ms, at most 30 s).
-fn watch_linger(pid: u32, children: Vec<u32>, port: u16, t_kill: Instant) -> Linger {
-    let mut l = Linger::default();
-    let limit = Duration::from_secs(30);
-    while t_kill.elapsed() < limit {
-        let now = t_kill.elapsed().as_secs_f64();
-        if l.children_gone.is_none() && children.iter().all(|c| proc_stat(*c).is_none_or(|(st, _)| st == 'Z')) {
-            l.children_gone = Some(now);
-        }
-        if l.postmaster_gone.is_none() {
-            match proc_stat(pid) {
-                None => l.postmaster_gone = Some(now),
-                Some(('Z', _)) => l.postmaster_zombie = true,
-                _ => {}
-            }
-        }
-        if l.port_closed.is_none()
-            && std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(50)).is_err()
-        {
-            l.port_closed = Some(now);
-        }
-        if l.children_gone.is_some() && l.postmaster_gone.is_some() && l.port_closed.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    l
-}
-
 // =======================================================================================
-// The floor, by hand
+// The floor, by hand (pgrepl_benches::floor)
 
-struct FloorNode {
-    name: String,
-    data: PathBuf,
-    port: u16,
-}
-
-struct FloorPair {
-    dir: PathBuf,
-    run: PathBuf,
-    nodes: [FloorNode; 2],
-    /// Index of the current primary.
-    primary: usize,
-}
-
-struct FloorRun {
-    from: String,
-    to: String,
-    /// Clean stop of the primary (not in the floor).
-    stop: f64,
-    /// `pg_ctl promote -w` alone.
-    promote_w: f64,
-    /// `pg_ctl promote -w`, then a new connection and an INSERT until it commits: the issue's floor.
-    literal: f64,
-    /// From the promote command to the floor writer's first acknowledged commit.
-    first_ack: f64,
-}
-
-impl FloorRun {
-    fn print(&self, i: usize) {
-        println!(
-            "run {} floor {} -> {}: pg_ctl promote -w + INSERT {:.3} s (pg_ctl promote -w {:.3} s); promote command -> writer's first write {:.3} s; clean stop {:.3} s (not in the floor)",
-            i + 1,
-            self.from,
-            self.to,
-            self.literal,
-            self.promote_w,
-            self.first_ack,
-            self.stop
-        );
-    }
-}
-
-impl FloorPair {
-    fn url(&self) -> String {
-        format!(
-            "postgresql://127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write&connect_timeout=5",
-            self.nodes[0].port, self.nodes[1].port
-        )
-    }
-
-    fn log(&self, n: &FloorNode) -> String {
-        s(&self.dir.join(format!("{}.log", n.name)))
-    }
-
-    /// initdb (pgrepl's flags and checksums), the settings that matter for promotion as
-    /// pgrepl writes them, start, roles and table, pg_basebackup, standby, streaming.
-    async fn setup(ctx: &Ctx, dir: &Path, port: u16) -> Result<FloorPair, String> {
-        let caps = ctx.b.major.caps();
-        mkdir_pg(dir)?;
-        let run = dir.join("run");
-        mkdir_pg(&run)?;
-        let nodes = [
-            FloorNode { name: "fa".into(), data: dir.join("fa"), port },
-            FloorNode { name: "fb".into(), data: dir.join("fb"), port: port + 1 },
-        ];
-        let pair = FloorPair { dir: dir.to_path_buf(), run, nodes, primary: 0 };
-        let (a, b) = (&pair.nodes[0], &pair.nodes[1]);
-        let pw = "floor-repl-pw";
-        let mut init: Vec<String> =
-            ["-D", &s(&a.data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C"]
-                .iter()
-                .map(|x| x.to_string())
-                .collect();
-        if let Some(flag) = caps.initdb_checksums {
-            init.push(flag.into());
-        }
-        ctx.run(ctx.server("initdb"), init, Vec::new()).await.map_err(|e| format!("initdb: {e}"))?;
-        let common = format!(
-            "listen_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\nmax_wal_senders = 10\n\
-             max_replication_slots = 10\n{} = '{}'\nwal_log_hints = on\nhot_standby = on\nhot_standby_feedback = on\n\
-             wal_retrieve_retry_interval = '1s'\n",
-            s(&pair.run),
-            caps.wal_retention.setting(),
-            caps.wal_retention.value_for_mb(512)
-        );
-        let own = |me: &FloorNode, other: &FloorNode| {
-            format!(
-                "port = {}\nprimary_conninfo = 'host=127.0.0.1 port={} user=replicator password={pw} application_name={}'\n",
-                me.port, other.port, me.name
-            )
-        };
-        append(&a.data.join("postgresql.conf"), &format!("{common}{}", own(a, b)))?;
-        pair.pg_ctl(ctx, a, &["-w", "-t", "120", "start"]).await?;
-        let sql = format!(
-            "CREATE ROLE replicator WITH REPLICATION LOGIN PASSWORD '{pw}'; CREATE ROLE {APP_USER} LOGIN PASSWORD '{}'; {TABLE_SQL} \
-             GRANT SELECT, INSERT ON bench_writes TO {APP_USER}; GRANT USAGE ON SEQUENCE bench_writes_id_seq TO {APP_USER};",
-            ctx.app_password
-        );
-        ctx.psql(&pair.run, a.port, &sql).await?;
-        let bb: Vec<String> =
-            ["-h", "127.0.0.1", "-p", &a.port.to_string(), "-U", "replicator", "-D", &s(&b.data), "-X", "stream", "-c", "fast"]
-                .iter()
-                .map(|x| x.to_string())
-                .collect();
-        ctx.run(ctx.client("pg_basebackup"), bb, vec![("PGPASSWORD".into(), pw.into())])
-            .await
-            .map_err(|e| format!("pg_basebackup: {e}"))?;
-        append(&b.data.join("postgresql.conf"), &own(b, a))?;
-        write_pg(&b.data.join("standby.signal"), "")?;
-        pair.pg_ctl(ctx, b, &["-w", "-t", "120", "start"]).await?;
-        pair.wait_streaming(ctx).await?;
-        Ok(pair)
-    }
-
-    async fn pg_ctl(&self, ctx: &Ctx, n: &FloorNode, args: &[&str]) -> Result<String, String> {
-        let mut a = vec!["-D".to_string(), s(&n.data), "-l".into(), self.log(n)];
-        a.extend(args.iter().map(|x| x.to_string()));
-        ctx.run(ctx.server("pg_ctl"), a, Vec::new()).await.map_err(|e| format!("pg_ctl {}: {e}", args.join(" ")))
-    }
-
-    /// Until the standby streams from the primary (polled every 10 ms, bounded).
-    async fn wait_streaming(&self, ctx: &Ctx) -> Result<(), String> {
-        let (p, st) = (&self.nodes[self.primary], &self.nodes[1 - self.primary]);
-        let sql =
-            format!("SELECT count(*) FROM pg_catalog.pg_stat_replication WHERE application_name = '{}' AND state = 'streaming'", st.name);
-        let deadline = Instant::now() + HEALTHY_DEADLINE;
-        while Instant::now() < deadline {
-            if ctx.psql(&self.run, p.port, &sql).await? == "1" {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Err(format!("{} did not stream from {} within {HEALTHY_DEADLINE:?}", st.name, p.name))
-    }
-
-    /// One promotion: stop the primary cleanly, wait until the standby replayed all it
-    /// received, then `pg_ctl promote -w` and an INSERT; the floor writer's first write is
-    /// timed from the same start. The old primary restarts as a standby of the new one.
-    async fn once(&mut self, ctx: &Ctx, w: &Writer) -> Result<FloorRun, String> {
-        self.wait_streaming(ctx).await?;
-        w.set_paused(false);
-        let r = self.promote_once(ctx, w).await;
-        w.set_paused(true);
-        r
-    }
-
-    async fn promote_once(&mut self, ctx: &Ctx, w: &Writer) -> Result<FloorRun, String> {
-        let (pi, si) = (self.primary, 1 - self.primary);
-        w.ack_after(Instant::now(), RESUME_DEADLINE).await.ok_or("the floor writer acknowledged nothing")?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let t = Instant::now();
-        self.pg_ctl(ctx, &self.nodes[pi], &["-m", "fast", "-w", "-t", "60", "stop"]).await?;
-        let stop = t.elapsed().as_secs_f64();
-        // Caught up: everything received is replayed (the clean stop sent all of it).
-        let st = &self.nodes[si];
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let v =
-                ctx.psql(&self.run, st.port, "SELECT pg_catalog.pg_last_wal_replay_lsn() >= pg_catalog.pg_last_wal_receive_lsn()").await?;
-            if v == "t" {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!("{} did not replay what it received within 30 s", st.name));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-
-        let t0 = Instant::now();
-        self.pg_ctl(ctx, st, &["-w", "-t", "60", "promote"]).await?;
-        let promote_w = t0.elapsed().as_secs_f64();
-        // A new connection straight to it, and an INSERT (retried until it commits, bounded).
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(st.port)
-            .dbname("postgres")
-            .user(APP_USER)
-            .password(ctx.app_password.as_str())
-            .connect_timeout(Duration::from_secs(5));
-        let mut last_err = String::new();
-        let mut literal = None;
-        for _ in 0..3000 {
-            match tokio::time::timeout(CONNECT_LIMIT, connect(&cfg)).await {
-                Ok(Ok((client, stmt))) => match client.query_one(&stmt, &[]).await {
-                    Ok(_) => {
-                        literal = Some(t0.elapsed().as_secs_f64());
-                        break;
-                    }
-                    Err(e) => last_err = pg_err(&e),
-                },
-                Ok(Err(e)) => last_err = pg_err(&e),
-                Err(_) => last_err = "connect timed out".into(),
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let literal = literal.ok_or_else(|| format!("no INSERT committed on {} within 30 s after pg_ctl promote: {last_err}", st.name))?;
-        let first = w.ack_after(t0, RESUME_DEADLINE).await.ok_or("the floor writer acknowledged nothing after the promotion")?;
-        let first_ack = secs_between(t0, first.at);
-
-        // The old primary follows the new one (it stopped cleanly before the fork).
-        let old = &self.nodes[pi];
-        write_pg(&old.data.join("standby.signal"), "")?;
-        self.pg_ctl(ctx, old, &["-w", "-t", "120", "start"]).await?;
-        let run = FloorRun { from: old.name.clone(), to: st.name.clone(), stop, promote_w, literal, first_ack };
-        self.primary = si;
-        Ok(run)
-    }
-}
-
-fn append(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
-}
-
-fn write_pg(path: &Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    chown_pg(path)
+fn print_floor(r: &FloorRun, i: usize) {
+    println!(
+        "run {} floor {} -> {}: pg_ctl promote -w + INSERT {:.3} s (pg_ctl promote -w {:.3} s); promote command -> writer's first write {:.3} s; clean stop {:.3} s (not in the floor)",
+        i + 1,
+        r.from,
+        r.to,
+        r.literal,
+        r.promote_w,
+        r.first_ack,
+        r.stop
+    );
 }
 
 // =======================================================================================
@@ -1262,13 +684,6 @@ fn print_header(b: &Binaries, runs: usize) {
     println!("failover: pgrepl switchover / failover write downtime vs the promote floor, same binaries, same run");
     pgrepl_benches::print_environment(b);
     println!("runs:     {runs} (each: one switchover, one failover + rejoin, one floor promotion); servers run as OS user {}", pg_user());
-}
-
-fn min(xs: &[f64]) -> f64 {
-    xs.iter().copied().fold(f64::INFINITY, f64::min)
-}
-fn max(xs: &[f64]) -> f64 {
-    xs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
 fn row(name: &str, xs: &[f64]) {
