@@ -225,6 +225,48 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Restart nodes (every node unless NODEs are named): standbys one at a time, each back
+    /// and streaming before the next, then the primary, in place or (--rolling) through a
+    /// switchover to a restarted standby and back. The order follows PostgreSQL's rule
+    /// that a standby's max_connections, max_worker_processes, max_wal_senders,
+    /// max_prepared_transactions and max_locks_per_transaction be at least the primary's.
+    Restart {
+        #[command(flatten)]
+        common: Common,
+        /// The primary through a switchover (writes pause only for it) instead of in place.
+        #[arg(long)]
+        rolling: bool,
+        /// With --rolling: leave the primary role on the standby it moved to.
+        #[arg(long, requires = "rolling")]
+        no_switch_back: bool,
+        /// Only the nodes whose settings wait for a restart (`status` lists them).
+        #[arg(long)]
+        pending: bool,
+        /// Print the plan and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The nodes to restart (default: every node).
+        nodes: Vec<String>,
+    },
+    /// Upgrade PostgreSQL. `--minor`: restart every node onto the binaries the cluster
+    /// file (pg_bin) or the layout names now, a new build of the same major (checked
+    /// against each data directory's PG_VERSION), as a rolling restart.
+    Upgrade {
+        #[command(flatten)]
+        common: Common,
+        /// A minor upgrade (same major, new binaries).
+        #[arg(long)]
+        minor: bool,
+        /// Restart the primary in place instead of through a switchover.
+        #[arg(long)]
+        in_place: bool,
+        /// Leave the primary role on the standby it moved to.
+        #[arg(long, conflicts_with = "in_place")]
+        no_switch_back: bool,
+        /// Print the plan and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The primary is gone: fence it, promote the standby with the most WAL (or --to),
     /// point the others at it, and report how much WAL was lost.
     Failover {

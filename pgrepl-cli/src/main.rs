@@ -6,6 +6,7 @@
 
 mod args;
 mod backup;
+mod day2;
 mod ha;
 mod hosts_ha;
 mod output;
@@ -223,6 +224,12 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Status { common, watch: Some(every), count } => {
             let (d, spec_path) = open(&common, false).await?;
             status_watch(&d, &spec_path, common.output, every, count).await
+        }
+        Cmd::Restart { common, rolling, no_switch_back, pending, dry_run, nodes } => {
+            day2::restart(&common, day2::mode(rolling, !no_switch_back), pending, dry_run, nodes).await
+        }
+        Cmd::Upgrade { common, minor, in_place, no_switch_back, dry_run } => {
+            day2::upgrade(&common, minor, day2::mode(!in_place, !no_switch_back), dry_run).await
         }
         Cmd::Switchover { common, to, dry_run: true } => {
             let (d, _) = open(&common, false).await?;

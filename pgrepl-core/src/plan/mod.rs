@@ -16,6 +16,7 @@ pub mod failover;
 pub mod guard;
 pub mod refusal;
 pub mod rejoin;
+pub mod restart;
 pub mod switchover;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ pub use failover::{Candidate, FailoverDecision, FailoverRequest, failover};
 pub use guard::{Guard, GuardFailure};
 pub use refusal::Refusal;
 pub use rejoin::{RejoinFacts, RejoinRequest, rejoin};
+pub use restart::{BinaryCheck, PendingRestart, RestartMode, RestartRequest, restart};
 pub use switchover::{SWITCHOVER_MAX_LAG_BYTES, SwitchoverRequest, switchover};
 pub use up::up;
 
@@ -58,6 +60,11 @@ pub enum Operation {
     },
     /// Deploy or converge the cluster to its spec.
     Up,
+    /// Restarts (`pgrepl restart`, the restarts `up` may do, a minor upgrade).
+    Restart {
+        /// How: `after up`, `in place`, `rolling`, `minor upgrade, rolling`, ...
+        how: String,
+    },
 }
 
 /// How a standby is brought back by a rejoin.
@@ -176,6 +183,21 @@ pub enum Action {
         /// The upstream.
         from: String,
     },
+    /// Restart its server (stop fast, start with what its files and binaries say now);
+    /// a standby is back when it streams from `upstream` again, the primary when it
+    /// accepts writes.
+    Restart {
+        /// The upstream a standby streams from once back (`None`: the primary).
+        upstream: Option<String>,
+    },
+    /// A switchover to it, with no acknowledged write lost: planned by
+    /// [`switchover()`] on a fresh observation when the step runs, carried out by the
+    /// same executor. The old primary stops and starts again as a standby (so it restarts
+    /// with what its files say now).
+    Switchover {
+        /// The old primary.
+        from: String,
+    },
 }
 
 /// One step of a plan.
@@ -286,6 +308,10 @@ pub struct Plan {
     pub target_lsn: Option<Lsn>,
     /// Nothing to do.
     pub noop: bool,
+    /// Restarts the plan leaves for later (a restart planner's): each node, what waits
+    /// for its restart, and the command that applies it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingRestart>,
     /// The cluster as the plan leaves it (its primary, upstreams and synchronous
     /// standbys): what the executor renders the nodes' settings from. `None`: as it is.
     #[serde(skip)]
@@ -320,6 +346,7 @@ impl Plan {
             failover: None,
             target_lsn: None,
             noop: false,
+            pending: Vec::new(),
             after: None,
         }
     }
@@ -357,6 +384,12 @@ impl Plan {
                 Action::Stop | Action::StopClean | Action::Fence => w.retain(|n| *n != s.node),
                 Action::Promote if !w.contains(&s.node) => w.push(s.node.clone()),
                 Action::Rejoin { .. } | Action::Clone { .. } => w.retain(|n| *n != s.node),
+                Action::Switchover { from } => {
+                    w.retain(|n| n != from);
+                    if !w.contains(&s.node) {
+                        w.push(s.node.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -405,12 +438,20 @@ impl fmt::Display for Action {
             Action::CheckpointAfterPromotion => f.write_str("CHECKPOINT once writes flow"),
             Action::Initdb => f.write_str("initdb (data checksums on)"),
             Action::Clone { from } => write!(f, "clone from {from} (pg_basebackup)"),
-            Action::WriteSettings => {
-                f.write_str("write settings and pg_hba.conf where they differ; reload (restart when a setting needs it)")
-            }
+            Action::WriteSettings => f.write_str(
+                "write settings and pg_hba.conf where they differ; reload (a setting that needs a restart: standbys restarted when the order allows, the primary never; see `pgrepl restart`)",
+            ),
             Action::Start => f.write_str("start"),
             Action::EnsureReplicationRole => f.write_str("create or update the replication role"),
             Action::WaitStreaming { from } => write!(f, "wait until it streams from {from}"),
+            Action::Restart { upstream: Some(u) } => write!(f, "restart (stop fast, start); wait until it streams from {u} again"),
+            Action::Restart { upstream: None } => {
+                f.write_str("restart in place (stop fast, start): writes pause until it accepts them again")
+            }
+            Action::Switchover { from } => write!(
+                f,
+                "switchover {from} -> it (no acknowledged write lost; planned on a fresh look when it runs): writes pause for the switchover; {from} starts again as a standby"
+            ),
         }
     }
 }
@@ -424,6 +465,7 @@ impl fmt::Display for Plan {
             }
             Operation::Rejoin { node } => format!("rejoin {node} (primary {})", self.primary),
             Operation::Up => format!("up (primary {})", self.primary),
+            Operation::Restart { how } => format!("restart, {how} (primary {})", self.primary),
         };
         writeln!(f, "plan for cluster {}: {what} (a step numbered with + runs with the one before)", self.cluster)?;
         if self.noop {
@@ -459,6 +501,9 @@ impl fmt::Display for Plan {
             if let Some(u) = &s.undo {
                 writeln!(f, "        undo:  {u}")?;
             }
+        }
+        for p in &self.pending {
+            writeln!(f, "  pending restart: {p}")?;
         }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;
