@@ -332,7 +332,9 @@ async fn day2_minor_upgrade_onto_a_copied_build_pg15() {
     let (bin, _) = bins("15");
     let lab = Day2::up("d2-minor", "15", &format!("pg_bin = \"{}\"\n", bin.display()));
     lab.sql("db1", "INSERT INTO load (id) SELECT g FROM generate_series(1000001, 1001000) g");
-    let build = bin.parent().unwrap();
+    // The lab's builds are reached through symbolic links; the postmaster's exe is the real path.
+    let build = std::fs::canonicalize(bin.parent().unwrap()).unwrap();
+    let build = build.as_path();
     let new = lab.wd.path.join("pg15-new");
     copy_build(build, &new);
     let new_bin = new.join("bin");
@@ -347,6 +349,19 @@ async fn day2_minor_upgrade_onto_a_copied_build_pg15() {
     let (code, out, err) = lab.cli(&["upgrade", "--minor"]);
     assert_ne!(code, 0, "{out}");
     assert!(err.contains("PostgreSQL 16") && err.contains("PostgreSQL 15"), "exit {code}: {err}");
+    assert_eq!(NODES.iter().map(|n| lab.postmaster(n)).collect::<Vec<_>>(), pids, "nothing restarted");
+    // The same with the major left to detection (the local discovery has nothing to
+    // compare then): pgrepl's own check against each data directory's PG_VERSION.
+    let text = std::fs::read_to_string(&lab.spec).unwrap().replace("postgres = \"15\"", "postgres = \"detect\"");
+    std::fs::write(&lab.spec, text).unwrap();
+    let (code, out, err) = pgrepl_ok(&["upgrade", "--minor", "-f", lab.spec.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(
+        err.contains("the binaries in")
+            && err.contains("are PostgreSQL 16 but its data directory is PostgreSQL 15")
+            && err.contains("a minor upgrade keeps the major"),
+        "{err}"
+    );
     assert_eq!(NODES.iter().map(|n| lab.postmaster(n)).collect::<Vec<_>>(), pids, "nothing restarted");
 
     lab.write_spec(&format!("pg_bin = \"{}\"\n", new_bin.display()));
@@ -378,4 +393,66 @@ async fn day2_minor_upgrade_onto_a_copied_build_pg15() {
         longest_gap(&acks, t, done).as_secs_f64()
     );
     lab.destroy();
+}
+
+/// Over SSH (the 3-host netns lab, Debian layout): `up` with a changed shared_buffers
+/// leaves the primary's postmaster alone and restarts the standbys; `restart --rolling`
+/// applies it on db1 through a switchover and back.
+#[test]
+fn day2_rolling_restart_over_ssh_pg15() {
+    let _lab = NetnsLab::up();
+    let wd = WorkDir::new("d2-ssh");
+    let f = wd.path.join("d2ssh.toml");
+    let write = |extra: &str| std::fs::write(&f, ssh_spec("d2ssh", "15", &NetnsLab::known_hosts(), "strict", extra)).unwrap();
+    let fs = f.to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let mut a = vec![args[0], "-f", fs.as_str(), "--work-dir", wd.path.to_str().unwrap()];
+        a.extend(&args[1..]);
+        pgrepl_ok(&a)
+    };
+    write("");
+    let (code, out, err) = run(&["up"]);
+    assert_eq!(code, 0, "up over SSH: {out}\n{err}");
+    let pid = |addr: &str| NetnsLab::ssh(addr, "head -n 1 /var/lib/postgresql/15/main/postmaster.pid").1;
+    let addrs: Vec<&str> = LAB_HOSTS.iter().map(|(_, a, _)| *a).collect();
+    let pids: Vec<String> = addrs.iter().map(|a| pid(a)).collect();
+    assert_ne!(NetnsLab::psql(addrs[0], 5432, "SHOW shared_buffers"), "48MB");
+
+    write("[settings]\nshared_buffers = \"48MB\"\n");
+    let (code, out, err) = run(&["up"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("pending restart: db1: shared_buffers;"), "{out}");
+    assert_eq!(pid(addrs[0]), pids[0], "up restarted the primary over SSH");
+    for (i, a) in addrs.iter().enumerate().skip(1) {
+        assert_ne!(pid(a), pids[i], "{a}");
+        assert_eq!(NetnsLab::psql(a, 5432, "SHOW shared_buffers"), "48MB");
+    }
+    let (code, out, err) = run(&["restart", "--rolling"]);
+    assert_eq!(code, 0, "restart --rolling over SSH: {out}\n{err}");
+    assert!(out.contains("2 switchover(s)") && out.contains("primary db1 -> db1"), "{out}");
+    for a in &addrs {
+        assert_eq!(NetnsLab::psql(a, 5432, "SHOW shared_buffers"), "48MB", "{a}");
+    }
+    assert_ne!(pid(addrs[0]), pids[0]);
+    assert_eq!(NetnsLab::psql(addrs[0], 5432, "SELECT pg_is_in_recovery()"), "f");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let repl = NetnsLab::psql(
+            addrs[0],
+            5432,
+            "SELECT string_agg(application_name || ' ' || state, ',' ORDER BY application_name) FROM pg_stat_replication",
+        );
+        if repl == "db2 streaming,db3 streaming" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after restart --rolling over SSH: {repl}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, _) = run(&["status", "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for n in v["nodes"].as_array().unwrap() {
+        assert_eq!(n["pending_restart"], serde_json::json!([]), "{n}");
+    }
+    let _ = run(&["destroy", "--yes"]);
 }

@@ -135,6 +135,14 @@ impl Exec<'_> {
             }
         }
         let run = op.run(self.before);
+        if let Some(u) = upstream {
+            // Caught up first: a standby starting checks its values against those of the
+            // primary's last parameter change it replayed (kept in its pg_control). After
+            // the primary restarted with a lower max_* value, a standby that has not
+            // replayed that record yet refuses to start with the lower value.
+            run.wait_streaming(&n).await.map_err(stop)?;
+            self.wait_caught_up(&n, h, u).await.map_err(stop)?;
+        }
         let t = Instant::now();
         op.progress.started(node, "restart");
         let restarted = run.restart_server(&n, h, &r).await;
@@ -157,6 +165,39 @@ impl Exec<'_> {
         let mut st = self.st();
         act(&mut st.report.actions, node, detail.clone(), t);
         Ok(Some(detail))
+    }
+
+    /// Waits (bounded: [`CATCHUP_DEADLINE`]) until standby `n` has replayed what its
+    /// upstream `u` had when asked.
+    async fn wait_caught_up(&self, n: &Node, h: &NodeHandle, u: &str) -> Result<(), Error> {
+        let op = self.op;
+        let l = &op.caps.lsn;
+        let uh = op.handle(u).ok_or_else(|| Error::node(u, "its host cannot be reached"))?;
+        let up = op.cluster.node(u).ok_or_else(|| Error::node(u, "not a node of the cluster"))?;
+        let q = format!(
+            "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.{}() ELSE pg_catalog.{}() END)::text;",
+            l.last_replay, l.current
+        );
+        let target = lsn_of(query_one(uh, up.port, &q, "read its WAL position").await?)
+            .ok_or_else(|| Error::node(u, "its WAL position is not known"))?;
+        let q = format!("SELECT pg_catalog.{}()::text;", l.last_replay);
+        op.progress.started(&n.name, "catch up before the restart");
+        let start = Instant::now();
+        loop {
+            if lsn_of(query_one(h, n.port, &q, "read its replay position").await?).is_some_and(|r| r >= target) {
+                op.progress.finished(&n.name, "catch up before the restart", "done");
+                return Ok(());
+            }
+            if start.elapsed() > CATCHUP_DEADLINE {
+                op.progress.finished(&n.name, "catch up before the restart", "timed out");
+                return Err(Error::Timeout {
+                    node: n.name.clone(),
+                    waited: start.elapsed(),
+                    waiting_for: format!("replay up to {target}, {u}'s position (is its replay paused? see its server log)"),
+                });
+            }
+            tokio::time::sleep(FAST_POLL * 5).await;
+        }
     }
 
     /// [`plan::Action::Switchover`] to `to`: the whole switchover (observe, plan, carry

@@ -183,9 +183,10 @@ pub enum Action {
         /// The upstream.
         from: String,
     },
-    /// Restart its server (stop fast, start with what its files and binaries say now);
-    /// a standby is back when it streams from `upstream` again, the primary when it
-    /// accepts writes.
+    /// Restart its server (stop fast, start with what its files and binaries say now); a
+    /// standby first catches up with `upstream` (so it has replayed any change of the
+    /// primary's max_* values) and is back when it streams from it again, the primary
+    /// when it accepts writes.
     Restart {
         /// The upstream a standby streams from once back (`None`: the primary).
         upstream: Option<String>,
@@ -444,7 +445,9 @@ impl fmt::Display for Action {
             Action::Start => f.write_str("start"),
             Action::EnsureReplicationRole => f.write_str("create or update the replication role"),
             Action::WaitStreaming { from } => write!(f, "wait until it streams from {from}"),
-            Action::Restart { upstream: Some(u) } => write!(f, "restart (stop fast, start); wait until it streams from {u} again"),
+            Action::Restart { upstream: Some(u) } => {
+                write!(f, "catch up with {u}, restart (stop fast, start), wait until it streams from {u} again")
+            }
             Action::Restart { upstream: None } => {
                 f.write_str("restart in place (stop fast, start): writes pause until it accepts them again")
             }

@@ -489,7 +489,7 @@ mod tests {
         let up = restart(&c, &obs(100, 100, &["shared_buffers"]), &RestartRequest::all(RestartMode::Up)).unwrap();
         let text = up.to_string();
         assert!(text.contains("restart, after up (primary db1)"), "{text}");
-        assert!(text.contains("db2        restart (stop fast, start); wait until it streams from db1 again"), "{text}");
+        assert!(text.contains("db2        catch up with db1, restart (stop fast, start), wait until it streams from db1 again"), "{text}");
         assert!(
             text.contains(
                 "pending restart: db1: shared_buffers; the primary: `up` never restarts it; `pgrepl restart --rolling` applies it"
