@@ -29,6 +29,24 @@ async fn refuse_under_agents(d: &Deployment, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses a rolling restart of an `[ha]` cluster: its switchovers would need the leader
+/// key handed over between them (the new primary's agent fences a writable node while
+/// another holds the key, even paused), which the restart's plan does not do yet.
+fn refuse_rolling_with_ha(d: &Deployment, mode: RestartMode, what: &str) -> anyhow::Result<()> {
+    if d.cluster().ha.is_some() && matches!(mode, RestartMode::Rolling { .. }) {
+        let p = d.cluster().primary().name.clone();
+        return Err(pgrepl_core::Error::Refused(pgrepl_core::error::Refusal {
+            node: p.clone(),
+            reason: format!(
+                "a rolling {what} of an [ha] cluster is not supported yet (its switchovers would need the leader key handed over between them, or the new primary's agent fences it). With the agents paused, restart in place (`pgrepl {what}` without --rolling{}), or: restart the standbys by name, `pgrepl resume`, `pgrepl switchover --to` a standby (through the agents), `pgrepl pause`, restart {p} by name, `pgrepl resume`",
+                if what == "restart" { "" } else { ", --in-place" }
+            ),
+        })
+        .into());
+    }
+    Ok(())
+}
+
 /// `pgrepl restart [--rolling] [--pending] [--dry-run] [NODE...]`.
 pub async fn restart(common: &Common, mode: RestartMode, pending_only: bool, dry_run: bool, nodes: Vec<String>) -> anyhow::Result<u8> {
     let (d, _) = open(common, false).await?;
@@ -37,6 +55,7 @@ pub async fn restart(common: &Common, mode: RestartMode, pending_only: bool, dry
         return print_plan(common, &d.plan_restart(&req).await?);
     }
     refuse_under_agents(&d, "restart").await?;
+    refuse_rolling_with_ha(&d, mode, "restart")?;
     let spinners = Spinners::new(common.output == OutputFormat::Text);
     let report = d.restart(&req, &spinners).await;
     ha::hand_over_leader(&d).await?;
@@ -55,6 +74,7 @@ pub async fn upgrade(common: &Common, minor: bool, mode: RestartMode, dry_run: b
         return print_plan(common, &d.plan_upgrade_minor(mode).await?);
     }
     refuse_under_agents(&d, "upgrade --minor").await?;
+    refuse_rolling_with_ha(&d, mode, "upgrade --minor")?;
     let spinners = Spinners::new(common.output == OutputFormat::Text);
     let report = d.upgrade_minor(mode, &spinners).await;
     ha::hand_over_leader(&d).await?;

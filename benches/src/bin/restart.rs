@@ -151,15 +151,7 @@ impl Writer {
     }
 }
 
-async fn measure(
-    bin: &str,
-    client: &str,
-    env: &[(&str, &str)],
-    d: &Deployment,
-    work: &Path,
-    runs: usize,
-    port: u16,
-) -> Result<(), String> {
+async fn measure(bin: &str, client: &str, env: &[(&str, &str)], d: &Deployment, work: &Path, runs: usize, port: u16) -> Result<(), String> {
     let password = format!("bench-{}", std::process::id());
     let socket = work.join("db1").join("run");
     let sql = format!(
