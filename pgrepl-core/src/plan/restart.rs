@@ -160,6 +160,9 @@ pub fn restart(cluster: &Cluster, obs: &ObservedCluster, req: &RestartRequest) -
             return Err(Refusal::NotRunning { node: s.name.clone() });
         }
         if !o.standby() {
+            if mode == RestartMode::Up {
+                continue; // `up` refused or reported it already; its restart waits
+            }
             return Err(Refusal::NotAStandby { node: s.name.clone(), why: "it accepts writes: `pgrepl rejoin` it first".into() });
         }
         chosen.push(s);
