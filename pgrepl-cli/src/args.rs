@@ -225,6 +225,29 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Restart nodes (every node unless NODEs are named): standbys one at a time, each back
+    /// and streaming before the next, then the primary, in place or (--rolling) through a
+    /// switchover to a restarted standby and back. The order follows PostgreSQL's rule
+    /// that a standby's max_connections, max_worker_processes, max_wal_senders,
+    /// max_prepared_transactions and max_locks_per_transaction be at least the primary's.
+    Restart {
+        #[command(flatten)]
+        common: Common,
+        /// The primary through a switchover (writes pause only for it) instead of in place.
+        #[arg(long)]
+        rolling: bool,
+        /// With --rolling: leave the primary role on the standby it moved to.
+        #[arg(long, requires = "rolling")]
+        no_switch_back: bool,
+        /// Only the nodes whose settings wait for a restart (`status` lists them).
+        #[arg(long)]
+        pending: bool,
+        /// Print the plan and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The nodes to restart (default: every node).
+        nodes: Vec<String>,
+    },
     /// The primary is gone: fence it, promote the standby with the most WAL (or --to),
     /// point the others at it, and report how much WAL was lost.
     Failover {
@@ -256,7 +279,9 @@ pub enum Cmd {
     /// Upgrade the cluster's PostgreSQL: `--to N` a major upgrade with pg_upgrade (checks
     /// first, every problem named; then a clean stop, pg_upgrade on the primary, the
     /// standbys cloned again from it; the old data directories kept, `--finish` removes
-    /// them); `--minor` new binaries of the same major (not built on this branch).
+    /// them); `--minor` every node restarted onto the binaries the cluster file (pg_bin)
+    /// or the layout names now, a new build of the same major (checked against each data
+    /// directory's PG_VERSION), as a rolling restart.
     #[command(group(clap::ArgGroup::new("upgrade_kind").required(true)))]
     Upgrade {
         #[command(flatten)]
@@ -267,6 +292,12 @@ pub enum Cmd {
         /// A minor upgrade onto new binaries of the same major (a rolling restart).
         #[arg(long, group = "upgrade_kind")]
         minor: bool,
+        /// --minor: restart the primary in place instead of through a switchover.
+        #[arg(long, requires = "minor")]
+        in_place: bool,
+        /// --minor: leave the primary role on the standby it moved to.
+        #[arg(long, requires = "minor", conflicts_with = "in_place")]
+        no_switch_back: bool,
         /// After a major upgrade: remove the old data directories it kept, on every node
         /// that runs the new major (refused while a server runs on one).
         #[arg(long, group = "upgrade_kind")]

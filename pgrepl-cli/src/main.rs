@@ -6,6 +6,7 @@
 
 mod args;
 mod backup;
+mod day2;
 mod ha;
 mod hosts_ha;
 mod output;
@@ -225,6 +226,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let (d, spec_path) = open(&common, false).await?;
             status_watch(&d, &spec_path, common.output, every, count).await
         }
+        Cmd::Restart { common, rolling, no_switch_back, pending, dry_run, nodes } => {
+            day2::restart(&common, day2::mode(rolling, !no_switch_back), pending, dry_run, nodes).await
+        }
         Cmd::Switchover { common, to, dry_run: true } => {
             let (d, _) = open(&common, false).await?;
             print_plan(&common, &d.plan_switchover(&to).await?)
@@ -393,8 +397,11 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let (bin, args) = program.split_first().context("supervise: a program to run after --")?;
             supervise::supervise(&pid_file, &log, Path::new(bin), args).await
         }
-        Cmd::Upgrade { common, to, minor, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes } => {
-            upgrade::upgrade(&common, upgrade::UpgradeArgs { to, minor, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes }).await
+        Cmd::Upgrade { common, minor: true, in_place, no_switch_back, dry_run, .. } => {
+            day2::upgrade_minor(&common, day2::mode(!in_place, !no_switch_back), dry_run).await
+        }
+        Cmd::Upgrade { common, to, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes, .. } => {
+            upgrade::upgrade(&common, upgrade::UpgradeArgs { to, finish, link, new_pg_bin, new_pg_client_bin, dry_run, yes }).await
         }
         Cmd::Pause { common } => {
             let (d, _) = open(&common, false).await?;

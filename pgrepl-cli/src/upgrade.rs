@@ -1,5 +1,5 @@
-//! `pgrepl upgrade`: `--to N` (a major upgrade, pgrepl-core's `upgrade`), `--minor` (not
-//! built on this branch). After a major upgrade the cluster file says the new major (the
+//! `pgrepl upgrade --to N` (a major upgrade, pgrepl-core's `upgrade`) and `--finish`
+//! (`--minor` is a rolling restart: `day2`). After a major upgrade the cluster file says the new major (the
 //! file as it was is kept beside it).
 
 use std::path::{Path, PathBuf};
@@ -18,7 +18,6 @@ use crate::{UsageError, open, read_spec};
 /// What `pgrepl upgrade` was asked.
 pub(crate) struct UpgradeArgs {
     pub(crate) to: Option<PgMajor>,
-    pub(crate) minor: bool,
     pub(crate) finish: bool,
     pub(crate) link: bool,
     pub(crate) new_pg_bin: Option<PathBuf>,
@@ -31,11 +30,8 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
     if a.finish {
         return finish(common, a.dry_run, a.yes).await;
     }
-    let Some(to) = a.to.filter(|_| !a.minor) else {
-        return Err(UsageError(
-            "upgrade --minor is not built on this branch (a rolling restart onto new binaries of the same major comes with `pgrepl restart --rolling`); use --to MAJOR for a major upgrade".into(),
-        )
-        .into());
+    let Some(to) = a.to else {
+        return Err(UsageError("upgrade: say which: --to MAJOR, --minor or --finish".into()).into());
     };
     let (d, spec_path) = open(common, false).await?;
     let spec = read_spec(&spec_path)?;

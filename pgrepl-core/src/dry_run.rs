@@ -24,6 +24,17 @@ impl Deployment {
         }
         let mut plan = plan::up(&cluster, &observed)?;
         plan.warnings.extend(to_create.into_iter().map(|n| format!("{n}: its host does not exist yet; `up` creates it")));
+        // The restarts already pending (from files changed before): `up` restarts the
+        // standbys the order allows after its own steps, and leaves the rest pending.
+        // Settings this run writes are known only once written.
+        if let (Some(caps), Ok((_, handles))) = (cluster.caps(), self.connect(false).await) {
+            crate::observe::probe::observe_settings(&cluster, &handles, &caps, &mut observed).await;
+            if let Ok(r) = plan::restart(&cluster, &observed, &plan::RestartRequest::all(plan::RestartMode::Up)) {
+                plan.noop &= r.steps.is_empty();
+                plan.steps.extend(r.steps);
+                plan.pending = r.pending;
+            }
+        }
         Ok(plan)
     }
 }

@@ -69,6 +69,9 @@ pub struct NodeStatus {
     pub upstream: Option<String>,
     /// What went wrong observing it.
     pub error: Option<String>,
+    /// The settings changed in its files that wait for a restart (`pg_settings.pending_restart`);
+    /// empty: none; `None`: unknown (it did not answer, or before 9.5 the server cannot tell).
+    pub pending_restart: Option<Vec<String>>,
 }
 
 /// The whole cluster's status.
@@ -180,6 +183,7 @@ pub fn status_report(cluster: &Cluster, observed: &ObservedCluster, major: Optio
             slot_active: slot_row.map(|s| s.active),
             upstream: n.upstream.clone(),
             error: if answered { None } else { o.error.clone() },
+            pending_restart: o.settings.as_ref().and_then(|s| s.pending_restart.clone()),
         };
         match (&status.state, n.role, status.role.as_deref()) {
             (NodeState::Running, Role::Standby, Some("standby")) if status.streaming != Some(true) => {
@@ -210,7 +214,7 @@ impl Deployment {
     pub async fn status(&self) -> StatusReport {
         let connections = connection_strings(&self.cluster);
         let major = self.cluster.major.map(|m| m.to_string());
-        let (cluster, _, observed) = match self.observe().await {
+        let (cluster, handles, mut observed) = match self.observe().await {
             Ok(x) => x,
             Err(e) => {
                 return StatusReport {
@@ -222,6 +226,9 @@ impl Deployment {
                 };
             }
         };
+        if let Some(caps) = cluster.caps() {
+            crate::observe::probe::observe_settings(&cluster, &handles, &caps, &mut observed).await;
+        }
         status_report(&cluster, &observed, major)
     }
 
@@ -394,6 +401,20 @@ impl fmt::Display for StatusReport {
                 n.upstream.as_deref().unwrap_or("-"),
                 slot
             )?;
+        }
+        let pending: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match (&n.pending_restart, &n.state) {
+                (Some(p), _) if !p.is_empty() => Some(format!("{} ({})", n.name, p.join(", "))),
+                (None, NodeState::Running) if self.major.as_deref().is_some_and(|m| m.starts_with("9.") && m < "9.5") => {
+                    Some(format!("{} (unknown: before 9.5 the server cannot tell)", n.name))
+                }
+                _ => None,
+            })
+            .collect();
+        if !pending.is_empty() {
+            writeln!(f, "pending restart: {}: `pgrepl restart --rolling` applies it", pending.join("; "))?;
         }
         writeln!(f, "writes: {}", self.connections.read_write)?;
         writeln!(f, "reads:  {}", self.connections.read_only)?;

@@ -150,12 +150,16 @@ pub(crate) struct Ack {
 pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Vec<Ack>>,
+    /// When a write or a connection attempt failed.
+    failures: Arc<std::sync::Mutex<Vec<Instant>>>,
 }
 
 impl Load {
     pub(crate) fn start(ports: Vec<u16>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failed = failures.clone();
         let task = tokio::spawn(async move {
             let mut cfg = tokio_postgres::Config::new();
             for p in &ports {
@@ -178,7 +182,10 @@ impl Load {
                             });
                             client = Some(c);
                         }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Err(_) => {
+                            failed.lock().unwrap().push(Instant::now());
+                            tokio::time::sleep(Duration::from_millis(5)).await
+                        }
                     }
                     continue;
                 };
@@ -205,6 +212,7 @@ impl Load {
                         acks.push(Ack { id, at, port, before, after });
                     }
                     _ => {
+                        failed.lock().unwrap().push(Instant::now());
                         client = None;
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
@@ -212,7 +220,12 @@ impl Load {
             }
             acks
         });
-        Load { stop, task }
+        Load { stop, task, failures }
+    }
+
+    /// The failed writes and connection attempts so far.
+    pub(crate) fn failures(&self) -> Vec<Instant> {
+        self.failures.lock().unwrap().clone()
     }
 
     pub(crate) async fn finish(self) -> Vec<Ack> {
@@ -222,7 +235,7 @@ impl Load {
 }
 
 /// The longest time without an acknowledged commit that overlaps `[from, to]`.
-fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> Duration {
+pub(crate) fn longest_gap(acks: &[Ack], from: Instant, to: Instant) -> Duration {
     let mut gap = Duration::ZERO;
     for w in acks.windows(2) {
         if w[1].at >= from && w[0].at <= to {

@@ -10,6 +10,7 @@ mod auto;
 mod aws_handoff;
 mod backups;
 mod common;
+mod day2;
 mod ha;
 mod ha_hosts;
 mod haproxy;

@@ -307,16 +307,18 @@ async fn failing_upgrade_check_is_refused_and_changes_nothing() {
     assert_eq!(code, 0, "{err}");
 }
 
-/// `upgrade --minor` is not on this branch: said, with exit 2; `--to` and `--minor` together are a usage error.
+/// One kind of upgrade at a time (`--to`, `--minor`, `--finish`), and each kind's own
+/// options only with it: usage errors (exit 2).
 #[test]
-fn upgrade_minor_is_not_built_here() {
-    let (code, _, err) = run(&["upgrade", "--minor", "-f", "/nonexistent/pgrepl.toml"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("upgrade --minor is not built on this branch"), "{err}");
+fn upgrade_kinds_are_one_at_a_time() {
     let (code, _, err) = run(&["upgrade", "--minor", "--to", "16"]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = run(&["upgrade"]);
     assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(&["upgrade", "--to", "16", "--in-place"]);
+    assert_eq!(code, 2, "--in-place belongs to --minor: {err}");
+    let (code, _, err) = run(&["upgrade", "--minor", "--link"]);
+    assert_eq!(code, 2, "--link belongs to --to: {err}");
 }
 
 /// The new major's binaries as a directory of symbolic links to the lab's, whose `tool`

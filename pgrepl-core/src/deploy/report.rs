@@ -48,6 +48,9 @@ pub struct UpReport {
     pub steps: Vec<crate::plan::StepRecord>,
     /// Wall time, seconds.
     pub seconds: f64,
+    /// Restarts left for later: settings that need a restart `up` did not apply (it never
+    /// restarts the primary, nor a standby before the primary when the order forbids it).
+    pub pending_restart: Vec<crate::plan::PendingRestart>,
 }
 
 impl UpReport {
@@ -60,15 +63,21 @@ impl UpReport {
 impl fmt::Display for UpReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.actions.is_empty() {
-            return writeln!(
-                f,
-                "cluster {} (PostgreSQL {}) is up as specified: nothing to do ({:.1}s)",
-                self.cluster, self.major, self.seconds
-            );
+            writeln!(f, "cluster {} (PostgreSQL {}) is up as specified: nothing to do ({:.1}s)", self.cluster, self.major, self.seconds)?;
+            return self.fmt_pending(f);
         }
         writeln!(f, "cluster {} (PostgreSQL {}): {} change(s) in {:.1}s", self.cluster, self.major, self.actions.len(), self.seconds)?;
         for a in &self.actions {
             writeln!(f, "  {:<10} {} ({:.1}s)", a.node, a.what, a.seconds)?;
+        }
+        self.fmt_pending(f)
+    }
+}
+
+impl UpReport {
+    fn fmt_pending(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.pending_restart {
+            writeln!(f, "pending restart: {p}")?;
         }
         Ok(())
     }

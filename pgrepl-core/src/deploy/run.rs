@@ -232,50 +232,35 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// After a configuration change on a running server: reload, then restart if a
-    /// changed setting needs it (pg_settings.pending_restart, 9.5+; before, always).
+    /// After a configuration change on a running server: reload, and wait until the
+    /// server has read its files again (`pg_conf_load_time` moves), so that what it then
+    /// says is pending a restart is current. Never a restart: settings that need one are
+    /// left to the restart planner ([`crate::plan::restart()`]): `up` restarts the
+    /// standbys the order allows, `pgrepl restart` the rest.
     pub(crate) async fn apply_config(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
-        let caps = self.cluster.caps().ok_or_else(|| {
-            Error::Discovery(
-                "the PostgreSQL major is not known: set `postgres` in the spec, pass --pg-version, or install PostgreSQL".into(),
-            )
-        })?;
+        let q = "SELECT pg_catalog.pg_conf_load_time()::text;";
+        let loaded = |rows: Vec<crate::sql::Row>| rows.first().and_then(|r| r.first().cloned().flatten());
+        let before = loaded(self.sql(h, n.port, q, "read when the configuration was loaded").await?);
         h.transport.run(&Command::from_line(&r.commands.reload)).await.map_err(|e| tr(&n.name, "reload the configuration", e))?;
-        let restart = if caps.pending_restart {
-            // A reload is asynchronous; give the postmaster a moment to process it.
-            let mut pending = false;
-            for _ in 0..10 {
-                tokio::time::sleep(POLL_INTERVAL).await;
-                let rows = self
-                    .sql(
-                        h,
-                        n.port,
-                        "SELECT count(*) FROM pg_catalog.pg_settings WHERE pending_restart;",
-                        "check for settings pending a restart",
-                    )
-                    .await?;
-                pending = rows.first().and_then(|r| r.first().cloned().flatten()).is_some_and(|c| c != "0");
-                if pending {
-                    break;
-                }
+        // A reload is asynchronous: bounded wait for the postmaster to process it.
+        for _ in 0..50 {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            if loaded(self.sql(h, n.port, q, "read when the configuration was loaded").await?) != before {
+                break;
             }
-            pending
-        } else {
-            true
-        };
-        if restart {
-            self.step(&n.name, "restart (settings need it)", actions, async {
-                h.transport
-                    .run(&Command::from_line(&r.commands.stop).timeout(Duration::from_secs(330)))
-                    .await
-                    .map_err(|e| tr(&n.name, "stop the server", e))?;
-                self.start(n, h, r).await
-            })
-            .await?;
-        } else {
-            actions.push(Action { node: n.name.clone(), what: "reload configuration".into(), seconds: 0.0 });
         }
+        actions.push(Action { node: n.name.clone(), what: "reload configuration".into(), seconds: 0.0 });
         Ok(())
+    }
+
+    /// Restarts a running server (fast stop, start with what its files and binaries say
+    /// now), as `up`'s and `restart`'s plans ask.
+    pub(crate) async fn restart_server(&self, n: &Node, h: &NodeHandle, r: &RenderedNode) -> Result<(), Error> {
+        h.transport
+            .run(&Command::from_line(&r.commands.stop).timeout(Duration::from_secs(330)))
+            .await
+            .map_err(|e| tr(&n.name, "stop the server", e))?;
+        self.start(n, h, r).await
     }
 
     /// `up`'s step `Start`: the node's server started when it does not run.

@@ -310,6 +310,9 @@ impl<'a> Exec<'a> {
         let steps = &self.plan.steps;
         let (e, with_it) = match f {
             Fail::Final(e) => return e,
+            // A restart plan stops where it failed: a restart cannot be undone, and a
+            // switchover it made is recorded (the record must not go back).
+            Fail::Abandon(e) | Fail::AbandonWithIt(e) if matches!(self.plan.operation, plan::Operation::Restart { .. }) => return e,
             Fail::Abandon(e) => (e, false),
             Fail::AbandonWithIt(e) => (e, true),
         };

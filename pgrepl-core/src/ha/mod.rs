@@ -98,6 +98,7 @@ mod execute;
 mod failover;
 mod rejoin;
 mod report;
+mod restart;
 mod server;
 mod steps;
 mod switchover;
@@ -109,6 +110,7 @@ pub use crate::plan::{StepOutcome, StepRecord};
 pub use decisions::{account_loss, divergence, mark_nodes};
 use execute::Exec;
 pub use report::*;
+pub use restart::parse_version_major;
 use server::*;
 
 // =======================================================================================

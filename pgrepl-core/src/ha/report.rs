@@ -275,6 +275,12 @@ pub struct OperationReport {
     pub warnings: Vec<String>,
     /// Things left to fix (the new primary is in place; see each line).
     pub problems: Vec<String>,
+    /// Restart: the switchovers it made, each as its own report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switchovers: Vec<OperationReport>,
+    /// Restart: what it left pending (see [`plan::PendingRestart`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<plan::PendingRestart>,
 }
 
 impl OperationReport {
@@ -282,7 +288,7 @@ impl OperationReport {
     pub(super) fn new(cluster: &Cluster, major: String, plan: &plan::Plan) -> OperationReport {
         let to = match &plan.operation {
             plan::Operation::Switchover { to } | plan::Operation::Failover { to, .. } => to.clone(),
-            plan::Operation::Rejoin { .. } | plan::Operation::Up => plan.primary.clone(),
+            plan::Operation::Rejoin { .. } | plan::Operation::Up | plan::Operation::Restart { .. } => plan.primary.clone(),
         };
         OperationReport {
             cluster: cluster.name.clone(),
@@ -305,6 +311,8 @@ impl OperationReport {
             actions: Vec::new(),
             warnings: plan.warnings.clone(),
             problems: Vec::new(),
+            switchovers: Vec::new(),
+            pending: plan.pending.clone(),
         }
     }
 
@@ -395,6 +403,29 @@ impl fmt::Display for OperationReport {
             plan::Operation::Rejoin { .. } => self.fmt_rejoin(f),
             plan::Operation::Up => {
                 writeln!(f, "cluster {} (PostgreSQL {}): {} action(s)", self.cluster, self.major, self.actions.len())?;
+                tail_lines(f, &self.warnings, &self.problems)
+            }
+            plan::Operation::Restart { how } => {
+                let restarts = self.steps.iter().filter(|s| matches!(s.action, plan::Action::Restart { .. })).count();
+                writeln!(
+                    f,
+                    "restart, {how}, of cluster {} (PostgreSQL {}): {restarts} restart(s), {} switchover(s) in {}; primary {} -> {}",
+                    self.cluster,
+                    self.major,
+                    self.switchovers.len(),
+                    secs(self.timings.total_seconds),
+                    self.from,
+                    self.to
+                )?;
+                if self.timings.write_unavailable_seconds > 0.0 {
+                    writeln!(f, "  writes unavailable for {} in all", secs(self.timings.write_unavailable_seconds))?;
+                }
+                for a in &self.actions {
+                    writeln!(f, "  {:<10} {} ({})", a.node, a.what, secs(a.seconds))?;
+                }
+                for p in &self.pending {
+                    writeln!(f, "  pending restart: {p}")?;
+                }
                 tail_lines(f, &self.warnings, &self.problems)
             }
         }

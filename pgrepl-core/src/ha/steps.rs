@@ -333,6 +333,9 @@ impl Exec<'_> {
                 op.run(&self.after).wait_streaming(n).await?;
                 Ok(None)
             }
+            // Restarts (`pgrepl restart`, `up`'s, a minor upgrade's): see `restart`.
+            Do::Restart { upstream } => self.restart_node(node, upstream.as_deref()).await,
+            Do::Switchover { .. } => self.switchover_step(node).await,
         }
     }
 

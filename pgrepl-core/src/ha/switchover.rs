@@ -13,10 +13,23 @@ impl Deployment {
     /// promotion, the old primary is started again as the primary.
     pub async fn switchover(&self, to: &str, progress: &dyn Progress) -> Result<OperationReport, Error> {
         let lock = self.lock_operation("switchover", self.lock_wait()).await?;
+        let result = self.switchover_under(to, progress, &lock).await;
+        lock.release().await;
+        result
+    }
+
+    /// The switchover, under `lock` (held by the caller: `switchover`, or a rolling
+    /// restart, whose plan runs switchovers as steps).
+    pub(super) async fn switchover_under(
+        &self,
+        to: &str,
+        progress: &dyn Progress,
+        lock: &crate::oplock::OperationLock,
+    ) -> Result<OperationReport, Error> {
         let t0 = Instant::now();
-        let result = async {
+        async {
             let mut op = Op::open(self, progress).await?;
-            op.lock = Some(&lock);
+            op.lock = Some(lock);
             let obs = op.observe().await;
             let plan = plan::switchover(&op.cluster, &obs, &plan::SwitchoverRequest { to: to.to_string() })?;
             let exec = Exec::new(&op, &plan, &obs, t0);
@@ -31,8 +44,6 @@ impl Deployment {
             report.timings.total_seconds = t0.elapsed().as_secs_f64();
             Ok(report)
         }
-        .await;
-        lock.release().await;
-        result
+        .await
     }
 }

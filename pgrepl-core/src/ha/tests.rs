@@ -289,6 +289,7 @@ fn marks_for_status() {
         slot_active: None,
         upstream: None,
         error: None,
+        pending_restart: None,
     };
     let status = StatusReport {
         cluster: "t".into(),

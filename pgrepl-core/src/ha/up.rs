@@ -81,7 +81,7 @@ impl Deployment {
             }
         }
         // Observe, plan, carry the plan out: the same executor as the HA operations.
-        let (done, steps) = execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?;
+        let (done, steps, pending_restart) = execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?;
         actions.extend(done);
         // pgBackRest's stanza, once the primary runs.
         actions.extend(crate::backup::after_up(self, &cluster, &handles).await);
@@ -97,13 +97,16 @@ impl Deployment {
             topo.sync = Some(sync_target);
             self.save_topology(&topo).await?;
         }
-        Ok(UpReport { cluster: cluster.name.clone(), major, actions, steps, seconds: t0.elapsed().as_secs_f64() })
+        Ok(UpReport { cluster: cluster.name.clone(), major, actions, steps, seconds: t0.elapsed().as_secs_f64(), pending_restart })
     }
 }
 
 /// Observes every node of `cluster` (reached through `handles`), plans `up` and carries
-/// the plan out with the executor of the HA operations; returns what it did. The caller
-/// (`Deployment::up`) holds the operation lock and has installed PostgreSQL where missing.
+/// the plan out with the executor of the HA operations; then, on a fresh look at the
+/// nodes' settings, the restarts the order allows ([`plan::restart()`] in
+/// [`plan::RestartMode::Up`]: standbys only, never the primary). Returns what it did and
+/// what it left pending. The caller (`Deployment::up`) holds the operation lock and has
+/// installed PostgreSQL where missing.
 async fn execute_up(
     d: &Deployment,
     cluster: &Cluster,
@@ -111,7 +114,7 @@ async fn execute_up(
     secrets: &Secrets,
     lock: &crate::oplock::OperationLock,
     progress: &dyn Progress,
-) -> Result<(Vec<Action>, Vec<StepRecord>), Error> {
+) -> Result<(Vec<Action>, Vec<StepRecord>, Vec<plan::PendingRestart>), Error> {
     let t0 = Instant::now();
     let caps = cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))?;
     let op = Op {
@@ -133,5 +136,16 @@ async fn execute_up(
     if let Some(p) = report.problems.first() {
         return Err(Error::node(&plan.primary, p.clone()));
     }
-    Ok((report.actions, report.steps))
+    let (mut actions, mut steps) = (report.actions, report.steps);
+    // Settings that need a restart: the nodes whose files changed (what a server before
+    // 9.5 cannot tell about itself), and what every server says is pending.
+    let changed: Vec<String> = actions.iter().filter(|a| a.what == "write settings and pg_hba.conf").map(|a| a.node.clone()).collect();
+    let obs = op.observe_settings().await;
+    let rplan = plan::restart(cluster, &obs, &plan::RestartRequest { nodes: changed, ..plan::RestartRequest::all(plan::RestartMode::Up) })?;
+    if !rplan.steps.is_empty() {
+        let r = super::restart::run_restart(&op, &rplan, &obs, t0).await?;
+        actions.extend(r.actions);
+        steps.extend(r.steps);
+    }
+    Ok((actions, steps, rplan.pending))
 }

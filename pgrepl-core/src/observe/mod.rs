@@ -121,6 +121,84 @@ pub struct Observed {
     pub alive_evidence: Vec<String>,
     /// What went wrong observing it.
     pub error: Option<String>,
+    /// Its settings as far as a restart is concerned (read by `status`, `up` and
+    /// `restart`, not by the probe of the HA operations); `None` when not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<RestartSettings>,
+}
+
+/// The parameters whose value on a hot standby must be at least the primary's
+/// (PostgreSQL checks them against the values the primary wrote to its WAL): raising one
+/// restarts the standbys first, lowering one the primary first.
+pub const STANDBY_LIMITS: [&str; 5] =
+    ["max_connections", "max_worker_processes", "max_wal_senders", "max_prepared_transactions", "max_locks_per_transaction"];
+
+/// A node's settings as far as a restart is concerned: what waits for one, and the
+/// [`STANDBY_LIMITS`] as it runs with them and as its files say.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct RestartSettings {
+    /// The settings changed in its files that take effect only at a restart
+    /// (`pg_settings.pending_restart`, 9.5+); `None`: the server cannot tell (before 9.5).
+    pub pending_restart: Option<Vec<String>>,
+    /// Each of [`STANDBY_LIMITS`]: the value it runs with, and the value it will run with
+    /// after a restart (its files', or the built-in default when no file sets it; the
+    /// running value when the server cannot tell).
+    pub limits: Vec<LimitValue>,
+}
+
+/// One of [`STANDBY_LIMITS`] on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LimitValue {
+    /// The parameter.
+    pub name: String,
+    /// The value it runs with.
+    pub running: i64,
+    /// The value after a restart.
+    pub next: i64,
+}
+
+impl RestartSettings {
+    /// Whether a restart would change something (unknown before 9.5: `None`).
+    pub fn pending(&self) -> Option<bool> {
+        self.pending_restart.as_ref().map(|p| !p.is_empty())
+    }
+
+    /// The value of `name` it runs with, or after a restart (`next`).
+    pub fn limit(&self, name: &str, next: bool) -> Option<i64> {
+        self.limits.iter().find(|l| l.name == name).map(|l| if next { l.next } else { l.running })
+    }
+}
+
+/// Fills [`RestartSettings`] from the rows of [`crate::observe::probe::settings_sql`]:
+/// `p` rows (name, running value, pending_restart, the files' value, the built-in default).
+pub fn parse_settings_rows(rows: &[Vec<Option<String>>], knows_pending: bool) -> RestartSettings {
+    let mut s = RestartSettings { pending_restart: knows_pending.then(Vec::new), limits: Vec::new() };
+    for r in rows {
+        let f = |i: usize| r.get(i).cloned().flatten();
+        if f(0).as_deref() != Some("p") {
+            continue;
+        }
+        let Some(name) = f(1) else { continue };
+        if f(3).as_deref() == Some("t") {
+            if let Some(p) = s.pending_restart.as_mut() {
+                p.push(name.clone());
+            }
+        }
+        if STANDBY_LIMITS.contains(&name.as_str()) {
+            let Some(running) = f(2).and_then(|v| v.trim().parse::<i64>().ok()) else { continue };
+            let next = if knows_pending {
+                f(4).or_else(|| f(5)).and_then(|v| v.trim().trim_matches('\'').parse::<i64>().ok()).unwrap_or(running)
+            } else {
+                running
+            };
+            s.limits.push(LimitValue { name, running, next });
+        }
+    }
+    if let Some(p) = s.pending_restart.as_mut() {
+        p.sort();
+        p.dedup();
+    }
+    s
 }
 
 impl Observed {
@@ -146,6 +224,7 @@ impl Observed {
             fenced: false,
             alive_evidence: Vec::new(),
             error: None,
+            settings: None,
         }
     }
 
@@ -296,6 +375,24 @@ mod tests {
         assert!(s.standby() && !s.may_accept_writes());
         assert_eq!(s.position(), Some(Lsn(0x3000060)));
         assert_eq!(s.replay_age_seconds, Some(0.5));
+    }
+
+    #[test]
+    fn settings_rows_give_pending_settings_and_the_limits_now_and_after_a_restart() {
+        let rows = vec![
+            row(&[Some("p"), Some("shared_buffers"), Some("16384"), Some("t"), Some("256MB"), Some("1024")]),
+            row(&[Some("p"), Some("max_connections"), Some("100"), Some("t"), Some("200"), Some("100")]),
+            row(&[Some("p"), Some("max_wal_senders"), Some("10"), Some("f"), None, Some("10")]),
+        ];
+        let s = parse_settings_rows(&rows, true);
+        assert_eq!(s.pending_restart, Some(vec!["max_connections".to_string(), "shared_buffers".to_string()]));
+        assert_eq!(s.pending(), Some(true));
+        assert_eq!((s.limit("max_connections", false), s.limit("max_connections", true)), (Some(100), Some(200)));
+        assert_eq!(s.limit("max_wal_senders", true), Some(10));
+        // Before 9.5 the server cannot tell: unknown, and the limits stay as they run.
+        let old = parse_settings_rows(&rows, false);
+        assert_eq!(old.pending(), None);
+        assert_eq!(old.limit("max_connections", true), Some(100));
     }
 
     #[test]

@@ -67,6 +67,59 @@ pub fn probe_sql(caps: &Capabilities) -> String {
     )
 }
 
+/// The query of a node's [`RestartSettings`](super::RestartSettings): `p` rows (see
+/// [`super::parse_settings_rows`]). 9.5+: the settings pending a restart (on a primary,
+/// not those that apply only in recovery, such as the `recovery_target_timeline` a former
+/// standby's files no longer set: they matter only once it is a standby again, and it
+/// becomes one through a restart) and, for the
+/// [`STANDBY_LIMITS`](super::STANDBY_LIMITS), the files' value (the last entry
+/// `pg_file_settings` lists; the built-in default when no file sets it); before: the
+/// limits as they run.
+pub fn settings_sql(caps: &Capabilities) -> String {
+    let limits = super::STANDBY_LIMITS.iter().map(|n| sql_literal(n)).collect::<Vec<_>>().join(", ");
+    if caps.pending_restart {
+        format!(
+            "SELECT 'p', s.name, s.setting, \
+               s.pending_restart AND NOT (NOT pg_catalog.pg_is_in_recovery() AND ({RECOVERY_ONLY})), \
+               CASE WHEN s.pending_restart THEN coalesce((SELECT f.setting FROM pg_catalog.pg_file_settings f \
+                 WHERE f.name = s.name AND (f.error IS NULL OR f.error = 'setting could not be applied') \
+                 ORDER BY f.seqno DESC LIMIT 1), s.boot_val) ELSE s.setting END \
+             FROM pg_catalog.pg_settings s WHERE s.pending_restart OR s.name IN ({limits});"
+        )
+    } else {
+        format!("SELECT 'p', s.name, s.setting, 'f', NULL FROM pg_catalog.pg_settings s WHERE s.name IN ({limits});")
+    }
+}
+
+/// The settings that apply only to a server in recovery (a condition on `s.name`).
+const RECOVERY_ONLY: &str = "s.name LIKE 'recovery\\_%' OR s.name IN ('primary_conninfo', 'primary_slot_name', 'restore_command', \
+     'archive_cleanup_command', 'promote_trigger_file', 'hot_standby', 'standby_mode', 'trigger_file')";
+
+/// Reads the [`RestartSettings`](super::RestartSettings) of every node of `obs` that
+/// answered (one query each, in parallel); a node whose query fails keeps `None`.
+pub async fn observe_settings(cluster: &Cluster, handles: &[NodeHandle], caps: &Capabilities, obs: &mut ObservedCluster) {
+    let q = settings_sql(caps);
+    let q = &q;
+    let view: &ObservedCluster = obs;
+    let read = join_all(cluster.nodes.iter().map(|n| async move {
+        let answered = view.get(&n.name).answered();
+        let h = handles.iter().find(|h| h.name == n.name);
+        match (answered, h) {
+            (true, Some(h)) => sql::query(&*h.transport, &h.layout, n.port, q, PROBE_TIMEOUT)
+                .await
+                .ok()
+                .map(|rows| (n.name.clone(), super::parse_settings_rows(&rows, caps.pending_restart))),
+            _ => None,
+        }
+    }))
+    .await;
+    for (name, s) in read.into_iter().flatten() {
+        if let Some(o) = obs.nodes.iter_mut().find(|o| o.node == name) {
+            o.settings = Some(s);
+        }
+    }
+}
+
 /// Whether a transport error means the host itself could not be reached.
 fn host_unreachable(e: &TransportError) -> bool {
     matches!(e, TransportError::Connect(_) | TransportError::Auth(_) | TransportError::HostKey(_) | TransportError::Io(_))

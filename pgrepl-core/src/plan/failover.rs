@@ -502,6 +502,7 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
         }),
         target_lsn: chosen_pos,
         noop: false,
+        pending: Vec::new(),
         after: Some(new),
     })
 }

@@ -16,6 +16,7 @@ pub mod failover;
 pub mod guard;
 pub mod refusal;
 pub mod rejoin;
+pub mod restart;
 pub mod switchover;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,7 @@ pub use failover::{Candidate, FailoverDecision, FailoverRequest, failover};
 pub use guard::{Guard, GuardFailure};
 pub use refusal::Refusal;
 pub use rejoin::{RejoinFacts, RejoinRequest, rejoin};
+pub use restart::{BinaryCheck, PendingRestart, RestartMode, RestartRequest, restart};
 pub use switchover::{SWITCHOVER_MAX_LAG_BYTES, SwitchoverRequest, switchover};
 pub use up::up;
 pub use upgrade::{UpgradeFacts, UpgradePlan, UpgradeProblem, UpgradeRequest, UpgradeStep, upgrade};
@@ -60,6 +62,11 @@ pub enum Operation {
     },
     /// Deploy or converge the cluster to its spec.
     Up,
+    /// Restarts (`pgrepl restart`, the restarts `up` may do, a minor upgrade).
+    Restart {
+        /// How: `after up`, `in place`, `rolling`, `minor upgrade, rolling`, ...
+        how: String,
+    },
 }
 
 /// How a standby is brought back by a rejoin.
@@ -182,6 +189,22 @@ pub enum Action {
         /// The upstream.
         from: String,
     },
+    /// Restart its server (stop fast, start with what its files and binaries say now); a
+    /// standby first catches up with `upstream` (so it has replayed any change of the
+    /// primary's max_* values) and is back when it streams from it again, the primary
+    /// when it accepts writes.
+    Restart {
+        /// The upstream a standby streams from once back (`None`: the primary).
+        upstream: Option<String>,
+    },
+    /// A switchover to it, with no acknowledged write lost: planned by
+    /// [`switchover()`] on a fresh observation when the step runs, carried out by the
+    /// same executor. The old primary stops and starts again as a standby (so it restarts
+    /// with what its files say now).
+    Switchover {
+        /// The old primary.
+        from: String,
+    },
 }
 
 /// One step of a plan.
@@ -292,6 +315,10 @@ pub struct Plan {
     pub target_lsn: Option<Lsn>,
     /// Nothing to do.
     pub noop: bool,
+    /// Restarts the plan leaves for later (a restart planner's): each node, what waits
+    /// for its restart, and the command that applies it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<PendingRestart>,
     /// The cluster as the plan leaves it (its primary, upstreams and synchronous
     /// standbys): what the executor renders the nodes' settings from. `None`: as it is.
     #[serde(skip)]
@@ -326,6 +353,7 @@ impl Plan {
             failover: None,
             target_lsn: None,
             noop: false,
+            pending: Vec::new(),
             after: None,
         }
     }
@@ -363,6 +391,12 @@ impl Plan {
                 Action::Stop | Action::StopClean | Action::Fence => w.retain(|n| *n != s.node),
                 Action::Promote if !w.contains(&s.node) => w.push(s.node.clone()),
                 Action::Rejoin { .. } | Action::Clone { .. } => w.retain(|n| *n != s.node),
+                Action::Switchover { from } => {
+                    w.retain(|n| n != from);
+                    if !w.contains(&s.node) {
+                        w.push(s.node.clone());
+                    }
+                }
                 _ => {}
             }
         }
@@ -414,12 +448,22 @@ impl fmt::Display for Action {
                 f.write_str("ready it for its clone: directories, passfile, configuration (pg_createcluster on Debian)")
             }
             Action::Clone { from } => write!(f, "clone from {from} (pg_basebackup)"),
-            Action::WriteSettings => {
-                f.write_str("write settings and pg_hba.conf where they differ; reload (restart when a setting needs it)")
-            }
+            Action::WriteSettings => f.write_str(
+                "write settings and pg_hba.conf where they differ; reload (a setting that needs a restart: standbys restarted when the order allows, the primary never; see `pgrepl restart`)",
+            ),
             Action::Start => f.write_str("start"),
             Action::EnsureReplicationRole => f.write_str("create or update the replication role"),
             Action::WaitStreaming { from } => write!(f, "wait until it streams from {from}"),
+            Action::Restart { upstream: Some(u) } => {
+                write!(f, "catch up with {u}, restart (stop fast, start), wait until it streams from {u} again")
+            }
+            Action::Restart { upstream: None } => {
+                f.write_str("restart in place (stop fast, start): writes pause until it accepts them again")
+            }
+            Action::Switchover { from } => write!(
+                f,
+                "switchover {from} -> it (no acknowledged write lost; planned on a fresh look when it runs): writes pause for the switchover; {from} starts again as a standby"
+            ),
         }
     }
 }
@@ -433,6 +477,7 @@ impl fmt::Display for Plan {
             }
             Operation::Rejoin { node } => format!("rejoin {node} (primary {})", self.primary),
             Operation::Up => format!("up (primary {})", self.primary),
+            Operation::Restart { how } => format!("restart, {how} (primary {})", self.primary),
         };
         writeln!(f, "plan for cluster {}: {what} (a step numbered with + runs with the one before)", self.cluster)?;
         if self.noop {
@@ -468,6 +513,9 @@ impl fmt::Display for Plan {
             if let Some(u) = &s.undo {
                 writeln!(f, "        undo:  {u}")?;
             }
+        }
+        for p in &self.pending {
+            writeln!(f, "  pending restart: {p}")?;
         }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;

@@ -232,6 +232,55 @@ pub enum Refusal {
         /// What the checks found.
         problems: Vec<super::upgrade::UpgradeProblem>,
     },
+    /// A restart would leave a hot standby with a smaller value of one of
+    /// [`STANDBY_LIMITS`](crate::observe::STANDBY_LIMITS) than its primary's.
+    #[error(
+        "{node} would run with {setting} = {value}, below the primary {primary}'s {primary_value}: a hot standby needs at least its primary's value (before 14 it stops, from 14 its replay pauses). {hint}"
+    )]
+    UnsafeRestartOrder {
+        /// The standby.
+        node: String,
+        /// The parameter.
+        setting: String,
+        /// Its value there.
+        value: i64,
+        /// The primary.
+        primary: String,
+        /// The primary's value.
+        primary_value: i64,
+        /// What to do.
+        hint: String,
+    },
+    /// A node to restart does not run.
+    #[error("{node} does not run: `pgrepl up` starts it (with its new settings); restart restarts running servers only")]
+    NotRunning {
+        /// The node.
+        node: String,
+    },
+    /// A minor upgrade whose binaries are of another major than the data directory.
+    #[error(
+        "{node}: the binaries in {path} are PostgreSQL {binaries} but its data directory is PostgreSQL {data}: a minor upgrade keeps the major (a major upgrade is `pgrepl upgrade --to`)"
+    )]
+    MajorMismatch {
+        /// The node.
+        node: String,
+        /// Where its binaries are.
+        path: String,
+        /// Their major (`postgres --version`; `unknown` when it did not run).
+        binaries: String,
+        /// The data directory's (`PG_VERSION`).
+        data: String,
+    },
+    /// A rolling restart of the primary has no standby to switch over to.
+    #[error(
+        "a rolling restart of {primary} needs a running, streaming standby to switch over to ({why}); `pgrepl restart` without --rolling restarts {primary} in place"
+    )]
+    NoRollingCandidate {
+        /// The primary.
+        primary: String,
+        /// Why no standby qualifies.
+        why: String,
+    },
 }
 
 impl Refusal {
@@ -257,7 +306,11 @@ impl Refusal {
             | Refusal::PrimaryDown { node, .. }
             | Refusal::Unreachable { node }
             | Refusal::ForeignFiles { node, .. }
-            | Refusal::WrongDataDirectory { node, .. } => node,
+            | Refusal::WrongDataDirectory { node, .. }
+            | Refusal::UnsafeRestartOrder { node, .. }
+            | Refusal::NotRunning { node }
+            | Refusal::MajorMismatch { node, .. } => node,
+            Refusal::NoRollingCandidate { primary, .. } => primary,
             Refusal::SyncNotCovered { primary, .. } | Refusal::NoRunningPrimary { primary, .. } => primary,
             Refusal::OtherAlsoWritable { other } => other,
             Refusal::SplitBrain { nodes } => nodes.first()?,

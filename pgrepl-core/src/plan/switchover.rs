@@ -38,6 +38,7 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
         failover: None,
         target_lsn: None,
         noop,
+        pending: Vec::new(),
         after: Some(after),
     };
     match writable.as_slice() {
