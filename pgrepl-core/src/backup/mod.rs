@@ -9,6 +9,8 @@
 //! [`render::backup_tool`](crate::render::backup_tool).
 
 pub mod catalog;
+#[cfg(feature = "runtime")]
+mod coverage;
 pub mod decide;
 #[cfg(feature = "runtime")]
 mod pgbackrest;
@@ -18,7 +20,9 @@ mod run;
 
 pub use crate::tool_failure::{ToolFailure, classify_failure};
 pub use catalog::{BackupInfo, parse_barman_list, parse_pgbackrest_info};
-pub use decide::{RestoreRefusal, Target, check_in_place, check_pgbackrest, choose_backup};
+pub use decide::{RestoreRefusal, Target, archived_through, check_in_place, check_pgbackrest, choose_backup, target_reached};
+#[cfg(feature = "runtime")]
+pub use coverage::ARCHIVE_WAIT;
 #[cfg(feature = "runtime")]
 pub use run::{RestoreOptions, RestoreReport, VerifyBackupReport};
 #[cfg(feature = "runtime")]

@@ -102,7 +102,7 @@ impl Deployment {
     }
 
     /// The current primary's handle (the recorded topology applied), or `from`'s.
-    async fn node_handle(&self, from: Option<&str>) -> Result<(crate::cluster::Cluster, NodeHandle), Error> {
+    pub(super) async fn node_handle(&self, from: Option<&str>) -> Result<(crate::cluster::Cluster, NodeHandle), Error> {
         let (cluster, handles) = self.connect(false).await?;
         let name = from.map(str::to_string).unwrap_or_else(|| cluster.primary().name.clone());
         let h = handles.into_iter().find(|h| h.name == name).ok_or_else(|| Error::node(&name, "no such node in the cluster"))?;
@@ -358,6 +358,9 @@ impl Deployment {
         if running || run.data_dir(h).await? != DataDir::Missing {
             return Err(refuse(RestoreRefusal::NotEmpty { node: h.name.clone(), path: h.layout.data_dir.clone() }));
         }
+        // The WAL up to now in the archive, when the source's primary runs (refused
+        // otherwise: the archive would not reach the target).
+        self.archive_up_to_now(&target).await?;
         // Act.
         let t0 = Instant::now();
         let l = &h.layout;
@@ -401,10 +404,18 @@ impl Deployment {
             write(path, text).await?;
         }
         let t1 = Instant::now();
-        if let Err(e) = run.start(&primary, h, &r).await {
-            return Err(Error::node(&primary.name, format!("the restored server did not reach the target: {}", crate::error::chain(&e))));
-        }
-        let timeline = wait_promoted(h, primary.port, RECOVERY_DEADLINE).await?;
+        let promoted = async {
+            if let Err(e) = run.start(&primary, h, &r).await {
+                return Err(Error::node(&primary.name, format!("the restored server did not reach the target: {}", crate::error::chain(&e))));
+            }
+            let timeline = wait_promoted(h, primary.port, RECOVERY_DEADLINE).await?;
+            super::coverage::check_target_reached(h, primary.port, &caps, &target).await?;
+            Ok(timeline)
+        };
+        let timeline = match promoted.await {
+            Ok(t) => t,
+            Err(e) => return Err(super::coverage::abandon(h, &r, e).await),
+        };
         for name in &rec.reset_after {
             run.sql(h, primary.port, &format!("ALTER SYSTEM RESET {name};"), "remove the recovery settings").await?;
         }
@@ -596,7 +607,9 @@ async fn nudge_wal_switch(sh: &NodeHandle, sport: u16, ph: &NodeHandle, pport: u
 /// The node a restore refusal names.
 fn r_node(r: &RestoreRefusal) -> String {
     match r {
-        RestoreRefusal::ServerRunning { node } | RestoreRefusal::NotEmpty { node, .. } => node.clone(),
+        RestoreRefusal::ServerRunning { node } | RestoreRefusal::NotEmpty { node, .. } | RestoreRefusal::ArchiveBehind { node, .. } => {
+            node.clone()
+        }
         _ => String::new(),
     }
 }
