@@ -366,6 +366,21 @@ mod tests {
             get(&standby, "restore_command").as_deref(),
             Some("'/usr/bin/pgbackrest --config-path=/w/db2/pgrepl/pgbackrest/c1 --stanza=c1 archive-get %f \"%p\"'")
         );
+        // `render` shows each node's pgbackrest.conf, its own data directory and port, the keys hidden.
+        for (r, dir, port) in [(&primary, "/w/db1", 5432), (&standby, "/w/db2", 5433)] {
+            assert_eq!(r.backup_files.len(), 1);
+            let f = &r.backup_files[0];
+            assert_eq!(f.path, format!("{dir}/pgrepl/pgbackrest/c1/pgbackrest.conf"));
+            assert_eq!(f.mode, 0o600);
+            let text = &f.contents.text;
+            assert!(text.contains(&format!("[c1]\npg1-path={dir}/data\n")) && text.contains(&format!("pg1-port={port}\n")), "{text}");
+            assert!(text.contains("repo1-s3-key=********\nrepo1-s3-key-secret=********\n"), "{text}");
+            assert!(text.contains("repo1-s3-endpoint=127.0.0.1\nrepo1-s3-port=8443\n"), "{text}");
+            let shown = r.to_string();
+            assert!(shown.contains(&format!("--- {dir}/pgrepl/pgbackrest/c1/pgbackrest.conf (mode 0600")) && shown.contains(text.as_str()), "{shown}");
+            let json = serde_json::to_string(r).unwrap();
+            assert!(json.contains("pgbackrest.conf"), "{json}");
+        }
         // Up to 11 in recovery.conf.
         let c11 = ClusterSpec::builder("c1")
             .node(NodeSpec::primary("db1"))
