@@ -216,10 +216,73 @@ pub fn install_script(b: &BackupSpec) -> Option<String> {
     ))
 }
 
+/// The root script that installs pgBackRest from the distribution's package (apt-get,
+/// refreshing the package lists once if the first try fails, or dnf); exit status 3 with
+/// the reason on a host with neither. `None` unless the tool is pgBackRest at the
+/// package's place (`bin_dir` unset or `/usr/bin`): pgrepl installs nothing elsewhere.
+pub fn pgbackrest_install_script(b: &BackupSpec) -> Option<String> {
+    if b.tool != BackupTool::Pgbackrest || bin_dir(b) != super::pgbackrest::PGBACKREST_BIN_DIR {
+        return None;
+    }
+    Some(
+        "set -eu
+if command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  \
+         apt-get install -y -q pgbackrest || { apt-get update -q && apt-get install -y -q pgbackrest; }
+\
+         elif command -v dnf >/dev/null 2>&1; then
+  dnf install -y -q pgbackrest
+\
+         else
+  echo 'neither apt-get nor dnf on this host: install pgBackRest from your distribution' >&2
+  exit 3
+fi
+"
+            .to_string(),
+    )
+}
+
+/// What to run on this machine to install the tool of `b` (said when `up` of a cluster on
+/// the local provider finds it missing: pgrepl installs no package on the machine it
+/// runs on).
+pub fn install_hint(b: &BackupSpec) -> String {
+    match b.tool {
+        BackupTool::Pgbackrest => format!(
+            "install pgBackRest (as root: `apt-get install pgbackrest` or `dnf install pgbackrest`) so that {} exists, or set backup.bin_dir",
+            program(b, "pgbackrest")
+        ),
+        BackupTool::BarmanCloud => {
+            let bin = bin_dir(b);
+            let venv = bin.strip_suffix("/bin").unwrap_or(&bin).to_string();
+            format!(
+                "install Barman's cloud scripts (as root: `python3 -m venv {venv} && {venv}/bin/pip install 'barman[cloud]=={BARMAN_VERSION}' psycopg2-binary`), or set backup.bin_dir"
+            )
+        }
+        BackupTool::Directory => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::{RetentionSpec, Sse};
+
+    #[test]
+    fn pgbackrest_is_installed_from_the_package_at_its_place_only() {
+        let mut b = BackupSpec::barman_cloud("b");
+        assert!(pgbackrest_install_script(&b).is_none());
+        b.tool = BackupTool::Pgbackrest;
+        let s = pgbackrest_install_script(&b).unwrap();
+        assert!(s.contains("apt-get install -y -q pgbackrest") && s.contains("dnf install -y -q pgbackrest") && s.contains("exit 3"), "{s}");
+        b.bin_dir = Some("/usr/bin".into());
+        assert!(pgbackrest_install_script(&b).is_some());
+        b.bin_dir = Some("/opt/pgbackrest/bin".into());
+        assert!(pgbackrest_install_script(&b).is_none(), "nothing installed where the package does not put it");
+        assert!(install_hint(&b).contains("/opt/pgbackrest/bin/pgbackrest"), "{}", install_hint(&b));
+        let bar = BackupSpec::barman_cloud("b");
+        assert!(install_hint(&bar).contains("/opt/pgrepl/barman/bin/pip install 'barman[cloud]==3.19.1'"), "{}", install_hint(&bar));
+    }
 
     fn moto() -> BackupSpec {
         let mut b = BackupSpec::barman_cloud("pgrepl-bk");
