@@ -418,7 +418,8 @@ pub fn render_node(
 fn backup_tool_files(cluster: &Cluster, node: &Node, layout: &NodeLayout) -> Vec<RenderedFile> {
     let Some(b) = cluster.backup.as_ref().filter(|b| b.tool == crate::spec::BackupTool::Pgbackrest) else { return Vec::new() };
     let dir = pgbackrest::config_path(&layout.pgrepl_dir, &cluster.name);
-    let n = pgbackrest::PgbackrestNode { data_dir: &layout.data_dir, socket_dir: &layout.socket_dir, port: node.port, user: &layout.superuser };
+    let n =
+        pgbackrest::PgbackrestNode { data_dir: &layout.data_dir, socket_dir: &layout.socket_dir, port: node.port, user: &layout.superuser };
     vec![RenderedFile {
         path: format!("{dir}/pgbackrest.conf"),
         mode: 0o600,

@@ -173,12 +173,43 @@ pub fn target_reached(history: &str, target: &Target) -> Result<(), String> {
                 && !at.starts_with("2000-01-01")
                 && !at.starts_with("1999-12-31")
         }
-        Target::Lsn(_) => reason
-            .split_once("LSN ")
-            .and_then(|(_, l)| l.trim().parse::<Lsn>().ok())
-            .is_some_and(|l| l != Lsn(0)),
+        Target::Lsn(_) => reason.split_once("LSN ").and_then(|(_, l)| l.trim().parse::<Lsn>().ok()).is_some_and(|l| l != Lsn(0)),
     };
     if stopped { Ok(()) } else { Err(format!("LSN {switch}")) }
+}
+
+/// The backups retention removes (`tool = "directory"`; the other tools apply it
+/// themselves): with `keep`, every complete backup but the newest `keep`; with a window
+/// (seconds), those ended before `now - window`, except the newest of them (a restore to
+/// the window's start needs it). Incomplete ones are left alone.
+pub fn retention_removes(catalog: &[BackupInfo], keep: Option<u32>, window_seconds: Option<u64>, now: OffsetDateTime) -> Vec<String> {
+    let mut done: Vec<&BackupInfo> = catalog.iter().filter(|b| b.done()).collect();
+    done.sort_by(|a, b| a.end_time.cmp(&b.end_time).then(a.end_lsn.cmp(&b.end_lsn)));
+    let kept_from = match (keep, window_seconds) {
+        (Some(k), _) => done.len().saturating_sub(k as usize),
+        (None, Some(w)) => {
+            let start = now - time::Duration::seconds(i64::try_from(w).unwrap_or(i64::MAX));
+            done.iter().rposition(|b| b.end_time < start).unwrap_or(0)
+        }
+        (None, None) => 0,
+    };
+    done[..kept_from].iter().map(|b| b.id.clone()).collect()
+}
+
+/// The name of the WAL segment holding `lsn` on timeline `tli` (segments of `seg_size` bytes).
+pub fn segment_name(tli: u32, lsn: Lsn, seg_size: u64) -> String {
+    let segno = lsn.0 / seg_size;
+    let per_log = 0x1_0000_0000 / seg_size;
+    format!("{tli:08X}{:08X}{:08X}", segno / per_log, segno % per_log)
+}
+
+/// The archived WAL files a directory archive no longer needs once `oldest` (a segment
+/// name) begins the oldest backup kept: segments (and their `.backup` files) before it on
+/// any timeline; history files and anything else are kept.
+pub fn wal_removable<'a>(files: &'a [String], oldest: &str) -> Vec<&'a String> {
+    let seg = |n: &str| n.get(..24).filter(|h| h.chars().all(|c| c.is_ascii_hexdigit())).map(|h| h[8..].to_ascii_uppercase());
+    let Some(limit) = seg(oldest) else { return Vec::new() };
+    files.iter().filter(|f| seg(f).is_some_and(|s| s < limit)).collect()
 }
 
 /// An in-place restore replaces the data directory of the primary: refused while any
@@ -274,6 +305,31 @@ mod tests {
         let only_failed = vec![b("x", NOW, "0/1", "FAILED")];
         assert!(matches!(choose_backup(&only_failed, &Target::Latest, NOW, None), Err(RestoreRefusal::NoBackup)));
         assert!(matches!(choose_backup(&c, &Target::Lsn("0/100".parse().unwrap()), NOW, None), Err(RestoreRefusal::NotCovered { .. })));
+    }
+
+    #[test]
+    fn directory_retention() {
+        let c = catalog();
+        assert_eq!(retention_removes(&c, Some(1), None, NOW), vec!["b1".to_string()]);
+        assert!(retention_removes(&c, Some(2), None, NOW).is_empty());
+        // A window of 1.5 h before 08:00: b2 (06:00) is the newest before 06:30, kept; b1 goes.
+        assert_eq!(retention_removes(&c, None, Some(5400), NOW), vec!["b1".to_string()]);
+        assert!(retention_removes(&c, None, Some(4 * 3600), NOW).is_empty());
+        assert_eq!(segment_name(1, "0/5000028".parse().unwrap(), 16 << 20), "000000010000000000000005");
+        assert_eq!(segment_name(2, "1/2000000".parse().unwrap(), 16 << 20), "000000020000000100000002");
+        assert_eq!(segment_name(1, "0/50000000".parse().unwrap(), 64 << 20), "000000010000000000000014");
+        let files: Vec<String> = [
+            "000000010000000000000003",
+            "000000010000000000000004.00000028.backup",
+            "000000010000000000000005",
+            "00000002.history",
+            "000000020000000000000004",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let gone: Vec<&str> = wal_removable(&files, "000000010000000000000005").into_iter().map(String::as_str).collect();
+        assert_eq!(gone, ["000000010000000000000003", "000000010000000000000004.00000028.backup", "000000020000000000000004"]);
     }
 
     #[test]

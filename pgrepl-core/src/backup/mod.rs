@@ -13,20 +13,27 @@ pub mod catalog;
 mod coverage;
 pub mod decide;
 #[cfg(feature = "runtime")]
+mod directory;
+#[cfg(feature = "runtime")]
 mod pgbackrest;
 pub mod recovery;
 #[cfg(feature = "runtime")]
 mod run;
+pub mod schedule;
 
 pub use crate::tool_failure::{ToolFailure, classify_failure};
-pub use catalog::{BackupInfo, parse_barman_list, parse_pgbackrest_info};
-pub use decide::{RestoreRefusal, Target, archived_through, check_in_place, check_pgbackrest, choose_backup, target_reached};
+pub use catalog::{BackupInfo, parse_barman_list, parse_basebackup_verbose, parse_pgbackrest_info};
 #[cfg(feature = "runtime")]
 pub use coverage::ARCHIVE_WAIT;
+pub use decide::{
+    RestoreRefusal, Target, archived_through, check_in_place, check_pgbackrest, choose_backup, retention_removes, segment_name,
+    target_reached, wal_removable,
+};
 #[cfg(feature = "runtime")]
 pub use run::{RestoreOptions, RestoreReport, VerifyBackupReport};
 #[cfg(feature = "runtime")]
 pub(crate) use run::{after_up, ensure_tool};
+pub use schedule::{Schedule, ScheduledBackup};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

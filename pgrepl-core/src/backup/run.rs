@@ -72,18 +72,10 @@ impl Deployment {
         self.cluster.backup.as_ref().ok_or_else(|| Error::node(&self.cluster.name, "the spec has no [backup] section"))
     }
 
-    /// The spec's `[backup]` when its tool stores in S3 (barman-cloud, pgbackrest).
-    fn s3_tool(&self, what: &str) -> Result<&BackupSpec, Error> {
-        let b = self.backup_spec()?;
-        if b.tool == BackupTool::Directory {
-            return Err(Error::node(
-                &self.cluster.name,
-                format!(
-                    "{what} with backup.tool = \"directory\" is not implemented yet (archiving is: archive_command and restore_command are rendered); use tool = \"barman-cloud\" or \"pgbackrest\""
-                ),
-            ));
-        }
-        Ok(b)
+    /// The spec's `[backup]` (every tool: barman-cloud, pgbackrest, directory); `what` is
+    /// kept for the callers' words.
+    fn s3_tool(&self, _what: &str) -> Result<&BackupSpec, Error> {
+        self.backup_spec()
     }
 
     fn major(&self) -> Result<crate::version::PgMajor, Error> {
@@ -101,10 +93,14 @@ impl Deployment {
         Err(Error::Backup { node: h.name.clone(), action: action.into(), cause: classify_failure(out.status, &all), detail: out.tail() })
     }
 
-    /// The current primary's handle (the recorded topology applied), or `from`'s.
+    /// The current primary's handle (the recorded topology applied), or `from`'s. Only
+    /// that node's host must answer (after a failover the former primary's may not).
     pub(super) async fn node_handle(&self, from: Option<&str>) -> Result<(crate::cluster::Cluster, NodeHandle), Error> {
-        let (cluster, handles) = self.connect(false).await?;
+        let (cluster, handles, failed) = self.connect_partial().await?;
         let name = from.map(str::to_string).unwrap_or_else(|| cluster.primary().name.clone());
+        if let Some((_, e)) = failed.into_iter().find(|(n, _)| *n == name) {
+            return Err(e);
+        }
         let h = handles.into_iter().find(|h| h.name == name).ok_or_else(|| Error::node(&name, "no such node in the cluster"))?;
         Ok((cluster, h))
     }
@@ -127,14 +123,14 @@ impl Deployment {
         let n = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
         let l = &h.layout;
         let node = PgbackrestNode { data_dir: &l.data_dir, socket_dir: &l.socket_dir, port: n.port, user: &l.superuser };
-        pgbackrest::write_config(b, &cluster.name, &l.pgrepl_dir, &node, h).await
+        pgbackrest::write_config(b, &cluster.name, &cli_dir(l), &node, h).await
     }
 
     /// The backups of cluster `server` (pgBackRest: its stanza, configured in `h`'s pgrepl directory).
     async fn list_on(&self, b: &BackupSpec, server: &str, h: &NodeHandle) -> Result<Vec<BackupInfo>, Error> {
         let l = &h.layout;
         if b.tool == BackupTool::Pgbackrest {
-            let line = pgbr::command(b, &l.pgrepl_dir, server, &l.os_user, &["info", "--output=json"]);
+            let line = pgbr::command(b, &cli_dir(l), server, &l.os_user, &["info", "--output=json"]);
             let out = self.run_tool(h, &line, TOOL_TIMEOUT, "list the backups").await?;
             return parse_pgbackrest_info(&out, server).map_err(|e| Error::Backup {
                 node: h.name.clone(),
@@ -147,15 +143,18 @@ impl Deployment {
                 },
             });
         }
+        if b.tool == BackupTool::Directory {
+            return super::directory::list(b, server, h).await;
+        }
         let out = self.run_tool(h, &tool::barman_list(b, server, &l.os_user), TOOL_TIMEOUT, "list the backups").await?;
         parse_barman_list(&out).map_err(|e| Error::node(&h.name, e.to_string()))
     }
 
     /// pgBackRest's `stanza-create` of this cluster on `h` (it does nothing when the
     /// stanza exists for this system).
-    async fn stanza_create(&self, b: &BackupSpec, h: &NodeHandle) -> Result<(), Error> {
+    async fn stanza_create(&self, b: &BackupSpec, h: &NodeHandle, dir: &str) -> Result<(), Error> {
         let l = &h.layout;
-        let line = pgbr::command(b, &l.pgrepl_dir, &self.cluster.name, &l.os_user, &["stanza-create"]);
+        let line = pgbr::command(b, dir, &self.cluster.name, &l.os_user, &["stanza-create"]);
         self.run_tool(h, &line, TOOL_TIMEOUT, "create pgBackRest's stanza").await.map(|_| ())
     }
 
@@ -176,7 +175,10 @@ impl Deployment {
             // Created through the primary (pgBackRest refuses on a standby alone).
             let ph = if cluster.primary().name == h.name { h.clone() } else { self.node_handle(None).await?.1 };
             self.pgbackrest_ready(b, &cluster, &ph).await?;
-            self.stanza_create(b, &ph).await?;
+            self.stanza_create(b, &ph, &cli_dir(&ph.layout)).await?;
+        }
+        if b.tool == BackupTool::Directory {
+            return self.directory_backup(b, &cluster.name, &h, node.port).await;
         }
         let before: Vec<String> = self.list_on(b, &cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
         let line = match b.tool {
@@ -251,13 +253,17 @@ impl Deployment {
         }
         tail.push("backup".into());
         let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
-        Ok(pgbr::command(b, &l.pgrepl_dir, &cluster.name, &l.os_user, &tail))
+        Ok(pgbr::command(b, &cli_dir(l), &cluster.name, &l.os_user, &tail))
     }
 
     /// Applies `[backup] retention` (barman-cloud-backup-delete: backups and the WAL only
     /// they need); returns the ids removed.
     pub async fn apply_retention(&self) -> Result<Vec<String>, Error> {
         let b = self.s3_tool("retention")?;
+        if b.tool == BackupTool::Directory {
+            let (cluster, h) = self.node_handle(None).await?;
+            return self.directory_retention(b, &cluster.name, &h, cluster.primary().port).await;
+        }
         let Some(policy) = b.retention.as_ref().and_then(tool::barman_retention_policy) else {
             return Ok(Vec::new());
         };
@@ -267,7 +273,7 @@ impl Deployment {
         let l = &h.layout;
         let line = match b.tool {
             // The policy is in the node's configuration (repo1-retention-full).
-            BackupTool::Pgbackrest => pgbr::command(b, &l.pgrepl_dir, &self.cluster.name, &l.os_user, &["expire"]),
+            BackupTool::Pgbackrest => pgbr::command(b, &cli_dir(l), &self.cluster.name, &l.os_user, &["expire"]),
             _ => tool::barman_delete(b, &self.cluster.name, &policy, &l.os_user),
         };
         self.run_tool(&h, &line, TOOL_TIMEOUT, "apply the retention policy").await?;
@@ -372,6 +378,7 @@ impl Deployment {
                 let set = format!("--set={}", chosen.id);
                 pgbr::command(&b, &l.pgrepl_dir, &source, &l.os_user, &[set.as_str(), "--type=none", "restore"])
             }
+            BackupTool::Directory => super::directory::restore_line(&b, &source, &chosen.id, &l.data_dir, &l.os_user),
             _ => tool::barman_restore(&b, &source, &chosen.id, &l.data_dir, &l.os_user),
         };
         self.run_tool(h, &download, CLONE_TIMEOUT, "download the base backup").await?;
@@ -406,7 +413,10 @@ impl Deployment {
         let t1 = Instant::now();
         let promoted = async {
             if let Err(e) = run.start(&primary, h, &r).await {
-                return Err(Error::node(&primary.name, format!("the restored server did not reach the target: {}", crate::error::chain(&e))));
+                return Err(Error::node(
+                    &primary.name,
+                    format!("the restored server did not reach the target: {}", crate::error::chain(&e)),
+                ));
             }
             let timeline = wait_promoted(h, primary.port, RECOVERY_DEADLINE).await?;
             super::coverage::check_target_reached(h, primary.port, &caps, &target).await?;
@@ -523,6 +533,7 @@ impl Deployment {
                     let set = format!("--set={}", backup.id);
                     pgbr::command(b, scratch, &self.cluster.name, &l.os_user, &[set.as_str(), "--type=none", "restore"])
                 }
+                BackupTool::Directory => super::directory::restore_line(b, &self.cluster.name, &backup.id, &data, &l.os_user),
                 _ => tool::barman_restore(b, &self.cluster.name, &backup.id, &data, &l.os_user),
             };
             self.run_tool(&h, &download, CLONE_TIMEOUT, "download the base backup").await?;
@@ -579,6 +590,14 @@ impl Deployment {
             }
         }
     }
+}
+
+/// Where pgrepl's own pgBackRest commands (`backup`, `backups`, retention, a restore's
+/// listing) keep the configuration they write from the spec they are given: beside the
+/// one `archive_command` reads (written by `up`), never over it, so that an operation run
+/// with another spec (another endpoint, say) cannot break archiving.
+fn cli_dir(l: &crate::layout::NodeLayout) -> String {
+    format!("{}/cli", l.pgrepl_dir.trim_end_matches('/'))
 }
 
 /// While a backup from the standby `sh` waits for its last WAL segment to be archived
@@ -691,6 +710,10 @@ pub(crate) async fn ensure_tool(
         pgbackrest::write_config(b, &cluster.name, &l.pgrepl_dir, &node, h).await?;
         return Ok(action);
     }
+    if b.tool == BackupTool::Directory {
+        super::directory::prepare(b, &cluster.name, h).await?;
+        return Ok(None);
+    }
     let Some(script) = tool::install_script(b) else { return Ok(None) };
     let probe = tool::program(b, "barman-cloud-wal-archive");
     let t = &*h.transport;
@@ -728,7 +751,7 @@ pub(crate) async fn after_up(d: &Deployment, cluster: &crate::cluster::Cluster, 
     let b = cluster.backup.as_ref().filter(|b| b.tool == BackupTool::Pgbackrest)?;
     let h = handles.iter().find(|h| h.name == cluster.primary().name)?;
     let t0 = Instant::now();
-    let what = match d.stanza_create(b, h).await {
+    let what = match d.stanza_create(b, h, &h.layout.pgrepl_dir).await {
         Ok(()) => "pgBackRest stanza ready".to_string(),
         Err(e) => format!("pgBackRest stanza not created yet: {}", crate::error::chain(&e)),
     };

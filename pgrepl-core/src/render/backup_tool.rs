@@ -96,6 +96,11 @@ pub fn directory_wal_dir(b: &BackupSpec, server: &str) -> String {
     format!("{}/{server}/wal", b.path.as_deref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
+/// The directory tool's base backups of a cluster (`<id>/base.tar` and `<id>/backup.json` each).
+pub fn directory_base_dir(b: &BackupSpec, server: &str) -> String {
+    format!("{}/{server}/base", b.path.as_deref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
 /// `archive_command` of `[backup]` for cluster `server` on a node whose pgrepl directory
 /// is `pgrepl_dir` (pgBackRest's configuration lives there).
 pub fn archive_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String {
@@ -109,8 +114,11 @@ pub fn archive_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String
         }
         BackupTool::Pgbackrest => super::pgbackrest::archive_command(b, server, pgrepl_dir),
         BackupTool::Directory => {
+            // Every node archives (`always`): a segment already there (from another node,
+            // or an earlier try whose success was not recorded) is kept, never written
+            // over; a new one appears whole (copied beside, then renamed).
             let dir = shell_quote(&directory_wal_dir(b, server)).replace('%', "%%");
-            format!("test ! -f {dir}/%f && cp %p {dir}/%f")
+            format!("test -f {dir}/%f || {{ cp %p {dir}/%f.part && mv -f {dir}/%f.part {dir}/%f; }}")
         }
     }
 }
@@ -239,7 +247,7 @@ if command -v apt-get >/dev/null 2>&1; then
   exit 3
 fi
 "
-            .to_string(),
+        .to_string(),
     )
 }
 
@@ -274,7 +282,10 @@ mod tests {
         assert!(pgbackrest_install_script(&b).is_none());
         b.tool = BackupTool::Pgbackrest;
         let s = pgbackrest_install_script(&b).unwrap();
-        assert!(s.contains("apt-get install -y -q pgbackrest") && s.contains("dnf install -y -q pgbackrest") && s.contains("exit 3"), "{s}");
+        assert!(
+            s.contains("apt-get install -y -q pgbackrest") && s.contains("dnf install -y -q pgbackrest") && s.contains("exit 3"),
+            "{s}"
+        );
         b.bin_dir = Some("/usr/bin".into());
         assert!(pgbackrest_install_script(&b).is_some());
         b.bin_dir = Some("/opt/pgbackrest/bin".into());
@@ -347,7 +358,11 @@ mod tests {
         d.tool = BackupTool::Directory;
         d.bucket = None;
         d.path = Some("/srv/bk".into());
-        assert_eq!(archive_command(&d, "c1", "/w"), "test ! -f /srv/bk/c1/wal/%f && cp %p /srv/bk/c1/wal/%f");
+        assert_eq!(
+            archive_command(&d, "c1", "/w"),
+            "test -f /srv/bk/c1/wal/%f || { cp %p /srv/bk/c1/wal/%f.part && mv -f /srv/bk/c1/wal/%f.part /srv/bk/c1/wal/%f; }"
+        );
+        assert_eq!(directory_base_dir(&d, "c1"), "/srv/bk/c1/base");
         assert_eq!(restore_command(&d, "c1", "/w"), "cp /srv/bk/c1/wal/%f %p");
         let mut p = moto();
         p.tool = BackupTool::Pgbackrest;
@@ -440,7 +455,10 @@ mod tests {
             assert!(text.contains("repo1-s3-key=********\nrepo1-s3-key-secret=********\n"), "{text}");
             assert!(text.contains("repo1-s3-endpoint=127.0.0.1\nrepo1-s3-port=8443\n"), "{text}");
             let shown = r.to_string();
-            assert!(shown.contains(&format!("--- {dir}/pgrepl/pgbackrest/c1/pgbackrest.conf (mode 0600")) && shown.contains(text.as_str()), "{shown}");
+            assert!(
+                shown.contains(&format!("--- {dir}/pgrepl/pgbackrest/c1/pgbackrest.conf (mode 0600")) && shown.contains(text.as_str()),
+                "{shown}"
+            );
             let json = serde_json::to_string(r).unwrap();
             assert!(json.contains("pgbackrest.conf"), "{json}");
         }
