@@ -52,7 +52,7 @@ pub(super) async fn list(b: &BackupSpec, server: &str, h: &NodeHandle) -> Result
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).map_err(|e| Error::node(&h.name, format!("{base}: a backup.json pgrepl cannot read: {e}"))))
         .collect::<Result<_, _>>()?;
-    v.sort_by(|a, b| a.end_time.cmp(&b.end_time));
+    v.sort_by_key(|a| a.end_time);
     Ok(v)
 }
 
