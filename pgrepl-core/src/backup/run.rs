@@ -72,12 +72,6 @@ impl Deployment {
         self.cluster.backup.as_ref().ok_or_else(|| Error::node(&self.cluster.name, "the spec has no [backup] section"))
     }
 
-    /// The spec's `[backup]` (every tool: barman-cloud, pgbackrest, directory); `what` is
-    /// kept for the callers' words.
-    fn s3_tool(&self, _what: &str) -> Result<&BackupSpec, Error> {
-        self.backup_spec()
-    }
-
     fn major(&self) -> Result<crate::version::PgMajor, Error> {
         self.cluster.major.ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))
     }
@@ -107,7 +101,7 @@ impl Deployment {
 
     /// The backups in the archive, oldest first (the tool's own listing, run on the primary's host).
     pub async fn backups(&self) -> Result<Vec<BackupInfo>, Error> {
-        let b = self.s3_tool("listing backups")?;
+        let b = self.backup_spec()?;
         let (cluster, h) = self.node_handle(None).await?;
         self.pgbackrest_ready(b, &cluster, &h).await?;
         self.list_on(b, &self.cluster.name, &h).await
@@ -160,7 +154,7 @@ impl Deployment {
 
     /// A full base backup now, from the primary or from `from`; returns it as listed.
     pub async fn take_backup(&self, from: Option<&str>) -> Result<BackupInfo, Error> {
-        let b = self.s3_tool("a base backup")?;
+        let b = self.backup_spec()?;
         let (cluster, h) = self.node_handle(from).await?;
         let node = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
         if !is_running(&h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))? {
@@ -259,7 +253,7 @@ impl Deployment {
     /// Applies `[backup] retention` (barman-cloud-backup-delete: backups and the WAL only
     /// they need); returns the ids removed.
     pub async fn apply_retention(&self) -> Result<Vec<String>, Error> {
-        let b = self.s3_tool("retention")?;
+        let b = self.backup_spec()?;
         if b.tool == BackupTool::Directory {
             let (cluster, h) = self.node_handle(None).await?;
             return self.directory_retention(b, &cluster.name, &h, cluster.primary().port).await;
@@ -292,7 +286,7 @@ impl Deployment {
     /// covers the target, the archive replayed up to it, promoted there. Nothing of this
     /// cluster is touched. `new`'s standbys are cloned by `new.up()` afterwards.
     pub async fn restore_into(&self, target: Target, new: &Deployment, opts: &RestoreOptions) -> Result<RestoreReport, Error> {
-        let b = self.s3_tool("a restore")?.clone();
+        let b = self.backup_spec()?.clone();
         let source = self.cluster.name.clone();
         let (cluster, handles) = new.connect(true).await?;
         let primary = cluster.primary().clone();
@@ -451,7 +445,7 @@ impl Deployment {
     /// [`restore_into`](Self::restore_into) and promoted at the target. Returns the report
     /// and the directory moved aside.
     pub async fn restore_in_place(&self, target: Target, opts: &RestoreOptions) -> Result<(RestoreReport, String), Error> {
-        let b = self.s3_tool("a restore")?.clone();
+        let b = self.backup_spec()?.clone();
         let _lock = self.lock_operation("restore", self.lock_wait()).await?;
         let (cluster, handles) = self.connect(false).await?;
         let primary = cluster.primary().name.clone();
@@ -496,7 +490,7 @@ impl Deployment {
     /// exist; default: `verify-backup-<pid>` beside the primary's node directory), starts it on `port` (local socket only, archiving off), checks that it
     /// reaches consistency, promotes and answers, then stops it and removes `scratch`.
     pub async fn verify_backup(&self, scratch: Option<&str>, port: u16) -> Result<VerifyBackupReport, Error> {
-        let b = self.s3_tool("verify --backup")?;
+        let b = self.backup_spec()?;
         let (cluster, h) = self.node_handle(None).await?;
         self.pgbackrest_ready(b, &cluster, &h).await?;
         let default_scratch = {
