@@ -43,7 +43,8 @@ impl Deployment {
             // Down, unreachable or a standby: nothing to push.
             _ => return Ok(None),
         }
-        let xid = if caps.major >= crate::version::PgMajor::V13 { "pg_catalog.pg_current_xact_id()" } else { "pg_catalog.txid_current()" };
+        // txid_current(): every major has it (pg_current_xact_id() only from 13).
+        let xid = "pg_catalog.txid_current()";
         let text = format!(
             "SET synchronous_commit = local;\nSELECT {xid};\nSELECT pg_catalog.{}(pg_catalog.{}());",
             caps.lsn.walfile_name, caps.lsn.switch
