@@ -744,12 +744,20 @@ fn render(common: &Common, only: Option<&str>) -> anyhow::Result<u8> {
                 }
                 print!("{r}");
             }
-            // `[backup] schedule`: the line that runs it (cron on the admin machine).
-            if let Some(line) = cluster.backup.as_ref().and_then(|b| {
-                let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
-                pgrepl_core::render::backup_tool::schedule_line(b, &path.to_string_lossy())
-            }) {
-                println!("\n=== backup schedule (/etc/cron.d/pgrepl-{}) ===\n{line}", cluster.name);
+            // `[backup] schedule`: run by the agents with `[ha]`; otherwise the line that runs
+            // it (cron on the admin machine).
+            match (cluster.backup.as_ref().and_then(|b| b.schedule.as_deref()), cluster.ha.is_some()) {
+                (Some(s), true) => println!(
+                    "\n=== backup schedule \"{s}\" (UTC): taken by the agent of the node holding the leader key, one at a time (no cron line) ==="
+                ),
+                _ => {
+                    if let Some(line) = cluster.backup.as_ref().and_then(|b| {
+                        let path = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+                        pgrepl_core::render::backup_tool::schedule_line(b, &path.to_string_lossy())
+                    }) {
+                        println!("\n=== backup schedule (/etc/cron.d/pgrepl-{}) ===\n{line}", cluster.name);
+                    }
+                }
             }
         }
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&out)?),

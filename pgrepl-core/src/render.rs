@@ -60,6 +60,11 @@ pub struct RenderedNode {
     pub sql: Vec<Sql>,
     /// Commands.
     pub commands: Commands,
+    /// The backup tool's own files (pgBackRest's `pgbackrest.conf` of the node): shown
+    /// here with its S3 keys as `********`; the backup step of `up` and each backup
+    /// operation write them on the host with the keys, 0600, the server's OS user's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backup_files: Vec<RenderedFile>,
 }
 
 /// How a file is placed.
@@ -405,7 +410,22 @@ pub fn render_node(
         autostart: autostart(layout),
     };
 
-    Ok(RenderedNode { node: node.name.clone(), role: node.role, major: caps.major, settings, files, sql, commands })
+    let backup_files = backup_tool_files(cluster, node, layout);
+    Ok(RenderedNode { node: node.name.clone(), role: node.role, major: caps.major, settings, files, sql, commands, backup_files })
+}
+
+/// pgBackRest's configuration of `node` (its keys `********`), for [`RenderedNode::backup_files`].
+fn backup_tool_files(cluster: &Cluster, node: &Node, layout: &NodeLayout) -> Vec<RenderedFile> {
+    let Some(b) = cluster.backup.as_ref().filter(|b| b.tool == crate::spec::BackupTool::Pgbackrest) else { return Vec::new() };
+    let dir = pgbackrest::config_path(&layout.pgrepl_dir, &cluster.name);
+    let n =
+        pgbackrest::PgbackrestNode { data_dir: &layout.data_dir, socket_dir: &layout.socket_dir, port: node.port, user: &layout.superuser };
+    vec![RenderedFile {
+        path: format!("{dir}/pgbackrest.conf"),
+        mode: 0o600,
+        placement: Placement::Whole,
+        contents: FileContents { text: pgbackrest::config(b, &cluster.name, &dir, &n, None), secret: false },
+    }]
 }
 
 fn plain(text: String) -> FileContents {
@@ -916,6 +936,10 @@ impl fmt::Display for RenderedNode {
                     writeln!(f)?;
                 }
             }
+        }
+        for file in &self.backup_files {
+            writeln!(f, "--- {} (mode {:04o}, whole file; written with the S3 keys by the backup step)", file.path, file.mode)?;
+            write!(f, "{}", file.contents.text)?;
         }
         if !self.sql.is_empty() {
             writeln!(f, "--- SQL on {}", self.node)?;

@@ -54,7 +54,13 @@ pub fn classify_failure(status: i32, output: &str) -> ToolFailure {
         "ExpiredToken",
     ]) {
         ToolFailure::BadCredentials
-    } else if any(&["unable to verify certificate", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed"]) {
+    } else if any(&[
+        "unable to verify certificate",
+        "CERTIFICATE_VERIFY_FAILED",
+        "certificate verify failed",
+        // pgBackRest: the certificate does not name the endpoint's host.
+        "in certificate common name or subject alternative names",
+    ]) {
         ToolFailure::TlsNotTrusted
     } else if any(&["NoSuchBucket", "does not exist", "Bucket not found"]) {
         ToolFailure::NoBucket
@@ -85,6 +91,13 @@ mod tests {
         assert_eq!(classify_failure(2, "Could not connect to the endpoint URL: \"http://127.0.0.1:1/b\""), ToolFailure::Unreachable);
         assert_eq!(classify_failure(127, "sh: 1: /x/barman-cloud-wal-archive: not found"), ToolFailure::NotInstalled);
         assert_eq!(classify_failure(1, "something else"), ToolFailure::Other);
+        assert_eq!(
+            classify_failure(
+                95,
+                "ERROR: [095]: unable to find hostname '127.0.0.1' in certificate common name or subject alternative names"
+            ),
+            ToolFailure::TlsNotTrusted
+        );
         // pgBackRest 2.45's words (its `info` status messages against moto behind HAProxy).
         assert_eq!(classify_failure(1, "<Error><Code>NoSuchBucket</Code><Message>The specified bucket"), ToolFailure::NoBucket);
         assert_eq!(

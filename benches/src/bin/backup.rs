@@ -1,22 +1,24 @@
 //! `backup`: base backup throughput to S3 (moto on loopback) and a restore to a point in
 //! time, against the floor measured in the same run with the same binaries.
 //!
-//! A one-node local PostgreSQL 15 cluster with `[backup] tool = "barman-cloud"`,
-//! compression off, is deployed through the library and filled with `--mb` MB of rows.
+//! A one-node local PostgreSQL 15 cluster with `[backup] tool = "barman-cloud"` (or
+//! `--tool pgbackrest`: pgBackRest 2.45, moto behind the lab's HAProxy terminating TLS
+//! with a certificate made here, pgBackRest speaking TLS only), compression off, is
+//! deployed through the library and filled with `--mb` MB of rows.
 //! Per run:
 //!
 //! 1. **backup**: `Deployment::take_backup` (barman-cloud-backup, the catalog listed
 //!    before and after), MB/s of the data directory's size.
 //! 2. **backup floor**: `pg_basebackup -Ft -X fetch` of the same server to local disk,
-//!    then the same tar uploaded to the same moto bucket by boto3 (`upload_file`): their
-//!    sum is the floor.
+//!    then the same tar uploaded to the same moto bucket by boto3 (`upload_file`, through
+//!    the same TLS proxy with pgBackRest): their sum is the floor.
 //! 3. **restore**: `Deployment::restore_into` a new one-node cluster, target the time
 //!    after the backup (the newest backup, the archive replayed to that time, promoted).
 //! 4. **restore floor**: the tar of step 2 unpacked into a new data directory and
 //!    started (its WAL replayed) until it answers.
 //!
 //! ```text
-//! cargo run --release -p pgrepl-benches --bin backup -- [--pg-bin DIR] [--runs N] [--mb MB]
+//! cargo run --release -p pgrepl-benches --bin backup -- [--pg-bin DIR] [--runs N] [--mb MB] [--tool pgbackrest]
 //! ```
 //!
 //! Needs the test lab (`scripts/lab/install.sh`: PostgreSQL 15, moto, Barman's venv). Run
@@ -41,6 +43,9 @@ struct Args {
     /// MB of rows to back up.
     #[arg(long, default_value_t = 200)]
     mb: u32,
+    /// The backup tool: barman-cloud or pgbackrest.
+    #[arg(long, default_value = "barman-cloud")]
+    tool: String,
 }
 
 fn lab() -> PathBuf {
@@ -56,6 +61,44 @@ impl Drop for Moto {
     }
 }
 
+/// HAProxy terminating TLS in front of moto (pgBackRest talks to S3 over TLS only), with
+/// a self-signed certificate for 127.0.0.1; returns the process and the CA file.
+fn tls_proxy(dir: &Path, port: u16, backend: u16) -> Result<(Moto, PathBuf), String> {
+    let (cert, key, pem) = (dir.join("s3-cert.pem"), dir.join("s3-key.pem"), dir.join("s3.pem"));
+    let o = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=DNS:127.0.0.1,IP:127.0.0.1", "-keyout", &path_str(&key), "-out", &path_str(&cert)])
+        .output()
+        .map_err(|e| format!("openssl: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("openssl: {}", String::from_utf8_lossy(&o.stderr)));
+    }
+    let mut both = std::fs::read(&cert).map_err(|e| e.to_string())?;
+    both.extend(std::fs::read(&key).map_err(|e| e.to_string())?);
+    std::fs::write(&pem, both).map_err(|e| e.to_string())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).map_err(|e| e.to_string())?;
+    let cfg = dir.join("s3-haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n\
+             frontend s3\n  bind 127.0.0.1:{port} ssl crt {}\n  default_backend moto\nbackend moto\n  server moto 127.0.0.1:{backend}\n",
+            pem.display()
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = Command::new("/usr/sbin/haproxy")
+        .arg("-f")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("haproxy: {e}"))?;
+    Ok((Moto(child), cert))
+}
+
 fn python(script: &str, args: &[&str], creds: &Path) -> Result<(), String> {
     let o = Command::new(lab().join("venv/bin/python"))
         .args(["-c", script])
@@ -66,13 +109,24 @@ fn python(script: &str, args: &[&str], creds: &Path) -> Result<(), String> {
     if o.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&o.stderr).into_owned()) }
 }
 
-fn spec(name: &str, work: &Path, port: u16, endpoint: &str, bucket: &str, creds: &Path) -> String {
+/// Where the tool stores: its endpoint, and for pgBackRest the proxy's CA.
+struct Store {
+    tool: String,
+    endpoint: String,
+    ca: Option<PathBuf>,
+}
+
+fn spec(name: &str, work: &Path, port: u16, store: &Store, bucket: &str, creds: &Path) -> String {
+    let tool_lines = match &store.ca {
+        Some(ca) => format!("tool = \"pgbackrest\"\nca_file = \"{}\"\n", ca.display()),
+        None => format!("tool = \"barman-cloud\"\nbin_dir = \"{}\"\n", lab().join("barman/bin").display()),
+    };
     format!(
-        "name = \"{name}\"\npostgres = \"15\"\n[backup]\ntool = \"barman-cloud\"\nbucket = \"{bucket}\"\nregion = \"us-east-1\"\n\
-         endpoint = \"{endpoint}\"\ncredentials_file = \"{}\"\ncompression = \"none\"\nbin_dir = \"{}\"\n\
+        "name = \"{name}\"\npostgres = \"15\"\n[backup]\n{tool_lines}bucket = \"{bucket}\"\nregion = \"us-east-1\"\n\
+         endpoint = \"{}\"\ncredentials_file = \"{}\"\ncompression = \"none\"\n\
          [provider]\nkind = \"local\"\nwork_dir = \"{}\"\nbase_port = {port}\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n",
+        store.endpoint,
         creds.display(),
-        lab().join("barman/bin").display(),
         work.display()
     )
 }
@@ -111,12 +165,24 @@ async fn bench(a: &Args) -> Result<(), String> {
             .map_err(|e| format!("moto_server: {e}"))?,
     );
     let endpoint = format!("http://127.0.0.1:{mport}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", mport)).is_err() {
-        if Instant::now() > deadline {
-            return Err("moto did not start".into());
+    let (_proxy, store) = match a.tool.as_str() {
+        "barman-cloud" => (None, Store { tool: a.tool.clone(), endpoint: endpoint.clone(), ca: None }),
+        "pgbackrest" => {
+            let pport = free_ports(24050, 1).ok_or("no free port")?;
+            let (p, ca) = tls_proxy(&scratch.path, pport, mport)?;
+            (Some(p), Store { tool: a.tool.clone(), endpoint: format!("https://127.0.0.1:{pport}"), ca: Some(ca) })
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        other => return Err(format!("--tool {other}: barman-cloud or pgbackrest")),
+    };
+    println!("tool: {} (endpoint {})", store.tool, store.endpoint);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for p in [mport].into_iter().chain(store.ca.as_ref().map(|_| store.endpoint.rsplit(':').next().unwrap_or("0").parse().unwrap_or(0))) {
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            if Instant::now() > deadline {
+                return Err(format!("nothing answers on 127.0.0.1:{p}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let bucket = "pgrepl-bench";
     python(
@@ -124,9 +190,11 @@ async fn bench(a: &Args) -> Result<(), String> {
         &[&endpoint, bucket],
         &creds,
     )?;
+    // The floor's upload goes where the tool's does (through the TLS proxy for pgBackRest).
+    let verify = store.ca.as_ref().map(|c| path_str(c)).unwrap_or_else(|| "none".into());
     let port = free_ports(24100, 1).ok_or("no free port")?;
     let work = scratch.path.join("src");
-    let d = open(&spec("bench-src", &work, port, &endpoint, bucket, &creds), &pg).await?;
+    let d = open(&spec("bench-src", &work, port, &store, bucket, &creds), &pg).await?;
     d.up(&NoProgress).await.map_err(|e| e.to_string())?;
     let socket = work.join("db1/run");
     pg.psql(
@@ -172,8 +240,9 @@ async fn bench(a: &Args) -> Result<(), String> {
         let tar = tar_dir.join("base.tar");
         let t = Instant::now();
         python(
-            "import boto3,sys; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1').upload_file(sys.argv[3], sys.argv[2], 'floor/base.tar')",
-            &[&endpoint, bucket, &path_str(&tar)],
+            "import boto3,sys; v = None if sys.argv[4] == 'none' else sys.argv[4]\n\
+             boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', verify=v).upload_file(sys.argv[3], sys.argv[2], 'floor/base.tar')",
+            &[&store.endpoint, bucket, &path_str(&tar), &verify],
             &creds,
         )?;
         let upload_s = secs(t);
@@ -204,8 +273,7 @@ async fn bench(a: &Args) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let rport = free_ports(24200 + run * 10, 1).ok_or("no free port")?;
-        let nd =
-            open(&spec(&format!("bench-r{run}"), &scratch.path.join(format!("r{run}")), rport, &endpoint, bucket, &creds), &pg).await?;
+        let nd = open(&spec(&format!("bench-r{run}"), &scratch.path.join(format!("r{run}")), rport, &store, bucket, &creds), &pg).await?;
         let t = Instant::now();
         let r = d.restore_into(Target::Time(target), &nd, &RestoreOptions::default()).await.map_err(|e| e.to_string())?;
         let restore_s = secs(t);

@@ -27,7 +27,7 @@ pub(crate) const NODES: [&str; 3] = ["db1", "db2", "db3"];
 const ETCD_BASE: u16 = 23990;
 const TTL_SECONDS: f64 = 3.0;
 
-fn etcd_endpoints() -> String {
+pub(crate) fn etcd_endpoints() -> String {
     static STARTED: Mutex<Option<String>> = Mutex::new(None);
     let mut s = STARTED.lock().unwrap();
     if let Some(e) = s.as_ref() {
@@ -63,6 +63,11 @@ impl AutoLab {
 
     /// On the etcd cluster of `endpoints` (comma-separated client URLs).
     pub(crate) fn up_on(name: &str, major: &str, sync: Option<&str>, endpoints: &str) -> AutoLab {
+        AutoLab::up_with(name, major, sync, endpoints, "")
+    }
+
+    /// With `more` appended to the spec (whole tables: `[backup]`, say).
+    pub(crate) fn up_with(name: &str, major: &str, sync: Option<&str>, endpoints: &str, more: &str) -> AutoLab {
         let (bin, client) = bins(major);
         let wd = WorkDir::new(name).with_bin(&bin);
         // A name of its own per run: the keys of a run that died without destroying its
@@ -79,6 +84,7 @@ impl AutoLab {
         if let Some(s) = sync {
             extra = format!("[replication]\nsync = {s}\n{extra}");
         }
+        extra.push_str(more);
         // `[ha]` must come after the top-level keys: local_spec puts `extra` before [provider].
         let spec_text = local_spec(name, major, port, &wd.str(), &extra);
         let spec = wd.path.join("pgrepl.toml");

@@ -4,7 +4,6 @@
 //! each instance onto a netns lab host (10.213.7.11-13).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,52 +17,21 @@ use crate::common::*;
 
 const NOBLE_ARM: &str = "ami-0a1b2c3d4e5f60718";
 
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start(dir: &std::path::Path) -> Moto {
-        let exe = lab_dir().join("venv/bin/moto_server");
-        assert!(exe.exists(), "{} is missing: run scripts/lab/install.sh", exe.display());
-        // moto has no current Ubuntu images: give it one, owned by Canonical.
-        let catalogue = dir.join("amis.json");
-        std::fs::write(
-            &catalogue,
-            format!(
-                r#"[{{"ami_id": "{NOBLE_ARM}", "state": "available", "public": true, "owner_id": "099720109477",
+/// moto with one current Ubuntu image (moto has none): owned by Canonical.
+fn start_moto(dir: &std::path::Path) -> Moto {
+    let catalogue = dir.join("amis.json");
+    std::fs::write(
+        &catalogue,
+        format!(
+            r#"[{{"ami_id": "{NOBLE_ARM}", "state": "available", "public": true, "owner_id": "099720109477",
   "image_location": "099720109477/ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20250110", "sriov": "simple",
   "root_device_type": "ebs", "root_device_name": "/dev/sda1", "description": "Ubuntu 24.04", "image_type": "machine",
   "platform": null, "architecture": "arm64", "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20250110",
   "virtualization_type": "hvm", "hypervisor": "xen", "creation_date": "2025-01-10T00:00:00.000Z"}}]"#
-            ),
-        )
-        .unwrap();
-        let port = free_ports(1);
-        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
-        let child = Command::new(&exe)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_AMIS_PATH", &catalogue)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not answer on 127.0.0.1:{port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Moto { child, port }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        ),
+    )
+    .unwrap();
+    Moto::start_with(dir, &[("MOTO_AMIS_PATH", &catalogue)])
 }
 
 /// The aws provider's settings for moto, logging in to the lab hosts.
@@ -102,7 +70,7 @@ async fn lab_provider(aws: &AwsProviderSpec) -> Ec2Provider {
 async fn aws_provision_then_ssh_deploy_on_lab_hosts() {
     let _lab = NetnsLab::up();
     let wd = WorkDir::new("aws-handoff");
-    let moto = Moto::start(&wd.path);
+    let moto = start_moto(&wd.path);
     let aws = aws_spec(&moto);
     let mut spec = ClusterSpec::from_toml(
         "name = \"awslab\"\npostgres = \"15\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n",
@@ -156,7 +124,7 @@ async fn aws_provision_then_ha_with_etcd_and_agents_on_lab_hosts() {
 
     let _lab = NetnsLab::up();
     let wd = WorkDir::new("aws-ha");
-    let moto = Moto::start(&wd.path);
+    let moto = start_moto(&wd.path);
     let aws = aws_spec(&moto);
     let mut spec = ClusterSpec::from_toml(
         "name = \"awsha\"\npostgres = \"15\"\n[ha]\nttl = 10\n[ha.etcd]\ndeploy = true\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n",

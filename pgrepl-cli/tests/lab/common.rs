@@ -394,3 +394,49 @@ impl HaLab {
         (code == 0).then(|| out == "t")
     }
 }
+
+/// A moto server on 127.0.0.1 (the lab's venv), on a free port, its log in `dir`; `env`
+/// for moto's own settings. Stopped (by its pid) on drop.
+pub struct Moto {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start(dir: &Path) -> Moto {
+        Moto::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &Path, env: &[(&str, &Path)]) -> Moto {
+        let exe = lab_dir().join("venv/bin/moto_server");
+        assert!(exe.exists(), "{} is missing: run scripts/lab/install.sh", exe.display());
+        let port = free_ports(1);
+        let log = std::fs::File::create(dir.join("moto.log")).unwrap();
+        let mut cmd = Command::new(&exe);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not answer on 127.0.0.1:{port}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

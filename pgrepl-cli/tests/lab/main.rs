@@ -9,6 +9,8 @@ mod auto;
 #[cfg(feature = "aws")]
 mod aws_handoff;
 mod backups;
+mod backups_common;
+mod backups_ha;
 mod common;
 mod day2;
 mod ha;

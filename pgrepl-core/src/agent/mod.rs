@@ -25,6 +25,8 @@
 //! - The store cannot be read: no promotion; a primary keeps writes only until its
 //!   deadline; standbys keep serving reads.
 
+#[cfg(feature = "runtime")]
+mod backups;
 mod decide;
 #[cfg(feature = "runtime")]
 mod local;

@@ -46,10 +46,10 @@ pub struct Agent {
 }
 
 #[derive(Debug, Default)]
-struct LeaseState {
-    id: Option<LeaseId>,
+pub(super) struct LeaseState {
+    pub(super) id: Option<LeaseId>,
     /// When the last successful grant or renewal was sent.
-    sent: Option<Instant>,
+    pub(super) sent: Option<Instant>,
 }
 
 impl Agent {
@@ -116,6 +116,8 @@ impl Agent {
             wake.clone(),
         ));
         let watcher = tokio::spawn(watch(self.store.clone(), self.keys.prefix().to_string(), wake.clone()));
+        let scheduler =
+            tokio::spawn(super::backups::scheduler(self.d.clone(), self.me.clone(), self.store.clone(), self.keys.clone(), lease.clone()));
 
         let mut memory = AgentMemory::default();
         let mut published: Option<(MemberRecord, LeaseId)> = None;
@@ -234,6 +236,7 @@ impl Agent {
         }
         renewer.abort();
         watcher.abort();
+        scheduler.abort();
         let id = lease.lock().unwrap_or_else(|p| p.into_inner()).id;
         self.leave(&mut db, id).await;
         Ok(())

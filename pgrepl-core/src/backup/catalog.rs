@@ -8,8 +8,8 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::lsn::Lsn;
 
-/// One base backup.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One base backup (with `tool = "directory"` also its `backup.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupInfo {
     /// The tool's id (barman-cloud: `20261201T052635`).
     pub id: String,
@@ -31,6 +31,24 @@ pub struct BackupInfo {
     pub size_bytes: u64,
     /// PostgreSQL's version number (`150019`).
     pub server_version: u32,
+}
+
+/// What `pg_basebackup -v` says of a backup's WAL: (start LSN, timeline, end LSN), from
+/// `write-ahead log start point: 0/2000028 on timeline 1` and `write-ahead log end
+/// point: 0/2000100` (10+; `transaction log` before).
+pub fn parse_basebackup_verbose(stderr: &str) -> Option<(Lsn, u32, Lsn)> {
+    let after = |marker: &str| -> Option<&str> {
+        stderr.lines().find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim())).or_else(|| {
+            let old = marker.replace("write-ahead", "transaction");
+            stderr.lines().find_map(|l| l.find(old.as_str()).map(|i| l[i + old.len()..].trim()))
+        })
+    };
+    let start = after("write-ahead log start point:")?;
+    let mut words = start.split_whitespace();
+    let begin: Lsn = words.next()?.parse().ok()?;
+    let timeline = start.rsplit(' ').next()?.parse().ok()?;
+    let end: Lsn = after("write-ahead log end point:")?.split_whitespace().next()?.parse().ok()?;
+    Some((begin, timeline, end))
 }
 
 impl BackupInfo {
@@ -207,6 +225,20 @@ pub fn parse_pgbackrest_info(json: &str, stanza: &str) -> Result<Vec<BackupInfo>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basebackup_verbose_lines() {
+        let e = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
+                 pg_basebackup: checkpoint completed\n\
+                 pg_basebackup: write-ahead log start point: 0/2000028 on timeline 3\n\
+                 pg_basebackup: write-ahead log end point: 0/2000100\n\
+                 pg_basebackup: base backup completed\n";
+        assert_eq!(parse_basebackup_verbose(e), Some(("0/2000028".parse().unwrap(), 3, "0/2000100".parse().unwrap())));
+        let old =
+            "pg_basebackup: transaction log start point: 0/4000028 on timeline 1\npg_basebackup: transaction log end point: 0/40000F8\n";
+        assert_eq!(parse_basebackup_verbose(old), Some(("0/4000028".parse().unwrap(), 1, "0/40000F8".parse().unwrap())));
+        assert_eq!(parse_basebackup_verbose("pg_basebackup: error: could not connect"), None);
+    }
 
     /// Printed by barman-cloud-backup-list 3.19.1 against moto (one backup, PG 15).
     pub(crate) const ONE: &str = r#"{"backups_list": [{"backup_label": "'START WAL LOCATION: 0/4000028'", "begin_offset": 40, "begin_time": "Tue Dec  1 05:26:35 2026", "begin_wal": "000000010000000000000004", "begin_xlog": "0/4000028", "children_backup_ids": null, "cluster_size": 22429385, "compression": null, "config_file": "/tmp/bx/d/postgresql.conf", "data_checksums": "off", "end_offset": 256, "end_time": "Tue Dec  1 05:26:40 2026", "end_wal": "000000010000000000000004", "end_xlog": "0/4000100", "error": null, "mode": null, "parent_backup_id": null, "pgdata": "/tmp/bx/d", "server_name": "cloud", "size": null, "status": "DONE", "systemid": "7714202583128496336", "tablespaces": null, "timeline": 1, "version": 150019, "xlog_segment_size": 16777216, "backup_id": "20261201T052635", "begin_time_iso": "2026-12-01T05:26:35.354959+00:00", "end_time_iso": "2026-12-01T05:26:40.297147+00:00"}]}"#;

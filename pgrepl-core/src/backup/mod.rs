@@ -1,28 +1,46 @@
 //! Base backups, the WAL archive and point-in-time recovery (`[backup]`).
 //!
 //! Split as everywhere in pgrepl: [`catalog`] reads what the tool holds (its own JSON
-//! listing: pgrepl talks to no S3 API), [`decide`] chooses (which backup covers a
-//! target, refusals with their reason, pure), [`recovery`] renders the recovery settings
-//! of a restore per version (pure), and `run` acts through the nodes' transports
+//! listing: pgrepl talks to no S3 API; the directory tool's `backup.json`), [`decide`]
+//! chooses (which backup covers a target, whether recovery reached it, what retention
+//! removes, refusals with their reason, pure), [`recovery`] renders the recovery settings
+//! of a restore per version (pure), [`schedule`] reads `[backup] schedule` and says which
+//! slot is due (pure), and the runtime modules act through the nodes' transports: `run`
 //! (`Deployment::take_backup`, `backups`, `apply_retention`, `restore_into`,
-//! `verify_backup`). The tools' command lines are rendered in
-//! [`render::backup_tool`](crate::render::backup_tool).
+//! `verify_backup`), `coverage` (the archive made to reach a restore's target, the target
+//! checked after it), `directory` (`tool = "directory"`), `pgbackrest` (its version and
+//! node configuration), `install` (`up`'s steps). The tools' command lines are rendered
+//! in [`render::backup_tool`](crate::render::backup_tool); the agents' scheduler is in
+//! `agent::backups`.
 
 pub mod catalog;
+#[cfg(feature = "runtime")]
+mod coverage;
 pub mod decide;
+#[cfg(feature = "runtime")]
+mod directory;
+#[cfg(feature = "runtime")]
+mod install;
 #[cfg(feature = "runtime")]
 mod pgbackrest;
 pub mod recovery;
 #[cfg(feature = "runtime")]
 mod run;
+pub mod schedule;
 
 pub use crate::tool_failure::{ToolFailure, classify_failure};
-pub use catalog::{BackupInfo, parse_barman_list, parse_pgbackrest_info};
-pub use decide::{RestoreRefusal, Target, check_in_place, check_pgbackrest, choose_backup};
+pub use catalog::{BackupInfo, parse_barman_list, parse_basebackup_verbose, parse_pgbackrest_info};
+#[cfg(feature = "runtime")]
+pub use coverage::ARCHIVE_WAIT;
+pub use decide::{
+    RestoreRefusal, Target, archived_through, check_in_place, check_pgbackrest, choose_backup, retention_removes, segment_name,
+    target_reached, wal_removable,
+};
+#[cfg(feature = "runtime")]
+pub(crate) use install::{after_up, ensure_tool};
 #[cfg(feature = "runtime")]
 pub use run::{RestoreOptions, RestoreReport, VerifyBackupReport};
-#[cfg(feature = "runtime")]
-pub(crate) use run::{after_up, ensure_tool};
+pub use schedule::{Schedule, ScheduledBackup};
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;

@@ -72,20 +72,6 @@ impl Deployment {
         self.cluster.backup.as_ref().ok_or_else(|| Error::node(&self.cluster.name, "the spec has no [backup] section"))
     }
 
-    /// The spec's `[backup]` when its tool stores in S3 (barman-cloud, pgbackrest).
-    fn s3_tool(&self, what: &str) -> Result<&BackupSpec, Error> {
-        let b = self.backup_spec()?;
-        if b.tool == BackupTool::Directory {
-            return Err(Error::node(
-                &self.cluster.name,
-                format!(
-                    "{what} with backup.tool = \"directory\" is not implemented yet (archiving is: archive_command and restore_command are rendered); use tool = \"barman-cloud\" or \"pgbackrest\""
-                ),
-            ));
-        }
-        Ok(b)
-    }
-
     fn major(&self) -> Result<crate::version::PgMajor, Error> {
         self.cluster.major.ok_or_else(|| Error::Discovery("the PostgreSQL major is not known: set `postgres` in the spec".into()))
     }
@@ -101,17 +87,21 @@ impl Deployment {
         Err(Error::Backup { node: h.name.clone(), action: action.into(), cause: classify_failure(out.status, &all), detail: out.tail() })
     }
 
-    /// The current primary's handle (the recorded topology applied), or `from`'s.
-    async fn node_handle(&self, from: Option<&str>) -> Result<(crate::cluster::Cluster, NodeHandle), Error> {
-        let (cluster, handles) = self.connect(false).await?;
+    /// The current primary's handle (the recorded topology applied), or `from`'s. Only
+    /// that node's host must answer (after a failover the former primary's may not).
+    pub(super) async fn node_handle(&self, from: Option<&str>) -> Result<(crate::cluster::Cluster, NodeHandle), Error> {
+        let (cluster, handles, failed) = self.connect_partial().await?;
         let name = from.map(str::to_string).unwrap_or_else(|| cluster.primary().name.clone());
+        if let Some((_, e)) = failed.into_iter().find(|(n, _)| *n == name) {
+            return Err(e);
+        }
         let h = handles.into_iter().find(|h| h.name == name).ok_or_else(|| Error::node(&name, "no such node in the cluster"))?;
         Ok((cluster, h))
     }
 
     /// The backups in the archive, oldest first (the tool's own listing, run on the primary's host).
     pub async fn backups(&self) -> Result<Vec<BackupInfo>, Error> {
-        let b = self.s3_tool("listing backups")?;
+        let b = self.backup_spec()?;
         let (cluster, h) = self.node_handle(None).await?;
         self.pgbackrest_ready(b, &cluster, &h).await?;
         self.list_on(b, &self.cluster.name, &h).await
@@ -127,14 +117,14 @@ impl Deployment {
         let n = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
         let l = &h.layout;
         let node = PgbackrestNode { data_dir: &l.data_dir, socket_dir: &l.socket_dir, port: n.port, user: &l.superuser };
-        pgbackrest::write_config(b, &cluster.name, &l.pgrepl_dir, &node, h).await
+        pgbackrest::write_config(b, &cluster.name, &cli_dir(l), &node, h).await
     }
 
     /// The backups of cluster `server` (pgBackRest: its stanza, configured in `h`'s pgrepl directory).
     async fn list_on(&self, b: &BackupSpec, server: &str, h: &NodeHandle) -> Result<Vec<BackupInfo>, Error> {
         let l = &h.layout;
         if b.tool == BackupTool::Pgbackrest {
-            let line = pgbr::command(b, &l.pgrepl_dir, server, &l.os_user, &["info", "--output=json"]);
+            let line = pgbr::command(b, &cli_dir(l), server, &l.os_user, &["info", "--output=json"]);
             let out = self.run_tool(h, &line, TOOL_TIMEOUT, "list the backups").await?;
             return parse_pgbackrest_info(&out, server).map_err(|e| Error::Backup {
                 node: h.name.clone(),
@@ -147,21 +137,24 @@ impl Deployment {
                 },
             });
         }
+        if b.tool == BackupTool::Directory {
+            return super::directory::list(b, server, h).await;
+        }
         let out = self.run_tool(h, &tool::barman_list(b, server, &l.os_user), TOOL_TIMEOUT, "list the backups").await?;
         parse_barman_list(&out).map_err(|e| Error::node(&h.name, e.to_string()))
     }
 
     /// pgBackRest's `stanza-create` of this cluster on `h` (it does nothing when the
     /// stanza exists for this system).
-    async fn stanza_create(&self, b: &BackupSpec, h: &NodeHandle) -> Result<(), Error> {
+    pub(super) async fn stanza_create(&self, b: &BackupSpec, h: &NodeHandle, dir: &str) -> Result<(), Error> {
         let l = &h.layout;
-        let line = pgbr::command(b, &l.pgrepl_dir, &self.cluster.name, &l.os_user, &["stanza-create"]);
+        let line = pgbr::command(b, dir, &self.cluster.name, &l.os_user, &["stanza-create"]);
         self.run_tool(h, &line, TOOL_TIMEOUT, "create pgBackRest's stanza").await.map(|_| ())
     }
 
     /// A full base backup now, from the primary or from `from`; returns it as listed.
     pub async fn take_backup(&self, from: Option<&str>) -> Result<BackupInfo, Error> {
-        let b = self.s3_tool("a base backup")?;
+        let b = self.backup_spec()?;
         let (cluster, h) = self.node_handle(from).await?;
         let node = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
         if !is_running(&h).await.map_err(|e| tr(&h.name, "check whether the server runs", e))? {
@@ -176,7 +169,10 @@ impl Deployment {
             // Created through the primary (pgBackRest refuses on a standby alone).
             let ph = if cluster.primary().name == h.name { h.clone() } else { self.node_handle(None).await?.1 };
             self.pgbackrest_ready(b, &cluster, &ph).await?;
-            self.stanza_create(b, &ph).await?;
+            self.stanza_create(b, &ph, &cli_dir(&ph.layout)).await?;
+        }
+        if b.tool == BackupTool::Directory {
+            return self.directory_backup(b, &cluster.name, &h, node.port).await;
         }
         let before: Vec<String> = self.list_on(b, &cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
         let line = match b.tool {
@@ -251,13 +247,17 @@ impl Deployment {
         }
         tail.push("backup".into());
         let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
-        Ok(pgbr::command(b, &l.pgrepl_dir, &cluster.name, &l.os_user, &tail))
+        Ok(pgbr::command(b, &cli_dir(l), &cluster.name, &l.os_user, &tail))
     }
 
     /// Applies `[backup] retention` (barman-cloud-backup-delete: backups and the WAL only
     /// they need); returns the ids removed.
     pub async fn apply_retention(&self) -> Result<Vec<String>, Error> {
-        let b = self.s3_tool("retention")?;
+        let b = self.backup_spec()?;
+        if b.tool == BackupTool::Directory {
+            let (cluster, h) = self.node_handle(None).await?;
+            return self.directory_retention(b, &cluster.name, &h, cluster.primary().port).await;
+        }
         let Some(policy) = b.retention.as_ref().and_then(tool::barman_retention_policy) else {
             return Ok(Vec::new());
         };
@@ -267,7 +267,7 @@ impl Deployment {
         let l = &h.layout;
         let line = match b.tool {
             // The policy is in the node's configuration (repo1-retention-full).
-            BackupTool::Pgbackrest => pgbr::command(b, &l.pgrepl_dir, &self.cluster.name, &l.os_user, &["expire"]),
+            BackupTool::Pgbackrest => pgbr::command(b, &cli_dir(l), &self.cluster.name, &l.os_user, &["expire"]),
             _ => tool::barman_delete(b, &self.cluster.name, &policy, &l.os_user),
         };
         self.run_tool(&h, &line, TOOL_TIMEOUT, "apply the retention policy").await?;
@@ -286,7 +286,7 @@ impl Deployment {
     /// covers the target, the archive replayed up to it, promoted there. Nothing of this
     /// cluster is touched. `new`'s standbys are cloned by `new.up()` afterwards.
     pub async fn restore_into(&self, target: Target, new: &Deployment, opts: &RestoreOptions) -> Result<RestoreReport, Error> {
-        let b = self.s3_tool("a restore")?.clone();
+        let b = self.backup_spec()?.clone();
         let source = self.cluster.name.clone();
         let (cluster, handles) = new.connect(true).await?;
         let primary = cluster.primary().clone();
@@ -358,6 +358,9 @@ impl Deployment {
         if running || run.data_dir(h).await? != DataDir::Missing {
             return Err(refuse(RestoreRefusal::NotEmpty { node: h.name.clone(), path: h.layout.data_dir.clone() }));
         }
+        // The WAL up to now in the archive, when the source's primary runs (refused
+        // otherwise: the archive would not reach the target).
+        self.archive_up_to_now(&target).await?;
         // Act.
         let t0 = Instant::now();
         let l = &h.layout;
@@ -369,6 +372,7 @@ impl Deployment {
                 let set = format!("--set={}", chosen.id);
                 pgbr::command(&b, &l.pgrepl_dir, &source, &l.os_user, &[set.as_str(), "--type=none", "restore"])
             }
+            BackupTool::Directory => super::directory::restore_line(&b, &source, &chosen.id, &l.data_dir, &l.os_user),
             _ => tool::barman_restore(&b, &source, &chosen.id, &l.data_dir, &l.os_user),
         };
         self.run_tool(h, &download, CLONE_TIMEOUT, "download the base backup").await?;
@@ -401,10 +405,21 @@ impl Deployment {
             write(path, text).await?;
         }
         let t1 = Instant::now();
-        if let Err(e) = run.start(&primary, h, &r).await {
-            return Err(Error::node(&primary.name, format!("the restored server did not reach the target: {}", crate::error::chain(&e))));
-        }
-        let timeline = wait_promoted(h, primary.port, RECOVERY_DEADLINE).await?;
+        let promoted = async {
+            if let Err(e) = run.start(&primary, h, &r).await {
+                return Err(Error::node(
+                    &primary.name,
+                    format!("the restored server did not reach the target: {}", crate::error::chain(&e)),
+                ));
+            }
+            let timeline = wait_promoted(h, primary.port, RECOVERY_DEADLINE).await?;
+            super::coverage::check_target_reached(h, primary.port, &caps, &target).await?;
+            Ok(timeline)
+        };
+        let timeline = match promoted.await {
+            Ok(t) => t,
+            Err(e) => return Err(super::coverage::abandon(h, &r, e).await),
+        };
         for name in &rec.reset_after {
             run.sql(h, primary.port, &format!("ALTER SYSTEM RESET {name};"), "remove the recovery settings").await?;
         }
@@ -430,7 +445,7 @@ impl Deployment {
     /// [`restore_into`](Self::restore_into) and promoted at the target. Returns the report
     /// and the directory moved aside.
     pub async fn restore_in_place(&self, target: Target, opts: &RestoreOptions) -> Result<(RestoreReport, String), Error> {
-        let b = self.s3_tool("a restore")?.clone();
+        let b = self.backup_spec()?.clone();
         let _lock = self.lock_operation("restore", self.lock_wait()).await?;
         let (cluster, handles) = self.connect(false).await?;
         let primary = cluster.primary().name.clone();
@@ -475,7 +490,7 @@ impl Deployment {
     /// exist; default: `verify-backup-<pid>` beside the primary's node directory), starts it on `port` (local socket only, archiving off), checks that it
     /// reaches consistency, promotes and answers, then stops it and removes `scratch`.
     pub async fn verify_backup(&self, scratch: Option<&str>, port: u16) -> Result<VerifyBackupReport, Error> {
-        let b = self.s3_tool("verify --backup")?;
+        let b = self.backup_spec()?;
         let (cluster, h) = self.node_handle(None).await?;
         self.pgbackrest_ready(b, &cluster, &h).await?;
         let default_scratch = {
@@ -512,6 +527,7 @@ impl Deployment {
                     let set = format!("--set={}", backup.id);
                     pgbr::command(b, scratch, &self.cluster.name, &l.os_user, &[set.as_str(), "--type=none", "restore"])
                 }
+                BackupTool::Directory => super::directory::restore_line(b, &self.cluster.name, &backup.id, &data, &l.os_user),
                 _ => tool::barman_restore(b, &self.cluster.name, &backup.id, &data, &l.os_user),
             };
             self.run_tool(&h, &download, CLONE_TIMEOUT, "download the base backup").await?;
@@ -570,6 +586,14 @@ impl Deployment {
     }
 }
 
+/// Where pgrepl's own pgBackRest commands (`backup`, `backups`, retention, a restore's
+/// listing) keep the configuration they write from the spec they are given: beside the
+/// one `archive_command` reads (written by `up`), never over it, so that an operation run
+/// with another spec (another endpoint, say) cannot break archiving.
+fn cli_dir(l: &crate::layout::NodeLayout) -> String {
+    format!("{}/cli", l.pgrepl_dir.trim_end_matches('/'))
+}
+
 /// While a backup from the standby `sh` waits for its last WAL segment to be archived
 /// (`pg_backup_stop`/`pg_stop_backup` still running there), switches the primary `ph`'s
 /// WAL segment, at most every 5 s. Ends by itself after [`CLONE_TIMEOUT`] (the backup's
@@ -596,7 +620,9 @@ async fn nudge_wal_switch(sh: &NodeHandle, sport: u16, ph: &NodeHandle, pport: u
 /// The node a restore refusal names.
 fn r_node(r: &RestoreRefusal) -> String {
     match r {
-        RestoreRefusal::ServerRunning { node } | RestoreRefusal::NotEmpty { node, .. } => node.clone(),
+        RestoreRefusal::ServerRunning { node } | RestoreRefusal::NotEmpty { node, .. } | RestoreRefusal::ArchiveBehind { node, .. } => {
+            node.clone()
+        }
         _ => String::new(),
     }
 }
@@ -639,55 +665,4 @@ async fn wait_promoted(h: &NodeHandle, port: u16, deadline: Duration) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// `up`'s step on every host: the backup tool installed when the spec's `[backup]` needs
-/// one that is missing there; for pgBackRest, its version checked against the major
-/// (refused before anything changes) and the node's configuration written.
-pub(crate) async fn ensure_tool(
-    run: &Run<'_>,
-    h: &NodeHandle,
-    progress: &dyn crate::deploy::Progress,
-) -> Result<Option<crate::deploy::Action>, Error> {
-    let cluster = run.cluster;
-    let Some(b) = &cluster.backup else { return Ok(None) };
-    if b.tool == BackupTool::Pgbackrest {
-        let major = cluster.major.ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
-        pgbackrest::check_version(b, major, h).await?;
-        let n = cluster.node(&h.name).ok_or_else(|| Error::node(&h.name, "no such node"))?;
-        let l = &h.layout;
-        run.prepare_dirs(h).await?;
-        let node = PgbackrestNode { data_dir: &l.data_dir, socket_dir: &l.socket_dir, port: n.port, user: &l.superuser };
-        pgbackrest::write_config(b, &cluster.name, &l.pgrepl_dir, &node, h).await?;
-        return Ok(None);
-    }
-    let Some(script) = tool::install_script(b) else { return Ok(None) };
-    let probe = tool::program(b, "barman-cloud-wal-archive");
-    let t = &*h.transport;
-    if t.exists(&probe, None).await.map_err(|e| tr(&h.name, "look for the backup tool", e))? {
-        return Ok(None);
-    }
-    let t0 = Instant::now();
-    progress.started(&h.name, "install barman-cloud");
-    let r = t
-        .run(&Command::new("sh").args(["-c", script.as_str()]).user("root").timeout(Duration::from_secs(1200)))
-        .await
-        .map_err(|e| tr(&h.name, "install Barman's cloud scripts", e));
-    progress.finished(&h.name, "install barman-cloud", if r.is_ok() { "installed" } else { "failed" });
-    r?;
-    Ok(Some(crate::deploy::Action { node: h.name.clone(), what: "install barman-cloud".into(), seconds: t0.elapsed().as_secs_f64() }))
-}
-
-/// `up`'s step once the primary runs: pgBackRest's stanza created (so archiving starts
-/// succeeding). A failure (a missing bucket, say) does not fail `up`: the WAL waits in
-/// `pg_wal`, and `pgrepl backup` creates the stanza or names the cause.
-pub(crate) async fn after_up(d: &Deployment, cluster: &crate::cluster::Cluster, handles: &[NodeHandle]) -> Option<crate::deploy::Action> {
-    let b = cluster.backup.as_ref().filter(|b| b.tool == BackupTool::Pgbackrest)?;
-    let h = handles.iter().find(|h| h.name == cluster.primary().name)?;
-    let t0 = Instant::now();
-    let what = match d.stanza_create(b, h).await {
-        Ok(()) => "pgBackRest stanza ready".to_string(),
-        Err(e) => format!("pgBackRest stanza not created yet: {}", crate::error::chain(&e)),
-    };
-    Some(crate::deploy::Action { node: h.name.clone(), what, seconds: t0.elapsed().as_secs_f64() })
 }

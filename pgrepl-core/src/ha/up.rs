@@ -57,7 +57,8 @@ impl Deployment {
         for i in installs {
             actions.extend(i?);
         }
-        // The backup tool on every host that lacks it (Barman's cloud scripts in a venv).
+        // The backup tool on every host that lacks it (Barman's cloud scripts in a venv,
+        // pgBackRest's package); on this machine only said what to install.
         for h in &handles {
             actions.extend(crate::backup::ensure_tool(&run, h, progress).await?);
         }

@@ -96,6 +96,11 @@ pub fn directory_wal_dir(b: &BackupSpec, server: &str) -> String {
     format!("{}/{server}/wal", b.path.as_deref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
 }
 
+/// The directory tool's base backups of a cluster (`<id>/base.tar` and `<id>/backup.json` each).
+pub fn directory_base_dir(b: &BackupSpec, server: &str) -> String {
+    format!("{}/{server}/base", b.path.as_deref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
 /// `archive_command` of `[backup]` for cluster `server` on a node whose pgrepl directory
 /// is `pgrepl_dir` (pgBackRest's configuration lives there).
 pub fn archive_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String {
@@ -109,8 +114,11 @@ pub fn archive_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String
         }
         BackupTool::Pgbackrest => super::pgbackrest::archive_command(b, server, pgrepl_dir),
         BackupTool::Directory => {
+            // Every node archives (`always`): a segment already there (from another node,
+            // or an earlier try whose success was not recorded) is kept, never written
+            // over; a new one appears whole (copied beside, then renamed).
             let dir = shell_quote(&directory_wal_dir(b, server)).replace('%', "%%");
-            format!("test ! -f {dir}/%f && cp %p {dir}/%f")
+            format!("test -f {dir}/%f || {{ cp %p {dir}/%f.part && mv -f {dir}/%f.part {dir}/%f; }}")
         }
     }
 }
@@ -216,10 +224,76 @@ pub fn install_script(b: &BackupSpec) -> Option<String> {
     ))
 }
 
+/// The root script that installs pgBackRest from the distribution's package (apt-get,
+/// refreshing the package lists once if the first try fails, or dnf); exit status 3 with
+/// the reason on a host with neither. `None` unless the tool is pgBackRest at the
+/// package's place (`bin_dir` unset or `/usr/bin`): pgrepl installs nothing elsewhere.
+pub fn pgbackrest_install_script(b: &BackupSpec) -> Option<String> {
+    if b.tool != BackupTool::Pgbackrest || bin_dir(b) != super::pgbackrest::PGBACKREST_BIN_DIR {
+        return None;
+    }
+    Some(
+        "set -eu
+if command -v apt-get >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  \
+         apt-get install -y -q pgbackrest || { apt-get update -q && apt-get install -y -q pgbackrest; }
+\
+         elif command -v dnf >/dev/null 2>&1; then
+  dnf install -y -q pgbackrest
+\
+         else
+  echo 'neither apt-get nor dnf on this host: install pgBackRest from your distribution' >&2
+  exit 3
+fi
+"
+        .to_string(),
+    )
+}
+
+/// What to run on this machine to install the tool of `b` (said when `up` of a cluster on
+/// the local provider finds it missing: pgrepl installs no package on the machine it
+/// runs on).
+pub fn install_hint(b: &BackupSpec) -> String {
+    match b.tool {
+        BackupTool::Pgbackrest => format!(
+            "install pgBackRest (as root: `apt-get install pgbackrest` or `dnf install pgbackrest`) so that {} exists, or set backup.bin_dir",
+            program(b, "pgbackrest")
+        ),
+        BackupTool::BarmanCloud => {
+            let bin = bin_dir(b);
+            let venv = bin.strip_suffix("/bin").unwrap_or(&bin).to_string();
+            format!(
+                "install Barman's cloud scripts (as root: `python3 -m venv {venv} && {venv}/bin/pip install 'barman[cloud]=={BARMAN_VERSION}' psycopg2-binary`), or set backup.bin_dir"
+            )
+        }
+        BackupTool::Directory => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::spec::{RetentionSpec, Sse};
+
+    #[test]
+    fn pgbackrest_is_installed_from_the_package_at_its_place_only() {
+        let mut b = BackupSpec::barman_cloud("b");
+        assert!(pgbackrest_install_script(&b).is_none());
+        b.tool = BackupTool::Pgbackrest;
+        let s = pgbackrest_install_script(&b).unwrap();
+        assert!(
+            s.contains("apt-get install -y -q pgbackrest") && s.contains("dnf install -y -q pgbackrest") && s.contains("exit 3"),
+            "{s}"
+        );
+        b.bin_dir = Some("/usr/bin".into());
+        assert!(pgbackrest_install_script(&b).is_some());
+        b.bin_dir = Some("/opt/pgbackrest/bin".into());
+        assert!(pgbackrest_install_script(&b).is_none(), "nothing installed where the package does not put it");
+        assert!(install_hint(&b).contains("/opt/pgbackrest/bin/pgbackrest"), "{}", install_hint(&b));
+        let bar = BackupSpec::barman_cloud("b");
+        assert!(install_hint(&bar).contains("/opt/pgrepl/barman/bin/pip install 'barman[cloud]==3.19.1'"), "{}", install_hint(&bar));
+    }
 
     fn moto() -> BackupSpec {
         let mut b = BackupSpec::barman_cloud("pgrepl-bk");
@@ -284,7 +358,11 @@ mod tests {
         d.tool = BackupTool::Directory;
         d.bucket = None;
         d.path = Some("/srv/bk".into());
-        assert_eq!(archive_command(&d, "c1", "/w"), "test ! -f /srv/bk/c1/wal/%f && cp %p /srv/bk/c1/wal/%f");
+        assert_eq!(
+            archive_command(&d, "c1", "/w"),
+            "test -f /srv/bk/c1/wal/%f || { cp %p /srv/bk/c1/wal/%f.part && mv -f /srv/bk/c1/wal/%f.part /srv/bk/c1/wal/%f; }"
+        );
+        assert_eq!(directory_base_dir(&d, "c1"), "/srv/bk/c1/base");
         assert_eq!(restore_command(&d, "c1", "/w"), "cp /srv/bk/c1/wal/%f %p");
         let mut p = moto();
         p.tool = BackupTool::Pgbackrest;
@@ -366,6 +444,24 @@ mod tests {
             get(&standby, "restore_command").as_deref(),
             Some("'/usr/bin/pgbackrest --config-path=/w/db2/pgrepl/pgbackrest/c1 --stanza=c1 archive-get %f \"%p\"'")
         );
+        // `render` shows each node's pgbackrest.conf, its own data directory and port, the keys hidden.
+        for (r, dir, port) in [(&primary, "/w/db1", 5432), (&standby, "/w/db2", 5433)] {
+            assert_eq!(r.backup_files.len(), 1);
+            let f = &r.backup_files[0];
+            assert_eq!(f.path, format!("{dir}/pgrepl/pgbackrest/c1/pgbackrest.conf"));
+            assert_eq!(f.mode, 0o600);
+            let text = &f.contents.text;
+            assert!(text.contains(&format!("[c1]\npg1-path={dir}/data\n")) && text.contains(&format!("pg1-port={port}\n")), "{text}");
+            assert!(text.contains("repo1-s3-key=********\nrepo1-s3-key-secret=********\n"), "{text}");
+            assert!(text.contains("repo1-s3-endpoint=127.0.0.1\nrepo1-s3-port=8443\n"), "{text}");
+            let shown = r.to_string();
+            assert!(
+                shown.contains(&format!("--- {dir}/pgrepl/pgbackrest/c1/pgbackrest.conf (mode 0600")) && shown.contains(text.as_str()),
+                "{shown}"
+            );
+            let json = serde_json::to_string(r).unwrap();
+            assert!(json.contains("pgbackrest.conf"), "{json}");
+        }
         // Up to 11 in recovery.conf.
         let c11 = ClusterSpec::builder("c1")
             .node(NodeSpec::primary("db1"))

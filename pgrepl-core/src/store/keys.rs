@@ -12,6 +12,8 @@
 //! | `config` | [`HaSettings`]: ttl, loop wait, maximum lag on failover, pause | none |
 //! | `op` | the operation lock | the holder's lease |
 //! | `requests/switchover` | [`SwitchoverRequest`]: a switchover asked by the CLI, carried out by the agents | none |
+//! | `backup/running` | [`ScheduledBackup`](crate::backup::ScheduledBackup): the scheduled base backup being taken, one at a time | the taking agent's lease |
+//! | `backup/last` | [`ScheduledBackup`](crate::backup::ScheduledBackup): the last scheduled slot taken (or failed) | none |
 
 use serde::{Deserialize, Serialize};
 
@@ -80,6 +82,16 @@ impl Keys {
     /// A switchover asked of the agents.
     pub fn switchover(&self) -> String {
         format!("{}requests/switchover", self.prefix)
+    }
+
+    /// The scheduled base backup being taken (one at a time, cluster-wide).
+    pub fn backup_running(&self) -> String {
+        format!("{}backup/running", self.prefix)
+    }
+
+    /// The last scheduled base backup (its slot, node, result).
+    pub fn backup_last(&self) -> String {
+        format!("{}backup/last", self.prefix)
     }
 
     /// What `key` is, relative to the cluster's prefix (`None`: not one of its keys).

@@ -105,9 +105,8 @@ pub(super) fn check_backup(b: &BackupSpec, archive: &ArchiveSpec, err: &mut impl
         }
     }
     if let Some(s) = &b.schedule {
-        let fields: Vec<&str> = s.split_whitespace().collect();
-        if fields.len() != 5 || !fields.iter().all(|x| x.chars().all(|c| c.is_ascii_digit() || "*/,-".contains(c))) {
-            err(f("schedule"), format!("\"{s}\" is not a cron expression"), "five cron fields, e.g. \"0 3 * * *\" (03:00 every day)");
+        if let Err(e) = crate::backup::Schedule::parse(s) {
+            err(f("schedule"), e, "five cron fields, e.g. \"0 3 * * *\" (03:00 every day, UTC)");
         }
     }
 }
