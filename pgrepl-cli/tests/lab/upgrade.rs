@@ -15,6 +15,35 @@ fn run(args: &[&str]) -> (i32, String, String) {
     pgrepl_ok(args)
 }
 
+/// A 3-node local cluster of `major` up in `wd` (the lab's binaries), run with its file
+/// and binaries appended to every command.
+struct Local {
+    port: u16,
+    spec: std::path::PathBuf,
+    args: Vec<String>,
+}
+
+impl Local {
+    fn up(wd: &WorkDir, name: &str, major: &str, bin: &Path, client: &Path) -> Local {
+        let port = free_ports(3);
+        let spec = wd.path.join("pgrepl.toml");
+        std::fs::write(&spec, local_spec(name, major, port, &wd.str(), "")).unwrap();
+        let args = ["-f", spec.to_str().unwrap(), "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()]
+            .map(String::from)
+            .to_vec();
+        let l = Local { port, spec, args };
+        let (code, out, err) = l.run(&["up"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        l
+    }
+
+    fn run(&self, cmd: &[&str]) -> (i32, String, String) {
+        let mut a: Vec<&str> = cmd.to_vec();
+        a.extend(self.args.iter().map(String::as_str));
+        run(&a)
+    }
+}
+
 /// The postmaster pid of each node (first line of its postmaster.pid).
 fn pids(wd: &Path) -> Vec<String> {
     ["db1", "db2", "db3"]
@@ -262,18 +291,9 @@ async fn failing_upgrade_check_is_refused_and_changes_nothing() {
         "the 18 build has adminpack: this test needs an extension it lacks"
     );
     let wd = WorkDir::new("upgrade-refused").with_bin(&bin);
-    let port = free_ports(3);
-    let spec = wd.path.join("pgrepl.toml");
-    std::fs::write(&spec, local_spec("upgref", "16", port, &wd.str(), "")).unwrap();
-    let f = spec.to_str().unwrap();
-    let old = ["-f", f, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
-    let with = |cmd: &[&str]| {
-        let mut a: Vec<&str> = cmd.to_vec();
-        a.extend(old);
-        run(&a)
-    };
-    let (code, out, err) = with(&["up"]);
-    assert_eq!(code, 0, "{out}\n{err}");
+    let cluster = Local::up(&wd, "upgref", "16", &bin, &client);
+    let (port, spec) = (cluster.port, &cluster.spec);
+    let with = |cmd: &[&str]| cluster.run(cmd);
     psql(&client, &wd.path, "db1", port, "CREATE EXTENSION adminpack; CREATE TABLE t (i int); INSERT INTO t VALUES (1);");
     let spec_before = std::fs::read_to_string(&spec).unwrap();
     let pids_before = pids(&wd.path);
@@ -357,18 +377,9 @@ async fn failure_after_the_stop_goes_back_to_the_old_major() {
     let (bin, client) = bins("14");
     let wd = WorkDir::new("upgrade-back").with_bin(&bin);
     let nbin = failing_tool(&wd.path.join("pg16"), "16", "pg_upgrade");
-    let port = free_ports(3);
-    let spec = wd.path.join("pgrepl.toml");
-    std::fs::write(&spec, local_spec("upgback", "14", port, &wd.str(), "")).unwrap();
-    let f = spec.to_str().unwrap();
-    let old = ["-f", f, "--pg-bin", bin.to_str().unwrap(), "--pg-client-bin", client.to_str().unwrap()];
-    let with = |cmd: &[&str]| {
-        let mut a: Vec<&str> = cmd.to_vec();
-        a.extend(old);
-        run(&a)
-    };
-    let (code, out, err) = with(&["up"]);
-    assert_eq!(code, 0, "{out}\n{err}");
+    let cluster = Local::up(&wd, "upgback", "14", &bin, &client);
+    let (port, spec) = (cluster.port, &cluster.spec);
+    let with = |cmd: &[&str]| cluster.run(cmd);
     psql(&client, &wd.path, "db1", port, "CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 100);");
     let spec_before = std::fs::read_to_string(&spec).unwrap();
 

@@ -251,13 +251,16 @@ impl<'a> Exec<'a> {
         out
     }
 
-    /// Nodes the steps of `groups` settle themselves (stopped, demoted on disk): a look
-    /// taken meanwhile skips them.
+    /// Nodes the steps of `groups` settle themselves (stopped, demoted on disk) or change
+    /// underway (readied for a clone): a look taken meanwhile skips them.
     fn settled_by(&self, groups: &[std::ops::Range<usize>]) -> Vec<String> {
         let mut v = Vec::new();
         for g in groups {
             for s in &self.plan.steps[g.clone()] {
-                let settles = matches!(s.action, Do::Stop | Do::StopClean | Do::Fence)
+                // A node readied for its clone is changing while the look would be taken
+                // (its data directory made and removed): skipped, it is looked at when its
+                // next guarded step comes.
+                let settles = matches!(s.action, Do::Stop | Do::StopClean | Do::Fence | Do::PrepareClone)
                     || (matches!(s.action, Do::WriteStandbySettings { .. })
                         && s.guards.iter().any(|g| matches!(g, plan::Guard::NotRunning { .. })));
                 if settles && !v.contains(&s.node) {
