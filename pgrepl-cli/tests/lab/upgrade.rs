@@ -292,7 +292,7 @@ async fn failing_upgrade_check_is_refused_and_changes_nothing() {
     );
     let wd = WorkDir::new("upgrade-refused").with_bin(&bin);
     let cluster = Local::up(&wd, "upgref", "16", &bin, &client);
-    let (port, spec) = (cluster.port, &cluster.spec);
+    let (port, spec) = (cluster.port, cluster.spec.clone());
     let with = |cmd: &[&str]| cluster.run(cmd);
     psql(&client, &wd.path, "db1", port, "CREATE EXTENSION adminpack; CREATE TABLE t (i int); INSERT INTO t VALUES (1);");
     let spec_before = std::fs::read_to_string(&spec).unwrap();
@@ -378,7 +378,7 @@ async fn failure_after_the_stop_goes_back_to_the_old_major() {
     let wd = WorkDir::new("upgrade-back").with_bin(&bin);
     let nbin = failing_tool(&wd.path.join("pg16"), "16", "pg_upgrade");
     let cluster = Local::up(&wd, "upgback", "14", &bin, &client);
-    let (port, spec) = (cluster.port, &cluster.spec);
+    let (port, spec) = (cluster.port, cluster.spec.clone());
     let with = |cmd: &[&str]| cluster.run(cmd);
     psql(&client, &wd.path, "db1", port, "CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 100);");
     let spec_before = std::fs::read_to_string(&spec).unwrap();
