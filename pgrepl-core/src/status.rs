@@ -442,12 +442,7 @@ mod tests {
     use super::*;
 
     fn cluster() -> Cluster {
-        crate::ClusterSpec::from_toml(
-            "name = \"t\"\npostgres = \"16\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n",
-        )
-        .unwrap()
-        .validate()
-        .unwrap()
+        crate::observe::fixtures::three_nodes("")
     }
 
     #[test]

@@ -321,12 +321,7 @@ mod tests {
     use crate::topology::Topology;
 
     fn cluster() -> Cluster {
-        crate::ClusterSpec::from_toml(
-            "name = \"t\"\npostgres = \"16\"\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n",
-        )
-        .unwrap()
-        .validate()
-        .unwrap()
+        crate::observe::fixtures::three_nodes("")
     }
 
     /// A node whose max_connections runs at `run` and is `next` in its files.

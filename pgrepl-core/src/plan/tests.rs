@@ -10,11 +10,7 @@ use crate::observe::{Observed, ObservedCluster, Sender, ServerState};
 use crate::topology::{SyncRecord, Topology};
 
 fn cluster(sync: &str) -> Cluster {
-    let spec = crate::ClusterSpec::from_toml(&format!(
-        "name = \"t\"\npostgres = \"16\"\n[replication]\nsync = {sync}\n[[nodes]]\nname = \"db1\"\nrole = \"primary\"\n[[nodes]]\nname = \"db2\"\nrole = \"standby\"\n[[nodes]]\nname = \"db3\"\nrole = \"standby\"\n"
-    ))
-    .unwrap();
-    spec.validate().unwrap()
+    crate::observe::fixtures::three_nodes(&format!("[replication]\nsync = {sync}"))
 }
 
 fn async_cluster() -> Cluster {
