@@ -6,6 +6,7 @@ use super::{Action, DataDir, Run, tr};
 use crate::cluster::Node;
 use crate::error::{Error, Refusal};
 use crate::observe::server_state::is_running;
+use crate::provider::NodeHandle;
 use crate::render::{self, render_node};
 use crate::transport::{Command, TransportExt};
 
@@ -90,9 +91,30 @@ impl Run<'_> {
             actions.push(Action { node: n.name.clone(), what: "write settings and pg_hba.conf".into(), seconds: 0.0 });
             if running {
                 self.apply_config(n, h, &r, &mut actions).await?;
+                if self.restart_to_replicate(n, h).await? {
+                    let step = "restart: replication's settings need it, and no standby streams from it yet";
+                    self.step(&n.name, step, &mut actions, self.restart_server(n, h, &r)).await?;
+                }
             }
         }
         Ok(actions)
+    }
+
+    /// Whether a running primary that `up` is setting replication up on must restart for
+    /// it: a setting replication needs (listening on the network, WAL for standbys,
+    /// senders, slots, archiving) waits for a restart, and no standby streams from it yet
+    /// (a cluster being adopted). A primary that already serves standbys is never
+    /// restarted by `up` (the restart planner reports it pending).
+    async fn restart_to_replicate(&self, n: &Node, h: &NodeHandle) -> Result<bool, Error> {
+        let pending = if self.cluster.caps().is_some_and(|c| c.pending_restart) {
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_settings WHERE pending_restart AND name IN \
+             ('listen_addresses', 'port', 'wal_level', 'max_wal_senders', 'max_replication_slots', 'archive_mode', 'wal_log_hints'))"
+        } else {
+            "true" // before 9.5 the server cannot say: as before, restart a primary no standby uses
+        };
+        let q = format!("SELECT {pending} AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_replication);");
+        let rows = self.sql(h, n.port, &q, "check whether replication's settings wait for a restart").await?;
+        Ok(rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t"))
     }
 
     /// `up`'s step `EnsureReplicationRole`: created, and given its password, only when missing.
