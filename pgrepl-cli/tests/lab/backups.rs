@@ -155,16 +155,7 @@ pub(crate) async fn failover_then_latest(major: &str, tool: Tool) {
     assert!(first.len() > 20 && second.len() > 20, "too few rows: {} then {}", first.len(), second.len());
 
     let new_port = free_ports(3);
-    let (code, out, err) = lab.with(&[
-        "restore",
-        "--latest",
-        "--into",
-        &new_file.to_string_lossy(),
-        "--name",
-        &format!("{tag}-r"),
-        "--base-port",
-        &new_port.to_string(),
-    ]);
+    let (code, out, err) = lab.restore_into(&["--latest"], &new_file, &format!("{tag}-r"), new_port);
     assert_eq!(code, 0, "restore --latest: {out}\n{err}");
     let tl: u32 = out.split("timeline ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).expect(&out);
     assert!(tl >= 3, "the restore promotes after the failover's timeline 2: {out}");
@@ -239,17 +230,7 @@ async fn backup_from_standby_to_lsn_15() {
     assert!(first.len() > 20 && second.len() > 20, "too few rows: {} then {}", first.len(), second.len());
 
     let new_port = free_ports(3);
-    let (code, out, err) = lab.with(&[
-        "restore",
-        "--to-lsn",
-        &lsn,
-        "--into",
-        &new_file.to_string_lossy(),
-        "--name",
-        "bklsn15-r",
-        "--base-port",
-        &new_port.to_string(),
-    ]);
+    let (code, out, err) = lab.restore_into(&["--to-lsn", &lsn], &new_file, "bklsn15-r", new_port);
     assert_eq!(code, 0, "restore --to-lsn {lsn}: {out}\n{err}");
     assert!(out.contains(&format!("to LSN {lsn}")), "{out}");
     let got = ids_in(&lab.client, &lab.wd.path.join("bklsn15-r"), "db1", new_port);
@@ -291,19 +272,7 @@ async fn not_covered_then_pushed(major: &str) {
         lab.kill9(n);
     }
     let new_port = free_ports(3);
-    let restore = |lab: &BackupLab| {
-        lab.with(&[
-            "restore",
-            "--to-time",
-            &rfc3339(t),
-            "--into",
-            &new_file.to_string_lossy(),
-            "--name",
-            &new_name,
-            "--base-port",
-            &new_port.to_string(),
-        ])
-    };
+    let restore = |lab: &BackupLab| lab.restore_into(&["--to-time", &rfc3339(t)], &new_file, &new_name, new_port);
     let (code, out, err) = restore(&lab);
     assert_ne!(code, 0, "restore to T with its WAL not archived: {out}\n{err}");
     assert!(err.contains("without reaching") || err.contains("stopped during recovery"), "{err}");

@@ -260,6 +260,15 @@ impl BackupLab {
         self.run(&self.file, cmd)
     }
 
+    /// `restore TARGET... --into FILE --name NAME --base-port PORT`: into a new cluster.
+    pub(crate) fn restore_into(&self, target: &[&str], file: &Path, name: &str, port: u16) -> (i32, String, String) {
+        let (file, port) = (file.to_string_lossy(), port.to_string());
+        let mut cmd = vec!["restore"];
+        cmd.extend(target);
+        cmd.extend(["--into", &file, "--name", name, "--base-port", &port]);
+        self.with(&cmd)
+    }
+
     pub(crate) fn destroy_on_drop(&self, more: &[&Path]) -> Destroy {
         let mut v = vec![(self.file.clone(), self.bin.clone(), self.client.clone())];
         v.extend(more.iter().map(|p| (p.to_path_buf(), self.bin.clone(), self.client.clone())));

@@ -80,17 +80,7 @@ async fn pgbackrest_pitr_15() {
 
     // Restore to T into a new cluster.
     let new_port = free_ports(3);
-    let (code, out, err) = lab.with(&[
-        "restore",
-        "--to-time",
-        &rfc3339(t),
-        "--into",
-        &new_file.to_string_lossy(),
-        "--name",
-        new_name,
-        "--base-port",
-        &new_port.to_string(),
-    ]);
+    let (code, out, err) = lab.restore_into(&["--to-time", &rfc3339(t)], &new_file, new_name, new_port);
     assert_eq!(code, 0, "restore: {out}\n{err}");
     let new_work = lab.wd.path.join(new_name);
     let got = ids_in(client, &new_work, "db1", new_port);

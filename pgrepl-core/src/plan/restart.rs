@@ -201,42 +201,40 @@ pub fn restart(cluster: &Cluster, obs: &ObservedCluster, req: &RestartRequest) -
         plan.noop = plan.steps.is_empty();
         return Ok(plan);
     }
+    let unsafe_order = |node: &str, (setting, value, primary_value): (String, i64, i64), hint: String| Refusal::UnsafeRestartOrder {
+        node: node.to_string(),
+        setting,
+        value,
+        primary: p.clone(),
+        primary_value,
+        hint,
+    };
     if !restart_primary {
         if let Some(s) = after.first() {
-            let (setting, value, primary_value) = below(&s.name, true, &p_run).expect("partitioned");
-            return Err(Refusal::UnsafeRestartOrder {
-                node: s.name.clone(),
-                setting,
-                value,
-                primary: p.clone(),
-                primary_value,
-                hint: format!("The primary restarts first: restart {p} too (`pgrepl restart` without node names)"),
-            });
+            let found = below(&s.name, true, &p_run).expect("partitioned");
+            return Err(unsafe_order(
+                &s.name,
+                found,
+                format!("The primary restarts first: restart {p} too (`pgrepl restart` without node names)"),
+            ));
         }
     }
     // When the primary restarts, every standby must already have at least its new values.
     if restart_primary {
         for s in standbys.iter().filter(|s| obs.get(&s.name).answered()) {
             let next = before.iter().any(|b| b.name == s.name);
-            if let Some((setting, value, primary_value)) = below(&s.name, next, &p_next) {
+            if let Some(found) = below(&s.name, next, &p_next) {
                 let hint = if chosen.iter().any(|c| c.name == s.name) {
                     "The change raises one limit and lowers another, so no order is safe: make it in two rounds (`up` then `pgrepl restart` for each)".to_string()
                 } else {
                     format!("Restart {} too (its files have the new value), or first", s.name)
                 };
-                return Err(Refusal::UnsafeRestartOrder { node: s.name.clone(), setting, value, primary: p.clone(), primary_value, hint });
+                return Err(unsafe_order(&s.name, found, hint));
             }
         }
         for s in &after {
-            if let Some((setting, value, primary_value)) = below(&s.name, true, &p_next) {
-                return Err(Refusal::UnsafeRestartOrder {
-                    node: s.name.clone(),
-                    setting,
-                    value,
-                    primary: p.clone(),
-                    primary_value,
-                    hint: "Give it at least the primary's value".into(),
-                });
+            if let Some(found) = below(&s.name, true, &p_next) {
+                return Err(unsafe_order(&s.name, found, "Give it at least the primary's value".into()));
             }
         }
     }
