@@ -64,9 +64,16 @@ async fn pitr(major: &str) {
         "--base-port",
         &new_port.to_string(),
     ]);
-    assert_eq!(code, 0, "restore: {out}\n{err}");
-    eprintln!("restore:\n{out}\n{}", std::fs::read_to_string(&new_file).unwrap_or_default());
     let new_work = wd.path.join(&new_name);
+    if code != 0 {
+        // What the restored server said about its recovery (its log is kept beside the
+        // data directory a failed restore removes).
+        let log = std::fs::read_to_string(new_work.join("db1/log/postgresql.log")).unwrap_or_default();
+        let said: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+        eprintln!("the restored server's log:\n{}", said[said.len().saturating_sub(60)..].join("\n"));
+    }
+    assert_eq!(code, 0, "restore: {out}\n{}", err.lines().filter(|l| !l.contains(" DEBUG ")).collect::<Vec<_>>().join("\n"));
+    eprintln!("restore:\n{out}\n{}", std::fs::read_to_string(&new_file).unwrap_or_default());
     let got = ids_in(client, &new_work, "db1", new_port);
     for id in &before {
         assert!(got.contains(id), "row {id}, acknowledged before T, is missing from the restore");

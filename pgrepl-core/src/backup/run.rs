@@ -384,7 +384,7 @@ impl Deployment {
         let caps = cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
         let r = render_node(&cluster, &primary.name, l, Some(&secrets))?;
         run.write_files(h, &r, false).await?;
-        let rec = recovery_files(&caps, &tool::restore_command(&b, &source, &l.pgrepl_dir), &target);
+        let rec = recovery_files(&caps, &tool::recovery_restore_command(&b, &source, &l.pgrepl_dir), &target);
         let write = |path: String, text: String| async move {
             h.transport
                 .write_file(&path, text.as_bytes(), 0o600, Some(&l.os_user))
@@ -532,7 +532,7 @@ impl Deployment {
             };
             self.run_tool(&h, &download, CLONE_TIMEOUT, "download the base backup").await?;
             let caps = self.cluster.caps().ok_or_else(|| Error::Discovery("the PostgreSQL major is not known".into()))?;
-            let rec = recovery_files(&caps, &tool::restore_command(b, &self.cluster.name, scratch), &Target::Latest);
+            let rec = recovery_files(&caps, &tool::recovery_restore_command(b, &self.cluster.name, scratch), &Target::Latest);
             for (name, text) in &rec.files {
                 t.write_file(&format!("{data}/{name}"), text.as_bytes(), 0o600, Some(&l.os_user))
                     .await

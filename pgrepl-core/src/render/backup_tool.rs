@@ -123,6 +123,35 @@ pub fn archive_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String
     }
 }
 
+/// How many times a restore's recovery asks the archive for one segment when the tool
+/// fails for another reason than the segment being absent.
+pub const RECOVERY_FETCH_TRIES: u32 = 5;
+
+/// `restore_command` of a restore's (or `verify --backup`'s) archive recovery: the tool's
+/// [`restore_command`], tried again (up to [`RECOVERY_FETCH_TRIES`] times, 2 s apart)
+/// when it fails for another reason than the segment being absent, and then stopping the
+/// recovery instead of ending it. PostgreSQL takes any failure of `restore_command` for
+/// "no such segment": without this, one timeout of the store (exit 4 from
+/// barman-cloud-wal-restore, pgBackRest's error codes) would end the replay there and
+/// promote, silently short of the target (`--latest` loses every later commit). Exit 0 and
+/// 1 (what the three tools return for "fetched" and "not in the archive") pass through;
+/// exit 127 after the last try makes the startup process stop with a FATAL error (an
+/// exit status above 125 is not "not found" to PostgreSQL), which the restore reports.
+/// Not for standbys: they fall back to streaming and try again anyway, and a FATAL error
+/// would stop them.
+pub fn recovery_restore_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String {
+    retrying(&restore_command(b, server, pgrepl_dir), 2)
+}
+
+/// `fetch` tried again after `pause` seconds while it fails with another status than 1.
+fn retrying(fetch: &str, pause: u32) -> String {
+    format!(
+        "pgrepl_try=1; while :; do {fetch}; rc=$?; case $rc in 0|1) exit $rc;; esac; \
+         if [ $pgrepl_try -ge {RECOVERY_FETCH_TRIES} ]; then echo \"pgrepl: fetching %f from the archive failed $pgrepl_try times (exit $rc): recovery stops here rather than end short of its target\" >&2; exit 127; fi; \
+         echo \"pgrepl: fetching %f from the archive failed (exit $rc), trying again\" >&2; pgrepl_try=$((pgrepl_try+1)); sleep {pause}; done"
+    )
+}
+
 /// `restore_command` of `[backup]`: WAL of cluster `server` fetched from the archive (by a
 /// node whose pgrepl directory is `pgrepl_dir`).
 pub fn restore_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String {
@@ -303,6 +332,40 @@ mod tests {
         b.region = Some("us-east-1".into());
         b.bin_dir = Some("/opt/pgrepl-lab/barman/bin".into());
         b
+    }
+
+    /// The recovery's fetch, run by a real shell as PostgreSQL would (placeholders
+    /// replaced): fetched and absent pass through at once, a failing store is asked again,
+    /// and one that keeps failing stops the recovery (127) instead of ending it.
+    #[test]
+    fn a_recovery_fetch_tries_again_on_errors_and_stops_rather_than_end_short() {
+        let dir = std::env::temp_dir().join(format!("pgrepl-fetch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let count = dir.join("count");
+        let run = |fetch: &str| -> (i32, String, u32) {
+            let _ = std::fs::remove_file(&count);
+            let counted = format!("echo x >> '{}'; {fetch}", count.display());
+            let line = retrying(&counted, 0).replace("%f", "000000010000000000000006").replace("%p", "pg_wal/RECOVERYXLOG");
+            let out = std::process::Command::new("sh").arg("-c").arg(&line).output().unwrap();
+            let tries = std::fs::read_to_string(&count).unwrap_or_default().lines().count() as u32;
+            (out.status.code().unwrap(), String::from_utf8_lossy(&out.stderr).into_owned(), tries)
+        };
+        assert_eq!(run("true").0, 0);
+        assert_eq!(run("true").2, 1);
+        let (code, _, tries) = run("sh -c 'exit 1'");
+        assert_eq!((code, tries), (1, 1), "absent: no second try");
+        // Fails twice with 4 (barman-cloud-wal-restore's "general error"), then fetches.
+        let flaky = format!("sh -c '[ $(wc -l < {}) -ge 3 ] || exit 4'", count.display());
+        let (code, err, tries) = run(&flaky);
+        assert_eq!((code, tries), (0, 3), "{err}");
+        assert!(err.contains("fetching 000000010000000000000006 from the archive failed (exit 4), trying again"), "{err}");
+        let (code, err, tries) = run("sh -c 'exit 4'");
+        assert_eq!((code, tries), (127, RECOVERY_FETCH_TRIES), "{err}");
+        assert!(err.contains("failed 5 times (exit 4): recovery stops here"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+        // What PostgreSQL gets: the tool's own command inside, placeholders kept.
+        let r = recovery_restore_command(&moto(), "c1", "/w");
+        assert!(r.contains(&restore_command(&moto(), "c1", "/w")) && r.contains("sleep 2"), "{r}");
     }
 
     #[test]
