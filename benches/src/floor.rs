@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::writer::{APP_USER, CONNECT_LIMIT, Writer, connect, pg_err, setup_sql};
-use super::{PgTools, chown_pg, mkdir_pg, path_str as s, secs_between};
+use super::{PgTools, append, mkdir_pg, path_str as s, secs_between, write_pg};
 
 /// Limit of one command (initdb, pg_basebackup, pg_ctl, psql).
 pub const STEP_LIMIT: Duration = Duration::from_secs(300);
@@ -216,17 +216,4 @@ impl FloorPair {
         self.primary = si;
         Ok(run)
     }
-}
-
-fn append(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
-}
-
-fn write_pg(path: &Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    chown_pg(path)
 }

@@ -49,28 +49,34 @@ where
             _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
         }
     });
-    match r {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{name}: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    crate::exit_code(name, r)
+}
+
+/// The options of the benches that run agents on local clusters.
+#[derive(Debug, clap::Args)]
+pub struct HaArgs {
+    /// The leader lease, seconds (`[ha] ttl`).
+    #[arg(long, default_value_t = 3.0)]
+    pub ttl: f64,
+    /// Seconds between two loops of an agent (`[ha] loop_wait`).
+    #[arg(long, default_value_t = 1.0)]
+    pub loop_wait: f64,
+    /// The pgrepl binary (default: `pgrepl` beside this program).
+    #[arg(long)]
+    pub pgrepl: Option<PathBuf>,
+    /// etcd's base port (scripts/lab/etcd.sh).
+    #[arg(long, default_value_t = 24190)]
+    pub etcd_base: u16,
 }
 
 impl Ctx {
-    /// The lab's etcd on `etcd_base`, PostgreSQL's tools, the `pgrepl` binary and a
+    /// The lab's etcd on `ha.etcd_base`, PostgreSQL's tools, the `pgrepl` binary and a
     /// scratch directory named after the bench: what every cluster of a run shares.
-    pub fn start(
-        bench: &str,
-        common: &crate::BenchArgs,
-        pgrepl: Option<&Path>,
-        etcd_base: u16,
-        (ttl, loop_wait, sync): (f64, f64, &str),
-    ) -> Result<(Ctx, Etcd), String> {
+    pub fn start(bench: &str, common: &crate::BenchArgs, ha: &HaArgs, sync: &str) -> Result<(Ctx, Etcd), String> {
+        let (ttl, loop_wait) = (ha.ttl, ha.loop_wait);
         let pg = PgTools::discover(&common.pg_bin_or_lab("15"), common.pg_client_bin.as_deref())?;
-        let pgrepl = pgrepl_binary(pgrepl)?;
-        let etcd = Etcd::start(etcd_base)?;
+        let pgrepl = pgrepl_binary(ha.pgrepl.as_deref())?;
+        let etcd = Etcd::start(ha.etcd_base)?;
         let scratch = Scratch::new(&format!("pgrepl-bench-{bench}"), Path::new(&pg.b.bin_dir), &pg.env_ref())?;
         let ctx = Ctx {
             pg,

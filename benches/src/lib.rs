@@ -61,6 +61,17 @@ pub fn run_pg(program: &Path, args: &[&str], env: &[(&str, &str)], limit: Durati
     }
 }
 
+/// A bench's exit: success, or its error printed after its name.
+pub fn exit_code(name: &str, r: Result<(), String>) -> std::process::ExitCode {
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Gives `path` to [`pg_user`] (when running as root).
 pub fn chown_pg(path: &Path) -> Result<(), String> {
     if !is_root() {
@@ -68,6 +79,21 @@ pub fn chown_pg(path: &Path) -> Result<(), String> {
     }
     let out = Command::new("chown").arg("postgres:postgres").arg(path).output().map_err(|e| format!("chown {}: {e}", path.display()))?;
     if out.status.success() { Ok(()) } else { Err(format!("chown {}: {}", path.display(), String::from_utf8_lossy(&out.stderr))) }
+}
+
+/// Appends `text` to the file at `path`.
+pub fn append(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// Writes `text` to `path` (mode 0600) for [`pg_user`].
+pub fn write_pg(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    chown_pg(path)
 }
 
 /// Creates `path` (mode 0700) for [`pg_user`].

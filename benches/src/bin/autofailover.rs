@@ -38,7 +38,6 @@
 //! as root (PostgreSQL runs as `postgres`). Every wait is bounded; every process stopped
 //! is one this program started, by PID.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -68,18 +67,8 @@ const PEERS: [(&str, f64, f64, &str); 3] =
 struct Cli {
     #[command(flatten)]
     common: pgrepl_benches::BenchArgs,
-    /// The leader lease, seconds (`[ha] ttl`).
-    #[arg(long, default_value_t = 3.0)]
-    ttl: f64,
-    /// Seconds between two loops of an agent (`[ha] loop_wait`).
-    #[arg(long, default_value_t = 1.0)]
-    loop_wait: f64,
-    /// The pgrepl binary (default: `pgrepl` beside this program).
-    #[arg(long)]
-    pgrepl: Option<PathBuf>,
-    /// etcd's base port (scripts/lab/etcd.sh).
-    #[arg(long, default_value_t = 24190)]
-    etcd_base: u16,
+    #[command(flatten)]
+    ha: pgrepl_benches::ha::HaArgs,
 }
 
 fn main() -> ExitCode {
@@ -88,7 +77,7 @@ fn main() -> ExitCode {
 }
 
 async fn bench(cli: &Cli) -> Result<(), String> {
-    let (ctx, etcd) = Ctx::start("autofailover", &cli.common, cli.pgrepl.as_deref(), cli.etcd_base, (cli.ttl, cli.loop_wait, SYNC))?;
+    let (ctx, etcd) = Ctx::start("autofailover", &cli.common, &cli.ha, SYNC)?;
     println!("autofailover: write downtime of pgrepl's automatic failover vs the promote floor, same binaries, same run");
     pgrepl_benches::print_environment(&ctx.pg.b);
     println!("pgrepl:   {}", ctx.pgrepl.display());

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pgrepl_benches::{Scratch, free_ports, median, mkdir_pg, pg_user, run_pg, union_len};
+use pgrepl_benches::{Scratch, append, free_ports, median, mkdir_pg, pg_user, run_pg, union_len, write_pg};
 use pgrepl_core::cluster::{Cluster, Node};
 use pgrepl_core::deploy::{Deployment, NoProgress, Progress};
 use pgrepl_core::discovery::{DiscoveryOptions, discover};
@@ -54,27 +54,13 @@ struct Args {
     verbose: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn main() -> ExitCode {
     use clap::Parser;
     let cli = pgrepl_benches::BenchArgs::parse();
-    Ok(Args { pg_bin: cli.pg_bin_or_lab("16"), pg_client_bin: cli.pg_client_bin, runs: cli.runs.into(), verbose: cli.verbose })
-}
-
-fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    match bench(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("deploy_local: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    pgrepl_benches::exit_code(
+        "deploy_local",
+        bench(&Args { pg_bin: cli.pg_bin_or_lab("16"), pg_client_bin: cli.pg_client_bin, runs: cli.runs.into(), verbose: cli.verbose }),
+    )
 }
 
 /// One pgrepl run.
@@ -399,19 +385,6 @@ fn floor_steps(b: &Binaries, dir: &Path, p1: u16, standbys: usize) -> Result<Flo
     })?;
     let total = t0.elapsed().as_secs_f64();
     Ok(FloorRun { total, steps })
-}
-
-fn append(path: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
-}
-
-fn write_pg(path: &Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    pgrepl_benches::chown_pg(path)
 }
 
 /// One command or file operation pgrepl did on a node: (what, start offset, seconds).

@@ -81,27 +81,13 @@ struct Args {
     runs: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
+fn main() -> ExitCode {
     use clap::Parser;
     let cli = pgrepl_benches::BenchArgs::parse();
-    Ok(Args { pg_bin: cli.pg_bin_or_lab("15"), pg_client_bin: cli.pg_client_bin, runs: cli.runs.into() })
-}
-
-fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
-    match bench(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("failover: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    pgrepl_benches::exit_code(
+        "failover",
+        bench(&Args { pg_bin: cli.pg_bin_or_lab("15"), pg_client_bin: cli.pg_client_bin, runs: cli.runs.into() }),
+    )
 }
 
 // =======================================================================================

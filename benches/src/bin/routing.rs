@@ -53,18 +53,8 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 struct Cli {
     #[command(flatten)]
     common: pgrepl_benches::BenchArgs,
-    /// The leader lease, seconds (`[ha] ttl`).
-    #[arg(long, default_value_t = 3.0)]
-    ttl: f64,
-    /// Seconds between two loops of an agent (`[ha] loop_wait`).
-    #[arg(long, default_value_t = 1.0)]
-    loop_wait: f64,
-    /// The pgrepl binary (default: `pgrepl` beside this program).
-    #[arg(long)]
-    pgrepl: Option<PathBuf>,
-    /// etcd's base port (scripts/lab/etcd.sh).
-    #[arg(long, default_value_t = 24190)]
-    etcd_base: u16,
+    #[command(flatten)]
+    ha: pgrepl_benches::ha::HaArgs,
     /// The HAProxy binary.
     #[arg(long, default_value = "/usr/sbin/haproxy")]
     haproxy: PathBuf,
@@ -79,7 +69,7 @@ async fn bench(cli: &Cli) -> Result<(), String> {
     if !cli.haproxy.is_file() {
         return Err(format!("{}: no such file: run scripts/lab/install.sh, or pass --haproxy", cli.haproxy.display()));
     }
-    let (ctx, etcd) = Ctx::start("routing", &cli.common, cli.pgrepl.as_deref(), cli.etcd_base, (cli.ttl, cli.loop_wait, SYNC))?;
+    let (ctx, etcd) = Ctx::start("routing", &cli.common, &cli.ha, SYNC)?;
     println!("routing: write gaps through HAProxy next to the multi-host libpq string, same cluster, same faults, same run");
     pgrepl_benches::print_environment(&ctx.pg.b);
     println!("pgrepl:   {}", ctx.pgrepl.display());

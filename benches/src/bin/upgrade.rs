@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use pgrepl_benches::{Scratch, free_ports, median, run_pg};
+use pgrepl_benches::{Scratch, append, free_ports, median, run_pg};
 use pgrepl_core::deploy::{Deployment, NoProgress, Progress};
 use pgrepl_core::discovery::{DiscoveryOptions, discover};
 use pgrepl_core::layout::Binaries;
@@ -372,10 +372,4 @@ fn floor_once(c: &Cluster, old: &Binaries, new: &Binaries) -> Result<(f64, Strin
     wait_streaming(new, w, c.port, 2)?;
     mark("streaming", &mut parts);
     Ok((t0.elapsed().as_secs_f64(), parts.join(", ")))
-}
-
-fn append(p: &Path, text: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", p.display()))
 }
