@@ -4,8 +4,11 @@
 //! One 3-node local cluster (db1 primary, db2 and db3 hot standbys) is deployed through the
 //! library. A writer inserts one row per transaction (1 ms pause) over TCP through the
 //! cluster's multi-host read-write string, records when every commit is acknowledged and
-//! reconnects at once after an error. Per run, each case's write gap is the longest
-//! interval between consecutive acknowledged commits around it:
+//! reconnects at once after an error. Before each case `--dirty-mb` MB of rows are
+//! inserted (shared_buffers is large enough to keep them), as a production primary has
+//! dirty buffers when it is restarted: its shutdown checkpoint has them to write. Per
+//! run, each case's write gap is the longest interval between consecutive acknowledged
+//! commits around it:
 //!
 //! 1. **plain restart** (the floor): `pg_ctl restart -m fast -w` of the primary by hand;
 //! 2. **restart**: `Deployment::restart` in place (standbys one at a time, then the primary);
@@ -13,7 +16,7 @@
 //!    restarted standby and back): two switchovers instead of one restart.
 //!
 //! ```text
-//! cargo run --release -p pgrepl-benches --bin restart -- [--pg-bin DIR] [--runs N]
+//! cargo run --release -p pgrepl-benches --bin restart -- [--pg-bin DIR] [--runs N] [--dirty-mb MB]
 //! ```
 //!
 //! Default binaries: the lab's PostgreSQL 16 (`$PGREPL_LAB/pg/16/bin`). Run as root
@@ -52,6 +55,9 @@ struct Args {
     /// Runs (default 3).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// MB of rows written just before each case (dirty buffers for the shutdown checkpoint).
+    #[arg(long, default_value_t = 256)]
+    dirty_mb: u32,
 }
 
 fn main() -> ExitCode {
@@ -81,6 +87,8 @@ fn bench(args: &Args) -> Result<(), String> {
             .postgres(b.major)
             .pg_bin(&b.bin_dir)
             .provider(ProviderSpec::Local(LocalProviderSpec { work_dir: Some(work.clone()), os_user: None, base_port: Some(port) }))
+            .setting("shared_buffers", "1GB")
+            .setting("max_wal_size", "4GB")
             .node(NodeSpec::primary("db1"))
             .node(NodeSpec::standby("db2"))
             .node(NodeSpec::standby("db3"))
@@ -88,7 +96,7 @@ fn bench(args: &Args) -> Result<(), String> {
         let opts = OpenOptions::default().with_pg_bin(&b.bin_dir).with_pg_client_bin(&b.client_bin_dir).with_work_dir(&work);
         let d = Deployment::open(&spec, &opts, &[&LocalBackend]).await.map_err(|e| format!("open: {e}"))?;
         d.up(&NoProgress).await.map_err(|e| format!("up: {e}"))?;
-        let r = measure(&b.bin_dir, &b.client_bin_dir, &env_ref, &d, &work, args.runs, port).await;
+        let r = measure(&b.bin_dir, &b.client_bin_dir, &env_ref, &d, &work, args, port).await;
         println!("(PostgreSQL {}, binaries in {})", b.major, b.bin_dir);
         let _ = d.destroy(&NoProgress).await;
         r
@@ -151,12 +159,14 @@ impl Writer {
     }
 }
 
-async fn measure(bin: &str, client: &str, env: &[(&str, &str)], d: &Deployment, work: &Path, runs: usize, port: u16) -> Result<(), String> {
+async fn measure(bin: &str, client: &str, env: &[(&str, &str)], d: &Deployment, work: &Path, args: &Args, port: u16) -> Result<(), String> {
+    let runs = args.runs;
     let password = format!("bench-{}", std::process::id());
     let socket = work.join("db1").join("run");
     let sql = format!(
         "CREATE ROLE {APP_USER} LOGIN PASSWORD '{password}'; CREATE TABLE bench_writes (id bigserial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp()); \
-         GRANT INSERT ON bench_writes TO {APP_USER}; GRANT USAGE ON SEQUENCE bench_writes_id_seq TO {APP_USER};"
+         GRANT INSERT ON bench_writes TO {APP_USER}; GRANT USAGE ON SEQUENCE bench_writes_id_seq TO {APP_USER}; \
+         CREATE TABLE bench_dirty (i int, pad text);"
     );
     let psql = Path::new(client).join("psql");
     let sock = socket.to_string_lossy().into_owned();
@@ -167,12 +177,19 @@ async fn measure(bin: &str, client: &str, env: &[(&str, &str)], d: &Deployment, 
     cfg.user(APP_USER).password(password.as_str());
     let w = Writer::start(cfg);
     tokio::time::sleep(SETTLE).await;
-    println!("restart bench: 3 local nodes, one writer through {url}");
+    println!("restart bench: 3 local nodes, one writer through {url}, {} MB of rows written before each case", args.dirty_mb);
+    // ~1 kB rows: MB * 1000 of them.
+    let dirty_sql = format!(
+        "TRUNCATE bench_dirty; INSERT INTO bench_dirty SELECT g, repeat('x', 1000) FROM generate_series(1, {}) g;",
+        args.dirty_mb as u64 * 1000
+    );
+    let dirty = || run_pg(&psql, &["-X", "-h", &sock, "-p", &port.to_string(), "-d", "postgres", "-c", &dirty_sql], env, STEP_LIMIT);
     let pg_ctl = Path::new(bin).join("pg_ctl");
     let data = work.join("db1").join("data").to_string_lossy().into_owned();
     let log = work.join("db1").join("log").join("postgresql.log").to_string_lossy().into_owned();
     let (mut plain, mut in_place, mut rolling) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
+        dirty().map_err(|e| format!("write the rows: {e}"))?;
         let t = Instant::now();
         // -l: the server's output goes to its log, not to this command's pipe.
         run_pg(&pg_ctl, &["-D", &data, "-l", &log, "-m", "fast", "-w", "-t", "120", "restart"], env, STEP_LIMIT)?;
@@ -180,6 +197,7 @@ async fn measure(bin: &str, client: &str, env: &[(&str, &str)], d: &Deployment, 
         tokio::time::sleep(SETTLE).await;
         plain.push(w.gap(t, Instant::now()));
 
+        dirty().map_err(|e| format!("write the rows: {e}"))?;
         let t = Instant::now();
         d.restart(&RestartRequest::all(RestartMode::InPlace), &NoProgress).await.map_err(|e| format!("restart: {e}"))?;
         w.wait_resumed(Instant::now()).await?;
@@ -187,6 +205,7 @@ async fn measure(bin: &str, client: &str, env: &[(&str, &str)], d: &Deployment, 
         let total_in_place = t.elapsed().as_secs_f64();
         in_place.push(w.gap(t, Instant::now()));
 
+        dirty().map_err(|e| format!("write the rows: {e}"))?;
         let t = Instant::now();
         let r = d
             .restart(&RestartRequest::all(RestartMode::Rolling { switch_back: true }), &NoProgress)

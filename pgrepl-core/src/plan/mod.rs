@@ -458,7 +458,7 @@ impl fmt::Display for Action {
                 write!(f, "catch up with {u}, restart (stop fast, start), wait until it streams from {u} again")
             }
             Action::Restart { upstream: None } => {
-                f.write_str("restart in place (stop fast, start): writes pause until it accepts them again")
+                f.write_str("restart in place (CHECKPOINT while writes flow, then stop fast, start): writes pause until it accepts them again")
             }
             Action::Switchover { from } => write!(
                 f,
