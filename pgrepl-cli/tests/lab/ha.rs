@@ -932,7 +932,7 @@ fn ha_sync_failover_refuses_past_acknowledged_commits_pg15() {
     assert!(sql("db1", "SHOW synchronous_standby_names").contains("FIRST 1"), "the premise: FIRST 1");
     sql("db1", "CREATE TABLE acked (id int)");
     // db3 stops: db2 alone confirms what follows.
-    pg_ctl(&["stop", "-m", "fast", "-w"], "db3");
+    pg_ctl(&["stop", "-m", "fast", "-w", "-t", "300"], "db3");
     sql("db1", "INSERT INTO acked SELECT g FROM generate_series(1, 200) g");
     assert_eq!(sql("db2", "SELECT count(*) FROM acked"), "200", "db2 confirmed every acknowledged row");
     for n in ["db1", "db2"] {
@@ -944,7 +944,8 @@ fn ha_sync_failover_refuses_past_acknowledged_commits_pg15() {
         }
     }
     // db3 back as a standby of the dead primary: it lacks the 200 acknowledged rows.
-    pg_ctl(&["start", "-w", "-l", data("db3").join("restart.log").to_str().unwrap()], "db3");
+    // -t 300: pg_ctl's default of 60 s was once too short on a loaded CI machine.
+    pg_ctl(&["start", "-w", "-t", "300", "-l", data("db3").join("restart.log").to_str().unwrap()], "db3");
 
     let (code, out, err) = pgrepl_ok(&[&["failover", "--dry-run"][..], &base[..]].concat());
     assert_eq!(code, 3, "a dry run is refused the same way: {out}{err}");
