@@ -21,7 +21,17 @@
 //! 5. each S: cloned from P with `pg_basebackup` of the new major, started, and streaming
 //!    checked (upstreams first).
 //!
-//! The old data directories are left for the operator to remove.
+//! The old data directories are kept until `pgrepl upgrade --finish` removes them.
+//!
+//! A node in a cluster of Debian's postgresql-common ([`DebianFacts`]) follows
+//! `pg_upgradecluster`'s conventions instead of renaming: the new cluster is
+//! `<new major>/<cluster>` beside the old one, made by `pg_createcluster` (on the primary,
+//! with the old cluster's encoding, locale, checksums and superuser, on a spare port);
+//! `pg_upgrade` runs with both clusters' configuration files; once the new primary runs,
+//! each old cluster is kept, not started (`start.conf` `manual`, `disabled` after
+//! `--link`), on the spare port, the new one on the node's port; a standby's new cluster is
+//! made by its clone. Going back drops the new cluster (`pg_dropcluster`); `--finish`
+//! drops the old ones.
 
 use std::fmt;
 
@@ -90,7 +100,8 @@ pub struct NodeFacts {
     pub streaming: bool,
     /// Its data directory.
     pub data_dir: String,
-    /// Where the old data directory is kept (`<data_dir>-<old major>.old`).
+    /// Where the old data directory is kept (`<data_dir>-<old major>.old`; a Debian
+    /// cluster's stays where it is: its own data directory).
     pub kept_as: String,
     /// Something is already there (an earlier upgrade's directory).
     pub kept_exists: bool,
@@ -101,6 +112,24 @@ pub struct NodeFacts {
     /// Bytes its filesystem must have free for the upgrade (a copy of the primary's
     /// data), and bytes free there, when measured.
     pub disk: Option<(u64, u64)>,
+    /// Its cluster is one of Debian's postgresql-common (upgraded beside the old one, as
+    /// `pg_upgradecluster` does), not a data directory pgrepl renames.
+    pub debian: Option<DebianFacts>,
+}
+
+/// A node's cluster of Debian's postgresql-common, as observed for an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DebianFacts {
+    /// The cluster's name (`main`): the new cluster is `<new major>/<name>`.
+    pub cluster: String,
+    /// The old cluster's version directory (`15`).
+    pub old_version: String,
+    /// A port no cluster on the host is configured with and nothing listens on
+    /// (postgresql-common's `next_free_port`): the new cluster's while it is made, the old
+    /// one's afterwards; or why it could not be learned.
+    pub spare_port: Result<u16, String>,
+    /// The new cluster exists already on the host (its configuration or data directory).
+    pub new_exists: bool,
 }
 
 /// Everything the upgrade planner decides on.
@@ -238,6 +267,13 @@ pub enum UpgradeProblem {
         /// Why.
         why: String,
     },
+    /// Debian's new cluster (`16/main`) exists already on a node's host.
+    NewClusterExists {
+        /// The node.
+        node: String,
+        /// `<version>/<cluster>`.
+        cluster: String,
+    },
 }
 
 impl fmt::Display for UpgradeProblem {
@@ -279,6 +315,10 @@ impl fmt::Display for UpgradeProblem {
                 free_bytes / (1024 * 1024)
             ),
             UpgradeProblem::InitSettings { why } => write!(f, "the old cluster's encoding, locale or data checksums could not be read: {why}"),
+            UpgradeProblem::NewClusterExists { node, cluster } => write!(
+                f,
+                "{node}: the cluster {cluster} exists already (pg_lsclusters lists it): the upgrade makes it; drop it (pg_dropcluster) if it is not needed"
+            ),
         }
     }
 }
@@ -312,6 +352,37 @@ pub enum UpgradeStep {
         node: String,
         /// Encoding, locale, checksums, superuser.
         settings: InitSettings,
+    },
+    /// Debian: `pg_createcluster` of the new major (configuration in
+    /// `/etc/postgresql/<version>/<cluster>`), with the old cluster's settings, on a spare
+    /// port until the old cluster gives up its own.
+    CreateCluster {
+        /// The node.
+        node: String,
+        /// The new version directory (`16`).
+        version: String,
+        /// The cluster's name (`main`).
+        cluster: String,
+        /// The port its `postgresql.conf` gets now.
+        port: u16,
+        /// Encoding, locale, checksums, superuser.
+        settings: InitSettings,
+    },
+    /// Debian: the old cluster kept, not started: `start.conf` says so (`manual`, or
+    /// `disabled` when `--link` made its files the new cluster's), its port becomes the
+    /// spare one, the new cluster's `postgresql.conf` gets the node's port (as
+    /// `pg_upgradecluster` does).
+    RetireOldCluster {
+        /// The node.
+        node: String,
+        /// The old version directory (`15`).
+        version: String,
+        /// The cluster's name (`main`).
+        cluster: String,
+        /// The old cluster's port from now on.
+        port: u16,
+        /// `disabled` rather than `manual`.
+        disable: bool,
     },
     /// pgrepl's settings and pg_hba block for the new major.
     WriteSettings {
@@ -367,6 +438,8 @@ impl UpgradeStep {
             | UpgradeStep::StopStandby { node }
             | UpgradeStep::KeepOldData { node, .. }
             | UpgradeStep::Initdb { node, .. }
+            | UpgradeStep::CreateCluster { node, .. }
+            | UpgradeStep::RetireOldCluster { node, .. }
             | UpgradeStep::WriteSettings { node }
             | UpgradeStep::PgUpgrade { node, .. }
             | UpgradeStep::StartPrimary { node }
@@ -392,6 +465,20 @@ impl fmt::Display for UpgradeStep {
                 s.lc_ctype,
                 if s.checksums { "on" } else { "off" },
                 s.superuser
+            ),
+            UpgradeStep::CreateCluster { version, cluster, port, settings: s, .. } => write!(
+                f,
+                "pg_createcluster {version} {cluster} (new major, port {port} until the upgrade is done): encoding {}, LC_COLLATE {}, LC_CTYPE {}, data checksums {}, superuser {}",
+                s.encoding,
+                s.lc_collate,
+                s.lc_ctype,
+                if s.checksums { "on" } else { "off" },
+                s.superuser
+            ),
+            UpgradeStep::RetireOldCluster { version, cluster, port, disable, .. } => write!(
+                f,
+                "keep the old cluster {version}/{cluster}, not started (start.conf {}), on port {port}; the new one on the node's port",
+                if *disable { "disabled: --link made its files the new cluster's" } else { "manual" }
             ),
             UpgradeStep::WriteSettings { .. } => f.write_str("write pgrepl's settings and pg_hba.conf for the new major"),
             UpgradeStep::PgUpgrade { link: true, .. } => {
@@ -485,6 +572,14 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
         if f.kept_exists {
             problems.push(UpgradeProblem::KeptDirectoryExists { node: n.name.clone(), path: f.kept_as.clone() });
         }
+        if let Some(d) = &f.debian {
+            if d.new_exists {
+                problems.push(UpgradeProblem::NewClusterExists { node: n.name.clone(), cluster: format!("{}/{}", req.to, d.cluster) });
+            }
+            if let Err(why) = &d.spare_port {
+                problems.push(UpgradeProblem::Layout { node: n.name.clone(), why: format!("no spare port for the old cluster: {why}") });
+            }
+        }
         if let Some((need, free)) = f.disk {
             // With --link the primary's files are linked; a standby's clone is a copy anyway.
             let needed = if n.name == primary && req.link { 0 } else { need };
@@ -516,6 +611,24 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     }
     let init = init.expect("no problem: settings read");
     let kept_as = |node: &str| facts.nodes.iter().find(|f| f.node == node).map(|f| (f.data_dir.clone(), f.kept_as.clone()));
+    // A Debian cluster's (name, old version, spare port): checked above.
+    let debian = |node: &str| {
+        facts
+            .nodes
+            .iter()
+            .find(|f| f.node == node)
+            .and_then(|f| f.debian.as_ref())
+            .and_then(|d| d.spare_port.as_ref().ok().map(|p| (d.cluster.clone(), d.old_version.clone(), *p)))
+    };
+    let retire = |node: &str, disable: bool| {
+        debian(node).map(|(cluster, version, port)| UpgradeStep::RetireOldCluster {
+            node: node.to_string(),
+            version,
+            cluster,
+            port,
+            disable,
+        })
+    };
 
     let mut steps = Vec::new();
     steps.push(UpgradeStep::StopPrimary { node: primary.to_string() });
@@ -526,20 +639,29 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     // Every old data directory is kept under its new name before anything new is made:
     // going back renames them all back; past the point of no return, a standby whose
     // clone failed has no data directory, which `up` clones (never an old major's files).
-    for n in std::iter::once(primary.to_string()).chain(standbys.iter().cloned()) {
+    // A Debian cluster stays where it is: the new one is made beside it.
+    for n in std::iter::once(primary.to_string()).chain(standbys.iter().cloned()).filter(|n| debian(n).is_none()) {
         let (data, kept) = kept_as(&n).expect("observed");
         steps.push(UpgradeStep::KeepOldData { node: n, from: data, to: kept });
     }
-    steps.push(UpgradeStep::Initdb { node: primary.to_string(), settings: init });
+    match debian(primary) {
+        Some((cluster, _, port)) => {
+            steps.push(UpgradeStep::CreateCluster { node: primary.to_string(), version: req.to.to_string(), cluster, port, settings: init })
+        }
+        None => steps.push(UpgradeStep::Initdb { node: primary.to_string(), settings: init }),
+    }
     steps.push(UpgradeStep::WriteSettings { node: primary.to_string() });
     steps.push(UpgradeStep::PgUpgrade { node: primary.to_string(), link: req.link });
     let point_of_no_return = steps.len();
     steps.push(UpgradeStep::StartPrimary { node: primary.to_string() });
+    steps.extend(retire(primary, req.link));
     steps.push(UpgradeStep::Analyze { node: primary.to_string() });
     let slots: Vec<String> = cluster.downstream(primary).filter_map(|d| d.slot.clone()).collect();
     steps.push(UpgradeStep::ReplicationRoleAndSlots { node: primary.to_string(), slots });
     for s in &standbys {
         let upstream = cluster.node(s).and_then(|n| n.upstream.clone()).unwrap_or_else(|| primary.to_string());
+        // Its old cluster gives up the node's port to the new one its clone makes.
+        steps.extend(retire(s, false));
         steps.push(UpgradeStep::Clone { node: s.clone(), from: upstream.clone() });
         let slots: Vec<String> = cluster.downstream(s).filter_map(|d| d.slot.clone()).collect();
         if !slots.is_empty() {
@@ -563,6 +685,12 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
         warnings.push(format!(
             "physical slots pgrepl does not manage are not carried by pg_upgrade and will be gone: {}",
             facts.other_physical_slots.join(", ")
+        ));
+    }
+    if let Some((cluster, version, _)) = debian(primary) {
+        warnings.push(format!(
+            "the new cluster's configuration is pg_createcluster's for {} with pgrepl's settings included: what you changed by hand in /etc/postgresql/{version}/{cluster} (postgresql.conf, conf.d, pg_ident.conf) is not carried (pg_upgradecluster would copy it); set it in the cluster file's [settings]",
+            req.to
         ));
     }
     if !facts.auto_conf_settings.is_empty() {
@@ -632,14 +760,22 @@ impl fmt::Display for UpgradePlan {
                 if i == self.point_of_no_return { "  [point of no return]" } else { "" }
             )?;
         }
+        let made = self.steps.iter().find_map(|s| match s {
+            UpgradeStep::CreateCluster { version, cluster, .. } => Some(format!("{version}/{cluster}")),
+            _ => None,
+        });
         writeln!(
             f,
-            "  a failure before step {} goes back: the new data directory removed, the old ones renamed back, every node started on {}",
+            "  a failure before step {} goes back: {}, every node started on {}",
             self.point_of_no_return + 1,
+            match &made {
+                Some(c) => format!("the new cluster {c} dropped (pg_dropcluster), the old ones untouched"),
+                None => "the new data directory removed, the old ones renamed back".into(),
+            },
             self.from
         )?;
         for (n, k) in &self.kept {
-            writeln!(f, "  kept: {n}'s old data directory in {k} (remove it yourself once satisfied)")?;
+            writeln!(f, "  kept: {n}'s old data directory in {k} (`pgrepl upgrade --finish` removes it once you are satisfied)")?;
         }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;
@@ -659,6 +795,9 @@ pub struct KeptDir {
     pub major: Option<PgMajor>,
     /// A live postmaster runs on it (its `postmaster.pid` names a running process).
     pub running: bool,
+    /// Debian's old cluster `(version, name)` the upgrade kept (dropped with
+    /// `pg_dropcluster`), rather than a renamed data directory.
+    pub debian_cluster: Option<(String, String)>,
 }
 
 /// What `upgrade --finish` removes: every kept directory, once the node's own data

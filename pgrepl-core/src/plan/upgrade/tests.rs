@@ -27,6 +27,7 @@ fn node(name: &str, primary: bool) -> NodeFacts {
         layout_problem: None,
         new_binaries: Ok(PgMajor::V16),
         disk: Some((1 << 30, 10 << 30)),
+        debian: None,
     }
 }
 
@@ -222,6 +223,7 @@ fn finish_removes_only_old_majors_directories_of_upgraded_nodes() {
         path: format!("/w/{node}/data-{major}.old"),
         major: Some(major),
         running,
+        debian_cluster: None,
     };
     let on16 = vec![("db1".to_string(), Some(PgMajor::V16)), ("db2".to_string(), Some(PgMajor::V16))];
     let kept = vec![k("db1", PgMajor::V14, false), k("db2", PgMajor::V14, false)];
@@ -235,4 +237,110 @@ fn finish_removes_only_old_majors_directories_of_upgraded_nodes() {
     assert!(e.contains("db1: its data directory is not on PostgreSQL 16 (14)"), "{e}");
     let e = finish(PgMajor::V16, &on16, &[k("db2", PgMajor::V16, false)]).unwrap_err().to_string();
     assert!(e.contains("the cluster's own major"), "{e}");
+}
+
+/// The same cluster on Debian's layout: every node's cluster is `14/main` of
+/// postgresql-common, with port 5433 spare on its host.
+fn debian_facts() -> UpgradeFacts {
+    let mut f = facts();
+    for n in &mut f.nodes {
+        n.data_dir = "/var/lib/postgresql/14/main".into();
+        n.kept_as = n.data_dir.clone();
+        n.debian = Some(DebianFacts { cluster: "main".into(), old_version: "14".into(), spare_port: Ok(5433), new_exists: false });
+    }
+    f
+}
+
+#[test]
+fn debian_clusters_are_upgraded_beside_the_old_ones() {
+    let p = upgrade(&cluster(), &debian_facts(), &COPY).unwrap();
+    let kinds: Vec<String> = p.steps.iter().map(|s| format!("{} {}", s.node(), serde_json::to_value(s).unwrap()["kind"])).collect();
+    assert_eq!(
+        kinds,
+        [
+            "db1 \"stop_primary\"",
+            "db2 \"stop_standby\"",
+            "db3 \"stop_standby\"",
+            "db1 \"create_cluster\"",
+            "db1 \"write_settings\"",
+            "db1 \"pg_upgrade\"",
+            "db1 \"start_primary\"",
+            "db1 \"retire_old_cluster\"",
+            "db1 \"analyze\"",
+            "db1 \"replication_role_and_slots\"",
+            "db2 \"retire_old_cluster\"",
+            "db2 \"clone\"",
+            "db2 \"start_standby\"",
+            "db3 \"retire_old_cluster\"",
+            "db3 \"clone\"",
+            "db3 \"start_standby\"",
+        ]
+    );
+    assert_eq!(p.steps[p.point_of_no_return], UpgradeStep::StartPrimary { node: "db1".into() });
+    let UpgradeStep::CreateCluster { version, cluster, port, settings, .. } = &p.steps[3] else { panic!("{:?}", p.steps[3]) };
+    assert_eq!((version.as_str(), cluster.as_str(), *port), ("16", "main", 5433));
+    assert!(settings.checksums && settings.superuser == "postgres");
+    assert_eq!(
+        p.steps[7],
+        UpgradeStep::RetireOldCluster { node: "db1".into(), version: "14".into(), cluster: "main".into(), port: 5433, disable: false }
+    );
+    assert_eq!(
+        p.kept,
+        [
+            ("db1".into(), "/var/lib/postgresql/14/main".into()),
+            ("db2".into(), "/var/lib/postgresql/14/main".into()),
+            ("db3".into(), "/var/lib/postgresql/14/main".into())
+        ]
+    );
+    assert!(p.warnings.iter().any(|w| w.contains("/etc/postgresql/14/main") && w.contains("not carried")), "{:?}", p.warnings);
+    let text = p.to_string();
+    assert!(text.contains("pg_createcluster 16 main (new major, port 5433 until the upgrade is done): encoding UTF8"), "{text}");
+    assert!(
+        text.contains("a failure before step 7 goes back: the new cluster 16/main dropped (pg_dropcluster), the old ones untouched"),
+        "{text}"
+    );
+    assert!(text.contains("keep the old cluster 14/main, not started (start.conf manual), on port 5433"), "{text}");
+}
+
+#[test]
+fn debian_link_disables_the_old_primary_only() {
+    let p = upgrade(&cluster(), &debian_facts(), &LINK).unwrap();
+    let retired: Vec<(String, bool)> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            UpgradeStep::RetireOldCluster { node, disable, .. } => Some((node.clone(), *disable)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retired, [("db1".into(), true), ("db2".into(), false), ("db3".into(), false)]);
+    assert!(p.to_string().contains("start.conf disabled: --link made its files the new cluster's"));
+}
+
+#[test]
+fn debian_refusals() {
+    let mut f = debian_facts();
+    f.nodes[2].debian.as_mut().unwrap().new_exists = true;
+    f.nodes[1].debian.as_mut().unwrap().spare_port = Err("perl: PgCommon not found".into());
+    let got = problems(upgrade(&cluster(), &f, &COPY));
+    assert_eq!(got.len(), 2, "{got:?}");
+    let text = Refusal::UpgradeChecks { to: "16".into(), problems: got }.to_string();
+    assert!(text.contains("db3: the cluster 16/main exists already"), "{text}");
+    assert!(text.contains("db2: no spare port for the old cluster: perl: PgCommon not found"), "{text}");
+}
+
+#[test]
+fn a_plain_standby_of_a_debian_primary_is_renamed() {
+    let mut f = debian_facts();
+    f.nodes[2].debian = None;
+    f.nodes[2].data_dir = "/srv/db3/data".into();
+    f.nodes[2].kept_as = "/srv/db3/data-14.old".into();
+    let p = upgrade(&cluster(), &f, &COPY).unwrap();
+    assert!(p.steps.contains(&UpgradeStep::KeepOldData {
+        node: "db3".into(),
+        from: "/srv/db3/data".into(),
+        to: "/srv/db3/data-14.old".into()
+    }));
+    assert!(!p.steps.iter().any(|s| matches!(s, UpgradeStep::RetireOldCluster { node, .. } if node == "db3")));
+    assert!(p.steps.iter().any(|s| matches!(s, UpgradeStep::RetireOldCluster { node, .. } if node == "db2")));
 }
