@@ -646,3 +646,60 @@ fn ssh_debian_layout_major_upgrade_15_to_16() {
     let (code, _, err) = run(&["destroy", "--yes", "-f", f, "--work-dir", w]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Debian's layout over SSH, pg_upgrade failing after the stop (injected through
+/// `--new-pg-bin`: the lab's 16 with a pg_upgrade that passes `--check` and fails the real
+/// run): the upgrade goes back by itself: the new cluster 16/main dropped with
+/// pg_dropcluster, every node's 15/main started again and streaming, every row there, the
+/// cluster file unchanged.
+#[test]
+fn ssh_debian_layout_failure_after_the_stop_goes_back() {
+    let _lab = NetnsLab::up();
+    for (_, addr, letter) in LAB_HOSTS {
+        debian_package_on_lab_host(addr, letter, "16");
+    }
+    let failing = lab_dir().join("netns").join("pg16-failing-pg-upgrade");
+    let _ = std::fs::remove_dir_all(&failing);
+    let nbin = failing_tool(&failing, "16", "pg_upgrade");
+    let wd = WorkDir::new("ssh-debian-upgrade-back");
+    let spec = wd.path.join("debback.toml");
+    std::fs::write(&spec, ssh_spec("debback", "15", &NetnsLab::known_hosts(), "strict", "")).unwrap();
+    let f = spec.to_str().unwrap();
+    let w = wd.path.to_str().unwrap();
+    let (code, out, err) = run(&["up", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    debian_psql("10.213.7.11", "15", "CREATE TABLE t AS SELECT generate_series(1, 321) AS i;");
+    let spec_before = std::fs::read_to_string(&spec).unwrap();
+
+    let (code, out, err) = run(&["upgrade", "--to", "16", "--yes", "--new-pg-bin", nbin.to_str().unwrap(), "-f", f, "--work-dir", w]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(err.contains("(db1: pg_upgrade"), "{err}");
+    assert!(err.contains("injected failure"), "pg_upgrade's own words: {err}");
+    assert!(err.contains("db1: the new cluster 16/main dropped"), "{err}");
+    assert!(err.contains("went back to PostgreSQL 15"), "{err}");
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), spec_before, "the cluster file is unchanged");
+    assert_eq!(
+        debian_psql(
+            "10.213.7.11",
+            "15",
+            "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) FROM pg_stat_replication;"
+        ),
+        "db2:streaming,db3:streaming"
+    );
+    debian_psql("10.213.7.11", "15", "INSERT INTO t VALUES (322);");
+    for (node, addr, _) in LAB_HOSTS {
+        assert!(err.contains(&format!("{node} started on PostgreSQL 15")), "{err}");
+        let (code, ls) = NetnsLab::ssh(addr, "pg_lsclusters -h");
+        assert_eq!(code, 0, "{addr}: {ls}");
+        assert!(!ls.lines().any(|l| l.starts_with("16 ")), "{addr}: 16/main dropped: {ls}");
+        assert!(ls.lines().any(|l| l.starts_with("15 main 5432 online")), "{addr}: {ls}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while debian_psql(addr, "15", "SELECT count(*) FROM t;") != "322" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(debian_psql(addr, "15", "SELECT count(*) FROM t;"), "322", "{addr}");
+    }
+    let (code, _, err) = run(&["destroy", "--yes", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&failing);
+}
