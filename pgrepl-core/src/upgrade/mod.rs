@@ -28,7 +28,7 @@
 //! Layouts: the local provider's and the plain layout over SSH (`pg_ctl` with binaries
 //! pgrepl is given: the data directory renamed aside, a new one made with initdb), and
 //! Debian's postgresql-common clusters driven with `pg_ctl` (the new cluster made beside
-//! the old one, as `pg_upgradecluster` does: see [`crate::plan::upgrade`]); a service of
+//! the old one, as `pg_upgradecluster` does: see [`mod@crate::plan::upgrade`]); a service of
 //! systemd is refused by the checks, naming the node. Agents (`[ha]`) are refused too.
 
 mod finish;
