@@ -578,6 +578,17 @@ fn debian_psql(addr: &str, major: &str, sql: &str) -> String {
 /// pgrepl's marker; `upgrade --finish` drops 15/main everywhere.
 #[test]
 fn ssh_debian_layout_major_upgrade_15_to_16() {
+    debian_upgrade_15_to_16(false);
+}
+
+/// The same with `--link`: the primary's old cluster, whose files are the new one's, is
+/// `disabled` (pg_ctlcluster refuses it), the standbys' `manual`; `--finish` drops them all.
+#[test]
+fn ssh_debian_layout_major_upgrade_15_to_16_link() {
+    debian_upgrade_15_to_16(true);
+}
+
+fn debian_upgrade_15_to_16(link: bool) {
     let _lab = NetnsLab::up();
     for (_, addr, letter) in LAB_HOSTS {
         debian_package_on_lab_host(addr, letter, "16");
@@ -596,9 +607,13 @@ fn ssh_debian_layout_major_upgrade_15_to_16() {
     assert!(out.contains("pg_createcluster 16 main (new major, port "), "{out}");
     assert!(out.contains("the new cluster 16/main dropped (pg_dropcluster)"), "{out}");
 
-    let (code, out, err) = run(&["upgrade", "--to", "16", "--yes", "-f", f, "--work-dir", w]);
+    let mut args = vec!["upgrade", "--to", "16", "--yes", "-f", f, "--work-dir", w];
+    if link {
+        args.push("--link");
+    }
+    let (code, out, err) = run(&args);
     assert_eq!(code, 0, "upgrade over SSH: {out}\n{err}");
-    assert!(out.contains("PostgreSQL 15 -> 16"), "{out}");
+    assert!(out.contains(&format!("PostgreSQL 15 -> 16 ({})", if link { "--link" } else { "copy" })), "{out}");
     assert!(std::fs::read_to_string(&spec).unwrap().contains("postgres = \"16\""));
     assert_eq!(
         debian_psql(
@@ -608,7 +623,7 @@ fn ssh_debian_layout_major_upgrade_15_to_16() {
         ),
         "db2:streaming,db3:streaming"
     );
-    for (_, addr, _) in LAB_HOSTS {
+    for (node, addr, _) in LAB_HOSTS {
         assert_eq!(debian_psql(addr, "16", "SHOW server_version_num;").parse::<u32>().unwrap() / 10000, 16, "{addr}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while debian_psql(addr, "16", "SELECT count(*) FROM t;") != "1234" && Instant::now() < deadline {
@@ -628,7 +643,8 @@ fn ssh_debian_layout_major_upgrade_15_to_16() {
         assert_eq!(f15[3].split(',').next().unwrap(), "down", "{addr}: {ls}");
         assert_ne!(f15[2], "5432", "{addr}: the old cluster gave its port up: {ls}");
         let (_, start) = NetnsLab::ssh(addr, "cat /etc/postgresql/15/main/start.conf");
-        assert!(start.starts_with("# pgrepl: upgraded to 16/main") && start.lines().any(|l| l.trim() == "manual"), "{addr}: {start}");
+        let mode = if link && node == "db1" { "disabled" } else { "manual" };
+        assert!(start.starts_with("# pgrepl: upgraded to 16/main") && start.lines().any(|l| l.trim() == mode), "{addr}: {start}");
         let (_, start16) = NetnsLab::ssh(addr, "grep -v '^#' /etc/postgresql/16/main/start.conf | grep -v '^$'");
         assert_eq!(start16.trim(), "manual", "{addr}: pgrepl starts the new cluster itself");
     }
