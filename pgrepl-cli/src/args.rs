@@ -299,7 +299,8 @@ pub enum Cmd {
         #[arg(long, requires = "minor", conflicts_with = "in_place")]
         no_switch_back: bool,
         /// After a major upgrade: remove the old data directories it kept, on every node
-        /// that runs the new major (refused while a server runs on one).
+        /// that runs the new major (Debian: the old clusters, with pg_dropcluster; refused
+        /// while a server runs on one).
         #[arg(long, group = "upgrade_kind")]
         finish: bool,
         /// pg_upgrade --link: hard links instead of a copy (fast, little disk; the old
@@ -307,7 +308,8 @@ pub enum Cmd {
         #[arg(long, requires = "to")]
         link: bool,
         /// The new major's server binaries (on every host; local: default found like
-        /// --pg-bin, among the installed majors).
+        /// --pg-bin, among the installed majors; Debian's layout: default
+        /// /usr/lib/postgresql/<N>/bin).
         #[arg(long, value_name = "DIR", requires = "to")]
         new_pg_bin: Option<PathBuf>,
         /// The new major's client tools, when not beside its server binaries.

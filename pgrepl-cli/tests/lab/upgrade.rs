@@ -534,3 +534,188 @@ async fn failure_after_the_point_of_no_return_is_finished_by_up() {
     let (code, _, err) = run(&[&["down"][..], &newf].concat());
     assert_eq!(code, 0, "{err}");
 }
+
+/// Makes the lab's full build of `major` appear on a netns lab host as Debian's package of
+/// it would (inside the host's own mount namespace only): `/usr/lib/postgresql/<major>`
+/// beside Debian's 15, so postgresql-common (pg_createcluster, pg_lsclusters) knows the
+/// version, and its libpq as the system's `libpq.so.5`, as PGDG's libpq5 (always the
+/// newest major's) is on such hosts (the build's walreceiver loads the system's libpq).
+fn debian_package_on_lab_host(addr: &str, letter: &str, major: &str) {
+    let lab = lab_dir();
+    let stage = NetnsLab::host_dir(letter).join("usr-lib-postgresql");
+    let script = format!(
+        "set -e; s={stage}; mkdir -p $s/15 $s/{major}; \
+         mountpoint -q $s/15 || mount --bind /usr/lib/postgresql/15 $s/15; \
+         mountpoint -q $s/{major} || mount --bind {lab}/pg/{major}/ $s/{major}; \
+         [ -x /usr/lib/postgresql/{major}/bin/postgres ] || mount --rbind $s /usr/lib/postgresql; \
+         mount --bind {lab}/pg/{major}/lib/libpq.so.5 /usr/lib/x86_64-linux-gnu/libpq.so.5; \
+         ls /usr/lib/postgresql",
+        stage = stage.display(),
+        lab = lab.display()
+    );
+    let (code, out) = NetnsLab::ssh(addr, &script);
+    assert_eq!(code, 0, "{addr}: {out}");
+    assert!(out.contains("15") && out.contains(major), "{addr}: {out}");
+}
+
+/// SQL on a netns lab host's Debian cluster `<major>/main` through its own psql and socket.
+fn debian_psql(addr: &str, major: &str, sql: &str) -> String {
+    let (code, out) = NetnsLab::ssh(
+        addr,
+        &format!(
+            "runuser -u postgres -- /usr/lib/postgresql/{major}/bin/psql -X -A -t -h /var/run/postgresql -p 5432 -d postgres -c \"{sql}\""
+        ),
+    );
+    assert_eq!(code, 0, "psql on {addr}: {out}");
+    out.trim().to_string()
+}
+
+/// Over SSH, on the three netns hosts, with Debian's layout (the lab hosts' own: Debian's
+/// postgresql-15 clusters `15/main`, driven with pg_ctl): 15 -> 16 with the lab's build of
+/// 16 where Debian's package would put it, and no `--new-pg-bin`. Every row on every host,
+/// the standbys streaming from the upgraded primary, `pg_lsclusters` showing 16/main
+/// online on port 5432 and 15/main down on another port with start.conf manual under
+/// pgrepl's marker; `upgrade --finish` drops 15/main everywhere.
+#[test]
+fn ssh_debian_layout_major_upgrade_15_to_16() {
+    debian_upgrade_15_to_16(false);
+}
+
+/// The same with `--link`: the primary's old cluster, whose files are the new one's, is
+/// `disabled` (pg_ctlcluster refuses it), the standbys' `manual`; `--finish` drops them all.
+#[test]
+fn ssh_debian_layout_major_upgrade_15_to_16_link() {
+    debian_upgrade_15_to_16(true);
+}
+
+fn debian_upgrade_15_to_16(link: bool) {
+    let _lab = NetnsLab::up();
+    for (_, addr, letter) in LAB_HOSTS {
+        debian_package_on_lab_host(addr, letter, "16");
+    }
+    let wd = WorkDir::new("ssh-debian-upgrade");
+    let spec = wd.path.join("debupg.toml");
+    std::fs::write(&spec, ssh_spec("debupg", "15", &NetnsLab::known_hosts(), "strict", "")).unwrap();
+    let f = spec.to_str().unwrap();
+    let w = wd.path.to_str().unwrap();
+    let (code, out, err) = run(&["up", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    debian_psql("10.213.7.11", "15", "CREATE TABLE t AS SELECT generate_series(1, 1234) AS i;");
+
+    let (code, out, err) = run(&["upgrade", "--to", "16", "--dry-run", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "dry run: {out}\n{err}");
+    assert!(out.contains("pg_createcluster 16 main (new major, port "), "{out}");
+    assert!(out.contains("the new cluster 16/main dropped (pg_dropcluster)"), "{out}");
+
+    let mut args = vec!["upgrade", "--to", "16", "--yes", "-f", f, "--work-dir", w];
+    if link {
+        args.push("--link");
+    }
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "upgrade over SSH: {out}\n{err}");
+    assert!(out.contains(&format!("PostgreSQL 15 -> 16 ({})", if link { "--link" } else { "copy" })), "{out}");
+    assert!(std::fs::read_to_string(&spec).unwrap().contains("postgres = \"16\""));
+    assert_eq!(
+        debian_psql(
+            "10.213.7.11",
+            "16",
+            "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) FROM pg_stat_replication;"
+        ),
+        "db2:streaming,db3:streaming"
+    );
+    for (node, addr, _) in LAB_HOSTS {
+        assert_eq!(debian_psql(addr, "16", "SHOW server_version_num;").parse::<u32>().unwrap() / 10000, 16, "{addr}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while debian_psql(addr, "16", "SELECT count(*) FROM t;") != "1234" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(debian_psql(addr, "16", "SELECT count(*) FROM t;"), "1234", "{addr}");
+        let (code, ls) = NetnsLab::ssh(addr, "pg_lsclusters -h");
+        assert_eq!(code, 0, "{addr}: {ls}");
+        let row = |v: &str| {
+            ls.lines().find(|l| l.starts_with(&format!("{v} main "))).unwrap_or_else(|| panic!("{addr}: no {v}/main in {ls}")).to_string()
+        };
+        let r16 = row("16");
+        let r15 = row("15");
+        let f16: Vec<&str> = r16.split_whitespace().collect();
+        let f15: Vec<&str> = r15.split_whitespace().collect();
+        assert_eq!((f16[2], f16[3].split(',').next().unwrap()), ("5432", "online"), "{addr}: {ls}");
+        assert_eq!(f15[3].split(',').next().unwrap(), "down", "{addr}: {ls}");
+        assert_ne!(f15[2], "5432", "{addr}: the old cluster gave its port up: {ls}");
+        let (_, start) = NetnsLab::ssh(addr, "cat /etc/postgresql/15/main/start.conf");
+        let mode = if link && node == "db1" { "disabled" } else { "manual" };
+        assert!(start.starts_with("# pgrepl: upgraded to 16/main") && start.lines().any(|l| l.trim() == mode), "{addr}: {start}");
+        let (_, start16) = NetnsLab::ssh(addr, "grep -v '^#' /etc/postgresql/16/main/start.conf | grep -v '^$'");
+        assert_eq!(start16.trim(), "manual", "{addr}: pgrepl starts the new cluster itself");
+    }
+    let (code, out, err) = run(&["status", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "status over SSH after the upgrade: {out}\n{err}");
+
+    let (code, out, err) = run(&["upgrade", "--finish", "--yes", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "--finish: {out}\n{err}");
+    for (node, addr, _) in LAB_HOSTS {
+        assert!(out.contains(&format!("{node}: removed /var/lib/postgresql/15/main (PostgreSQL 15)")), "{out}");
+        let (_, ls) = NetnsLab::ssh(addr, "pg_lsclusters -h");
+        assert!(!ls.lines().any(|l| l.starts_with("15 ")), "{addr}: 15/main dropped: {ls}");
+        assert!(ls.lines().any(|l| l.starts_with("16 main 5432 online")), "{addr}: {ls}");
+    }
+    let (code, _, err) = run(&["destroy", "--yes", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Debian's layout over SSH, pg_upgrade failing after the stop (injected through
+/// `--new-pg-bin`: the lab's 16 with a pg_upgrade that passes `--check` and fails the real
+/// run): the upgrade goes back by itself: the new cluster 16/main dropped with
+/// pg_dropcluster, every node's 15/main started again and streaming, every row there, the
+/// cluster file unchanged.
+#[test]
+fn ssh_debian_layout_failure_after_the_stop_goes_back() {
+    let _lab = NetnsLab::up();
+    for (_, addr, letter) in LAB_HOSTS {
+        debian_package_on_lab_host(addr, letter, "16");
+    }
+    let failing = lab_dir().join("netns").join("pg16-failing-pg-upgrade");
+    let _ = std::fs::remove_dir_all(&failing);
+    let nbin = failing_tool(&failing, "16", "pg_upgrade");
+    let wd = WorkDir::new("ssh-debian-upgrade-back");
+    let spec = wd.path.join("debback.toml");
+    std::fs::write(&spec, ssh_spec("debback", "15", &NetnsLab::known_hosts(), "strict", "")).unwrap();
+    let f = spec.to_str().unwrap();
+    let w = wd.path.to_str().unwrap();
+    let (code, out, err) = run(&["up", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    debian_psql("10.213.7.11", "15", "CREATE TABLE t AS SELECT generate_series(1, 321) AS i;");
+    let spec_before = std::fs::read_to_string(&spec).unwrap();
+
+    let (code, out, err) = run(&["upgrade", "--to", "16", "--yes", "--new-pg-bin", nbin.to_str().unwrap(), "-f", f, "--work-dir", w]);
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(err.contains("(db1: pg_upgrade"), "{err}");
+    assert!(err.contains("injected failure"), "pg_upgrade's own words: {err}");
+    assert!(err.contains("db1: the new cluster 16/main dropped"), "{err}");
+    assert!(err.contains("went back to PostgreSQL 15"), "{err}");
+    assert_eq!(std::fs::read_to_string(&spec).unwrap(), spec_before, "the cluster file is unchanged");
+    assert_eq!(
+        debian_psql(
+            "10.213.7.11",
+            "15",
+            "SELECT string_agg(application_name || ':' || state, ',' ORDER BY application_name) FROM pg_stat_replication;"
+        ),
+        "db2:streaming,db3:streaming"
+    );
+    debian_psql("10.213.7.11", "15", "INSERT INTO t VALUES (322);");
+    for (node, addr, _) in LAB_HOSTS {
+        assert!(err.contains(&format!("{node} started on PostgreSQL 15")), "{err}");
+        let (code, ls) = NetnsLab::ssh(addr, "pg_lsclusters -h");
+        assert_eq!(code, 0, "{addr}: {ls}");
+        assert!(!ls.lines().any(|l| l.starts_with("16 ")), "{addr}: 16/main dropped: {ls}");
+        assert!(ls.lines().any(|l| l.starts_with("15 main 5432 online")), "{addr}: {ls}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while debian_psql(addr, "15", "SELECT count(*) FROM t;") != "322" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(debian_psql(addr, "15", "SELECT count(*) FROM t;"), "322", "{addr}");
+    }
+    let (code, _, err) = run(&["destroy", "--yes", "-f", f, "--work-dir", w]);
+    assert_eq!(code, 0, "{err}");
+    let _ = std::fs::remove_dir_all(&failing);
+}

@@ -21,7 +21,17 @@
 //! 5. each S: cloned from P with `pg_basebackup` of the new major, started, and streaming
 //!    checked (upstreams first).
 //!
-//! The old data directories are left for the operator to remove.
+//! The old data directories are kept until `pgrepl upgrade --finish` removes them.
+//!
+//! A node in a cluster of Debian's postgresql-common ([`DebianFacts`]) follows
+//! `pg_upgradecluster`'s conventions instead of renaming: the new cluster is
+//! `<new major>/<cluster>` beside the old one, made by `pg_createcluster` (on the primary,
+//! with the old cluster's encoding, locale, checksums and superuser, on a spare port);
+//! `pg_upgrade` runs with both clusters' configuration files; once the new primary runs,
+//! each old cluster is kept, not started (`start.conf` `manual`, `disabled` after
+//! `--link`), on the spare port, the new one on the node's port; a standby's new cluster is
+//! made by its clone. Going back drops the new cluster (`pg_dropcluster`); `--finish`
+//! drops the old ones.
 
 use std::fmt;
 
@@ -90,7 +100,8 @@ pub struct NodeFacts {
     pub streaming: bool,
     /// Its data directory.
     pub data_dir: String,
-    /// Where the old data directory is kept (`<data_dir>-<old major>.old`).
+    /// Where the old data directory is kept (`<data_dir>-<old major>.old`; a Debian
+    /// cluster's stays where it is: its own data directory).
     pub kept_as: String,
     /// Something is already there (an earlier upgrade's directory).
     pub kept_exists: bool,
@@ -101,6 +112,24 @@ pub struct NodeFacts {
     /// Bytes its filesystem must have free for the upgrade (a copy of the primary's
     /// data), and bytes free there, when measured.
     pub disk: Option<(u64, u64)>,
+    /// Its cluster is one of Debian's postgresql-common (upgraded beside the old one, as
+    /// `pg_upgradecluster` does), not a data directory pgrepl renames.
+    pub debian: Option<DebianFacts>,
+}
+
+/// A node's cluster of Debian's postgresql-common, as observed for an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DebianFacts {
+    /// The cluster's name (`main`): the new cluster is `<new major>/<name>`.
+    pub cluster: String,
+    /// The old cluster's version directory (`15`).
+    pub old_version: String,
+    /// A port no cluster on the host is configured with and nothing listens on
+    /// (postgresql-common's `next_free_port`): the new cluster's while it is made, the old
+    /// one's afterwards; or why it could not be learned.
+    pub spare_port: Result<u16, String>,
+    /// The new cluster exists already on the host (its configuration or data directory).
+    pub new_exists: bool,
 }
 
 /// Everything the upgrade planner decides on.
@@ -131,157 +160,8 @@ pub struct UpgradeFacts {
     pub auto_conf_settings: Vec<String>,
 }
 
-/// Why an upgrade is refused: one variant per check, each naming what it found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case", tag = "check")]
-#[non_exhaustive]
-pub enum UpgradeProblem {
-    /// The cluster's major is not known.
-    MajorUnknown,
-    /// The major asked for is not a later one pgrepl can upgrade to.
-    NotALaterMajor {
-        /// Now.
-        from: PgMajor,
-        /// Asked.
-        to: PgMajor,
-    },
-    /// Agents run the cluster.
-    AgentsRunIt,
-    /// The cluster file is not valid for the new major.
-    Spec {
-        /// The validation's words.
-        why: String,
-    },
-    /// A node's host cannot be reached.
-    Unreachable {
-        /// The node.
-        node: String,
-        /// Why.
-        why: String,
-    },
-    /// A node's server does not run.
-    NotRunning {
-        /// The node.
-        node: String,
-    },
-    /// The primary does not accept writes (it is in recovery).
-    PrimaryInRecovery {
-        /// The node.
-        node: String,
-    },
-    /// A standby is not a streaming standby.
-    NotStreaming {
-        /// The node.
-        node: String,
-    },
-    /// A node's layout cannot be upgraded by pgrepl.
-    Layout {
-        /// The node.
-        node: String,
-        /// Why.
-        why: String,
-    },
-    /// The new major's binaries are missing or of another major on a node's host.
-    NewBinaries {
-        /// The node.
-        node: String,
-        /// What is missing.
-        why: String,
-    },
-    /// The name the old data directory would be kept under is taken.
-    KeptDirectoryExists {
-        /// The node.
-        node: String,
-        /// The path.
-        path: String,
-    },
-    /// Logical slots would be lost.
-    LogicalSlots {
-        /// The slots.
-        slots: Vec<String>,
-        /// The old major.
-        from: PgMajor,
-    },
-    /// Extensions the new binaries lack.
-    MissingExtensions {
-        /// `name (database)`.
-        extensions: Vec<String>,
-    },
-    /// `pg_upgrade --check` failed.
-    CheckFailed {
-        /// What it found.
-        findings: Vec<String>,
-    },
-    /// `pg_upgrade --check` could not run.
-    CheckNotRun {
-        /// Why.
-        why: String,
-    },
-    /// Not enough free disk.
-    Disk {
-        /// The node.
-        node: String,
-        /// Bytes needed.
-        need_bytes: u64,
-        /// Bytes free.
-        free_bytes: u64,
-    },
-    /// `upgrade --finish` cannot remove a kept directory.
-    Finish {
-        /// The node.
-        node: String,
-        /// Why.
-        why: String,
-    },
-    /// The old cluster's encoding, locale or checksums could not be read.
-    InitSettings {
-        /// Why.
-        why: String,
-    },
-}
-
-impl fmt::Display for UpgradeProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            UpgradeProblem::MajorUnknown => f.write_str("the cluster's PostgreSQL major is not known: set `postgres` in the cluster file"),
-            UpgradeProblem::NotALaterMajor { from, to } => {
-                write!(f, "the cluster runs PostgreSQL {from}; {to} is not a later major pgrepl can upgrade it to (pg_upgrade goes forward only, 9.3 and later)")
-            }
-            UpgradeProblem::AgentsRunIt => f.write_str(
-                "agents ([ha]) run this cluster: a major upgrade with agents is not built yet; remove [ha] (stop the agents) first, or upgrade by hand",
-            ),
-            UpgradeProblem::Spec { why } => write!(f, "the cluster file is not valid for the new major: {why}"),
-            UpgradeProblem::Unreachable { node, why } => write!(f, "{node}: its host cannot be reached ({why})"),
-            UpgradeProblem::NotRunning { node } => write!(f, "{node}: its server does not run (`pgrepl up` first: the upgrade starts from a healthy cluster)"),
-            UpgradeProblem::PrimaryInRecovery { node } => write!(f, "{node}: the primary is in recovery, not accepting writes"),
-            UpgradeProblem::NotStreaming { node } => write!(f, "{node}: not a streaming standby (see `pgrepl status`)"),
-            UpgradeProblem::Layout { node, why } | UpgradeProblem::Finish { node, why } => write!(f, "{node}: {why}"),
-            UpgradeProblem::NewBinaries { node, why } => write!(f, "{node}: new binaries: {why}"),
-            UpgradeProblem::KeptDirectoryExists { node, path } => {
-                write!(f, "{node}: {path} exists (an earlier upgrade's old data directory?): the old data directory is kept under that name; remove or move it first")
-            }
-            UpgradeProblem::LogicalSlots { slots, from } => write!(
-                f,
-                "logical replication slots {} would be lost (pg_upgrade carries logical slots only from a 17 or later cluster; this one is {from}): drop them, upgrade, and create them again",
-                slots.join(", ")
-            ),
-            UpgradeProblem::MissingExtensions { extensions } => write!(
-                f,
-                "extensions installed here are missing from the new binaries: {} (install them for the new major, or DROP EXTENSION them first)",
-                extensions.join(", ")
-            ),
-            UpgradeProblem::CheckFailed { findings } => write!(f, "pg_upgrade --check failed: {}", findings.join("; ")),
-            UpgradeProblem::CheckNotRun { why } => write!(f, "pg_upgrade --check could not run: {why}"),
-            UpgradeProblem::Disk { node, need_bytes, free_bytes } => write!(
-                f,
-                "{node}: not enough free disk for a copy of the data ({} MB needed, {} MB free): free space, or use --link (the primary's files hard-linked)",
-                need_bytes / (1024 * 1024),
-                free_bytes / (1024 * 1024)
-            ),
-            UpgradeProblem::InitSettings { why } => write!(f, "the old cluster's encoding, locale or data checksums could not be read: {why}"),
-        }
-    }
-}
+mod problems;
+pub use problems::UpgradeProblem;
 
 /// One step of an upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -312,6 +192,37 @@ pub enum UpgradeStep {
         node: String,
         /// Encoding, locale, checksums, superuser.
         settings: InitSettings,
+    },
+    /// Debian: `pg_createcluster` of the new major (configuration in
+    /// `/etc/postgresql/<version>/<cluster>`), with the old cluster's settings, on a spare
+    /// port until the old cluster gives up its own.
+    CreateCluster {
+        /// The node.
+        node: String,
+        /// The new version directory (`16`).
+        version: String,
+        /// The cluster's name (`main`).
+        cluster: String,
+        /// The port its `postgresql.conf` gets now.
+        port: u16,
+        /// Encoding, locale, checksums, superuser.
+        settings: InitSettings,
+    },
+    /// Debian: the old cluster kept, not started: `start.conf` says so (`manual`, or
+    /// `disabled` when `--link` made its files the new cluster's), its port becomes the
+    /// spare one, the new cluster's `postgresql.conf` gets the node's port (as
+    /// `pg_upgradecluster` does).
+    RetireOldCluster {
+        /// The node.
+        node: String,
+        /// The old version directory (`15`).
+        version: String,
+        /// The cluster's name (`main`).
+        cluster: String,
+        /// The old cluster's port from now on.
+        port: u16,
+        /// `disabled` rather than `manual`.
+        disable: bool,
     },
     /// pgrepl's settings and pg_hba block for the new major.
     WriteSettings {
@@ -367,6 +278,8 @@ impl UpgradeStep {
             | UpgradeStep::StopStandby { node }
             | UpgradeStep::KeepOldData { node, .. }
             | UpgradeStep::Initdb { node, .. }
+            | UpgradeStep::CreateCluster { node, .. }
+            | UpgradeStep::RetireOldCluster { node, .. }
             | UpgradeStep::WriteSettings { node }
             | UpgradeStep::PgUpgrade { node, .. }
             | UpgradeStep::StartPrimary { node }
@@ -392,6 +305,20 @@ impl fmt::Display for UpgradeStep {
                 s.lc_ctype,
                 if s.checksums { "on" } else { "off" },
                 s.superuser
+            ),
+            UpgradeStep::CreateCluster { version, cluster, port, settings: s, .. } => write!(
+                f,
+                "pg_createcluster {version} {cluster} (new major, port {port} until the upgrade is done): encoding {}, LC_COLLATE {}, LC_CTYPE {}, data checksums {}, superuser {}",
+                s.encoding,
+                s.lc_collate,
+                s.lc_ctype,
+                if s.checksums { "on" } else { "off" },
+                s.superuser
+            ),
+            UpgradeStep::RetireOldCluster { version, cluster, port, disable, .. } => write!(
+                f,
+                "keep the old cluster {version}/{cluster}, not started (start.conf {}), on port {port}; the new one on the node's port",
+                if *disable { "disabled: --link made its files the new cluster's" } else { "manual" }
             ),
             UpgradeStep::WriteSettings { .. } => f.write_str("write pgrepl's settings and pg_hba.conf for the new major"),
             UpgradeStep::PgUpgrade { link: true, .. } => {
@@ -485,6 +412,14 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
         if f.kept_exists {
             problems.push(UpgradeProblem::KeptDirectoryExists { node: n.name.clone(), path: f.kept_as.clone() });
         }
+        if let Some(d) = &f.debian {
+            if d.new_exists {
+                problems.push(UpgradeProblem::NewClusterExists { node: n.name.clone(), cluster: format!("{}/{}", req.to, d.cluster) });
+            }
+            if let Err(why) = &d.spare_port {
+                problems.push(UpgradeProblem::Layout { node: n.name.clone(), why: format!("no spare port for the old cluster: {why}") });
+            }
+        }
         if let Some((need, free)) = f.disk {
             // With --link the primary's files are linked; a standby's clone is a copy anyway.
             let needed = if n.name == primary && req.link { 0 } else { need };
@@ -516,6 +451,24 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     }
     let init = init.expect("no problem: settings read");
     let kept_as = |node: &str| facts.nodes.iter().find(|f| f.node == node).map(|f| (f.data_dir.clone(), f.kept_as.clone()));
+    // A Debian cluster's (name, old version, spare port): checked above.
+    let debian = |node: &str| {
+        facts
+            .nodes
+            .iter()
+            .find(|f| f.node == node)
+            .and_then(|f| f.debian.as_ref())
+            .and_then(|d| d.spare_port.as_ref().ok().map(|p| (d.cluster.clone(), d.old_version.clone(), *p)))
+    };
+    let retire = |node: &str, disable: bool| {
+        debian(node).map(|(cluster, version, port)| UpgradeStep::RetireOldCluster {
+            node: node.to_string(),
+            version,
+            cluster,
+            port,
+            disable,
+        })
+    };
 
     let mut steps = Vec::new();
     steps.push(UpgradeStep::StopPrimary { node: primary.to_string() });
@@ -526,20 +479,29 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     // Every old data directory is kept under its new name before anything new is made:
     // going back renames them all back; past the point of no return, a standby whose
     // clone failed has no data directory, which `up` clones (never an old major's files).
-    for n in std::iter::once(primary.to_string()).chain(standbys.iter().cloned()) {
+    // A Debian cluster stays where it is: the new one is made beside it.
+    for n in std::iter::once(primary.to_string()).chain(standbys.iter().cloned()).filter(|n| debian(n).is_none()) {
         let (data, kept) = kept_as(&n).expect("observed");
         steps.push(UpgradeStep::KeepOldData { node: n, from: data, to: kept });
     }
-    steps.push(UpgradeStep::Initdb { node: primary.to_string(), settings: init });
+    match debian(primary) {
+        Some((cluster, _, port)) => {
+            steps.push(UpgradeStep::CreateCluster { node: primary.to_string(), version: req.to.to_string(), cluster, port, settings: init })
+        }
+        None => steps.push(UpgradeStep::Initdb { node: primary.to_string(), settings: init }),
+    }
     steps.push(UpgradeStep::WriteSettings { node: primary.to_string() });
     steps.push(UpgradeStep::PgUpgrade { node: primary.to_string(), link: req.link });
     let point_of_no_return = steps.len();
     steps.push(UpgradeStep::StartPrimary { node: primary.to_string() });
+    steps.extend(retire(primary, req.link));
     steps.push(UpgradeStep::Analyze { node: primary.to_string() });
     let slots: Vec<String> = cluster.downstream(primary).filter_map(|d| d.slot.clone()).collect();
     steps.push(UpgradeStep::ReplicationRoleAndSlots { node: primary.to_string(), slots });
     for s in &standbys {
         let upstream = cluster.node(s).and_then(|n| n.upstream.clone()).unwrap_or_else(|| primary.to_string());
+        // Its old cluster gives up the node's port to the new one its clone makes.
+        steps.extend(retire(s, false));
         steps.push(UpgradeStep::Clone { node: s.clone(), from: upstream.clone() });
         let slots: Vec<String> = cluster.downstream(s).filter_map(|d| d.slot.clone()).collect();
         if !slots.is_empty() {
@@ -563,6 +525,12 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
         warnings.push(format!(
             "physical slots pgrepl does not manage are not carried by pg_upgrade and will be gone: {}",
             facts.other_physical_slots.join(", ")
+        ));
+    }
+    if let Some((cluster, version, _)) = debian(primary) {
+        warnings.push(format!(
+            "the new cluster's configuration is pg_createcluster's for {} with pgrepl's settings included: what you changed by hand in /etc/postgresql/{version}/{cluster} (postgresql.conf, conf.d, pg_ident.conf) is not carried (pg_upgradecluster would copy it); set it in the cluster file's [settings]",
+            req.to
         ));
     }
     if !facts.auto_conf_settings.is_empty() {
@@ -632,14 +600,22 @@ impl fmt::Display for UpgradePlan {
                 if i == self.point_of_no_return { "  [point of no return]" } else { "" }
             )?;
         }
+        let made = self.steps.iter().find_map(|s| match s {
+            UpgradeStep::CreateCluster { version, cluster, .. } => Some(format!("{version}/{cluster}")),
+            _ => None,
+        });
         writeln!(
             f,
-            "  a failure before step {} goes back: the new data directory removed, the old ones renamed back, every node started on {}",
+            "  a failure before step {} goes back: {}, every node started on {}",
             self.point_of_no_return + 1,
+            match &made {
+                Some(c) => format!("the new cluster {c} dropped (pg_dropcluster), the old ones untouched"),
+                None => "the new data directory removed, the old ones renamed back".into(),
+            },
             self.from
         )?;
         for (n, k) in &self.kept {
-            writeln!(f, "  kept: {n}'s old data directory in {k} (remove it yourself once satisfied)")?;
+            writeln!(f, "  kept: {n}'s old data directory in {k} (`pgrepl upgrade --finish` removes it once you are satisfied)")?;
         }
         for w in &self.warnings {
             writeln!(f, "  warning: {w}")?;
@@ -659,6 +635,9 @@ pub struct KeptDir {
     pub major: Option<PgMajor>,
     /// A live postmaster runs on it (its `postmaster.pid` names a running process).
     pub running: bool,
+    /// Debian's old cluster `(version, name)` the upgrade kept (dropped with
+    /// `pg_dropcluster`), rather than a renamed data directory.
+    pub debian_cluster: Option<(String, String)>,
 }
 
 /// What `upgrade --finish` removes: every kept directory, once the node's own data
@@ -702,250 +681,4 @@ pub fn finish(current: PgMajor, nodes_on: &[(String, Option<PgMajor>)], kept: &[
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{ClusterSpec, NodeSpec};
-
-    fn cluster() -> Cluster {
-        ClusterSpec::builder("c")
-            .postgres(PgMajor::V14)
-            .node(NodeSpec::primary("db1"))
-            .node(NodeSpec::standby("db2"))
-            .node(NodeSpec::standby("db3"))
-            .into_spec()
-            .validate()
-            .unwrap()
-    }
-
-    fn node(name: &str, primary: bool) -> NodeFacts {
-        NodeFacts {
-            node: name.into(),
-            unreachable: None,
-            running: true,
-            in_recovery: Some(!primary),
-            streaming: !primary,
-            data_dir: format!("/w/{name}/data"),
-            kept_as: format!("/w/{name}/data-14.old"),
-            kept_exists: false,
-            layout_problem: None,
-            new_binaries: Ok(PgMajor::V16),
-            disk: Some((1 << 30, 10 << 30)),
-        }
-    }
-
-    fn facts() -> UpgradeFacts {
-        UpgradeFacts {
-            from: Some(PgMajor::V14),
-            primary: "db1".into(),
-            ha: false,
-            spec_problem: None,
-            nodes: vec![node("db1", true), node("db2", false), node("db3", false)],
-            logical_slots: vec![],
-            other_physical_slots: vec![],
-            missing_extensions: vec![],
-            check: CheckOutcome::Passed,
-            init: Ok(InitSettings {
-                encoding: "UTF8".into(),
-                lc_collate: "C".into(),
-                lc_ctype: "C".into(),
-                checksums: true,
-                superuser: "postgres".into(),
-            }),
-            auto_conf_settings: vec![],
-        }
-    }
-
-    const COPY: UpgradeRequest = UpgradeRequest { to: PgMajor::V16, link: false };
-    const LINK: UpgradeRequest = UpgradeRequest { to: PgMajor::V16, link: true };
-
-    fn problems(r: Result<UpgradePlan, Refusal>) -> Vec<UpgradeProblem> {
-        match r {
-            Err(Refusal::UpgradeChecks { problems, .. }) => problems,
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn healthy_cluster_copy_plan() {
-        let p = upgrade(&cluster(), &facts(), &COPY).unwrap();
-        let kinds: Vec<String> = p.steps.iter().map(|s| format!("{} {}", s.node(), serde_json::to_value(s).unwrap()["kind"])).collect();
-        assert_eq!(
-            kinds,
-            [
-                "db1 \"stop_primary\"",
-                "db2 \"stop_standby\"",
-                "db3 \"stop_standby\"",
-                "db1 \"keep_old_data\"",
-                "db2 \"keep_old_data\"",
-                "db3 \"keep_old_data\"",
-                "db1 \"initdb\"",
-                "db1 \"write_settings\"",
-                "db1 \"pg_upgrade\"",
-                "db1 \"start_primary\"",
-                "db1 \"analyze\"",
-                "db1 \"replication_role_and_slots\"",
-                "db2 \"clone\"",
-                "db2 \"start_standby\"",
-                "db3 \"clone\"",
-                "db3 \"start_standby\"",
-            ]
-        );
-        assert_eq!(p.steps[p.point_of_no_return], UpgradeStep::StartPrimary { node: "db1".into() });
-        assert!(p.steps.contains(&UpgradeStep::PgUpgrade { node: "db1".into(), link: false }));
-        assert!(
-            p.steps.contains(&UpgradeStep::ReplicationRoleAndSlots {
-                node: "db1".into(),
-                slots: vec!["pgrepl_db2".into(), "pgrepl_db3".into()]
-            })
-        );
-        assert_eq!(p.kept.len(), 3);
-        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-    }
-
-    #[test]
-    fn link_plan_says_the_old_cluster_must_not_start() {
-        let p = upgrade(&cluster(), &facts(), &LINK).unwrap();
-        assert!(p.steps.contains(&UpgradeStep::PgUpgrade { node: "db1".into(), link: true }));
-        assert!(
-            p.warnings.iter().any(|w| w.contains("must never be started again") && w.contains("/w/db1/data-14.old")),
-            "{:?}",
-            p.warnings
-        );
-        let text = p.to_string();
-        assert!(text.contains("pg_upgrade --link (hard links"), "{text}");
-    }
-
-    #[test]
-    fn dry_run_text_lists_steps_point_of_no_return_and_kept_directories() {
-        let text = upgrade(&cluster(), &facts(), &COPY).unwrap().to_string();
-        assert!(text.starts_with("plan for cluster c: upgrade PostgreSQL 14 -> 16 (pg_upgrade, copying), primary db1\n"), "{text}");
-        assert!(text.contains(" 1. db1        stop cleanly"), "{text}");
-        assert!(text.contains("10. db1        start on the new major  [point of no return]"), "{text}");
-        assert!(text.contains("a failure before step 10 goes back"), "{text}");
-        assert!(text.contains("kept: db2's old data directory in /w/db2/data-14.old"), "{text}");
-        assert!(
-            text.contains("initdb (new major): encoding UTF8, LC_COLLATE C, LC_CTYPE C, data checksums on, superuser postgres"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn every_problem_is_reported_together() {
-        let mut f = facts();
-        f.nodes[1].new_binaries = Err("no pg_upgrade in /x/bin".into());
-        f.nodes[2].streaming = false;
-        f.logical_slots = vec!["sub1".into()];
-        f.missing_extensions = vec!["adminpack (postgres)".into()];
-        f.check = CheckOutcome::Failed {
-            findings: vec!["Checking for presence of required libraries: could not load library \"$libdir/adminpack\"".into()],
-        };
-        f.nodes[0].disk = Some((5 << 30, 1 << 30));
-        let got = problems(upgrade(&cluster(), &f, &COPY));
-        assert_eq!(got.len(), 6, "{got:?}");
-        let text = Refusal::UpgradeChecks { to: "16".into(), problems: got.clone() }.to_string();
-        for want in [
-            "db2: new binaries: no pg_upgrade",
-            "db3: not a streaming standby",
-            "logical replication slots sub1",
-            "adminpack (postgres)",
-            "pg_upgrade --check failed",
-            "db1: not enough free disk for a copy of the data (5120 MB needed, 1024 MB free)",
-        ] {
-            assert!(text.contains(want), "{want} missing in {text}");
-        }
-        assert!(text.starts_with("the upgrade to PostgreSQL 16 is refused; nothing was changed:\n  - "), "{text}");
-    }
-
-    #[test]
-    fn link_needs_no_disk_on_the_primary_but_the_standbys_still_copy() {
-        let mut f = facts();
-        f.nodes[0].disk = Some((5 << 30, 1 << 30));
-        assert!(upgrade(&cluster(), &f, &LINK).is_ok());
-        f.nodes[1].disk = Some((5 << 30, 1 << 30));
-        let got = problems(upgrade(&cluster(), &f, &LINK));
-        assert_eq!(got, [UpgradeProblem::Disk { node: "db2".into(), need_bytes: 5 << 30, free_bytes: 1 << 30 }]);
-    }
-
-    #[test]
-    fn refusals_one_by_one() {
-        type Change = Box<dyn Fn(&mut UpgradeFacts)>;
-        let cases: Vec<(&str, Change, UpgradeRequest, &str)> = vec![
-            ("same major", Box::new(|_| {}), UpgradeRequest { to: PgMajor::V14, link: false }, "not_a_later_major"),
-            ("older", Box::new(|_| {}), UpgradeRequest { to: PgMajor::V13, link: false }, "not_a_later_major"),
-            ("ha", Box::new(|f| f.ha = true), COPY, "agents_run_it"),
-            ("spec", Box::new(|f| f.spec_problem = Some("settings.x: unknown".into())), COPY, "spec"),
-            ("unreachable", Box::new(|f| f.nodes[2].unreachable = Some("timeout".into())), COPY, "unreachable"),
-            ("stopped", Box::new(|f| f.nodes[1].running = false), COPY, "not_running"),
-            ("primary in recovery", Box::new(|f| f.nodes[0].in_recovery = Some(true)), COPY, "primary_in_recovery"),
-            ("layout", Box::new(|f| f.nodes[0].layout_problem = Some("Debian".into())), COPY, "layout"),
-            ("wrong new major", Box::new(|f| f.nodes[0].new_binaries = Ok(PgMajor::V15)), COPY, "new_binaries"),
-            ("kept exists", Box::new(|f| f.nodes[2].kept_exists = true), COPY, "kept_directory_exists"),
-            ("logical slots", Box::new(|f| f.logical_slots = vec!["s".into()]), COPY, "logical_slots"),
-            ("extensions", Box::new(|f| f.missing_extensions = vec!["e (db)".into()]), COPY, "missing_extensions"),
-            ("check failed", Box::new(|f| f.check = CheckOutcome::Failed { findings: vec!["x".into()] }), COPY, "check_failed"),
-            ("check not run", Box::new(|f| f.check = CheckOutcome::NotRun { why: "x".into() }), COPY, "check_not_run"),
-            ("settings", Box::new(|f| f.init = Err("x".into())), COPY, "init_settings"),
-        ];
-        for (name, change, req, check) in cases {
-            let mut f = facts();
-            for n in &mut f.nodes {
-                n.new_binaries = Ok(req.to);
-            }
-            change(&mut f);
-            let got = problems(upgrade(&cluster(), &f, &req));
-            assert_eq!(got.len(), 1, "{name}: {got:?}");
-            assert_eq!(serde_json::to_value(&got[0]).unwrap()["check"], check, "{name}");
-        }
-    }
-
-    #[test]
-    fn logical_slots_are_carried_from_17() {
-        let mut f = facts();
-        f.from = Some(PgMajor::V17);
-        for n in &mut f.nodes {
-            n.new_binaries = Ok(PgMajor::V18);
-        }
-        f.logical_slots = vec!["sub1".into()];
-        let c = ClusterSpec::builder("c")
-            .postgres(PgMajor::V17)
-            .node(NodeSpec::primary("db1"))
-            .node(NodeSpec::standby("db2"))
-            .node(NodeSpec::standby("db3"))
-            .into_spec()
-            .validate()
-            .unwrap();
-        assert!(upgrade(&c, &f, &UpgradeRequest { to: PgMajor::V18, link: false }).is_ok());
-    }
-
-    #[test]
-    fn warnings_for_what_is_not_carried() {
-        let mut f = facts();
-        f.other_physical_slots = vec!["backup_slot".into()];
-        f.auto_conf_settings = vec!["work_mem".into()];
-        let p = upgrade(&cluster(), &f, &COPY).unwrap();
-        assert!(p.warnings.iter().any(|w| w.contains("backup_slot")), "{:?}", p.warnings);
-        assert!(p.warnings.iter().any(|w| w.contains("work_mem")), "{:?}", p.warnings);
-    }
-
-    #[test]
-    fn finish_removes_only_old_majors_directories_of_upgraded_nodes() {
-        let k = |node: &str, major: PgMajor, running: bool| KeptDir {
-            node: node.into(),
-            path: format!("/w/{node}/data-{major}.old"),
-            major: Some(major),
-            running,
-        };
-        let on16 = vec![("db1".to_string(), Some(PgMajor::V16)), ("db2".to_string(), Some(PgMajor::V16))];
-        let kept = vec![k("db1", PgMajor::V14, false), k("db2", PgMajor::V14, false)];
-        assert_eq!(finish(PgMajor::V16, &on16, &kept).unwrap(), kept);
-        assert_eq!(finish(PgMajor::V16, &on16, &[]).unwrap(), []);
-        let running = vec![k("db1", PgMajor::V14, true)];
-        let e = finish(PgMajor::V16, &on16, &running).unwrap_err().to_string();
-        assert!(e.contains("a server runs on the kept directory /w/db1/data-14.old"), "{e}");
-        let not_done = vec![("db1".to_string(), Some(PgMajor::V14))];
-        let e = finish(PgMajor::V16, &not_done, &[k("db1", PgMajor::V14, false)]).unwrap_err().to_string();
-        assert!(e.contains("db1: its data directory is not on PostgreSQL 16 (14)"), "{e}");
-        let e = finish(PgMajor::V16, &on16, &[k("db2", PgMajor::V16, false)]).unwrap_err().to_string();
-        assert!(e.contains("the cluster's own major"), "{e}");
-    }
-}
+mod tests;

@@ -1,8 +1,11 @@
 //! `upgrade --finish`: the old data directories an upgrade kept, found on each host and
-//! removed once the decision ([`crate::plan::upgrade::finish`]) allows it.
+//! removed once the decision ([`crate::plan::upgrade::finish`]) allows it: renamed
+//! directories removed, Debian's old clusters (those whose `start.conf` carries pgrepl's
+//! marker) dropped with `pg_dropcluster`.
 
 use futures_util::future::join_all;
 
+use super::tools;
 use crate::deploy::{Deployment, tr};
 use crate::error::Error;
 use crate::plan::upgrade::KeptDir;
@@ -17,6 +20,34 @@ for k in "$d"-*.old; do [ -d "$k" ] || continue
   v=$(cat "$k/PG_VERSION" 2>/dev/null); r=stopped
   if [ -f "$k/postmaster.pid" ]; then p=$(head -n 1 "$k/postmaster.pid"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null && r=running; fi
   printf '%s\t%s\t%s\n' "$k" "$v" "$r"; done"#;
+
+/// `$1` the cluster's name, `$2` the marker: prints `<data dir> <version> running|stopped`
+/// per Debian cluster of that name whose `start.conf` begins with the marker (`pg_lsclusters`
+/// says where its data is and whether it runs).
+const DEBIAN_KEPT_SCRIPT: &str = r#"c="$1"; m="$2"
+for f in /etc/postgresql/*/"$c"/start.conf; do [ -f "$f" ] || continue
+  head -n 1 "$f" | grep -qF -- "$m" || continue
+  v=$(basename "$(dirname "$(dirname "$f")")")
+  pg_lsclusters -h "$v" "$c" | while read -r ver name port status owner data rest; do
+    r=stopped; case "$status" in online*) r=running ;; esac
+    printf '%s	%s	%s
+' "$data" "$ver" "$r"; done; done"#;
+
+/// The lines of [`DEBIAN_KEPT_SCRIPT`] as kept directories of `node`'s cluster `name`.
+pub(super) fn parse_debian_kept(node: &str, name: &str, out: &str) -> Vec<KeptDir> {
+    out.lines()
+        .filter_map(|line| match line.split('\t').collect::<Vec<_>>().as_slice() {
+            [data, v, state] => Some(KeptDir {
+                node: node.to_string(),
+                path: data.to_string(),
+                major: v.trim().parse().ok(),
+                running: *state == "running",
+                debian_cluster: Some((v.trim().to_string(), name.to_string())),
+            }),
+            _ => None,
+        })
+        .collect()
+}
 
 async fn look(h: &NodeHandle) -> Result<(Option<PgMajor>, Vec<KeptDir>), Error> {
     let c = Command {
@@ -35,9 +66,18 @@ async fn look(h: &NodeHandle) -> Result<(Option<PgMajor>, Vec<KeptDir>), Error> 
                 path: path.to_string(),
                 major: v.trim().parse().ok(),
                 running: *state == "running",
+                debian_cluster: None,
             }),
             _ => {}
         }
+    }
+    if let Some((_, name)) = &h.layout.debian_cluster {
+        let c = Command {
+            user: h.transport.admin_user().map(str::to_string),
+            ..Command::new("sh").args(["-c", DEBIAN_KEPT_SCRIPT, "pgrepl-kept", name.as_str(), tools::RETIRED_MARKER])
+        };
+        let out = h.transport.run(&c).await.map_err(|e| tr(&h.name, "look for old clusters kept by an upgrade", e))?;
+        kept.extend(parse_debian_kept(&h.name, name, &out.stdout));
     }
     Ok((own, kept))
 }
@@ -65,7 +105,15 @@ impl Deployment {
             if !dry_run {
                 for k in &remove {
                     let h = handles.iter().find(|h| h.name == k.node).expect("found through it");
-                    h.transport.remove_tree(&k.path).await.map_err(|e| tr(&k.node, &format!("remove {}", k.path), e))?;
+                    match &k.debian_cluster {
+                        Some((v, c)) => h
+                            .transport
+                            .run(&tools::dropcluster(v, c))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| tr(&k.node, &format!("pg_dropcluster {v} {c}"), e))?,
+                        None => h.transport.remove_tree(&k.path).await.map_err(|e| tr(&k.node, &format!("remove {}", k.path), e))?,
+                    }
                 }
             }
             Ok(remove)
@@ -75,5 +123,21 @@ impl Deployment {
             l.release().await;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_clusters_kept_by_an_upgrade_are_read() {
+        let out = "/var/lib/postgresql/15/main\t15\tstopped\n/var/lib/postgresql/14/main\t14\trunning\nnoise\n";
+        let k = parse_debian_kept("db1", "main", out);
+        assert_eq!(k.len(), 2);
+        assert_eq!(k[0].path, "/var/lib/postgresql/15/main");
+        assert_eq!(k[0].major, Some(PgMajor::V15));
+        assert_eq!(k[0].debian_cluster, Some(("15".into(), "main".into())));
+        assert!(!k[0].running && k[1].running);
     }
 }

@@ -26,8 +26,10 @@
 //! ```
 //!
 //! Layouts: the local provider's and the plain layout over SSH (`pg_ctl` with binaries
-//! pgrepl is given); a distribution's service (Debian's clusters, systemd units) is
-//! refused by the checks, naming the node. Agents (`[ha]`) are refused too.
+//! pgrepl is given: the data directory renamed aside, a new one made with initdb), and
+//! Debian's postgresql-common clusters driven with `pg_ctl` (the new cluster made beside
+//! the old one, as `pg_upgradecluster` does: see [`mod@crate::plan::upgrade`]); a service of
+//! systemd is refused by the checks, naming the node. Agents (`[ha]`) are refused too.
 
 mod finish;
 mod observe;
@@ -41,7 +43,7 @@ use serde::Serialize;
 
 use crate::deploy::{Deployment, Progress};
 use crate::error::Error;
-use crate::layout::{Binaries, NodeLayout};
+use crate::layout::{Binaries, NodeLayout, ServiceControl};
 use crate::plan::upgrade::UpgradePlan;
 use crate::spec::ClusterSpec;
 use crate::version::PgMajor;
@@ -88,24 +90,44 @@ impl UpgradeOptions {
         self
     }
 
-    /// A node's layout on the new major: the same paths, the new binaries. `Err` names why
-    /// pgrepl cannot upgrade that layout.
+    /// A node's layout on the new major: the same paths, the new binaries; for a cluster
+    /// of Debian's postgresql-common driven with `pg_ctl`, the new cluster
+    /// `<to>/<cluster>` beside the old one (`/var/lib/postgresql/<to>/<cluster>`,
+    /// `/etc/postgresql/<to>/<cluster>`, binaries in `/usr/lib/postgresql/<to>/bin` unless
+    /// given). `Err` names why pgrepl cannot upgrade that layout.
     pub fn new_layout(&self, old: &NodeLayout) -> Result<NodeLayout, String> {
-        if old.debian_cluster.is_some() || !matches!(old.service, crate::layout::ServiceControl::PgCtl) {
-            return Err(
-                "its PostgreSQL is a distribution's service (a Debian cluster or a systemd unit): pgrepl upgrades only layouts it drives with pg_ctl (the local provider, layout = \"plain\"); use pg_upgradecluster or your distribution's procedure"
-                    .into(),
-            );
-        }
-        let Some(bin) = &self.bin_dir else {
-            return Err(format!("no directory given for PostgreSQL {}'s binaries (--new-pg-bin DIR)", self.to));
+        let bins = |default: Option<String>| -> Result<(String, String), String> {
+            let bin = self
+                .bin_dir
+                .clone()
+                .or(default)
+                .ok_or_else(|| format!("no directory given for PostgreSQL {}'s binaries (--new-pg-bin DIR)", self.to))?;
+            Ok((bin.clone(), self.client_bin_dir.clone().unwrap_or(bin)))
         };
-        Ok(NodeLayout {
-            bin_dir: bin.clone(),
-            client_bin_dir: self.client_bin_dir.clone().unwrap_or_else(|| bin.clone()),
-            lib_dir: self.lib_dir.clone(),
-            ..old.clone()
-        })
+        match (&old.service, &old.debian_cluster) {
+            (ServiceControl::PgCtlCluster { cluster, .. }, Some(_)) => {
+                let v = self.to.to_string();
+                let (bin_dir, client_bin_dir) = bins(Some(format!("/usr/lib/postgresql/{v}/bin")))?;
+                Ok(NodeLayout {
+                    data_dir: format!("/var/lib/postgresql/{v}/{cluster}"),
+                    config_dir: format!("/etc/postgresql/{v}/{cluster}"),
+                    bin_dir,
+                    client_bin_dir,
+                    lib_dir: self.lib_dir.clone(),
+                    service: ServiceControl::PgCtlCluster { version: v.clone(), cluster: cluster.clone() },
+                    debian_cluster: Some((v, cluster.clone())),
+                    ..old.clone()
+                })
+            }
+            (ServiceControl::PgCtl, None) => {
+                let (bin_dir, client_bin_dir) = bins(None)?;
+                Ok(NodeLayout { bin_dir, client_bin_dir, lib_dir: self.lib_dir.clone(), ..old.clone() })
+            }
+            _ => Err(
+                "its PostgreSQL is a service of systemd: pgrepl upgrades the layouts it drives with pg_ctl (the local provider, layout = \"plain\", Debian's clusters without systemd); use pg_upgradecluster or your distribution's procedure"
+                    .into(),
+            ),
+        }
     }
 }
 
@@ -166,7 +188,11 @@ impl fmt::Display for UpgradeReport {
             )?;
         }
         for (n, k) in &self.kept {
-            writeln!(f, "kept: {n}'s old data directory (PostgreSQL {}) in {k}: remove it yourself once satisfied", self.from)?;
+            writeln!(
+                f,
+                "kept: {n}'s old data directory (PostgreSQL {}) in {k}: `pgrepl upgrade --finish` removes it once you are satisfied",
+                self.from
+            )?;
         }
         if self.link {
             writeln!(f, "--link: the old cluster in the kept directory must never be started again (its files are the new cluster's)")?;
@@ -212,5 +238,39 @@ impl Deployment {
         .await;
         lock.release().await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debian_clusters_are_upgraded_into_the_new_versions_directories() {
+        let old = NodeLayout::debian(PgMajor::V15, "/var/lib/postgresql/pgrepl-c");
+        let new = UpgradeOptions::new(PgMajor::V16).new_layout(&old).unwrap();
+        assert_eq!(new.data_dir, "/var/lib/postgresql/16/main");
+        assert_eq!(new.config_dir, "/etc/postgresql/16/main");
+        assert_eq!(new.bin_dir, "/usr/lib/postgresql/16/bin");
+        assert_eq!(new.client_bin_dir, "/usr/lib/postgresql/16/bin");
+        assert_eq!(new.service, ServiceControl::PgCtlCluster { version: "16".into(), cluster: "main".into() });
+        assert_eq!(new.debian_cluster, Some(("16".into(), "main".into())));
+        assert_eq!(new.pgrepl_dir, old.pgrepl_dir);
+        assert_eq!(new.socket_dir, old.socket_dir);
+        let given = UpgradeOptions::new(PgMajor::V16).with_bin_dir("/opt/pg16/bin").new_layout(&old).unwrap();
+        assert_eq!((given.bin_dir.as_str(), given.data_dir.as_str()), ("/opt/pg16/bin", "/var/lib/postgresql/16/main"));
+    }
+
+    #[test]
+    fn plain_layouts_need_the_new_binaries_and_systemd_is_refused() {
+        let plain = NodeLayout::plain("/var/lib/pgrepl", "c", "/opt/pg15/bin");
+        let e = UpgradeOptions::new(PgMajor::V16).new_layout(&plain).unwrap_err();
+        assert!(e.contains("--new-pg-bin"), "{e}");
+        let new = UpgradeOptions::new(PgMajor::V16).with_bin_dir("/opt/pg16/bin").new_layout(&plain).unwrap();
+        assert_eq!((new.data_dir.as_str(), new.bin_dir.as_str()), (plain.data_dir.as_str(), "/opt/pg16/bin"));
+        let mut systemd = NodeLayout::debian(PgMajor::V15, "/x");
+        systemd.service = ServiceControl::Systemd { unit: "postgresql@15-main".into() };
+        let e = UpgradeOptions::new(PgMajor::V16).new_layout(&systemd).unwrap_err();
+        assert!(e.contains("systemd") && e.contains("pg_upgradecluster"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use crate::deploy::{Deployment, Progress, SQL_TIMEOUT, is_running};
 use crate::error::Error;
 use crate::layout::NodeLayout;
 use crate::observe::{ObservedCluster, ServerState};
-use crate::plan::upgrade::{CheckOutcome, InitSettings, NodeFacts, UpgradeFacts};
+use crate::plan::upgrade::{CheckOutcome, DebianFacts, InitSettings, NodeFacts, UpgradeFacts};
 use crate::provider::NodeHandle;
 use crate::secret::Secrets;
 use crate::spec::{ClusterSpec, VersionChoice};
@@ -39,6 +39,10 @@ echo "${u:--} ${f:--}""#;
 const EXTENSIONS_SCRIPT: &str = r#"b="$1"; shift
 if [ -x "$b/pg_config" ]; then s=$("$b/pg_config" --sharedir); else s="$b/../share"; fi
 for e in "$@"; do [ -f "$s/extension/$e.control" ] || echo "$e"; done"#;
+
+/// postgresql-common's own choice of a port for a new cluster: none configured for a
+/// cluster on the host, none listened on.
+const NEXT_FREE_PORT_SCRIPT: &str = "perl -MPgCommon -e 'print PgCommon::next_free_port(), qq(\\n)'";
 
 /// Everything one upgrade works with.
 pub(super) struct Ctx<'a> {
@@ -166,14 +170,22 @@ impl<'a> Ctx<'a> {
             layout_problem: None,
             new_binaries: Err("not checked".into()),
             disk: None,
+            debian: None,
         };
         let Some(h) = self.handle(node) else {
             f.unreachable = Some("its host cannot be reached".into());
             return f;
         };
-        f.kept_exists = h.transport.exists(&kept_as, None).await.unwrap_or(false);
+        f.kept_exists = h.transport.exists(&kept_as, None).await.unwrap_or(false) && h.layout.debian_cluster.is_none();
         match self.new_handles.iter().find(|(n, _)| n == node).map(|(_, r)| r) {
-            Some(Ok(nh)) => f.new_binaries = new_binaries(nh, node == primary).await,
+            Some(Ok(nh)) => {
+                f.new_binaries = new_binaries(nh, node == primary).await;
+                if let (Some((old_version, cluster)), Some(_)) = (&h.layout.debian_cluster, &nh.layout.debian_cluster) {
+                    // Upgraded beside the old cluster, which stays where it is.
+                    f.kept_as = data_dir.clone();
+                    f.debian = Some(debian_facts(h, nh, old_version, cluster).await);
+                }
+            }
             Some(Err(why)) if why.contains("--new-pg-bin") => f.new_binaries = Err(why.clone()),
             Some(Err(why)) => {
                 f.layout_problem = Some(why.clone());
@@ -234,6 +246,30 @@ fn new_cluster(spec: &ClusterSpec, to: PgMajor, now: &Cluster, topology: &Topolo
         }
     }
     Ok(c)
+}
+
+/// A Debian node's cluster: a spare port on its host, and whether the new cluster exists.
+async fn debian_facts(h: &NodeHandle, nh: &NodeHandle, old_version: &str, cluster: &str) -> DebianFacts {
+    let c = Command { user: h.transport.admin_user().map(str::to_string), ..Command::new("sh").args(["-c", NEXT_FREE_PORT_SCRIPT]) };
+    let spare_port = match h.transport.exec(&c).await {
+        Ok(out) if out.success() => out
+            .stdout
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| format!("postgresql-common's next_free_port said \"{}\", not a port", out.stdout.trim())),
+        Ok(out) => Err(format!("postgresql-common's next_free_port failed: {}", out.tail())),
+        Err(e) => Err(format!("postgresql-common's next_free_port could not run: {e}")),
+    };
+    let t = &*h.transport;
+    let conf = t.exists(&format!("{}/postgresql.conf", nh.layout.config_dir), None).await.unwrap_or(true);
+    let data = t.exists(&nh.layout.data_dir, None).await.unwrap_or(true);
+    DebianFacts { cluster: cluster.to_string(), old_version: old_version.to_string(), spare_port, new_exists: conf || data }
+}
+
+/// A layout's `postgresql.conf` when it is not in the data directory (Debian): pg_upgrade
+/// is told where it is.
+pub(super) fn config_file(l: &NodeLayout) -> Option<String> {
+    (l.config_dir != l.data_dir).then(|| format!("{}/postgresql.conf", l.config_dir))
 }
 
 /// The new binaries' major on the node's host, or what is missing.
@@ -346,6 +382,8 @@ async fn run_check(h: &NodeHandle, nh: &NodeHandle, to: PgMajor, port: u16, init
         new: l,
         old_data: &h.layout.data_dir,
         new_data: &data,
+        old_config: config_file(&h.layout).as_deref(),
+        new_config: None,
         superuser: &init.superuser,
         old_port: port,
         new_port: tools::check_port(port),

@@ -4,11 +4,12 @@
 //! Guards checked right before the destructive steps, on the host: a data directory is
 //! renamed only when no server runs on it and its new name is free; the new data
 //! directory is removed (going back) only when pgrepl created it in this run and no server
-//! runs on it; the old one is never removed.
+//! runs on it (a Debian cluster: dropped with `pg_dropcluster`); the old one is never
+//! removed.
 
 use std::time::{Duration, Instant};
 
-use super::observe::{Ctx, runs};
+use super::observe::{Ctx, config_file, runs};
 use super::{UpgradeReport, UpgradeStepRecord, tools};
 use crate::cluster::Cluster;
 use crate::deploy::{Action, Run, tr};
@@ -28,6 +29,8 @@ struct Undo {
     renamed: Vec<(String, String, String)>,
     /// The new data directory was created on this node.
     created_new: Option<String>,
+    /// Debian: the new cluster `(node, version, cluster)` was made by pg_createcluster.
+    created_cluster: Option<(String, String, String)>,
 }
 
 pub(super) struct Exec<'a> {
@@ -113,7 +116,7 @@ impl<'a> Exec<'a> {
             };
             match r {
                 Ok(detail) => report.steps.push(record("done", detail)),
-                Err(e) if matches!(step, UpgradeStep::Analyze { .. }) => {
+                Err(e) if matches!(step, UpgradeStep::Analyze { .. } | UpgradeStep::RetireOldCluster { .. }) => {
                     report.warnings.push(format!("{node}: {what} failed (run it by hand): {}", chain(&e)));
                     report.steps.push(record("warning", Some(chain(&e))));
                 }
@@ -193,13 +196,39 @@ impl<'a> Exec<'a> {
                     .map_err(|e| tr(node, "initdb (new major)", e))?;
                 Ok(None)
             }
+            UpgradeStep::CreateCluster { node, version, cluster, port, settings } => {
+                let nh = self.new_h(node)?;
+                let auth = self.new_cluster.replication.auth.map(|a| a.as_str()).unwrap_or("scram-sha-256");
+                undo.created_cluster = Some((node.clone(), version.clone(), cluster.clone()));
+                nh.transport
+                    .run(&tools::createcluster(&nh.layout, version, cluster, *port, settings, self.plan.to, auth))
+                    .await
+                    .map_err(|e| tr(node, "pg_createcluster (new major)", e))?;
+                // The new cluster is pgrepl's to destroy when the old one was.
+                let old = self.old(node)?;
+                if crate::deploy::read_created(old, &self.ctx.cluster.name).await?.debian_cluster == old.layout.debian_cluster {
+                    self.new_run()
+                        .record_created(nh, |c| {
+                            c.debian_cluster = nh.layout.debian_cluster.clone();
+                            c.data_dir = Some(nh.layout.data_dir.clone());
+                        })
+                        .await?;
+                }
+                Ok(Some(format!("{version}/{cluster}")))
+            }
+            UpgradeStep::RetireOldCluster { node, version, cluster, port, disable } => {
+                self.retire(node, version, cluster, *port, *disable).await
+            }
             UpgradeStep::WriteSettings { node } => {
                 let nh = self.new_h(node)?;
+                let n = self.new_cluster.node(node).expect("validated");
                 let r = render_node(self.new_cluster, node, &nh.layout, Some(&self.ctx.secrets))?;
                 let run = self.new_run();
                 run.prepare_dirs(nh).await?;
+                // pg_createcluster's start.conf says auto: pgrepl starts its nodes itself.
+                actions.extend(run.ensure_autostart_off(n, nh, &r).await?);
                 run.write_files(nh, &r, false).await?;
-                Ok(None)
+                Ok(describe(&actions))
             }
             UpgradeStep::PgUpgrade { node, link } => self.pg_upgrade(node, *link).await,
             UpgradeStep::StartPrimary { node } => {
@@ -257,7 +286,8 @@ impl<'a> Exec<'a> {
     async fn pg_upgrade(&self, node: &str, link: bool) -> Result<Option<String>, Error> {
         let h = self.old(node)?;
         let nh = self.new_h(node)?;
-        let (old_data, superuser) = self
+        // The old data directory: renamed aside, or (Debian) where it is.
+        let old_data = self
             .plan
             .steps
             .iter()
@@ -265,11 +295,19 @@ impl<'a> Exec<'a> {
                 UpgradeStep::KeepOldData { node: n, to, .. } if n == node => Some(to.clone()),
                 _ => None,
             })
-            .zip(self.plan.steps.iter().find_map(|s| match s {
-                UpgradeStep::Initdb { settings, .. } => Some(settings.superuser.clone()),
+            .unwrap_or_else(|| h.layout.data_dir.clone());
+        let superuser = self
+            .plan
+            .steps
+            .iter()
+            .find_map(|s| match s {
+                UpgradeStep::Initdb { settings, .. } | UpgradeStep::CreateCluster { settings, .. } => Some(settings.superuser.clone()),
                 _ => None,
-            }))
-            .ok_or_else(|| Error::node(node, "the plan has no kept directory or initdb before pg_upgrade"))?;
+            })
+            .ok_or_else(|| Error::node(node, "the plan makes no new cluster before pg_upgrade"))?;
+        if old_data == nh.layout.data_dir {
+            return Err(Error::node(node, format!("the old and the new data directory are both {old_data}")));
+        }
         let work = self.work_dir(node)?;
         let t = &*nh.transport;
         t.remove_tree(&work).await.map_err(|e| tr(node, "clear pg_upgrade's working directory", e))?;
@@ -280,6 +318,8 @@ impl<'a> Exec<'a> {
             new: &nh.layout,
             old_data: &old_data,
             new_data: &nh.layout.data_dir,
+            old_config: config_file(&h.layout).as_deref(),
+            new_config: config_file(&nh.layout).as_deref(),
             superuser: &superuser,
             old_port: port,
             new_port: port,
@@ -300,6 +340,42 @@ impl<'a> Exec<'a> {
             ));
         }
         Ok(Some(if link { "files hard-linked".into() } else { "files copied".into() }))
+    }
+
+    /// Debian: the old cluster kept as `pg_upgradecluster` leaves it: not started
+    /// (`start.conf` `manual`, or `disabled`, under pgrepl's marker), on the spare port (its
+    /// `postgresql.conf` and pgrepl's included file); the new cluster's `postgresql.conf`
+    /// on the node's port.
+    async fn retire(&self, node: &str, version: &str, cluster: &str, port: u16, disable: bool) -> Result<Option<String>, Error> {
+        let h = self.old(node)?;
+        let nh = self.new_h(node)?;
+        if runs(h).await? {
+            return Err(
+                Refusal { node: node.to_string(), reason: format!("the old cluster {version}/{cluster} runs: it is not changed") }.into()
+            );
+        }
+        let t = &*h.transport;
+        let user = h.layout.os_user.as_str();
+        let old_name = format!("{version}/{cluster}");
+        let new_name = nh.layout.debian_cluster.as_ref().map(|(v, c)| format!("{v}/{c}")).unwrap_or_default();
+        let start_conf = format!("{}/start.conf", h.layout.config_dir);
+        let text = tools::retired_start_conf(&self.ctx.cluster.name, &old_name, &new_name, disable);
+        t.write_file(&start_conf, text.as_bytes(), 0o644, Some(user)).await.map_err(|e| tr(node, &format!("write {start_conf}"), e))?;
+        let node_port = self.port(node);
+        for (dir, file, mode, port) in [
+            (&h.layout.config_dir, "postgresql.conf", 0o644, port),
+            (&h.layout.config_dir, "pgrepl.conf", 0o600, port),
+            (&nh.layout.config_dir, "postgresql.conf", 0o644, node_port),
+        ] {
+            let path = format!("{dir}/{file}");
+            let Some(text) = t.read_file_as(&path, user).await.map_err(|e| tr(node, &format!("read {path}"), e))? else { continue };
+            let new = tools::with_port(&String::from_utf8_lossy(&text), port);
+            t.write_file(&path, new.as_bytes(), mode, Some(user)).await.map_err(|e| tr(node, &format!("write {path}"), e))?;
+        }
+        Ok(Some(format!(
+            "{old_name}: port {port}, start.conf {}; {new_name}: port {node_port}",
+            if disable { "disabled" } else { "manual" }
+        )))
     }
 
     /// The recorded timeline follows the upgraded primary (pg_upgrade starts the new
@@ -330,6 +406,33 @@ impl<'a> Exec<'a> {
     async fn go_back(&self, undo: &Undo) -> String {
         let mut said = Vec::new();
         let p = self.plan;
+        if let Some((node, version, cluster)) = &undo.created_cluster {
+            // Debian: the old cluster never moved; the new one is dropped.
+            let (Ok(h), Ok(nh)) = (self.old(node), self.new_h(node)) else {
+                return format!("could not go back: {node}'s host cannot be reached; its old cluster is where it was");
+            };
+            let t = &*nh.transport;
+            let old_data = &h.layout.data_dir;
+            if *node == p.primary && p.link && t.exists(&format!("{old_data}/global/pg_control.old"), None).await.unwrap_or(true) {
+                return format!(
+                    "NOT gone back: pg_upgrade --link had begun linking ({old_data}/global/pg_control.old exists): the old cluster must not be started. Finish by hand (see pg_upgrade's logs in {}) or restore a backup",
+                    self.work_dir(node).unwrap_or_default()
+                );
+            }
+            match runs(nh).await {
+                Ok(false) => {
+                    self.keep_upgrade_logs(nh, node).await;
+                    if let Err(e) = t.run(&tools::dropcluster(version, cluster)).await {
+                        return format!(
+                            "could not go back: pg_dropcluster {version} {cluster} failed: {e}; the old cluster {} is untouched",
+                            h.layout.debian_cluster.as_ref().map(|(v, c)| format!("{v}/{c}")).unwrap_or_default()
+                        );
+                    }
+                    said.push(format!("{node}: the new cluster {version}/{cluster} dropped"));
+                }
+                _ => return format!("could not go back: a server runs on the new cluster {version}/{cluster} ({})", nh.layout.data_dir),
+            }
+        }
         for (node, data, kept) in undo.renamed.iter().rev() {
             let Ok(h) = self.old(node) else {
                 return format!("could not go back: {node}'s host cannot be reached; its old data directory is in {kept}");
@@ -344,18 +447,7 @@ impl<'a> Exec<'a> {
             if undo.created_new.as_deref() == Some(node.as_str()) {
                 match runs(h).await {
                     Ok(false) => {
-                        let work = self.work_dir(node).unwrap_or_default();
-                        let copy = Command {
-                            user: t.admin_user().map(str::to_string),
-                            ..Command::new("sh").args([
-                                "-c",
-                                "[ -d \"$1/pg_upgrade_output.d\" ] && cp -a \"$1/pg_upgrade_output.d\" \"$2/\" || true",
-                                "pgrepl-keep-logs",
-                                data.as_str(),
-                                work.as_str(),
-                            ])
-                        };
-                        let _ = t.exec(&copy).await;
+                        self.keep_upgrade_logs(h, node).await;
                         if let Err(e) = t.remove_tree(data).await {
                             return format!(
                                 "could not go back: removing the new data directory {data} failed: {e}; the old one is in {kept}"
@@ -383,6 +475,27 @@ impl<'a> Exec<'a> {
             }
         }
         format!("went back to PostgreSQL {}: {}", p.from, said.join("; "))
+    }
+}
+
+impl Exec<'_> {
+    /// pg_upgrade's logs in the new data directory (`pg_upgrade_output.d`) copied to its
+    /// working directory, before the new data directory goes (best effort).
+    async fn keep_upgrade_logs(&self, h: &NodeHandle, node: &str) {
+        let t = &*h.transport;
+        let work = self.work_dir(node).unwrap_or_default();
+        let data = self.new_h(node).map(|nh| nh.layout.data_dir.clone()).unwrap_or_else(|_| h.layout.data_dir.clone());
+        let copy = Command {
+            user: t.admin_user().map(str::to_string),
+            ..Command::new("sh").args([
+                "-c",
+                "[ -d \"$1/pg_upgrade_output.d\" ] && cp -a \"$1/pg_upgrade_output.d\" \"$2/\" || true",
+                "pgrepl-keep-logs",
+                data.as_str(),
+                work.as_str(),
+            ])
+        };
+        let _ = t.exec(&copy).await;
     }
 }
 

@@ -1,5 +1,6 @@
-//! The command lines of a major upgrade (initdb with the old cluster's settings,
-//! `pg_upgrade`, `vacuumdb`) and the reading of `pg_upgrade --check`'s output. Pure.
+//! The command lines of a major upgrade (initdb or Debian's `pg_createcluster` with the old
+//! cluster's settings, `pg_upgrade`, `vacuumdb`), the edits of a Debian cluster's files that
+//! keep the old cluster aside, and the reading of `pg_upgrade --check`'s output. Pure.
 
 use crate::layout::NodeLayout;
 use crate::plan::upgrade::InitSettings;
@@ -30,14 +31,88 @@ pub fn initdb(layout: &NodeLayout, data_dir: &str, s: &InitSettings, to: PgMajor
         "--auth-local=peer".to_string(),
         format!("--auth-host={auth_host}"),
     ];
-    match (s.checksums, to.caps().initdb_checksums, to.upgrade_caps().initdb_no_checksums) {
-        (true, Some(flag), _) => args.push(flag.to_string()),
-        (false, _, Some(off)) => args.push(off.to_string()),
-        _ => {}
-    }
+    args.extend(checksum_args(s, to));
     let mut c = Command::new(layout.server_tool("initdb")).args(args).user(layout.os_user.clone()).timeout(INITDB_TIMEOUT);
     c.env = tool_env(layout);
     c
+}
+
+/// The initdb options that carry the old cluster's data checksums to `to`.
+fn checksum_args(s: &InitSettings, to: PgMajor) -> Option<String> {
+    match (s.checksums, to.caps().initdb_checksums, to.upgrade_caps().initdb_no_checksums) {
+        (true, Some(flag), _) => Some(flag.to_string()),
+        (false, _, Some(off)) => Some(off.to_string()),
+        _ => None,
+    }
+}
+
+/// Debian's `pg_createcluster <version> <cluster>` of the new major (run as root; the
+/// configuration in `/etc/postgresql/<version>/<cluster>`), as `pg_upgradecluster` makes
+/// it: the old cluster's encoding, `LC_COLLATE`, `LC_CTYPE` and data checksums, its
+/// bootstrap superuser when that is not the OS user, on `port` until the old cluster gives
+/// its own up; local connections by peer, host connections by `auth_host`.
+pub fn createcluster(new: &NodeLayout, version: &str, cluster: &str, port: u16, s: &InitSettings, to: PgMajor, auth_host: &str) -> Command {
+    let mut args = vec![
+        format!("--port={port}"),
+        format!("--encoding={}", s.encoding),
+        format!("--lc-collate={}", s.lc_collate),
+        format!("--lc-ctype={}", s.lc_ctype),
+        version.to_string(),
+        cluster.to_string(),
+        "--".to_string(),
+        "--auth-local=peer".to_string(),
+        format!("--auth-host={auth_host}"),
+    ];
+    args.extend(checksum_args(s, to));
+    if s.superuser != new.os_user {
+        args.push(format!("--username={}", s.superuser));
+    }
+    let mut c = Command::new("/usr/bin/pg_createcluster").args(args).user("root").timeout(INITDB_TIMEOUT);
+    c.env = tool_env(new);
+    c
+}
+
+/// `pg_dropcluster <version> <cluster>` (run as root): the cluster's data directory,
+/// configuration and registration removed; refused by it while the cluster runs.
+pub fn dropcluster(version: &str, cluster: &str) -> Command {
+    Command::new("/usr/bin/pg_dropcluster").args([version, cluster]).user("root").timeout(INITDB_TIMEOUT)
+}
+
+/// What the first line of an old Debian cluster's `start.conf` says once an upgrade has
+/// kept it: `upgrade --finish` drops only clusters that carry it.
+pub const RETIRED_MARKER: &str = "# pgrepl: upgraded to ";
+
+/// The `start.conf` of an old Debian cluster the upgrade of pgrepl cluster `name` kept
+/// (`old` → `new`, both `<version>/<cluster>`): `manual` (pg_upgradecluster's choice: not
+/// started at boot, still startable by hand) or `disabled` (pg_ctlcluster refuses it).
+pub fn retired_start_conf(name: &str, old: &str, new: &str, disable: bool) -> String {
+    format!(
+        "{RETIRED_MARKER}{new} (pgrepl cluster \"{name}\"). This cluster ({old}) is kept, not\n# started, until `pgrepl upgrade --finish` drops it (pg_dropcluster).{}\n{}\n",
+        if disable { "\n# disabled: pg_upgrade --link made its files the new cluster's; it must never start again." } else { "" },
+        if disable { "disabled" } else { "manual" }
+    )
+}
+
+/// A configuration file's text with its `port` set to `port`: every active `port = …`
+/// line replaced (comments and the rest kept), or one appended when there is none.
+pub fn with_port(text: &str, port: u16) -> String {
+    let mut out = String::new();
+    let mut set = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        let is_port = t.strip_prefix("port").is_some_and(|rest| rest.trim_start().starts_with('='));
+        if is_port {
+            out.push_str(&format!("port = {port}"));
+            set = true;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    if !set {
+        out.push_str(&format!("port = {port}\n"));
+    }
+    out
 }
 
 /// What `pg_upgrade` is run with.
@@ -51,6 +126,10 @@ pub struct PgUpgradeArgs<'a> {
     pub old_data: &'a str,
     /// The new data directory.
     pub new_data: &'a str,
+    /// The old cluster's `postgresql.conf` when it is not in its data directory (Debian).
+    pub old_config: Option<&'a str>,
+    /// The same for the new cluster.
+    pub new_config: Option<&'a str>,
     /// The bootstrap superuser.
     pub superuser: &'a str,
     /// The old server's port.
@@ -82,6 +161,12 @@ pub fn pg_upgrade(a: &PgUpgradeArgs<'_>) -> Command {
         format!("--old-port={}", a.old_port),
         format!("--new-port={}", a.new_port),
     ];
+    if let Some(c) = a.old_config {
+        args.push(format!("--old-options=-c config_file={c}"));
+    }
+    if let Some(c) = a.new_config {
+        args.push(format!("--new-options=-c config_file={c}"));
+    }
     if a.check {
         args.push("--check".into());
     }
@@ -215,6 +300,8 @@ mod tests {
             new: &l,
             old_data: "/w/db1/data-16.old",
             new_data: "/w/db1/data",
+            old_config: None,
+            new_config: None,
             superuser: "postgres",
             old_port: 5432,
             new_port: 5432,
@@ -227,6 +314,88 @@ mod tests {
         assert_eq!(c.args[4], "/n/bin/pg_upgrade");
         assert!(c.args.contains(&"--link".to_string()) && !c.args.contains(&"--check".to_string()));
         assert!(c.args.contains(&"--old-datadir=/w/db1/data-16.old".to_string()));
+        assert!(!c.args.iter().any(|a| a.contains("config_file")), "{:?}", c.args);
+    }
+
+    fn debian16() -> NodeLayout {
+        NodeLayout::debian(PgMajor::V16, "/var/lib/postgresql/pgrepl-c")
+    }
+
+    #[test]
+    fn pg_upgrade_of_debian_clusters_names_both_configuration_files() {
+        let l = debian16();
+        let c = pg_upgrade(&PgUpgradeArgs {
+            old_bin: "/usr/lib/postgresql/15/bin",
+            new: &l,
+            old_data: "/var/lib/postgresql/15/main",
+            new_data: "/var/lib/postgresql/16/main",
+            old_config: Some("/etc/postgresql/15/main/postgresql.conf"),
+            new_config: Some("/etc/postgresql/16/main/postgresql.conf"),
+            superuser: "postgres",
+            old_port: 5432,
+            new_port: 5432,
+            work_dir: "/var/lib/postgresql/pgrepl-c/upgrade",
+            check: false,
+            link: false,
+        });
+        assert_eq!(c.args[4], "/usr/lib/postgresql/16/bin/pg_upgrade");
+        for want in [
+            "--old-bindir=/usr/lib/postgresql/15/bin",
+            "--new-bindir=/usr/lib/postgresql/16/bin",
+            "--old-datadir=/var/lib/postgresql/15/main",
+            "--new-datadir=/var/lib/postgresql/16/main",
+            "--old-options=-c config_file=/etc/postgresql/15/main/postgresql.conf",
+            "--new-options=-c config_file=/etc/postgresql/16/main/postgresql.conf",
+        ] {
+            assert!(c.args.contains(&want.to_string()), "{want} missing in {:?}", c.args);
+        }
+        assert_eq!(c.user.as_deref(), Some("postgres"));
+        assert!(c.env.is_empty(), "{:?}", c.env);
+    }
+
+    #[test]
+    fn createcluster_carries_the_old_clusters_settings() {
+        let l = debian16();
+        let c = createcluster(&l, "16", "main", 5433, &settings(true), PgMajor::V16, "scram-sha-256");
+        assert_eq!(c.program, "/usr/bin/pg_createcluster");
+        assert_eq!(c.user.as_deref(), Some("root"));
+        assert_eq!(
+            c.args,
+            [
+                "--port=5433",
+                "--encoding=UTF8",
+                "--lc-collate=C",
+                "--lc-ctype=C.UTF-8",
+                "16",
+                "main",
+                "--",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "--data-checksums"
+            ]
+        );
+        let mut other = settings(false);
+        other.superuser = "admin".into();
+        let c = createcluster(&l, "18", "main", 5433, &other, PgMajor::V18, "md5");
+        assert_eq!(&c.args[c.args.len() - 2..], ["--no-data-checksums", "--username=admin"]);
+        assert_eq!(dropcluster("16", "main").args, ["16", "main"]);
+    }
+
+    #[test]
+    fn the_old_debian_cluster_is_moved_aside() {
+        let conf = "data_directory = '/var/lib/postgresql/15/main'\nport = 5432\t\t\t\t# (change requires restart)\n#port = 1\n  port=5432\ninclude 'pgrepl.conf'\n";
+        assert_eq!(
+            with_port(conf, 5433),
+            "data_directory = '/var/lib/postgresql/15/main'\nport = 5433\n#port = 1\nport = 5433\ninclude 'pgrepl.conf'\n"
+        );
+        assert_eq!(with_port("listen_addresses = '*'", 5432), "listen_addresses = '*'\nport = 5432\n");
+        assert_eq!(with_port("portal = 1\n", 5432), "portal = 1\nport = 5432\n");
+        let manual = retired_start_conf("c", "15/main", "16/main", false);
+        assert!(manual.starts_with("# pgrepl: upgraded to 16/main (pgrepl cluster \"c\")"), "{manual}");
+        assert_eq!(crate::render::start_conf_mode(&manual), "manual");
+        let disabled = retired_start_conf("c", "15/main", "16/main", true);
+        assert_eq!(crate::render::start_conf_mode(&disabled), "disabled");
+        assert!(disabled.contains("must never start again"), "{disabled}");
     }
 
     #[test]
