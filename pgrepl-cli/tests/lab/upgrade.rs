@@ -582,7 +582,8 @@ fn ssh_debian_layout_major_upgrade_15_to_16() {
 }
 
 /// The same with `--link`: the primary's old cluster, whose files are the new one's, is
-/// `disabled` (pg_ctlcluster refuses it), the standbys' `manual`; `--finish` drops them all.
+/// `disabled` (pg_ctlcluster refuses it), the standbys' `manual`; `destroy` before `--finish`
+/// drops them with the new clusters.
 #[test]
 fn ssh_debian_layout_major_upgrade_15_to_16_link() {
     debian_upgrade_15_to_16(true);
@@ -651,6 +652,16 @@ fn debian_upgrade_15_to_16(link: bool) {
     let (code, out, err) = run(&["status", "-f", f, "--work-dir", w]);
     assert_eq!(code, 0, "status over SSH after the upgrade: {out}\n{err}");
 
+    if link {
+        // `destroy` before `--finish`: the old clusters the upgrade kept go too.
+        let (code, out, err) = run(&["destroy", "--yes", "-f", f, "--work-dir", w]);
+        assert_eq!(code, 0, "destroy before --finish: {out}\n{err}");
+        for (_, addr, _) in LAB_HOSTS {
+            let (_, ls) = NetnsLab::ssh(addr, "pg_lsclusters -h");
+            assert!(!ls.lines().any(|l| l.starts_with("15 main") || l.starts_with("16 main")), "{addr}: {ls}");
+        }
+        return;
+    }
     let (code, out, err) = run(&["upgrade", "--finish", "--yes", "-f", f, "--work-dir", w]);
     assert_eq!(code, 0, "--finish: {out}\n{err}");
     for (node, addr, _) in LAB_HOSTS {

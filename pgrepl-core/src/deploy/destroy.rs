@@ -120,6 +120,21 @@ impl Deployment {
                     if data_ours {
                         remove_data().await?;
                     }
+                    // The old major's clusters an upgrade kept until `upgrade --finish`:
+                    // pgrepl's too (the new cluster is recorded as pgrepl's only when the
+                    // old one was). One that runs is left, named.
+                    for k in crate::upgrade::kept_debian_clusters(h).await? {
+                        let (kv, kc) = k.debian_cluster.clone().unwrap_or_default();
+                        if k.running {
+                            left.push(format!(
+                                "{n}: Debian cluster {kv}/{kc} kept by an upgrade runs: not dropped (stop it, then `pg_dropcluster {kv} {kc}`)"
+                            ));
+                        } else {
+                            t.run(&crate::upgrade::tools::dropcluster(&kv, &kc))
+                                .await
+                                .map_err(|e| tr(n, &format!("drop the cluster {kv}/{kc} an upgrade kept"), e))?;
+                        }
+                    }
                 } else if registered {
                     self.take_settings_out(h).await?;
                     if data_ours {

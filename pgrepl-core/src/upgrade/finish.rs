@@ -71,15 +71,20 @@ async fn look(h: &NodeHandle) -> Result<(Option<PgMajor>, Vec<KeptDir>), Error> 
             _ => {}
         }
     }
-    if let Some((_, name)) = &h.layout.debian_cluster {
-        let c = Command {
-            user: h.transport.admin_user().map(str::to_string),
-            ..Command::new("sh").args(["-c", DEBIAN_KEPT_SCRIPT, "pgrepl-kept", name.as_str(), tools::RETIRED_MARKER])
-        };
-        let out = h.transport.run(&c).await.map_err(|e| tr(&h.name, "look for old clusters kept by an upgrade", e))?;
-        kept.extend(parse_debian_kept(&h.name, name, &out.stdout));
-    }
+    kept.extend(kept_debian_clusters(h).await?);
     Ok((own, kept))
+}
+
+/// The old Debian clusters an upgrade kept on `h`'s host (those of its cluster name whose
+/// `start.conf` carries [`tools::RETIRED_MARKER`]); none on other layouts.
+pub(crate) async fn kept_debian_clusters(h: &NodeHandle) -> Result<Vec<KeptDir>, Error> {
+    let Some((_, name)) = &h.layout.debian_cluster else { return Ok(Vec::new()) };
+    let c = Command {
+        user: h.transport.admin_user().map(str::to_string),
+        ..Command::new("sh").args(["-c", DEBIAN_KEPT_SCRIPT, "pgrepl-kept", name.as_str(), tools::RETIRED_MARKER])
+    };
+    let out = h.transport.run(&c).await.map_err(|e| tr(&h.name, "look for old clusters kept by an upgrade", e))?;
+    Ok(parse_debian_kept(&h.name, name, &out.stdout))
 }
 
 impl Deployment {
