@@ -112,6 +112,9 @@ pub struct UpgradeFacts {
     pub primary: String,
     /// Agents run the cluster (`[ha]`).
     pub ha: bool,
+    /// With `ha`: the upgrade holds the agents paused while it runs (the deployment
+    /// reaches their store); without, it cannot keep them from acting.
+    pub agents_held: bool,
     /// Why the cluster file is not valid for the new major, if it is not.
     pub spec_problem: Option<String>,
     /// Every node.
@@ -248,7 +251,7 @@ impl fmt::Display for UpgradeProblem {
                 write!(f, "the cluster runs PostgreSQL {from}; {to} is not a later major pgrepl can upgrade it to (pg_upgrade goes forward only, 9.3 and later)")
             }
             UpgradeProblem::AgentsRunIt => f.write_str(
-                "agents ([ha]) run this cluster: a major upgrade with agents is not built yet; remove [ha] (stop the agents) first, or upgrade by hand",
+                "agents ([ha]) run this cluster and this deployment cannot reach their store to pause them during the upgrade (Deployment::with_consensus_store; the pgrepl command does it)",
             ),
             UpgradeProblem::Spec { why } => write!(f, "the cluster file is not valid for the new major: {why}"),
             UpgradeProblem::Unreachable { node, why } => write!(f, "{node}: its host cannot be reached ({why})"),
@@ -447,7 +450,7 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     if !from.upgrades_to(req.to) {
         problems.push(UpgradeProblem::NotALaterMajor { from, to: req.to });
     }
-    if facts.ha {
+    if facts.ha && !facts.agents_held {
         problems.push(UpgradeProblem::AgentsRunIt);
     }
     if let Some(why) = &facts.spec_problem {
@@ -557,6 +560,11 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
         warnings.push(format!(
             "--link: once pg_upgrade has linked the files, the old cluster in {} must never be started again (it would corrupt the new one); going back means restoring a backup",
             kept.first().map(|(_, k)| k.as_str()).unwrap_or("the kept directory")
+        ));
+    }
+    if facts.ha {
+        warnings.push(format!(
+            "[ha]: the agents are paused during the upgrade (the leader key stays with {primary}); `pgrepl upgrade` then restarts them on the new binaries and resumes them if it paused them"
         ));
     }
     if !facts.other_physical_slots.is_empty() {
@@ -738,6 +746,7 @@ mod tests {
             from: Some(PgMajor::V14),
             primary: "db1".into(),
             ha: false,
+            agents_held: false,
             spec_problem: None,
             nodes: vec![node("db1", true), node("db2", false), node("db3", false)],
             logical_slots: vec![],
@@ -915,6 +924,15 @@ mod tests {
             .validate()
             .unwrap();
         assert!(upgrade(&c, &f, &UpgradeRequest { to: PgMajor::V18, link: false }).is_ok());
+    }
+
+    #[test]
+    fn agents_held_paused_are_no_refusal() {
+        let mut f = facts();
+        f.ha = true;
+        f.agents_held = true;
+        let p = upgrade(&cluster(), &f, &COPY).unwrap();
+        assert!(p.warnings.iter().any(|w| w.contains("agents are paused during the upgrade")), "{:?}", p.warnings);
     }
 
     #[test]
