@@ -106,6 +106,38 @@ pub async fn move_leader(store: &dyn ConsensusStore, keys: &Keys, from: &str, to
     Err(Error::Discovery(format!("the leader key kept changing while it was moved to {to} ({ATTEMPTS} attempts)")))
 }
 
+/// Waits until every agent that reports has seen the pause (its member key says
+/// "paused": it finished whatever it was doing before, and acts on nothing now), bounded
+/// by the ttl and two loops (an agent that stopped reporting loses its member key by
+/// then). Past the bound the operation goes on: what it observes next is what it acts on.
+async fn await_paused(store: &dyn ConsensusStore, keys: &Keys) {
+    let t = std::time::Instant::now();
+    let mut limit = std::time::Duration::from_secs(5);
+    loop {
+        let waiting: Vec<String> = match read(store, keys).await {
+            Ok(v) => {
+                let s = v.settings();
+                limit = limit.max(s.ttl() + 2 * s.loop_wait());
+                v.members
+                    .values()
+                    .map(|m| &m.value)
+                    .filter(|m| m.role != crate::store::MemberRole::Witness && !matches!(m.note.as_deref(), Some("paused" | "fenced")))
+                    .map(|m| m.node.clone())
+                    .collect()
+            }
+            Err(_) => vec!["(the store did not answer)".into()],
+        };
+        if waiting.is_empty() {
+            return;
+        }
+        if t.elapsed() > limit {
+            tracing::warn!("agents not seen paused after {:.1}s: {}; going on", limit.as_secs_f64(), waiting.join(", "));
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The agents held paused for an operation: [`AgentHold::pause`] when it starts (under
 /// its operation lock), [`AgentHold::release`] when it ends, whatever the outcome.
 #[derive(Debug)]
@@ -129,6 +161,7 @@ impl AgentHold {
         };
         if paused_here {
             tracing::info!(cluster = %keys.prefix(), "agents paused for this operation");
+            await_paused(&*store, &keys).await;
         }
         Ok(AgentHold { store, keys, defaults, paused_here })
     }
@@ -252,6 +285,34 @@ mod tests {
         let l2b = member(&store, &keys, "db2").await;
         assert!(move_leader(&store, &keys, "db2", "db2").await.unwrap().contains("bound to db2's agent's lease"));
         assert_eq!(view(&store, &keys).await.leader.unwrap().lease, Some(l2b));
+    }
+
+    #[tokio::test]
+    async fn a_pause_waits_until_the_agents_say_they_saw_it() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: Arc<dyn ConsensusStore> = mem.clone();
+        let keys = Keys::new("c");
+        set_paused(&*store, &keys, &HaSettings::default(), false).await.unwrap();
+        let lease = member(&mem, &keys, "db2").await;
+        // An agent: reports "paused" once it reads the flag.
+        let (s2, k2) = (store.clone(), keys.clone());
+        let agent = tokio::spawn(async move {
+            for _ in 0..500 {
+                if read(&*s2, &k2).await.unwrap().settings().paused {
+                    let mut m = MemberRecord::new("db2", MemberRole::Standby);
+                    m.note = Some("paused".into());
+                    s2.put(&k2.member("db2"), &serde_json::to_vec(&m).unwrap(), Some(lease)).await.unwrap();
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let h = AgentHold::pause(store.clone(), keys.clone(), HaSettings::default()).await.unwrap();
+        assert!(h.paused_here());
+        let v = read(&*store, &keys).await.unwrap();
+        assert_eq!(v.member("db2").and_then(|m| m.note.as_deref()), Some("paused"), "the hold waited for the agent");
+        agent.await.unwrap();
+        h.release().await.unwrap();
     }
 
     #[tokio::test]
