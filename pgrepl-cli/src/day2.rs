@@ -3,7 +3,7 @@
 //! `[ha]` clusters need nothing more here: the deployment is bound to the agents' store
 //! ([`crate::ha::with_store_records`]), so the library holds the agents paused while it
 //! restarts (under the operation lock), puts the flag back as it was, and moves the
-//! leader key inside each switchover ([`pgrepl_core::agent::operator`]).
+//! leader key inside each switchover ([`pgrepl_core::store::operator`]).
 
 use pgrepl_core::plan::{RestartMode, RestartRequest};
 

@@ -381,7 +381,7 @@ pub async fn set_paused(d: &Deployment, paused: bool) -> anyhow::Result<()> {
 async fn write_paused(d: &Deployment, paused: bool) -> anyhow::Result<()> {
     let store = open_store(d)?;
     let defaults = d.cluster().ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default();
-    pgrepl_core::agent::set_paused(&*store, &Keys::new(&d.cluster().name), &defaults, paused).await?;
+    pgrepl_core::store::operator::set_paused(&*store, &Keys::new(&d.cluster().name), &defaults, paused).await?;
     Ok(())
 }
 

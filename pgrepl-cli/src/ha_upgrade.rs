@@ -7,7 +7,7 @@
 //! leaves its server as it is) and started again with the rewritten cluster file and the
 //! new binaries; once they report, the leader key (still the primary's, on the old agent's
 //! lease, which runs out) is bound to the primary's new agent's lease by a
-//! compare-and-set ([`pgrepl_core::agent::move_leader`]); then the agents are resumed if
+//! compare-and-set ([`pgrepl_core::store::operator::move_leader`]); then the agents are resumed if
 //! the upgrade paused them. The primary stays writable throughout, and the key never
 //! names another node.
 
@@ -65,7 +65,7 @@ pub async fn agents_after_upgrade(d: &Deployment, spec_path: &Path, pass: &[OsSt
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         said.push(format!("agents restarted on the new binaries: {}", started.join(", ")));
-        let bound = pgrepl_core::agent::move_leader(&*store, &keys, &primary, &primary)
+        let bound = pgrepl_core::store::operator::move_leader(&*store, &keys, &primary, &primary)
             .await
             .with_context(|| format!("binding the leader key to {primary}'s new agent"))?;
         said.push(bound);

@@ -31,8 +31,6 @@ mod decide;
 #[cfg(feature = "runtime")]
 mod local;
 #[cfg(feature = "runtime")]
-pub mod operator;
-#[cfg(feature = "runtime")]
 mod records;
 #[cfg(feature = "runtime")]
 mod run;
@@ -43,8 +41,6 @@ mod tests;
 mod witness;
 
 pub use decide::{AgentInput, AgentMemory, Decision, GuardMode, LeaseClock, MAX_START_FAILURES, StoreOp, decide};
-#[cfg(feature = "runtime")]
-pub use operator::{AgentHold, move_leader, set_paused};
 #[cfg(feature = "runtime")]
 pub use records::{StoreRecords, publish};
 #[cfg(feature = "runtime")]

@@ -72,7 +72,7 @@ pub struct Deployment {
     records: Option<Arc<dyn TopologyRecords>>,
     pub(crate) shared_lock: Option<Arc<dyn crate::oplock_holder::SharedLock>>,
     /// The agents' store (`[ha]`): operations pause the agents in it and move the leader
-    /// key with the primary role ([`crate::agent::operator`]).
+    /// key with the primary role ([`crate::store::operator`]).
     pub(crate) consensus: Option<Arc<dyn crate::store::ConsensusStore>>,
 }
 
@@ -110,30 +110,16 @@ impl Deployment {
         self
     }
 
-    /// An `[ha]` cluster's deployment bound to its agents' store: the topology recorded
-    /// there, the operation lock taken there, and operations that act on the nodes
-    /// themselves (restarts, upgrades, a switchover by hand) hold the agents paused while
-    /// they run and move the leader key with the primary role
-    /// ([`crate::agent::operator`]). What the CLI opens for every `[ha]` cluster.
-    pub fn with_consensus_store(self, store: Arc<dyn crate::store::ConsensusStore>) -> Self {
-        let keys = crate::store::Keys::new(&self.cluster.name);
-        let mut d = self
-            .with_records(Arc::new(crate::agent::StoreRecords::new(store.clone(), keys.clone())))
-            .with_shared_lock(Arc::new(crate::store::StoreLock::new(store.clone(), keys)));
-        d.consensus = Some(store);
-        d
-    }
-
     /// The agents' store, when bound ([`Deployment::with_consensus_store`]).
     pub fn consensus_store(&self) -> Option<&Arc<dyn crate::store::ConsensusStore>> {
         self.consensus.as_ref()
     }
 
     /// Holds the agents paused for an operation (its lock held): `None` without a store.
-    pub(crate) async fn hold_agents(&self) -> Result<Option<crate::agent::AgentHold>, Error> {
+    pub(crate) async fn hold_agents(&self) -> Result<Option<crate::store::operator::AgentHold>, Error> {
         let (Some(store), Some(ha)) = (&self.consensus, &self.cluster.ha) else { return Ok(None) };
         let keys = crate::store::Keys::new(&self.cluster.name);
-        Ok(Some(crate::agent::AgentHold::pause(store.clone(), keys, ha.settings.clone()).await?))
+        Ok(Some(crate::store::operator::AgentHold::pause(store.clone(), keys, ha.settings.clone()).await?))
     }
 
     /// Runs `f` (an operation, its lock held) with the agents held paused, the flag put

@@ -30,7 +30,7 @@ impl Deployment {
     /// An `[ha]` cluster bound to its agents' store ([`Deployment::with_consensus_store`]):
     /// the agents are held paused while it runs (under the same lock) and put back as they
     /// were, also when it fails (the error then says what became of them); each switchover
-    /// moves the leader key with the primary role ([`crate::agent::operator`]).
+    /// moves the leader key with the primary role ([`crate::store::operator`]).
     pub async fn restart(&self, req: &RestartRequest, progress: &dyn Progress) -> Result<OperationReport, Error> {
         let lock = self.lock_operation("restart", self.lock_wait()).await?;
         let t0 = Instant::now();

@@ -58,7 +58,7 @@ impl Exec<'_> {
                     )
                 })?;
                 let keys = crate::store::Keys::new(&self.before.name);
-                let what = crate::agent::move_leader(&**store, &keys, from, to).await?;
+                let what = crate::store::operator::move_leader(&**store, &keys, from, to).await?;
                 Ok(Some(what))
             }
             Do::RecordPrimary => {

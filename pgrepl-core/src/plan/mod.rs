@@ -106,7 +106,7 @@ pub enum Action {
     /// `to`'s agent's lease: a compare-and-set on the key naming `from` (or `to` already),
     /// refused when a third node holds it. In a switchover, after the old primary stopped
     /// cleanly and before the promotion: the writable node and the key always agree, so
-    /// no agent, even paused, stops the new primary ([`crate::agent::operator`]).
+    /// no agent, even paused, stops the new primary ([`crate::store::operator`]).
     MoveLeaderKey {
         /// The node the key names now.
         from: String,

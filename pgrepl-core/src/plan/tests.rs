@@ -551,7 +551,7 @@ fn ha_cluster() -> Cluster {
 #[test]
 fn an_ha_switchover_moves_the_leader_key_after_the_clean_stop_and_before_the_promotion() {
     let p = switchover(&ha_cluster(), &streaming_cluster(), &SwitchoverRequest { to: "db2".into() }).unwrap();
-    let at = |pred: &dyn Fn(&Step) -> bool| p.steps.iter().position(|s| pred(s)).unwrap_or_else(|| panic!("{p}"));
+    let at = |pred: &dyn Fn(&Step) -> bool| p.steps.iter().position(pred).unwrap_or_else(|| panic!("{p}"));
     let stop = at(&|s| s.action == Action::StopClean);
     let replayed = at(&|s| matches!(s.action, Action::WaitReplayShutdownCheckpoint { .. }));
     let key = at(&|s| matches!(s.action, Action::MoveLeaderKey { .. }));

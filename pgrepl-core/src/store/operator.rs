@@ -23,8 +23,8 @@
 
 use std::sync::Arc;
 
+use super::{ConsensusStore, HaSettings, Keys, LeaderRecord, StoreError, StoreView};
 use crate::error::Error;
-use crate::store::{ConsensusStore, HaSettings, Keys, LeaderRecord, StoreError, StoreView};
 
 /// Attempts of a compare-and-set that keeps losing to other writers before giving up.
 const ATTEMPTS: usize = 10;
@@ -91,7 +91,7 @@ pub async fn move_leader(store: &dyn ConsensusStore, keys: &Keys, from: &str, to
             }
             (Some(l), Some(_)) => (cas(l.mod_revision).await, format!("the leader key moved from {from} to {to}")),
             (Some(l), None) => (
-                store.delete_if(&key, l.mod_revision).await,
+                store.delete_if(key, l.mod_revision).await,
                 format!("the leader key removed from {from} ({to}'s agent does not report: it takes the key when it acts)"),
             ),
             (None, Some(_)) => (cas(0).await, format!("the leader key created for {to}")),
@@ -121,7 +121,7 @@ async fn await_paused(store: &dyn ConsensusStore, keys: &Keys) {
                 v.members
                     .values()
                     .map(|m| &m.value)
-                    .filter(|m| m.role != crate::store::MemberRole::Witness && !matches!(m.note.as_deref(), Some("paused" | "fenced")))
+                    .filter(|m| m.role != super::MemberRole::Witness && !matches!(m.note.as_deref(), Some("paused" | "fenced")))
                     .map(|m| m.node.clone())
                     .collect()
             }
