@@ -63,7 +63,7 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
     let spinners = Spinners::new(text);
     let report = d.upgrade(&spec, &opts, &spinners).await;
     spinners.clear();
-    let report = report?;
+    let mut report = report?;
     let mut saved = None;
     if report.primary_upgraded {
         saved = Some(rewrite_cluster_file(&spec_path, &spec, to, opts.bin_dir.as_deref(), opts.client_bin_dir.as_deref(), report.from)?);
@@ -92,6 +92,10 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
         }
         _ => None,
     };
+    if agents.is_some() {
+        // What the command did with them replaces what the library left to do.
+        report.agents = agents;
+    }
     let status = match &d2 {
         Ok(d2) => Some(d2.status().await),
         Err(e) => {
@@ -105,9 +109,6 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
             if let Some(s) = &saved {
                 println!("cluster file {}: postgres = \"{to}\" (as it was before: {})", spec_path.display(), s.display());
             }
-            if let Some(a) = &agents {
-                println!("agents: {a}");
-            }
             if let Some(s) = &status {
                 println!();
                 print!("{s}");
@@ -118,7 +119,6 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
             serde_json::to_string_pretty(&serde_json::json!({
                 "upgrade": report,
                 "cluster_file_before": saved.map(|s| s.display().to_string()),
-                "agents_after": agents,
                 "status": status,
             }))?
         ),

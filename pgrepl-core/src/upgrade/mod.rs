@@ -236,7 +236,12 @@ impl Deployment {
             (None, r) => r,
             (Some(h), Ok(mut report)) if report.primary_upgraded => {
                 report.agents_paused_here = h.paused_here();
-                report.agents = Some(h.keep_paused());
+                report.agents = Some(if h.paused_here() {
+                    "paused for the upgrade and left paused: they run the old major's binaries; restart them on the new ones, then resume them"
+                } else {
+                    "paused before the upgrade, left paused; they run the old major's binaries: restart them on the new ones"
+                }.into());
+                h.keep_paused();
                 Ok(report)
             }
             (Some(h), r) => {
