@@ -459,7 +459,8 @@ fn day2_rolling_restart_over_ssh_pg15() {
 
 /// With `[ha]` (agents on a real etcd): `restart` in place with the agents acting goes
 /// through (pgrepl pauses them itself, under the store's operation lock) and leaves them
-/// acting, db1 leading; paused by the operator first, a restart leaves them paused (the
+/// acting, db1 leading; a restart that fails says the agents were resumed, and they
+/// were; paused by the operator first, a restart leaves them paused (the
 /// flag put back as it was); resumed, db1's agent leads and both standbys stream from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn day2_restart_with_agents_pg15() {
@@ -478,6 +479,12 @@ async fn day2_restart_with_agents_pg15() {
     assert_eq!(paused(), Some(false), "the agents act again");
     assert_eq!(lab.wait_leader(&["db1"], 3, Duration::from_secs(60)), "db1");
     assert_eq!(lab.in_recovery("db1"), Some(false));
+    // A restart that fails (refused by its planner, after the pause): the error says what
+    // became of the agents, and they act again.
+    let (code, out, err) = lab.cli(&["restart", "db9"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("db9") && err.contains("the agents, paused for this operation, were resumed"), "{err}");
+    assert_eq!(paused(), Some(false), "resumed after the failure");
 
     let (code, out, err) = lab.cli(&["pause"]);
     assert_eq!(code, 0, "{out}{err}");
