@@ -32,13 +32,24 @@ pub async fn restart(common: &Common, mode: RestartMode, pending_only: bool, dry
 
 /// `pgrepl upgrade --minor [--in-place] [--no-switch-back] [--dry-run]`.
 pub async fn upgrade_minor(common: &Common, mode: RestartMode, dry_run: bool) -> anyhow::Result<u8> {
-    let (d, _) = open(common, false).await?;
+    let (d, spec_path) = open(common, false).await?;
     if dry_run {
         return print_plan(common, &d.plan_upgrade_minor(mode).await?);
     }
     let spinners = Spinners::new(common.output == OutputFormat::Text);
     let report = d.upgrade_minor(mode, &spinners).await;
     spinners.clear();
-    print_report(common, &report?)?;
+    let mut report = report?;
+    // `[ha]`: the agents onto the new binaries too (paused while they restart).
+    if d.cluster().ha.is_some() {
+        match crate::ha_upgrade::agents_after_upgrade(&d, &spec_path, &crate::agent_args(common), false).await {
+            Ok(s) => report.warnings.push(format!("agents: {s}")),
+            Err(e) => {
+                print_report(common, &report)?;
+                return Err(e.context("the nodes run the new binaries, but the agents could not be restarted on them (`pgrepl status`; `pgrepl up` starts agents that do not run; `pgrepl resume` if left paused)"));
+            }
+        }
+    }
+    print_report(common, &report)?;
     Ok(0)
 }

@@ -1,15 +1,16 @@
-//! After a major upgrade of an `[ha]` cluster: the agents onto the new binaries.
+//! After an upgrade of an `[ha]` cluster: the agents onto the new binaries.
 //!
-//! The library held the agents paused during the upgrade and leaves them paused once the
-//! primary runs the new major (their processes still run the old major's binaries and
-//! settings: acting, they would start, stop or clone with the wrong ones). Here, for a
-//! local cluster: the agents this machine runs are stopped (paused, an agent that stops
-//! leaves its server as it is) and started again with the rewritten cluster file and the
-//! new binaries; once they report, the leader key (still the primary's, on the old agent's
-//! lease, which runs out) is bound to the primary's new agent's lease by a
-//! compare-and-set ([`pgrepl_core::store::operator::move_leader`]); then the agents are resumed if
-//! the upgrade paused them. The primary stays writable throughout, and the key never
-//! names another node.
+//! The agents' processes keep the binaries (and, after a major upgrade, the major) they
+//! were started with: acting later, they would start, stop, promote or clone with the old
+//! ones. A major upgrade leaves them paused (the library does, once the primary runs the
+//! new major); after a minor upgrade they are paused here. Then, for a local cluster: the
+//! agents this machine runs are stopped (paused, an agent that stops leaves its server as
+//! it is) and started again with the cluster file and the new binaries; once they report,
+//! the leader key (still the primary's, on the old agent's lease, which runs out) is bound
+//! to the primary's new agent's lease by a compare-and-set
+//! ([`pgrepl_core::store::operator::move_leader`]); then the `paused` flag goes back to
+//! what it was before the upgrade. The primary stays writable throughout, and the key
+//! never names another node.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -25,19 +26,25 @@ use crate::{ha, hosts_ha};
 /// How long the restarted agents may take to report.
 const REPORT_WAIT: Duration = Duration::from_secs(60);
 
-/// The agents after the upgrade (`d`: the deployment opened again on the new major, its
-/// cluster file rewritten at `spec_path`; `pass`: the agents' arguments, the new binaries;
-/// `resume`: the upgrade paused them). Returns what was done, one line.
+/// The agents after an upgrade (`d`: the deployment opened on the new binaries, its
+/// cluster file at `spec_path`; `pass`: the agents' arguments, the new binaries;
+/// `resume`: the upgrade paused them and left them paused). Agents acting now are paused
+/// here first and resumed after. Returns what was done, one line.
 pub async fn agents_after_upgrade(d: &Deployment, spec_path: &Path, pass: &[OsString], resume: bool) -> anyhow::Result<String> {
-    if hosts_ha::on_hosts(d) {
-        return Ok(format!(
-            "the agents on the hosts still run the old major's binaries and are left paused: `pgrepl up` (it converges the nodes and rolls the agents onto the new binaries){}",
-            if resume { ", then `pgrepl resume`" } else { "" }
-        ));
-    }
     let store = ha::open_store(d)?;
     let keys = Keys::new(&d.cluster().name);
     let read = || async { anyhow::Ok(StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?)) };
+    if hosts_ha::on_hosts(d) {
+        return Ok(format!(
+            "the agents on the hosts still run the old binaries: `pgrepl up` rolls them onto the new ones (pausing them meanwhile){}",
+            if resume { "; they are left paused: `pgrepl resume` after" } else { "" }
+        ));
+    }
+    let pause_here = !read().await?.settings().paused;
+    if pause_here {
+        ha::set_paused(d, true).await.context("pausing the agents to restart them")?;
+    }
+    let resume = resume || pause_here;
     let before: BTreeMap<String, Option<i64>> = read().await?.members.into_iter().map(|(n, m)| (n, m.lease)).collect();
     let primary = d.current_cluster().await?.primary().name.clone();
     let stopped = ha::stop_agents(d, Duration::from_secs(60)).await;
@@ -72,9 +79,9 @@ pub async fn agents_after_upgrade(d: &Deployment, spec_path: &Path, pass: &[OsSt
     }
     if resume {
         ha::set_paused(d, false).await.context("resuming the agents")?;
-        said.push("the agents, paused for the upgrade, were resumed".into());
+        said.push("the agents, paused for this, were resumed".into());
     } else {
-        said.push("the agents were paused before the upgrade and are left paused".into());
+        said.push("the agents were paused before and are left paused".into());
     }
     Ok(said.join("; "))
 }

@@ -7,6 +7,9 @@
 //!   agents act again after, db1 is the primary and holds the key, nothing acknowledged is
 //!   lost, never two writable nodes (probed every 50 ms), no agent stopped a writable node
 //!   (their logs) and none failed over (the promotions recorded are the two switchovers);
+//! - `upgrade --minor` onto a copy of the 15 build with the agents acting: paused during
+//!   it, every postmaster and every agent on the copy after, the key moved db1 → db2 →
+//!   db1, the agents acting again, db1 leading;
 //! - `upgrade --to 16` of a 14 cluster: the agents paused during it (seen in etcd),
 //!   restarted on the new binaries and resumed after; db1 leads, on 16, every row there,
 //!   the standbys stream from it.
@@ -202,5 +205,48 @@ async fn auto_major_upgrade_14_to_16_pauses_and_resumes_the_agents() {
     assert_eq!(history, history_before, "no promotion by the agents");
     let stops = agents_stopping_writes(&lab);
     assert!(stops.is_empty(), "an agent stopped a writable node: {stops:#?}");
+    lab.finish();
+}
+
+/// `upgrade --minor` (rolling) onto a copy of the lab's 15 build, the agents acting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_minor_upgrade_with_agents_pg15() {
+    let mut lab = AutoLab::up("ad2-minor", "15", None);
+    let load = Load::start(NODES.iter().map(|n| lab.port_of(n)).collect());
+    let build = std::fs::canonicalize(lab.bin.parent().unwrap()).unwrap();
+    let new = lab.wd.path.join("pg15-new");
+    let st = std::process::Command::new("cp").arg("-a").arg(&build).arg(&new).status().unwrap();
+    assert!(st.success());
+    let exe = |lab: &AutoLab, n: &str| std::fs::read_link(format!("/proc/{}/exe", lab.postmaster_pid(n))).unwrap();
+    assert!(exe(&lab, "db1").starts_with(&build));
+    lab.bin = new.join("bin");
+    lab.client = new.join("bin");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let watch = StoreWatch::start(&lab);
+    let (code, out, err) = lab.cli(&["upgrade", "--minor"]);
+    let (paused_seen, leaders) = watch.finish().await;
+    assert_eq!(code, 0, "upgrade --minor with the agents acting: {out}{err}");
+    assert!(paused_seen, "the agents were paused during it");
+    assert_eq!(leaders, ["db1", "db2", "db1"], "the key moved with the role, and back");
+    assert!(out.contains("agents restarted on the new binaries"), "{out}");
+    for n in NODES {
+        assert!(exe(&lab, n).starts_with(&new), "{n} runs from the new build: {}", exe(&lab, n).display());
+        let agent = std::fs::read_to_string(lab.agents_dir().join(format!("{n}.pid"))).unwrap();
+        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", agent.trim())).unwrap()).to_string();
+        assert!(cmdline.contains(new.to_str().unwrap()), "{n}'s agent runs with the new binaries: {cmdline}");
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(lab.status()["ha"]["paused"].as_bool(), Some(false), "the agents act again");
+    assert_eq!(lab.wait_leader(&["db1"], 3, Duration::from_secs(30)), "db1");
+    assert_eq!(lab.in_recovery("db1"), Some(false));
+    for n in ["db2", "db3"] {
+        lab.wait_standby_of(n, "db1", Duration::from_secs(60));
+    }
+    let stops = agents_stopping_writes(&lab);
+    assert!(stops.is_empty(), "an agent stopped a writable node: {stops:#?}");
+    let acks = load.finish().await;
+    let missing = missing_on(&lab, "db1", &acks);
+    assert!(missing.is_empty(), "{} acknowledged rows lost", missing.len());
     lab.finish();
 }
