@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pgrepl_core::agent::{Agent, GuardControl, StoreRecords};
+use pgrepl_core::agent::{Agent, GuardControl};
 use pgrepl_core::deploy::Deployment;
 use pgrepl_core::guard::GuardHandle;
-use pgrepl_core::store::{ConsensusStore, Keys, StoreLock, StoreView};
+use pgrepl_core::store::{ConsensusStore, Keys, StoreView};
 
 /// How long the key `up` writes for the first primary lives before its agent adopts it.
 const BOOTSTRAP_LEASE: Duration = Duration::from_secs(30);
@@ -380,19 +380,9 @@ pub async fn set_paused(d: &Deployment, paused: bool) -> anyhow::Result<()> {
 
 async fn write_paused(d: &Deployment, paused: bool) -> anyhow::Result<()> {
     let store = open_store(d)?;
-    let keys = Keys::new(&d.cluster().name);
-    for _ in 0..10 {
-        let view = StoreView::parse(&keys, &store.get_prefix(keys.prefix()).await?);
-        let (mut next, rev) = match &view.config {
-            Some(c) => (c.value.clone(), c.mod_revision),
-            None => (d.cluster().ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default(), 0),
-        };
-        next.paused = paused;
-        if store.compare_and_set(&keys.config(), rev, &serde_json::to_vec(&next)?, None).await? {
-            return Ok(());
-        }
-    }
-    anyhow::bail!("the HA settings kept changing under this command; try again")
+    let defaults = d.cluster().ha.as_ref().map(|h| h.settings.clone()).unwrap_or_default();
+    pgrepl_core::store::operator::set_paused(&*store, &Keys::new(&d.cluster().name), &defaults, paused).await?;
+    Ok(())
 }
 
 /// What `status` adds for an `[ha]` cluster: the leader, the sync set, the members.
@@ -553,16 +543,16 @@ pub async fn hand_over_leader(d: &Deployment) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The deployment with its topology recorded in the store and its operation lock there
-/// (`[ha]` clusters).
+/// The deployment bound to its store (`[ha]` clusters): its topology recorded there, its
+/// operation lock there, and the operations that act on the nodes themselves hold the
+/// agents paused and move the leader key with the primary role
+/// ([`Deployment::with_consensus_store`]).
 pub fn with_store_records(d: Deployment) -> anyhow::Result<Deployment> {
     if d.cluster().ha.is_none() {
         return Ok(d);
     }
     let store = open_store(&d)?;
-    let keys = Keys::new(&d.cluster().name);
-    let lock = StoreLock::new(store.clone(), keys.clone());
-    Ok(d.with_records(Arc::new(StoreRecords::new(store, keys))).with_shared_lock(Arc::new(lock)))
+    Ok(d.with_consensus_store(store))
 }
 
 /// Whether agents run this cluster now: an `[ha]` cluster whose agents are not paused

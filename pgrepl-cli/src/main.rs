@@ -8,6 +8,7 @@ mod args;
 mod backup;
 mod day2;
 mod ha;
+mod ha_upgrade;
 mod hosts_ha;
 mod output;
 mod supervise;

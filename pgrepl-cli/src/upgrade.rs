@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use pgrepl_core::PgMajor;
-use pgrepl_core::deploy::Deployment;
 use pgrepl_core::discovery::{DiscoveryOptions, discover};
 use pgrepl_core::spec::{ClusterSpec, ProviderSpec, VersionChoice};
 use pgrepl_core::upgrade::UpgradeOptions;
@@ -64,12 +63,40 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
     let spinners = Spinners::new(text);
     let report = d.upgrade(&spec, &opts, &spinners).await;
     spinners.clear();
-    let report = report?;
+    let mut report = report?;
     let mut saved = None;
     if report.primary_upgraded {
         saved = Some(rewrite_cluster_file(&spec_path, &spec, to, opts.bin_dir.as_deref(), opts.client_bin_dir.as_deref(), report.from)?);
     }
-    let status = match reopen(common, opts.bin_dir.as_deref(), opts.client_bin_dir.as_deref(), local).await {
+    let new_common = reopened(common, opts.bin_dir.as_deref(), opts.client_bin_dir.as_deref(), local);
+    let d2 = open(&new_common, false).await.map(|(d, _)| d);
+    // `[ha]`: the agents onto the new binaries, then resumed if the upgrade paused them.
+    let mut agents_failed = None;
+    let agents = match (&d2, d.cluster().ha.is_some() && report.primary_upgraded) {
+        (Ok(d2), true) => {
+            match crate::ha_upgrade::agents_after_upgrade(d2, &spec_path, &crate::agent_args(&new_common), report.agents_paused_here).await
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let s = format!("{e:#}; the agents are left paused: `pgrepl up`, then `pgrepl resume`");
+                    agents_failed = Some(s.clone());
+                    Some(s)
+                }
+            }
+        }
+        (Err(_), true) => {
+            let s = "the deployment could not be opened on the new major: the agents are left paused (`pgrepl up`, then `pgrepl resume`)"
+                .to_string();
+            agents_failed = Some(s.clone());
+            Some(s)
+        }
+        _ => None,
+    };
+    if agents.is_some() {
+        // What the command did with them replaces what the library left to do.
+        report.agents = agents;
+    }
+    let status = match &d2 {
         Ok(d2) => Some(d2.status().await),
         Err(e) => {
             eprintln!("warning: status after the upgrade could not be read: {e:#}");
@@ -96,7 +123,7 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
             }))?
         ),
     }
-    Ok(if report.failed.is_some() { 4 } else { 0 })
+    Ok(if report.failed.is_some() || agents_failed.is_some() { 4 } else { 0 })
 }
 
 /// `upgrade --finish`: the kept old data directories removed (or listed, with --dry-run).
@@ -125,9 +152,10 @@ async fn finish(common: &Common, dry_run: bool, yes: bool) -> anyhow::Result<u8>
     Ok(0)
 }
 
-/// The deployment opened again on the new binaries (status after the upgrade).
-async fn reopen(common: &Common, bin: Option<&str>, client: Option<&str>, local: bool) -> anyhow::Result<Deployment> {
-    let c = Common {
+/// The options that open the deployment again on the new binaries (status after the
+/// upgrade, the agents' arguments).
+fn reopened(common: &Common, bin: Option<&str>, client: Option<&str>, local: bool) -> Common {
+    Common {
         file: common.file.clone(),
         pg_bin: if local { bin.map(PathBuf::from) } else { common.pg_bin.clone() },
         pg_client_bin: if local { client.map(PathBuf::from) } else { common.pg_client_bin.clone() },
@@ -135,8 +163,7 @@ async fn reopen(common: &Common, bin: Option<&str>, client: Option<&str>, local:
         work_dir: common.work_dir.clone(),
         output: common.output,
         lock_wait: common.lock_wait,
-    };
-    Ok(open(&c, false).await?.0)
+    }
 }
 
 fn confirm(prompt: &str) -> anyhow::Result<bool> {

@@ -129,6 +129,15 @@ pub enum Error {
         /// How long pgrepl waited.
         waited: Duration,
     },
+    /// An operation that paused the cluster's agents failed (or could not resume them):
+    /// its error, and what became of the agents.
+    #[error("{error}; {agents}")]
+    Agents {
+        /// The operation's error.
+        error: Box<Error>,
+        /// The agents: resumed, or left paused and what to do.
+        agents: String,
+    },
 }
 
 impl From<SpecErrors> for Error {
@@ -170,7 +179,10 @@ impl Error {
     /// Whether a safety check refused (a plan's refusal, a failed guard, or another
     /// refusal): the CLI's exit status 3.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Error::Refused(_) | Error::Plan(_) | Error::Guard(_) | Error::Locked { .. })
+        match self {
+            Error::Agents { error, .. } => error.is_refusal(),
+            _ => matches!(self, Error::Refused(_) | Error::Plan(_) | Error::Guard(_) | Error::Locked { .. }),
+        }
     }
 
     /// A node-state error.

@@ -261,13 +261,13 @@ impl Drop for AutoLab {
 }
 
 /// Asks every node every 50 ms whether it accepts writes; records any moment with two.
-struct WritableProbe {
+pub(crate) struct WritableProbe {
     stop: Arc<AtomicBool>,
     task: std::thread::JoinHandle<Vec<(Instant, Vec<String>)>>,
 }
 
 impl WritableProbe {
-    fn start(client: PathBuf, wd: PathBuf, port: u16) -> WritableProbe {
+    pub(crate) fn start(client: PathBuf, wd: PathBuf, port: u16) -> WritableProbe {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = std::thread::spawn(move || {
@@ -309,7 +309,7 @@ impl WritableProbe {
         WritableProbe { stop, task }
     }
 
-    fn finish(self) -> Vec<(Instant, Vec<String>)> {
+    pub(crate) fn finish(self) -> Vec<(Instant, Vec<String>)> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.join().unwrap()
     }

@@ -457,11 +457,11 @@ fn day2_rolling_restart_over_ssh_pg15() {
     let _ = run(&["destroy", "--yes"]);
 }
 
-/// With `[ha]` (agents on a real etcd): `restart` is refused while the agents run the
-/// cluster, saying what to do; paused, `--rolling` is refused (its switchovers would need
-/// the leader key handed over between them) and nothing restarts; a restart in place goes
-/// through under the store's operation lock; resumed, db1's agent leads again and both
-/// standbys stream from it.
+/// With `[ha]` (agents on a real etcd): `restart` in place with the agents acting goes
+/// through (pgrepl pauses them itself, under the store's operation lock) and leaves them
+/// acting, db1 leading; a restart that fails says the agents were resumed, and they
+/// were; paused by the operator first, a restart leaves them paused (the
+/// flag put back as it was); resumed, db1's agent leads and both standbys stream from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn day2_restart_with_agents_pg15() {
     let lab = crate::auto::AutoLab::up("d2-ha", "15", None);
@@ -469,22 +469,31 @@ async fn day2_restart_with_agents_pg15() {
         let text = std::fs::read_to_string(lab.wd.path.join(n).join("data").join("postmaster.pid")).unwrap();
         text.lines().next().unwrap().to_string()
     };
+    let paused = || lab.status()["ha"]["paused"].as_bool();
     let before: Vec<String> = NODES.iter().map(|n| pid(n)).collect();
     let (code, out, err) = lab.cli(&["restart"]);
-    assert_eq!(code, 3, "{out}{err}");
-    assert!(err.contains("pgrepl pause") && err.contains("pgrepl resume"), "{err}");
-    let (code, out, err) = lab.cli(&["pause"]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = lab.cli(&["restart", "--rolling"]);
-    assert_eq!(code, 3, "{out}{err}");
-    assert!(err.contains("not supported yet") && err.contains("leader key"), "{err}");
-    assert_eq!(NODES.iter().map(|n| pid(n)).collect::<Vec<_>>(), before, "refused: nothing restarted");
-    let (code, out, err) = lab.cli(&["restart"]);
-    assert_eq!(code, 0, "restart while paused: {out}{err}");
+    assert_eq!(code, 0, "restart with the agents acting: {out}{err}");
     for (i, n) in NODES.iter().enumerate() {
         assert_ne!(pid(n), before[i], "{n} restarted");
     }
+    assert_eq!(paused(), Some(false), "the agents act again");
+    assert_eq!(lab.wait_leader(&["db1"], 3, Duration::from_secs(60)), "db1");
     assert_eq!(lab.in_recovery("db1"), Some(false));
+    // A restart that fails (refused by its planner, after the pause): the error says what
+    // became of the agents, and they act again.
+    let (code, out, err) = lab.cli(&["restart", "db9"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("db9") && err.contains("the agents, paused for this operation, were resumed"), "{err}");
+    assert_eq!(paused(), Some(false), "resumed after the failure");
+
+    let (code, out, err) = lab.cli(&["pause"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let before: Vec<String> = NODES.iter().map(|n| pid(n)).collect();
+    let (code, out, err) = lab.cli(&["restart", "db2"]);
+    assert_eq!(code, 0, "restart while paused: {out}{err}");
+    assert_ne!(pid("db2"), before[1], "db2 restarted");
+    assert_eq!((pid("db1"), pid("db3")), (before[0].clone(), before[2].clone()), "only db2");
+    assert_eq!(paused(), Some(true), "paused by the operator: left paused");
     let (code, out, err) = lab.cli(&["resume"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(lab.wait_leader(&["db1"], 3, Duration::from_secs(60)), "db1");

@@ -6,6 +6,7 @@
 //! namespaces of `scripts/lab/netns.sh`) and is stopped by the test that started it.
 
 mod auto;
+mod auto_day2;
 #[cfg(feature = "aws")]
 mod aws_handoff;
 mod backups;

@@ -108,6 +108,22 @@ impl TopologyRecords for StoreRecords {
     }
 }
 
+impl crate::deploy::Deployment {
+    /// An `[ha]` cluster's deployment bound to its agents' store: the topology recorded
+    /// there, the operation lock taken there, and operations that act on the nodes
+    /// themselves (restarts, upgrades, a switchover by hand) hold the agents paused while
+    /// they run and move the leader key with the primary role
+    /// ([`crate::store::operator`]). What the CLI opens for every `[ha]` cluster.
+    pub fn with_consensus_store(self, store: Arc<dyn crate::store::ConsensusStore>) -> Self {
+        let keys = crate::store::Keys::new(&self.cluster.name);
+        let mut d = self
+            .with_records(Arc::new(StoreRecords::new(store.clone(), keys.clone())))
+            .with_shared_lock(Arc::new(crate::store::StoreLock::new(store.clone(), keys)));
+        d.consensus = Some(store);
+        d
+    }
+}
+
 /// Before the agents first run a cluster `up` deployed: the HA settings (the `config`
 /// key; `paused` kept as the store has it), the topology (when none is recorded), and,
 /// when nobody leads yet, the leader key for the primary `up` deployed, bound to a short

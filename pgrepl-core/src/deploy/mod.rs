@@ -71,6 +71,9 @@ pub struct Deployment {
     pub(crate) lock_options: crate::oplock_options::LockOptions,
     records: Option<Arc<dyn TopologyRecords>>,
     pub(crate) shared_lock: Option<Arc<dyn crate::oplock_holder::SharedLock>>,
+    /// The agents' store (`[ha]`): operations pause the agents in it and move the leader
+    /// key with the primary role ([`crate::store::operator`]).
+    pub(crate) consensus: Option<Arc<dyn crate::store::ConsensusStore>>,
 }
 
 /// Where the topology is recorded: a file in the state directory by default; keys in the
@@ -97,6 +100,7 @@ impl Deployment {
             lock_options: Default::default(),
             records: None,
             shared_lock: None,
+            consensus: None,
         }
     }
 
@@ -104,6 +108,27 @@ impl Deployment {
     pub fn with_records(mut self, records: Arc<dyn TopologyRecords>) -> Self {
         self.records = Some(records);
         self
+    }
+
+    /// The agents' store, when bound ([`Deployment::with_consensus_store`]).
+    pub fn consensus_store(&self) -> Option<&Arc<dyn crate::store::ConsensusStore>> {
+        self.consensus.as_ref()
+    }
+
+    /// Holds the agents paused for an operation (its lock held): `None` without a store.
+    pub(crate) async fn hold_agents(&self) -> Result<Option<crate::store::operator::AgentHold>, Error> {
+        let (Some(store), Some(ha)) = (&self.consensus, &self.cluster.ha) else { return Ok(None) };
+        let keys = crate::store::Keys::new(&self.cluster.name);
+        Ok(Some(crate::store::operator::AgentHold::pause(store.clone(), keys, ha.settings.clone()).await?))
+    }
+
+    /// Runs `f` (an operation, its lock held) with the agents held paused, the flag put
+    /// back as it was afterwards; a failure says what became of them.
+    pub(crate) async fn with_agents_held<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match self.hold_agents().await? {
+            Some(h) => h.release_after(f.await).await,
+            None => f.await,
+        }
     }
 
     /// Records the binaries found on this machine (reported by status).

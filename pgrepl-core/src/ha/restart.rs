@@ -26,17 +26,23 @@ impl Deployment {
     /// ([`RestartMode::InPlace`]) or through a switchover with no acknowledged write lost
     /// to a restarted standby, and back ([`RestartMode::Rolling`]). Under the operation
     /// lock. See [`crate::plan::restart()`] for the order.
+    ///
+    /// An `[ha]` cluster bound to its agents' store ([`Deployment::with_consensus_store`]):
+    /// the agents are held paused while it runs (under the same lock) and put back as they
+    /// were, also when it fails (the error then says what became of them); each switchover
+    /// moves the leader key with the primary role ([`crate::store::operator`]).
     pub async fn restart(&self, req: &RestartRequest, progress: &dyn Progress) -> Result<OperationReport, Error> {
         let lock = self.lock_operation("restart", self.lock_wait()).await?;
         let t0 = Instant::now();
-        let result = async {
-            let mut op = Op::open(self, progress).await?;
-            op.lock = Some(&lock);
-            let obs = op.observe_settings().await;
-            let plan = plan::restart(&op.cluster, &obs, req)?;
-            run_restart(&op, &plan, &obs, t0).await
-        }
-        .await;
+        let result = self
+            .with_agents_held(async {
+                let mut op = Op::open(self, progress).await?;
+                op.lock = Some(&lock);
+                let obs = op.observe_settings().await;
+                let plan = plan::restart(&op.cluster, &obs, req)?;
+                run_restart(&op, &plan, &obs, t0).await
+            })
+            .await;
         lock.release().await;
         result
     }

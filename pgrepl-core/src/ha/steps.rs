@@ -50,6 +50,17 @@ impl Exec<'_> {
                 op.save(&topo).await?;
                 Ok(None)
             }
+            Do::MoveLeaderKey { from, to } => {
+                let store = op.d.consensus.as_ref().ok_or_else(|| {
+                    refused(
+                        to,
+                        "an [ha] cluster's leader key moves with the primary role: this deployment has no access to the agents' store (Deployment::with_consensus_store)",
+                    )
+                })?;
+                let keys = crate::store::Keys::new(&self.before.name);
+                let what = crate::store::operator::move_leader(&**store, &keys, from, to).await?;
+                Ok(Some(what))
+            }
             Do::RecordPrimary => {
                 let was_writable = self.obs.get(node).writable();
                 let timeline = if was_writable {

@@ -11,9 +11,15 @@ impl Deployment {
     /// standbys move with it. A switchover to the current primary converges the standbys
     /// and otherwise changes nothing. If the candidate cannot take over before its
     /// promotion, the old primary is started again as the primary.
+    ///
+    /// `[ha]` (bound to the agents' store): the agents are held paused while it runs and
+    /// put back as they were; the leader key moves to `to` right before its promotion
+    /// (back if it is abandoned before). With the agents acting the store's operation lock
+    /// refuses this (a switchover is theirs to make): `pgrepl switchover` then files a
+    /// request with them instead.
     pub async fn switchover(&self, to: &str, progress: &dyn Progress) -> Result<OperationReport, Error> {
         let lock = self.lock_operation("switchover", self.lock_wait()).await?;
-        let result = self.switchover_under(to, progress, &lock).await;
+        let result = self.with_agents_held(self.switchover_under(to, progress, &lock)).await;
         lock.release().await;
         result
     }

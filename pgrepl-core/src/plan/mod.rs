@@ -102,6 +102,17 @@ pub enum Action {
         /// How many confirm each commit.
         count: u32,
     },
+    /// Move the leader key of the agents' store (`[ha]`) from `from` to `to`, bound to
+    /// `to`'s agent's lease: a compare-and-set on the key naming `from` (or `to` already),
+    /// refused when a third node holds it. In a switchover, after the old primary stopped
+    /// cleanly and before the promotion: the writable node and the key always agree, so
+    /// no agent, even paused, stops the new primary ([`crate::store::operator`]).
+    MoveLeaderKey {
+        /// The node the key names now.
+        from: String,
+        /// The node it names after.
+        to: String,
+    },
     /// Stop the server (fast, then immediate when it does not stop in time) and confirm it stopped.
     Stop,
     /// Stop at once (immediate shutdown: every session ends, nothing commits after it) and
@@ -415,6 +426,10 @@ impl fmt::Display for Action {
                     write!(f, "record {primary}'s synchronous standbys: {count} of ({})", standbys.join(", "))
                 }
             }
+            Action::MoveLeaderKey { from, to } => write!(
+                f,
+                "move the agents' leader key from {from} to {to}, bound to {to}'s agent's lease (compare-and-set: refused if another node holds it)"
+            ),
             Action::Stop => f.write_str("stop (fast, then immediate) and confirm it stopped"),
             Action::Fence => f.write_str("stop at once (immediate) and confirm it stopped"),
             Action::Checkpoint => f.write_str("CHECKPOINT (a short shutdown checkpoint)"),

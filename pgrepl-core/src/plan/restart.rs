@@ -268,9 +268,15 @@ pub fn restart(cluster: &Cluster, obs: &ObservedCluster, req: &RestartRequest) -
     for s in &after {
         plan.steps.push(Step::new(&s.name, Action::Restart { upstream: s.upstream.clone() }));
     }
+    if cluster.ha.is_some() && !plan.steps.is_empty() {
+        plan.warnings.push(HA_NOTE.into());
+    }
     plan.noop = plan.steps.is_empty();
     Ok(plan)
 }
+
+/// What a restart plan of an `[ha]` cluster says about its agents.
+pub const HA_NOTE: &str = "[ha]: the agents are paused while this runs (under the operation lock) and put back as they were after, also on a failure; each switchover moves the leader key with the primary role, before the promotion (compare-and-set: refused if another node holds it)";
 
 /// The standby a rolling restart switches over to: one streaming straight from the
 /// primary, restarted already if one is (so it runs the new settings as the primary);

@@ -47,6 +47,10 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
             let (new, _) = crate::cluster::retarget(cluster, to, fenced)
                 .map_err(|e| Refusal::NotEligible { node: to.to_string(), why: e.to_string() })?;
             let mut steps = vec![Step::new(to, Action::RecordPrimary), Step::new(to, Action::WritePrimarySettings)];
+            if cluster.ha.is_some() && old != to {
+                // The key follows the writable node (an interrupted switchover).
+                steps.insert(0, Step::new(&cluster.name, Action::MoveLeaderKey { from: old.clone(), to: to.to_string() }));
+            }
             let mut group = Vec::new();
             for n in new.nodes.iter().filter(|n| n.name != to && !fenced.contains(&n.name)) {
                 group.push(Step::new(&n.name, Action::Repoint { upstream: n.upstream.clone().unwrap_or_default() }));
@@ -129,6 +133,16 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
     // primary's synchronous standbys recorded, its settings written, promoted.
     let new_sync = crate::topology::SyncRecord::of(to, &new.replication.sync);
     steps.push(Step::new(&cluster.name, new_sync.action()).alongside());
+    // `[ha]`: the leader key goes to the candidate before it accepts a write (its agent,
+    // even paused, would stop a writable node another holds the key of), and back if the
+    // switchover is abandoned before the promotion.
+    if cluster.ha.is_some() {
+        steps.push(
+            Step::new(&cluster.name, Action::MoveLeaderKey { from: old.clone(), to: to.to_string() })
+                .undo(Action::MoveLeaderKey { from: to.to_string(), to: old.clone() })
+                .alongside(),
+        );
+    }
     steps.push(
         Step::new(to, Action::WritePrimarySettings)
             .guarded([Guard::IsStandby { node: to.to_string() }])

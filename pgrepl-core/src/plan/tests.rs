@@ -541,3 +541,50 @@ fn up_refusals() {
     running_standby.nodes[0] = standby("db1", 100);
     assert!(matches!(super::up(&c, &running_standby), Err(Refusal::WrongDataDirectory { node, .. }) if node == "db1"));
 }
+
+// ---- [ha]: the leader key moves with the role ------------------------------------------------
+
+fn ha_cluster() -> Cluster {
+    crate::observe::fixtures::three_nodes("[ha]\n[ha.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n")
+}
+
+#[test]
+fn an_ha_switchover_moves_the_leader_key_after_the_clean_stop_and_before_the_promotion() {
+    let p = switchover(&ha_cluster(), &streaming_cluster(), &SwitchoverRequest { to: "db2".into() }).unwrap();
+    let at = |pred: &dyn Fn(&Step) -> bool| p.steps.iter().position(pred).unwrap_or_else(|| panic!("{p}"));
+    let stop = at(&|s| s.action == Action::StopClean);
+    let replayed = at(&|s| matches!(s.action, Action::WaitReplayShutdownCheckpoint { .. }));
+    let key = at(&|s| matches!(s.action, Action::MoveLeaderKey { .. }));
+    let promote = at(&|s| s.action == Action::Promote);
+    assert!(stop < replayed && replayed < key && key < promote, "{p}");
+    let step = &p.steps[key];
+    assert_eq!(step.node, "t", "a record of the cluster: the steps before it in its group are done first");
+    assert_eq!(step.action, Action::MoveLeaderKey { from: "db1".into(), to: "db2".into() });
+    assert_eq!(step.undo, Some(Action::MoveLeaderKey { from: "db2".into(), to: "db1".into() }), "back if abandoned");
+    // Before the point of no return, in the promotion's group (its guards read one look).
+    assert!(!step.commits && step.alongside && p.steps[key + 1..promote].iter().all(|s| s.alongside), "{p}");
+    assert!(p.to_string().contains("move the agents' leader key from db1 to db2"), "{p}");
+    // Without [ha], no such step.
+    let plain = switchover(&async_cluster(), &streaming_cluster(), &SwitchoverRequest { to: "db2".into() }).unwrap();
+    assert!(!plain.steps.iter().any(|s| matches!(s.action, Action::MoveLeaderKey { .. })), "{plain}");
+}
+
+#[test]
+fn an_interrupted_ha_switchover_converges_the_key_onto_the_writable_node() {
+    // db2 was promoted, the record still names db1.
+    let o = obs(vec![stopped("db1"), primary("db2", 200), standby("db3", 100)]);
+    let p = switchover(&ha_cluster(), &o, &SwitchoverRequest { to: "db2".into() }).unwrap();
+    assert_eq!(p.steps[0].action, Action::MoveLeaderKey { from: "db1".into(), to: "db2".into() }, "{p}");
+}
+
+#[test]
+fn an_ha_restart_plan_says_what_happens_to_the_agents() {
+    let mut o = streaming_cluster();
+    for n in &mut o.nodes {
+        n.settings = Some(crate::observe::RestartSettings { pending_restart: Some(vec!["shared_buffers".into()]), limits: vec![] });
+    }
+    let req = RestartRequest::all(RestartMode::Rolling { switch_back: true });
+    let p = restart(&ha_cluster(), &o, &req).unwrap();
+    assert!(p.warnings.iter().any(|w| w == restart::HA_NOTE), "{p}");
+    assert!(!restart(&async_cluster(), &o, &req).unwrap().warnings.iter().any(|w| w == restart::HA_NOTE));
+}

@@ -141,6 +141,9 @@ pub struct UpgradeFacts {
     pub primary: String,
     /// Agents run the cluster (`[ha]`).
     pub ha: bool,
+    /// With `ha`: the upgrade holds the agents paused while it runs (the deployment
+    /// reaches their store); without, it cannot keep them from acting.
+    pub agents_held: bool,
     /// Why the cluster file is not valid for the new major, if it is not.
     pub spec_problem: Option<String>,
     /// Every node.
@@ -374,7 +377,7 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
     if !from.upgrades_to(req.to) {
         problems.push(UpgradeProblem::NotALaterMajor { from, to: req.to });
     }
-    if facts.ha {
+    if facts.ha && !facts.agents_held {
         problems.push(UpgradeProblem::AgentsRunIt);
     }
     if let Some(why) = &facts.spec_problem {
@@ -519,6 +522,11 @@ pub fn upgrade(cluster: &Cluster, facts: &UpgradeFacts, req: &UpgradeRequest) ->
         warnings.push(format!(
             "--link: once pg_upgrade has linked the files, the old cluster in {} must never be started again (it would corrupt the new one); going back means restoring a backup",
             kept.first().map(|(_, k)| k.as_str()).unwrap_or("the kept directory")
+        ));
+    }
+    if facts.ha {
+        warnings.push(format!(
+            "[ha]: the agents are paused during the upgrade (the leader key stays with {primary}); `pgrepl upgrade` then restarts them on the new binaries and resumes them if it paused them"
         ));
     }
     if !facts.other_physical_slots.is_empty() {

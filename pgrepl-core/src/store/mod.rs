@@ -22,6 +22,8 @@ pub mod keys;
 pub mod memory;
 #[cfg(feature = "runtime")]
 mod op_lock;
+#[cfg(feature = "runtime")]
+pub mod operator;
 pub mod view;
 
 use std::fmt;

@@ -170,6 +170,12 @@ pub struct UpgradeReport {
     pub warnings: Vec<String>,
     /// Set when a step after the point of no return failed: what failed and what to do.
     pub failed: Option<String>,
+    /// `[ha]`: the upgrade paused the agents and left them paused (their processes run
+    /// the old major's binaries): restart them on the new ones, then resume them (the
+    /// `pgrepl` command does both).
+    pub agents_paused_here: bool,
+    /// `[ha]`: what became of the agents, one line.
+    pub agents: Option<String>,
     /// Seconds in all.
     pub total_seconds: f64,
 }
@@ -201,6 +207,9 @@ impl fmt::Display for UpgradeReport {
         for w in &self.warnings {
             writeln!(f, "warning: {w}")?;
         }
+        if let Some(a) = &self.agents {
+            writeln!(f, "agents: {a}")?;
+        }
         if let Some(e) = &self.failed {
             writeln!(f, "FAILED: {e}")?;
         }
@@ -224,9 +233,22 @@ impl Deployment {
     /// starts goes back to the old major (and is returned as the error, saying so); a
     /// failure after it is in the report's `failed`, with what to do. The caller's spec
     /// must say `postgres = "<to>"` once the report says `primary_upgraded`.
+    ///
+    /// `[ha]` (bound to the agents' store, [`Deployment::with_consensus_store`]): the
+    /// agents are held paused while it runs, the leader key left with the primary. Once the
+    /// primary runs the new major they stay paused ([`UpgradeReport::agents_paused_here`]):
+    /// their processes must first run on the new binaries. A failure before that (the
+    /// cluster back on the old major) puts the flag back as it was, and says so.
     pub async fn upgrade(&self, spec: &ClusterSpec, opts: &UpgradeOptions, progress: &dyn Progress) -> Result<UpgradeReport, Error> {
         let lock = self.lock_operation("upgrade", self.lock_wait()).await?;
         let t0 = Instant::now();
+        let hold = match self.hold_agents().await {
+            Ok(h) => h,
+            Err(e) => {
+                lock.release().await;
+                return Err(e);
+            }
+        };
         let result = async {
             let ctx = observe::Ctx::open(self, spec, opts, progress).await?;
             let facts = ctx.facts().await;
@@ -237,6 +259,26 @@ impl Deployment {
             Ok(report)
         }
         .await;
+        let result = match (hold, result) {
+            (None, r) => r,
+            (Some(h), Ok(mut report)) if report.primary_upgraded => {
+                report.agents_paused_here = h.paused_here();
+                report.agents = Some(if h.paused_here() {
+                    "paused for the upgrade and left paused: they run the old major's binaries; restart them on the new ones, then resume them"
+                } else {
+                    "paused before the upgrade, left paused; they run the old major's binaries: restart them on the new ones"
+                }.into());
+                h.keep_paused();
+                Ok(report)
+            }
+            (Some(h), r) => {
+                let paused_here = h.paused_here();
+                h.release_after(r).await.map(|mut report| {
+                    report.agents = Some(if paused_here { "paused for the upgrade, resumed" } else { "left paused" }.into());
+                    report
+                })
+            }
+        };
         lock.release().await;
         result
     }

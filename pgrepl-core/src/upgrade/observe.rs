@@ -103,6 +103,7 @@ impl<'a> Ctx<'a> {
             from,
             primary: primary.clone(),
             ha: self.cluster.ha.is_some(),
+            agents_held: self.d.consensus_store().is_some(),
             spec_problem: self.new_cluster.as_ref().err().cloned(),
             nodes,
             logical_slots: Vec::new(),

@@ -97,6 +97,8 @@ impl<'a> Exec<'a> {
             kept: p.kept.clone(),
             warnings: p.warnings.clone(),
             failed: None,
+            agents_paused_here: false,
+            agents: None,
             total_seconds: 0.0,
         };
         let mut undo = Undo::default();

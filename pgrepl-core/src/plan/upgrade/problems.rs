@@ -130,7 +130,7 @@ impl fmt::Display for UpgradeProblem {
                 write!(f, "the cluster runs PostgreSQL {from}; {to} is not a later major pgrepl can upgrade it to (pg_upgrade goes forward only, 9.3 and later)")
             }
             UpgradeProblem::AgentsRunIt => f.write_str(
-                "agents ([ha]) run this cluster: a major upgrade with agents is not built yet; remove [ha] (stop the agents) first, or upgrade by hand",
+                "agents ([ha]) run this cluster and this deployment cannot reach their store to pause them during the upgrade (Deployment::with_consensus_store; the pgrepl command does it)",
             ),
             UpgradeProblem::Spec { why } => write!(f, "the cluster file is not valid for the new major: {why}"),
             UpgradeProblem::Unreachable { node, why } => write!(f, "{node}: its host cannot be reached ({why})"),

@@ -36,6 +36,7 @@ fn facts() -> UpgradeFacts {
         from: Some(PgMajor::V14),
         primary: "db1".into(),
         ha: false,
+        agents_held: false,
         spec_problem: None,
         nodes: vec![node("db1", true), node("db2", false), node("db3", false)],
         logical_slots: vec![],
@@ -204,6 +205,15 @@ fn logical_slots_are_carried_from_17() {
         .validate()
         .unwrap();
     assert!(upgrade(&c, &f, &UpgradeRequest { to: PgMajor::V18, link: false }).is_ok());
+}
+
+#[test]
+fn agents_held_paused_are_no_refusal() {
+    let mut f = facts();
+    f.ha = true;
+    f.agents_held = true;
+    let p = upgrade(&cluster(), &f, &COPY).unwrap();
+    assert!(p.warnings.iter().any(|w| w.contains("agents are paused during the upgrade")), "{:?}", p.warnings);
 }
 
 #[test]
