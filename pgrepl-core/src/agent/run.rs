@@ -119,6 +119,15 @@ impl Agent {
         let scheduler =
             tokio::spawn(super::backups::scheduler(self.d.clone(), self.me.clone(), self.store.clone(), self.keys.clone(), lease.clone()));
 
+        // The first decision waits (bounded) for the first grant: an agent (re)started on
+        // the primary's node finds the key its own, on its previous run's lease, and
+        // without a lease of its own yet it would take itself for one whose lease ran out
+        // and fence a primary the store still names. Not granted in time, the store
+        // counts as unreachable for that first loop, as it would be.
+        let first_grant = Instant::now();
+        while lease.lock().unwrap_or_else(|p| p.into_inner()).id.is_none() && first_grant.elapsed() < 2 * STORE_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut memory = AgentMemory::default();
         let mut published: Option<(MemberRecord, LeaseId)> = None;
         let mut last_why = String::new();
