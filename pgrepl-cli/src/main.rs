@@ -156,38 +156,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             let d = if hosts_ha::deploys_etcd(&d) { ha::with_store_records(d.with_host_addresses(true).await?)? } else { d };
             let etcd_done = hosts_ha::ensure_etcd(&d).await?;
             hosts_ha::say(&etcd_done, common.output == OutputFormat::Text);
-            // Agents running the cluster own its servers: `up` then only starts the agents
-            // that do not run (a node brought back); `pause` first to converge the nodes.
+            // Agents running the cluster: `up` holds them paused while it converges the
+            // nodes (they see the pause before anything changes) and puts them back after;
+            // the primary is never restarted by `up` either way.
             let agents_own = if hosts_ha::on_hosts(&d) { ha::agents_in_charge(&d).await? } else { ha::agents_lead(&d).await? };
-            if agents_own {
-                let started = if matches!(d.cluster().provider(), ProviderSpec::Local(_)) {
-                    ha::start_agents(&d, &spec_path, &agent_args(&common))?
-                } else {
-                    hosts_ha::ensure_agents_saying(&d, &read_spec(&spec_path)?, common.output == OutputFormat::Text).await?
-                };
-                spinners.clear();
-                let (lines, json) = ha::status_lines(&d).await;
-                match common.output {
-                    OutputFormat::Text => {
-                        println!(
-                            "agents run cluster {}: nodes left to them (`pgrepl pause` first to converge the nodes to the spec)",
-                            d.cluster().name
-                        );
-                        if !started.is_empty() {
-                            println!("agents started: {}", started.join(", "));
-                        }
-                        for l in &lines {
-                            println!("{l}");
-                        }
-                    }
-                    OutputFormat::Json => println!("{}", serde_json::json!({ "agents_started": started, "ha": json })),
-                }
-                return Ok(0);
+            let report = if agents_own { d.up_with_agents_held(&spinners).await? } else { d.up(&spinners).await? };
+            if agents_own && common.output == OutputFormat::Text {
+                eprintln!("agents run cluster {}: held paused while up converged the nodes, then resumed", d.cluster().name);
             }
-            let report = d.up(&spinners).await?;
             spinners.clear();
             // Deployed is not enough: a canary write must reach every standby.
             let verify = d.verify(Duration::from_secs(30)).await?;
+            let mut started_now: Vec<String> = Vec::new();
             if d.cluster().ha.is_some() {
                 let store = ha::open_store(&d)?;
                 ha::publish(&d, &store).await?;
@@ -196,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     if common.output == OutputFormat::Text && !started.is_empty() {
                         eprintln!("agents started: {} (logs in {})", started.join(", "), d.state_dir().join("agents").display());
                     }
+                    started_now = started;
                 } else {
                     hosts_ha::ensure_agents_saying(&d, &read_spec(&spec_path)?, common.output == OutputFormat::Text).await?;
                 }
@@ -212,7 +193,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     println!("{}", serde_json::to_string_pretty(&serde_json::json!({"up": report, "status": status, "verify": verify}))?)
                 }
             }
-            Ok(if status.healthy() && verify.ok() { 0 } else { 1 })
+            // With agents acting, a node whose agent `up` just started is theirs to bring
+            // back (an old primary rejoins by itself): not a failure of `up`.
+            let left_to_agents = |node: &str| agents_own && started_now.iter().any(|n| n == node);
+            let status_ok = status.problems.iter().all(|p| p.split_once(':').is_some_and(|(n, _)| left_to_agents(n)));
+            let verify_ok =
+                verify.standbys.iter().all(|s| (s.error.is_none() && s.read_only && s.canary_seconds.is_some()) || left_to_agents(&s.node));
+            Ok(if status_ok && verify_ok { 0 } else { 1 })
         }
         Cmd::Status { common, watch: None, .. } => {
             let (d, _) = open(&common, false).await?;

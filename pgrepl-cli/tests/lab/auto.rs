@@ -430,11 +430,13 @@ async fn auto_failover(major: &str, sync: Option<&str>, fault: Fault) {
     // for its agent to do it).
     if !matches!(fault, Fault::Postmaster) {
         if matches!(fault, Fault::WholeNode) {
-            // `up` on a cluster the agents lead starts the agents that do not run, and
-            // touches no node.
+            // `up` on a cluster the agents lead holds them paused while it converges the
+            // nodes (db1, the old primary, is left for `rejoin`), then starts the agents
+            // that do not run.
             let (code, out, err) = lab.cli(&["up"]);
             assert_eq!(code, 0, "up: {out}{err}");
-            assert!(out.contains("agents started: db1"), "{out}");
+            assert!(err.contains("agents started: db1"), "{out}{err}");
+            assert_eq!(lab.in_recovery(&leader), Some(false), "up left the new primary {leader} as it was");
             let (code, out, err) = lab.cli(&["rejoin", "db1"]);
             assert_eq!(code, 0, "rejoin through the agents: {out}{err}");
             assert!(out.contains(&format!("standby of {leader}")), "{out}");

@@ -77,8 +77,9 @@ fn show(lab: &AutoLab, node: &str, setting: &str) -> String {
     lab.sql(node, &format!("SHOW {setting}"))
 }
 
-/// shared_buffers changed (`pause`, `up`, `resume`: `up` leaves nodes the agents run
-/// alone), then `restart --rolling` with the agents acting, under load.
+/// shared_buffers changed and `up` re-run with the agents acting (it holds them paused
+/// while it converges the nodes, never restarts the primary, and resumes them), then
+/// `restart --rolling` with the agents acting, under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_rolling_restart_with_agents_pg16() {
     let lab = AutoLab::up("ad2-roll", "16", Some("{ mode = \"any\", count = 1 }"));
@@ -92,10 +93,14 @@ async fn auto_rolling_restart_with_agents_pg16() {
     let mut spec = std::fs::read_to_string(&lab.spec).unwrap();
     spec.push_str("\n[settings]\nshared_buffers = \"48MB\"\n");
     std::fs::write(&lab.spec, spec).unwrap();
-    for cmd in [&["pause"][..], &["up"], &["resume"]] {
-        let (code, out, err) = lab.cli(cmd);
-        assert_eq!(code, 0, "{cmd:?}: {out}{err}");
-    }
+    // `up` with the agents acting: it holds them paused while it converges the nodes.
+    let watch = StoreWatch::start(&lab);
+    let (code, out, err) = lab.cli(&["up"]);
+    let (paused_seen, _) = watch.finish().await;
+    assert_eq!(code, 0, "up with the agents acting: {out}{err}");
+    assert!(err.contains("held paused while up converged the nodes, then resumed"), "{err}");
+    assert!(paused_seen, "the agents were paused while up ran");
+    assert!(out.contains("pending restart"), "up says what waits for a restart: {out}");
     assert_eq!(lab.postmaster_pid("db1"), pm1, "up did not restart the primary");
     assert_eq!(show(&lab, "db1", "shared_buffers"), before, "the primary waits for its restart");
     assert_eq!(lab.wait_leader(&["db1"], 3, Duration::from_secs(30)), "db1");

@@ -15,6 +15,26 @@ impl Deployment {
     /// standby streams.
     pub async fn up(&self, progress: &dyn Progress) -> Result<UpReport, Error> {
         let lock = self.lock_operation("up", self.lock_wait()).await?;
+        let r = self.up_locked(&lock, progress).await;
+        lock.release().await;
+        r
+    }
+
+    /// [`up`](Self::up) of an `[ha]` cluster whose agents act: they are held paused while
+    /// it converges the nodes (under the same operation lock; the hold waits until every
+    /// reporting agent has seen the pause), and put back as they were afterwards, also
+    /// when it fails (the error then says what became of them). Without a bound store
+    /// ([`Deployment::with_consensus_store`]) it is [`up`](Self::up).
+    pub async fn up_with_agents_held(&self, progress: &dyn Progress) -> Result<UpReport, Error> {
+        // Not "up" (refused by the store's lock while agents act): this one pauses them
+        // under the lock before it acts, as restarts and upgrades do.
+        let lock = self.lock_operation("up, agents held", self.lock_wait()).await?;
+        let r = self.with_agents_held(self.up_locked(&lock, progress)).await;
+        lock.release().await;
+        r
+    }
+
+    async fn up_locked(&self, lock: &crate::oplock::OperationLock, progress: &dyn Progress) -> Result<UpReport, Error> {
         let t0 = Instant::now();
         let (cluster, handles) = self.connect(true).await?;
         self.refuse_new_password_for_deployed(&handles).await?;
@@ -82,7 +102,7 @@ impl Deployment {
             }
         }
         // Observe, plan, carry the plan out: the same executor as the HA operations.
-        let (done, steps, pending_restart) = execute_up(self, &cluster, &handles, &secrets, &lock, progress).await?;
+        let (done, steps, pending_restart) = execute_up(self, &cluster, &handles, &secrets, lock, progress).await?;
         actions.extend(done);
         // pgBackRest's stanza, once the primary runs.
         actions.extend(crate::backup::after_up(self, &cluster, &handles).await);
