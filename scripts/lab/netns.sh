@@ -27,7 +27,8 @@
 #   sshd runs on <addr>:22 with key-only auth; everything started through it (pg_ctlcluster,
 #   postgres) sees those paths. N/<h>/sshd.pid, sshd.log, sshd_config, ssh_host_ed25519_key.
 #   Client side: N/id_ed25519 (lab key, root login), N/known_hosts (the three host keys, for
-#   strict checking), N/authorized_keys. Logins: root, and pgrepl-admin (unprivileged,
+#   strict checking), N/authorized_keys (and each user's own ~/.ssh/authorized_keys, per host
+#   for postgres). Logins: root, and pgrepl-admin (unprivileged,
 #   passwordless sudo, as cloud images have), both with the lab key.
 #
 # `down` stops the PostgreSQL servers inside the namespaces (fast shutdown, then SIGKILL
@@ -126,7 +127,7 @@ PidFile $R/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 AuthenticationMethods publickey
-AuthorizedKeysFile $N/authorized_keys
+AuthorizedKeysFile $N/authorized_keys .ssh/authorized_keys
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
@@ -223,6 +224,11 @@ cmd_up() {
     useradd --create-home --shell /bin/bash "$ADMIN"
   fi
   usermod -p '*' "$ADMIN"
+  # The hosts' sshd runs without PAM, which refuses any key login to a locked account
+  # ('!'): postgres gets '*' (no password login either) so that pgBackRest's own SSH
+  # between the hosts (a repository host, `backup.repo_host`) can log in with the keys
+  # pgrepl puts in its per-host ~/.ssh/authorized_keys.
+  if [[ $(getent shadow postgres | cut -d: -f2) == '!'* ]]; then usermod -p '*' postgres; fi
   if [[ ! -f /etc/sudoers.d/pgrepl-lab ]]; then
     printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$ADMIN" >/etc/sudoers.d/pgrepl-lab.tmp
     chmod 0440 /etc/sudoers.d/pgrepl-lab.tmp

@@ -20,6 +20,7 @@ mod local_e2e;
 mod oplock;
 mod pg_accepts;
 mod pgbackrest;
+mod pgbackrest_ssh;
 mod routing;
 mod ssh_e2e;
 mod transports;

@@ -27,6 +27,8 @@ mod install;
 mod pgbackrest;
 pub mod recovery;
 #[cfg(feature = "runtime")]
+mod repo_host;
+#[cfg(feature = "runtime")]
 mod run;
 pub mod schedule;
 pub mod timeline_gap;
