@@ -68,7 +68,12 @@ PG_DIRS=(etc-postgresql:/etc/postgresql var-lib-postgresql:/var/lib/postgresql
 # What pgrepl installs on a host of its own (agent binary, etcd member, its configuration
 # and logs): per host too, since the hosts share the machine's other directories.
 PGREPL_DIRS=(usr-local-lib-pgrepl:/usr/local/lib/pgrepl etc-pgrepl:/etc/pgrepl
-             var-lib-pgrepl:/var/lib/pgrepl var-log-pgrepl:/var/log/pgrepl)
+             var-lib-pgrepl:/var/lib/pgrepl var-log-pgrepl:/var/log/pgrepl
+             opt-pgrepl:/opt/pgrepl etc-pgbackrest:/etc/pgbackrest etc-xdg-pip:/etc/xdg/pip)
+# /opt/pgrepl: where `up` installs Barman's scripts (empty on a fresh host, whatever this
+# machine has there); /etc/pgbackrest: a pgBackRest repository host's configuration;
+# /etc/xdg/pip: the hosts' pip configuration, which points at the lab's PyPI mirror
+# ($LAB/wheelhouse, made by install.sh; no index: nothing leaves the machine).
 
 die() { printf 'netns.sh: ERROR: %s\n' "$*" >&2; exit 2; }
 warn() { printf 'netns.sh: warning: %s\n' "$*" >&2; }
@@ -175,6 +180,10 @@ up_host() {
   chmod 0755 "$R/etc-postgresql" "$R/var-lib-postgresql"
   chmod 2775 "$R/run-postgresql"
   chmod 1775 "$R/log-postgresql"
+  if [[ -d $LAB/wheelhouse ]]; then
+    printf '# the netns lab: pip installs from the lab PyPI mirror only\n[global]\nno-index = true\nfind-links = %s\n' \
+      "$LAB/wheelhouse" >"$R/etc-xdg-pip/pip.conf"
+  fi
   [[ -f $R/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "pgl-$h" -f "$R/ssh_host_ed25519_key"
   write_host_files "$h"
 
@@ -196,6 +205,9 @@ up_host() {
     mount --bind "$2/etc-pgrepl" /etc/pgrepl
     mount --bind "$2/var-lib-pgrepl" /var/lib/pgrepl
     mount --bind "$2/var-log-pgrepl" /var/log/pgrepl
+    mount --bind "$2/opt-pgrepl" /opt/pgrepl
+    mount --bind "$2/etc-pgbackrest" /etc/pgbackrest
+    mount --bind "$2/etc-xdg-pip" /etc/xdg/pip
     exec "$3" -f "$2/sshd_config" -E "$2/sshd.log"' sh "$ns" "$R" "$SSHD"
 }
 

@@ -11,6 +11,7 @@ mod aws_handoff;
 mod backups;
 mod backups_common;
 mod backups_ha;
+mod backups_install;
 mod common;
 mod day2;
 mod ha;

@@ -44,25 +44,12 @@ fn write_rows(first: i64, count: i64) {
     NetnsLab::psql("10.213.7.11", 5432, &sql);
 }
 
-/// The shared /etc holds the repository host's configuration directories (the lab's
-/// hosts share this machine's files but /var/lib/postgresql): removed when the test ends.
-struct EtcCleanup;
-
-impl Drop for EtcCleanup {
-    fn drop(&mut self) {
-        for s in ["brssh", "brssh-r"] {
-            let _ = std::fs::remove_dir_all(format!("/etc/pgbackrest/pgrepl/{s}"));
-        }
-    }
-}
-
 /// up with archiving to the repository host over SSH, a backup (run there), rows, T,
 /// more rows, `restore --to-time T` into a new cluster (on pgl-c): exactly the rows
 /// acknowledged before T. The keys pgrepl installed run pgBackRest only.
 #[test]
 fn pgbackrest_repo_host_over_ssh_pitr_15() {
     let _lab = NetnsLab::up();
-    let _etc = EtcCleanup;
     let wd = WorkDir::new("brssh");
     let f = wd.path.join("brssh.toml");
     std::fs::write(&f, spec("brssh", &[("db1", "10.213.7.11"), ("db2", "10.213.7.12")])).unwrap();
