@@ -294,7 +294,11 @@ pub fn ssh_prepare_script(user: &str, address: &str, repo: Option<(&str, &str)>)
     let u = shell_quote(user);
     let mut s = String::from("set -eu\n");
     if repo.is_some() {
-        s += &format!("getent passwd {u} >/dev/null || useradd --system --create-home --home-dir /var/lib/{user} --shell /bin/sh {u}\n");
+        // Its home (its ~/.ssh) apart from the repository: /home/<user>; no password, but
+        // not locked either ('*', not '!': an sshd without PAM refuses keys to a locked account).
+        s += &format!(
+            "getent passwd {u} >/dev/null || useradd --system --create-home --home-dir /home/{user} --shell /bin/sh --password '*' {u}\n"
+        );
     }
     s += &format!("home=$(getent passwd {u} | cut -d: -f6)\n[ -n \"$home\" ] || {{ echo \"no OS user {user}\" >&2; exit 3; }}\n");
     s += &format!("g=$(id -gn {u})\ninstall -d -m 0700 -o {u} -g \"$g\" \"$home/.ssh\"\n");
@@ -469,7 +473,7 @@ mod tests {
         }
         let prep = ssh_prepare_script("pgbackrest", "10.213.7.14", Some(("/srv/pgbackrest", &repo_host_config_path("c1"))));
         for part in [
-            "useradd --system --create-home --home-dir /var/lib/pgbackrest --shell /bin/sh pgbackrest",
+            "useradd --system --create-home --home-dir /home/pgbackrest --shell /bin/sh --password '*' pgbackrest",
             "install -d -m 0750 -o pgbackrest -g \"$g\" /srv/pgbackrest\n",
             "install -d -m 0700 -o pgbackrest -g \"$g\" /etc/pgbackrest/pgrepl/c1 /etc/pgbackrest/pgrepl/c1/lock\n",
             "runuser -u pgbackrest -- ssh-keygen -q -t ed25519 -N '' ",
