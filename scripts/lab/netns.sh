@@ -27,7 +27,8 @@
 #   sshd runs on <addr>:22 with key-only auth; everything started through it (pg_ctlcluster,
 #   postgres) sees those paths. N/<h>/sshd.pid, sshd.log, sshd_config, ssh_host_ed25519_key.
 #   Client side: N/id_ed25519 (lab key, root login), N/known_hosts (the three host keys, for
-#   strict checking), N/authorized_keys. Logins: root, and pgrepl-admin (unprivileged,
+#   strict checking), N/authorized_keys (and each user's own ~/.ssh/authorized_keys, per host
+#   for postgres). Logins: root, and pgrepl-admin (unprivileged,
 #   passwordless sudo, as cloud images have), both with the lab key.
 #
 # `down` stops the PostgreSQL servers inside the namespaces (fast shutdown, then SIGKILL
@@ -67,7 +68,12 @@ PG_DIRS=(etc-postgresql:/etc/postgresql var-lib-postgresql:/var/lib/postgresql
 # What pgrepl installs on a host of its own (agent binary, etcd member, its configuration
 # and logs): per host too, since the hosts share the machine's other directories.
 PGREPL_DIRS=(usr-local-lib-pgrepl:/usr/local/lib/pgrepl etc-pgrepl:/etc/pgrepl
-             var-lib-pgrepl:/var/lib/pgrepl var-log-pgrepl:/var/log/pgrepl)
+             var-lib-pgrepl:/var/lib/pgrepl var-log-pgrepl:/var/log/pgrepl
+             opt-pgrepl:/opt/pgrepl etc-pgbackrest:/etc/pgbackrest etc-xdg-pip:/etc/xdg/pip)
+# /opt/pgrepl: where `up` installs Barman's scripts (empty on a fresh host, whatever this
+# machine has there); /etc/pgbackrest: a pgBackRest repository host's configuration;
+# /etc/xdg/pip: the hosts' pip configuration, which points at the lab's PyPI mirror
+# ($LAB/wheelhouse, made by install.sh; no index: nothing leaves the machine).
 
 die() { printf 'netns.sh: ERROR: %s\n' "$*" >&2; exit 2; }
 warn() { printf 'netns.sh: warning: %s\n' "$*" >&2; }
@@ -126,7 +132,7 @@ PidFile $R/sshd.pid
 PermitRootLogin prohibit-password
 PubkeyAuthentication yes
 AuthenticationMethods publickey
-AuthorizedKeysFile $N/authorized_keys
+AuthorizedKeysFile $N/authorized_keys .ssh/authorized_keys
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
@@ -174,6 +180,10 @@ up_host() {
   chmod 0755 "$R/etc-postgresql" "$R/var-lib-postgresql"
   chmod 2775 "$R/run-postgresql"
   chmod 1775 "$R/log-postgresql"
+  if [[ -d $LAB/wheelhouse ]]; then
+    printf '# the netns lab: pip installs from the lab PyPI mirror only\n[global]\nno-index = true\nfind-links = %s\n' \
+      "$LAB/wheelhouse" >"$R/etc-xdg-pip/pip.conf"
+  fi
   [[ -f $R/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "pgl-$h" -f "$R/ssh_host_ed25519_key"
   write_host_files "$h"
 
@@ -195,6 +205,9 @@ up_host() {
     mount --bind "$2/etc-pgrepl" /etc/pgrepl
     mount --bind "$2/var-lib-pgrepl" /var/lib/pgrepl
     mount --bind "$2/var-log-pgrepl" /var/log/pgrepl
+    mount --bind "$2/opt-pgrepl" /opt/pgrepl
+    mount --bind "$2/etc-pgbackrest" /etc/pgbackrest
+    mount --bind "$2/etc-xdg-pip" /etc/xdg/pip
     exec "$3" -f "$2/sshd_config" -E "$2/sshd.log"' sh "$ns" "$R" "$SSHD"
 }
 
@@ -223,6 +236,11 @@ cmd_up() {
     useradd --create-home --shell /bin/bash "$ADMIN"
   fi
   usermod -p '*' "$ADMIN"
+  # The hosts' sshd runs without PAM, which refuses any key login to a locked account
+  # ('!'): postgres gets '*' (no password login either) so that pgBackRest's own SSH
+  # between the hosts (a repository host, `backup.repo_host`) can log in with the keys
+  # pgrepl puts in its per-host ~/.ssh/authorized_keys.
+  if [[ $(getent shadow postgres | cut -d: -f2) == '!'* ]]; then usermod -p '*' postgres; fi
   if [[ ! -f /etc/sudoers.d/pgrepl-lab ]]; then
     printf '%s ALL=(ALL) NOPASSWD:ALL\n' "$ADMIN" >/etc/sudoers.d/pgrepl-lab.tmp
     chmod 0440 /etc/sudoers.d/pgrepl-lab.tmp

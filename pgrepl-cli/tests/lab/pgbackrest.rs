@@ -299,3 +299,72 @@ fn missing_tool_is_named_locally() {
         assert!(!wd.path.join("nowhere").exists(), "nothing is installed on this machine");
     }
 }
+
+/// pgBackRest's failover gap (`archive_mode = on`: a standby marks the segments it streams
+/// as archived): db1's archiving held back (its archiver's configuration names a bucket
+/// that does not exist), three segments completed there under a synchronous load and
+/// never archived, db1 killed. The failover's step hands the old timeline's completed
+/// segments the archive lacks to the new primary's archiver: they reach the archive, and
+/// `restore --latest` holds every row acknowledged before the kill and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbackrest_failover_archives_old_timeline_15() {
+    let tag = "brgap15";
+    let lab = BackupLab::new(tag, "15", Tool::Pgbackrest, "[replication.sync]\nmode = \"any\"\ncount = 1\n", "", true);
+    let new_file = lab.wd.path.join("restored.toml");
+    let _destroy = lab.destroy_on_drop(&[&new_file]);
+    let (code, out, err) = lab.with(&["up"]);
+    assert_eq!(code, 0, "up: {out}\n{err}");
+    let (client, work, port) = (&lab.client, &lab.work, lab.port);
+    create_app_role(client, work, "db1", port);
+    let (code, out, err) = lab.with(&["backup"]);
+    assert_eq!(code, 0, "backup: {out}\n{err}");
+
+    // db1's archiver held back: its configuration (only `up` writes it) names a missing bucket.
+    let conf = work.join("db1/pgrepl/pgbackrest").join(tag).join("pgbackrest.conf");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    let bucket_line = format!("repo1-s3-bucket={}\n", lab.bucket);
+    assert!(text.contains(&bucket_line), "{text}");
+    std::fs::write(&conf, text.replace(&bucket_line, &format!("repo1-s3-bucket={}-held\n", lab.bucket))).unwrap();
+    let q = |sql: &str| psql(client, work, "db1", port, sql);
+    let failed_before: u64 = q("SELECT failed_count FROM pg_stat_archiver").parse().unwrap();
+    let w = Writer::start(port, 1).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        held.push(q("SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while q("SELECT failed_count FROM pg_stat_archiver").parse::<u64>().unwrap() <= failed_before {
+        assert!(std::time::Instant::now() < deadline, "db1's archiving never failed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let archived = lab.archived_segments();
+    for s in &held {
+        assert!(work.join("db1/data/pg_wal/archive_status").join(format!("{s}.ready")).is_file(), "{s} does not wait on db1");
+        assert!(!archived.contains(s), "{s} is archived already: {archived:?}");
+    }
+    lab.kill9("db1");
+    let first = w.finish().await;
+    let (code, out, err) = lab.with(&["failover"]);
+    assert_eq!(code, 0, "failover: {out}\n{err}");
+    assert!(out.contains("to the archiver"), "the failover hands the old timeline's segments to the archiver: {out}");
+    let (node, new_port) = lab.primary();
+    assert_ne!(node, "db1");
+    let w = Writer::start(new_port, 1_000_000).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = w.finish().await;
+    assert!(first.len() > 20 && second.len() > 20, "too few rows: {} then {}", first.len(), second.len());
+
+    let restored_port = free_ports(3);
+    let (code, out, err) = lab.restore_into(&["--latest"], &new_file, &format!("{tag}-r"), restored_port);
+    assert_eq!(code, 0, "restore --latest: {out}\n{err}");
+    let got = ids_in(client, &lab.wd.path.join(format!("{tag}-r")), "db1", restored_port);
+    for r in first.iter().chain(&second) {
+        assert!(got.contains(&r.id), "row {} (acknowledged) is missing from the restore", r.id);
+    }
+    let archived = lab.archived_segments();
+    for s in &held {
+        assert!(archived.contains(s), "{s}, completed on db1 and streamed to {node}, is not in the archive: {archived:?}");
+    }
+}

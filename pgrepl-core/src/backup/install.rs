@@ -91,6 +91,17 @@ pub(crate) async fn after_up(d: &Deployment, cluster: &crate::cluster::Cluster, 
     let b = cluster.backup.as_ref().filter(|b| b.tool == BackupTool::Pgbackrest)?;
     let h = handles.iter().find(|h| h.name == cluster.primary().name)?;
     let t0 = Instant::now();
+    if b.repo_host.is_some() {
+        // The trust, the repository host's configuration and the stanza, all there.
+        let all: Vec<&NodeHandle> = handles.iter().collect();
+        let r =
+            async { d.repo_host(b).await?.ok_or_else(|| Error::Discovery("no repository host".into()))?.prepare(b, cluster, &all).await };
+        let what = match r.await {
+            Ok(()) => format!("pgBackRest stanza ready (repository host {})", b.repo_host.as_deref().unwrap_or_default()),
+            Err(e) => format!("pgBackRest stanza not created yet: {}", crate::error::chain(&e)),
+        };
+        return Some(crate::deploy::Action { node: h.name.clone(), what, seconds: t0.elapsed().as_secs_f64() });
+    }
     let what = match d.stanza_create(b, h, &h.layout.pgrepl_dir).await {
         Ok(()) => "pgBackRest stanza ready".to_string(),
         Err(e) => format!("pgBackRest stanza not created yet: {}", crate::error::chain(&e)),

@@ -13,6 +13,8 @@
 //! in [`render::backup_tool`](crate::render::backup_tool); the agents' scheduler is in
 //! `agent::backups`.
 
+#[cfg(feature = "runtime")]
+pub(crate) mod archive_gap;
 pub mod catalog;
 #[cfg(feature = "runtime")]
 mod coverage;
@@ -25,8 +27,11 @@ mod install;
 mod pgbackrest;
 pub mod recovery;
 #[cfg(feature = "runtime")]
+mod repo_host;
+#[cfg(feature = "runtime")]
 mod run;
 pub mod schedule;
+pub mod timeline_gap;
 
 pub use crate::tool_failure::{ToolFailure, classify_failure};
 pub use catalog::{BackupInfo, parse_barman_list, parse_basebackup_verbose, parse_pgbackrest_info};

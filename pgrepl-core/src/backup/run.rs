@@ -121,7 +121,7 @@ impl Deployment {
     }
 
     /// The backups of cluster `server` (pgBackRest: its stanza, configured in `h`'s pgrepl directory).
-    async fn list_on(&self, b: &BackupSpec, server: &str, h: &NodeHandle) -> Result<Vec<BackupInfo>, Error> {
+    pub(super) async fn list_on(&self, b: &BackupSpec, server: &str, h: &NodeHandle) -> Result<Vec<BackupInfo>, Error> {
         let l = &h.layout;
         if b.tool == BackupTool::Pgbackrest {
             let line = pgbr::command(b, &cli_dir(l), server, &l.os_user, &["info", "--output=json"]);
@@ -163,6 +163,10 @@ impl Deployment {
                 reason: "its server does not run: a base backup is taken from a running server".into(),
             }
             .into());
+        }
+        if b.tool == BackupTool::Pgbackrest && b.repo_host.is_some() {
+            self.pgbackrest_ready(b, &cluster, &h).await?;
+            return self.repo_host_backup(b, &cluster, &h, from.is_some_and(|f| f != cluster.primary().name)).await;
         }
         if b.tool == BackupTool::Pgbackrest {
             self.pgbackrest_ready(b, &cluster, &h).await?;
@@ -265,6 +269,13 @@ impl Deployment {
         self.pgbackrest_ready(b, &cluster, &h).await?;
         let before = self.list_on(b, &self.cluster.name, &h).await?;
         let l = &h.layout;
+        if let Some(repo) = self.repo_host(b).await? {
+            // The policy is in the repository host's configuration.
+            let line = super::repo_host::RepoHost::command(b, &self.cluster.name, &["expire"]);
+            repo.run(&line, TOOL_TIMEOUT, "apply the retention policy").await?;
+            let after: Vec<String> = self.list_on(b, &self.cluster.name, &h).await?.into_iter().map(|x| x.id).collect();
+            return Ok(before.into_iter().map(|x| x.id).filter(|id| !after.contains(id)).collect());
+        }
         let line = match b.tool {
             // The policy is in the node's configuration (repo1-retention-full).
             BackupTool::Pgbackrest => pgbr::command(b, &cli_dir(l), &self.cluster.name, &l.os_user, &["expire"]),
@@ -364,9 +375,14 @@ impl Deployment {
         // Act.
         let t0 = Instant::now();
         let l = &h.layout;
+        run.layout_ready_for_restore(&primary, h, &render_node(&cluster, &primary.name, l, Some(&secrets))?).await?;
         h.transport.mkdir(&l.data_dir, 0o700, Some(&l.os_user)).await.map_err(|e| tr(&h.name, "create the data directory", e))?;
         let download = match b.tool {
             BackupTool::Pgbackrest => {
+                if let Some(repo) = self.repo_host(&b).await? {
+                    // The new primary's host reaches the repository host over SSH too.
+                    repo.ensure_trust(&b, &source, &cluster, &[h]).await?;
+                }
                 // The source's stanza, configured on the new primary's host, restored into its data directory.
                 pgbackrest::write_config(&b, &source, &l.pgrepl_dir, &new_node, h).await?;
                 let set = format!("--set={}", chosen.id);

@@ -64,7 +64,7 @@ pub const SQL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Deployment {
     pub(crate) cluster: Cluster,
     provider: Arc<dyn Provider>,
-    connector: Arc<dyn Connector>,
+    pub(crate) connector: Arc<dyn Connector>,
     state_dir: PathBuf,
     binaries: Option<Binaries>,
     pub(crate) local_ports: bool,

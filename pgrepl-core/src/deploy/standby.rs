@@ -208,6 +208,31 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// A restore's new primary on a layout whose configuration the OS's tools make
+    /// (Debian: `pg_createcluster`): that configuration made when missing, the data
+    /// directory it created removed (the restore fills it), the start at boot off.
+    pub(crate) async fn layout_ready_for_restore(&self, n: &Node, h: &NodeHandle, r: &RenderedNode) -> Result<Vec<Action>, Error> {
+        let (t, l) = (&*h.transport, &h.layout);
+        let mut actions = Vec::new();
+        if let (Some(_), Some(init)) = (&l.debian_cluster, &r.commands.init) {
+            let conf = format!("{}/postgresql.conf", l.config_dir);
+            if !t.exists(&conf, None).await.map_err(|e| tr(&n.name, "inspect the configuration", e))? {
+                self.step(&n.name, "create the cluster's configuration (pg_createcluster)", &mut actions, async {
+                    t.run(&Command::from_line(init).timeout(Duration::from_secs(300)))
+                        .await
+                        .map_err(|e| tr(&n.name, "pg_createcluster", e))?;
+                    Ok(())
+                })
+                .await?;
+                self.record_created(h, |c| c.debian_cluster = l.debian_cluster.clone()).await?;
+                self.record_created(h, |c| c.data_dir = Some(l.data_dir.clone())).await?;
+                t.remove_tree(&l.data_dir).await.map_err(|e| tr(&n.name, "empty the data directory pg_createcluster made", e))?;
+            }
+        }
+        actions.extend(self.ensure_autostart_off(n, h, r).await?);
+        Ok(actions)
+    }
+
     pub(crate) async fn clone_standby(&self, n: &Node, h: &NodeHandle, r: &RenderedNode, actions: &mut Vec<Action>) -> Result<(), Error> {
         let t = &*h.transport;
         let marker = h.layout.clone_marker();

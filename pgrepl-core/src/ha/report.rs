@@ -433,6 +433,14 @@ impl fmt::Display for OperationReport {
 }
 
 impl OperationReport {
+    /// What the step closing pgBackRest's failover gap did (see `backup::timeline_gap`).
+    fn archive_lines(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for s in self.steps.iter().filter(|s| s.action == plan::Action::ArchiveOldTimeline && s.outcome == plan::StepOutcome::Done) {
+            writeln!(f, "  archive    {}: {}", s.node, s.detail.as_deref().unwrap_or("checked"))?;
+        }
+        Ok(())
+    }
+
     fn fmt_switchover(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.changed {
             writeln!(
@@ -480,6 +488,7 @@ impl OperationReport {
             writeln!(f, "  slots: created [{}], dropped [{}]", self.slots_created.join(", "), self.slots_dropped.join(", "))?;
         }
         sync_line(f, &self.sync)?;
+        self.archive_lines(f)?;
         tail_lines(f, &self.warnings, &self.problems)
     }
 
@@ -527,6 +536,7 @@ impl OperationReport {
         }
         standby_lines(f, &self.standbys)?;
         sync_line(f, &self.sync)?;
+        self.archive_lines(f)?;
         tail_lines(f, &self.warnings, &self.problems)
     }
 

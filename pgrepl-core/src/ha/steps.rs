@@ -317,6 +317,22 @@ impl Exec<'_> {
                 st.report.warnings.extend(warnings);
                 Ok(None)
             }
+            Do::ArchiveOldTimeline => {
+                let Some(b) = self.after.backup.as_ref() else { return Ok(Some("no [backup]: nothing to archive".into())) };
+                let h = self.host(node)?;
+                let n = Self::node_of(&self.after, node)?;
+                let t = Instant::now();
+                let what = crate::backup::archive_gap::hand_old_timeline_to_archiver(b, &self.after.name, h, n.port, &caps).await.map_err(
+                    |e| {
+                        Fail::Abandon(Error::node(
+                            node,
+                            format!("{}: the old timeline's unarchived segments may be missing from the archive", crate::error::chain(&e)),
+                        ))
+                    },
+                )?;
+                act(&mut self.st().report.actions, node, what.clone(), t);
+                Ok(Some(what))
+            }
             Do::UpdateSyncStandbys => {
                 // synchronous_standby_names takes a reload; a restart of the primary would
                 // be a write outage (a setting it carries from its time as a standby, such

@@ -478,6 +478,7 @@ pub fn failover(cluster: &Cluster, obs: &ObservedCluster, req: &FailoverRequest)
             .map(|n| Step::new(n, Action::DropStaleSlots))
             .collect(),
     ));
+    steps.extend(super::archive_old_timeline(cluster, &cand));
     steps.push(Step::new(&cand, Action::CheckpointAfterPromotion));
     if let Some(d) = &degraded {
         warnings.push(d.clone());

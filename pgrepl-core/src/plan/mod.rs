@@ -177,6 +177,10 @@ pub enum Action {
     DropStaleSlots,
     /// CHECKPOINT on the new primary once writes flow (so a later pg_rewind sees its timeline).
     CheckpointAfterPromotion,
+    /// On the new primary (pgBackRest, `archive_mode = on`: a standby marks what it
+    /// streams as archived): the parent timeline's whole segments it holds that the
+    /// archive lacks (the old primary had not archived them) handed to its archiver.
+    ArchiveOldTimeline,
     /// initdb (data checksums on).
     Initdb,
     /// Ready a standby for its clone while its upstream is still being set up: pgrepl's
@@ -352,6 +356,15 @@ impl crate::topology::SyncRecord {
     }
 }
 
+/// The step closing pgBackRest's failover gap on the new primary `node`, when the
+/// cluster archives with pgBackRest (`archive_mode = on`; the other tools archive on
+/// every node, `always`). Best effort: the promotion is done, and the archive's listing
+/// failing leaves the gap as it was (a warning says so).
+pub fn archive_old_timeline(cluster: &Cluster, node: &str) -> Option<Step> {
+    let b = cluster.backup.as_ref()?;
+    (b.tool == crate::spec::BackupTool::Pgbackrest).then(|| Step::new(node, Action::ArchiveOldTimeline).best_effort())
+}
+
 impl Plan {
     /// An empty plan of `operation` on `cluster`, whose primary is `primary`.
     pub fn new(cluster: &str, operation: Operation, primary: &str) -> Plan {
@@ -458,6 +471,9 @@ impl fmt::Display for Action {
             Action::UpdateSyncStandbys => f.write_str("rewrite the primary's synchronous standbys"),
             Action::DropStaleSlots => f.write_str("drop slots no standby uses any more"),
             Action::CheckpointAfterPromotion => f.write_str("CHECKPOINT once writes flow"),
+            Action::ArchiveOldTimeline => {
+                f.write_str("hand the old timeline's segments it streamed and the archive lacks to its archiver (pgBackRest)")
+            }
             Action::Initdb => f.write_str("initdb (data checksums on)"),
             Action::PrepareClone => {
                 f.write_str("ready it for its clone: directories, passfile, configuration (pg_createcluster on Debian)")

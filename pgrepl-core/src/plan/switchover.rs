@@ -181,6 +181,7 @@ pub fn switchover(cluster: &Cluster, obs: &ObservedCluster, req: &SwitchoverRequ
             .map(|n| Step::new(n, Action::DropStaleSlots))
             .collect(),
     ));
+    steps.extend(super::archive_old_timeline(cluster, to));
     steps.push(Step::new(to, Action::CheckpointAfterPromotion));
     let mut plan = base(steps, false, new);
     plan.target_lsn = po.lsn;

@@ -588,3 +588,30 @@ fn an_ha_restart_plan_says_what_happens_to_the_agents() {
     assert!(p.warnings.iter().any(|w| w == restart::HA_NOTE), "{p}");
     assert!(!restart(&async_cluster(), &o, &req).unwrap().warnings.iter().any(|w| w == restart::HA_NOTE));
 }
+
+/// With pgBackRest (only the primary archives), a failover and a switchover hand the old
+/// timeline's unarchived segments to the new primary's archiver, after its promotion and
+/// before the CHECKPOINT that could remove them; with the other tools (every node
+/// archives) or no `[backup]`, no such step.
+#[test]
+fn pgbackrest_promotions_archive_the_old_timeline() {
+    let mut c = async_cluster();
+    let fo_obs = || obs(vec![stopped("db1"), standby("db2", 100), standby("db3", 200)]);
+    let so = SwitchoverRequest { to: "db2".into() };
+    for p in [failover(&c, &fo_obs(), &fo(None, false)).unwrap(), switchover(&c, &streaming_cluster(), &so).unwrap()] {
+        assert!(!p.steps.iter().any(|s| s.action == Action::ArchiveOldTimeline), "{p}");
+    }
+    let mut b = crate::spec::BackupSpec::barman_cloud("bk");
+    c.backup = Some(b.clone());
+    assert!(!failover(&c, &fo_obs(), &fo(None, false)).unwrap().steps.iter().any(|s| s.action == Action::ArchiveOldTimeline));
+    b.tool = crate::spec::BackupTool::Pgbackrest;
+    c.backup = Some(b);
+    for (p, to) in
+        [(failover(&c, &fo_obs(), &fo(None, false)).unwrap(), "db3"), (switchover(&c, &streaming_cluster(), &so).unwrap(), "db2")]
+    {
+        let at = |a: Action| p.steps.iter().position(|s| s.action == a && s.node == to).unwrap_or_else(|| panic!("{a} on {to}: {p}"));
+        let (promote, archive, checkpoint) = (at(Action::Promote), at(Action::ArchiveOldTimeline), at(Action::CheckpointAfterPromotion));
+        assert!(promote < archive && archive < checkpoint, "{p}");
+        assert!(p.steps[archive].best_effort && !p.steps[archive].alongside, "{p}");
+    }
+}

@@ -248,8 +248,12 @@ pub fn install_script(b: &BackupSpec) -> Option<String> {
     let venv = bin.strip_suffix("/bin").unwrap_or(&bin).to_string();
     let v = shell_quote(&venv);
     Some(format!(
-        "set -eu\numask 022\nif ! python3 -m venv --help >/dev/null 2>&1; then\n  if command -v apt-get >/dev/null; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; else dnf install -y -q python3; fi\nfi\n\
-         test -x {v}/bin/pip || python3 -m venv {v}\n{v}/bin/pip install -q 'barman[cloud]=={BARMAN_VERSION}' psycopg2-binary\nchmod -R go+rX,go-w {v}\n"
+        "set -eu\numask 022\n\
+         # The system's interpreter: the venv links to it, and the server's OS user runs it (a\n\
+         # python3 first on root's PATH may live under /root, which that user cannot enter).\n\
+         PY=/usr/bin/python3; [ -x \"$PY\" ] || PY=$(command -v python3)\n\
+         if ! \"$PY\" -m venv --help >/dev/null 2>&1; then\n  if command -v apt-get >/dev/null; then DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; else dnf install -y -q python3; fi\nfi\n\
+         test -x {v}/bin/pip || \"$PY\" -m venv {v}\n{v}/bin/pip install -q 'barman[cloud]=={BARMAN_VERSION}' psycopg2-binary\nchmod -R go+rX,go-w {v}\n"
     ))
 }
 
@@ -304,6 +308,23 @@ pub fn install_hint(b: &BackupSpec) -> String {
 mod tests {
     use super::*;
     use crate::spec::{RetentionSpec, Sse};
+
+    #[test]
+    fn barman_is_installed_in_a_venv_on_the_system_interpreter() {
+        let b = BackupSpec::barman_cloud("bk");
+        let s = install_script(&b).unwrap();
+        for part in [
+            "PY=/usr/bin/python3; [ -x \"$PY\" ] || PY=$(command -v python3)\n",
+            "test -x /opt/pgrepl/barman/bin/pip || \"$PY\" -m venv /opt/pgrepl/barman\n",
+            &format!("/opt/pgrepl/barman/bin/pip install -q 'barman[cloud]=={BARMAN_VERSION}' psycopg2-binary\n"),
+            "chmod -R go+rX,go-w /opt/pgrepl/barman\n",
+        ] {
+            assert!(s.contains(part), "{part:?} missing from\n{s}");
+        }
+        assert!(!s.contains("\npython3 -m venv"), "never the python3 first on root's PATH: {s}");
+        let o = std::process::Command::new("sh").args(["-n", "-c", &s]).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
 
     #[test]
     fn pgbackrest_is_installed_from_the_package_at_its_place_only() {

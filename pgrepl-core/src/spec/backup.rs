@@ -17,6 +17,10 @@
 //! schedule = "0 3 * * *"         # cron: `pgrepl render` shows the line
 //! ```
 //!
+//! pgBackRest can keep its repository on a host reached over SSH instead of S3:
+//! `repo_host = "backup1"`, `repo_host_user = "pgbackrest"`, `repo_path = "/var/lib/pgbackrest"`
+//! (no bucket then).
+//!
 //! Credentials come only from the AWS configuration chain (environment, profile, instance
 //! role): the spec names a profile or the path of a credentials file, never a key.
 
@@ -74,9 +78,29 @@ pub struct BackupSpec {
     /// When to take a full backup, as a cron expression (five fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// pgBackRest's repository on a host reached over SSH (its `repo1-host`: a name or
+    /// address the nodes' hosts reach), instead of S3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_host: Option<String>,
+    /// The OS user pgBackRest runs as on `repo_host` (default `pgbackrest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_host_user: Option<String>,
+    /// The repository's directory on `repo_host` (default `/var/lib/pgbackrest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_path: Option<PathBuf>,
 }
 
 impl BackupSpec {
+    /// The repository host's OS user (`repo_host_user`, default `pgbackrest`).
+    pub fn repo_user(&self) -> &str {
+        self.repo_host_user.as_deref().unwrap_or("pgbackrest")
+    }
+
+    /// The repository's directory on the repository host (`repo_path`, default `/var/lib/pgbackrest`).
+    pub fn repo_dir(&self) -> String {
+        self.repo_path.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|| "/var/lib/pgbackrest".into())
+    }
+
     /// A barman-cloud backup to `bucket`.
     pub fn barman_cloud(bucket: impl Into<String>) -> Self {
         BackupSpec {
@@ -94,6 +118,9 @@ impl BackupSpec {
             bin_dir: None,
             retention: None,
             schedule: None,
+            repo_host: None,
+            repo_host_user: None,
+            repo_path: None,
         }
     }
 }

@@ -12,8 +12,26 @@ pub(super) fn check_backup(b: &BackupSpec, archive: &ArchiveSpec, err: &mut impl
             "either [archive] (a directory or your own commands) or [backup]",
         );
     }
-    let s3 = matches!(b.tool, BackupTool::BarmanCloud | BackupTool::Pgbackrest);
-    if s3 {
+    let repo_host = b.tool == BackupTool::Pgbackrest && b.repo_host.is_some();
+    check_repo_host(b, err);
+    let s3 = matches!(b.tool, BackupTool::BarmanCloud | BackupTool::Pgbackrest) && !repo_host;
+    if repo_host {
+        for (name, set) in [
+            ("bucket", b.bucket.is_some()),
+            ("endpoint", b.endpoint.is_some()),
+            ("region", b.region.is_some()),
+            ("profile", b.profile.is_some()),
+            ("credentials_file", b.credentials_file.is_some()),
+            ("ca_file", b.ca_file.is_some()),
+            ("sse", b.sse.is_some()),
+            ("prefix", b.prefix.is_some()),
+            ("path", b.path.is_some()),
+        ] {
+            if set {
+                err(f(name), "set, but the repository is on backup.repo_host (not S3)".into(), "nothing (or no repo_host)");
+            }
+        }
+    } else if s3 {
         match b.bucket.as_deref() {
             None => err(f("bucket"), format!("missing (tool = \"{}\" stores in S3)", b.tool.as_str()), "an S3 bucket name"),
             Some(name) => {
@@ -111,6 +129,64 @@ pub(super) fn check_backup(b: &BackupSpec, archive: &ArchiveSpec, err: &mut impl
     }
 }
 
+/// `repo_host`, `repo_host_user`, `repo_path`: pgBackRest's only, well formed.
+fn check_repo_host(b: &BackupSpec, err: &mut impl FnMut(String, String, &str)) {
+    let f = |name: &str| format!("backup.{name}");
+    let any = b.repo_host.is_some() || b.repo_host_user.is_some() || b.repo_path.is_some();
+    if any && b.tool != BackupTool::Pgbackrest {
+        let name = if b.repo_host.is_some() {
+            "repo_host"
+        } else if b.repo_host_user.is_some() {
+            "repo_host_user"
+        } else {
+            "repo_path"
+        };
+        err(f(name), format!("set, but tool = \"{}\" has no repository host", b.tool.as_str()), "tool = \"pgbackrest\" (or no repo_host)");
+        return;
+    }
+    if b.repo_host.is_none() {
+        for (name, set) in [("repo_host_user", b.repo_host_user.is_some()), ("repo_path", b.repo_path.is_some())] {
+            if set {
+                err(f(name), "set without backup.repo_host".into(), "repo_host too (or neither)");
+            }
+        }
+    }
+    if let Some(h) = &b.repo_host {
+        let ok =
+            !h.is_empty() && h.len() <= 253 && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:_".contains(c)) && !h.starts_with('-');
+        if !ok {
+            err(
+                f("repo_host"),
+                format!("\"{h}\" is not a host name or address"),
+                "a host name or IP address the nodes' hosts reach over SSH",
+            );
+        }
+    }
+    if let Some(u) = &b.repo_host_user {
+        let ok = !u.is_empty()
+            && u.len() <= 32
+            && u.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && u.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !ok || u == "root" {
+            err(
+                f("repo_host_user"),
+                format!("\"{u}\" is not an unprivileged OS user name"),
+                "a lowercase user name other than root, such as \"pgbackrest\"",
+            );
+        }
+    }
+    if let Some(p) = &b.repo_path {
+        let text = p.to_string_lossy();
+        if !p.is_absolute() || text.chars().any(|c| c.is_control() || c.is_whitespace()) || text == "/" {
+            err(
+                f("repo_path"),
+                format!("\"{}\" is not an absolute path below /", p.display()),
+                "an absolute directory such as \"/var/lib/pgbackrest\"",
+            );
+        }
+    }
+}
+
 /// S3's bucket naming rules (the ones that matter for a URL).
 fn check_bucket(name: &str) -> Result<(), String> {
     let len_ok = (3..=63).contains(&name.len());
@@ -169,6 +245,29 @@ mod tests {
             let e = errors(section);
             assert!(e.contains(field), "{section:?} should name {field}: {e:?}");
         }
+        let pgbr = "[backup]\ntool = \"pgbackrest\"\n";
+        for (extra, field) in [
+            ("repo_host = \"bk 1\"\n", "backup.repo_host"),
+            ("repo_host = \"-oProxyCommand=x\"\n", "backup.repo_host"),
+            ("repo_host = \"bk1\"\nrepo_host_user = \"root\"\n", "backup.repo_host_user"),
+            ("repo_host = \"bk1\"\nrepo_host_user = \"Back Up\"\n", "backup.repo_host_user"),
+            ("repo_host = \"bk1\"\nrepo_path = \"rel/repo\"\n", "backup.repo_path"),
+            ("repo_host = \"bk1\"\nrepo_path = \"/\"\n", "backup.repo_path"),
+            ("repo_host = \"bk1\"\nbucket = \"ok-b\"\n", "backup.bucket"),
+            ("repo_host = \"bk1\"\nendpoint = \"https://s3.example\"\n", "backup.endpoint"),
+            ("repo_host = \"bk1\"\ncredentials_file = \"/srv/c\"\n", "backup.credentials_file"),
+            ("repo_path = \"/srv/repo\"\nbucket = \"ok-b\"\n", "backup.repo_path"),
+        ] {
+            let e = errors(&format!("{pgbr}{extra}"));
+            assert!(e.contains(field), "{extra:?} should name {field}: {e:?}");
+        }
+        let e = errors("[backup]\ntool = \"barman-cloud\"\nbucket = \"ok-b\"\nrepo_host = \"bk1\"\n");
+        assert!(e.contains("backup.repo_host") && e.contains("no repository host"), "{e}");
+        // A repository host needs no bucket.
+        assert_eq!(
+            errors(&format!("{pgbr}repo_host = \"10.0.0.9\"\nrepo_host_user = \"pgbackrest\"\nrepo_path = \"/srv/pgbackrest\"\n")),
+            ""
+        );
         // A key in the spec is not a field at all.
         let e = errors("[backup]\ntool = \"barman-cloud\"\nbucket = \"ok-b\"\naws_secret_access_key = \"x\"\n");
         assert!(e.contains("aws_secret_access_key"), "{e}");
