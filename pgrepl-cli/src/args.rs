@@ -309,7 +309,7 @@ pub enum Cmd {
         link: bool,
         /// The new major's server binaries (on every host; local: default found like
         /// --pg-bin, among the installed majors; Debian's layout: default
-        /// /usr/lib/postgresql/<N>/bin).
+        /// /usr/lib/postgresql/N/bin).
         #[arg(long, value_name = "DIR", requires = "to")]
         new_pg_bin: Option<PathBuf>,
         /// The new major's client tools, when not beside its server binaries.

@@ -189,14 +189,7 @@ impl Run<'_> {
                 .map_err(|e| tr(&n.name, "inspect the configuration", e))?
             {
                 self.remove_unfinished_data(n, h).await?;
-                self.step(&n.name, "create the cluster's configuration (pg_createcluster)", actions, async {
-                    t.run(&Command::from_line(init).timeout(Duration::from_secs(300)))
-                        .await
-                        .map_err(|e| tr(&n.name, "pg_createcluster", e))?;
-                    Ok(())
-                })
-                .await?;
-                self.record_created(h, |c| c.debian_cluster = l.debian_cluster.clone()).await?;
+                self.create_debian_cluster(n, h, init, actions).await?;
             }
         }
         // Before the clone: a reboot must not start a copy that has no standby settings yet.
@@ -208,6 +201,24 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Debian's configuration of node `n` made with `init` (its `pg_createcluster` line),
+    /// recorded as pgrepl's.
+    async fn create_debian_cluster(
+        &self,
+        n: &Node,
+        h: &NodeHandle,
+        init: &crate::render::CommandLine,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), Error> {
+        let t = &*h.transport;
+        self.step(&n.name, "create the cluster's configuration (pg_createcluster)", actions, async {
+            t.run(&Command::from_line(init).timeout(Duration::from_secs(300))).await.map_err(|e| tr(&n.name, "pg_createcluster", e))?;
+            Ok(())
+        })
+        .await?;
+        self.record_created(h, |c| c.debian_cluster = h.layout.debian_cluster.clone()).await
+    }
+
     /// A restore's new primary on a layout whose configuration the OS's tools make
     /// (Debian: `pg_createcluster`): that configuration made when missing, the data
     /// directory it created removed (the restore fills it), the start at boot off.
@@ -217,14 +228,7 @@ impl Run<'_> {
         if let (Some(_), Some(init)) = (&l.debian_cluster, &r.commands.init) {
             let conf = format!("{}/postgresql.conf", l.config_dir);
             if !t.exists(&conf, None).await.map_err(|e| tr(&n.name, "inspect the configuration", e))? {
-                self.step(&n.name, "create the cluster's configuration (pg_createcluster)", &mut actions, async {
-                    t.run(&Command::from_line(init).timeout(Duration::from_secs(300)))
-                        .await
-                        .map_err(|e| tr(&n.name, "pg_createcluster", e))?;
-                    Ok(())
-                })
-                .await?;
-                self.record_created(h, |c| c.debian_cluster = l.debian_cluster.clone()).await?;
+                self.create_debian_cluster(n, h, init, &mut actions).await?;
                 self.record_created(h, |c| c.data_dir = Some(l.data_dir.clone())).await?;
                 t.remove_tree(&l.data_dir).await.map_err(|e| tr(&n.name, "empty the data directory pg_createcluster made", e))?;
             }

@@ -64,12 +64,16 @@ fn problems(r: Result<UpgradePlan, Refusal>) -> Vec<UpgradeProblem> {
     }
 }
 
+/// Each step as "<node> <kind>".
+fn kinds(p: &UpgradePlan) -> Vec<String> {
+    p.steps.iter().map(|s| format!("{} {}", s.node(), serde_json::to_value(s).unwrap()["kind"])).collect()
+}
+
 #[test]
 fn healthy_cluster_copy_plan() {
     let p = upgrade(&cluster(), &facts(), &COPY).unwrap();
-    let kinds: Vec<String> = p.steps.iter().map(|s| format!("{} {}", s.node(), serde_json::to_value(s).unwrap()["kind"])).collect();
     assert_eq!(
-        kinds,
+        kinds(&p),
         [
             "db1 \"stop_primary\"",
             "db2 \"stop_standby\"",
@@ -264,9 +268,8 @@ fn debian_facts() -> UpgradeFacts {
 #[test]
 fn debian_clusters_are_upgraded_beside_the_old_ones() {
     let p = upgrade(&cluster(), &debian_facts(), &COPY).unwrap();
-    let kinds: Vec<String> = p.steps.iter().map(|s| format!("{} {}", s.node(), serde_json::to_value(s).unwrap()["kind"])).collect();
     assert_eq!(
-        kinds,
+        kinds(&p),
         [
             "db1 \"stop_primary\"",
             "db2 \"stop_standby\"",
