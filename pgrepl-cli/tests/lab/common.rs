@@ -102,10 +102,17 @@ pub fn free_ports(n: u16) -> u16 {
     static LOCK: Mutex<()> = Mutex::new(());
     static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
     let _g = LOCK.lock().unwrap();
+    // Below Linux's ephemeral range (32768-60999): a port picked here and bound later by a
+    // server is never taken meanwhile by some client connection's local port.
+    const FIRST: u16 = 20000;
+    const END: u16 = 32768;
     if NEXT_PORT.load(Ordering::SeqCst) == 0 {
-        NEXT_PORT.store(20000 + (std::process::id() % 2000) as u16 * 10, Ordering::SeqCst);
+        NEXT_PORT.store(FIRST + (std::process::id() % 1200) as u16 * 10, Ordering::SeqCst);
     }
     for _ in 0..1000 {
+        if NEXT_PORT.load(Ordering::SeqCst) + n >= END {
+            NEXT_PORT.store(FIRST, Ordering::SeqCst);
+        }
         let base = NEXT_PORT.fetch_add(n + 1, Ordering::SeqCst);
         if (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
