@@ -178,7 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                     }
                     started_now = started;
                 } else {
-                    hosts_ha::ensure_agents_saying(&d, &read_spec(&spec_path)?, common.output == OutputFormat::Text).await?;
+                    started_now = hosts_ha::ensure_agents_saying(&d, &read_spec(&spec_path)?, common.output == OutputFormat::Text).await?;
                 }
             }
             let status = d.status().await;
