@@ -90,7 +90,9 @@ pub async fn ensure_agents_saying(d: &Deployment, spec: &ClusterSpec, text: bool
 /// agent was started or restarted. A host that cannot be reached is an error here: its
 /// agent would go on with the old binaries.
 pub async fn roll_held_agents(d: &Deployment, spec: &ClusterSpec, text: bool) -> anyhow::Result<Vec<String>> {
-    let (done, unreachable) = roll(d, spec, false).await?;
+    // The hosts' addresses as `up` renders them (EC2's and witnesses' known once they exist).
+    let d = if deploys_etcd(d) { d.clone().with_host_addresses(false).await? } else { d.clone() };
+    let (done, unreachable) = roll(&d, spec, false).await?;
     let hosts: Vec<String> = unreachable.iter().map(|(h, e)| format!("{h} ({e})")).collect();
     let started = said(done, &unreachable, text);
     anyhow::ensure!(
