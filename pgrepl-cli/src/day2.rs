@@ -42,11 +42,19 @@ pub async fn upgrade_minor(common: &Common, mode: RestartMode, dry_run: bool) ->
     let mut report = report?;
     // `[ha]`: the agents onto the new binaries too (paused while they restart).
     if d.cluster().ha.is_some() {
-        match crate::ha_upgrade::agents_after_upgrade(&d, &spec_path, &crate::agent_args(common), false).await {
+        match crate::ha_upgrade::agents_after_upgrade(
+            &d,
+            &spec_path,
+            &crate::agent_args(common),
+            false,
+            common.output == OutputFormat::Text,
+        )
+        .await
+        {
             Ok(s) => report.warnings.push(format!("agents: {s}")),
             Err(e) => {
                 print_report(common, &report)?;
-                return Err(e.context("the nodes run the new binaries, but the agents could not be restarted on them (`pgrepl status`; `pgrepl up` starts agents that do not run; `pgrepl resume` if left paused)"));
+                return Err(e.context("the nodes run the new binaries, but the agents could not be restarted on them"));
             }
         }
     }

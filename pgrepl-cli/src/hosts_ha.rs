@@ -41,10 +41,17 @@ pub async fn ensure_etcd(d: &Deployment) -> anyhow::Result<Vec<Applied>> {
 /// paused around their restart when they run the cluster. Returns what was done and the
 /// hosts that could not be reached.
 pub async fn ensure_agents(d: &Deployment, spec: &ClusterSpec) -> anyhow::Result<(Vec<Applied>, Vec<(String, String)>)> {
+    roll(d, spec, true).await
+}
+
+/// The rollout of [`ensure_agents`]; with `pause_if_in_charge`, the agents paused around
+/// it when it restarts any and they run the cluster (a caller that holds them paused
+/// already passes `false`).
+async fn roll(d: &Deployment, spec: &ClusterSpec, pause_if_in_charge: bool) -> anyhow::Result<(Vec<Applied>, Vec<(String, String)>)> {
     let (bytes, sha) = own_binary()?;
     let log = std::env::var("PGREPL_AGENT_LOG").unwrap_or_else(|_| "info".into());
     let rollout = pgrepl_etcd::hosts::prepare_agents(d, spec, &sha, &log).await?;
-    let pause = !rollout.restarting.is_empty() && crate::ha::agents_in_charge(d).await.unwrap_or(false);
+    let pause = pause_if_in_charge && !rollout.restarting.is_empty() && crate::ha::agents_in_charge(d).await.unwrap_or(false);
     if pause {
         tracing::info!("pausing the agents while {} restart", rollout.restarting.join(", "));
         crate::ha::set_paused(d, true).await?;
@@ -75,9 +82,32 @@ pub fn say(done: &[Applied], text: bool) {
 /// hosts whose agent was started or restarted.
 pub async fn ensure_agents_saying(d: &Deployment, spec: &ClusterSpec, text: bool) -> anyhow::Result<Vec<String>> {
     let (done, unreachable) = ensure_agents(d, spec).await?;
+    Ok(said(done, &unreachable, text))
+}
+
+/// The agents' rollout of `up` for agents the caller holds paused (after an upgrade: onto
+/// the rewritten cluster file and its binaries), saying what was done; the hosts whose
+/// agent was started or restarted. A host that cannot be reached is an error here: its
+/// agent would go on with the old binaries.
+pub async fn roll_held_agents(d: &Deployment, spec: &ClusterSpec, text: bool) -> anyhow::Result<Vec<String>> {
+    // The hosts' addresses as `up` renders them (EC2's and witnesses' known once they exist).
+    let d = if deploys_etcd(d) { d.clone().with_host_addresses(false).await? } else { d.clone() };
+    let (done, unreachable) = roll(&d, spec, false).await?;
+    let hosts: Vec<String> = unreachable.iter().map(|(h, e)| format!("{h} ({e})")).collect();
+    let started = said(done, &unreachable, text);
+    anyhow::ensure!(
+        hosts.is_empty(),
+        "the agents of {} could not be reached and still run the old cluster file (restarted meanwhile: {})",
+        hosts.join(", "),
+        if started.is_empty() { "none".to_string() } else { started.join(", ") }
+    );
+    Ok(started)
+}
+
+fn said(done: Vec<Applied>, unreachable: &[(String, String)], text: bool) -> Vec<String> {
     say(&done, text);
-    for (h, e) in &unreachable {
+    for (h, e) in unreachable {
         eprintln!("warning: {h} cannot be reached: {e}");
     }
-    Ok(done.into_iter().filter(|a| a.actions.iter().any(|x| x.contains("agent"))).map(|a| a.host).collect())
+    done.into_iter().filter(|a| a.actions.iter().any(|x| x.contains("agent"))).map(|a| a.host).collect()
 }

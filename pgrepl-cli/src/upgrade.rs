@@ -74,11 +74,12 @@ pub(crate) async fn upgrade(common: &Common, a: UpgradeArgs) -> anyhow::Result<u
     let mut agents_failed = None;
     let agents = match (&d2, d.cluster().ha.is_some() && report.primary_upgraded) {
         (Ok(d2), true) => {
-            match crate::ha_upgrade::agents_after_upgrade(d2, &spec_path, &crate::agent_args(&new_common), report.agents_paused_here).await
+            match crate::ha_upgrade::agents_after_upgrade(d2, &spec_path, &crate::agent_args(&new_common), report.agents_paused_here, text)
+                .await
             {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    let s = format!("{e:#}; the agents are left paused: `pgrepl up`, then `pgrepl resume`");
+                    let s = format!("{e:#}");
                     agents_failed = Some(s.clone());
                     Some(s)
                 }

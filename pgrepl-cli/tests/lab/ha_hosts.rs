@@ -559,3 +559,88 @@ impl Drop for HttpsServer {
         let _ = self.child.wait();
     }
 }
+
+/// `upgrade --minor` with the agents acting on the hosts (the plain layout, `pg_bin` moved
+/// to a copy of the lab's 15 build): the nodes restart onto the copy, then the command
+/// rolls every agent onto the rewritten cluster file as `up` does, binds the leader key to
+/// the primary's new agent and resumes them: unpaused, every agent running and reporting,
+/// the key on the writable node, no failover (the history holds the rolling restart's two
+/// switchovers only).
+#[test]
+fn ha_minor_upgrade_on_hosts_rolls_the_agents_binds_the_key_and_resumes_them() {
+    let _lab = HaLab::up();
+    let wd = WorkDir::new("ha-minor");
+    let bin = std::fs::canonicalize("/opt/pgrepl-lab/pg/15/bin").unwrap();
+    let build = bin.parent().unwrap().to_path_buf();
+    let spec = |bin: &std::path::Path| {
+        HaLab::spec("hmin", &format!("pg_bin = \"{}\"\n", bin.display()), "").replace(
+            "connect_timeout_secs = 3",
+            "connect_timeout_secs = 3\nlayout = \"plain\"\ndata_root = \"/var/lib/postgresql/plainroot\"",
+        )
+    };
+    let f = wd.path.join("hmin.toml");
+    std::fs::write(&f, spec(&bin)).unwrap();
+    let f = f.to_str().unwrap();
+    let (code, out, err) = run(f, &wd, &["up"]);
+    assert_eq!(code, 0, "up: {out}\n{err}");
+    let members = ["d", "e", "f", "g", "w"];
+    wait_view(f, &wd, Duration::from_secs(30), "d leads, every member reports", |v| {
+        v["leader"] == "d" && members.iter().all(|n| member(v, n).is_some())
+    });
+
+    const DATA: &str = "/var/lib/postgresql/plainroot/hmin/data";
+    let postmaster = |h: &str| HaLab::inside(h, &format!("readlink /proc/$(head -1 {DATA}/postmaster.pid)/exe")).1;
+    let writable = |h: &str, bin: &std::path::Path| {
+        HaLab::inside(
+            h,
+            &format!(
+                "timeout 3 runuser -u postgres -- {}/psql -X -A -t -h $(sed -n 5p {DATA}/postmaster.pid) -p $(sed -n 4p {DATA}/postmaster.pid) -d postgres -c 'SELECT NOT pg_is_in_recovery()'",
+                bin.display()
+            ),
+        )
+        .1
+    };
+    for h in ["d", "e", "f", "g"] {
+        assert!(postmaster(h).starts_with(build.to_str().unwrap()), "{h} runs the lab's build first: {}", postmaster(h));
+    }
+
+    // A new build of the same major, where every host sees it; the cluster file names it.
+    let new = wd.path.join("pg15-new");
+    let st = std::process::Command::new("cp").arg("-a").arg(&build).arg(&new).status().unwrap();
+    assert!(st.success());
+    let new_bin = new.join("bin");
+    std::fs::write(f, spec(&new_bin)).unwrap();
+    let (code, out, err) = run(f, &wd, &["upgrade", "--minor"]);
+    assert_eq!(code, 0, "upgrade --minor: {out}\n{err}");
+    assert_eq!(err.matches("restarted pgrepl-hmin-agent").count(), 5, "every agent rolled onto the new cluster file: {err}");
+    let all = format!("{out}\n{err}");
+    assert!(all.contains("agents restarted on the new binaries"), "{all}");
+    assert!(all.contains("the leader key bound to d's agent's lease") || all.contains("the leader key names d already"), "{all}");
+    assert!(all.contains("were resumed"), "{all}");
+    assert!(!all.contains("left paused"), "{all}");
+
+    let v = wait_view(f, &wd, Duration::from_secs(30), "every agent back, resumed", |v| {
+        v["paused"] == false && members.iter().all(|n| member(v, n).is_some())
+    });
+    assert_eq!(v["leader"], "d", "the key is on the primary: {v:#}");
+    // The rolling restart's two switchovers (d to e and back), no failover.
+    let moves = |v: &serde_json::Value| -> Vec<String> {
+        v["history"].as_array().unwrap().iter().map(|h| format!("{}:{}->{}", h["kind"], h["from"], h["node"]).replace('"', "")).collect()
+    };
+    assert_eq!(moves(&v), ["switchover:d->e", "switchover:e->d"], "{v:#}");
+    for (n, addr, _, _) in HA_HOSTS {
+        let (code, _) = HaLab::ssh(addr, "! flock -n /var/lib/pgrepl/hmin/run/agent.pid true");
+        assert_eq!(code, 0, "{n}: its agent runs");
+    }
+    for h in ["d", "e", "f", "g"] {
+        assert!(postmaster(h).starts_with(new.to_str().unwrap()), "{h} runs the new build: {}", postmaster(h));
+        assert_eq!(writable(h, &new_bin), if h == "d" { "t" } else { "f" }, "{h}: only d accepts writes");
+    }
+    // Settled: the agents, acting again, keep it so.
+    std::thread::sleep(Duration::from_secs(5));
+    let v = ha_view(f, &wd);
+    assert_eq!(v["leader"], "d", "{v:#}");
+    assert_eq!(moves(&v), ["switchover:d->e", "switchover:e->d"], "no failover: {v:#}");
+    eprintln!("upgrade --minor said:\n{out}\n{err}");
+    let _ = run(f, &wd, &["destroy", "--yes"]);
+}
