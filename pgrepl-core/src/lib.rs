@@ -68,6 +68,8 @@ mod validate;
 pub mod version;
 
 #[cfg(feature = "runtime")]
+mod debian_kept;
+#[cfg(feature = "runtime")]
 pub mod deploy;
 #[cfg(feature = "runtime")]
 pub mod discovery;

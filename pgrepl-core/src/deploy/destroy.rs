@@ -123,14 +123,14 @@ impl Deployment {
                     // The old major's clusters an upgrade kept until `upgrade --finish`:
                     // pgrepl's too (the new cluster is recorded as pgrepl's only when the
                     // old one was). One that runs is left, named.
-                    for k in crate::upgrade::kept_debian_clusters(h).await? {
+                    for k in crate::debian_kept::kept_debian_clusters(h).await? {
                         let (kv, kc) = k.debian_cluster.clone().unwrap_or_default();
                         if k.running {
                             left.push(format!(
                                 "{n}: Debian cluster {kv}/{kc} kept by an upgrade runs: not dropped (stop it, then `pg_dropcluster {kv} {kc}`)"
                             ));
                         } else {
-                            t.run(&crate::upgrade::tools::dropcluster(&kv, &kc))
+                            t.run(&crate::debian_kept::dropcluster(&kv, &kc))
                                 .await
                                 .map_err(|e| tr(n, &format!("drop the cluster {kv}/{kc} an upgrade kept"), e))?;
                         }

@@ -21,34 +21,6 @@ for k in "$d"-*.old; do [ -d "$k" ] || continue
   if [ -f "$k/postmaster.pid" ]; then p=$(head -n 1 "$k/postmaster.pid"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null && r=running; fi
   printf '%s\t%s\t%s\n' "$k" "$v" "$r"; done"#;
 
-/// `$1` the cluster's name, `$2` the marker: prints `<data dir> <version> running|stopped`
-/// per Debian cluster of that name whose `start.conf` begins with the marker (`pg_lsclusters`
-/// says where its data is and whether it runs).
-const DEBIAN_KEPT_SCRIPT: &str = r#"c="$1"; m="$2"
-for f in /etc/postgresql/*/"$c"/start.conf; do [ -f "$f" ] || continue
-  head -n 1 "$f" | grep -qF -- "$m" || continue
-  v=$(basename "$(dirname "$(dirname "$f")")")
-  pg_lsclusters -h "$v" "$c" | while read -r ver name port status owner data rest; do
-    r=stopped; case "$status" in online*) r=running ;; esac
-    printf '%s	%s	%s
-' "$data" "$ver" "$r"; done; done"#;
-
-/// The lines of [`DEBIAN_KEPT_SCRIPT`] as kept directories of `node`'s cluster `name`.
-pub(super) fn parse_debian_kept(node: &str, name: &str, out: &str) -> Vec<KeptDir> {
-    out.lines()
-        .filter_map(|line| match line.split('\t').collect::<Vec<_>>().as_slice() {
-            [data, v, state] => Some(KeptDir {
-                node: node.to_string(),
-                path: data.to_string(),
-                major: v.trim().parse().ok(),
-                running: *state == "running",
-                debian_cluster: Some((v.trim().to_string(), name.to_string())),
-            }),
-            _ => None,
-        })
-        .collect()
-}
-
 async fn look(h: &NodeHandle) -> Result<(Option<PgMajor>, Vec<KeptDir>), Error> {
     let c = Command {
         user: h.transport.admin_user().map(str::to_string),
@@ -71,20 +43,8 @@ async fn look(h: &NodeHandle) -> Result<(Option<PgMajor>, Vec<KeptDir>), Error> 
             _ => {}
         }
     }
-    kept.extend(kept_debian_clusters(h).await?);
+    kept.extend(crate::debian_kept::kept_debian_clusters(h).await?);
     Ok((own, kept))
-}
-
-/// The old Debian clusters an upgrade kept on `h`'s host (those of its cluster name whose
-/// `start.conf` carries [`tools::RETIRED_MARKER`]); none on other layouts.
-pub(crate) async fn kept_debian_clusters(h: &NodeHandle) -> Result<Vec<KeptDir>, Error> {
-    let Some((_, name)) = &h.layout.debian_cluster else { return Ok(Vec::new()) };
-    let c = Command {
-        user: h.transport.admin_user().map(str::to_string),
-        ..Command::new("sh").args(["-c", DEBIAN_KEPT_SCRIPT, "pgrepl-kept", name.as_str(), tools::RETIRED_MARKER])
-    };
-    let out = h.transport.run(&c).await.map_err(|e| tr(&h.name, "look for old clusters kept by an upgrade", e))?;
-    Ok(parse_debian_kept(&h.name, name, &out.stdout))
 }
 
 impl Deployment {
@@ -128,21 +88,5 @@ impl Deployment {
             l.release().await;
         }
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn debian_clusters_kept_by_an_upgrade_are_read() {
-        let out = "/var/lib/postgresql/15/main\t15\tstopped\n/var/lib/postgresql/14/main\t14\trunning\nnoise\n";
-        let k = parse_debian_kept("db1", "main", out);
-        assert_eq!(k.len(), 2);
-        assert_eq!(k[0].path, "/var/lib/postgresql/15/main");
-        assert_eq!(k[0].major, Some(PgMajor::V15));
-        assert_eq!(k[0].debian_cluster, Some(("15".into(), "main".into())));
-        assert!(!k[0].running && k[1].running);
     }
 }

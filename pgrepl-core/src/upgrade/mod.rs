@@ -32,7 +32,7 @@
 //! systemd is refused by the checks, naming the node. Agents (`[ha]`) are refused too.
 
 mod finish;
-pub(crate) use finish::kept_debian_clusters;
+
 mod observe;
 mod run;
 pub mod tools;

@@ -8,6 +8,8 @@ use crate::render::server_env;
 use crate::transport::Command;
 use crate::version::PgMajor;
 
+pub use crate::debian_kept::{RETIRED_MARKER, dropcluster};
+
 /// Time limit of `pg_upgrade` (and of its `--check`).
 pub const PG_UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 /// Time limit of `initdb`.
@@ -71,16 +73,6 @@ pub fn createcluster(new: &NodeLayout, version: &str, cluster: &str, port: u16, 
     c.env = tool_env(new);
     c
 }
-
-/// `pg_dropcluster <version> <cluster>` (run as root): the cluster's data directory,
-/// configuration and registration removed; refused by it while the cluster runs.
-pub fn dropcluster(version: &str, cluster: &str) -> Command {
-    Command::new("/usr/bin/pg_dropcluster").args([version, cluster]).user("root").timeout(INITDB_TIMEOUT)
-}
-
-/// What the first line of an old Debian cluster's `start.conf` says once an upgrade has
-/// kept it: `upgrade --finish` drops only clusters that carry it.
-pub const RETIRED_MARKER: &str = "# pgrepl: upgraded to ";
 
 /// The `start.conf` of an old Debian cluster the upgrade of pgrepl cluster `name` kept
 /// (`old` → `new`, both `<version>/<cluster>`): `manual` (pg_upgradecluster's choice: not
