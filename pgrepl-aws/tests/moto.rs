@@ -308,18 +308,6 @@ async fn key_names(ec2: &Client) -> BTreeSet<String> {
     ec2.describe_key_pairs().send().await.unwrap().key_pairs().iter().filter_map(|k| k.key_name().map(str::to_string)).collect()
 }
 
-/// The whole error chain on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(" / ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Checks one cluster's instances, tags, group rules and key pair through the EC2 API.
 async fn check_provisioned(ec2: &Client, name: &str, hosts: &[pgrepl_core::provider::Host]) {
     let live = live_by_node(ec2, name).await;
@@ -810,7 +798,7 @@ async fn a_location_whose_zone_has_no_subnet_is_refused_before_anything_is_creat
     let (n_instances, n_groups, keys) = (all_instances(&ec2).await.len(), groups(&ec2).await.len(), key_names(&ec2).await);
     let e = provider(&aws).await.ensure(&c).await.unwrap_err();
     assert!(matches!(e, ProviderError::Invalid { .. }), "{e:?}");
-    let text = chain(&e);
+    let text = pgrepl_core::error::chain(&e);
     for w in ["node w1", "us-east-2c", "us-east-2a, us-east-2b", "provider.subnet_ids"] {
         assert!(text.contains(w), "{text:?} lacks {w:?}");
     }
@@ -852,7 +840,7 @@ async fn unknown_ami_is_an_error_naming_the_ami_and_the_code() {
     // Through the Provider trait: a pgrepl error of provider aws with the same chain.
     let core = p.ensure_hosts(&c).await.unwrap_err();
     assert!(matches!(core, pgrepl_core::Error::Provider { ref provider, .. } if provider == "aws"));
-    let text = chain(&core);
+    let text = pgrepl_core::error::chain(&core);
     println!("{text}");
     assert!(text.starts_with(&format!("provider aws: provision the hosts of cluster {name}")), "{text}");
     assert!(text.contains("ami-0123456789abcdef0") && text.contains("InvalidAMIID.NotFound"), "{text}");

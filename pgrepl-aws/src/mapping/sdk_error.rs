@@ -149,17 +149,6 @@ mod tests {
         SdkError::service_error(DescribeImagesError::generic(meta), ())
     }
 
-    fn chain(e: &dyn StdError) -> String {
-        let mut s = e.to_string();
-        let mut cur = e.source();
-        while let Some(c) = cur {
-            s.push_str(" / ");
-            s.push_str(&c.to_string());
-            cur = c.source();
-        }
-        s
-    }
-
     #[test]
     fn sdk_errors_map_to_errors_naming_resource_and_code() {
         let ep = "http://127.0.0.1:5000";
@@ -222,7 +211,7 @@ mod tests {
             let e = map_sdk_error(service_error(code, message), "describe", "AMI ami-1", ep);
             assert!(is(&e), "{code}: {e:?}");
             assert_eq!(e.code(), Some(code));
-            let text = chain(&e);
+            let text = pgrepl_core::error::chain(&e);
             for w in words {
                 assert!(text.contains(w), "{code}: {text:?} lacks {w:?}");
             }
@@ -245,7 +234,7 @@ mod tests {
         );
         assert!(matches!(e, ProviderError::Unreachable { .. }), "{e:?}");
         assert!(e.to_string().contains(ep), "{e}");
-        assert!(chain(&e).contains("connection refused"));
+        assert!(pgrepl_core::error::chain(&e).contains("connection refused"));
         assert!(e.is_retryable());
 
         let e = map_sdk_error(SdkError::<DescribeImagesError, ()>::timeout_error("took too long"), "describe", "images", ep);
