@@ -142,11 +142,7 @@ pub(crate) async fn failover_then_latest(major: &str, tool: Tool) {
     let lab = BackupLab::new(&tag, major, tool, "[replication.sync]\nmode = \"any\"\ncount = 1\n", "", true);
     let new_file = lab.wd.path.join("restored.toml");
     let _destroy = lab.destroy_on_drop(&[&new_file]);
-    let (code, out, err) = lab.with(&["up"]);
-    assert_eq!(code, 0, "up: {out}\n{err}");
-    create_app_role(&lab.client, &lab.work, "db1", lab.port);
-    let (code, out, err) = lab.with(&["backup"]);
-    assert_eq!(code, 0, "backup: {out}\n{err}");
+    lab.up_and_back_up();
     let w = Writer::start(lab.port, 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     lab.kill9("db1");
@@ -220,9 +216,7 @@ async fn backup_from_standby_to_lsn_15() {
     let lab = BackupLab::new("bklsn15", "15", Tool::Barman, "", "", true);
     let new_file = lab.wd.path.join("restored.toml");
     let _destroy = lab.destroy_on_drop(&[&new_file]);
-    let (code, out, err) = lab.with(&["up"]);
-    assert_eq!(code, 0, "up: {out}\n{err}");
-    create_app_role(&lab.client, &lab.work, "db1", lab.port);
+    lab.up_for_writes();
     let w = Writer::start(lab.port, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (code, out, err) = lab.with(&["backup", "--from", "db2"]);
@@ -262,11 +256,7 @@ async fn not_covered_then_pushed(major: &str) {
     let new_file = lab.wd.path.join("restored.toml");
     let new_name = format!("{tag}-r");
     let _destroy = lab.destroy_on_drop(&[&new_file]);
-    let (code, out, err) = lab.with(&["up"]);
-    assert_eq!(code, 0, "up: {out}\n{err}");
-    create_app_role(&lab.client, &lab.work, "db1", lab.port);
-    let (code, out, err) = lab.with(&["backup"]);
-    assert_eq!(code, 0, "backup: {out}\n{err}");
+    lab.up_and_back_up();
     let w = Writer::start(lab.port, 1).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t = SystemTime::now();

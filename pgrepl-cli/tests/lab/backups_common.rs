@@ -200,6 +200,20 @@ pub(crate) struct BackupLab {
 }
 
 impl BackupLab {
+    /// `up` (exit 0), then the application role the writers use.
+    pub(crate) fn up_for_writes(&self) {
+        let (code, out, err) = self.with(&["up"]);
+        assert_eq!(code, 0, "up: {out}\n{err}");
+        create_app_role(&self.client, &self.work, "db1", self.port);
+    }
+
+    /// [`up_for_writes`](Self::up_for_writes), then a first base backup (exit 0).
+    pub(crate) fn up_and_back_up(&self) {
+        self.up_for_writes();
+        let (code, out, err) = self.with(&["backup"]);
+        assert_eq!(code, 0, "backup: {out}\n{err}");
+    }
+
     /// `extra`: more of the spec (`[replication.sync]`, say); `backup_extra`: more lines
     /// of `[backup]` (retention); without `create_bucket` the bucket is missing.
     pub(crate) fn new(tag: &str, major: &str, tool: Tool, extra: &str, backup_extra: &str, create_bucket_now: bool) -> BackupLab {

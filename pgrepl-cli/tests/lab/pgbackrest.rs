@@ -149,10 +149,8 @@ fn pgbackrest_refuses_16_and_18() {
 async fn pgbackrest_restore_in_place_15() {
     let lab = BackupLab::new("brinpl15", "15", Tool::Pgbackrest, "", "", true);
     let _destroy = lab.destroy_on_drop(&[]);
-    let (code, out, err) = lab.with(&["up"]);
-    assert_eq!(code, 0, "up: {out}\n{err}");
+    lab.up_for_writes();
     let (client, work, port) = (&lab.client, &lab.work, lab.port);
-    create_app_role(client, work, "db1", port);
     let writer = Writer::start(port, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (code, out, err) = lab.with(&["backup"]);
@@ -312,12 +310,8 @@ async fn pgbackrest_failover_archives_old_timeline_15() {
     let lab = BackupLab::new(tag, "15", Tool::Pgbackrest, "[replication.sync]\nmode = \"any\"\ncount = 1\n", "", true);
     let new_file = lab.wd.path.join("restored.toml");
     let _destroy = lab.destroy_on_drop(&[&new_file]);
-    let (code, out, err) = lab.with(&["up"]);
-    assert_eq!(code, 0, "up: {out}\n{err}");
+    lab.up_and_back_up();
     let (client, work, port) = (&lab.client, &lab.work, lab.port);
-    create_app_role(client, work, "db1", port);
-    let (code, out, err) = lab.with(&["backup"]);
-    assert_eq!(code, 0, "backup: {out}\n{err}");
 
     // db1's archiver held back: its configuration (only `up` writes it) names a missing bucket.
     let conf = work.join("db1/pgrepl/pgbackrest").join(tag).join("pgbackrest.conf");
