@@ -312,7 +312,8 @@ fn render_backup_section_per_version_and_its_schedule() {
         out.contains("/opt/pgrepl/barman/bin/barman-cloud-wal-archive --cloud-provider aws-s3 --gzip s3://acme-pg/prod bk %p"),
         "{out}"
     );
-    assert!(out.contains("barman-cloud-wal-restore --cloud-provider aws-s3 s3://acme-pg/prod bk %f %p"), "{out}");
+    assert!(out.contains("barman-cloud-wal-restore --cloud-provider aws-s3 --no-partial --spool-dir "), "{out}");
+    assert!(out.contains("/db2/pgrepl/barman-spool s3://acme-pg/prod bk %f %p"), "each node its own spool directory: {out}");
     assert!(out.contains("=== backup schedule (/etc/cron.d/pgrepl-bk) ===\n0 3 * * * root pgrepl backup -f "), "{out}");
     let (code, out, _) = pgrepl(dir.path(), &["render", "-f", f, "--pg-version", "11", "--node", "db2"]);
     assert_eq!(code, 0);

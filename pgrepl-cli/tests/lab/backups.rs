@@ -3,6 +3,8 @@
 //! here. A client writes rows all along and records, for each, when it was sent and when
 //! its commit was acknowledged.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use crate::backups_common::*;
@@ -71,6 +73,9 @@ async fn pitr(major: &str) {
         let log = std::fs::read_to_string(new_work.join("db1/log/postgresql.log")).unwrap_or_default();
         let said: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
         eprintln!("the restored server's log:\n{}", said[said.len().saturating_sub(60)..].join("\n"));
+    }
+    if code != 0 || std::env::var_os("PGREPL_LAB_ARCHIVE_REPORT").is_some() {
+        eprintln!("the archive and the source's WAL:\n{}", archive_report(&lab));
     }
     assert_eq!(code, 0, "restore: {out}\n{}", err.lines().filter(|l| !l.contains(" DEBUG ")).collect::<Vec<_>>().join("\n"));
     eprintln!("restore:\n{out}\n{}", std::fs::read_to_string(&new_file).unwrap_or_default());
@@ -390,4 +395,84 @@ async fn backup_directory_pitr_15() {
     let (code, out, err) = with(&["verify", "--backup", "--scratch-port", &free_ports(1).to_string()]);
     assert_eq!(code, 0, "verify --backup: {out}\n{err}");
     assert!(out.contains("restored, consistent, started"), "{out}");
+}
+
+/// pgrepl's rendered `restore_command` (Barman's) takes a segment from this cluster's
+/// archive only: never a file another restore left in Barman's shared spool directory
+/// (`/var/tmp/walrestore`, read before the archive by segment name), never a `.partial`
+/// in place of the whole segment PostgreSQL asks for. Run by hand as the server's user
+/// against moto, the way PostgreSQL runs it. (A spooled file of another test's cluster once
+/// ended backup_pitr_11's recovery short of its target: its first page was of another
+/// system.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barman_restore_command_takes_only_this_archives_segments() {
+    let lab = BackupLab::new("bkspool", "15", Tool::Barman, "", "", true);
+    let (f, b, c) =
+        (lab.file.to_string_lossy().into_owned(), lab.bin.to_string_lossy().into_owned(), lab.client.to_string_lossy().into_owned());
+    let (code, out, err) = pgrepl_ok(&["render", "-f", &f, "--node", "db2", "--pg-bin", &b, "--pg-client-bin", &c]);
+    assert_eq!(code, 0, "render: {err}");
+    let line = out.lines().find(|l| l.starts_with("restore_command = '")).unwrap_or_else(|| panic!("no restore_command in\n{out}"));
+    let command = line.trim_start_matches("restore_command = '").trim_end_matches('\'').replace("''", "'");
+    // Segment names of a timeline no test cluster reaches.
+    let (decoy, partial) = ("0000000900000000000000AB", "0000000900000000000000AC");
+    // A .partial of `partial` in the archive, as a promotion leaves one.
+    let o = Command::new(lab_dir().join("venv/bin/python"))
+        .args([
+            "-c",
+            "import boto3,sys\n\
+             s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1')\n\
+             s3.put_object(Bucket=sys.argv[2], Key='lab/bkspool/wals/0000000900000000/' + sys.argv[3] + '.partial', Body=b'x' * 16)\n",
+        ])
+        .args([&lab.moto.endpoint(), &lab.bucket, partial])
+        .env("AWS_SHARED_CREDENTIALS_FILE", &lab.creds)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "put the .partial: {}", String::from_utf8_lossy(&o.stderr));
+    // A decoy of `decoy` in Barman's shared spool directory, as another restore leaves one.
+    let spool = Path::new("/var/tmp/walrestore");
+    let made_spool = !spool.exists();
+    if made_spool {
+        std::fs::create_dir_all(spool).unwrap();
+        chown_postgres(spool);
+    }
+    let decoy_file = spool.join(decoy);
+    std::fs::write(&decoy_file, b"not this cluster's WAL").unwrap();
+    chown_postgres(&decoy_file);
+    let dest = lab.wd.path.join("fetched");
+    std::fs::create_dir_all(&dest).unwrap();
+    chown_postgres(&dest);
+    let fetch = |seg: &str| -> (i32, bool, String) {
+        let p = dest.join(seg);
+        let cmd = command.replace("%f", seg).replace("%p", &p.to_string_lossy());
+        let o = Command::new("runuser").args(["-u", "postgres", "--", "sh", "-c", &cmd]).output().unwrap();
+        (o.status.code().unwrap_or(-1), p.exists(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (decoy_code, decoy_fetched, decoy_err) = fetch(decoy);
+    let decoy_left = decoy_file.exists();
+    let _ = std::fs::remove_file(&decoy_file);
+    if made_spool {
+        let _ = std::fs::remove_dir(spool);
+    }
+    assert_eq!(
+        (decoy_code, decoy_fetched),
+        (1, false),
+        "a segment the archive lacks is not found, whatever the shared spool holds: {decoy_err}"
+    );
+    assert!(decoy_left, "the shared spool's file is left alone");
+    let (code, fetched, err) = fetch(partial);
+    assert_eq!((code, fetched), (1, false), "a .partial is never handed over as the whole segment: {err}");
+    // And a segment the archive holds is fetched (the command works at all).
+    let (code, _, err) = lab.with(&["up"]);
+    assert_eq!(code, 0, "up: {err}");
+    let _destroy = lab.destroy_on_drop(&[]);
+    switch_and_wait_archived(&lab.client, &lab.work, "db1", lab.port);
+    let first = lab.archived_segments().into_iter().next().expect("a segment in the archive");
+    let (code, fetched, err) = fetch(&first);
+    assert_eq!((code, fetched), (0, true), "{first} from the archive: {err}");
+    assert_eq!(std::fs::metadata(dest.join(&first)).unwrap().len(), 16 * 1024 * 1024);
+}
+
+fn chown_postgres(p: &Path) {
+    let o = Command::new("chown").arg("postgres:postgres").arg(p).output().unwrap();
+    assert!(o.status.success(), "chown {}: {}", p.display(), String::from_utf8_lossy(&o.stderr));
 }

@@ -434,3 +434,45 @@ pub(crate) fn outage_then_catch_up(lab: &BackupLab, fix: impl FnOnce()) {
         assert!(!wal.join("archive_status").join(format!("{s}.ready")).exists(), "{s} still waits in pg_wal");
     }
 }
+
+/// What the archive and the source's nodes hold of each WAL segment, for a failed
+/// restore's report: every key under `lab/` (size, ETag, time), and for each segment in
+/// the archive its first page header (magic, timeline, page address, system identifier)
+/// and SHA-256 next to the same of each node's `pg_wal` copy of it.
+pub(crate) fn archive_report(lab: &BackupLab) -> String {
+    let nodes: Vec<String> =
+        ["db1", "db2", "db3"].iter().map(|n| lab.work.join(n).join("data/pg_wal").to_string_lossy().into_owned()).collect();
+    let script = "import boto3,sys,hashlib,struct,os,gzip,bz2\n\
+s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1')\n\
+def head(b):\n\
+\x20   if len(b) < 40: return 'short(%d)' % len(b)\n\
+\x20   magic, info, tli, addr = struct.unpack_from('<HHIQ', b, 0)\n\
+\x20   sysid = struct.unpack_from('<Q', b, 24)[0]\n\
+\x20   return 'magic=%04x info=%x tli=%d pageaddr=%X/%X sysid=%d sha=%s' % (magic, info, tli, addr >> 32, addr & 0xffffffff, sysid, hashlib.sha256(b).hexdigest()[:16])\n\
+keys = []\n\
+for page in s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[2], Prefix='lab/'):\n\
+\x20   for o in page.get('Contents', []):\n\
+\x20       keys.append(o['Key'])\n\
+\x20       print('key %s size=%d etag=%s at=%s' % (o['Key'], o['Size'], o['ETag'], o['LastModified'].isoformat()))\n\
+for k in keys:\n\
+\x20   name = k.rsplit('/', 1)[-1]\n\
+\x20   seg = name[:24]\n\
+\x20   if '/wals/' not in k or len(seg) != 24: continue\n\
+\x20   b = s3.get_object(Bucket=sys.argv[2], Key=k)['Body'].read()\n\
+\x20   if name.endswith('.gz'): b = gzip.decompress(b)\n\
+\x20   elif name.endswith('.bz2'): b = bz2.decompress(b)\n\
+\x20   print('archive %s: %s' % (name, head(b)))\n\
+\x20   for d in sys.argv[3:]:\n\
+\x20       p = os.path.join(d, seg)\n\
+\x20       if os.path.exists(p):\n\
+\x20           print('  %s: %s' % (p, head(open(p, 'rb').read())))\n";
+    let o = Command::new(lab_dir().join("venv/bin/python"))
+        .args(["-c", script, &lab.moto.endpoint(), &lab.bucket])
+        .args(&nodes)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &lab.creds)
+        .output();
+    match o {
+        Ok(o) => format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+        Err(e) => format!("the archive report did not run: {e}"),
+    }
+}

@@ -238,10 +238,41 @@ pub fn check_pgbackrest(version_output: &str, program: &str, major: PgMajor) -> 
     }
 }
 
+/// The options of barman-cloud-wal-restore that pgrepl's `restore_command` passes
+/// (`--no-partial`, `--spool-dir`: see [`crate::render::backup_tool::restore_command`]).
+pub const BARMAN_RESTORE_OPTIONS: [&str; 2] = ["--no-partial", "--spool-dir"];
+
+/// Whether the installed barman-cloud-wal-restore (what `--help` printed, at `program`)
+/// takes the options pgrepl's `restore_command` passes; the refusal names the spec's
+/// field, what is missing and what to install.
+pub fn check_barman_restore(help: &str, program: &str) -> Result<(), String> {
+    let lacks: Vec<&str> = BARMAN_RESTORE_OPTIONS.iter().copied().filter(|o| !help.contains(o)).collect();
+    if lacks.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "backup.bin_dir: {program} takes no {} (an older Barman): a restore or a standby would read Barman's shared spool \
+         directory and .partial segments; install Barman {} there, or point backup.bin_dir at a newer one",
+        lacks.join(" and no "),
+        crate::render::backup_tool::BARMAN_VERSION
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use time::macros::datetime;
+
+    #[test]
+    fn barman_without_the_restore_options_is_refused_by_name() {
+        let new = "usage: barman-cloud-wal-restore [-V] [--no-partial] [-p PARALLEL] [--spool-dir SPOOL_DIR] source_url";
+        assert!(check_barman_restore(new, "/opt/b/bin/barman-cloud-wal-restore").is_ok());
+        let old = "usage: barman-cloud-wal-restore [-V] [--help] [-v | -q] [-t] [--no-partial] source_url";
+        let e = check_barman_restore(old, "/opt/b/bin/barman-cloud-wal-restore").unwrap_err();
+        assert!(e.starts_with("backup.bin_dir: /opt/b/bin/barman-cloud-wal-restore takes no --spool-dir "), "{e}");
+        let e = check_barman_restore("usage: barman-cloud-wal-restore [-V] source_url", "p").unwrap_err();
+        assert!(e.contains("no --no-partial and no --spool-dir") && e.contains("Barman 3.19.1"), "{e}");
+    }
 
     #[test]
     fn pgbackrest_245_stops_at_15() {

@@ -58,6 +58,7 @@ pub(crate) async fn ensure_tool(
     let probe = tool::program(b, "barman-cloud-wal-archive");
     let t = &*h.transport;
     if t.exists(&probe, None).await.map_err(|e| tr(&h.name, "look for the backup tool", e))? {
+        check_barman(b, h).await?;
         return Ok(None);
     }
     if run.local_ports {
@@ -67,7 +68,29 @@ pub(crate) async fn ensure_tool(
     if !t.exists(&probe, None).await.map_err(|e| tr(&h.name, "look for the backup tool", e))? {
         return Err(missing(format!("{probe} is still missing after the installation")));
     }
+    check_barman(b, h).await?;
     Ok(Some(action))
+}
+
+/// Barman's barman-cloud-wal-restore on `h`'s host takes the options pgrepl's
+/// `restore_command` passes (an older Barman at `backup.bin_dir` is refused by name).
+async fn check_barman(b: &crate::spec::BackupSpec, h: &NodeHandle) -> Result<(), Error> {
+    let program = tool::program(b, "barman-cloud-wal-restore");
+    let out = h
+        .transport
+        .exec(&Command::new(&program).args(["--help"]).timeout(Duration::from_secs(60)))
+        .await
+        .map_err(|e| tr(&h.name, "run barman-cloud-wal-restore --help", e))?;
+    if !out.success() {
+        return Err(Error::Backup {
+            node: h.name.clone(),
+            action: format!("run {program} --help"),
+            cause: crate::tool_failure::ToolFailure::NotInstalled,
+            detail: out.tail(),
+        });
+    }
+    super::decide::check_barman_restore(&out.stdout, &program)
+        .map_err(|reason| crate::error::Refusal { node: h.name.clone(), reason }.into())
 }
 
 /// Runs an installation `script` as root on `h`'s host (bounded: 20 minutes).

@@ -152,12 +152,26 @@ fn retrying(fetch: &str, pause: u32) -> String {
     )
 }
 
+/// Barman's spool directory for a node whose pgrepl directory is `pgrepl_dir`: its own,
+/// never Barman's default `/var/tmp/walrestore`, which every restore on the host shares
+/// and which barman-cloud-wal-restore reads before the archive, by segment name alone (a
+/// file another cluster's restore left there is handed over as this cluster's segment).
+/// pgrepl asks for no prefetching (`--parallel`) and no `.partial` files, so nothing is
+/// ever written there: the directory stays absent and no stale file can be taken.
+pub fn barman_spool_dir(pgrepl_dir: &str) -> String {
+    format!("{}/barman-spool", pgrepl_dir.trim_end_matches('/'))
+}
+
 /// `restore_command` of `[backup]`: WAL of cluster `server` fetched from the archive (by a
-/// node whose pgrepl directory is `pgrepl_dir`).
+/// node whose pgrepl directory is `pgrepl_dir`). Barman's with `--no-partial`: PostgreSQL
+/// asks for whole segments by name, and a `.partial` (the old primary's last segment of a
+/// timeline, archived at a promotion) handed over in place of one would replay WAL past
+/// the fork, possibly never acknowledged; the next timeline's segment holds what is needed.
 pub fn restore_command(b: &BackupSpec, server: &str, pgrepl_dir: &str) -> String {
     match b.tool {
         BackupTool::BarmanCloud => {
             let mut args = cloud_args(b);
+            args.extend(["--no-partial".to_string(), "--spool-dir".to_string(), barman_spool_dir(pgrepl_dir)]);
             args.extend([s3_url(b), server.to_string(), "%f".to_string(), "%p".to_string()]);
             shell_line(&tool_env(b), &program(b, "barman-cloud-wal-restore"), &args, &["%f", "%p"])
         }
@@ -402,7 +416,7 @@ mod tests {
             restore_command(&b, "c1", "/w"),
             "AWS_SHARED_CREDENTIALS_FILE='/srv/aws dir/credentials' AWS_DEFAULT_REGION=us-east-1 \
              /opt/pgrepl-lab/barman/bin/barman-cloud-wal-restore --cloud-provider aws-s3 --endpoint-url http://127.0.0.1:5000 \
-             s3://pgrepl-bk/lab/1 c1 %f %p"
+             --no-partial --spool-dir /w/barman-spool s3://pgrepl-bk/lab/1 c1 %f %p"
         );
     }
 
