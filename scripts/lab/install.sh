@@ -46,7 +46,7 @@ MOTO_SPEC='moto[server]==5.2.5'
 # Barman's cloud scripts (backups to S3 / moto): 3.19.1 is the newest for Python 3.11.
 BARMAN_SPEC='barman[cloud]==3.19.1 psycopg2-binary==2.9.13'
 APT_PKGS=(postgresql-15 openssh-server openssh-client iproute2 sudo procps etcd-server haproxy
-          libssl-dev pkg-config zlib1g-dev python3-venv pgbackrest)
+          libssl-dev pkg-config zlib1g-dev python3-venv pgbackrest systemd)
 NPM_MAJORS=(10 11 12 13)
 PYPI_MAJORS=(14 15 16 17 18)
 ALL_MAJORS=("${NPM_MAJORS[@]}" "${PYPI_MAJORS[@]}")

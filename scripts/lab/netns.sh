@@ -16,6 +16,11 @@
 #   scripts/lab/netns.sh heal             # every host back on the lab's bridge
 #   scripts/lab/netns.sh link HOST up|down  # a host's own link (eth0 in its namespace)
 #
+# PGREPL_NETNS_SET=systemd selects a third lab whose hosts run systemd (below), with:
+#
+#   scripts/lab/netns.sh crash HOST       # a power cut: the host's systemd and all it runs killed
+#   scripts/lab/netns.sh boot HOST        # the host boots again (same disk)
+#
 # Layout (LAB=${PGREPL_LAB:-/opt/pgrepl-lab}, N=$LAB/netns):
 #   bridge pglbr0 10.213.7.1/24 in the root namespace; namespaces pgl-a/b/c with eth0 =
 #   10.213.7.11/12/13 (veth-a/b/c on the bridge), lo up, NO default route; ip_forward is not
@@ -41,6 +46,7 @@ umask 022
 export LC_ALL=C
 
 LAB=${PGREPL_LAB:-/opt/pgrepl-lab}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 case ${PGREPL_NETNS_SET:-base} in
   base)
     N=$LAB/netns
@@ -56,8 +62,26 @@ case ${PGREPL_NETNS_SET:-base} in
     HOSTS=(d e f g w)
     declare -A ADDR=([d]=10.213.8.21 [e]=10.213.8.22 [f]=10.213.8.23 [g]=10.213.8.24 [w]=10.213.8.25)
     ;;
-  *) echo "netns.sh: PGREPL_NETNS_SET must be base or ha" >&2; exit 2 ;;
+  systemd)
+    N=$LAB/netns-systemd
+    BRIDGE=pglbr2
+    BRIDGE_CIDR=10.213.9.1/24
+    HOSTS=(s t u)
+    declare -A ADDR=([s]=10.213.9.31 [t]=10.213.9.32 [u]=10.213.9.33)
+    ;;
+  *) echo "netns.sh: PGREPL_NETNS_SET must be base, ha or systemd" >&2; exit 2 ;;
 esac
+# PGREPL_NETNS_SET=systemd: three hosts pgl-s/t/u (10.213.9.31-33, bridge pglbr2, state in
+# $LAB/netns-systemd) each running systemd as its PID 1, in a PID, mount, UTS and cgroup
+# namespace of its own, on an overlay of the machine's root whose upper layer is the host's
+# own ($N/<h>/upper: what the host writes outside its per-host directories stays there
+# across `down` and `up`, as on a disk; `down --purge` deletes it). systemd starts only
+# pgrepl-lab.target (the lab's sshd as a unit); the units of sysinit.target that could act
+# on the machine (sysctl, modules, tmpfiles, udev, repart, time sync...) are masked, and
+# /proc/sys and /sys are read-only. `down` powers a host off (systemd stops its units),
+# then kills what is left of its PID namespace.
+KIND=netns
+[[ ${PGREPL_NETNS_SET:-base} == systemd ]] && KIND=systemd
 CUT_BRIDGE=${BRIDGE}x
 ADMIN=pgrepl-admin   # the lab's unprivileged sudoer
 SSHD=/usr/sbin/sshd
@@ -109,6 +133,22 @@ our_sshd_pid() {
   [[ $(readlink /proc/"$pid"/ns/net) == "net:[$(stat -L -c %i /run/netns/pgl-"$h")]" ]] || return 0
   echo "$pid"
 }
+
+# The PID (in this machine's namespace) of systemd, host h's PID 1, if it is ours: alive,
+# named systemd, inside namespace pgl-h. Prints nothing otherwise.
+our_init_pid() {
+  local h=$1 pidfile=$N/$1/init.pid pid
+  [[ -s $pidfile ]] || return 0
+  pid=$(<"$pidfile")
+  [[ $pid =~ ^[0-9]+$ ]] || return 0
+  [[ -r /proc/$pid/comm && $(</proc/"$pid"/comm) == systemd ]] || return 0
+  ns_exists "pgl-$h" || return 0
+  [[ $(readlink /proc/"$pid"/ns/net) == "net:[$(stat -L -c %i /run/netns/pgl-"$h")]" ]] || return 0
+  echo "$pid"
+}
+
+# What runs host h: its sshd (netns hosts) or its systemd (systemd hosts).
+host_pid() { if [[ $KIND == systemd ]]; then our_init_pid "$1"; else our_sshd_pid "$1"; fi; }
 
 # Whether something accepts TCP connections on addr:22 (bounded by 1 s).
 accepting() { timeout 1 bash -c "exec 3<>/dev/tcp/$1/22" 2>/dev/null; }
@@ -187,6 +227,10 @@ up_host() {
   [[ -f $R/ssh_host_ed25519_key ]] || ssh-keygen -q -t ed25519 -N '' -C "pgl-$h" -f "$R/ssh_host_ed25519_key"
   write_host_files "$h"
 
+  if [[ $KIND == systemd ]]; then
+    up_systemd_host "$h"
+    return 0
+  fi
   pid=$(our_sshd_pid "$h")
   if [[ -n $pid ]]; then
     say "$ns" "sshd already running (pid $pid)"
@@ -211,16 +255,100 @@ up_host() {
     exec "$3" -f "$2/sshd_config" -E "$2/sshd.log"' sh "$ns" "$R" "$SSHD"
 }
 
-wait_ready() {
-  local h=$1 A=${ADDR[$1]} deadline=$((SECONDS + READY_TIMEOUT))
-  until [[ -n $(our_sshd_pid "$h") ]] && accepting "$A"; do
-    if ((SECONDS >= deadline)); then
-      tail -n 20 "$N/$h/sshd.log" >&2 || true
-      die "sshd of pgl-$h not accepting on $A:22 after ${READY_TIMEOUT}s (log above: $N/$h/sshd.log)"
+# The units systemd hosts never start: whatever of sysinit.target could act on the machine
+# beyond the host's own overlay and namespaces (and what is useless in a container).
+SYSTEMD_MASKED=(systemd-sysctl.service systemd-modules-load.service kmod-static-nodes.service
+  systemd-tmpfiles-setup.service systemd-tmpfiles-setup-dev.service systemd-tmpfiles-clean.service
+  systemd-udevd.service systemd-udev-trigger.service systemd-udev-settle.service
+  systemd-repart.service systemd-firstboot.service systemd-machine-id-commit.service
+  systemd-random-seed.service systemd-binfmt.service proc-sys-fs-binfmt_misc.automount
+  systemd-pcrphase.service systemd-pcrphase-sysinit.service systemd-sysusers.service
+  systemd-timesyncd.service systemd-pstore.service systemd-journal-flush.service
+  systemd-update-utmp.service systemd-hwdb-update.service systemd-remount-fs.service
+  systemd-ask-password-console.path systemd-ask-password-wall.path
+  dev-hugepages.mount dev-mqueue.mount sys-kernel-config.mount sys-kernel-debug.mount
+  sys-kernel-tracing.mount sys-fs-fuse-connections.mount
+  cryptsetup.target integritysetup.target veritysetup.target swap.target
+  timers.target getty.target console-getty.service e2scrub_reap.service ldconfig.service
+  systemd-logind.service systemd-user-sessions.service systemd-update-utmp-runlevel.service
+  dbus.service dbus.socket
+  etcd.service haproxy.service ssh.service sshd.service)
+# (The last line: services this machine enables for itself; a lab host boots
+# multi-user.target, as a server does, with what pgrepl enables on it and nothing else.)
+
+# Boots host h's systemd (idempotent): its units in its overlay's upper layer, then
+# systemd as the PID 1 of its namespaces (scripts/lab/systemd-host-init.sh).
+up_systemd_host() {
+  local h=$1 ns=pgl-$1 R=$N/$1 pid u cg
+  local U=$R/upper S=$R/upper/etc/systemd/system
+  pid=$(our_init_pid "$h")
+  if [[ -n $pid ]]; then
+    say "$ns" "systemd already running (pid $pid)"
+    return 0
+  fi
+  [[ -n $h && -n $R && $R == "$N"/* ]] || die "up_systemd_host: bad host '$h'"
+  mkdir -p "$U" "$R/work" "$R/root" "$R/io" "$S/pgrepl-lab.target.wants"
+  for u in "${SYSTEMD_MASKED[@]}"; do ln -sfn /dev/null "$S/$u"; done
+  printf '%s\n' "# generated by scripts/lab/netns.sh: what this lab host boots" "[Unit]" \
+    "Description=pgrepl lab host pgl-$h" "Wants=multi-user.target" "After=multi-user.target" "AllowIsolate=yes" >"$S/pgrepl-lab.target"
+  printf '%s\n' "# generated by scripts/lab/netns.sh" "[Unit]" "Description=the lab's sshd" "DefaultDependencies=no" \
+    "[Service]" "ExecStartPre=/bin/mkdir -p /run/sshd" "ExecStart=$SSHD -D -f $R/sshd_config -E $R/io/sshd.log" \
+    "KillMode=process" "Restart=always" "[Install]" "WantedBy=pgrepl-lab.target" >"$S/pgrepl-lab-sshd.service"
+  ln -sfn ../pgrepl-lab-sshd.service "$S/pgrepl-lab.target.wants/pgrepl-lab-sshd.service"
+  echo "pgl-$h" >"$U/etc/hostname"
+  sed -i "s#^PidFile .*#PidFile /run/sshd-lab.pid#" "$R/sshd_config"
+  # Its own cgroups (systemd takes them for its root through the cgroup namespace).
+  for cg in systemd unified; do mkdir -p "/sys/fs/cgroup/$cg/pgrepl-lab-$h"; done
+  rm -f "$R/init.pid"
+  # unshare forks the host's PID 1 (the init script, then systemd) and waits for it.
+  setsid sh -c 'echo $$ >"/sys/fs/cgroup/systemd/pgrepl-lab-$3/cgroup.procs"
+    echo $$ >"/sys/fs/cgroup/unified/pgrepl-lab-$3/cgroup.procs"
+    exec ip netns exec "$1" unshare --pid --fork --mount --uts --cgroup --propagation private sh "$4" "$2" "$1"' \
+    sh "$ns" "$R" "$h" "$HERE/systemd-host-init.sh" </dev/null >"$R/io/init.log" 2>&1 9>&- &
+  local launcher=$! deadline=$((SECONDS + READY_TIMEOUT)) child=
+  while :; do
+    child=$(ps -o pid= --ppid "$launcher" 2>/dev/null | tr -d ' ' || true)
+    [[ -n $child && $(comm_of "$child") == systemd ]] && break
+    if ((SECONDS >= deadline)) || ! kill -0 "$launcher" 2>/dev/null; then
+      cat "$R/io/init.log" >&2 || true
+      die "systemd of pgl-$h did not start (log above: $R/io/init.log)"
     fi
     sleep 0.1
   done
-  say "pgl-$h" "$A:22 ready (sshd pid $(our_sshd_pid "$h"))"
+  echo "$child" >"$R/init.pid"
+  say "$ns" "systemd started (pid $child)"
+}
+
+# Powers host h off: systemd stops its units and exits, which ends its PID namespace
+# (what is left in it is killed with it); its cgroups are removed.
+down_systemd_host() {
+  local h=$1 ns=pgl-$1 pid rc=0 cg
+  pid=$(our_init_pid "$h")
+  if [[ -n $pid ]]; then
+    say "$ns" "powering off (systemd pid $pid)"
+    signal RTMIN+4 "$pid"
+    reap "systemd of $ns" "$pid" || rc=1
+  fi
+  for cg in systemd unified; do
+    if [[ -d /sys/fs/cgroup/$cg/pgrepl-lab-$h ]]; then
+      find "/sys/fs/cgroup/$cg/pgrepl-lab-$h" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    fi
+  done
+  rm -f "$N/$h/init.pid"
+  return "$rc"
+}
+
+wait_ready() {
+  local h=$1 A=${ADDR[$1]} deadline=$((SECONDS + READY_TIMEOUT)) log=$N/$1/sshd.log
+  [[ $KIND == systemd ]] && log=$N/$1/io/sshd.log
+  until [[ -n $(host_pid "$h") ]] && accepting "$A"; do
+    if ((SECONDS >= deadline)); then
+      tail -n 20 "$log" >&2 || true
+      die "sshd of pgl-$h not accepting on $A:22 after ${READY_TIMEOUT}s (log above: $log)"
+    fi
+    sleep 0.1
+  done
+  say "pgl-$h" "$A:22 ready ($KIND pid $(host_pid "$h"))"
 }
 
 cmd_up() {
@@ -313,6 +441,9 @@ ppid_of() { ps -o ppid= -p "$1" 2>/dev/null | tr -d ' ' || true; }
 
 down_host() {
   local h=$1 ns=pgl-$1 R=$N/$1 p pg=() masters=() listener sessions=() leftovers=() rc=0
+  if [[ $KIND == systemd ]]; then
+    down_systemd_host "$h" || rc=1
+  fi
   if ns_exists "$ns"; then
     # pgrepl's own services started through the lab's sshd (agents, their supervisors,
     # etcd members): they detach from the session, so they are found by name in the
@@ -405,7 +536,7 @@ cmd_status() {
     fi
     parts=$((parts + 1))
     addr=$(ip -n "$ns" -br addr show eth0 2>/dev/null | awk '{print $3}')
-    pid=$(our_sshd_pid "$h")
+    pid=$(host_pid "$h")
     npg=0
     for p in $(ip netns pids "$ns"); do [[ $(comm_of "$p") == postgres ]] && npg=$((npg + 1)); done
     say "$ns" "eth0 ${addr:-none}, sshd ${pid:-not running}, $npg postgres processes"
@@ -445,6 +576,31 @@ cmd_heal() {
   say "lab" "every host on $BRIDGE"
 }
 
+# systemd hosts: a power cut (systemd and everything of the host SIGKILLed at once), and a
+# boot (systemd starts again on the same disk: the overlay's upper layer).
+cmd_crash() {
+  preflight
+  [[ $KIND == systemd ]] || die "crash: only for PGREPL_NETNS_SET=systemd"
+  local h=${1:-} pid
+  is_host "$h" || die "usage: netns.sh crash HOST (HOST one of ${HOSTS[*]})"
+  pid=$(our_init_pid "$h")
+  [[ -n $pid ]] || die "pgl-$h: no systemd running"
+  signal KILL "$pid"
+  reap "systemd of pgl-$h" "$pid" || true
+  rm -f "$N/$h/init.pid"
+  say "pgl-$h" "crashed (systemd pid $pid killed)"
+}
+
+cmd_boot() {
+  preflight
+  lock
+  [[ $KIND == systemd ]] || die "boot: only for PGREPL_NETNS_SET=systemd"
+  local h=${1:-}
+  is_host "$h" || die "usage: netns.sh boot HOST (HOST one of ${HOSTS[*]})"
+  up_host "$h"
+  wait_ready "$h"
+}
+
 cmd_link() {
   preflight
   local h=${1:-} state=${2:-}
@@ -461,5 +617,7 @@ case ${1:-} in
   cut) shift; cmd_cut "$@" ;;
   heal) cmd_heal ;;
   link) shift; cmd_link "$@" ;;
-  *) echo "usage: $0 up | down [--purge] | status | cut HOST... | heal | link HOST up|down" >&2; exit 2 ;;
+  crash) shift; cmd_crash "$@" ;;
+  boot) shift; cmd_boot "$@" ;;
+  *) echo "usage: $0 up | down [--purge] | status | cut HOST... | heal | link HOST up|down | crash HOST | boot HOST" >&2; exit 2 ;;
 esac

@@ -402,6 +402,78 @@ impl HaLab {
     }
 }
 
+/// The 3-host lab whose hosts run systemd as their PID 1 (`PGREPL_NETNS_SET=systemd
+/// scripts/lab/netns.sh`: pgl-s/t/u, each on an overlay of this machine's root), exclusive
+/// to one test at a time on this machine; brought up fresh and torn down on drop.
+pub struct SystemdLab {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    _lock: std::fs::File,
+}
+
+/// The hosts of [`SystemdLab`]: node name, address, host letter.
+pub const SYSTEMD_HOSTS: [(&str, &str, &str); 3] = [("db1", "10.213.9.31", "s"), ("db2", "10.213.9.32", "t"), ("db3", "10.213.9.33", "u")];
+
+fn netns_systemd_sh(args: &[&str]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab/netns.sh");
+    Command::new("bash").arg(script).args(args).env("PGREPL_NETNS_SET", "systemd").output().expect("netns.sh runs")
+}
+
+impl SystemdLab {
+    pub fn up() -> SystemdLab {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = pgrepl_core::testing::lab_lock(&lab_dir(), "netns-systemd-tests.lock");
+        let _ = netns_systemd_sh(&["down", "--purge"]);
+        Self::sh(&["up"]);
+        SystemdLab { _guard: guard, _lock: lock }
+    }
+
+    /// `netns.sh ARGS` on this lab (crash HOST, boot HOST).
+    pub fn sh(args: &[&str]) {
+        let o = netns_systemd_sh(args);
+        assert!(
+            o.status.success(),
+            "PGREPL_NETNS_SET=systemd scripts/lab/netns.sh {args:?} failed (run scripts/lab/install.sh first): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    pub fn key() -> PathBuf {
+        lab_dir().join("netns-systemd/id_ed25519")
+    }
+
+    pub fn known_hosts() -> PathBuf {
+        lab_dir().join("netns-systemd/known_hosts")
+    }
+
+    /// Runs a command on a lab host with the OpenSSH client.
+    pub fn ssh(addr: &str, cmd: &str) -> (i32, String) {
+        openssh(&Self::key(), &Self::known_hosts(), addr, cmd)
+    }
+
+    /// An SSH spec of the three hosts (db1 the primary); `extra`: top-level TOML, and any
+    /// sections after `[provider]`.
+    pub fn spec(name: &str, extra: &str, sections: &str) -> String {
+        let mut s = format!(
+            "name = \"{name}\"\npostgres = \"15\"\n{extra}\n[provider]\nkind = \"ssh\"\nuser = \"root\"\nkey_file = \"{}\"\nknown_hosts = \"{}\"\nhost_key_policy = \"strict\"\nconnect_timeout_secs = 3\n\n{sections}\n",
+            Self::key().display(),
+            Self::known_hosts().display()
+        );
+        for (i, (n, a, _)) in SYSTEMD_HOSTS.iter().enumerate() {
+            let role = if i == 0 { "primary" } else { "standby" };
+            s.push_str(&format!("\n[[nodes]]\nname = \"{n}\"\naddress = \"{a}\"\nrole = \"{role}\"\n"));
+        }
+        s
+    }
+}
+
+impl Drop for SystemdLab {
+    fn drop(&mut self) {
+        let _ = netns_systemd_sh(&["down", "--purge"]);
+    }
+}
+
 /// A moto server on 127.0.0.1 (the lab's venv), on a free port, its log in `dir`; `env`
 /// for moto's own settings. Stopped (by its pid) on drop.
 pub struct Moto {

@@ -25,5 +25,6 @@ mod pgbackrest;
 mod pgbackrest_ssh;
 mod routing;
 mod ssh_e2e;
+mod systemd_hosts;
 mod transports;
 mod upgrade;
