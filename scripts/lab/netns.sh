@@ -120,32 +120,25 @@ lock() {
 
 ns_exists() { [[ -e /run/netns/$1 ]]; }
 
-# The PID in host h's pid file if it is our sshd: alive, named sshd, started with our
-# config, inside namespace pgl-h. Prints nothing otherwise.
-our_sshd_pid() {
-  local h=$1 pidfile=$N/$1/sshd.pid pid
+# The PID in pid file $2 of host h if it is ours: alive, named $3, inside namespace pgl-h,
+# and (when $4 is given) started with $4 among its arguments. Prints nothing otherwise.
+our_pid() {
+  local h=$1 pidfile=$2 comm=$3 needle=${4:-} pid
   [[ -s $pidfile ]] || return 0
   pid=$(<"$pidfile")
   [[ $pid =~ ^[0-9]+$ ]] || return 0
-  [[ -r /proc/$pid/comm && $(</proc/"$pid"/comm) == sshd ]] || return 0
-  tr '\0' ' ' </proc/"$pid"/cmdline | grep -qF -- "$N/$h/sshd_config" || return 0
+  [[ -r /proc/$pid/comm && $(</proc/"$pid"/comm) == "$comm" ]] || return 0
+  if [[ -n $needle ]]; then tr '\0' ' ' </proc/"$pid"/cmdline | grep -qF -- "$needle" || return 0; fi
   ns_exists "pgl-$h" || return 0
   [[ $(readlink /proc/"$pid"/ns/net) == "net:[$(stat -L -c %i /run/netns/pgl-"$h")]" ]] || return 0
   echo "$pid"
 }
 
-# The PID (in this machine's namespace) of systemd, host h's PID 1, if it is ours: alive,
-# named systemd, inside namespace pgl-h. Prints nothing otherwise.
-our_init_pid() {
-  local h=$1 pidfile=$N/$1/init.pid pid
-  [[ -s $pidfile ]] || return 0
-  pid=$(<"$pidfile")
-  [[ $pid =~ ^[0-9]+$ ]] || return 0
-  [[ -r /proc/$pid/comm && $(</proc/"$pid"/comm) == systemd ]] || return 0
-  ns_exists "pgl-$h" || return 0
-  [[ $(readlink /proc/"$pid"/ns/net) == "net:[$(stat -L -c %i /run/netns/pgl-"$h")]" ]] || return 0
-  echo "$pid"
-}
+# Host h's sshd (netns hosts), started with our config.
+our_sshd_pid() { our_pid "$1" "$N/$1/sshd.pid" sshd "$N/$1/sshd_config"; }
+
+# Host h's PID 1 (systemd hosts), as seen from this machine.
+our_init_pid() { our_pid "$1" "$N/$1/init.pid" systemd; }
 
 # What runs host h: its sshd (netns hosts) or its systemd (systemd hosts).
 host_pid() { if [[ $KIND == systemd ]]; then our_init_pid "$1"; else our_sshd_pid "$1"; fi; }

@@ -210,9 +210,25 @@ pub struct NetnsLab {
 
 pub const LAB_HOSTS: [(&str, &str, &str); 3] = [("db1", "10.213.7.11", "a"), ("db2", "10.213.7.12", "b"), ("db3", "10.213.7.13", "c")];
 
-fn netns_sh(args: &[&str]) -> Output {
+/// `scripts/lab/netns.sh ARGS` on one of its labs (`PGREPL_NETNS_SET`: base, ha, systemd).
+fn netns_set_sh(set: &str, args: &[&str]) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab/netns.sh");
-    Command::new("bash").arg(script).args(args).output().expect("netns.sh runs")
+    Command::new("bash").arg(script).args(args).env("PGREPL_NETNS_SET", set).output().expect("netns.sh runs")
+}
+
+/// [`netns_set_sh`], which must succeed.
+fn netns_set_ok(set: &str, args: &[&str]) {
+    let o = netns_set_sh(set, args);
+    assert!(
+        o.status.success(),
+        "PGREPL_NETNS_SET={set} scripts/lab/netns.sh {args:?} failed (run scripts/lab/install.sh first):\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn netns_sh(args: &[&str]) -> Output {
+    netns_set_sh("base", args)
 }
 
 impl NetnsLab {
@@ -279,6 +295,13 @@ fn openssh(key: &Path, known_hosts: &Path, addr: &str, cmd: &str) -> (i32, Strin
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
+/// `pgrepl ARGS[0] -f F --work-dir WD ARGS[1..]`: exit code, stdout, stderr.
+pub fn pgrepl_wd(f: &str, wd: &WorkDir, args: &[&str]) -> (i32, String, String) {
+    let mut a = vec![args[0], "-f", f, "--work-dir", wd.path.to_str().unwrap()];
+    a.extend(&args[1..]);
+    pgrepl_ok(&a)
+}
+
 /// An SSH spec for the lab hosts.
 pub fn ssh_spec(name: &str, major: &str, known_hosts: &Path, policy: &str, extra: &str) -> String {
     let mut s = format!(
@@ -311,36 +334,24 @@ pub const HA_HOSTS: [(&str, &str, &str, &str); 5] = [
     ("w", "10.213.8.25", "third", "witness"),
 ];
 
-fn netns_ha_sh(args: &[&str]) -> Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab/netns.sh");
-    Command::new("bash").arg(script).args(args).env("PGREPL_NETNS_SET", "ha").output().expect("netns.sh runs")
-}
-
 impl HaLab {
     pub fn up() -> HaLab {
         static LOCK: Mutex<()> = Mutex::new(());
         let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let lock = pgrepl_core::testing::lab_lock(&lab_dir(), "netns-ha-tests.lock");
-        let _ = netns_ha_sh(&["down", "--purge"]);
+        let _ = netns_set_sh("ha", &["down", "--purge"]);
         Self::ensure_up();
         HaLab { _guard: guard, _lock: lock }
     }
 
     /// `netns.sh up` again: idempotent; restarts a host's sshd that was killed.
     pub fn ensure_up() {
-        let o = netns_ha_sh(&["up"]);
-        assert!(
-            o.status.success(),
-            "PGREPL_NETNS_SET=ha scripts/lab/netns.sh up failed (run scripts/lab/install.sh first):\n{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        netns_set_ok("ha", &["up"]);
     }
 
     /// `netns.sh ARGS` on this lab (cut, heal, link).
     pub fn sh(args: &[&str]) {
-        let o = netns_ha_sh(args);
-        assert!(o.status.success(), "netns.sh {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        netns_set_ok("ha", args);
     }
 
     pub fn key() -> PathBuf {
@@ -381,7 +392,7 @@ impl HaLab {
 
 impl Drop for HaLab {
     fn drop(&mut self) {
-        let _ = netns_ha_sh(&["down", "--purge"]);
+        let _ = netns_set_sh("ha", &["down", "--purge"]);
     }
 }
 
@@ -413,30 +424,19 @@ pub struct SystemdLab {
 /// The hosts of [`SystemdLab`]: node name, address, host letter.
 pub const SYSTEMD_HOSTS: [(&str, &str, &str); 3] = [("db1", "10.213.9.31", "s"), ("db2", "10.213.9.32", "t"), ("db3", "10.213.9.33", "u")];
 
-fn netns_systemd_sh(args: &[&str]) -> Output {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/lab/netns.sh");
-    Command::new("bash").arg(script).args(args).env("PGREPL_NETNS_SET", "systemd").output().expect("netns.sh runs")
-}
-
 impl SystemdLab {
     pub fn up() -> SystemdLab {
         static LOCK: Mutex<()> = Mutex::new(());
         let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let lock = pgrepl_core::testing::lab_lock(&lab_dir(), "netns-systemd-tests.lock");
-        let _ = netns_systemd_sh(&["down", "--purge"]);
+        let _ = netns_set_sh("systemd", &["down", "--purge"]);
         Self::sh(&["up"]);
         SystemdLab { _guard: guard, _lock: lock }
     }
 
     /// `netns.sh ARGS` on this lab (crash HOST, boot HOST).
     pub fn sh(args: &[&str]) {
-        let o = netns_systemd_sh(args);
-        assert!(
-            o.status.success(),
-            "PGREPL_NETNS_SET=systemd scripts/lab/netns.sh {args:?} failed (run scripts/lab/install.sh first): {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
+        netns_set_ok("systemd", args);
     }
 
     pub fn key() -> PathBuf {
@@ -470,7 +470,7 @@ impl SystemdLab {
 
 impl Drop for SystemdLab {
     fn drop(&mut self) {
-        let _ = netns_systemd_sh(&["down", "--purge"]);
+        let _ = netns_set_sh("systemd", &["down", "--purge"]);
     }
 }
 

@@ -7,13 +7,8 @@ use std::time::{Duration, Instant};
 
 use pgrepl_core::store::ConsensusStore;
 
+use crate::common::pgrepl_wd as run;
 use crate::common::*;
-
-fn run(f: &str, wd: &WorkDir, args: &[&str]) -> (i32, String, String) {
-    let mut a = vec![args[0], "-f", f, "--work-dir", wd.path.to_str().unwrap()];
-    a.extend(&args[1..]);
-    pgrepl_ok(&a)
-}
 
 /// The store's view through `pgrepl status --output json`.
 fn ha_view(f: &str, wd: &WorkDir) -> serde_json::Value {

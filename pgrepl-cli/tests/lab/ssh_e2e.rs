@@ -6,18 +6,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::common::pgrepl_wd as run;
 use crate::common::*;
 
 fn write_spec(dir: &Path, name: &str, known_hosts: &Path, policy: &str, extra: &str) -> String {
     let f = dir.join(format!("{name}.toml"));
     std::fs::write(&f, ssh_spec(name, "15", known_hosts, policy, extra)).unwrap();
     f.to_string_lossy().into_owned()
-}
-
-fn run(f: &str, wd: &WorkDir, args: &[&str]) -> (i32, String, String) {
-    let mut a = vec![args[0], "-f", f, "--work-dir", wd.path.to_str().unwrap()];
-    a.extend(&args[1..]);
-    pgrepl_ok(&a)
 }
 
 /// up → replication across hosts (checked with OpenSSH + psql on each host) → verify →

@@ -5,13 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::common::pgrepl_wd as run;
 use crate::common::*;
-
-fn run(f: &str, wd: &WorkDir, args: &[&str]) -> (i32, String, String) {
-    let mut a = vec![args[0], "-f", f, "--work-dir", wd.path.to_str().unwrap()];
-    a.extend(&args[1..]);
-    pgrepl_ok(&a)
-}
 
 /// `systemctl is-active` / `is-enabled` of `units` on a host, one word per unit.
 fn systemctl(addr: &str, verb: &str, units: &str) -> String {
@@ -106,15 +101,7 @@ fn systemd_hosts_units_power_loss_and_boot_leave_the_old_primary_down() {
     let (_, n) = SystemdLab::ssh("10.213.9.31", "runuser -u postgres -- psql -X -A -t -c 'SELECT count(*) FROM t'");
     assert_eq!(n, "100", "every row on the rejoined node");
 
-    let (code, out, err) = run(f, &wd, &["destroy", "--yes"]);
-    assert_eq!(code, 0, "destroy: {out}\n{err}");
-    for (n, addr, _) in SYSTEMD_HOSTS {
-        let (_, left) = SystemdLab::ssh(
-            addr,
-            "systemctl list-units --no-legend 'postgresql@*' | grep -w active; ls /etc/postgresql/15 2>/dev/null; true",
-        );
-        assert_eq!(left, "", "{n}: left {left}");
-    }
+    destroy_leaves_nothing(f, &wd, "systemctl list-units --no-legend 'postgresql@*' | grep -w active; ls /etc/postgresql/15 2>/dev/null");
 }
 
 /// `[ha]` on systemd hosts: the etcd members (TLS) and the agents run as systemd units,
@@ -176,13 +163,19 @@ fn ha_on_systemd_hosts_runs_etcd_and_agents_as_units_across_power_loss() {
     let (_, postmaster) = SystemdLab::ssh("10.213.9.31", "head -n 1 /var/lib/postgresql/15/main/postmaster.pid");
     assert_eq!(main_pid("10.213.9.31", "postgresql@15-main").to_string(), postmaster, "the agent started it through its unit");
 
-    let (code, out, err) = run(f, &wd, &["destroy", "--yes"]);
+    destroy_leaves_nothing(
+        f,
+        &wd,
+        "ls /etc/systemd/system/pgrepl-sdha-* 2>/dev/null; systemctl list-units --no-legend 'pgrepl-sdha-*' 'postgresql@*' | grep -w active",
+    );
+}
+
+/// `destroy --yes`, then `left` (sh) prints nothing on any host.
+fn destroy_leaves_nothing(f: &str, wd: &WorkDir, left: &str) {
+    let (code, out, err) = run(f, wd, &["destroy", "--yes"]);
     assert_eq!(code, 0, "destroy: {out}\n{err}");
     for (n, addr, _) in SYSTEMD_HOSTS {
-        let (_, left) = SystemdLab::ssh(
-            addr,
-            "ls /etc/systemd/system/pgrepl-sdha-* 2>/dev/null; systemctl list-units --no-legend 'pgrepl-sdha-*' 'postgresql@*' | grep -w active; true",
-        );
-        assert_eq!(left, "", "{n}: left {left}");
+        let (_, found) = SystemdLab::ssh(addr, &format!("{left}; true"));
+        assert_eq!(found, "", "{n}: left {found}");
     }
 }
