@@ -503,8 +503,18 @@ cmd_down() {
   if ((purge)); then
     for h in "${HOSTS[@]}"; do rm -rf "${N:?}/$h"; done
     rm -f "$N"/id_ed25519* "$N/known_hosts" "$N/authorized_keys"
-    rm -f /etc/sudoers.d/pgrepl-lab
-    if id -u "$ADMIN" >/dev/null 2>&1; then userdel --remove "$ADMIN" 2>/dev/null || true; fi
+    # The sudoer login is the machine's, shared by the labs: removed with the last one
+    # (another lab's test may be logged in as it right now).
+    local b others=()
+    for b in pglbr0 pglbr1 pglbr2; do
+      [[ $b != "$BRIDGE" ]] && ip link show "$b" >/dev/null 2>&1 && others+=("$b")
+    done
+    if ((${#others[@]})); then
+      say "lab" "kept $ADMIN and its sudo rule (another lab is up: ${others[*]})"
+    else
+      rm -f /etc/sudoers.d/pgrepl-lab
+      if id -u "$ADMIN" >/dev/null 2>&1; then userdel --remove "$ADMIN" 2>/dev/null || true; fi
+    fi
     say "lab" "down; keys and per-host data deleted"
   else
     say "lab" "down (keys and per-host data kept in $N)"

@@ -160,6 +160,13 @@ fn ha_on_systemd_hosts_runs_etcd_and_agents_as_units_across_power_loss() {
     });
     assert!(status.contains(&format!("ha: leader {new}")), "the leader stays: {status}");
     assert_eq!(systemctl("10.213.9.31", "is-active", units), "active active", "started at boot");
+    // The unit is "activating" until pg_ctlcluster's wait for the standby to accept
+    // connections ends, which a loaded machine makes longer than the status above took.
+    let t0 = Instant::now();
+    while systemctl("10.213.9.31", "is-active", "postgresql@15-main") != "active" {
+        assert!(t0.elapsed() < Duration::from_secs(120), "db1's unit never became active");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let (_, postmaster) = SystemdLab::ssh("10.213.9.31", "head -n 1 /var/lib/postgresql/15/main/postmaster.pid");
     assert_eq!(main_pid("10.213.9.31", "postgresql@15-main").to_string(), postmaster, "the agent started it through its unit");
 
