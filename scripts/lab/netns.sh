@@ -350,6 +350,10 @@ cmd_up() {
   chmod 0755 "$N"
   [[ -f $N/id_ed25519 ]] || ssh-keygen -q -t ed25519 -N '' -C pgrepl-netns-lab -f "$N/id_ed25519"
   install -m 0644 "$N/id_ed25519.pub" "$N/authorized_keys"
+  # What the labs share on this machine (the sudoer login, postgres's password field) is
+  # set up under a lock of its own: two labs come up at once in the tests.
+  exec 8>"$LAB/.netns-shared.lock"
+  flock -w 60 8 || die "another netns.sh holds $LAB/.netns-shared.lock"
   # An unprivileged login with passwordless sudo, as on cloud images (ubuntu, ec2-user):
   # pgrepl administers through `sudo -n`. Its password is '*' (no password login), and the
   # shared authorized_keys file lets the lab key in.
@@ -367,6 +371,7 @@ cmd_up() {
     chmod 0440 /etc/sudoers.d/pgrepl-lab.tmp
     mv -f /etc/sudoers.d/pgrepl-lab.tmp /etc/sudoers.d/pgrepl-lab
   fi
+  exec 8>&-
   mkdir -p /run/sshd
   ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
   ip addr replace "$BRIDGE_CIDR" dev "$BRIDGE"
@@ -506,6 +511,8 @@ cmd_down() {
     # The sudoer login is the machine's, shared by the labs: removed with the last one
     # (another lab's test may be logged in as it right now).
     local b others=()
+    exec 8>"$LAB/.netns-shared.lock"
+    flock -w 60 8 || die "another netns.sh holds $LAB/.netns-shared.lock"
     for b in pglbr0 pglbr1 pglbr2; do
       [[ $b != "$BRIDGE" ]] && ip link show "$b" >/dev/null 2>&1 && others+=("$b")
     done
@@ -515,6 +522,7 @@ cmd_down() {
       rm -f /etc/sudoers.d/pgrepl-lab
       if id -u "$ADMIN" >/dev/null 2>&1; then userdel --remove "$ADMIN" 2>/dev/null || true; fi
     fi
+    exec 8>&-
     say "lab" "down; keys and per-host data deleted"
   else
     say "lab" "down (keys and per-host data kept in $N)"
